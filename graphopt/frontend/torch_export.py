@@ -1,0 +1,241 @@
+"""torch.export frontend: a model becomes a graphopt ``Graph``.
+
+The model is exported non-strict, functionalized (``run_decompositions({})`` keeps high-level
+ops such as linear, conv2d, layer_norm and SDPA, which is what the fusion passes want), then each
+ATen call is translated by the converter registered for it in ``graphopt.frontend.aten``.
+Unmapped ops are collected, not raised one at a time: a user porting a model wants the full list.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from typing import Any, Callable
+
+import torch
+import torch.fx
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind
+
+from graphopt.errors import GraphoptError, UnsupportedOpError
+from graphopt.ir.dtypes import DType, torch_to_numpy
+from graphopt.ir.graph import Graph, Value
+from graphopt.ir.types import TensorType, normalize_dim
+
+Converter = Callable[..., Any]
+SIZE_TYPES = (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)
+# Ops whose scalar result depends on tensor data: the graph would need data-dependent shapes.
+DATA_DEPENDENT = {"aten._local_scalar_dense.default", "aten.item.default", "aten.nonzero.default"}
+CONVERTERS: dict[str, Converter] = {}
+# fx call targets that only assert or annotate; they produce nothing the model computes.
+IGNORED_TARGETS = {
+    "aten._assert_tensor_metadata.default",
+    "aten._assert_scalar.default",
+    "aten.sym_constrain_range_for_size.default",
+    "aten._assert_async.msg",
+    "aten.sym_constrain_range.default",
+}
+
+
+def converter(*targets: str):
+    """Register a converter for ATen overloads like ``"aten.add.Tensor"``."""
+
+    def decorate(fn: Converter) -> Converter:
+        for target in targets:
+            CONVERTERS[target] = fn
+        return fn
+
+    return decorate
+
+
+def source_location(node: torch.fx.Node) -> str:
+    """``file.py:LINE in fn: code`` of the innermost user frame that produced ``node``."""
+    trace = node.meta.get("stack_trace") or ""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)', trace)
+    if not frames:
+        return f"fx node '{node.name}' (no source location recorded)"
+    path, line, fn, code = frames[-1]
+    short = "/".join(path.split("/")[-2:])
+    return f"{short}:{line} in {fn}: {code.strip()}"
+
+
+class ConversionContext:
+    """What converters see: the graph under construction plus helpers to emit IR."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.fx_node: torch.fx.Node | None = None
+
+    @property
+    def source(self) -> str | None:
+        return source_location(self.fx_node) if self.fx_node is not None else None
+
+    def emit(self, op: str, inputs, attrs=None, **kwargs) -> Value | tuple[Value, ...]:
+        """Create an IR node; returns its output (or a tuple for multi-output ops)."""
+        name = self.fx_node.name if self.fx_node is not None else op
+        node = self.graph.create_node(op, list(inputs), attrs or {}, name=name,
+                                      source=self.source, **kwargs)
+        return node.outputs[0] if len(node.outputs) == 1 else tuple(node.outputs)
+
+    def constant(self, value, dtype: DType | None = None, name: str = "c") -> Value:
+        """A constant from a Python scalar, list or tensor (0-d for scalars)."""
+        if isinstance(value, torch.Tensor):
+            array, dt = torch_to_numpy(value)
+            return self.graph.add_constant(array, name, dt)
+        if dtype is None:
+            dtype = scalar_dtype(value)
+        tensor = torch.tensor(value, dtype=dtype.torch)
+        array, dt = torch_to_numpy(tensor)
+        return self.graph.add_constant(array, name, dt)
+
+    def as_value(self, x, like: Value | None = None) -> Value:
+        """Operand as a Value: scalars become 0-d constants (which do not promote tensors)."""
+        if isinstance(x, Value):
+            return x
+        if isinstance(x, (bool, int, float)):
+            return self.constant(x, scalar_dtype(x, like), name="scalar")
+        raise GraphoptError(f"cannot use {x!r} as a tensor operand at {self.source}")
+
+    def meta_type(self) -> TensorType | None:
+        val = self.fx_node.meta.get("val") if self.fx_node is not None else None
+        if isinstance(val, torch.Tensor):
+            return TensorType(tuple(normalize_dim(d) for d in val.shape), DType.from_torch(val.dtype))
+        return None
+
+
+def scalar_dtype(value, like: Value | None = None) -> DType:
+    if isinstance(value, bool):
+        return DType.bool
+    if isinstance(value, int):
+        return DType.int64
+    if like is not None and like.dtype in (DType.float64,):
+        return DType.float64
+    return DType.float32
+
+
+def _meta_value(node: torch.fx.Node):
+    val = node.meta.get("val")
+    if isinstance(val, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+        return normalize_dim(val.node.expr) if isinstance(val, torch.SymInt) else val
+    return val
+
+
+def import_exported_program(ep: ExportedProgram, name: str = "main") -> Graph:
+    """Translate an ExportedProgram (already functional) into a Graph."""
+    from graphopt.frontend import aten  # noqa: F401  (registers the converters)
+
+    graph = Graph(name)
+    ctx = ConversionContext(graph)
+    sig = ep.graph_signature
+    kinds = {spec.arg.name: spec for spec in sig.input_specs}
+    env: dict[torch.fx.Node, Any] = {}
+    unsupported: list[tuple[str, str]] = []
+    state = dict(ep.state_dict)
+    state.update(ep.constants)
+
+    for node in ep.graph.nodes:
+        ctx.fx_node = node
+        if node.op == "placeholder":
+            spec = kinds[node.name]
+            if spec.kind == InputKind.USER_INPUT:
+                val = node.meta.get("val")
+                if isinstance(val, torch.Tensor):
+                    ttype = TensorType(tuple(normalize_dim(d) for d in val.shape),
+                                       DType.from_torch(val.dtype))
+                    env[node] = graph.add_input(node.name, ttype)
+                else:
+                    env[node] = val  # a specialized non-tensor input
+            else:
+                tensor = state[spec.target]
+                env[node] = ctx.constant(tensor.detach(), name=spec.target)
+        elif node.op == "call_function":
+            target = str(node.target) if node.target is not operator.getitem else "getitem"
+            if target in IGNORED_TARGETS:
+                continue
+            raw = node.meta.get("val")
+            if target != "getitem" and isinstance(raw, SIZE_TYPES) and target not in DATA_DEPENDENT:
+                # Size arithmetic (sym_size, operator.mul on SymInts...): its value is known
+                # symbolically from export's shape environment, so it needs no IR node.
+                env[node] = _meta_value(node)
+                continue
+            fn = CONVERTERS.get(target)
+            if fn is None:
+                unsupported.append((target, source_location(node)))
+                env[node] = None
+                continue
+            if unsupported:  # keep scanning for more unmapped ops, but build nothing more
+                env[node] = None
+                continue
+            args = torch.fx.node.map_aggregate(node.args, lambda a: env.get(a, a) if isinstance(a, torch.fx.Node) else a)
+            kwargs = torch.fx.node.map_aggregate(node.kwargs, lambda a: env.get(a, a) if isinstance(a, torch.fx.Node) else a)
+            try:
+                result = fn(ctx, *args, **kwargs)
+            except GraphoptError as exc:
+                raise type(exc)(f"{exc}\n  while converting {target} at {source_location(node)}") from exc
+            env[node] = result
+            _check_against_meta(ctx, node, result, target)
+        elif node.op == "output":
+            if unsupported:
+                raise UnsupportedOpError(unsupported)
+            outputs = []
+            user_outputs = [spec.arg.name for spec in sig.output_specs]
+            flat = torch.fx.node.map_aggregate(node.args[0], lambda a: a)
+            for item in (flat if isinstance(flat, (list, tuple)) else [flat]):
+                value = env.get(item) if isinstance(item, torch.fx.Node) else item
+                if not isinstance(value, Value):
+                    raise GraphoptError(
+                        f"model output {item!r} is not a tensor computed by the graph; "
+                        "graphopt graphs return tensors only"
+                    )
+                outputs.append(value)
+            del user_outputs
+            graph.set_outputs(outputs)
+    if unsupported:
+        raise UnsupportedOpError(unsupported)
+    graph.input_spec = ep.call_spec.in_spec
+    graph.output_spec = ep.call_spec.out_spec
+    _drop_unused_constants(graph)
+    return graph
+
+
+def _check_against_meta(ctx: ConversionContext, node, result, target: str) -> None:
+    """Our shape rule must agree with torch's; a disagreement is a graphopt bug, say so."""
+    expected = ctx.meta_type()
+    if expected is None or not isinstance(result, Value):
+        return
+    if not result.type.same_as(expected):
+        raise GraphoptError(
+            f"graphopt infers {result.type} for {target} at {source_location(node)} but torch "
+            f"says {expected}; please report this with the model"
+        )
+
+
+def _drop_unused_constants(graph: Graph) -> None:
+    for value in list(graph.constants.values()):
+        if not value.uses and not value.is_graph_output:
+            graph.remove_constant(value)
+
+
+def trace(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
+          dynamic_shapes: Any = None) -> Graph:
+    """Trace ``model`` with ``torch.export`` (non-strict) into graphopt IR.
+
+    Args:
+        model: an ``nn.Module`` (put it in eval mode first for inference graphs).
+        args: example positional inputs (a tuple).
+        kwargs: example keyword inputs.
+        dynamic_shapes: passed to ``torch.export.export``; dynamic dims become size symbols.
+
+    Returns:
+        The graph; weights (parameters, buffers, tensor constants) are graph constants.
+
+    Raises:
+        UnsupportedOpError: listing every ATen op that has no converter, with source lines.
+    """
+    if not isinstance(args, tuple):
+        args = (args,)
+    with torch.no_grad():
+        ep = torch.export.export(model, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes,
+                                 strict=False)
+        ep = ep.run_decompositions({})
+    return import_exported_program(ep, name=type(model).__name__)
