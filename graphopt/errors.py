@@ -50,7 +50,81 @@ class UnsupportedOpError(GraphoptError):
         distinct = sorted({name for name, _ in self.ops})
         lines.append(
             "Distinct ops: " + ", ".join(distinct) + ". Add a converter in "
-            "graphopt/frontend/aten_*.py (see docs/ir.md, 'Adding an op') or rewrite the model "
+            "graphopt/frontend/aten/*.py (see docs/ir.md, 'Adding an op') or rewrite the model "
             "code to use supported ops."
         )
         super().__init__("\n".join(lines))
+
+
+class PipelineError(GraphoptError):
+    """A pass pipeline (text or list) is malformed; the message shows where."""
+
+
+class UnknownPassError(PipelineError):
+    """A pass or named pipeline that the pass registry does not know; lists the known ones."""
+
+
+class PassOptionError(PipelineError):
+    """A pass option is unknown or its value does not convert to the option's declared type."""
+
+
+class PassError(GraphoptError):
+    """A pass (or an instrument around it) failed.
+
+    Attributes:
+        pass_name: the failing pass's registered name.
+        passes_before: names of the passes that ran successfully before it, in order.
+        node: description of the node involved, when known.
+    """
+
+    def __init__(self, message: str, pass_name: str, passes_before: list[str],
+                 node: str | None = None):
+        super().__init__(message)
+        self.pass_name = pass_name
+        self.passes_before = list(passes_before)
+        self.node = node
+
+
+class NumericDriftError(GraphoptError):
+    """A graph's outputs moved beyond tolerance compared to a reference run."""
+
+
+class RewriteError(GraphoptError):
+    """A rewrite rule produced an invalid replacement (wrong type, wrong output count)."""
+
+
+class LoweringError(GraphoptError):
+    """A backend cannot lower a graph: ops without a lowering, or an op instance it cannot express.
+
+    Attributes:
+        backend: the backend's name ("onnx", "native", ...).
+        failures: ``(op, node description, reason)`` triples, one per node that failed.
+    """
+
+    def __init__(self, backend: str, failures: list[tuple[str, str, str]]):
+        self.backend = backend
+        self.failures = list(failures)
+        lines = [f"{len(self.failures)} node(s) cannot be lowered to {backend}:"]
+        for op, where, reason in self.failures:
+            lines.append(f"  - op '{op}' at {where}: {reason}")
+        super().__init__("\n".join(lines))
+
+
+class OnnxImportError(GraphoptError):
+    """An ONNX model cannot be imported: malformed, unsafe, or using unsupported ops/types.
+
+    Attributes:
+        unsupported: ``(op_type, node_name)`` pairs, one per node without an importer.
+        needs_static: graph inputs whose values the IR needs at import time (e.g. the ``shape``
+            input of a Reshape); ``from_onnx(..., constant_inputs=...)`` can freeze them.
+    """
+
+    def __init__(self, message: str, unsupported: list[tuple[str, str]] | None = None,
+                 needs_static: list[str] | None = None):
+        self.unsupported = list(unsupported or [])
+        self.needs_static = list(needs_static or [])
+        super().__init__(message)
+
+
+class UnknownBackendError(GraphoptError):
+    """``graphopt.compile`` was asked for a backend that is not registered."""

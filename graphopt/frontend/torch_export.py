@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import operator
 import re
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -234,7 +235,9 @@ def trace(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
     """
     if not isinstance(args, tuple):
         args = (args,)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch 2.13's own pytree pickling warns about its deprecated LeafSpec; not actionable.
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         ep = torch.export.export(model, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes,
                                  strict=False)
         ep = ep.run_decompositions({})

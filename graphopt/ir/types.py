@@ -7,6 +7,7 @@ Shape rules use ordinary arithmetic on dims, so the same rule serves static and 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -15,6 +16,7 @@ import sympy
 from graphopt.ir.dtypes import DType
 
 Dim = Union[int, sympy.Expr]
+_SYMBOL = re.compile(r"\b([A-Za-z_]\w*)\b(?!\s*\()")  # a name not followed by '(' (a call)
 
 
 def normalize_dim(dim) -> Dim:
@@ -27,6 +29,10 @@ def normalize_dim(dim) -> Dim:
         dim = dim.node.expr
     expr = sympy.sympify(dim)
     if expr.is_Integer:
+        return int(expr)
+    if expr.is_Float:  # e.g. numel / known with Python's true division: 12.0 must print as 12
+        if not float(expr).is_integer():
+            raise TypeError(f"dim {dim} is not an integer")
         return int(expr)
     return sympy.simplify(expr)
 
@@ -43,7 +49,11 @@ def parse_dim(text: str) -> Dim:
     text = text.strip()
     if text.lstrip("-").isdigit():
         return int(text)
-    return normalize_dim(sympy.sympify(text))
+    # Size symbols must carry torch's assumptions (integer, positive) to equal the frontend's
+    # symbols and simplify alike (floor(2*s0/2) -> s0); binding every bare name also stops sympify
+    # from reading names like E, I, N or S as sympy constants and functions.
+    names = {n: sympy.Symbol(n, integer=True, positive=True) for n in _SYMBOL.findall(text)}
+    return normalize_dim(sympy.sympify(text, locals=names))
 
 
 def dims_equal(a: Dim, b: Dim) -> bool:

@@ -64,7 +64,7 @@ def _declare_unary(name, fn, infer):
     def reference(x):
         return fn(x)
 
-    reference.__name__ = name
+    reference.__name__ = reference.__qualname__ = name  # importable as a module global
     reference.__doc__ = f"Elementwise {name}(x)."
     register_op(name, inputs=("x",), traits=ELEMENTWISE_UNARY, infer=infer)(reference)
     globals()[name] = reference
@@ -194,7 +194,7 @@ def _declare_binary(name, fn, commutative, infer):
     def reference(a, b):
         return fn(a, b)
 
-    reference.__name__ = name
+    reference.__name__ = reference.__qualname__ = name  # importable as a module global
     reference.__doc__ = f"Elementwise {name}(a, b) with numpy broadcasting and torch promotion."
     traits = ELEMENTWISE_BINARY | ({COMMUTATIVE} if commutative else set())
     register_op(name, inputs=("a", "b"), traits=traits, infer=infer)(reference)

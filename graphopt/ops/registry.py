@@ -93,7 +93,7 @@ class OpDef:
                 raise AttrError(f"{context}: op '{self.name}' requires attribute '{key}'")
             else:
                 full[key] = spec.default
-        return full if isinstance(attrs, Attrs) and dict(attrs) == full else Attrs(full)
+        return attrs if isinstance(attrs, Attrs) and dict(attrs) == full else Attrs(full)
 
     def infer_types(self, types: list[TensorType | None], attrs: Attrs) -> list[TensorType]:
         try:

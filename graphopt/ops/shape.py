@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sympy
 import torch
 import torch.nn.functional as F
 
@@ -20,7 +21,14 @@ def _reshape_infer(types, attrs):
         raise TypeInferenceError(f"reshape shape {shape} has more than one -1")
     if -1 in shape:
         known = prod(d for d in shape if not (isinstance(d, int) and d == -1))
-        shape[shape.index(-1)] = normalize_dim(x.numel / known) if known != 0 else 0
+        numel = x.numel
+        if known == 0:
+            inferred = 0
+        elif isinstance(numel, int) and isinstance(known, int):
+            inferred = numel // known
+        else:
+            inferred = normalize_dim(sympy.simplify(sympy.sympify(numel) / known))
+        shape[shape.index(-1)] = inferred
     if not dims_equal(prod(shape), x.numel):
         raise TypeInferenceError(f"cannot reshape {x} ({x.numel} elements) to {attrs['shape']}")
     return x.with_shape(shape)

@@ -102,3 +102,10 @@ def _softmax(ctx, x, dim, dtype_or_half=None):
 @converter("aten.log_softmax.int", "aten._log_softmax.default")
 def _log_softmax(ctx, x, dim, dtype_or_half=None):
     return ctx.emit("log_softmax", [x], {"axis": norm_axis(dim, x.type.rank)})
+
+
+@converter("aten.var.dim", "aten.std.dim", "aten.var.default", "aten.std.default")
+def _var_unbiased(ctx, x, dim=None, unbiased=True, keepdim=False):
+    if isinstance(dim, bool):  # var.default(x, unbiased)
+        dim, unbiased = None, dim
+    return _var(ctx, x, dim, correction=1.0 if unbiased else 0.0, keepdim=keepdim)

@@ -1,0 +1,466 @@
+"""Parse the text form written by ``graphopt.ir.printer`` back into a ``Graph``.
+
+The graph is built through ``Graph.add_input``/``add_constant``/``create_node``, so attribute
+schemas and arities are checked as usual, and every node's declared output types must equal what
+the op's shape rule infers: a golden IR test with a wrong type fails here instead of passing
+silently. Every error is a ``ParseError`` carrying ``line:col`` and a caret under the culprit.
+
+Grammar (whitespace-insensitive; ``#`` starts a comment that runs to the end of the line)::
+
+    graph    := "graph" NAME "(" [param ("," param)*] ")" "{" stmt* "return" [vals] "}"
+    param    := VALUE ":" type
+    stmt     := "const" VALUE ":" type ["=" literal]
+              | [VALUE ":" type ("," VALUE ":" type)* "="] OP "(" [operand ("," operand)*] ")"
+                ["{" [IDENT "=" attr ("," IDENT "=" attr)*] "}"]
+    type     := DTYPE "[" [dim ("," dim)*] "]" ["{" "scale=" list "," "zp=" list ... "}"]
+    operand  := VALUE | "None"
+    attr     := INT | FLOAT | "inf" | "-inf" | "nan" | "true" | "false" | "none" | STRING
+              | DTYPE | "sym(" EXPR ")" | "[" [attr ("," attr)*] "]"
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+import numpy as np
+import torch
+
+from graphopt.errors import GraphoptError, ParseError, UnknownOpError
+from graphopt.ir.dtypes import DType, torch_to_numpy
+from graphopt.ir.graph import Graph, Value
+from graphopt.ir.printer import format_type
+from graphopt.ir.types import QuantInfo, TensorType, parse_dim
+from graphopt.ops.registry import all_ops, get_op
+
+_SKIP = re.compile(r"(?:\s+|#[^\n]*)*")  # whitespace and comments
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+_VALUE = re.compile(r"%([A-Za-z0-9_.]+)")
+_NUMBER = re.compile(r"[-+]?(?:(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?|inf|nan)(?![A-Za-z0-9_.])")
+_QUANT_START = re.compile(r"\s*\{\s*(?:scale|zp|axis|bits)\s*=")
+_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+_KEYWORD_CONSTS = {"true": True, "false": False, "none": None}
+
+
+def parse_graph(text: str, constants: Mapping[str, np.ndarray] | None = None) -> Graph:
+    """Build a graph from its text form.
+
+    Args:
+        text: IR text as written by ``print_graph`` (or by hand).
+        constants: arrays for the constants printed without inline data, by name (without
+            ``%``). For bfloat16 constants pass the raw ``np.uint16`` bits. The arrays are shared
+            with the graph, not copied (``add_constant`` marks them read-only).
+
+    Returns:
+        The graph, with the value names exactly as in the text.
+
+    Raises:
+        ParseError: malformed text, unknown op/dtype/value, duplicate definition, a constant
+            without data, or a declared type that differs from the inferred one.
+    """
+    return _Parser(text, constants or {}).parse()
+
+
+class _Parser:
+    def __init__(self, text: str, constants: Mapping[str, np.ndarray]):
+        self.text = text
+        self.pos = 0
+        self.constants = constants
+        self.graph = Graph()
+        self.env: dict[str, tuple[Value, int]] = {}  # name -> (value, position of definition)
+        self.dims: dict[str, Any] = {}  # sympify is slow and the same dims recur on every line
+
+    # --------------------------------------------------------------------------------- errors
+    def error(self, message: str, pos: int | None = None) -> NoReturn:
+        pos = self.pos if pos is None else min(pos, len(self.text))
+        line = self.text.count("\n", 0, pos) + 1
+        start = self.text.rfind("\n", 0, pos) + 1
+        end = self.text.find("\n", pos)
+        source = self.text[start : len(self.text) if end == -1 else end]
+        col = pos - start + 1
+        pad = "".join(c if c == "\t" else " " for c in source[: col - 1])  # keep tabs aligned
+        err = ParseError(f"line {line}:{col}: {message}\n  {source}\n  {pad}^")
+        err.line, err.col = line, col
+        raise err
+
+    # -------------------------------------------------------------------------------- lexing
+    def skip(self) -> None:
+        self.pos = _SKIP.match(self.text, self.pos).end()
+
+    def peek(self, token: str) -> bool:
+        self.skip()
+        return self.text.startswith(token, self.pos)
+
+    def accept(self, token: str) -> bool:
+        if self.peek(token):
+            self.pos += len(token)
+            return True
+        return False
+
+    def expect(self, token: str, what: str = "") -> None:
+        if not self.accept(token):
+            self.error(f"expected '{token}'{' ' + what if what else ''}, found {self.found()}")
+
+    def found(self) -> str:
+        self.skip()
+        if self.pos >= len(self.text):
+            return "end of text"
+        match = _IDENT.match(self.text, self.pos) or _NUMBER.match(self.text, self.pos)
+        return repr(match.group() if match else self.text[self.pos])
+
+    def keyword(self, word: str) -> bool:
+        self.skip()
+        match = _IDENT.match(self.text, self.pos)
+        if match and match.group() == word:
+            self.pos = match.end()
+        return bool(match and match.group() == word)
+
+    def token(self, regex: re.Pattern, what: str) -> tuple[str, int]:
+        """The text matched by ``regex`` (its group 1 if it has one) and where it starts."""
+        self.skip()
+        match = regex.match(self.text, self.pos)
+        if not match:
+            self.error(f"expected {what}, found {self.found()}")
+        self.pos = match.end()
+        return match.group(match.lastindex or 0), match.start()
+
+    def ident(self, what: str) -> tuple[str, int]:
+        return self.token(_IDENT, what)
+
+    def value_name(self) -> tuple[str, int]:
+        return self.token(_VALUE, "a %value")
+
+    def balanced(self, stops: str) -> tuple[str, int]:
+        """Raw text up to a top-level char in ``stops`` (sympy dims may hold '(' and ',')."""
+        self.skip()
+        start, depth, pos = self.pos, 0, self.pos
+        while pos < len(self.text) and self.text[pos] != "\n":
+            c = self.text[pos]
+            if depth == 0 and c in stops:
+                self.pos = pos
+                return self.text[start:pos].strip(), start
+            depth += (c == "(") - (c == ")")
+            pos += 1
+        self.error(f"unterminated expression, expected one of {list(stops)}", pos)
+
+    def items(self, close: str, item, what: str) -> list:
+        """``item ("," item)* close`` or just ``close``."""
+        out: list = []
+        if self.accept(close):
+            return out
+        while True:
+            out.append(item())
+            if self.accept(close):
+                return out
+            self.expect(",", f"or '{close}' {what}")
+
+    # ------------------------------------------------------------------------------- grammar
+    def parse(self) -> Graph:
+        if not self.keyword("graph"):
+            self.error(f"expected 'graph', found {self.found()}")
+        self.graph.name = self.string() if self.peek('"') else self.ident("a graph name")[0]
+        self.expect("(")
+        self.items(")", self.graph_input, "after a graph input")
+        self.expect("{")
+        while not self.keyword("return"):
+            if self.pos >= len(self.text) or self.peek("}"):
+                self.error(f"expected 'return' before the end of the graph, found {self.found()}")
+            if self.keyword("const"):
+                self.constant()
+            else:
+                self.node()
+        self.graph.set_outputs(self.items("}", self.use, "closing the graph"))
+        self.skip()
+        if self.pos < len(self.text):
+            self.error(f"unexpected text after the graph: {self.found()}")
+        return self.graph
+
+    def check_new(self, name: str, pos: int) -> None:
+        if name in self.env:
+            first = self.text.count("\n", 0, self.env[name][1]) + 1
+            self.error(f"duplicate definition of %{name} (first defined on line {first})", pos)
+
+    def bind(self, name: str, pos: int, value: Value) -> None:
+        if value.name != name:  # unique_name keeps names that are free, and ours are checked
+            self.error(f"%{name} was renamed to %{value.name} by the graph", pos)
+        self.env[name] = (value, pos)
+
+    def graph_input(self) -> None:
+        name, pos = self.value_name()
+        self.check_new(name, pos)
+        self.expect(":")
+        self.bind(name, pos, self.graph.add_input(name, self.type()))
+
+    def use(self) -> Value:
+        name, pos = self.value_name()
+        if name not in self.env:
+            self.error(f"undefined value %{name}", pos)
+        return self.env[name][0]
+
+    def type(self) -> TensorType:
+        name, pos = self.ident("a dtype")
+        try:
+            dtype = DType.parse(name)
+        except ValueError as exc:
+            self.error(str(exc), pos)
+        self.expect("[", "after the dtype")
+        dims = self.items("]", lambda: self.dim(*self.balanced(",]")), "in a shape")
+        quant = self.quant() if _QUANT_START.match(self.text, self.pos) else None
+        return TensorType(tuple(dims), dtype, quant)
+
+    def dim(self, text: str, pos: int):
+        if text in self.dims:
+            return self.dims[text]
+        if not text:
+            self.error("empty dim", pos)
+        try:
+            dim = parse_dim(text)
+        except Exception:  # sympify raises a zoo of exception types on bad input
+            self.error(f"malformed dim '{text}'", pos)
+        if not isinstance(dim, int) and not (getattr(dim, "free_symbols", None)):
+            self.error(f"dim '{text}' is neither an integer nor a symbolic size", pos)
+        self.dims[text] = dim
+        return dim
+
+    def quant(self) -> QuantInfo:
+        start = self.pos
+        fields = self.attr_dict()
+        unknown = sorted(set(fields) - {"scale", "zp", "axis", "bits"})
+        if unknown or "scale" not in fields or "zp" not in fields:
+            self.error("quantization must be {scale=[...], zp=[...], axis=N, bits=N}", start)
+        try:
+            return QuantInfo(
+                scale=tuple(float(s) for s in fields["scale"]),
+                zero_point=tuple(_as_int(z) for z in fields["zp"]),
+                axis=None if fields.get("axis") is None else _as_int(fields["axis"]),
+                bits=_as_int(fields.get("bits", 8)),
+            )
+        except (TypeError, ValueError) as exc:
+            self.error(f"malformed quantization: {exc}", start)
+
+    def constant(self) -> None:
+        name, pos = self.value_name()
+        self.check_new(name, pos)
+        self.expect(":")
+        self.skip()
+        type_pos = self.pos
+        type_ = self.type()
+        if not type_.is_static:
+            self.error(f"constant %{name} must have a static shape, got {type_}", type_pos)
+        if self.accept("="):
+            data = self.data(self.literal(), type_)
+        elif name in self.constants:
+            data = np.asarray(self.constants[name])
+            dtype = type_.dtype.numpy
+            if data.shape != type_.shape or data.dtype != dtype:
+                self.error(
+                    f"constants['{name}'] is {data.dtype}{list(data.shape)}, but %{name} is "
+                    f"{type_} (numpy storage {dtype}{list(type_.shape)})",
+                    pos,
+                )
+        else:
+            self.error(
+                f"constant %{name} has no inline data: pass its array with "
+                f"parse_graph(text, constants={{'{name}': array, ...}})",
+                pos,
+            )
+        value = self.graph.add_constant(data, name, dtype=type_.dtype)
+        if type_.quant is not None:
+            value.type = type_
+        self.bind(name, pos, value)
+
+    def node(self) -> None:
+        outs: list[tuple[str, int, TensorType, int]] = []
+        if self.peek("%"):
+            while True:
+                name, pos = self.value_name()
+                self.check_new(name, pos)
+                if any(name == o[0] for o in outs):
+                    self.error(f"duplicate definition of %{name} in the same node", pos)
+                self.expect(":")
+                self.skip()
+                type_pos = self.pos
+                outs.append((name, pos, self.type(), type_pos))
+                if self.accept("="):
+                    break
+                self.expect(",", "or '=' after a node output")
+        op, op_pos = self.ident("an op name")
+        self.expect("(", f"after op '{op}'")
+        operand = lambda: None if self.keyword("None") else self.use()  # noqa: E731
+        inputs = self.items(")", operand, "after an operand")
+        attrs = self.attr_dict() if self.peek("{") else {}
+        self.build_node(op, op_pos, inputs, attrs, outs)
+
+    def build_node(self, op, op_pos, inputs, attrs, outs) -> None:
+        what = f"%{outs[0][0]} = {op}" if outs else op
+        try:
+            opdef = get_op(op)
+        except UnknownOpError:
+            close = difflib.get_close_matches(op, all_ops(), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            self.error(f"unknown op '{op}'{hint}", op_pos)
+        try:
+            attrs = opdef.check_attrs(attrs, context=what)
+            opdef.check_arity(inputs, context=what)
+            inferred = opdef.infer_types([None if v is None else v.type for v in inputs], attrs)
+        except GraphoptError as exc:
+            self.error(str(exc), op_pos)
+        if len(inferred) != len(outs):
+            self.error(
+                f"{what}: declares {len(outs)} output(s) but '{op}' produces {len(inferred)} "
+                f"({', '.join(map(format_type, inferred))})",
+                op_pos,
+            )
+        for (name, _, declared, type_pos), want in zip(outs, inferred):
+            if not declared.same_as(want):
+                self.error(
+                    f"{what}: %{name} is declared {format_type(declared)} but '{op}' infers "
+                    f"{format_type(want)}",
+                    type_pos,
+                )
+        node = self.graph.create_node(
+            op,
+            inputs,
+            attrs,
+            name=outs[0][0] if outs else None,
+            output_types=[o[2] for o in outs],
+        )
+        # create_node names outputs name, name.1, ...; the text may name them otherwise. Release
+        # every generated name before claiming the wanted ones, which may overlap them.
+        for value in node.outputs:
+            self.graph._names.discard(value.name)
+        for value, (name, pos, _, _) in zip(node.outputs, outs):
+            self.graph._names.add(name)
+            value.name = name
+            self.bind(name, pos, value)
+
+    def attr_dict(self) -> dict[str, Any]:
+        self.expect("{")
+        out: dict[str, Any] = {}
+
+        def item() -> None:
+            key, pos = self.ident("an attribute name")
+            if key in out:
+                self.error(f"duplicate attribute '{key}'", pos)
+            self.expect("=", f"after attribute '{key}'")
+            out[key] = self.attr_value()
+
+        self.items("}", item, "after an attribute")
+        return out
+
+    def attr_value(self) -> Any:
+        self.skip()
+        pos = self.pos
+        if self.accept("["):
+            return tuple(self.items("]", self.attr_value, "in a list"))
+        if self.peek('"'):
+            return self.string()
+        number = _NUMBER.match(self.text, pos)
+        if number:
+            self.pos = number.end()
+            return _number(number.group())
+        match = _IDENT.match(self.text, pos)
+        if not match:
+            self.error(f"malformed attribute value {self.found()}", pos)
+        word = match.group()
+        self.pos = match.end()
+        if word in _KEYWORD_CONSTS:
+            return _KEYWORD_CONSTS[word]
+        if word == "sym" and self.accept("("):
+            text, epos = self.balanced(")")
+            self.expect(")")
+            return self.dim(text, epos)
+        try:
+            return DType.parse(word)
+        except ValueError:
+            self.error(f"malformed attribute value '{word}' (strings need double quotes)", pos)
+
+    def string(self) -> str:
+        self.skip()
+        match = _STRING.match(self.text, self.pos)
+        if not match:
+            self.error("unterminated string")
+        try:
+            value = json.loads(match.group())
+        except json.JSONDecodeError as exc:
+            self.error(f"malformed string: {exc.msg}")
+        self.pos = match.end()
+        return value
+
+    def literal(self) -> Any:
+        """A scalar token ``(text, pos)`` or a nested ``_Seq`` of them."""
+        self.skip()
+        pos = self.pos
+        if self.accept("["):
+            return _Seq(self.items("]", self.literal, "in constant data"), pos)
+        match = _NUMBER.match(self.text, pos) or _IDENT.match(self.text, pos)
+        if not match or (match.re is _IDENT and match.group() not in ("true", "false")):
+            self.error(f"malformed constant element {self.found()}", pos)
+        self.pos = match.end()
+        return (match.group(), pos)
+
+    def data(self, literal: Any, type_: TensorType) -> np.ndarray:
+        flat: list[tuple[str, int]] = []
+        self.flatten(literal, type_.shape, flat)
+        dtype = type_.dtype
+        values = []
+        for text, epos in flat:
+            if dtype is DType.bool:
+                if text not in ("true", "false"):
+                    self.error(f"bool constant element must be true/false, got '{text}'", epos)
+                values.append(text == "true")
+            elif text in ("true", "false"):
+                self.error(f"{dtype} constant element cannot be '{text}'", epos)
+            elif dtype.is_floating:
+                values.append(float(text))
+            else:
+                number = _number(text)
+                if not isinstance(number, int):
+                    self.error(f"{dtype} constant element must be an integer, got '{text}'", epos)
+                info = np.iinfo(dtype.numpy)
+                if not info.min <= number <= info.max:
+                    self.error(f"constant element {number} is out of range for {dtype}", epos)
+                values.append(number)
+        if dtype is DType.bfloat16:
+            floats = torch.tensor(values, dtype=torch.float32).reshape(type_.shape)
+            return torch_to_numpy(floats.to(torch.bfloat16))[0]
+        return np.array(values, dtype=dtype.numpy).reshape(type_.shape)
+
+    def flatten(self, literal: Any, shape: tuple[int, ...], flat: list) -> None:
+        """Check that nested lists match ``shape`` and collect the scalars in C order."""
+        pos = literal.pos if isinstance(literal, _Seq) else literal[1]
+        if not shape:
+            if isinstance(literal, _Seq):
+                self.error("constant data is nested deeper than its shape", pos)
+            flat.append(literal)
+            return
+        if not isinstance(literal, _Seq) or len(literal) != shape[0]:
+            got = f"{len(literal)} items" if isinstance(literal, _Seq) else "a scalar"
+            self.error(
+                f"constant data does not match its shape: {got} where {shape[0]} were expected", pos
+            )
+        for item in literal:
+            self.flatten(item, shape[1:], flat)
+
+
+class _Seq(list):
+    """A bracketed list of constant data, remembering where it starts for error messages."""
+
+    def __init__(self, items: list, pos: int):
+        super().__init__(items)
+        self.pos = pos
+
+
+def _number(text: str) -> int | float:
+    if any(c in text for c in ".eEn"):  # n: inf / nan
+        return float(text)
+    return int(text)
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
