@@ -20,9 +20,19 @@ from graphopt.ir.graph import Graph, Node, Value
 from graphopt.ir.types import dims_equal
 
 
+def reorder_kwargs(kwargs: dict, spec: Any) -> dict:
+    """Keyword inputs in the order the model was traced with (pytree flattens dicts in order)."""
+    if not kwargs or spec is None or spec.type is not tuple or spec.num_children != 2:
+        return dict(kwargs)
+    kwargs_spec = spec.child(1)
+    if kwargs_spec.type is not dict or set(kwargs_spec.context) != set(kwargs):
+        return dict(kwargs)
+    return {k: kwargs[k] for k in kwargs_spec.context}
+
+
 def flatten_inputs(graph: Graph, args: Sequence[Any], kwargs: dict | None) -> list[torch.Tensor]:
     """The tensor leaves of ``(args, kwargs)`` in graph-input order, as torch tensors."""
-    leaves = pytree.tree_leaves((tuple(args), dict(kwargs or {})))
+    leaves = pytree.tree_leaves((tuple(args), reorder_kwargs(kwargs or {}, graph.input_spec)))
     tensors = [
         torch.from_numpy(np.require(x, requirements="C")) if isinstance(x, np.ndarray) else x
         for x in leaves

@@ -68,3 +68,14 @@ def test_dynamic_batch_is_symbolic_and_runs_any_batch():
     for n in (2, 7, 33):
         x = torch.randn(n, 3, 16, 16)
         torch.testing.assert_close(graphopt.run(graph, x), model(x), rtol=1e-4, atol=1e-5)
+
+
+class KeywordModel(nn.Module):
+    def forward(self, a, b):
+        return a - 2 * b
+
+
+def test_keyword_inputs_are_matched_by_name_not_position():
+    a, b = torch.randn(3), torch.randn(3)
+    graph = graphopt.trace(KeywordModel(), (), {"a": a, "b": b})
+    torch.testing.assert_close(graphopt.run(graph, b=b, a=a), a - 2 * b)

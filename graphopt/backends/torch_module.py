@@ -1,0 +1,470 @@
+"""Lower a graph to a regular ``torch.nn.Module`` whose ``forward`` is generated Python code.
+
+Each IR node becomes one ``torch.fx`` ``call_function`` of its op's reference implementation (a
+module-level torch function; an op may register a ``"torch"`` lowering to use instead), so the
+module is plain PyTorch: it trains, pickles, moves between devices and prints as readable code::
+
+    >>> module = graphopt.to_torch(graphopt.trace(mlp, (x,)))
+    >>> print(module.code)
+    def forward(self, x):
+        fc1_weight = self.fc1.weight
+        fc1_bias = self.fc1.bias
+        linear = graphopt_ops_nn_linear(x, fc1_weight, fc1_bias);  x = fc1_weight = fc1_bias = None
+        relu = graphopt_ops_elementwise_relu(linear);  linear = None
+        ...
+        return (linear_1,)
+
+* Weights: floating constants become trainable ``nn.Parameter``s, integer/bool ones buffers, at
+  attribute paths mirroring their dotted names (``fc1.weight`` -> ``self.fc1.weight``), so the
+  ``state_dict`` keys read like the traced model's, under the ``graph_module.`` prefix. The data
+  is copied: the module owns its weights, the graph's read-only arrays are never aliased.
+* Size symbols: a symbolic attribute (``reshape{shape=[s0, 80]}``) is computed in the generated
+  code from the input shapes (``s0 = x.size(0)``, ``mul = s0 * 5``); static graphs get no such code.
+* Structure: ``TorchModule.forward`` takes the traced model's inputs (any pytree of tensors or
+  numpy arrays) and returns its outputs in the model's own structure, as ``graphopt.run`` does.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import keyword
+import linecache
+import operator
+import re
+import traceback
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import sympy
+import torch
+import torch.fx
+import torch.utils._pytree as pytree
+import torch.utils._sympy.functions as torch_sympy
+
+from graphopt.errors import GraphoptError, InputMismatchError
+from graphopt.ir.attrs import has_symbols
+from graphopt.ir.dtypes import numpy_to_torch
+from graphopt.interpreter import reorder_kwargs
+from graphopt.ir.graph import Graph, Node, Value
+
+BACKEND = "torch"  # key of an op's own lowering in ``OpDef.lowerings`` (default: its reference)
+
+# sympy functions with a direct Python spelling; anything else goes through ``eval_size_expr``.
+_SIZE_FUNCTIONS: dict[type, Callable] = {
+    torch_sympy.FloorDiv: operator.floordiv,
+    torch_sympy.PythonMod: operator.mod,
+    torch_sympy.Mod: operator.mod,
+    sympy.Mod: operator.mod,
+    torch_sympy.Max: max,
+    torch_sympy.Min: min,
+    sympy.Max: max,
+    sympy.Min: min,
+}
+_SYMPY_LOCALS = {
+    name: obj
+    for name, obj in vars(torch_sympy).items()
+    if isinstance(obj, type) and issubclass(obj, sympy.Basic)
+}
+
+
+class TorchModule(torch.nn.Module):
+    """A lowered graph: the generated ``graph_module`` (code and weights) and the I/O structure.
+
+    Attributes:
+        graph_module: the ``torch.fx.GraphModule`` taking and returning flat tensors.
+        input_spec, output_spec: the traced model's pytree specs (None: flat tuple).
+        input_names: the graph's inputs, for error messages.
+        node_descriptions: fx node name -> IR node (``%name = op (from file:line)``), so that a
+            failure at run time names the IR node it happened in.
+    """
+
+    def __init__(
+        self,
+        graph_module: torch.fx.GraphModule,
+        input_spec: Any,
+        output_spec: Any,
+        input_names: Sequence[str],
+        node_descriptions: dict[str, str],
+    ):
+        super().__init__()
+        self.graph_module = graph_module
+        self.input_spec = input_spec
+        self.output_spec = output_spec
+        self.input_names = tuple(input_names)
+        self.node_descriptions = dict(node_descriptions)
+
+    @property
+    def code(self) -> str:
+        """The generated Python source of the flat forward."""
+        return self.graph_module.code
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        flat = self._flatten_inputs(args, kwargs)
+        try:
+            # ``.forward``, not ``__call__``: fx's call wrapper strips the traceback that
+            # ``_failing_node`` maps back to an IR node (and prints the code to stderr).
+            outputs = self.graph_module.forward(*flat)
+        except GraphoptError:
+            raise
+        except Exception as exc:
+            where = self._failing_node(exc)
+            if where is None:
+                raise
+            shapes = ", ".join(str(tuple(t.shape)) for t in flat)
+            raise GraphoptError(
+                f"{where} failed in the generated torch module on inputs ({shapes}): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if self.output_spec is not None:
+            return pytree.tree_unflatten(list(outputs), self.output_spec)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    # Pickle the specs as text where pytree can: unpickling TreeSpec objects warns (torch 2.13).
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        for key in ("input_spec", "output_spec"):
+            state[key] = _SpecText.encode(state[key])
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for key in ("input_spec", "output_spec"):
+            if isinstance(state.get(key), _SpecText):
+                state[key] = pytree.treespec_loads(state[key].text)
+        super().__setstate__(state)
+
+    def _flatten_inputs(self, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+        """Tensor leaves of ``(args, kwargs)`` in graph-input order (numpy arrays converted)."""
+        leaves = pytree.tree_leaves((tuple(args), reorder_kwargs(kwargs, self.input_spec)))
+        tensors = [
+            torch.from_numpy(np.require(x, requirements="C")) if isinstance(x, np.ndarray) else x
+            for x in leaves
+            if isinstance(x, (torch.Tensor, np.ndarray))
+        ]
+        if len(tensors) != len(self.input_names):
+            raise InputMismatchError(
+                f"the module takes {len(self.input_names)} tensor input(s) "
+                f"({', '.join(self.input_names)}), got {len(tensors)}"
+            )
+        return tensors
+
+    def _failing_node(self, exc: BaseException) -> str | None:
+        """The IR node whose generated line raised ``exc``, from the traceback."""
+        forward = getattr(self.graph_module.forward, "__func__", None)
+        code = getattr(forward, "__code__", None)
+        for frame, lineno in reversed(list(traceback.walk_tb(exc.__traceback__))):
+            if frame.f_code is code:
+                line = linecache.getline(code.co_filename, lineno)
+                match = re.match(r"\s*(\w+)\s*=", line)
+                return self.node_descriptions.get(match.group(1)) if match else None
+        return None
+
+
+class GeneratedModule(torch.fx.GraphModule):
+    """The fx module of a lowered graph; it pickles its fx graph node by node.
+
+    ``GraphModule`` pickles its code and symbolically re-traces it on load, which would run the
+    op references on proxies (they may branch on ``x.dim()``) and rename the nodes. Here the
+    nodes are stored as plain records (kind, target, arguments, name) and rebuilt as they were,
+    so the reloaded code is the same text and errors still map to IR nodes.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        records = []
+        for node in self.graph.nodes:
+            to_ref = functools.partial(torch.fx.node.map_arg, fn=lambda n: _NodeRef(n.name))
+            records.append((node.op, node.target, to_ref(node.args), to_ref(node.kwargs),
+                            node.name))
+        weights = dict(self.named_parameters(remove_duplicate=False))
+        weights.update(self.named_buffers(remove_duplicate=False))
+        return (_rebuild_generated_module,
+                (records, weights, type(self).__name__, self.training))
+
+
+class _NodeRef:
+    """A reference to an fx node by name inside a pickled ``GeneratedModule``."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __getstate__(self):
+        return self.name
+
+    def __setstate__(self, name: str) -> None:
+        self.name = name
+
+
+def _rebuild_generated_module(
+    records: list[tuple], weights: dict[str, torch.Tensor], class_name: str, training: bool
+) -> GeneratedModule:
+    graph = torch.fx.Graph()
+    env: dict[str, torch.fx.Node] = {}
+    for op, target, args, kwargs, name in records:
+        resolve = functools.partial(
+            torch.fx.node.map_aggregate, fn=lambda a: env[a.name] if isinstance(a, _NodeRef) else a
+        )
+        node = graph.create_node(op, target, resolve(args), resolve(kwargs), name=name)
+        env[name] = node
+    module = GeneratedModule(weights, graph, class_name=class_name)
+    module.train(training)
+    return module
+
+
+class _SpecText:
+    """A pytree spec pickled as ``treespec_dumps`` text."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    @staticmethod
+    def encode(spec: Any) -> Any:
+        if spec is None:
+            return None
+        try:
+            return _SpecText(pytree.treespec_dumps(spec))
+        except Exception:  # a container type pytree cannot serialize: pickle the object
+            return spec
+
+
+def to_torch(graph: Graph) -> TorchModule:
+    """Lower ``graph`` to a ``torch.nn.Module`` with generated code (see the module docstring).
+
+    Args:
+        graph: the graph to lower; it is not modified, and the module shares nothing with it.
+
+    Returns:
+        A ``TorchModule``: call it like the traced model; ``print(module.code)`` shows the code.
+
+    Raises:
+        GraphoptError: an op has no torch implementation that generated code can import (naming
+            the op and the node), or an attribute uses a size symbol no graph input defines.
+    """
+    lowering = _Lowering(graph)
+    graph_module = lowering.run()
+    return TorchModule(
+        graph_module,
+        graph.input_spec,
+        graph.output_spec,
+        [f"%{v.name}: {v.type}" for v in graph.inputs],
+        lowering.descriptions,
+    )
+
+
+def eval_size_expr(expr: str, **sizes: int) -> int:
+    """Evaluate a size expression the generated code cannot spell in Python operators.
+
+    Called by generated code, e.g. ``eval_size_expr('floor(s0/3)', s0=s0)``; the result is an int,
+    as the reference interpreter substitutes it.
+    """
+    parsed = _parse_size_expr(expr)
+    return int(parsed.subs({s: sizes[s.name] for s in parsed.free_symbols}))
+
+
+@functools.lru_cache(maxsize=None)
+def _parse_size_expr(expr: str) -> sympy.Expr:
+    return sympy.sympify(expr, locals=_SYMPY_LOCALS)
+
+
+class _Lowering:
+    """Builds the fx graph of one IR graph, node by node, in the IR's order."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.fx = torch.fx.Graph()
+        self.env: dict[int, torch.fx.Node] = {}  # id(Value) -> fx node holding it
+        self.weights: dict[str, torch.Tensor] = {}  # attribute path -> Parameter or buffer
+        self.paths = attribute_paths(list(graph.constants))
+        self.sizes: dict[sympy.Expr, torch.fx.Node] = {}  # size expression -> fx node computing it
+        self.descriptions: dict[str, str] = {}
+
+    def run(self) -> torch.fx.GraphModule:
+        taken: set[str] = set()
+        for value in self.graph.inputs:
+            self.env[id(value)] = self.fx.placeholder(_argument_name(value.name, taken))
+        for node in self.graph.nodes:
+            self.lower(node)
+        outputs = tuple(self.operand(v) for v in self.graph.outputs)
+        self.fx.output(outputs)
+        self.fx.lint()
+        class_name = re.sub(r"\W", "_", self.graph.name) or "Graph"
+        return GeneratedModule(self.weights, self.fx, class_name=class_name)
+
+    def lower(self, node: Node) -> None:
+        fn = torch_function(node)
+        args = tuple(None if v is None else self.operand(v) for v in node.inputs)
+        kwargs = {k: self.attr(v) if has_symbols(v) else v for k, v in node.attrs.items()}
+        if len(node.outputs) == 1:
+            call = self.fx.create_node("call_function", fn, args, kwargs, name=node.name)
+            self.env[id(node.outputs[0])] = call
+        else:  # the call returns a tuple; each used output is a getitem of it
+            call = self.fx.create_node(
+                "call_function", fn, args, kwargs, name=f"{node.name}_outputs"
+            )
+            for i, out in enumerate(node.outputs):
+                if out.uses or out.is_graph_output:
+                    item = self.fx.create_node(
+                        "call_function", operator.getitem, (call, i), name=out.name
+                    )
+                    self.env[id(out)] = item
+        self.descriptions[call.name] = node.describe()
+
+    def operand(self, value: Value) -> torch.fx.Node:
+        node = self.env.get(id(value))
+        if node is None:
+            if not value.is_constant:
+                raise GraphoptError(f"%{value.name} is used before it is defined")
+            # Constants are fetched at their first use, which keeps the code readable.
+            path = self.paths[value.name]
+            self.weights[path] = _weight(value)
+            node = self.fx.create_node("get_attr", path, name=value.name)
+            self.env[id(value)] = node
+        return node
+
+    # ------------------------------------------------------------------------------ size symbols
+    def attr(self, value: Any) -> Any:
+        """An attribute with size symbols -> the same structure with fx nodes computing them."""
+        if isinstance(value, tuple):
+            return tuple(self.attr(v) for v in value)
+        if isinstance(value, sympy.Expr):
+            return self.size(value)
+        return value
+
+    def size(self, expr: sympy.Expr) -> torch.fx.Node | int:
+        if expr.is_Integer:
+            return int(expr)
+        if expr not in self.sizes:
+            self.sizes[expr] = self._size_node(expr)
+        return self.sizes[expr]
+
+    def _size_node(self, expr: sympy.Expr) -> torch.fx.Node:
+        call = functools.partial(self.fx.create_node, "call_function")
+        if expr.is_Symbol:
+            if expr not in self.graph.symbol_sources:
+                raise GraphoptError(f"size symbol {expr} is not a dim of any graph input")
+            index, axis = self.graph.symbol_sources[expr]
+            x = self.env[id(self.graph.inputs[index])]
+            return self.fx.create_node("call_method", "size", (x, axis), name=str(expr))
+        if isinstance(expr, sympy.Add):
+            return functools.reduce(
+                lambda a, b: call(operator.add, (a, b)), [self.size(t) for t in expr.args]
+            )
+        if isinstance(expr, sympy.Mul):
+            coeff, rest = expr.as_coeff_Mul()
+            if coeff == 1:
+                return functools.reduce(
+                    lambda a, b: call(operator.mul, (a, b)), [self.size(f) for f in expr.args]
+                )
+            if coeff.is_Rational:  # p/q * rest; the graph promises it is an integer
+                node = self.size(rest)
+                if coeff.p != 1:
+                    node = call(operator.mul, (node, int(coeff.p)))
+                if coeff.q != 1:
+                    node = call(operator.floordiv, (node, int(coeff.q)))
+                return node
+        if isinstance(expr, sympy.Pow) and expr.exp.is_Integer and expr.exp > 0:
+            return call(operator.pow, (self.size(expr.base), int(expr.exp)))
+        fn = _SIZE_FUNCTIONS.get(type(expr))
+        if fn is not None:
+            return call(fn, tuple(self.size(a) for a in expr.args))
+        symbols = sorted(expr.free_symbols, key=lambda s: s.name)
+        return call(eval_size_expr, (str(expr),), {s.name: self.size(s) for s in symbols})
+
+
+def torch_function(node: Node) -> Callable:
+    """The function generated code calls for ``node``: its op's torch lowering or reference."""
+    opdef = node.opdef
+    fn = opdef.lowerings.get(BACKEND, opdef.reference)
+    if fn is None or not _importable(fn):
+        raise GraphoptError(
+            f"to_torch cannot lower {node.describe()}: op '{node.op}' has no torch "
+            f"implementation that generated code can import (got {fn!r}; it must be a "
+            f"module-level function). Give the op one with "
+            f"register_lowering('{BACKEND}', '{node.op}')."
+        )
+    return fn
+
+
+def _importable(fn: Callable) -> bool:
+    """True if ``fn`` is the global ``__name__`` of its ``__module__`` (what pickling needs).
+
+    Python functions must also have ``__qualname__ == __name__`` (no closures or methods);
+    torch's C functions (``torch.relu``) have a class-qualified name but import as ``torch.*``.
+    """
+    module_name = getattr(fn, "__module__", None)
+    name = getattr(fn, "__name__", None)
+    if not module_name or not name:
+        return False
+    if not module_name.startswith("torch") and getattr(fn, "__qualname__", None) != name:
+        return False
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return False
+    return getattr(module, name, None) is fn
+
+
+def _weight(value: Value) -> torch.Tensor:
+    tensor = numpy_to_torch(value.data.copy(), value.dtype)  # owned, writable storage
+    if value.dtype.is_floating:
+        return torch.nn.Parameter(tensor, requires_grad=True)
+    return tensor
+
+
+# ------------------------------------------------------------------------------------- naming
+def attribute_paths(names: Sequence[str]) -> dict[str, str]:
+    """Map constant names to unique, valid module attribute paths (``fc1.weight`` kept as is).
+
+    Segments that are Python keywords or clash with ``nn.Module``/``GraphModule`` attributes get
+    a trailing ``_``; a name that is also the prefix of another (``a`` and ``a.b``: a tensor
+    cannot also be a submodule) becomes ``a_``. The result depends only on ``names``, so the
+    ``state_dict`` keys are stable.
+    """
+    top_reserved, nested_reserved = _reserved_attributes()
+    candidates = {}
+    for name in names:
+        segments = [s for s in name.split(".") if s] or ["const"]
+        fixed = []
+        for depth, seg in enumerate(segments):
+            seg = re.sub(r"\W", "_", seg)
+            reserved = top_reserved if depth == 0 else nested_reserved
+            if keyword.iskeyword(seg) or seg in reserved:
+                seg += "_"
+            fixed.append(seg)
+        candidates[name] = ".".join(fixed)
+    prefixes = {
+        path.rsplit(".", i)[0]
+        for path in candidates.values()
+        for i in range(1, path.count(".") + 1)
+    }
+    used: set[str] = set()
+    paths = {}
+    for name, path in candidates.items():
+        while path in used or path in prefixes:
+            path += "_"
+        used.add(path)
+        paths[name] = path
+    return paths
+
+
+@functools.lru_cache(maxsize=1)
+def _reserved_attributes() -> tuple[frozenset[str], frozenset[str]]:
+    module = torch.nn.Module()
+    graph_module = torch.fx.GraphModule(module, torch.fx.Graph())
+    return frozenset(dir(graph_module)), frozenset(dir(module))
+
+
+def _argument_name(name: str, taken: set[str]) -> str:
+    """A valid, unique Python parameter name for a graph input."""
+    base = re.sub(r"\W", "_", name) or "input"
+    if base[0].isdigit():
+        base = "_" + base
+    if keyword.iskeyword(base) or base == "self":
+        base += "_"
+    candidate, i = base, 0
+    while candidate in taken:
+        i += 1
+        candidate = f"{base}_{i}"
+    taken.add(candidate)
+    return candidate
