@@ -1,0 +1,356 @@
+"""canonicalize: peephole rules that remove identity-like nodes and merge chains.
+
+Before -> after::
+
+    graph main(%x: f32[2, 3]) {                          graph main(%x: f32[2, 3]) {
+      const %one: f32[] = 1.0                              %t: f32[3, 2] = permute(%x) {perm=[1, 0]}
+      %r: f32[2, 3] = reshape(%x) {shape=[2, 3]}           return %t
+      %m: f32[2, 3] = mul(%r, %one)                      }
+      %p: f32[3, 2] = permute(%m) {perm=[1, 0]}
+      %t: f32[3, 2] = permute(%p) {perm=[1, 0]}
+      %u: f32[3, 2] = permute(%t) {perm=[1, 0]}   (the two last permutes compose to [1, 0])
+      return %u
+    }
+
+Rules (each is exact in fp32, see its docstring for why):
+
+* identities: reshape/expand/slice whose output type equals the input type, permute with the
+  identity perm, cast to the same dtype;
+* chains: reshape(reshape(x)), permute(permute(x)) (perms composed; the identity disappears),
+  cast(cast(x)) when the inner cast is lossless, neg(neg(x)), squeeze(unsqueeze(x)) and
+  unsqueeze(squeeze(x)) that give back x's type;
+* arithmetic identities: x*1, x/1, x+0, x-0 where the constant is exactly 1 / 0 and broadcasting
+  does not change the output shape or dtype.
+
+Signed zeros: x + (+0.0) maps -0.0 to +0.0, and x - (-0.0) likewise, so for floats these fold
+only when the zero has the right sign (x + (-0.0) and x - (+0.0) are exact), unless the option
+``signed_zeros=false`` says the sign of zero does not matter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphopt.ir.dtypes import DType
+from graphopt.ir.graph import Value
+from graphopt.rewrite import Const, Match, RewritePass, Rule, Var, op
+from graphopt.transform.registry import register_pass
+
+
+def _same_type(match: Match, x: Value) -> str | None:
+    out = match.root.output
+    if out.type.same_as(x.type):
+        return None
+    return (
+        f"output %{out.name}: {out.type} differs from %{x.name}: {x.type}; removing the "
+        f"node would change the type"
+    )
+
+
+# ------------------------------------------------------------------------------- identities
+class IdentityReshape(Rule):
+    """reshape(x) with the shape x already has -> x."""
+
+    name = "identity-reshape"
+
+    def pattern(self):
+        return op.reshape(Var("x"))
+
+    def check(self, match):
+        return _same_type(match, match["x"])
+
+    def rewrite(self, match, rw):
+        return match["x"]
+
+
+class IdentityExpand(IdentityReshape):
+    """expand(x) to the shape x already has -> x."""
+
+    name = "identity-expand"
+
+    def pattern(self):
+        return op.expand(Var("x"))
+
+
+class IdentitySlice(IdentityReshape):
+    """slice(x) with step 1 whose output has x's shape (covers the whole axis) -> x.
+
+    With step 1, an output as long as the input can only be the whole axis.
+    """
+
+    name = "identity-slice"
+
+    def pattern(self):
+        return op.slice(Var("x"), step=1)
+
+
+class IdentityPermute(IdentityReshape):
+    """permute(x) with the identity perm -> x."""
+
+    name = "identity-permute"
+
+    def pattern(self):
+        return op.permute(Var("x"), perm=lambda p: tuple(p) == tuple(range(len(p))))
+
+
+class IdentityCast(IdentityReshape):
+    """cast(x) to x's own dtype -> x."""
+
+    name = "identity-cast"
+
+    def pattern(self):
+        return op.cast(Var("x"))
+
+
+# ----------------------------------------------------------------------------------- chains
+class ReshapeReshape(Rule):
+    """reshape(reshape(x, s1), s2) -> reshape(x, s2): both are row-major views of x's data."""
+
+    name = "reshape-reshape"
+    allow_shared = True  # the inner reshape may feed others; we never duplicate work
+
+    def pattern(self):
+        return op.reshape(op.reshape(Var("x")))
+
+    def rewrite(self, match, rw):
+        return rw.op.reshape(match["x"], shape=match.root.attrs["shape"])
+
+
+class PermutePermute(Rule):
+    """permute(permute(x, p), q) -> permute(x, r) with r[i] = p[q[i]]; x itself if r is identity."""
+
+    name = "permute-permute"
+    allow_shared = True
+
+    def pattern(self):
+        return op.permute(op.permute(Var("x")).named("inner"))
+
+    def rewrite(self, match, rw):
+        p, q = match.nodes["inner"].attrs["perm"], match.root.attrs["perm"]
+        perm = tuple(p[i] for i in q)
+        if perm == tuple(range(len(perm))):
+            return match["x"]
+        return rw.op.permute(match["x"], perm=perm)
+
+
+# Casts from -> to that represent every value exactly (so a later cast sees the same number).
+_LOSSLESS = {
+    DType.bool: set(DType) - {DType.bool},
+    DType.uint8: {
+        DType.int16,
+        DType.int32,
+        DType.int64,
+        DType.float16,
+        DType.bfloat16,
+        DType.float32,
+        DType.float64,
+    },
+    DType.int8: {
+        DType.int16,
+        DType.int32,
+        DType.int64,
+        DType.float16,
+        DType.bfloat16,
+        DType.float32,
+        DType.float64,
+    },
+    DType.int16: {DType.int32, DType.int64, DType.float32, DType.float64},
+    DType.int32: {DType.int64, DType.float64},
+    DType.float16: {DType.float32, DType.float64},
+    DType.bfloat16: {DType.float32, DType.float64},
+    DType.float32: {DType.float64},
+}
+
+
+class CastCast(Rule):
+    """cast(cast(x, T1), T2) -> cast(x, T2) (or x when T2 is x's dtype) if x -> T1 is lossless.
+
+    A lossless first cast hands the second one the exact value of x, so rounding once from x
+    gives the same result. Kept when T2 is an integer type other than x's (float -> int of
+    out-of-range values is implementation-defined) or when the first cast can lose information
+    (f32 -> f16 -> f32 rounds).
+    """
+
+    name = "cast-cast"
+    allow_shared = True
+
+    def pattern(self):
+        return op.cast(op.cast(Var("x")).named("inner"))
+
+    def check(self, match):
+        src = match["x"].dtype
+        mid = match.nodes["inner"].attrs["dtype"]
+        dst = match.root.attrs["dtype"]
+        if mid not in _LOSSLESS.get(src, set()):
+            return f"cast {src} -> {mid} is not lossless, so {src} -> {mid} -> {dst} may differ"
+        if dst != src and not (dst.is_floating or dst is DType.bool):
+            return f"final cast to integer {dst} from a different dtype is not merged"
+        return None
+
+    def rewrite(self, match, rw):
+        dst = match.root.attrs["dtype"]
+        if dst == match["x"].dtype:
+            return match["x"]
+        return rw.op.cast(match["x"], dtype=dst)
+
+
+class NegNeg(Rule):
+    """neg(neg(x)) -> x (exact, also for integers: wrap-around negation is an involution)."""
+
+    name = "neg-neg"
+    allow_shared = True
+
+    def pattern(self):
+        return op.neg(op.neg(Var("x")))
+
+    def rewrite(self, match, rw):
+        return match["x"]
+
+
+class SqueezeUnsqueeze(Rule):
+    """squeeze(unsqueeze(x)) -> x when the result has x's type.
+
+    Inserting or removing size-1 dims never reorders elements (row-major), so equal types mean
+    equal data.
+    """
+
+    name = "squeeze-unsqueeze"
+    allow_shared = True
+
+    def pattern(self):
+        return op.squeeze(op.unsqueeze(Var("x")))
+
+    def check(self, match):
+        return _same_type(match, match["x"])
+
+    def rewrite(self, match, rw):
+        return match["x"]
+
+
+class UnsqueezeSqueeze(SqueezeUnsqueeze):
+    """unsqueeze(squeeze(x)) -> x when the result has x's type (the squeezed dim comes back)."""
+
+    name = "unsqueeze-squeeze"
+
+    def pattern(self):
+        return op.unsqueeze(op.squeeze(Var("x")))
+
+
+# ------------------------------------------------------------------------------- arithmetic
+class _ArithIdentity(Rule):
+    """Base: ``op(x, c)`` -> x for a constant c of all-``value`` elements (checks types)."""
+
+    value: float = 0.0
+
+    def check(self, match):
+        return _same_type(match, match["x"])
+
+    def rewrite(self, match, rw):
+        return match["x"]
+
+
+class MulOne(_ArithIdentity):
+    """x * 1 -> x (and 1 * x): exact for every value, NaN and -0.0 included."""
+
+    name = "mul-one"
+
+    def pattern(self):
+        return op.mul(Var("x"), Const("c", value=1))
+
+
+class DivOne(_ArithIdentity):
+    """x / 1 -> x for true division (or floor/trunc division of integers)."""
+
+    name = "div-one"
+
+    def pattern(self):
+        return op.div(Var("x"), Const("c", value=1))
+
+    def check(self, match):
+        mode = match.root.attrs["rounding_mode"]
+        if mode is not None and match["x"].dtype.is_floating:
+            return f"rounding_mode={mode!r} rounds float x, so x / 1 is not x"
+        return _same_type(match, match["x"])
+
+
+class AddZero(_ArithIdentity):
+    """x + 0 -> x (and 0 + x); for floats only with -0.0 unless signed zeros are ignored."""
+
+    name = "add-zero"
+    signed_zeros = True
+
+    def pattern(self):
+        return op.add(Var("x"), Const("c", value=0))
+
+    def check(self, match):
+        reason = _same_type(match, match["x"])
+        if reason is None and self.signed_zeros and match["x"].dtype.is_floating:
+            if not np.all(np.signbit(match.const("c"))):
+                reason = (
+                    f"x + (+0.0) turns x = -0.0 into +0.0 (constant %{match['c'].name}); "
+                    f"exact only for -0.0 (or with signed_zeros=false)"
+                )
+        return reason
+
+
+class SubZero(_ArithIdentity):
+    """x - 0 -> x; for floats only with +0.0 unless signed zeros are ignored."""
+
+    name = "sub-zero"
+    signed_zeros = True
+
+    def pattern(self):
+        return op.sub(Var("x"), Const("c", value=0))
+
+    def check(self, match):
+        reason = _same_type(match, match["x"])
+        if reason is None and self.signed_zeros and match["x"].dtype.is_floating:
+            if np.any(np.signbit(match.const("c"))):
+                reason = (
+                    f"x - (-0.0) turns x = -0.0 into +0.0 (constant %{match['c'].name}); "
+                    f"exact only for +0.0 (or with signed_zeros=false)"
+                )
+        return reason
+
+
+_RULE_SETS: dict[bool, list[Rule]] = {}
+
+
+def canonicalize_rules(signed_zeros: bool = True) -> list[Rule]:
+    """The canonicalization rule set (``signed_zeros=False`` also folds float x+0.0, x-(-0.0))."""
+    if signed_zeros in _RULE_SETS:
+        return _RULE_SETS[signed_zeros]
+    add_zero, sub_zero = AddZero(), SubZero()
+    add_zero.signed_zeros = sub_zero.signed_zeros = signed_zeros
+    rules = _RULE_SETS[signed_zeros] = [
+        IdentityReshape(),
+        IdentityExpand(),
+        IdentitySlice(),
+        IdentityPermute(),
+        IdentityCast(),
+        ReshapeReshape(),
+        PermutePermute(),
+        CastCast(),
+        NegNeg(),
+        SqueezeUnsqueeze(),
+        UnsqueezeSqueeze(),
+        MulOne(),
+        DivOne(),
+        add_zero,
+        sub_zero,
+    ]
+    return rules
+
+
+@register_pass("canonicalize")
+class Canonicalize(RewritePass):
+    """Peephole cleanup: remove identity nodes (reshape, permute, x*1, ...), merge chains.
+
+    Options:
+        signed_zeros: keep float x + 0.0 / x - (-0.0), which would turn -0.0 into +0.0.
+    """
+
+    signed_zeros: bool = True
+
+    def rules(self) -> list[Rule]:
+        return canonicalize_rules(self.signed_zeros)

@@ -1,0 +1,104 @@
+"""cse: merge pure nodes that compute the same thing, and constants with identical data.
+
+Before -> after::
+
+    graph main(%x: f32[4]) {                      graph main(%x: f32[4]) {
+      const %a: f32[] = 2.0                         const %a: f32[] = 2.0
+      const %b: f32[] = 2.0                         %m: f32[4] = mul(%x, %a)
+      %m: f32[4] = mul(%x, %a)                      %s: f32[4] = add(%m, %m)
+      %n: f32[4] = mul(%x, %b)                      return %s
+      %s: f32[4] = add(%m, %n)                    }
+      return %s
+    }
+
+Sound because a PURE node's outputs depend only on its op, operands and attributes: two nodes
+equal in all three (``Attrs`` hashes floats by repr, so 0.0 and -0.0 stay distinct) produce
+equal outputs, and the later one is replaced by the earlier one, which dominates it (the graph is
+in topological order). Constants merge only when dtype, shape and raw bytes are identical (the
+bytes are hashed, then compared), so -0.0 vs 0.0 or NaN payloads never merge by accident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+
+import numpy as np
+
+from graphopt.ir.graph import Graph, Node, Value
+from graphopt.ops.registry import PURE
+from graphopt.rewrite.tracking import allow_rewrite
+from graphopt.transform.registry import register_pass
+
+# Digest per constant array (arrays are read-only and shared between graph clones, so pipelines
+# that run cse repeatedly hash each weight once). Keyed by id, validated by a weak reference.
+_DIGESTS: dict[int, tuple[weakref.ref, bytes]] = {}
+
+
+def _digest(data: np.ndarray) -> bytes:
+    entry = _DIGESTS.get(id(data))
+    if entry is not None and entry[0]() is data:
+        return entry[1]
+    digest = hashlib.blake2b(
+        memoryview(np.ascontiguousarray(data)).cast("B"), digest_size=16
+    ).digest()
+    if len(_DIGESTS) > 100_000:
+        _DIGESTS.clear()
+    _DIGESTS[id(data)] = (weakref.ref(data), digest)
+    return digest
+
+
+def _merge_constants(graph: Graph) -> tuple[bool, bool]:
+    """Returns (changed, budget_left)."""
+    changed = False
+    groups: dict[tuple, list[Value]] = {}
+    for value in graph.constants.values():
+        key = (value.dtype, tuple(value.data.shape), value.type.quant)
+        groups.setdefault(key, []).append(value)
+    for values in groups.values():
+        if len(values) < 2:
+            continue  # a constant with a unique type/shape has no duplicate: skip hashing it
+        seen: dict[bytes, Value] = {}
+        for value in values:
+            first = seen.setdefault(_digest(value.data), value)
+            if first is value or first.data.tobytes() != value.data.tobytes():
+                continue  # (a digest collision: keep both)
+            if not allow_rewrite("merge-constants", f"const %{value.name}"):
+                return changed, False
+            value.replace_all_uses_with(first)
+            graph.remove_constant(value)
+            changed = True
+    return changed, True
+
+
+def _key(node: Node) -> tuple:
+    return (
+        node.op,
+        tuple(None if v is None else id(v) for v in node.inputs),
+        node.attrs,
+        tuple(o.type for o in node.outputs),
+    )
+
+
+@register_pass("cse")
+def cse(graph: Graph) -> bool:
+    """Common subexpression elimination of pure nodes and identical constants."""
+    changed, budget_left = _merge_constants(graph)
+    if not budget_left:
+        return changed
+    seen: dict[tuple, Node] = {}
+    for node in graph.nodes:
+        if PURE not in node.opdef.traits:
+            continue
+        key = _key(node)
+        first = seen.get(key)
+        if first is None:
+            seen[key] = node
+            continue
+        if not allow_rewrite("merge-nodes", node):
+            return changed
+        for old, new in zip(node.outputs, first.outputs):
+            old.replace_all_uses_with(new)
+        graph.erase_node(node)
+        changed = True
+    return changed

@@ -1,0 +1,72 @@
+"""Shared test fixtures: real architectures from the zoo, traced once per test session.
+
+Each ``traced_*`` fixture returns a ``Traced(model, args, graph)`` named tuple (unpacks as
+``model, args, graph = traced_bert_small``). The graph is shared by every test of the session:
+tests must not mutate it (``graph.clone()`` or ``graphopt.optimize``, which clones, first).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import pytest
+import torch
+import torch.utils._pytree as pytree
+
+import graphopt
+from graphopt import zoo
+
+
+class Traced(NamedTuple):
+    model: torch.nn.Module
+    args: tuple
+    graph: graphopt.Graph
+
+
+def _trace(name: str, **options: Any) -> Traced:
+    model, args = zoo.get(name, **options)
+    return Traced(model, args, graphopt.trace(model, args))
+
+
+@pytest.fixture(scope="session")
+def traced_bert_small() -> Traced:
+    """BERT with 2 layers, sequence length 16."""
+    return _trace("bert", layers=2, seq=16)
+
+
+@pytest.fixture(scope="session")
+def traced_gpt2_small() -> Traced:
+    """GPT-2 with 2 layers, sequence length 16."""
+    return _trace("gpt2", layers=2, seq=16)
+
+
+@pytest.fixture(scope="session")
+def traced_tensorops() -> Traced:
+    """Indexing, broadcasting, reductions, comparisons, attention (zoo 'tensorops')."""
+    return _trace("tensorops")
+
+
+@pytest.fixture(scope="session")
+def traced_convzoo() -> Traced:
+    """A CNN covering conv variants, pooling, norms and activations (zoo 'convzoo')."""
+    return _trace("convzoo")
+
+
+def tensor_leaves(tree: Any) -> list[torch.Tensor]:
+    return [x for x in pytree.tree_leaves(tree) if isinstance(x, torch.Tensor)]
+
+
+@pytest.fixture(scope="session")
+def assert_matches_eager():
+    """``check(traced, graph, rtol=1e-4, atol=1e-5)``: graphopt.run(graph) equals eager model."""
+
+    def check(traced: Traced, graph: graphopt.Graph, rtol: float = 1e-4, atol: float = 1e-5):
+        with torch.no_grad():
+            expected = tensor_leaves(traced.model(*traced.args))
+        actual = tensor_leaves(graphopt.run(graph, *traced.args))
+        assert len(actual) == len(expected)
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert a.shape == e.shape and a.dtype == e.dtype, f"output {i}"
+            torch.testing.assert_close(a, e, rtol=rtol, atol=atol, msg=f"output {i}")
+
+    return check
