@@ -4,4 +4,16 @@ One pass (or pass family) per module; the file name is the snake_case of the keb
 name. Importing this package registers every pass; add new modules to the import list below.
 """
 
-from . import canonicalize, cse, dce, fold_constants  # noqa: F401  (registers the passes)
+from . import (  # noqa: F401  (registers the passes)
+    canonicalize,
+    cse,
+    dce,
+    fold_batchnorm,
+    fold_constants,
+    fold_transpose_matmul,
+    fuse_activation,
+    fuse_attention,
+    fuse_gelu,
+    fuse_layernorm,
+    fuse_matmul_add,
+)

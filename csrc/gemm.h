@@ -1,0 +1,40 @@
+// Single-precision GEMM with a fused bias + activation epilogue:
+//
+//     C[M, N] = act(A[M, K] @ B[K, N] + bias[N])
+//
+// A and B are strided views (any element strides, including transposed, negative or zero), so
+// torch-Linear weights ([N, K], "trans_b") are just B with swapped strides and need no copy.
+// The implementation is a BLIS-style packed, cache-blocked GEMM; see gemm.cpp.
+#pragma once
+
+#include <cstdint>
+
+#include "epilogue.h"
+
+namespace graphopt {
+
+// A read-only 2-D float32 view; strides are in elements, not bytes.
+struct MatrixRef {
+    const float* data;
+    int64_t rows;
+    int64_t cols;
+    int64_t row_stride;
+    int64_t col_stride;
+};
+
+struct GemmOptions {
+    const float* bias = nullptr;  // contiguous [N], or null
+    Activation activation = Activation::kNone;
+    int threads = 0;              // 0: OpenMP default (omp_get_max_threads)
+    bool force_portable = false;  // use the baseline-ISA kernels even when AVX2+FMA is available
+};
+
+// Computes C = act(A B + bias) into the row-major c (leading dimension ldc >= N). Requires
+// a.cols == b.rows; shapes are validated by the caller (module.cpp).
+void sgemm(const MatrixRef& a, const MatrixRef& b, float* c, int64_t ldc,
+           const GemmOptions& options);
+
+// Name of the kernel set sgemm would use ("avx2_fma_6x16" or "portable_6x16").
+const char* sgemm_kernel_name(bool force_portable);
+
+}  // namespace graphopt
