@@ -18,8 +18,14 @@ from graphopt.errors import (
     VerificationError,
 )
 from graphopt.frontend import trace
+# Imported eagerly: the submodule graphopt.compile would otherwise shadow the function.
+from graphopt.compile import compile  # noqa: E402  (cheap: backends load on first use)
 from graphopt.interpreter import run
 from graphopt.ir import DType, Graph, Node, TensorType, Value
+from graphopt.transform import PassManager, bisect, optimize, register_pass
+# Eager like compile: the package graphopt.prune would otherwise shadow the function. It is light
+# (numpy + dataclasses); the analysis, scipy and training code load on first use.
+from graphopt.prune import finetune, prune  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -38,8 +44,39 @@ def to_torch(graph: Graph):
     return _to_torch(graph)
 
 
+def to_onnx(graph: Graph, path=None, opset: int | None = None, **options):
+    """Lower ``graph`` to an ``onnx.ModelProto`` (saved to ``path`` when given); see
+    ``graphopt.onnx.export.to_onnx`` for the options."""
+    from graphopt.onnx.export import to_onnx as _to_onnx
+
+    return _to_onnx(graph, path, opset, **options)
+
+
+def benchmark(model, args=(), kwargs=None, **options):
+    """Benchmark ``model`` on several backends (eager, torch-compile, onnxruntime, graphopt-*);
+    returns a ``BenchmarkReport``. See ``graphopt.bench.harness.benchmark`` for the options."""
+    from graphopt.bench.harness import benchmark as _benchmark
+
+    return _benchmark(model, args, kwargs, **options)
+
+
+def from_onnx(model_or_path, **options) -> Graph:
+    """Import an ONNX model (``ModelProto``, bytes or path) as a Graph; see
+    ``graphopt.onnx.importer.from_onnx`` for the options."""
+    from graphopt.onnx.importer import from_onnx as _from_onnx
+
+    return _from_onnx(model_or_path, **options)
+
+
 __all__ = [
     "DType", "Graph", "GraphoptError", "InputMismatchError", "Node", "ParseError", "TensorType",
+    "compile", "from_onnx", "to_onnx",
     "TypeInferenceError", "UnsupportedOpError", "Value", "VerificationError", "parse", "run",
-    "to_torch", "trace",
+    "to_torch", "trace", "optimize", "benchmark", "bisect", "PassManager", "register_pass",
+    "prune", "finetune",
 ]
+
+# Register the built-in passes (graphopt.passes; mapped from passes/ in a source checkout).
+from graphopt.transform.registry import load_pass_library as _load_pass_library  # noqa: E402
+
+_load_pass_library()

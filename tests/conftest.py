@@ -70,3 +70,30 @@ def assert_matches_eager():
             torch.testing.assert_close(a, e, rtol=rtol, atol=atol, msg=f"output {i}")
 
     return check
+
+
+# Full-depth models for the fusion-pass tests. The op structure (53 conv+bn in ResNet-50, 12
+# attention blocks in BERT-base / GPT-2) does not depend on the input size, so the images and
+# sequences are small: building ResNet-50 at 224 takes ~20 s of BatchNorm calibration alone.
+@pytest.fixture(scope="session")
+def traced_resnet50() -> Traced:
+    """ResNet-50 (53 conv + batch_norm), 64x64 input."""
+    return _trace("resnet50", size=64)
+
+
+@pytest.fixture(scope="session")
+def traced_mobilenetv2() -> Traced:
+    """MobileNetV2 (52 conv + batch_norm, 35 relu6), 64x64 input."""
+    return _trace("mobilenetv2", size=64)
+
+
+@pytest.fixture(scope="session")
+def traced_bert_base() -> Traced:
+    """BERT-base, 12 layers, sequence length 32."""
+    return _trace("bert", seq=32)
+
+
+@pytest.fixture(scope="session")
+def traced_gpt2_base() -> Traced:
+    """GPT-2 small, 12 layers, sequence length 32."""
+    return _trace("gpt2", seq=32)

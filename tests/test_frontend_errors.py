@@ -79,3 +79,30 @@ def test_keyword_inputs_are_matched_by_name_not_position():
     a, b = torch.randn(3), torch.randn(3)
     graph = graphopt.trace(KeywordModel(), (), {"a": a, "b": b})
     torch.testing.assert_close(graphopt.run(graph, b=b, a=a), a - 2 * b)
+
+
+def test_dynamic_batch_with_shape_dependent_creation_ops():
+    from graphopt import zoo
+
+    model, (ids, mask) = zoo.get("tensorops", batch=3)
+    batch = torch.export.Dim("batch", min=2, max=16)
+    graph = graphopt.trace(model, (ids, mask), dynamic_shapes=({0: batch}, {0: batch}))
+    graph.verify()
+    assert "full" in graph.op_histogram()  # zeros(mask.shape) stays an op: its shape is symbolic
+    for n in (2, 5):
+        ids_n, mask_n = torch.randint(0, 50, (n, 12)), torch.ones(n, 12, dtype=torch.long)
+        mask_n[0, -2:] = 0
+        expected = model(ids_n, mask_n)
+        actual = graphopt.run(graph, ids_n, mask_n)
+        for key in expected:
+            torch.testing.assert_close(actual[key], expected[key], rtol=1e-4, atol=1e-5)
+
+
+def test_trailing_optional_operands_may_be_omitted():
+    graph = graphopt.Graph()
+    x = graph.add_input("x", graphopt.TensorType((2, 4), graphopt.DType.float32))
+    import numpy as np
+
+    w = graph.add_constant(np.ones((3, 4), np.float32), "w")
+    node = graph.create_node("linear", [x, w])
+    assert node.inputs[2] is None and node.output.shape == (2, 3)

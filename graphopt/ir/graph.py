@@ -283,6 +283,9 @@ class Graph:
         from graphopt.ops.registry import get_op
 
         opdef = get_op(op)
+        if not opdef.variadic and len(inputs) < len(opdef.inputs):
+            # Trailing optional operands may be omitted; store them as explicit absences.
+            inputs = list(inputs) + [None] * (len(opdef.inputs) - len(inputs))
         attrs = opdef.check_attrs(attrs, context=f"creating a {op} node")
         opdef.check_arity(inputs, context=f"creating a {op} node")
         for v in inputs:

@@ -21,7 +21,11 @@ def _sdpa_infer(types, attrs):
     if mask is not None:
         scores = q.shape[:-1] + (k.shape[-2],)
         broadcast_shapes(mask.shape, scores)
-    batch = broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    if attrs["enable_gqa"] and q.rank >= 3:  # k/v heads (dim -3) are shared by query groups
+        kv_batch = broadcast_shapes(k.shape[:-3], v.shape[:-3])
+        batch = broadcast_shapes(q.shape[:-3], kv_batch) + (q.shape[-3],)
+    else:
+        batch = broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     return q.with_shape(batch + (q.shape[-2], v.shape[-1]))
 
 

@@ -40,7 +40,12 @@ from graphopt.transform.registry import (
 # To add a fusion pass to the default pipeline, append its name to "fusions".
 PIPELINES: dict[str, str] = {
     "cleanup": "fixpoint(canonicalize,fold-constants,cse,dce)",
-    "fusions": "",
+    # Pattern fusions; cleanup folds the constants they create (transposed / folded weights,
+    # constant masks) and removes what they leave dead before the next group looks.
+    "fusions": (
+        "fold-batchnorm,fuse-matmul-add,fuse-layernorm,fuse-gelu,cleanup,"
+        "fuse-attention,cleanup,fold-transpose-matmul,fuse-activation"
+    ),
     "default": "cleanup,fusions,cleanup",
 }
 

@@ -202,3 +202,9 @@ def _masked_fill(ctx, x, mask, value):
     else:
         fill = ctx.constant(value, x.dtype, name="fill")
     return ctx.emit("where", [mask, fill, x])
+
+
+@converter("aten.max.other", "aten.min.other")
+def _max_other(ctx, a, b):
+    op = "maximum" if "max" in str(ctx.fx_node.target) else "minimum"
+    return ctx.emit(op, [a, ctx.as_value(b, a)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sympy
 import torch
 
 from graphopt.errors import GraphoptError
@@ -277,7 +278,9 @@ def _static(x) -> bool:
         return x.type.is_static
     if isinstance(x, (list, tuple)):
         return all(_static(v) for v in x)
-    return not has_symbols(normalize_dim(x)) if isinstance(x, int) else True
+    if isinstance(x, sympy.Expr):
+        return not x.free_symbols
+    return True
 
 
 def _creation(ctx, *args, **kwargs):

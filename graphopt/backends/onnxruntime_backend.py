@@ -1,0 +1,97 @@
+"""The onnxruntime backend: lower to ONNX, run in an ``onnxruntime.InferenceSession``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import torch
+
+from graphopt.compile import register_backend
+from graphopt.errors import GraphoptError
+from graphopt.interpreter import bind_symbols, flatten_inputs, unflatten_outputs
+from graphopt.ir.dtypes import DType
+from graphopt.ir.graph import Graph
+
+_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+           "extended": "ORT_ENABLE_EXTENDED", "layout": "ORT_ENABLE_LAYOUT",
+           "all": "ORT_ENABLE_ALL"}
+
+
+def session_options(threads: int | None = None, **options: Any):
+    """``onnxruntime.SessionOptions`` with graphopt's defaults and the given overrides.
+
+    Defaults: ``intra_op_num_threads=threads`` (``torch.get_num_threads()`` when None), one
+    inter-op thread, sequential execution, ``ORT_ENABLE_ALL``. ``graph_optimization_level``
+    also accepts "disable", "basic", "extended", "layout", "all" or the enum's name.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads if threads is not None else torch.get_num_threads())
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # onnxruntime's shape-merge warnings are noise for users
+    for key, value in options.items():
+        if key == "graph_optimization_level" and isinstance(value, str):
+            name = _LEVELS.get(value.lower(), value)
+            try:
+                value = getattr(ort.GraphOptimizationLevel, name)
+            except AttributeError:
+                raise GraphoptError(f"unknown graph_optimization_level '{value}'; use one of "
+                                    f"{', '.join(_LEVELS)}") from None
+        if not hasattr(so, key):
+            known = sorted(k for k in dir(so) if not k.startswith("_"))
+            raise GraphoptError(f"unknown onnxruntime session option '{key}'; "
+                                f"SessionOptions has: {', '.join(known)}")
+        setattr(so, key, value)
+    return so
+
+
+class OnnxRuntimeModule:
+    """A compiled graph: call it like the model. ``onnx_model`` and ``session`` are exposed."""
+
+    def __init__(self, graph: Graph, threads: int | None = None, opset: int | None = None,
+                 contrib_ops: bool = True, providers: list[str] | None = None,
+                 **options: Any):
+        import onnxruntime as ort
+
+        from graphopt.onnx.export import EXTERNAL_DATA_THRESHOLD, to_onnx
+
+        self.graph = graph
+        for value in graph.inputs:
+            if value.dtype is DType.bfloat16:
+                raise GraphoptError(f"input %{value.name} is bfloat16, which numpy (and so the "
+                                    "onnxruntime Python API) cannot pass")
+        so = session_options(threads, **options)
+        providers = providers or ["CPUExecutionProvider"]
+        if graph.constant_bytes() > EXTERNAL_DATA_THRESHOLD:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="graphopt_ort_")
+            path = os.path.join(self._tmpdir.name, "model.onnx")
+            self.onnx_model = to_onnx(graph, path, opset=opset, contrib_ops=contrib_ops,
+                                      external_data=True, check=False)
+            self.session = ort.InferenceSession(path, so, providers=providers)
+        else:
+            self.onnx_model = to_onnx(graph, opset=opset, contrib_ops=contrib_ops, check=False)
+            self.session = ort.InferenceSession(self.onnx_model.SerializeToString(), so,
+                                                providers=providers)
+        self.input_names = [i.name for i in self.onnx_model.graph.input]
+        self.output_names = [o.name for o in self.onnx_model.graph.output]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        tensors = flatten_inputs(self.graph, args, kwargs)
+        bind_symbols(self.graph, tensors)  # dtype/shape check with graphopt's error messages
+        feeds = {name: np.ascontiguousarray(t.detach().cpu().numpy())
+                 for name, t in zip(self.input_names, tensors)}
+        outputs = self.session.run(self.output_names, feeds)
+        return unflatten_outputs(self.graph, [torch.from_numpy(o) for o in outputs])
+
+
+@register_backend("onnxruntime")
+def compile_onnxruntime(graph: Graph, *, threads: int | None = None, **options: Any
+                        ) -> OnnxRuntimeModule:
+    """Backend factory for ``graphopt.compile(graph, backend="onnxruntime")``."""
+    return OnnxRuntimeModule(graph, threads=threads, **options)

@@ -1,0 +1,464 @@
+"""The benchmark's backends: how each one turns the model into a zero-argument call.
+
+A backend is registered with ``@bench_backend(name)`` as a function
+``prepare(subject, options) -> Prepared``. ``subject`` holds the model, its example inputs, the
+pipeline and thread count, and builds the traced and optimized graphs once for all graphopt
+backends (their times count in every graphopt backend's setup, as if each ran alone). A backend
+that cannot run here raises :class:`BackendUnavailable`; any other exception is reported as an
+error of that backend. Backends built on a graphopt graph also provide ``lower(graph, subject,
+options)`` so that the per-pass attribution can time pipeline prefixes.
+
+Both ONNX Runtime backends run their session through the same call (torch -> numpy feeds,
+``session.run``), with the same ``SessionOptions`` (``intra_op_num_threads=threads``, one
+inter-op thread, ``ORT_ENABLE_ALL``): the difference between them is the ONNX graph alone.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.utils._pytree as pytree
+
+from graphopt.ir.graph import Graph
+
+
+class BackendUnavailable(Exception):
+    """This backend cannot run in this environment (the message says why)."""
+
+
+@dataclass
+class Prepared:
+    """A backend ready to time.
+
+    Attributes:
+        call: runs the model once on the example inputs, returns its outputs.
+        stages: setup seconds by stage (trace, optimize, export, lower, session...).
+        artifact_bytes / artifact: size on disk of what the backend ships, and what that is.
+        measure_artifact: when the artifact is not written during setup, a function that
+            writes it and returns its size (run outside the timed and memory-probed setup).
+        notes: remarks for the report (exporter used, fallbacks).
+        keepalive: objects that must live while ``call`` is used (sessions, temp dirs).
+    """
+
+    call: Callable[[], Any]
+    stages: dict[str, float] = field(default_factory=dict)
+    artifact_bytes: int | None = None
+    artifact: str = ""
+    notes: list[str] = field(default_factory=list)
+    keepalive: Any = None
+    measure_artifact: Callable[[], int | None] | None = None
+
+
+@dataclass
+class BenchBackend:
+    name: str
+    prepare: Callable[["Subject", dict], Prepared]
+    doc: str
+    lower: Callable[[Graph, "Subject", dict], Prepared] | None = None
+
+
+BENCH_BACKENDS: dict[str, BenchBackend] = {}
+DEFAULT_BACKENDS = ("eager", "torch-compile", "onnxruntime", "graphopt-onnxruntime",
+                    "graphopt-native", "graphopt-torch")
+
+
+def bench_backend(name: str, lower: Callable | None = None):
+    """Register ``prepare(subject, options) -> Prepared`` as benchmark backend ``name``."""
+
+    def decorate(fn):
+        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        BENCH_BACKENDS[name] = BenchBackend(name, fn, doc, lower)
+        return fn
+
+    return decorate
+
+
+class Subject:
+    """The model under test and everything shared between backends.
+
+    Args:
+        name: display name.
+        module: the PyTorch model (None for ONNX inputs: eager-based backends are unavailable).
+        args / kwargs: example inputs.
+        graph: an already built graph (ONNX/.pt2 inputs), else traced on first use.
+        graph_s: seconds it took to build ``graph`` (counted as the "trace" stage).
+        onnx_path: the original ONNX file, run directly by the "onnxruntime" backend.
+        pipeline: the graphopt pipeline for the graphopt backends.
+        threads: intra-op threads for every backend.
+        workdir: where artifacts are written to measure their size.
+    """
+
+    def __init__(self, name: str, module: torch.nn.Module | None, args: tuple,
+                 kwargs: dict | None = None, *, graph: Graph | None = None,
+                 graph_s: float | None = None, onnx_path: str | None = None,
+                 pipeline: Any = "default", threads: int = 1, workdir: str = "."):
+        self.name = name
+        self.module = module
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+        self.onnx_path = onnx_path
+        self.pipeline = pipeline
+        self.threads = threads
+        self.workdir = workdir
+        self._graph = graph
+        self._graph_s = graph_s or 0.0
+        self._optimized: Graph | None = None
+        self._optimize_s = 0.0
+        self.pass_report = None
+        self._errors: dict[str, BaseException] = {}
+        self.reused_s = 0.0  # shared-stage seconds reused from cache since the last take
+
+    # ---------------------------------------------------------------------- shared stages
+    def graph(self) -> tuple[Graph, dict[str, float]]:
+        """The traced graph and ``{"trace": seconds}``."""
+        if "trace" in self._errors:
+            raise self._errors["trace"]
+        if self._graph is None:
+            if self.module is None:
+                raise BackendUnavailable("no graph and no PyTorch module to trace")
+            import graphopt
+
+            start = time.perf_counter()
+            try:
+                self._graph = graphopt.trace(self.module, self.args, self.kwargs or None)
+            except Exception as exc:
+                self._errors["trace"] = exc
+                raise
+            self._graph_s = time.perf_counter() - start
+        else:
+            self.reused_s += self._graph_s
+        return self._graph, {"trace": self._graph_s}
+
+    def optimized(self) -> tuple[Graph, dict[str, float]]:
+        """The graph after the pipeline and ``{"trace": s, "optimize": s}``."""
+        if "optimize" in self._errors:
+            raise self._errors["optimize"]
+        graph, stages = self.graph()
+        if self._optimized is None:
+            optimize = _optimize_fn()
+            start = time.perf_counter()
+            try:
+                self._optimized, self.pass_report = optimize(graph, self.pipeline, report=True)
+            except Exception as exc:
+                self._errors["optimize"] = exc
+                raise
+            self._optimize_s = time.perf_counter() - start
+        else:
+            self.reused_s += self._optimize_s
+        return self._optimized, {**stages, "optimize": self._optimize_s}
+
+    def take_reused(self) -> float:
+        value, self.reused_s = self.reused_s, 0.0
+        return value
+
+    def require_module(self, backend: str) -> torch.nn.Module:
+        if self.module is None:
+            raise BackendUnavailable(f"{backend} needs a PyTorch module; this model is an "
+                                     "ONNX file")
+        return self.module
+
+    def flat_inputs(self) -> list[torch.Tensor]:
+        leaves = pytree.tree_leaves((self.args, self.kwargs))
+        return [x.contiguous() for x in leaves if isinstance(x, torch.Tensor)]
+
+    def artifact_path(self, name: str) -> str:
+        folder = os.path.join(self.workdir, name)
+        os.makedirs(folder, exist_ok=True)
+        return folder
+
+
+def _optimize_fn() -> Callable:
+    import graphopt
+
+    optimize = getattr(graphopt, "optimize", None)
+    if optimize is None:
+        raise BackendUnavailable("graphopt.optimize is not part of this build")
+    return optimize
+
+
+def folder_bytes(folder: str) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total
+
+
+def _timed(stages: dict[str, float], key: str):
+    class _Timer:
+        def __enter__(self):
+            self.start = time.perf_counter()
+
+        def __exit__(self, *exc):
+            stages[key] = stages.get(key, 0.0) + time.perf_counter() - self.start
+
+    return _Timer()
+
+
+# -------------------------------------------------------------------------------- PyTorch
+@bench_backend("eager")
+def prepare_eager(subject: Subject, options: dict) -> Prepared:
+    """The PyTorch model as is (torch.no_grad)."""
+    module = subject.require_module("eager")
+    args, kwargs = subject.args, subject.kwargs
+    return Prepared(lambda: module(*args, **kwargs), artifact="torch.save(state_dict)",
+                    measure_artifact=lambda: _saved_bytes(module.state_dict()))
+
+
+@bench_backend("torch-compile")
+def prepare_torch_compile(subject: Subject, options: dict) -> Prepared:
+    """torch.compile (inductor by default; options: mode, backend); compiles on the first call."""
+    module = subject.require_module("torch-compile")
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    mode = options.get("mode")
+    compiled = torch.compile(module, backend=options.get("backend", "inductor"), mode=mode,
+                             dynamic=False)
+    args, kwargs = subject.args, subject.kwargs
+    notes = [f"mode={mode or 'default'}; compilation happens in the first call"]
+    return Prepared(lambda: compiled(*args, **kwargs), notes=notes, artifact="none")
+
+
+# --------------------------------------------------------------------------- onnxruntime
+def _import_ort():
+    try:
+        import onnxruntime as ort
+        import torch.onnx  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailable(f"onnxruntime is not installed ({exc})") from exc
+    return ort
+
+
+def _ort_session(path_or_bytes: Any, threads: int, options: dict):
+    ort = _import_ort()
+    from graphopt.backends.onnxruntime_backend import session_options
+
+    so_options = {k: v for k, v in options.items() if k not in ("exporter", "opset")}
+    so = session_options(threads, **so_options)
+    return ort.InferenceSession(path_or_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def _ort_call(session, names: list[str], tensors: list[torch.Tensor]) -> Callable[[], Any]:
+    """The ORT call both ONNX Runtime backends use: numpy views of torch inputs in, arrays out."""
+    pairs = list(zip(names, tensors))
+
+    def call():
+        return session.run(None, {name: t.numpy() for name, t in pairs})
+
+    return call
+
+
+def _export_onnx(module, subject: Subject, path: str, exporter: str, opset: int | None):
+    import logging
+    import warnings
+
+    names = [f"input_{i}" for i in range(len(subject.flat_inputs()))]
+    # The dynamo exporter logs missing torchvision ops and onnxscript's constant-folding misses.
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if exporter == "legacy":
+                torch.onnx.export(module, subject.args, path, kwargs=subject.kwargs or None,
+                                  input_names=names, dynamo=False, opset_version=opset or 17)
+            else:
+                torch.onnx.export(module, subject.args, path, kwargs=subject.kwargs or None,
+                                  dynamo=True, verbose=False, opset_version=opset)
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+    return names
+
+
+@bench_backend("onnxruntime")
+def prepare_onnxruntime(subject: Subject, options: dict) -> Prepared:
+    """onnxruntime on torch.onnx.export's model (dynamo exporter, else the TorchScript one)."""
+    stages: dict[str, float] = {}
+    notes: list[str] = []
+    tensors = subject.flat_inputs()
+    _import_ort()  # one-time import costs are not the backend's setup
+    if subject.onnx_path is not None:
+        path, folder = subject.onnx_path, os.path.dirname(subject.onnx_path)
+        notes.append("the original ONNX file")
+        names = None
+        artifact_bytes = os.path.getsize(path)
+    else:
+        module = subject.require_module("onnxruntime")
+        folder = subject.artifact_path("onnxruntime")
+        path = os.path.join(folder, "model.onnx")
+        wanted = options.get("exporter", "auto")
+        order = ["dynamo", "legacy"] if wanted == "auto" else [wanted]
+        names, errors = None, []
+        for exporter in order:
+            try:
+                with _timed(stages, "export"):
+                    names = _export_onnx(module, subject, path, exporter, options.get("opset"))
+                notes.append(f"torch.onnx.export with the {exporter} exporter")
+                break
+            except Exception as exc:
+                errors.append(f"{exporter}: {type(exc).__name__}: {_first_line(exc)}")
+        if names is None:
+            raise RuntimeError("torch.onnx.export failed: " + "; ".join(errors))
+        if errors:
+            notes.append("fell back after " + "; ".join(errors))
+        artifact_bytes = folder_bytes(folder)
+    with _timed(stages, "session"):
+        session = _ort_session(path, subject.threads, options)
+    inputs = [i.name for i in session.get_inputs()]
+    if names is not None and all(n in names for n in inputs):
+        feeds = [tensors[names.index(n)] for n in inputs]  # unused inputs were dropped
+    elif len(inputs) == len(tensors):
+        feeds = tensors
+    else:
+        raise RuntimeError(f"the exported model takes {len(inputs)} inputs, the model "
+                           f"{len(tensors)}")
+    return Prepared(_ort_call(session, inputs, feeds), stages, artifact_bytes,
+                    "ONNX file (+ external data)", notes, keepalive=session)
+
+
+def lower_graphopt_onnxruntime(graph: Graph, subject: Subject, options: dict,
+                               stages: dict[str, float] | None = None) -> Prepared:
+    """graphopt.compile(graph, "onnxruntime"), run through the shared ORT call."""
+    import onnx
+
+    import graphopt
+    from graphopt.interpreter import flatten_inputs
+
+    stages = dict(stages or {})
+    _import_ort()
+    with _timed(stages, "lower+session"):
+        module = graphopt.compile(graph, backend="onnxruntime", threads=subject.threads,
+                                  **options)
+    tensors = [t.contiguous() for t in flatten_inputs(graph, subject.args, subject.kwargs)]
+    session = getattr(module, "session", None)
+    if session is None:
+        call = lambda: module(*subject.args, **subject.kwargs)  # noqa: E731
+    else:
+        call = _ort_call(session, list(module.input_names), tensors)
+    proto = getattr(module, "onnx_model", None)
+    tmp = getattr(module, "_tmpdir", None)
+
+    def measure() -> int | None:
+        if tmp is not None:  # large models: already on disk with external data
+            return folder_bytes(tmp.name)
+        if proto is None:
+            return None
+        path = os.path.join(subject.artifact_path("graphopt-onnxruntime"),
+                            f"model_{id(graph)}.onnx")
+        onnx.save(proto, path)
+        size = os.path.getsize(path)
+        os.remove(path)
+        return size
+
+    return Prepared(call, stages, artifact="ONNX file", keepalive=module,
+                    measure_artifact=measure)
+
+
+@bench_backend("graphopt-onnxruntime", lower=lower_graphopt_onnxruntime)
+def prepare_graphopt_onnxruntime(subject: Subject, options: dict) -> Prepared:
+    """graphopt pipeline, lowered to ONNX, run by onnxruntime."""
+    graph, stages = subject.optimized()
+    return lower_graphopt_onnxruntime(graph, subject, options, stages)
+
+
+# --------------------------------------------------------------------------------- native
+def _native_factory() -> Callable:
+    """The native backend's factory; BackendUnavailable when this build has none."""
+    import importlib
+
+    from graphopt.compile import BACKENDS, get_backend
+
+    if "native" not in BACKENDS:
+        # The module registering it may not have been imported yet.
+        for name in ("graphopt.backends.native", "graphopt.backends.native_backend"):
+            try:
+                importlib.import_module(name)
+            except ModuleNotFoundError as exc:
+                if exc.name != name:
+                    raise BackendUnavailable(f"{name} cannot load: {exc}") from exc
+            except ImportError as exc:
+                raise BackendUnavailable(f"{name} cannot load: {exc}") from exc
+    if "native" not in BACKENDS:
+        raise BackendUnavailable("graphopt's native backend is not part of this build")
+    try:
+        return get_backend("native")
+    except ImportError as exc:
+        raise BackendUnavailable(f"graphopt's native backend cannot load: {exc}") from exc
+
+
+def lower_graphopt_native(graph: Graph, subject: Subject, options: dict,
+                          stages: dict[str, float] | None = None) -> Prepared:
+    """graphopt.compile(graph, "native"); unavailable when the build has no native backend."""
+    factory = _native_factory()
+    stages = dict(stages or {})
+    with _timed(stages, "lower"):
+        fn = factory(graph, threads=subject.threads, **options)
+    measure, artifact = None, "none (not serializable)"
+    if callable(getattr(fn, "save", None)):
+        artifact = "native artifact (fn.save)"
+
+        def measure() -> int:
+            path = os.path.join(subject.artifact_path("graphopt-native"), f"model_{id(graph)}")
+            fn.save(path)
+            return os.path.getsize(path) if os.path.isfile(path) else folder_bytes(path)
+
+    return Prepared(lambda: fn(*subject.args, **subject.kwargs), stages, artifact=artifact,
+                    keepalive=fn, measure_artifact=measure)
+
+
+@bench_backend("graphopt-native", lower=lower_graphopt_native)
+def prepare_graphopt_native(subject: Subject, options: dict) -> Prepared:
+    """graphopt pipeline, compiled by graphopt's native C++ runtime."""
+    _native_factory()  # fail fast, before tracing and optimizing
+    graph, stages = subject.optimized()
+    return lower_graphopt_native(graph, subject, options, stages)
+
+
+# ---------------------------------------------------------------------------------- torch
+def lower_graphopt_torch(graph: Graph, subject: Subject, options: dict,
+                         stages: dict[str, float] | None = None) -> Prepared:
+    """graphopt.to_torch(graph): a regular nn.Module, called with torch.no_grad."""
+    import graphopt
+
+    stages = dict(stages or {})
+    with _timed(stages, "lower"):
+        module = graphopt.to_torch(graph)
+    prepared = Prepared(lambda: module(*subject.args, **subject.kwargs), stages,
+                        artifact="torch.save(module)", keepalive=module)
+
+    def measure() -> int:
+        try:
+            return _saved_bytes(module)
+        except Exception:
+            prepared.artifact = "torch.save(state_dict) (the module does not pickle)"
+            return _saved_bytes(module.state_dict())
+
+    prepared.measure_artifact = measure
+    return prepared
+
+
+@bench_backend("graphopt-torch", lower=lower_graphopt_torch)
+def prepare_graphopt_torch(subject: Subject, options: dict) -> Prepared:
+    """graphopt pipeline, lowered back to a torch.nn.Module (graphopt.to_torch)."""
+    graph, stages = subject.optimized()
+    return lower_graphopt_torch(graph, subject, options, stages)
+
+
+def _saved_bytes(obj: Any) -> int:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getbuffer().nbytes
+
+
+def _first_line(exc: BaseException) -> str:
+    from graphopt.bench.report import error_summary
+
+    return error_summary(exc, with_type=False)

@@ -1,0 +1,99 @@
+"""``graphopt prune MODEL -o OUT --flops 0.5 | --ratio 0.3 | --sparsity 0.8``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from graphopt.cli._common import CliError, check_pipeline, ensure_parent, human_size, info, load
+from graphopt.cli._common import optimize_with_report, paragraph
+
+_BY_EXTENSION = {".onnx": "onnx", ".pt": "torch", ".pth": "torch"}
+
+
+def add_parser(sub, common) -> None:
+    p = sub.add_parser(
+        "prune", parents=[common], help="prune a model (channels/heads, or sparse weights)",
+        description=paragraph(
+            "Trace/import MODEL, prune it and save it for a backend. --flops/--ratio remove "
+            "whole channels, attention heads and conv groups (a smaller dense model); "
+            "--sparsity zeroes the smallest weights (unstructured; the saved model stays "
+            "dense). The report lists every channel group: what was removed, or why it was "
+            "left alone. Recover accuracy with graphopt.finetune (Python API)."),
+        epilog="examples:\n  graphopt prune zoo:resnet50 -o r50.onnx --flops 0.5\n"
+        "  graphopt prune 'zoo:bert?layers=2' -o bert.onnx --ratio 0.3 --exclude 'pooler.*'\n"
+        "  graphopt prune zoo:mlp -o mlp.pt --sparsity 0.8 --scope global",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL", help="the model (see `graphopt --help`)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="where to save it (.onnx, .pt/.pth; or --backend)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--flops", type=float, metavar="F",
+                      help="structured: remove this fraction of the FLOPs (0.5 = half)")
+    what.add_argument("--ratio", type=float, metavar="R",
+                      help="structured: remove this fraction of every channel group")
+    what.add_argument("--sparsity", type=float, metavar="S",
+                      help="unstructured: zero this fraction of the weights")
+    p.add_argument("--importance", choices=("l1", "l2", "bn"), default="l1",
+                   help="structured: channel importance (default: %(default)s)")
+    p.add_argument("--scope", choices=("layer", "global"), default="layer",
+                   help="unstructured: per-weight or one global threshold (default: %(default)s)")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="never modify constants matching GLOB (repeatable)")
+    p.add_argument("--pipeline", default=None, metavar="P",
+                   help="run this pipeline after pruning (e.g. default)")
+    p.add_argument("--backend", choices=("onnx", "native", "torch"), default=None,
+                   help="what to save (default: from OUT's extension)")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not print the report")
+    p.set_defaults(run=run)
+
+
+def run(opts) -> int:
+    import graphopt
+    from graphopt.prune.report import human
+
+    backend = opts.backend or _BY_EXTENSION.get(os.path.splitext(opts.output)[1].lower())
+    if backend is None:
+        raise CliError(f"cannot tell the backend from '{opts.output}'; use --backend "
+                       "onnx|native|torch (or name it .onnx / .pt)")
+    for flag in ("flops", "ratio", "sparsity"):
+        value = getattr(opts, flag)
+        if value is not None and not 0.0 <= value < 1.0:
+            raise CliError(f"--{flag} {value}: expected a fraction in [0, 1)")
+    check_pipeline(opts.pipeline)
+    ensure_parent(opts.output)
+    loaded = load(opts.model)
+    graph = loaded.graph()
+    if opts.sparsity is not None:
+        pruned, report = graphopt.prune(graph, "magnitude", sparsity=opts.sparsity,
+                                        scope=opts.scope, exclude=opts.exclude, report=True)
+    else:
+        from graphopt.prune.structured import PruneError
+
+        try:
+            pruned, report = graphopt.prune(graph, "channels", flops=opts.flops,
+                                            ratio=opts.ratio, importance=opts.importance,
+                                            exclude=opts.exclude, report=True)
+        except PruneError as exc:
+            raise CliError(str(exc), code=1) from exc
+    if not opts.quiet:
+        print(report)
+    if opts.pipeline:
+        pruned, pass_report = optimize_with_report(pruned, opts.pipeline)
+        if not opts.quiet:
+            print(pass_report)
+    if backend == "onnx":
+        graphopt.to_onnx(pruned, opts.output)
+    elif backend == "torch":
+        import torch
+
+        torch.save(graphopt.to_torch(pruned), opts.output)
+    else:
+        from graphopt.cli.optimize import _native_saver
+
+        _native_saver()(pruned, opts.output)
+    print(f"wrote {opts.output} ({human_size(os.path.getsize(opts.output))}): {backend}, "
+          f"FLOPs {human(report.flops_before)} -> {human(report.flops_after)}")
+    if backend == "torch":
+        info("load it with torch.load(path, weights_only=False) (graphopt must be importable)")
+    return 0

@@ -1,0 +1,112 @@
+"""``graphopt show MODEL``: the IR, the op histogram, and what a pipeline changes."""
+
+from __future__ import annotations
+
+import argparse
+
+from graphopt.cli._common import CliError, check_pipeline, ensure_parent, info, load, paragraph
+from graphopt.ir.graph import Graph
+
+
+def add_parser(sub, common) -> None:
+    p = sub.add_parser(
+        "show", parents=[common], help="print the IR and op histogram (before/after a pipeline)",
+        description=paragraph(
+            "Print MODEL's graphopt IR and op histogram. With --pipeline, also the "
+            "pass report, the IR after the pipeline and the histogram before/after."),
+        epilog="examples:\n  graphopt show zoo:mlp?width=64\n"
+        "  graphopt show 'zoo:bert?layers=1&seq=8' --pipeline default --dot bert.dot\n"
+        "  graphopt show model.onnx --svg model.svg   (needs Graphviz's dot)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL", help="the model (see `graphopt --help`)")
+    p.add_argument("--pipeline", default=None, metavar="P",
+                   help="also run this pipeline and show before/after")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--dot", metavar="PATH", help="write the (final) graph as Graphviz DOT")
+    out.add_argument("--svg", metavar="PATH", help="render the (final) graph to SVG with dot")
+    p.add_argument("--constants", action="store_true", help="list constants in the IR text")
+    p.add_argument("--max-lines", type=int, default=None, metavar="N",
+                   help="print at most N lines of IR")
+    p.add_argument("--no-ir", action="store_true", help="histogram (and report) only")
+    p.set_defaults(run=run)
+
+
+def ir_text(graph: Graph, constants: bool, max_lines: int | None) -> str:
+    lines = str(graph).splitlines()
+    if not constants:
+        kept = [ln for ln in lines if not ln.lstrip().startswith("const ")]
+        dropped = len(lines) - len(kept)
+        if dropped:
+            mib = graph.constant_bytes() / 2**20
+            kept.insert(1, f"  # {dropped} constants ({mib:.2f} MiB), --constants lists them")
+        lines = kept
+    if max_lines is not None and len(lines) > max_lines:
+        lines = lines[:max_lines] + [f"  ... ({len(lines) - max_lines} more lines)"]
+    return "\n".join(lines)
+
+
+def histogram_table(before: Graph, after: Graph | None) -> str:
+    hb = before.op_histogram()
+    if after is None:
+        rows = [(op, str(n)) for op, n in hb.most_common()]
+        rows.append(("total", str(len(before.nodes))))
+        width = max(len(r[0]) for r in rows)
+        return "\n".join(f"  {op:<{width}}  {n:>6}" for op, n in rows)
+    ha = after.op_histogram()
+    ops = sorted(set(hb) | set(ha), key=lambda op: (-max(hb[op], ha[op]), op))
+    width = max([len(op) for op in ops] + [5])
+    lines = [f"  {'op':<{width}}  {'before':>6}  {'after':>6}  {'delta':>6}"]
+    for op in ops + ["total"]:
+        b = len(before.nodes) if op == "total" else hb[op]
+        a = len(after.nodes) if op == "total" else ha[op]
+        delta = f"{a - b:+d}" if a != b else ""
+        lines.append(f"  {op:<{width}}  {b:>6}  {a:>6}  {delta:>6}")
+    return "\n".join(lines)
+
+
+def run(opts) -> int:
+    check_pipeline(opts.pipeline)
+    for path in (opts.dot, opts.svg):
+        if path:
+            ensure_parent(path)
+    if opts.svg:
+        from graphopt.cli.dot import dot_available
+
+        if not dot_available():
+            raise CliError("cannot write SVG: the Graphviz 'dot' binary is not installed; use "
+                           "--dot PATH and render it elsewhere (dot -Tsvg PATH -o out.svg)",
+                           code=1)
+    loaded = load(opts.model)
+    graph = loaded.graph()
+    final = graph
+    mib = graph.constant_bytes() / 2**20
+    inputs = ", ".join(f"%{v.name}: {v.type}" for v in graph.inputs)
+    print(f"{loaded.spec}: graph {graph.name}({inputs}), {len(graph.nodes)} nodes, "
+          f"{len(graph.constants)} constants ({mib:.2f} MiB)")
+    if opts.pipeline is not None:
+        from graphopt.cli._common import optimize_with_report
+
+        final, report = optimize_with_report(graph, opts.pipeline)
+        print("\n== pass report " + "=" * 60)
+        print(report)
+    if not opts.no_ir:
+        title = "IR after the pipeline" if final is not graph else "IR"
+        print(f"\n== {title} " + "=" * max(0, 72 - len(title)))
+        print(ir_text(final, opts.constants, opts.max_lines))
+    print("\n== op histogram " + "=" * 59)
+    print(histogram_table(graph, final if final is not graph else None))
+    if opts.dot or opts.svg:
+        from graphopt.cli.dot import graph_to_dot, render_svg
+
+        text = graph_to_dot(final)
+        if opts.dot:
+            with open(opts.dot, "w") as f:
+                f.write(text)
+            info(f"wrote {opts.dot}")
+        else:
+            try:
+                render_svg(text, opts.svg)
+            except RuntimeError as exc:
+                raise CliError(f"cannot write SVG: {exc}", code=1) from exc
+            info(f"wrote {opts.svg}")
+    return 0

@@ -1,0 +1,292 @@
+"""The benchmark harness: report fields, JSON schema, interleaving, failure handling, per-pass.
+
+Everything runs on tiny models (a 2-layer MLP of width 32) with few rounds; torch-compile is
+only checked for being registered (its first call takes 10-60 s here) unless
+GRAPHOPT_SLOW_TESTS=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+import graphopt
+from graphopt import zoo
+from graphopt.bench import (
+    BENCH_BACKENDS,
+    DEFAULT_BACKENDS,
+    SCHEMA,
+    BackendUnavailable,
+    BenchBackend,
+    Prepared,
+)
+from graphopt.bench.report import percentile
+from graphopt.bench.timing import calibrate, run_interleaved
+
+# "cleanup" keeps these tests about the harness, independent of which fusions "default" has.
+FAST = dict(rounds=3, warmup=1, progress=False, threads=1, pipeline="cleanup")
+
+
+@pytest.fixture(scope="module")
+def tiny_mlp():
+    return zoo.get("mlp", width=32, depth=2)
+
+
+@pytest.fixture(scope="module")
+def mlp_report(tiny_mlp):
+    model, args = tiny_mlp
+    backends = ["eager", "onnxruntime", "graphopt-onnxruntime", "graphopt-native",
+                "graphopt-torch", "no-such-backend"]
+    return graphopt.benchmark(model, args, backends=backends, **FAST)
+
+
+def test_report_fields(mlp_report):
+    status = {r.backend: r.status for r in mlp_report.results}
+    assert status["eager"] == status["graphopt-torch"] == "ok"
+    assert status["onnxruntime"] == status["graphopt-onnxruntime"] == "ok"
+    assert status["graphopt-native"] in ("ok", "unavailable")
+    assert status["no-such-backend"] == "unknown"
+    assert "known" in mlp_report["no-such-backend"].reason
+    for r in mlp_report.ok_results:
+        lat = r.latency
+        assert 0 < lat.min <= lat.p10 <= lat.p50 <= lat.p90
+        assert lat.iqr >= 0 and len(lat.samples) == 3 and lat.calls_per_sample >= 1
+        assert r.setup_s is not None and r.setup_s >= 0 and r.first_call_s >= 0
+        assert r.numerics_ok, r
+        assert r.max_abs_err < 1e-4 and r.max_rel_err < 1e-4
+        assert r.peak_mem_mib is not None and r.memory_method in ("proc-hwm", "ru_maxrss")
+        assert r.speedup_vs_eager > 0
+    assert mlp_report["eager"].speedup_vs_eager == pytest.approx(1.0)
+    for name in ("onnxruntime", "graphopt-onnxruntime", "graphopt-torch", "eager"):
+        assert mlp_report[name].artifact_bytes > 32 * 32 * 4  # at least the weights
+    assert "optimize" in mlp_report["graphopt-onnxruntime"].setup_stages
+    assert mlp_report.config["order"] == [r.backend for r in mlp_report.ok_results]
+    assert mlp_report.config["threads"] == 1 and mlp_report.config["reference"] == "eager"
+
+
+def test_table_markdown_plot(mlp_report, tmp_path):
+    table = str(mlp_report)
+    assert "p50 ms" in table and "graphopt-onnxruntime" in table
+    assert "no-such-backend: unknown" in table
+    md = mlp_report.to_markdown(str(tmp_path / "r.md"))
+    assert md.startswith("## MLP") and "| backend | status |" in md
+    assert (tmp_path / "r.md").read_text() == md
+    png = mlp_report.plot(str(tmp_path / "sub" / "r.png"))
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_json_schema(mlp_report, tmp_path):
+    path = tmp_path / "r.json"
+    data = json.loads(mlp_report.to_json(str(path)))
+    assert json.loads(path.read_text()) == data
+    assert data["schema"] == SCHEMA
+    assert set(data) == {"schema", "created", "duration_s", "model", "config", "machine",
+                         "results", "per_pass"}
+    assert isinstance(data["model"]["inputs"], list)
+    assert data["model"]["inputs"][0] == {"shape": [1, 32], "dtype": "float32"}
+    for key in ("cpu_model", "logical_cpus", "usable_cpus", "cpu_flags", "platform", "python",
+                "versions"):
+        assert key in data["machine"]
+    assert {"torch", "onnxruntime", "graphopt"} <= set(data["machine"]["versions"])
+    for key, kind in (("threads", int), ("rounds", int), ("rounds_done", int),
+                      ("pipeline", str), ("order", list), ("backends", list)):
+        assert isinstance(data["config"][key], kind), key
+    result_keys = {"backend", "status", "reason", "latency_ms", "speedup_vs_eager", "setup_s",
+                   "first_call_s", "setup_stages", "peak_mem_mib", "resident_mem_mib",
+                   "memory_method", "max_abs_err", "max_rel_err", "numerics_ok",
+                   "artifact_bytes", "artifact", "notes"}
+    for r in data["results"]:
+        assert set(r) == result_keys
+        if r["status"] == "ok":
+            lat = r["latency_ms"]
+            assert {"p50", "p90", "p10", "min", "mean", "iqr", "samples",
+                    "calls_per_sample"} <= set(lat)
+            assert all(isinstance(lat[k], float) for k in ("p50", "p90", "min", "iqr"))
+            assert isinstance(r["artifact_bytes"], int)
+        else:
+            assert r["latency_ms"] is None and r["reason"]
+
+
+# --------------------------------------------------------------------- fake backends & clock
+class FakeWorld:
+    """A fake clock advanced only by fake backends' calls, and a log of who was called."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.log: list[str] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def backend(self, name: str, cost_s: float, output=None, fail_after: int | None = None,
+                prepare_error: Exception | None = None) -> BenchBackend:
+        world = self
+
+        def prepare(subject, options):
+            if prepare_error is not None:
+                raise prepare_error
+            calls = [0]
+
+            def call():
+                calls[0] += 1
+                if fail_after is not None and calls[0] > fail_after:
+                    raise RuntimeError("boom")
+                world.log.append(name)
+                world.now += cost_s
+                return output if output is not None else subject.module(*subject.args)
+
+            return Prepared(call, {"build": 0.5})
+
+        return BenchBackend(name, prepare, f"fake {name}")
+
+
+def test_rounds_are_interleaved_and_clock_is_used(tiny_mlp):
+    model, args = tiny_mlp
+    world = FakeWorld()
+    backends = [world.backend("A", 0.001), world.backend("B", 0.002),
+                world.backend("C", 0.004)]
+    report = graphopt.benchmark(model, args, backends=backends, rounds=4, warmup=2,
+                                min_sample_s=0, clock=world.clock, progress=False)
+    setup = ["A"] * 3 + ["B"] * 3 + ["C"] * 3  # first call + 2 warm-up calls each, in turn
+    assert world.log == setup + ["A", "B", "C"] * 4
+    assert report.config["order"] == ["A", "B", "C"]
+    assert report["A"].latency.p50 == pytest.approx(1.0)
+    assert report["C"].latency.p90 == pytest.approx(4.0)
+    assert report["A"].setup_stages == {"build": 0.5}
+
+
+def test_calls_per_sample_calibration():
+    world = FakeWorld()
+
+    def call():
+        world.now += 0.0001
+
+    assert calibrate(call, warmup=3, min_sample_s=0.01, clock=world.clock) == 100
+    assert calibrate(call, warmup=3, min_sample_s=0.0, clock=world.clock) == 1
+    samples, done = run_interleaved({"x": call}, {"x": 100}, 5, world.clock)
+    assert done == 5 and samples["x"] == pytest.approx([0.0001] * 5)
+
+
+def test_max_time_budget_stops_early():
+    world = FakeWorld()
+
+    def call():
+        world.now += 1.0
+
+    samples, done = run_interleaved({"x": call}, {}, 100, world.clock, max_time_s=5.5)
+    assert done == 6 and len(samples["x"]) == 6
+
+
+def test_failures_are_reported_not_raised(tiny_mlp):
+    model, args = tiny_mlp
+    world = FakeWorld()
+    wrong = torch.full((1, 32), 7.0)
+    backends = [
+        world.backend("good", 0.001),
+        world.backend("broken-setup", 0.001, prepare_error=RuntimeError("no compiler\nmore")),
+        world.backend("missing", 0.001, prepare_error=BackendUnavailable("not built here")),
+        world.backend("dies-later", 0.001, fail_after=3),
+        world.backend("wrong", 0.001, output=wrong),
+        "eager",
+    ]
+    report = graphopt.benchmark(model, args, backends=backends, rounds=3, warmup=1,
+                                min_sample_s=0, clock=world.clock, progress=False)
+    assert report["good"].status == "ok"
+    assert report["broken-setup"].status == "error"
+    assert report["broken-setup"].reason == "setup failed: RuntimeError: no compiler"
+    assert report["missing"].status == "unavailable"
+    assert report["missing"].reason == "not built here"
+    assert report["dies-later"].status == "error"
+    assert "failed while timing" in report["dies-later"].reason
+    assert report["dies-later"].latency is None
+    assert report["wrong"].status == "ok" and report["wrong"].numerics_ok is False
+    assert "!" in report.table()
+
+
+def test_graph_input_has_no_eager(tiny_mlp):
+    model, args = tiny_mlp
+    graph = graphopt.trace(model, args)
+    report = graphopt.benchmark(graph, args, backends=["eager", "graphopt-torch"], **FAST)
+    assert report["eager"].status == "unavailable"
+    assert report["graphopt-torch"].status == "ok"
+    assert report.config["reference"] == "graphopt interpreter"
+    assert report["graphopt-torch"].speedup_vs_eager is None
+
+
+def test_threads_are_restored(tiny_mlp):
+    model, args = tiny_mlp
+    before = torch.get_num_threads()
+    report = graphopt.benchmark(model, args, backends=["eager"], rounds=2, warmup=0,
+                                threads=before + 1, progress=False)
+    assert report.config["threads"] == before + 1
+    assert torch.get_num_threads() == before
+
+
+class Reshapes(nn.Module):
+    """Canonicalize merges the reshapes and drops x*1: the per-pass attribution sees it."""
+
+    def forward(self, x):
+        y = x.reshape(4, 8).reshape(32) * 1.0
+        return torch.relu(y).reshape(2, 16)
+
+
+def test_per_pass_attribution():
+    report = graphopt.benchmark(Reshapes(), (torch.randn(2, 16),), backends=["eager"],
+                                per_pass="graphopt-torch", rounds=2, warmup=1, progress=False)
+    per_pass = report.per_pass
+    assert per_pass is not None and per_pass.backend == "graphopt-torch"
+    stages = per_pass.stages
+    assert stages[0].label == "unoptimized" and stages[0].speedup == pytest.approx(1.0)
+    assert len(stages) >= 2 and stages[-1].nodes < stages[0].nodes
+    assert any("canonicalize" in s.label for s in stages[1:])
+    assert all(s.p50_ms is not None for s in stages)
+    data = report.to_dict()["per_pass"]
+    assert data["stages"][0]["label"] == "unoptimized"
+    assert "per-pass attribution" in report.table()
+
+
+def test_per_pass_rejects_non_graph_backend():
+    from graphopt.bench.backends import Subject
+    from graphopt.bench.per_pass import attribute_passes
+    from graphopt.errors import GraphoptError
+
+    subject = Subject("m", Reshapes(), (torch.randn(2, 16),))
+    with pytest.raises(GraphoptError, match="needs a graphopt backend"):
+        attribute_passes(subject, "eager")
+
+
+def test_torch_compile_is_registered():
+    assert "torch-compile" in BENCH_BACKENDS and "torch-compile" in DEFAULT_BACKENDS
+    assert set(DEFAULT_BACKENDS) <= set(BENCH_BACKENDS)
+
+
+@pytest.mark.skipif(os.environ.get("GRAPHOPT_SLOW_TESTS") != "1",
+                    reason="torch.compile's first call takes 10-60 s here")
+def test_torch_compile_runs(tiny_mlp):  # pragma: no cover - slow
+    model, args = tiny_mlp
+    report = graphopt.benchmark(model, args, backends=["eager", "torch-compile"], **FAST)
+    r = report["torch-compile"]
+    assert r.status == "ok" and r.numerics_ok and r.first_call_s > 0
+
+
+def test_percentile_matches_numpy():
+    import numpy as np
+
+    values = [5.0, 1.0, 4.0, 2.0, 3.0, 10.0]
+    for q in (0, 10, 25, 50, 90, 100):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_busy_machine_warning(mlp_report):
+    import copy
+
+    report = copy.copy(mlp_report)
+    report.machine = dict(mlp_report.machine, load_avg_1m=9.0, usable_cpus=2)
+    assert "not reliable" in report.table() and "not reliable" in report.to_markdown()
+    report.machine = dict(mlp_report.machine, load_avg_1m=0.0, usable_cpus=2)
+    assert report.busy_warning() == ""
