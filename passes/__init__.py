@@ -16,4 +16,7 @@ from . import (  # noqa: F401  (registers the passes)
     fuse_gelu,
     fuse_layernorm,
     fuse_matmul_add,
+    prune_channels,
+    prune_magnitude,
+    quantize_dynamic,
 )

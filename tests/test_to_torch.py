@@ -160,7 +160,8 @@ def test_state_dict_keys_mirror_the_model(traced):
             assert f"graph_module.{key}" in keys
     for key, tensor in module.state_dict().items():
         is_param = key in dict(module.named_parameters())
-        assert is_param == tensor.is_floating_point(), key
+        is_statistic = key.endswith(("running_mean", "running_var"))
+        assert is_param == (tensor.is_floating_point() and not is_statistic), key
 
 
 def test_accepts_numpy_inputs():
@@ -349,3 +350,14 @@ def test_run_time_failure_names_the_node():
     graph.set_outputs([bad.output])
     with pytest.raises(GraphoptError, match=r"%bad = reshape .*RuntimeError"):
         to_torch(graph)(torch.randn(4, 4))
+
+
+def test_batchnorm_statistics_are_buffers_and_training_works():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    module = graphopt.to_torch(graphopt.trace(model, (x,)))
+    buffers = {name for name, _ in module.named_buffers()}
+    assert any(name.endswith("running_mean") for name in buffers)
+    assert not any(n.endswith("running_mean") for n, _ in module.named_parameters())
+    module(x).sum().backward()  # gradients flow to conv and bn affine weights only
+    assert all(p.grad is not None for p in module.parameters())

@@ -14,7 +14,8 @@ module is plain PyTorch: it trains, pickles, moves between devices and prints as
         ...
         return (linear_1,)
 
-* Weights: floating constants become trainable ``nn.Parameter``s, integer/bool ones buffers, at
+* Weights: floating constants become trainable ``nn.Parameter``s (batch-norm statistics and
+  integer/bool constants become buffers), at
   attribute paths mirroring their dotted names (``fc1.weight`` -> ``self.fc1.weight``), so the
   ``state_dict`` keys read like the traced model's, under the ``graph_module.`` prefix. The data
   is copied: the module owns its weights, the graph's read-only arrays are never aliased.
@@ -405,9 +406,20 @@ def _importable(fn: Callable) -> bool:
     return getattr(module, name, None) is fn
 
 
+# Operand slots that hold statistics, not weights: gradients must not flow into them (torch's
+# batch_norm rejects running statistics that require grad), so they become buffers.
+STATISTICS_OPERANDS = {("batch_norm", 1), ("batch_norm", 2)}
+
+
+def _is_trainable(value: Value) -> bool:
+    if not value.dtype.is_floating:
+        return False
+    return not any((node.op, slot) in STATISTICS_OPERANDS for node, slot in value.uses)
+
+
 def _weight(value: Value) -> torch.Tensor:
     tensor = numpy_to_torch(value.data.copy(), value.dtype)  # owned, writable storage
-    if value.dtype.is_floating:
+    if _is_trainable(value):
         return torch.nn.Parameter(tensor, requires_grad=True)
     return tensor
 

@@ -1,0 +1,109 @@
+"""Pruning that turns into real speed: structured (channels, heads, conv groups) and
+unstructured (sparse weights), plus recovery by fine-tuning / distillation.
+
+Modules:
+    dependency  coupled-dimension analysis: the channel groups of a graph
+    importance  l1 / l2 / bn / taylor channel importance
+    structured  choose channels per group (ratio or FLOPs target) and remove them
+    masks       unstructured magnitude / score masks, folded into the weights
+    sparse      CSR metadata on sparse constants, for sparse kernels
+    flops       FLOPs counter over IR ops
+    finetune    recovery training with a loss or knowledge distillation
+    report      PruneReport
+
+Entry points: ``graphopt.prune(graph, method=...)`` and ``graphopt.finetune(...)``; the passes
+``prune-channels`` and ``prune-magnitude``. See docs/pruning.md.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from graphopt.ir.graph import Graph
+from graphopt.prune.flops import FlopCount, count_flops
+from graphopt.prune.report import GroupReport, PruneReport, WeightReport
+
+METHODS = ("channels", "magnitude")
+_ALIASES = {"structured": "channels", "unstructured": "magnitude", "scores": "magnitude"}
+
+
+def prune(
+    graph: Graph,
+    method: str = "channels",
+    *,
+    ratio: float | Mapping[str, float] | None = None,
+    flops: float | None = None,
+    importance="l1",
+    sparsity: float | None = None,
+    scope: str = "layer",
+    scores: Mapping[str, object] | None = None,
+    exclude: Sequence[str] | str = (),
+    data=None,
+    loss=None,
+    max_ratio: float = 0.9,
+    round_to: int = 1,
+    report: bool = False,
+):
+    """Prune a copy of ``graph``; the input graph is not modified.
+
+    Args:
+        graph: the graph to prune.
+        method: ``"channels"`` (structured: remove channels / heads / conv groups, giving a
+            smaller dense graph) or ``"magnitude"`` (unstructured: zero individual weights and
+            record their CSR form for sparse kernels).
+        ratio: channels: fraction of every group's channels to remove, or ``{glob: ratio}``.
+        flops: channels: fraction of the graph's FLOPs to remove (bisects a uniform ratio).
+        importance: channels: ``l1``, ``l2``, ``bn``, ``taylor`` (needs ``data``), or
+            ``fn(analysis, group) -> scores`` (one score per ``group.channels``, higher = keep).
+        sparsity: magnitude: fraction of weights to zero.
+        scope: magnitude: ``"layer"`` (each weight to ``sparsity``) or ``"global"`` (one
+            threshold across all weights, reaching ``sparsity`` overall).
+        scores: magnitude: ``{constant name: array}`` importance scores replacing ``|w|``.
+        exclude: glob patterns of constant names (``"classifier.*"``, ``"layer.0.*"``) that are
+            never modified.
+        data, loss: batches ``(inputs, target)`` and ``loss(outputs, target)`` for taylor.
+        max_ratio: channels: the most of any group that may be removed.
+        round_to: channels: keep a multiple of this many channels (e.g. 8) in groups of at
+            least 4x as many, which vectorized kernels prefer.
+        report: also return a ``PruneReport``.
+
+    Returns:
+        The pruned graph, or ``(graph, PruneReport)`` with ``report=True``.
+
+    Example::
+
+        small, rep = graphopt.prune(graph, "channels", flops=0.5, report=True)
+        print(rep)      # per group: what was removed; FLOPs before / after
+    """
+    method = _ALIASES.get(method, method)
+    if method not in METHODS:
+        raise ValueError(f"unknown pruning method '{method}'; known: {', '.join(METHODS)}")
+    exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    out = graph.clone()
+    if method == "channels":
+        from graphopt.prune.structured import prune_channels
+
+        if ratio is None and flops is None:
+            raise ValueError("method='channels' needs ratio= or flops=")
+        rep = prune_channels(out, ratio=ratio, flops=flops, importance=importance,
+                             exclude=exclude, data=data, loss=loss, max_ratio=max_ratio,
+                             round_to=round_to)
+    else:
+        from graphopt.prune.masks import prune_magnitude
+
+        if sparsity is None:
+            raise ValueError("method='magnitude' needs sparsity=")
+        rep = prune_magnitude(out, sparsity=sparsity, scope=scope, scores=scores,
+                              exclude=exclude)
+    return (out, rep) if report else out
+
+
+def finetune(*args, **kwargs) -> Graph:
+    """See ``graphopt.prune.finetune.finetune``."""
+    from graphopt.prune.finetune import finetune as _finetune
+
+    return _finetune(*args, **kwargs)
+
+
+__all__ = ["FlopCount", "GroupReport", "PruneReport", "WeightReport", "count_flops",
+           "finetune", "prune"]

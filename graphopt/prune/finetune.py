@@ -1,0 +1,240 @@
+"""Recovery after pruning: train the graph's weights with a loss or by distillation.
+
+``finetune(graph, train_data, loss=..., teacher=...)`` lowers the graph with ``to_torch``, trains
+its constants (as ``nn.Parameter``s) and writes the trained values back into a copy of the graph,
+so the result keeps the graph's structure (and pruned shapes) exactly.
+
+Knowledge distillation (``teacher=`` the unpruned graph, a module or a callable): the student
+matches the teacher's softened outputs, ``T^2 * KL(softmax(t/T) || softmax(s/T))`` on the first
+output (the logits), Hinton et al. 2015. With a ``loss`` and targets as well, the two are mixed:
+``alpha * kd + (1 - alpha) * loss``. ``feature_matching`` adds an MSE between intermediate
+values the two graphs share by name and shape (normalized by the teacher's variance), e.g. the
+residual stream a structured pruning left whole.
+
+Unstructured sparsity survives training: weights that carry a CSR record (``sparse.py``) keep
+their zeros (the mask is re-applied after every step) and get a fresh record at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from graphopt.errors import GraphoptError
+from graphopt.ir.graph import Graph, Value
+
+_NOT_TRAINED_BN_SLOTS = (1, 2)  # batch_norm running mean / var
+
+
+def _as_args(x: Any) -> tuple:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _first_tensor(out: Any):
+    import torch
+    import torch.utils._pytree as pytree
+
+    for leaf in pytree.tree_leaves(out):
+        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
+            return leaf
+    raise GraphoptError("the model has no floating-point output to train on")
+
+
+def trainable_constants(graph: Graph) -> list[Value]:
+    """Floating constants of rank >= 1, minus batch-norm running statistics."""
+    stats = {id(n.inputs[s]) for n in graph.nodes if n.op == "batch_norm"
+             for s in _NOT_TRAINED_BN_SLOTS if n.inputs[s] is not None}
+    return [v for v in graph.constants.values()
+            if v.data.dtype in (np.float16, np.float32, np.float64) and v.data.ndim >= 1
+            and id(v) not in stats and v.uses]
+
+
+def _module_params(graph: Graph, module) -> dict[str, Any]:
+    """Constant name -> the module's Parameter holding it (constants that the code uses).
+
+    Only ``trainable_constants`` keep ``requires_grad``: to_torch makes every floating constant
+    a Parameter, but batch norm refuses gradients for its running statistics.
+    """
+    from graphopt.backends.torch_module import attribute_paths
+
+    params = dict(module.graph_module.named_parameters())
+    paths = attribute_paths(list(graph.constants))
+    found = {name: params[path] for name, path in paths.items() if path in params}
+    trainable = {v.name for v in trainable_constants(graph)}
+    for name, p in found.items():
+        p.requires_grad_(name in trainable)
+    return found
+
+
+def _with_features(graph: Graph, names: Sequence[str]) -> Graph:
+    """A copy of ``graph`` returning its outputs flat, then the values ``names``."""
+    g = graph.clone()
+    by_name = {v.name: v for v in g.values()}
+    g.outputs = list(g.outputs) + [by_name[n] for n in names]
+    g.output_spec = None
+    return g
+
+
+def _auto_features(student: Graph, teacher: Graph, limit: int = 8) -> list[str]:
+    """Values both graphs have with the same name and shape: residual adds and norms."""
+    theirs = {v.name: v for v in teacher.values()}
+    found = []
+    for node in student.nodes:
+        if node.op not in ("add", "layer_norm", "batch_norm", "fused_conv", "fused_linear"):
+            continue
+        for v in node.outputs:
+            t = theirs.get(v.name)
+            if (t is not None and t.producer is not None and v.dtype.is_floating
+                    and tuple(t.type.shape) == tuple(v.type.shape)
+                    and not v.is_graph_output):
+                found.append(v.name)
+    if len(found) > limit:  # evenly spaced
+        found = [found[round(i * (len(found) - 1) / (limit - 1))] for i in range(limit)]
+    return found
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def finetune(
+    graph: Graph,
+    train_data: Iterable,
+    loss: Callable | None = None,
+    teacher: Graph | Callable | None = None,
+    epochs: int = 1,
+    lr: float = 1e-3,
+    temperature: float = 4.0,
+    feature_matching: bool | Sequence[str] = False,
+    seed: int = 0,
+    *,
+    alpha: float = 0.5,
+    feature_weight: float = 1.0,
+    weight_decay: float = 0.0,
+    progress: bool = True,
+) -> Graph:
+    """Train a copy of ``graph`` and return it (structure unchanged, constants trained).
+
+    Args:
+        graph: the (pruned) graph; its batch dim must accept the training batches (trace with
+            ``dynamic_shapes`` for a symbolic batch, or with the training batch size).
+        train_data: a re-iterable of batches: ``(inputs, target)`` pairs, or ``inputs`` alone
+            when distilling without targets. ``inputs`` is a tensor or a tuple of arguments.
+        loss: ``loss(outputs, target) -> scalar`` (outputs in the model's structure).
+        teacher: the unpruned graph (or any callable model) to distill from.
+        epochs, lr: Adam epochs over ``train_data`` and learning rate.
+        temperature: distillation temperature T.
+        feature_matching: True (auto-pick shared values) or a list of value names.
+        seed: seeds Python, numpy and torch (data order of torch loaders included).
+        alpha: weight of distillation vs ``loss`` when both apply.
+        feature_weight: weight of the feature-matching term.
+        weight_decay: Adam weight decay.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        A new graph with the trained weights.
+    """
+    import torch
+    import torch.nn.functional as F
+    import torch.utils._pytree as pytree
+    from tqdm.auto import tqdm
+
+    from graphopt.backends.torch_module import to_torch
+    from graphopt.prune.sparse import attach_sparse, sparse_weight
+    from graphopt.prune.structured import set_constant_data
+
+    if loss is None and teacher is None:
+        raise GraphoptError("finetune needs a loss, a teacher, or both")
+    _seed_everything(seed)
+    features: list[str] = []
+    if feature_matching:
+        if not isinstance(teacher, Graph):
+            raise GraphoptError("feature_matching needs the teacher as a graphopt Graph")
+        features = (list(feature_matching) if not isinstance(feature_matching, bool)
+                    else _auto_features(graph, teacher))
+    n_out = len(graph.outputs)
+    student = to_torch(_with_features(graph, features))
+    student.train()
+    params = _module_params(graph, student)
+    trainable = {n for n, p in params.items() if p.requires_grad}
+    masks = {}
+    for name in trainable:
+        value = graph.constants[name]
+        if sparse_weight(value) is not None and name in params:
+            masks[name] = torch.from_numpy(np.asarray(value.data) != 0)
+    teach = None
+    if isinstance(teacher, Graph):
+        teach = to_torch(_with_features(teacher, features)).eval()
+    elif teacher is not None:
+        teach = teacher
+    optim = torch.optim.Adam([p for n, p in params.items() if n in trainable], lr=lr,
+                             weight_decay=weight_decay)
+
+    def split(out):
+        flat = list(out) if isinstance(out, tuple) else [out]
+        main = flat[:n_out]
+        structured = (pytree.tree_unflatten(main, graph.output_spec)
+                      if graph.output_spec is not None else
+                      (main[0] if n_out == 1 else tuple(main)))
+        return structured, flat[n_out:]
+
+    total = None
+    try:
+        total = epochs * len(train_data)  # type: ignore[arg-type]
+    except TypeError:
+        pass
+    bar = tqdm(total=total, desc="finetune", disable=not progress, leave=False)
+    for epoch in range(epochs):
+        for batch in train_data:
+            x, y = (batch if isinstance(batch, (tuple, list)) and len(batch) == 2
+                    else (batch, None))
+            args = _as_args(x)
+            out, feats = split(student(*args))
+            terms = []
+            if teach is not None:
+                with torch.no_grad():
+                    t_raw = teach(*args)
+                t_out, t_feats = split(t_raw) if isinstance(teacher, Graph) else (t_raw, [])
+                s_logits, t_logits = _first_tensor(out), _first_tensor(t_out)
+                T = temperature
+                kd = F.kl_div(F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits / T, -1),
+                              reduction="batchmean", log_target=True) * T * T
+                weight = alpha if (loss is not None and y is not None) else 1.0
+                terms.append(weight * kd)
+                for s_f, t_f in zip(feats, t_feats):
+                    scale = t_f.var().clamp_min(1e-8)
+                    terms.append(feature_weight * F.mse_loss(s_f, t_f) / scale / len(feats))
+            if loss is not None and y is not None:
+                weight = (1.0 - alpha) if teach is not None else 1.0
+                terms.append(weight * loss(out, y))
+            if not terms:
+                raise GraphoptError("batch without target and no teacher: nothing to train on")
+            value = sum(terms)
+            optim.zero_grad(set_to_none=True)
+            value.backward()
+            optim.step()
+            if masks:
+                with torch.no_grad():
+                    for name, mask in masks.items():
+                        params[name].mul_(mask)
+            if not math.isfinite(float(value.detach())):
+                raise GraphoptError(
+                    f"finetune diverged (loss {float(value.detach())}) in epoch {epoch}")
+            bar.set_postfix(loss=f"{float(value.detach()):.4f}", epoch=epoch)
+            bar.update(1)
+    bar.close()
+    result = graph.clone()
+    for name, p in params.items():
+        if name in trainable:
+            value = result.constants[name]
+            set_constant_data(value, p.detach().cpu().numpy().astype(value.data.dtype))
+            if name in masks:
+                attach_sparse(value, sparse_weight(graph.constants[name]).transposed)
+    return result

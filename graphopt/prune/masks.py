@@ -1,0 +1,144 @@
+"""Unstructured pruning: masks over weight constants, folded into the weights as zeros.
+
+A mask is a boolean array per weight (True = keep). ``magnitude_masks`` keeps the largest
+``|w|`` (or the largest user-given score) either per weight (``scope="layer"``: every weight
+reaches ``sparsity``) or with one threshold across all weights (``scope="global"``: the union
+reaches ``sparsity``; layers with small weights lose more). ``apply_masks`` multiplies the masks
+into the constants (the graph stays dense and runs everywhere) and records each weight's CSR
+form (``sparse.attach_sparse``) so a backend can pick a sparse kernel.
+
+Eligible weights: the weight operand of ``linear``/``conv``/``conv_transpose`` (and their fused
+forms) and a constant operand of ``matmul``, floating, rank >= 2. Embeddings, biases and norm
+parameters are never masked.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from graphopt.errors import GraphoptError
+from graphopt.ir.graph import Graph, Value
+from graphopt.prune.flops import count_flops
+from graphopt.prune.report import PruneReport, WeightReport
+from graphopt.prune.sparse import attach_sparse
+
+_WEIGHT_SLOT = {"linear": 1, "fused_linear": 1, "conv": 1, "fused_conv": 1, "conv_transpose": 1}
+
+
+def weight_operands(graph: Graph) -> dict[Value, bool]:
+    """Eligible weight constants -> whether their CSR is of the transpose (matmul ``[K, N]``)."""
+    out: dict[Value, bool] = {}
+    for node in graph.nodes:
+        candidates: list[tuple[Value | None, bool]] = []
+        if node.op in _WEIGHT_SLOT:
+            candidates.append((node.inputs[_WEIGHT_SLOT[node.op]], False))
+        elif node.op in ("matmul", "fused_matmul"):
+            trans_b = node.attrs.get("trans_b", False)
+            candidates.append((node.inputs[1], not trans_b))
+            candidates.append((node.inputs[0], False))
+        for value, transposed in candidates:
+            if (value is not None and value.is_constant and value.dtype.is_floating
+                    and value.data.ndim >= 2 and value.data.size > 1):
+                if transposed and value.data.ndim != 2:
+                    continue
+                out.setdefault(value, transposed)
+    return out
+
+
+def _excluded(name: str, exclude: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + ".*")
+               for p in exclude)
+
+
+def magnitude_masks(
+    graph: Graph,
+    sparsity: float,
+    scope: str = "layer",
+    scores: Mapping[str, np.ndarray] | None = None,
+    exclude: Sequence[str] = (),
+) -> dict[str, np.ndarray]:
+    """Boolean keep-masks ``{constant name: mask}`` reaching ``sparsity`` (see module doc).
+
+    Ties at the threshold are broken by position so that exactly ``round(sparsity * n)``
+    weights are dropped.
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise GraphoptError(f"sparsity={sparsity} must be in [0, 1)")
+    if scope not in ("layer", "global"):
+        raise GraphoptError(f"scope='{scope}' must be 'layer' or 'global'")
+    scores = dict(scores or {})
+    weights = [v for v in weight_operands(graph) if not _excluded(v.name, exclude)]
+    unknown = set(scores) - {v.name for v in weights}
+    if unknown:
+        raise GraphoptError(f"scores given for constants that are not prunable weights: "
+                            f"{sorted(unknown)[:5]}")
+
+    def score(v: Value) -> np.ndarray:
+        s = scores.get(v.name)
+        s = np.abs(v.data) if s is None else np.asarray(s, dtype=np.float64)
+        if s.shape != v.data.shape:
+            raise GraphoptError(f"scores for %{v.name} have shape {s.shape}, weight {v.type}")
+        return s.astype(np.float64).ravel()
+
+    masks: dict[str, np.ndarray] = {}
+    if scope == "layer":
+        for v in weights:
+            masks[v.name] = _keep_top(score(v), sparsity).reshape(v.data.shape)
+    elif weights:
+        flat = [score(v) for v in weights]
+        keep = _keep_top(np.concatenate(flat), sparsity)
+        start = 0
+        for v, s in zip(weights, flat):
+            masks[v.name] = keep[start: start + s.size].reshape(v.data.shape)
+            start += s.size
+    return masks
+
+
+def _keep_top(score: np.ndarray, sparsity: float) -> np.ndarray:
+    drop = int(round(sparsity * score.size))
+    keep = np.ones(score.size, dtype=bool)
+    if drop:
+        keep[np.argsort(score, kind="stable")[:drop]] = False
+    return keep
+
+
+def apply_masks(graph: Graph, masks: Mapping[str, np.ndarray]) -> list[WeightReport]:
+    """Fold ``masks`` into the constants (zeros) and record their CSR form; in place."""
+    from graphopt.prune.structured import set_constant_data
+
+    transposed = {v.name: t for v, t in weight_operands(graph).items()}
+    out = []
+    for name, mask in masks.items():
+        value = graph.constants.get(name)
+        if value is None:
+            raise GraphoptError(f"mask for unknown constant '{name}'")
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != value.data.shape:
+            raise GraphoptError(f"mask for %{name} has shape {mask.shape}, weight {value.type}")
+        set_constant_data(value, np.where(mask, value.data, np.zeros((), value.data.dtype)))
+        sw = attach_sparse(value, transposed.get(name, False))
+        out.append(WeightReport(name, tuple(value.data.shape), sw.sparsity))
+    return out
+
+
+def prune_magnitude(
+    graph: Graph,
+    sparsity: float,
+    scope: str = "layer",
+    scores: Mapping[str, np.ndarray] | None = None,
+    exclude: Sequence[str] = (),
+) -> PruneReport:
+    """Unstructured pruning of ``graph`` in place; returns the report."""
+    flops = count_flops(graph).total
+    report = PruneReport("magnitude", flops_before=flops, flops_after=flops,
+                         target=f"sparsity={sparsity:.0%}, scope={scope}")
+    report.params_before = report.params_after = sum(
+        v.data.size for v in weight_operands(graph))
+    masks = magnitude_masks(graph, sparsity, scope, scores, exclude)
+    report.weights = apply_masks(graph, masks)
+    report.notes.append("weights stay dense (zeros folded in); FLOPs are dense FLOPs. "
+                        "CSR records let a backend pick a sparse kernel.")
+    return report

@@ -1,0 +1,160 @@
+"""Sparse weights: the CSR form of a zero-heavy constant, for backends with sparse kernels.
+
+Unstructured pruning keeps weights dense (zeros folded in), so every backend runs the pruned
+graph unchanged. ``attach_sparse(value)`` additionally records a ``SparseWeight`` on the constant:
+its sparsity and the CSR arrays of the weight as an ``[out_features, in_features]`` matrix (the
+layout of ``linear``'s weight; conv weights are ``[C_out, C_in/groups * kh * kw]``; a ``matmul``
+right operand ``[K, N]`` is stored transposed, ``transposed=True``). A backend asks
+``sparse_weight(value)`` and, when ``use_sparse_kernel(sw, rows)`` says the sparse kernel wins,
+calls ``sparse_linear`` (the native ``graphopt._C.sparse_linear`` CSR kernel,
+``csrc/sparse_gemm.cpp``) instead of its dense GEMM.
+
+The record is attached to the constant's (read-only) array, so it survives ``graph.clone()``
+(clones share arrays) and disappears as soon as a pass replaces the array (a pruned, folded or
+transposed weight is a new array whose zeros must be re-examined: ``mark_sparse(graph)``).
+It is not part of the IR text form; ``mark_sparse`` rebuilds it from the zeros.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+from graphopt.ir.graph import Graph, Value
+
+# Density at or below which the native CSR kernel beats the dense SGEMM on BERT-sized linears
+# (benchmarks/bench_prune.py, AVX2, M=128, 768x768 / 768x3072 / 3072x768: 1.3-1.7x faster at
+# 80% sparsity on one thread, 0.5-0.7x at 50%).
+SPARSE_KERNEL_MAX_DENSITY = 0.2
+
+
+@dataclass(frozen=True, eq=False)
+class SparseWeight:
+    """CSR of a weight seen as ``[rows=out_features, cols=in_features]`` (row-major)."""
+
+    shape: tuple[int, int]
+    indptr: np.ndarray  # int32 [rows + 1]
+    indices: np.ndarray  # int32 [nnz], column of each stored value
+    values: np.ndarray  # float32 [nnz]
+    transposed: bool = False  # CSR of data.T (a matmul right operand [K, N])
+
+    @property
+    def nnz(self) -> int:
+        return int(len(self.values))
+
+    @property
+    def density(self) -> float:
+        return self.nnz / max(self.shape[0] * self.shape[1], 1)
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.density
+
+    def to_dense(self) -> np.ndarray:
+        dense = np.zeros(self.shape, dtype=self.values.dtype)
+        rows = np.repeat(np.arange(self.shape[0]), np.diff(self.indptr))
+        dense[rows, self.indices] = self.values
+        return dense
+
+    @staticmethod
+    def from_dense(matrix: np.ndarray, transposed: bool = False) -> "SparseWeight":
+        matrix = np.asarray(matrix, dtype=np.float32)
+        rows, cols = np.nonzero(matrix)
+        indptr = np.zeros(matrix.shape[0] + 1, dtype=np.int32)
+        np.cumsum(np.bincount(rows, minlength=matrix.shape[0]), out=indptr[1:])
+        return SparseWeight((int(matrix.shape[0]), int(matrix.shape[1])), indptr,
+                            cols.astype(np.int32), matrix[rows, cols].copy(), transposed)
+
+    def __repr__(self) -> str:
+        return (f"SparseWeight({list(self.shape)}, nnz={self.nnz}, "
+                f"sparsity={self.sparsity:.1%}{', transposed' if self.transposed else ''})")
+
+
+_RECORDS: dict[int, tuple[weakref.ref, SparseWeight]] = {}
+
+
+def _matrix(value: Value, transposed: bool) -> np.ndarray:
+    data = value.data
+    if transposed:
+        return data.T
+    return data.reshape(data.shape[0], -1)
+
+
+def attach_sparse(value: Value, transposed: bool = False) -> SparseWeight:
+    """Compute and record the CSR form of constant ``value`` (f32, rank >= 2)."""
+    if not value.is_constant or value.data.ndim < 2:
+        raise ValueError(f"%{value.name} is not a constant of rank >= 2")
+    if transposed and value.data.ndim != 2:
+        raise ValueError(f"transposed CSR needs a 2-D constant, %{value.name} is {value.type}")
+    sw = SparseWeight.from_dense(_matrix(value, transposed), transposed)
+    data = value.data
+    key = id(data)
+
+    def forget(ref: weakref.ref) -> None:
+        if key in _RECORDS and _RECORDS[key][0] is ref:
+            del _RECORDS[key]
+
+    _RECORDS[key] = (weakref.ref(data, forget), sw)
+    return sw
+
+
+def sparse_weight(value: Value) -> SparseWeight | None:
+    """The recorded CSR form of constant ``value``, or None (never recorded, or data changed)."""
+    data = getattr(value, "data", None)
+    if data is None:
+        return None
+    entry = _RECORDS.get(id(data))
+    if entry is None or entry[0]() is not data:
+        return None
+    return entry[1]
+
+
+def mark_sparse(graph: Graph, min_sparsity: float = 0.5) -> dict[str, SparseWeight]:
+    """Attach CSR records to every weight operand with at least ``min_sparsity`` zeros."""
+    from graphopt.prune.masks import weight_operands
+
+    out = {}
+    for value, transposed in weight_operands(graph).items():
+        zeros = 1.0 - np.count_nonzero(value.data) / max(value.data.size, 1)
+        if zeros >= min_sparsity:
+            out[value.name] = attach_sparse(value, transposed)
+    return out
+
+
+def use_sparse_kernel(sw: SparseWeight | None, rows: int = 128) -> bool:
+    """Whether the CSR kernel should beat dense GEMM for ``rows`` input rows (cost model)."""
+    if sw is None or rows < 1:
+        return False
+    return sw.density <= SPARSE_KERNEL_MAX_DENSITY
+
+
+def native_available() -> bool:
+    try:
+        from graphopt import _C  # noqa: F401
+    except ImportError:
+        return False
+    return hasattr(_C, "sparse_linear")
+
+
+def sparse_linear(x, sw: SparseWeight, bias=None, activation: str = "none", threads: int = 0):
+    """``activation(x @ W.T + bias)`` with W in CSR form; x is ``[M, in_features]`` float32.
+
+    Uses the native kernel when built, else a scipy CSR product (same result up to rounding).
+    """
+    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    if native_available():
+        from graphopt import _C
+
+        return _C.sparse_linear(x, sw.indptr, sw.indices, sw.values, sw.shape[1], bias,
+                                activation, threads)
+    from scipy.sparse import csr_matrix
+
+    if activation != "none":
+        raise ValueError("the scipy fallback supports activation='none' only")
+    w = csr_matrix((sw.values, sw.indices, sw.indptr), shape=sw.shape)
+    y = np.asarray((w @ x.T).T, dtype=np.float32)
+    if bias is not None:
+        y = y + np.asarray(bias, dtype=np.float32)
+    return y

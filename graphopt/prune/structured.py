@@ -1,0 +1,231 @@
+"""Structured pruning: choose channels per group, then physically remove them.
+
+``prune_channels(graph, ratio=... | flops=...)`` rewrites ``graph`` in place into a smaller
+dense graph:
+
+1. ``DependencyGraph(graph)`` finds the channel groups (``dependency.py``);
+2. every prunable group not excluded ranks its channels by importance (``importance.py``);
+3. a per-group ratio (uniform, or per glob pattern) removes the lowest-ranked channels; with a
+   FLOPs target the uniform ratio is found by bisection over the FLOPs counted on the planned
+   shapes (``flops.py``), the smallest ratio whose cut reaches the target;
+4. ``remove_channels`` slices every constant of every group, rewrites shape attributes
+   (reshape targets, split sizes, conv/group-norm groups, layer-norm shapes), re-infers every
+   changed node's type against the planned shape and verifies the graph.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from graphopt.errors import GraphoptError
+from graphopt.ir.graph import Graph, Value
+from graphopt.ir.types import TensorType
+from graphopt.prune.dependency import ChannelGroup, DependencyGraph, attr_rewrite
+from graphopt.prune.flops import count_flops
+from graphopt.prune.importance import group_scores, taylor_gradients
+from graphopt.prune.report import GroupReport, PruneReport
+
+ImportanceFn = Callable[[DependencyGraph, ChannelGroup], np.ndarray]
+
+
+class PruneError(GraphoptError):
+    """A pruning request that cannot be met (target unreachable, bad options)."""
+
+
+def set_constant_data(value: Value, data: np.ndarray) -> None:
+    """Replace a constant's array (and its type's shape); the old array is left untouched."""
+    data = np.require(np.asarray(data, dtype=value.data.dtype), requirements="C")
+    data.flags.writeable = False
+    value.data = data
+    value.type = TensorType(data.shape, value.dtype, value.type.quant)
+
+
+def remove_channels(graph: Graph, analysis: DependencyGraph, removed: np.ndarray) -> int:
+    """Remove the channel ids ``removed`` from every tensor of ``graph``; returns #nodes changed.
+
+    ``analysis`` must have been built from this very graph object.
+    """
+    removed = np.asarray(removed, dtype=np.int64)
+    if not len(removed):
+        return 0
+    mask = np.zeros(int(analysis.labels.max()) + 1, dtype=bool)
+    mask[removed] = True
+    new_shape = analysis.new_shapes(removed)
+    for value in list(graph.constants.values()):
+        keep = analysis.keep_indices(value, mask)
+        if any(k is not None for k in keep):
+            data = value.data
+            for axis, k in enumerate(keep):
+                if k is not None:
+                    data = np.take(data, k, axis=axis)
+            set_constant_data(value, data)
+    changed = 0
+    for node in graph.nodes:
+        expected = [new_shape(o) for o in node.outputs]
+        rewrite = attr_rewrite(node.op)
+        attrs = node.attrs
+        if rewrite is not None:
+            updates = rewrite(node, new_shape)
+            if any(attrs[k] != v for k, v in updates.items()):
+                attrs = node.opdef.check_attrs({**dict(attrs), **updates}, context=node.describe())
+        inputs_changed = any(v is not None and tuple(v.type.shape) != tuple(new_shape(v))
+                             for v in node.inputs)
+        outputs_changed = any(tuple(o.type.shape) != e for o, e in zip(node.outputs, expected))
+        if attrs is node.attrs and not outputs_changed:
+            continue
+        types = node.opdef.infer_types([None if v is None else v.type for v in node.inputs],
+                                       attrs)
+        for t, e in zip(types, expected):
+            if tuple(t.shape) != tuple(e):
+                raise PruneError(
+                    f"internal error: after pruning, {node.describe()} infers {t} but the plan "
+                    f"says {list(e)} (inputs changed: {inputs_changed})")
+        node.attrs = attrs
+        for out, t in zip(node.outputs, types):
+            out.type = t
+        changed += 1
+    graph.verify()
+    return changed
+
+
+def _group_ratio(group: ChannelGroup, ratio: float | Mapping[str, float]) -> float:
+    if not isinstance(ratio, Mapping):
+        return float(ratio)
+    for pattern, r in ratio.items():
+        if group.matches([pattern]) or fnmatch.fnmatchcase(group.name, pattern):
+            return float(r)
+    return 0.0
+
+
+def _count(group: ChannelGroup, ratio: float, max_ratio: float, available: int,
+           round_to: int = 1) -> int:
+    """Channels to remove at ``ratio`` of the group (``available`` = removable ones).
+
+    With ``round_to`` > 1, groups of at least ``4 * round_to`` channels keep a multiple of it
+    (rounded up: GEMM/conv kernels like widths that fill their vectors).
+    """
+    ratio = min(ratio, max_ratio)
+    k = int(math.floor(ratio * group.size + 1e-9))
+    if round_to > 1 and group.size >= 4 * round_to and k:
+        kept = -(-(group.size - k) // round_to) * round_to
+        k = group.size - min(kept, group.size)
+    return max(0, min(k, available))
+
+
+def prune_channels(
+    graph: Graph,
+    ratio: float | Mapping[str, float] | None = None,
+    flops: float | None = None,
+    importance: str | ImportanceFn = "l1",
+    exclude: Sequence[str] = (),
+    data=None,
+    loss=None,
+    max_ratio: float = 0.9,
+    round_to: int = 1,
+) -> PruneReport:
+    """Structured pruning of ``graph`` in place; see the module docstring.
+
+    Args:
+        ratio: fraction of each group's channels to remove (a float, or ``{glob: ratio}``
+            matched against the group's constant names, first match wins, others 0).
+        flops: fraction of the graph's FLOPs to remove (0.5: half); overrides ``ratio``.
+        importance: ``l1``, ``l2``, ``bn``, ``taylor`` or ``fn(analysis, group) -> scores``.
+        exclude: glob patterns of constant names; a group touching one is left alone.
+        data, loss: batches (and loss) for ``taylor``.
+        max_ratio: never remove more than this fraction of a group.
+        round_to: keep a multiple of this many channels in groups of >= 4x as many.
+
+    Raises:
+        PruneError: the FLOPs target cannot be reached.
+    """
+    if (ratio is None) == (flops is None):
+        raise PruneError("give exactly one of ratio= (per group) or flops= (global target)")
+    target = flops if flops is not None else ratio
+    if flops is not None and not 0.0 <= flops < 1.0:
+        raise PruneError(f"flops={flops}: the fraction of FLOPs to remove must be in [0, 1)")
+    analysis = DependencyGraph(graph)
+    before = count_flops(graph).total
+    report = PruneReport("channels", flops_before=before, params_before=_params(graph),
+                         target=f"flops=-{flops:.0%}" if flops is not None else f"ratio={target}")
+    grads = None
+    if importance == "taylor":
+        if data is None:
+            raise PruneError("importance=taylor needs data=[(inputs, target), ...] (and loss=)")
+        grads = taylor_gradients(graph, data, loss)
+    order: dict[int, np.ndarray] = {}
+    used: dict[int, str] = {}
+    for g in analysis.groups:
+        entry = GroupReport(g.name, g.kind, g.size,
+                            members=[f"{m.value.name}[{m.axis}]:{m.role}" for m in g.members])
+        report.groups.append(entry)
+        if not g.prunable:
+            entry.skipped = "; ".join(g.reasons) if g.reasons else "nothing to prune"
+            continue
+        if exclude and g.matches(exclude):
+            entry.skipped = "excluded by pattern"
+            continue
+        if callable(importance):
+            scores, used[g.index] = np.asarray(importance(analysis, g), np.float64), "custom"
+        else:
+            scores, used[g.index] = group_scores(analysis, g, importance, grads)
+        protected = analysis.protected(g, scores)
+        ranked = g.channels[np.argsort(scores, kind="stable")]
+        order[g.index] = ranked[~np.isin(ranked, protected)]
+        entry.importance = used[g.index]
+        if g.reasons:
+            entry.skipped = ""
+            report.notes.append(f"{g.name}: {len(g.frozen_channels)} channels kept "
+                                f"({'; '.join(g.reasons[:2])})")
+
+    def plan(r: float | Mapping[str, float]) -> np.ndarray:
+        parts = [order[g.index][: _count(g, _group_ratio(g, r), max_ratio,
+                                         len(order[g.index]), round_to)]
+                 for g in analysis.groups if g.index in order]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    if flops is not None:
+        ratio = _solve_ratio(graph, analysis, plan, before, flops, max_ratio)
+    removed = plan(ratio)
+    for g in analysis.groups:
+        if g.index in order:
+            report.groups[g.index].removed = _count(g, _group_ratio(g, ratio), max_ratio,
+                                                    len(order[g.index]), round_to)
+    remove_channels(graph, analysis, removed)
+    report.flops_after = count_flops(graph).total
+    report.params_after = _params(graph)
+    if used and any(v != importance for v in used.values()) and isinstance(importance, str):
+        fallback = sorted({report.groups[i].name for i, v in used.items() if v != importance})
+        report.notes.append(f"{importance} unavailable for {len(fallback)} groups "
+                            f"(no batch norm): used l1")
+    return report
+
+
+def _solve_ratio(graph, analysis, plan, before: int, flops: float, max_ratio: float) -> float:
+    def cut(r: float) -> float:
+        return 1.0 - count_flops(graph, analysis.new_shapes(plan(r))).total / max(before, 1)
+
+    best = cut(max_ratio)
+    if best + 1e-9 < flops:
+        raise PruneError(
+            f"cannot remove {flops:.0%} of the FLOPs: pruning every prunable group by "
+            f"{max_ratio:.0%} removes {best:.1%} (raise max_ratio, or see "
+            f"DependencyGraph(graph).report() for the groups left alone and why)")
+    lo, hi = 0.0, max_ratio
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if cut(mid) >= flops:
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo < 1e-4:
+            break
+    return hi
+
+
+def _params(graph: Graph) -> int:
+    return int(sum(v.data.size for v in graph.constants.values()
+                   if v.dtype.is_floating and v.data.ndim >= 1))
