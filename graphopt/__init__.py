@@ -52,6 +52,13 @@ def to_onnx(graph: Graph, path=None, opset: int | None = None, **options):
     return _to_onnx(graph, path, opset, **options)
 
 
+def quantize(graph: Graph, mode: str = "dynamic", **options):
+    """Quantize ``graph`` to int8 (a copy); see ``graphopt.quant.dynamic.quantize``."""
+    from graphopt.quant import quantize as _quantize
+
+    return _quantize(graph, mode, **options)
+
+
 def benchmark(model, args=(), kwargs=None, **options):
     """Benchmark ``model`` on several backends (eager, torch-compile, onnxruntime, graphopt-*);
     returns a ``BenchmarkReport``. See ``graphopt.bench.harness.benchmark`` for the options."""
@@ -73,7 +80,7 @@ __all__ = [
     "compile", "from_onnx", "to_onnx",
     "TypeInferenceError", "UnsupportedOpError", "Value", "VerificationError", "parse", "run",
     "to_torch", "trace", "optimize", "benchmark", "bisect", "PassManager", "register_pass",
-    "prune", "finetune",
+    "prune", "finetune", "quantize",
 ]
 
 # Register the built-in passes (graphopt.passes; mapped from passes/ in a source checkout).

@@ -19,4 +19,5 @@ from . import (  # noqa: F401  (registers the passes)
     prune_channels,
     prune_magnitude,
     quantize_dynamic,
+    quantize_weights,
 )

@@ -55,6 +55,7 @@ def _load_lowerings() -> None:
             lower_fused,
             lower_indexing,
             lower_nn,
+            lower_quant,
             lower_reduce,
             lower_shape,
         )

@@ -9,6 +9,7 @@ from graphopt.ops import (  # noqa: F401
     onnx_extra,
     onnx_resize,
     onnx_rnn,
+    quant,
     reduce,
     shape,
 )

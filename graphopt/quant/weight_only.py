@@ -1,0 +1,49 @@
+"""Weight-only block-wise int4 / int8 quantization of linear layers (``linear_weight_only``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphopt.ir.graph import Graph, Node
+from graphopt.quant.dynamic import _weight_of
+
+
+def quantize_blocks(w: np.ndarray, bits: int = 4, block_size: int = 32):
+    """``[N, K]`` float -> (codes packed u8 ``[N, n_blocks, block_size * bits / 8]``,
+    scales f32 ``[N, n_blocks]``); symmetric per block, zero point ``2**(bits-1)``."""
+    n, k = w.shape
+    blocks = -(-k // block_size)
+    padded = np.zeros((n, blocks * block_size), np.float32)
+    padded[:, :k] = w
+    grouped = padded.reshape(n, blocks, block_size)
+    qmax = 2 ** (bits - 1) - 1
+    amax = np.abs(grouped).max(axis=2)
+    scales = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+    codes = np.clip(np.rint(grouped / scales[..., None]), -qmax, qmax) + 2 ** (bits - 1)
+    codes = codes.astype(np.uint8)
+    if bits == 4:
+        codes = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return np.ascontiguousarray(codes), scales
+
+
+def quantize_weight_only(graph: Graph, nodes: list[Node], bits: int = 4,
+                         block_size: int = 32) -> int:
+    """Rewrite ``nodes`` (linear / fused_linear / matmul by a constant) in place."""
+    for node in nodes:
+        weight = node.inputs[1]
+        codes, scales = quantize_blocks(_weight_of(node), bits, block_size)
+        wq = graph.add_constant(codes, f"{weight.name}_q{bits}")
+        ws = graph.add_constant(scales, f"{weight.name}_scales")
+        bias = node.inputs[2] if node.op != "matmul" and len(node.inputs) > 2 else None
+        residual = node.inputs[3] if node.op == "fused_linear" and len(node.inputs) > 3 else None
+        attrs = {"bits": bits, "block_size": block_size, "k": int(_weight_of(node).shape[1])}
+        if node.op == "fused_linear":
+            attrs.update({k: node.attrs[k] for k in ("activation", "activation_params")})
+        with graph.inserting_before(node):
+            new = graph.create_node("linear_weight_only", [node.inputs[0], wq, ws, bias, residual],
+                                    attrs, name=node.outputs[0].name + f"_q{bits}")
+        node.outputs[0].replace_all_uses_with(new.outputs[0])
+        graph.erase_node(node)
+        if not weight.uses and not weight.is_graph_output:
+            graph.remove_constant(weight)
+    return len(nodes)

@@ -1,0 +1,49 @@
+"""quantize-dynamic: int8 dynamic quantization of linear layers with constant weights.
+
+Before -> after::
+
+    const %w: f32[16, 8]
+    const %b: f32[16]
+    %y: f32[2, 16] = linear(%x, %w, %b)
+  ->
+    const %w_q: i8[16, 8]
+    const %w_scale: f32[16]
+    %y_q: f32[2, 16] = qlinear_dynamic(%x, %w_q, %w_scale, %b, None)
+
+Not numerically exact: weights are rounded to int8 per output channel (symmetric) and the
+activation to u8 per tensor at run time; the integer GEMM itself is exact. ``linear``,
+``fused_linear`` (epilogue kept) and ``matmul`` by a constant 2-D weight are rewritten;
+``exclude`` globs (node or weight names) stay float. With ``embeddings`` (default) constant
+embedding tables are stored int8 with a per-row scale, dequantized after the gather. For
+sensitivity-driven fallback under an error budget use
+``graphopt.quantize(graph, calibration=..., error_budget=...)``.
+"""
+
+from __future__ import annotations
+
+from graphopt.ir.graph import Graph
+from graphopt.transform.registry import register_pass
+
+
+@register_pass("quantize-dynamic")
+class QuantizeDynamic:
+    """Dynamic int8 linear layers: per-channel int8 weights, per-tensor u8 activations."""
+
+    exclude: tuple[str, ...] = ()
+    embeddings: bool = True
+
+    def run(self, graph: Graph) -> bool:
+        from graphopt.quant.dynamic import (
+            dynamic_candidates,
+            embedding_candidates,
+            quantize_embedding,
+            quantize_nodes,
+        )
+
+        names = {n.name for n in dynamic_candidates(graph, self.exclude)}
+        changed = quantize_nodes(graph, names) > 0
+        if self.embeddings:
+            for node in embedding_candidates(graph, self.exclude):
+                quantize_embedding(graph, node)
+                changed = True
+        return changed
