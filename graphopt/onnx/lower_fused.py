@@ -20,6 +20,7 @@ import math
 from graphopt.ir.dtypes import DType
 from graphopt.ir.graph import Node
 from graphopt.onnx._common import MICROSOFT
+from graphopt.onnx.conv_padding import conv_input_pads
 from graphopt.onnx.export import OnnxLowering
 from graphopt.onnx.lower_nn import spatial, transposed_weight
 from graphopt.ops.registry import register_lowering
@@ -117,11 +118,10 @@ def _epilogue(ctx: OnnxLowering, node: Node, core, adds: list[str]) -> None:
 def _conv_attrs(node: Node) -> dict:
     n = node.inputs[0].type.rank - 2
     a = node.attrs
-    pads = spatial(a["padding"], n)
     return {
         "kernel_shape": [int(k) for k in node.inputs[1].shape[2:]],
         "strides": spatial(a["stride"], n),
-        "pads": pads + pads,
+        "pads": conv_input_pads(node, spatial(a["padding"], n)),
         "dilations": spatial(a["dilation"], n),
         "group": int(a["groups"]),
     }

@@ -6,6 +6,7 @@ import numpy as np
 
 from graphopt.ir.dtypes import DType
 from graphopt.ir.graph import Node
+from graphopt.onnx.conv_padding import conv_input_pads
 from graphopt.onnx.export import OnnxLowering
 from graphopt.onnx.lower_shape import reshape, slice_, squeeze, unsqueeze
 from graphopt.ops.registry import register_lowering
@@ -59,10 +60,10 @@ def _conv_args(ctx: OnnxLowering, node: Node) -> list[str]:
 def _conv(ctx, node):
     n = node.inputs[0].type.rank - 2
     a = node.attrs
-    pads = spatial(a["padding"], n)
+    pads = conv_input_pads(node, spatial(a["padding"], n))
     ctx.op("Conv", _conv_args(ctx, node), out=ctx.output(node),
            kernel_shape=[int(k) for k in node.inputs[1].shape[2:]],
-           strides=spatial(a["stride"], n), pads=pads + pads,
+           strides=spatial(a["stride"], n), pads=pads,
            dilations=spatial(a["dilation"], n), group=int(a["groups"]))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from graphopt.ir.dtypes import DType
+from graphopt.onnx.conv_padding import absorbable_pad
 from graphopt.onnx.export import INT64_MAX, INT64_MIN, OnnxLowering
 from graphopt.ops._infer import norm_axes, norm_axis
 from graphopt.ops.registry import register_lowering
@@ -130,6 +131,9 @@ def onnx_pads(torch_pads, rank: int) -> list[int]:
 @register_lowering("onnx", "pad")
 def _pad(ctx, node):
     x = node.inputs[0]
+    if absorbable_pad(node):  # every user is a conv that takes this padding over
+        ctx.alias(node, ctx.input(node, 0))
+        return
     mode = node.attrs["mode"]
     if mode not in _PAD_MODES or (mode == "circular" and ctx.opset < 19):
         raise ctx.fail(f"pad mode '{mode}' has no ONNX equivalent at opset {ctx.opset}")
