@@ -105,6 +105,9 @@ def session(path: str, threads: int, optimized_path: str | None = None):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    # Idle sessions must not spin: with three sessions interleaved on 2 cores, a session's
+    # spinning pool steals the cores from the one being timed next.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_path:
         so.optimized_model_filepath = optimized_path
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])

@@ -240,6 +240,9 @@ def _ort_session(path_or_bytes: Any, threads: int, options: dict):
 
     so_options = {k: v for k, v in options.items() if k not in ("exporter", "opset")}
     so = session_options(threads, **so_options)
+    # Sessions of different backends are timed interleaved: an idle session's spinning thread
+    # pool would steal the cores from the one being timed, so no session spins (all alike).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path_or_bytes, so, providers=["CPUExecutionProvider"])
 
 
