@@ -60,6 +60,8 @@ demo: venv
 # (python itself is not instrumented), then rebuild the normal extension. The trap rebuilds it even
 # when the tests fail or are interrupted, so a later `make test` never loads the ASan build
 # without its runtime. detect_leaks=0: CPython and torch keep allocations alive until exit.
+# GRAPHOPT_NATIVE_SEPARATE_BUFFERS=1: each buffer of a native plan gets its own allocation, so
+# ASan also sees overruns between buffers that would share the runtime's arena.
 asan: venv
 	@set -euo pipefail; \
 	mkdir -p build; \
@@ -68,8 +70,9 @@ asan: venv
 	GRAPHOPT_ASAN=1 $(PY) setup.py build_ext --inplace --force \
 		--build-temp build/asan-temp --build-lib build/asan-lib > build/asan-build.log 2>&1 \
 		|| { cat build/asan-build.log; exit 1; }; \
-	LD_PRELOAD="$(ASAN_PRELOAD)" ASAN_OPTIONS=detect_leaks=0 \
-		$(PY) -m pytest -q -ra -p no:cacheprovider tests/test_native_gemm.py
+	LD_PRELOAD="$(ASAN_PRELOAD)" ASAN_OPTIONS=detect_leaks=0 GRAPHOPT_NATIVE_SEPARATE_BUFFERS=1 \
+		$(PY) -m pytest -q -ra -p no:cacheprovider tests/test_native_gemm.py \
+		tests/test_native_kernels.py tests/test_native_plan.py
 
 bench-gemm: venv
 	$(PY) benchmarks/bench_gemm.py $(BENCH_ARGS)

@@ -17,6 +17,9 @@
 namespace py = pybind11;
 
 namespace graphopt {
+void register_runtime(py::module_& m);  // native runtime (rt_bindings.cpp)
+void register_sparse(py::module_& m);   // CSR sparse_linear (sparse_gemm.cpp)
+
 namespace {
 
 std::string shape_str(const py::array& arr) {
@@ -204,4 +207,7 @@ Raises:
     m.def(
         "get_num_threads", []() { return omp_get_max_threads(); },
         "Default OpenMP thread count used when sgemm(threads=0).");
+
+    register_runtime(m);
+    register_sparse(m);
 }

@@ -1,0 +1,169 @@
+// Scaled dot-product attention with a streaming (online) softmax.
+//
+// "attention" operands: out, q, k, v, mask?
+//   ints: B, H, L, S, E, Ev, kv_group,
+//         q strides (b, h, l), k strides (b, h, s), v strides (b, h, s), out strides (b, h, l),
+//         mask kind (0 none, 1 bool: keep where true, 2 float: added),
+//         mask strides (b, h, l, s), is_causal
+//   floats: scale
+//   Shapes: q [B, H, L, E], k [B, H/kv_group, S, E], v [B, H/kv_group, S, Ev], out [B, H, L, Ev],
+//   each given by its strides (innermost stride 1): permuted or split views are read in place,
+//   and the output can be written straight into a [B, L, H, Ev] layout.
+//
+// One task per (b, h, block of kQueryBlock queries). For each block of kKeyBlock keys:
+//   scores = scale * Q K^T  (GEMM micro-kernel), mask / causal -> -inf,
+//   m' = max(m, rowmax), l = l * e^(m - m') + rowsum(e^(s - m')), O = O * e^(m - m') + P V.
+// The full L x S score matrix never exists; memory per thread is O(block * (S_block + Ev)).
+// Causal key blocks entirely above the diagonal are skipped. Rows with every key masked give 0
+// (torch's behaviour).
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "rt_dtype.h"
+#include "rt_gemm.h"
+#include "rt_parallel.h"
+#include "rt_plan.h"
+#include "rt_vec.h"
+
+namespace graphopt {
+namespace rt {
+namespace {
+
+constexpr int64_t kQueryBlock = 64;
+constexpr int64_t kKeyBlock = 512;
+
+struct AttnScratch {
+    AlignedFloats scores, acc, stats;
+};
+
+AttnScratch& attn_scratch() {
+    static thread_local AttnScratch scratch;
+    return scratch;
+}
+
+class AttentionKernel : public Kernel {
+   public:
+    explicit AttentionKernel(const KernelArgs& args) {
+        IntReader r(args);
+        b_ = r.next(); h_ = r.next(); l_ = r.next(); s_ = r.next(); e_ = r.next(); ev_ = r.next();
+        group_ = std::max<int64_t>(1, r.next());
+        for (auto* st : {q_st_, k_st_, v_st_, o_st_}) {
+            for (int i = 0; i < 3; ++i) st[i] = r.next();
+        }
+        mask_kind_ = r.next();
+        for (int i = 0; i < 4; ++i) m_st_[i] = r.next();
+        causal_ = r.next() != 0;
+        scale_ = static_cast<float>(r.real(0));
+        lb_ = std::min(l_, kQueryBlock);
+        sb_ = std::min(s_, kKeyBlock);
+    }
+
+    void run(const ExecContext& ctx) const override {
+        float* out = ctx.get<float>(operands[0]);
+        const float* q = ctx.get<const float>(operands[1]);
+        const float* k = ctx.get<const float>(operands[2]);
+        const float* v = ctx.get<const float>(operands[3]);
+        const char* mask = operands.size() > 4 ? ctx.ptr(operands[4]) : nullptr;
+        const int64_t qblocks = ceil_div(l_, lb_);
+        parallel_tasks(ctx.threads, b_ * h_ * qblocks, [&](int64_t t) {
+            const int64_t bh = t / qblocks, qb = t % qblocks;
+            task(out, q, k, v, mask, bh / h_, bh % h_, qb * lb_);
+        });
+    }
+
+   private:
+    void task(float* out, const float* q, const float* k, const float* v, const char* mask,
+              int64_t b, int64_t h, int64_t l0) const {
+        const GemmKernels& kern = gemm_kernels();
+        const VecOps& vec = vec_ops();
+        const int64_t rows = std::min(lb_, l_ - l0);
+        const int64_t kh = h / group_;
+        const float* qp = q + b * q_st_[0] + h * q_st_[1] + l0 * q_st_[2];
+        const float* kp = k + b * k_st_[0] + kh * k_st_[1];
+        const float* vp = v + b * v_st_[0] + kh * v_st_[1];
+        AttnScratch& scr = attn_scratch();
+        const int64_t ld_s = round_up(sb_, kNR);
+        float* scores = scr.scores.reserve(rows * ld_s);
+        float* acc = scr.acc.reserve(rows * ev_);
+        float* stats = scr.stats.reserve(2 * rows);
+        float* row_max = stats;
+        float* row_sum = stats + rows;
+        std::fill(acc, acc + rows * ev_, 0.0f);
+        std::fill(row_max, row_max + rows, -std::numeric_limits<float>::infinity());
+        std::fill(row_sum, row_sum + rows, 0.0f);
+        const float neg_inf = -std::numeric_limits<float>::infinity();
+
+        for (int64_t s0 = 0; s0 < s_; s0 += sb_) {
+            if (causal_ && s0 > l0 + rows - 1) break;  // every key of this block is in the future
+            const int64_t cols = std::min(sb_, s_ - s0);
+            // scores[rows, cols] = scale * Q K^T: B(e, s) = K[s, e].
+            EpilogueSpec ep;
+            ep.alpha = scale_;
+            gemm_block(kern, StridedA{MatrixRef{qp, rows, e_, q_st_[2], 1}},
+                       StridedB{MatrixRef{kp + s0 * k_st_[2], e_, cols, 1, k_st_[2]}}, e_, scores,
+                       ld_s, GemmBlock{0, rows, 0, cols}, ep);
+            for (int64_t i = 0; i < rows; ++i) {
+                float* srow = scores + i * ld_s;
+                const int64_t l = l0 + i;
+                if (mask_kind_ != 0) apply_mask(srow, mask, b, h, l, s0, cols);
+                if (causal_) {
+                    const int64_t first_future = std::max<int64_t>(0, l + 1 - s0);
+                    for (int64_t j = first_future; j < cols; ++j) srow[j] = neg_inf;
+                }
+                const float m_old = row_max[i];
+                const float m_new = std::max(m_old, vec.reduce_max(srow, cols));
+                if (m_new == neg_inf) {  // nothing visible yet in this row
+                    std::fill(srow, srow + cols, 0.0f);
+                    continue;
+                }
+                const float correction = std::exp(m_old - m_new);  // 0 when m_old is -inf
+                const float sum = vec.exp_scaled_sum(srow, srow, cols, 1.0f, m_new);
+                row_sum[i] = row_sum[i] * correction + sum;
+                row_max[i] = m_new;
+                if (correction != 1.0f) vec.scale(acc + i * ev_, ev_, correction);
+            }
+            // acc[rows, Ev] += P V_block
+            EpilogueSpec acc_ep;
+            acc_ep.residual_in_c = true;
+            gemm_block(kern, StridedA{MatrixRef{scores, rows, cols, ld_s, 1}},
+                       StridedB{MatrixRef{vp + s0 * v_st_[2], cols, ev_, v_st_[2], 1}}, cols, acc,
+                       ev_, GemmBlock{0, rows, 0, ev_}, acc_ep);
+        }
+        for (int64_t i = 0; i < rows; ++i) {
+            float* orow = out + b * o_st_[0] + h * o_st_[1] + (l0 + i) * o_st_[2];
+            const float inv = row_sum[i] > 0.0f ? 1.0f / row_sum[i] : 0.0f;
+            const float* arow = acc + i * ev_;
+            for (int64_t j = 0; j < ev_; ++j) orow[j] = arow[j] * inv;
+        }
+    }
+
+    void apply_mask(float* srow, const char* mask, int64_t b, int64_t h, int64_t l, int64_t s0,
+                    int64_t cols) const {
+        const int64_t base = b * m_st_[0] + h * m_st_[1] + l * m_st_[2] + s0 * m_st_[3];
+        const float neg_inf = -std::numeric_limits<float>::infinity();
+        if (mask_kind_ == 1) {
+            const Bool* mk = reinterpret_cast<const Bool*>(mask) + base;
+            for (int64_t j = 0; j < cols; ++j) {
+                if (!mk[j * m_st_[3]]) srow[j] = neg_inf;
+            }
+        } else {
+            const float* mk = reinterpret_cast<const float*>(mask) + base;
+            for (int64_t j = 0; j < cols; ++j) srow[j] += mk[j * m_st_[3]];
+        }
+    }
+
+    int64_t b_, h_, l_, s_, e_, ev_, group_, lb_, sb_;
+    int64_t q_st_[3], k_st_[3], v_st_[3], o_st_[3], m_st_[4];
+    int64_t mask_kind_;
+    bool causal_;
+    float scale_;
+};
+
+GRAPHOPT_RT_KERNEL("attention", AttentionKernel);
+
+}  // namespace
+}  // namespace rt
+}  // namespace graphopt

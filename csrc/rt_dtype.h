@@ -1,0 +1,57 @@
+// Element types of the runtime (codes shared with graphopt/native/kernels.py) and a dispatcher
+// from a run-time code to a C++ type.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "rt_plan.h"
+
+namespace graphopt {
+namespace rt {
+
+enum class DType : int32_t {
+    kF32 = 0, kF64 = 1, kI32 = 2, kI64 = 3, kBool = 4, kU8 = 5, kI8 = 6, kI16 = 7,
+};
+
+inline int64_t dtype_size(DType t) {
+    switch (t) {
+        case DType::kF64:
+        case DType::kI64:
+            return 8;
+        case DType::kF32:
+        case DType::kI32:
+            return 4;
+        case DType::kI16:
+            return 2;
+        default:
+            return 1;
+    }
+}
+
+// bool is stored as one byte holding 0 or 1 (numpy / torch layout).
+using Bool = uint8_t;
+
+// Calls f(T{}) with T the C++ type of `t`.
+template <typename F>
+decltype(auto) dispatch_dtype(DType t, F&& f) {
+    switch (t) {
+        case DType::kF32: return f(float{});
+        case DType::kF64: return f(double{});
+        case DType::kI32: return f(int32_t{});
+        case DType::kI64: return f(int64_t{});
+        case DType::kBool: return f(Bool{});
+        case DType::kU8: return f(uint8_t{});
+        case DType::kI8: return f(int8_t{});
+        case DType::kI16: return f(int16_t{});
+    }
+    throw PlanError("unknown dtype code " + std::to_string(static_cast<int>(t)));
+}
+
+inline DType dtype_from(int64_t code) {
+    if (code < 0 || code > 7) throw PlanError("unknown dtype code " + std::to_string(code));
+    return static_cast<DType>(code);
+}
+
+}  // namespace rt
+}  // namespace graphopt

@@ -1,0 +1,479 @@
+// Elementwise kernels: unary math / activations, broadcasting binary ops, where, cast.
+//
+// "unary"   operands: out, x (contiguous)
+//           ints: op (UnaryOp), dtype, count;  floats: p0, p1, p2 (op parameters)
+// "binary"  operands: out (contiguous), a, b
+//           ints: op (BinaryOp), dtype (of a and b), rank, shape[rank], a_strides[rank],
+//                 b_strides[rank]     (broadcast dims have stride 0; out dtype: bool for
+//                 comparisons and logical ops, else dtype)
+// "where"   operands: out (contiguous), cond (bool), a, b
+//           ints: elem_size, rank, shape[rank], cond_strides, a_strides, b_strides
+// "cast"    operands: out, x (contiguous); ints: from, to, count
+//
+// Operands of binary/where are cast to one dtype by the planner; these kernels never promote.
+// Semantics follow torch (remainder takes the divisor's sign, floor division rounds down,
+// maximum/minimum propagate NaN, integer division by zero raises).
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <type_traits>
+#include <vector>
+
+#include "rt_dtype.h"
+#include "rt_gemm.h"
+#include "rt_parallel.h"
+#include "rt_plan.h"
+#include "rt_vec.h"
+
+namespace graphopt {
+namespace rt {
+namespace {
+
+enum class UnaryOp : int32_t {
+    kNeg = 0, kAbs, kRelu, kFloor, kCeil, kRound, kSign, kBitwiseNot, kExp, kLog, kLog1p,
+    kExpm1, kSqrt, kRsqrt, kReciprocal, kSin, kCos, kTan, kAtan, kTanh, kSigmoid, kErf, kSilu,
+    kMish, kHardswish, kHardsigmoid, kSoftsign, kGelu, kGeluTanh, kClamp, kLeakyRelu, kElu,
+    kSoftplus, kLogicalNot, kIsnan, kRelu6,
+};
+
+// Activations the vectorised GEMM epilogue implements (same formulas as fused ops use).
+bool epilogue_activation(UnaryOp op, Act* act) {
+    switch (op) {
+        case UnaryOp::kRelu: *act = Act::kRelu; return true;
+        case UnaryOp::kRelu6: *act = Act::kRelu6; return true;
+        case UnaryOp::kGelu: *act = Act::kGelu; return true;
+        case UnaryOp::kGeluTanh: *act = Act::kGeluTanh; return true;
+        case UnaryOp::kSilu: *act = Act::kSilu; return true;
+        case UnaryOp::kSigmoid: *act = Act::kSigmoid; return true;
+        case UnaryOp::kTanh: *act = Act::kTanh; return true;
+        case UnaryOp::kHardswish: *act = Act::kHardswish; return true;
+        default: return false;
+    }
+}
+
+template <typename T>
+T softplus(T x, T beta, T threshold) {
+    const T bx = x * beta;
+    return bx > threshold ? x : std::log1p(std::exp(bx)) / beta;
+}
+
+template <typename T>
+T unary_float(UnaryOp op, T x, T p0, T p1, T p2) {
+    switch (op) {
+        case UnaryOp::kNeg: return -x;
+        case UnaryOp::kAbs: return std::abs(x);
+        case UnaryOp::kRelu: return x < T(0) ? T(0) : x;
+        case UnaryOp::kRelu6: return std::min(std::max(x, T(0)), T(6));
+        case UnaryOp::kFloor: return std::floor(x);
+        case UnaryOp::kCeil: return std::ceil(x);
+        case UnaryOp::kRound: return std::nearbyint(x);  // half to even, like torch
+        case UnaryOp::kSign: return x > T(0) ? T(1) : (x < T(0) ? T(-1) : (x == T(0) ? T(0) : x));
+        case UnaryOp::kExp: return std::exp(x);
+        case UnaryOp::kLog: return std::log(x);
+        case UnaryOp::kLog1p: return std::log1p(x);
+        case UnaryOp::kExpm1: return std::expm1(x);
+        case UnaryOp::kSqrt: return std::sqrt(x);
+        case UnaryOp::kRsqrt: return T(1) / std::sqrt(x);
+        case UnaryOp::kReciprocal: return T(1) / x;
+        case UnaryOp::kSin: return std::sin(x);
+        case UnaryOp::kCos: return std::cos(x);
+        case UnaryOp::kTan: return std::tan(x);
+        case UnaryOp::kAtan: return std::atan(x);
+        case UnaryOp::kTanh: return std::tanh(x);
+        case UnaryOp::kSigmoid: return T(1) / (T(1) + std::exp(-x));
+        case UnaryOp::kErf: return std::erf(x);
+        case UnaryOp::kSilu: return x / (T(1) + std::exp(-x));
+        case UnaryOp::kMish: return x * std::tanh(softplus<T>(x, T(1), T(20)));
+        case UnaryOp::kHardswish: return x * std::min(std::max(x + T(3), T(0)), T(6)) / T(6);
+        case UnaryOp::kHardsigmoid: return std::min(std::max(x + T(3), T(0)), T(6)) / T(6);
+        case UnaryOp::kSoftsign: return x / (T(1) + std::abs(x));
+        case UnaryOp::kGelu: return T(0.5) * x * std::erfc(-x * T(0.70710678118654752440));
+        case UnaryOp::kGeluTanh: {
+            const T inner = T(0.79788456080286535588) * (x + T(0.044715) * x * x * x);
+            return T(0.5) * x * (T(1) + std::tanh(inner));
+        }
+        case UnaryOp::kClamp: return std::min(std::max(x, p0), p1);
+        case UnaryOp::kLeakyRelu: return x > T(0) ? x : x * p0;
+        case UnaryOp::kElu:  // p0 alpha, p1 scale, p2 input_scale
+            return x > T(0) ? p1 * x : p1 * p0 * std::expm1(x * p2);
+        case UnaryOp::kSoftplus: return softplus<T>(x, p0, p1);
+        default: break;
+    }
+    throw std::logic_error("unary: op not valid for floats");
+}
+
+template <typename T>
+T unary_int(UnaryOp op, T x, T p0, T p1) {
+    switch (op) {
+        case UnaryOp::kNeg: return static_cast<T>(-x);
+        case UnaryOp::kAbs: return static_cast<T>(x < 0 ? -x : x);
+        case UnaryOp::kRelu: return x < 0 ? T(0) : x;
+        case UnaryOp::kFloor:
+        case UnaryOp::kCeil:
+        case UnaryOp::kRound: return x;
+        case UnaryOp::kSign: return static_cast<T>((x > 0) - (x < 0));
+        case UnaryOp::kBitwiseNot: return static_cast<T>(~x);
+        case UnaryOp::kClamp: return std::min(std::max(x, p0), p1);
+        default: break;
+    }
+    throw std::logic_error("unary: op not valid for integers");
+}
+
+class UnaryKernel : public Kernel {
+   public:
+    explicit UnaryKernel(const KernelArgs& args) {
+        IntReader r(args);
+        op_ = static_cast<UnaryOp>(r.next());
+        dtype_ = dtype_from(r.next());
+        count_ = r.next();
+        for (size_t i = 0; i < 3; ++i) p_[i] = i < args.floats.size() ? args.floats[i] : 0.0;
+        use_epilogue_ = dtype_ == DType::kF32 && epilogue_activation(op_, &act_);
+    }
+
+    void run(const ExecContext& ctx) const override {
+        char* out = ctx.ptr(operands[0]);
+        const char* x = ctx.ptr(operands[1]);
+        if (op_ == UnaryOp::kLogicalNot || op_ == UnaryOp::kIsnan) {
+            dispatch_dtype(dtype_, [&](auto tag) {
+                using T = decltype(tag);
+                const T* xs = reinterpret_cast<const T*>(x);
+                Bool* ys = reinterpret_cast<Bool*>(out);
+                const bool isnan = op_ == UnaryOp::kIsnan;
+                for (int64_t i = 0; i < count_; ++i) {
+                    ys[i] = static_cast<Bool>(isnan ? xs[i] != xs[i] : xs[i] == T(0));
+                }
+            });
+            return;
+        }
+        const int64_t elem = dtype_size(dtype_);
+        parallel_for(ctx.threads, count_, 16, [&](int64_t begin, int64_t end) {
+            if (use_epilogue_) {
+                float* y = reinterpret_cast<float*>(out) + begin;
+                const float* xs = reinterpret_cast<const float*>(x) + begin;
+                if (y != xs) std::memcpy(y, xs, static_cast<size_t>((end - begin) * elem));
+                gemm_kernels().epilogue(y, end - begin, 1, end - begin, nullptr,
+                                        static_cast<Activation>(act_));
+                return;
+            }
+            dispatch_dtype(dtype_, [&](auto tag) {
+                using T = decltype(tag);
+                const T* xs = reinterpret_cast<const T*>(x);
+                T* ys = reinterpret_cast<T*>(out);
+                if constexpr (std::is_floating_point_v<T>) {
+                    const T p0 = static_cast<T>(p_[0]), p1 = static_cast<T>(p_[1]),
+                            p2 = static_cast<T>(p_[2]);
+                    for (int64_t i = begin; i < end; ++i) {
+                        ys[i] = unary_float<T>(op_, xs[i], p0, p1, p2);
+                    }
+                } else {
+                    const T p0 = static_cast<T>(p_[0]), p1 = static_cast<T>(p_[1]);
+                    for (int64_t i = begin; i < end; ++i) ys[i] = unary_int<T>(op_, xs[i], p0, p1);
+                }
+            });
+        });
+    }
+
+   private:
+    UnaryOp op_;
+    DType dtype_;
+    int64_t count_ = 0;
+    double p_[3] = {0, 0, 0};
+    bool use_epilogue_ = false;
+    Act act_ = Act::kNone;
+};
+
+// ------------------------------------------------------------------------------------ binary
+enum class BinaryOp : int32_t {
+    kAdd = 0, kSub, kMul, kDiv, kDivFloor, kDivTrunc, kPow, kMaximum, kMinimum, kRemainder,
+    kAtan2, kBitwiseAnd, kBitwiseOr, kBitwiseXor, kEq, kNe, kLt, kLe, kGt, kGe, kLogicalAnd,
+    kLogicalOr, kLogicalXor,
+};
+
+bool is_predicate(BinaryOp op) { return op >= BinaryOp::kEq; }
+
+template <typename T>
+T int_pow(T base, T exp) {
+    if (exp < 0) {
+        // torch raises for negative integer powers of integers except base 1 / -1.
+        if (base == 1) return 1;
+        if (base == -1) return (exp % 2 == 0) ? 1 : -1;
+        throw std::domain_error("integers to negative integer powers are not allowed");
+    }
+    T result = 1;
+    while (exp > 0) {
+        if (exp & 1) result = static_cast<T>(result * base);
+        base = static_cast<T>(base * base);
+        exp >>= 1;
+    }
+    return result;
+}
+
+template <typename T>
+T arith(BinaryOp op, T a, T b) {
+    if constexpr (std::is_floating_point_v<T>) {
+        switch (op) {
+            case BinaryOp::kAdd: return a + b;
+            case BinaryOp::kSub: return a - b;
+            case BinaryOp::kMul: return a * b;
+            case BinaryOp::kDiv: return a / b;
+            case BinaryOp::kDivFloor: return std::floor(a / b);
+            case BinaryOp::kDivTrunc: return std::trunc(a / b);
+            case BinaryOp::kPow: return std::pow(a, b);
+            case BinaryOp::kMaximum: return (a != a || b != b) ? a + b : std::max(a, b);
+            case BinaryOp::kMinimum: return (a != a || b != b) ? a + b : std::min(a, b);
+            case BinaryOp::kRemainder: {
+                T m = std::fmod(a, b);
+                if (m != T(0) && ((b < T(0)) != (m < T(0)))) m += b;
+                return m;
+            }
+            case BinaryOp::kAtan2: return std::atan2(a, b);
+            default: break;
+        }
+    } else {
+        switch (op) {
+            case BinaryOp::kAdd: return static_cast<T>(a + b);
+            case BinaryOp::kSub: return static_cast<T>(a - b);
+            case BinaryOp::kMul: return static_cast<T>(a * b);
+            case BinaryOp::kDivFloor:
+            case BinaryOp::kDivTrunc:
+            case BinaryOp::kRemainder: {
+                if (b == 0) throw std::domain_error("integer division by zero");
+                if (op == BinaryOp::kDivTrunc) return static_cast<T>(a / b);
+                T q = static_cast<T>(a / b);
+                T r = static_cast<T>(a % b);
+                if (r != 0 && ((r < 0) != (b < 0))) {
+                    q = static_cast<T>(q - 1);
+                    r = static_cast<T>(r + b);
+                }
+                return op == BinaryOp::kRemainder ? r : q;
+            }
+            case BinaryOp::kPow: return int_pow<T>(a, b);
+            case BinaryOp::kMaximum: return std::max(a, b);
+            case BinaryOp::kMinimum: return std::min(a, b);
+            case BinaryOp::kBitwiseAnd: return static_cast<T>(a & b);
+            case BinaryOp::kBitwiseOr: return static_cast<T>(a | b);
+            case BinaryOp::kBitwiseXor: return static_cast<T>(a ^ b);
+            default: break;
+        }
+    }
+    throw std::logic_error("binary: op not valid for this dtype");
+}
+
+template <typename T>
+Bool predicate(BinaryOp op, T a, T b) {
+    switch (op) {
+        case BinaryOp::kEq: return a == b;
+        case BinaryOp::kNe: return a != b;
+        case BinaryOp::kLt: return a < b;
+        case BinaryOp::kLe: return a <= b;
+        case BinaryOp::kGt: return a > b;
+        case BinaryOp::kGe: return a >= b;
+        case BinaryOp::kLogicalAnd: return (a != T(0)) && (b != T(0));
+        case BinaryOp::kLogicalOr: return (a != T(0)) || (b != T(0));
+        case BinaryOp::kLogicalXor: return (a != T(0)) != (b != T(0));
+        default: break;
+    }
+    throw std::logic_error("binary: not a predicate");
+}
+
+// Iterates an N-d shape (collapsed by the planner) with per-operand strides; calls
+// inner(offsets..., n, inner_strides...) once per innermost row.
+struct StridedLoop {
+    std::vector<int64_t> shape;
+    std::vector<std::vector<int64_t>> strides;  // per operand (output excluded: contiguous)
+    int64_t outer = 1;
+
+    void init() {
+        if (shape.empty()) {
+            shape = {1};
+            for (auto& s : strides) s = {0};
+        }
+        outer = 1;
+        for (size_t d = 0; d + 1 < shape.size(); ++d) outer *= shape[d];
+    }
+
+    template <typename F>
+    void run(int threads, F&& row) const {
+        const int64_t rank = static_cast<int64_t>(shape.size());
+        const int64_t n = shape.back();
+        const size_t ops = strides.size();
+        parallel_for(threads, outer, n, [&](int64_t begin, int64_t end) {
+            std::vector<int64_t> idx(static_cast<size_t>(rank), 0);
+            int64_t rest = begin;
+            for (int64_t d = rank - 2; d >= 0; --d) {
+                idx[d] = rest % shape[d];
+                rest /= shape[d];
+            }
+            std::vector<int64_t> off(ops);
+            for (int64_t o = begin; o < end; ++o) {
+                for (size_t k = 0; k < ops; ++k) {
+                    int64_t v = 0;
+                    for (int64_t d = 0; d + 1 < rank; ++d) v += idx[d] * strides[k][d];
+                    off[k] = v;
+                }
+                row(o * n, off.data(), n);
+                for (int64_t d = rank - 2; d >= 0; --d) {
+                    if (++idx[d] < shape[d]) break;
+                    idx[d] = 0;
+                }
+            }
+        });
+    }
+};
+
+class BinaryKernel : public Kernel {
+   public:
+    explicit BinaryKernel(const KernelArgs& args) {
+        IntReader r(args);
+        op_ = static_cast<BinaryOp>(r.next());
+        dtype_ = dtype_from(r.next());
+        const int64_t rank = r.next();
+        loop_.shape = r.take(rank);
+        loop_.strides.push_back(r.take(rank));
+        loop_.strides.push_back(r.take(rank));
+        loop_.init();
+        if (dtype_ == DType::kF32 && op_ <= BinaryOp::kDiv) {
+            vec_op_ = static_cast<int>(op_);  // kAdd..kDiv map to FloatBinary in order
+        } else if (dtype_ == DType::kF32 && op_ == BinaryOp::kMaximum) {
+            vec_op_ = static_cast<int>(FloatBinary::kMax);
+        } else if (dtype_ == DType::kF32 && op_ == BinaryOp::kMinimum) {
+            vec_op_ = static_cast<int>(FloatBinary::kMin);
+        }
+    }
+
+    void run(const ExecContext& ctx) const override {
+        char* out = ctx.ptr(operands[0]);
+        const char* a = ctx.ptr(operands[1]);
+        const char* b = ctx.ptr(operands[2]);
+        const int64_t sa = loop_.strides[0].back(), sb = loop_.strides[1].back();
+        if (vec_op_ >= 0 && (sa == 0 || sa == 1) && (sb == 0 || sb == 1) && !(sa == 0 && sb == 0)) {
+            const VecOps& vec = vec_ops();
+            const auto op = static_cast<FloatBinary>(vec_op_);
+            loop_.run(ctx.threads, [&](int64_t o, const int64_t* off, int64_t n) {
+                vec.binary(op, reinterpret_cast<const float*>(a) + off[0], sa,
+                           reinterpret_cast<const float*>(b) + off[1], sb,
+                           reinterpret_cast<float*>(out) + o, n);
+            });
+            return;
+        }
+        dispatch_dtype(dtype_, [&](auto tag) {
+            using T = decltype(tag);
+            const T* as = reinterpret_cast<const T*>(a);
+            const T* bs = reinterpret_cast<const T*>(b);
+            if (is_predicate(op_)) {
+                Bool* ys = reinterpret_cast<Bool*>(out);
+                loop_.run(ctx.threads, [&](int64_t o, const int64_t* off, int64_t n) {
+                    for (int64_t i = 0; i < n; ++i) {
+                        ys[o + i] = predicate<T>(op_, as[off[0] + i * sa], bs[off[1] + i * sb]);
+                    }
+                });
+            } else {
+                T* ys = reinterpret_cast<T*>(out);
+                loop_.run(ctx.threads, [&](int64_t o, const int64_t* off, int64_t n) {
+                    for (int64_t i = 0; i < n; ++i) {
+                        ys[o + i] = arith<T>(op_, as[off[0] + i * sa], bs[off[1] + i * sb]);
+                    }
+                });
+            }
+        });
+    }
+
+   private:
+    BinaryOp op_;
+    DType dtype_;
+    StridedLoop loop_;
+    int vec_op_ = -1;
+};
+
+// ------------------------------------------------------------------------------------- where
+template <typename T>
+void where_row(T* y, const Bool* c, int64_t sc, const T* a, int64_t sa, const T* b, int64_t sb,
+               int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] = c[i * sc] ? a[i * sa] : b[i * sb];
+}
+
+class WhereKernel : public Kernel {
+   public:
+    explicit WhereKernel(const KernelArgs& args) {
+        IntReader r(args);
+        elem_ = r.next();
+        const int64_t rank = r.next();
+        loop_.shape = r.take(rank);
+        for (int i = 0; i < 3; ++i) loop_.strides.push_back(r.take(rank));
+        loop_.init();
+    }
+    void run(const ExecContext& ctx) const override {
+        char* out = ctx.ptr(operands[0]);
+        const Bool* c = ctx.get<const Bool>(operands[1]);
+        const char* a = ctx.ptr(operands[2]);
+        const char* b = ctx.ptr(operands[3]);
+        const int64_t sc = loop_.strides[0].back(), sa = loop_.strides[1].back(),
+                      sb = loop_.strides[2].back();
+        loop_.run(ctx.threads, [&](int64_t o, const int64_t* off, int64_t n) {
+            switch (elem_) {
+                case 1:
+                    return where_row(reinterpret_cast<uint8_t*>(out) + o, c + off[0], sc,
+                                     reinterpret_cast<const uint8_t*>(a) + off[1], sa,
+                                     reinterpret_cast<const uint8_t*>(b) + off[2], sb, n);
+                case 2:
+                    return where_row(reinterpret_cast<uint16_t*>(out) + o, c + off[0], sc,
+                                     reinterpret_cast<const uint16_t*>(a) + off[1], sa,
+                                     reinterpret_cast<const uint16_t*>(b) + off[2], sb, n);
+                case 4:
+                    return where_row(reinterpret_cast<uint32_t*>(out) + o, c + off[0], sc,
+                                     reinterpret_cast<const uint32_t*>(a) + off[1], sa,
+                                     reinterpret_cast<const uint32_t*>(b) + off[2], sb, n);
+                default:
+                    return where_row(reinterpret_cast<uint64_t*>(out) + o, c + off[0], sc,
+                                     reinterpret_cast<const uint64_t*>(a) + off[1], sa,
+                                     reinterpret_cast<const uint64_t*>(b) + off[2], sb, n);
+            }
+        });
+    }
+
+   private:
+    int64_t elem_ = 4;
+    StridedLoop loop_;
+};
+
+// -------------------------------------------------------------------------------------- cast
+class CastKernel : public Kernel {
+   public:
+    explicit CastKernel(const KernelArgs& args) {
+        IntReader r(args);
+        from_ = dtype_from(r.next());
+        to_ = dtype_from(r.next());
+        count_ = r.next();
+    }
+    void run(const ExecContext& ctx) const override {
+        char* out = ctx.ptr(operands[0]);
+        const char* x = ctx.ptr(operands[1]);
+        dispatch_dtype(from_, [&](auto from_tag) {
+            using S = decltype(from_tag);
+            const S* xs = reinterpret_cast<const S*>(x);
+            dispatch_dtype(to_, [&](auto to_tag) {
+                using D = decltype(to_tag);
+                D* ys = reinterpret_cast<D*>(out);
+                if (to_ == DType::kBool) {
+                    for (int64_t i = 0; i < count_; ++i) ys[i] = static_cast<D>(xs[i] != S(0));
+                } else {
+                    for (int64_t i = 0; i < count_; ++i) ys[i] = static_cast<D>(xs[i]);
+                }
+            });
+        });
+    }
+
+   private:
+    DType from_, to_;
+    int64_t count_ = 0;
+};
+
+GRAPHOPT_RT_KERNEL("unary", UnaryKernel);
+GRAPHOPT_RT_KERNEL("binary", BinaryKernel);
+GRAPHOPT_RT_KERNEL("where", WhereKernel);
+GRAPHOPT_RT_KERNEL("cast", CastKernel);
+
+}  // namespace
+}  // namespace rt
+}  // namespace graphopt

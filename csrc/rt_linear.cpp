@@ -1,0 +1,122 @@
+// Kernel "gemm": linear / matmul / fused_linear / fused_matmul, batched with broadcasting.
+//
+//   out[b] = act(alpha * A[b] @ B[b] + bias + residual[b])      for every batch index b
+//
+// Operands: out, a, b, bias?, residual?  (out and residual contiguous [batch..., M, N]; bias [N]).
+// Ints:     batch_rank, batch_shape[batch_rank], a_batch_strides[batch_rank],
+//           b_batch_strides[batch_rank], M, N, K, a_row_stride, a_col_stride, b_row_stride,
+//           b_col_stride, act, residual_in_c
+// Floats:   alpha, act_p0, act_p1
+// Strides are in elements. A constant B that does not vary over the batch (a weight) is packed
+// once at build time; matrices with M <= 4 rows against a pre-packed B take the GEMV path.
+#include <algorithm>
+#include <memory>
+#include <vector>
+
+#include "rt_gemm.h"
+#include "rt_gemv.h"
+#include "rt_parallel.h"
+#include "rt_plan.h"
+
+namespace graphopt {
+namespace rt {
+namespace {
+
+class GemmKernel : public Kernel {
+   public:
+    explicit GemmKernel(const KernelArgs& args) {
+        IntReader r(args);
+        const int64_t rank = r.next();
+        batch_shape_ = r.take(rank);
+        a_batch_ = r.take(rank);
+        b_batch_ = r.take(rank);
+        m_ = r.next();
+        n_ = r.next();
+        k_ = r.next();
+        a_rs_ = r.next();
+        a_cs_ = r.next();
+        b_rs_ = r.next();
+        b_cs_ = r.next();
+        ep_.act.act = static_cast<Act>(r.next());
+        ep_.residual_in_c = r.next() != 0;
+        ep_.alpha = static_cast<float>(r.real(0));
+        ep_.act.p0 = static_cast<float>(r.real(1));
+        ep_.act.p1 = static_cast<float>(r.real(2));
+        has_bias_ = args.operands.size() > 3 && args.operands[3].present;
+        has_residual_ = args.operands.size() > 4 && args.operands[4].present;
+        if (ep_.residual_in_c && (!has_residual_ || ep_.alpha != 1.0f)) {
+            throw PlanError("gemm " + args.name +
+                            ": in-place residual needs a residual and alpha 1");
+        }
+        batch_count_ = 1;
+        for (int64_t d : batch_shape_) batch_count_ *= d;
+        const bool b_shared = std::all_of(b_batch_.begin(), b_batch_.end(),
+                                          [](int64_t s) { return s == 0; });
+        if (args.is_const(2) && b_shared && m_ > 0 && n_ > 0 && k_ > 0) {
+            const float* b = reinterpret_cast<const float*>(args.const_ptr(2));
+            const MatrixRef ref{b, k_, n_, b_rs_, b_cs_};
+            if (m_ <= kGemvMaxRows) {
+                gemv_ = std::make_unique<PackedGemvB>(PackedGemvB::pack(ref));
+            } else {
+                packed_ = std::make_unique<PackedMatrix>(PackedMatrix::pack_b(ref));
+            }
+        }
+    }
+
+    void run(const ExecContext& ctx) const override {
+        float* out = ctx.get<float>(operands[0]);
+        const float* a = ctx.get<const float>(operands[1]);
+        const float* b = ctx.get<const float>(operands[2]);
+        EpilogueSpec ep = ep_;
+        ep.col_bias = has_bias_ ? ctx.get<const float>(operands[3]) : nullptr;
+        const float* residual = has_residual_ ? ctx.get<const float>(operands[4]) : nullptr;
+        ep.ldr = n_;
+        const int64_t mn = m_ * n_;
+        // Many small independent products: one thread each; otherwise threads inside each.
+        const bool across_batches = batch_count_ > 1 && m_ * n_ * k_ < 256 * 256 * 64;
+        const int inner_threads = across_batches ? 1 : ctx.threads;
+        auto one = [&](int64_t bi) {
+            int64_t a_off = 0, b_off = 0;
+            int64_t rest = bi;
+            for (int64_t d = static_cast<int64_t>(batch_shape_.size()) - 1; d >= 0; --d) {
+                const int64_t idx = rest % batch_shape_[d];
+                rest /= batch_shape_[d];
+                a_off += idx * a_batch_[d];
+                b_off += idx * b_batch_[d];
+            }
+            EpilogueSpec e = ep;
+            e.residual = residual != nullptr ? residual + bi * mn : nullptr;
+            float* c = out + bi * mn;
+            const MatrixRef am{a + a_off, m_, k_, a_rs_, a_cs_};
+            if (gemv_) {
+                gemv_run(am, *gemv_, c, n_, e, inner_threads);
+            } else if (packed_) {
+                gemm_run(StridedA{am}, PackedSource{packed_.get()}, m_, n_, k_, c, n_, e,
+                         inner_threads);
+            } else {
+                const MatrixRef bm{b + b_off, k_, n_, b_rs_, b_cs_};
+                gemm_run(StridedA{am}, StridedB{bm}, m_, n_, k_, c, n_, e, inner_threads);
+            }
+        };
+        if (across_batches) {
+            parallel_tasks(ctx.threads, batch_count_, one);
+        } else {
+            for (int64_t bi = 0; bi < batch_count_; ++bi) one(bi);
+        }
+    }
+
+   private:
+    std::vector<int64_t> batch_shape_, a_batch_, b_batch_;
+    int64_t batch_count_ = 1;
+    int64_t m_ = 0, n_ = 0, k_ = 0, a_rs_ = 0, a_cs_ = 0, b_rs_ = 0, b_cs_ = 0;
+    bool has_bias_ = false, has_residual_ = false;
+    EpilogueSpec ep_;
+    std::unique_ptr<PackedMatrix> packed_;
+    std::unique_ptr<PackedGemvB> gemv_;
+};
+
+GRAPHOPT_RT_KERNEL("gemm", GemmKernel);
+
+}  // namespace
+}  // namespace rt
+}  // namespace graphopt

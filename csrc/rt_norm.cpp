@@ -1,0 +1,187 @@
+// Normalisations and softmax (float32, contiguous).
+//
+// "layer_norm"     operands: out, x, weight?, bias?;  ints: rows, cols;  floats: eps
+// "group_norm"     operands: out, x, weight?, bias?;  ints: N, C, inner (spatial size), groups;
+//                  floats: eps   (instance norm is groups == C)
+// "channel_affine" operands: out, x, scale, shift;  ints: N, C, inner
+//                  out[n, c, i] = x[n, c, i] * scale[c] + shift[c]  (inference batch norm)
+// "softmax"        operands: out, x;  ints: outer, axis, inner, log
+//                  softmax / log_softmax over the middle dim of [outer, axis, inner]
+//
+// Statistics are accumulated in double (mean, then the centred second moment), as exact as
+// torch's for any row length the models use. out may alias x in every kernel.
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "rt_parallel.h"
+#include "rt_plan.h"
+#include "rt_vec.h"
+
+namespace graphopt {
+namespace rt {
+namespace {
+
+class LayerNormKernel : public Kernel {
+   public:
+    explicit LayerNormKernel(const KernelArgs& args) {
+        IntReader r(args);
+        rows_ = r.next();
+        cols_ = r.next();
+        eps_ = static_cast<float>(r.real(0));
+    }
+    void run(const ExecContext& ctx) const override {
+        float* out = ctx.get<float>(operands[0]);
+        const float* x = ctx.get<const float>(operands[1]);
+        const float* w = ctx.get<const float>(operands[2]);
+        const float* b = ctx.get<const float>(operands[3]);
+        const VecOps& vec = vec_ops();
+        parallel_for(ctx.threads, rows_, cols_ * 3, [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r) {
+                vec.layer_norm(x + r * cols_, out + r * cols_, cols_, w, b, eps_);
+            }
+        });
+    }
+
+   private:
+    int64_t rows_, cols_;
+    float eps_;
+};
+
+class GroupNormKernel : public Kernel {
+   public:
+    explicit GroupNormKernel(const KernelArgs& args) {
+        IntReader r(args);
+        n_ = r.next();
+        c_ = r.next();
+        inner_ = r.next();
+        groups_ = r.next();
+        eps_ = r.real(0);
+    }
+    void run(const ExecContext& ctx) const override {
+        float* out = ctx.get<float>(operands[0]);
+        const float* x = ctx.get<const float>(operands[1]);
+        const float* w = ctx.get<const float>(operands[2]);
+        const float* b = ctx.get<const float>(operands[3]);
+        const VecOps& vec = vec_ops();
+        const int64_t cg = c_ / groups_;
+        const int64_t size = cg * inner_;
+        parallel_for(ctx.threads, n_ * groups_, size * 3, [&](int64_t t0, int64_t t1) {
+            for (int64_t t = t0; t < t1; ++t) {
+                const float* xs = x + t * size;
+                float* ys = out + t * size;
+                const double mean = vec.reduce_sum(xs, size) / static_cast<double>(size);
+                double var = 0.0;
+                for (int64_t i = 0; i < size; ++i) {
+                    const double d = static_cast<double>(xs[i]) - mean;
+                    var += d * d;
+                }
+                var /= static_cast<double>(size);
+                const double rstd = 1.0 / std::sqrt(var + eps_);
+                const int64_t g = t % groups_;
+                for (int64_t ci = 0; ci < cg; ++ci) {
+                    const int64_t c = g * cg + ci;
+                    const double scale = rstd * (w != nullptr ? w[c] : 1.0f);
+                    const double shift = (b != nullptr ? b[c] : 0.0f) - mean * scale;
+                    vec.affine(xs + ci * inner_, ys + ci * inner_, inner_,
+                               static_cast<float>(scale), static_cast<float>(shift));
+                }
+            }
+        });
+    }
+
+   private:
+    int64_t n_, c_, inner_, groups_;
+    double eps_;
+};
+
+class ChannelAffineKernel : public Kernel {
+   public:
+    explicit ChannelAffineKernel(const KernelArgs& args) {
+        IntReader r(args);
+        n_ = r.next();
+        c_ = r.next();
+        inner_ = r.next();
+    }
+    void run(const ExecContext& ctx) const override {
+        float* out = ctx.get<float>(operands[0]);
+        const float* x = ctx.get<const float>(operands[1]);
+        const float* scale = ctx.get<const float>(operands[2]);
+        const float* shift = ctx.get<const float>(operands[3]);
+        const VecOps& vec = vec_ops();
+        parallel_for(ctx.threads, n_ * c_, inner_, [&](int64_t p0, int64_t p1) {
+            for (int64_t p = p0; p < p1; ++p) {
+                const int64_t c = p % c_;
+                vec.affine(x + p * inner_, out + p * inner_, inner_, scale[c], shift[c]);
+            }
+        });
+    }
+
+   private:
+    int64_t n_, c_, inner_;
+};
+
+class SoftmaxKernel : public Kernel {
+   public:
+    explicit SoftmaxKernel(const KernelArgs& args) {
+        IntReader r(args);
+        outer_ = r.next();
+        axis_ = r.next();
+        inner_ = r.next();
+        log_ = r.next() != 0;
+    }
+
+    void run(const ExecContext& ctx) const override {
+        float* out = ctx.get<float>(operands[0]);
+        const float* x = ctx.get<const float>(operands[1]);
+        const VecOps& vec = vec_ops();
+        if (inner_ == 1) {
+            parallel_for(ctx.threads, outer_, axis_ * 4, [&](int64_t r0, int64_t r1) {
+                for (int64_t r = r0; r < r1; ++r) row(vec, x + r * axis_, out + r * axis_);
+            });
+            return;
+        }
+        // Strided axis: gather each column into a contiguous scratch row.
+        parallel_for(ctx.threads, outer_ * inner_, axis_ * 8, [&](int64_t t0, int64_t t1) {
+            std::vector<float> in(static_cast<size_t>(axis_)), res(static_cast<size_t>(axis_));
+            for (int64_t t = t0; t < t1; ++t) {
+                const int64_t o = t / inner_, i = t % inner_;
+                const float* xs = x + o * axis_ * inner_ + i;
+                float* ys = out + o * axis_ * inner_ + i;
+                for (int64_t a = 0; a < axis_; ++a) in[a] = xs[a * inner_];
+                row(vec, in.data(), res.data());
+                for (int64_t a = 0; a < axis_; ++a) ys[a * inner_] = res[a];
+            }
+        });
+    }
+
+   private:
+    void row(const VecOps& vec, const float* x, float* y) const {
+        const float m = vec.reduce_max(x, axis_);
+        if (std::isinf(m) && m < 0) {  // every entry -inf: torch gives NaN rows
+            for (int64_t i = 0; i < axis_; ++i) y[i] = std::numeric_limits<float>::quiet_NaN();
+            return;
+        }
+        if (log_) {
+            // y as scratch for exp(x - m); then y = x - (m + log(sum)).
+            const float sum = vec.exp_scaled_sum(x, y, axis_, 1.0f, m);
+            vec.affine(x, y, axis_, 1.0f, -(m + std::log(sum)));
+        } else {
+            const float sum = vec.exp_scaled_sum(x, y, axis_, 1.0f, m);
+            vec.scale(y, axis_, 1.0f / sum);
+        }
+    }
+
+    int64_t outer_, axis_, inner_;
+    bool log_;
+};
+
+GRAPHOPT_RT_KERNEL("layer_norm", LayerNormKernel);
+GRAPHOPT_RT_KERNEL("group_norm", GroupNormKernel);
+GRAPHOPT_RT_KERNEL("channel_affine", ChannelAffineKernel);
+GRAPHOPT_RT_KERNEL("softmax", SoftmaxKernel);
+
+}  // namespace
+}  // namespace rt
+}  // namespace graphopt

@@ -1,0 +1,210 @@
+// Reductions over the middle dim of a contiguous [outer, R, inner] view.
+//
+// "reduce"  operands: out, x
+//           ints: op (ReduceOp), dtype, outer, R, inner;  floats: correction (var / std)
+//   Output dtype: bool for all / any, int64 for argmax / argmin, else the input dtype (the
+//   planner casts integer inputs of sum / prod to int64 first, as torch accumulates).
+//   Floating sums accumulate in double; amax / amin propagate NaN; argmax / argmin return the
+//   first extremum (a NaN counts as the extremum, as in torch).
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <type_traits>
+#include <vector>
+
+#include "rt_dtype.h"
+#include "rt_parallel.h"
+#include "rt_plan.h"
+#include "rt_vec.h"
+
+namespace graphopt {
+namespace rt {
+namespace {
+
+enum class ReduceOp : int32_t {
+    kSum = 0, kMean, kProd, kAmax, kAmin, kVar, kStd, kLogsumexp, kAll, kAny, kArgmax, kArgmin,
+};
+
+template <typename T>
+bool is_nan(T v) {
+    if constexpr (std::is_floating_point_v<T>) {
+        return std::isnan(v);
+    } else {
+        return false;
+    }
+}
+
+template <typename T>
+using Acc = std::conditional_t<std::is_floating_point_v<T>, double, int64_t>;
+
+class ReduceKernel : public Kernel {
+   public:
+    explicit ReduceKernel(const KernelArgs& args) {
+        IntReader r(args);
+        op_ = static_cast<ReduceOp>(r.next());
+        dtype_ = dtype_from(r.next());
+        outer_ = r.next();
+        r_ = r.next();
+        inner_ = r.next();
+        correction_ = args.floats.empty() ? 0.0 : args.floats[0];
+    }
+
+    void run(const ExecContext& ctx) const override {
+        char* out = ctx.ptr(operands[0]);
+        const char* x = ctx.ptr(operands[1]);
+        dispatch_dtype(dtype_, [&](auto tag) {
+            using T = decltype(tag);
+            const T* xs = reinterpret_cast<const T*>(x);
+            parallel_for(ctx.threads, outer_, r_ * inner_, [&](int64_t o0, int64_t o1) {
+                std::vector<Acc<T>> acc(static_cast<size_t>(inner_));
+                std::vector<T> best(static_cast<size_t>(inner_));
+                std::vector<int64_t> idx(static_cast<size_t>(inner_));
+                for (int64_t o = o0; o < o1; ++o) {
+                    block<T>(xs + o * r_ * inner_, out, o, acc, best, idx);
+                }
+            });
+        });
+    }
+
+   private:
+    template <typename T>
+    void block(const T* x, char* out, int64_t o, std::vector<Acc<T>>& acc, std::vector<T>& best,
+               std::vector<int64_t>& idx) const {
+        const int64_t R = r_, I = inner_;
+        T* y = reinterpret_cast<T*>(out) + o * I;
+        switch (op_) {
+            case ReduceOp::kSum:
+            case ReduceOp::kMean: {
+                if constexpr (std::is_same_v<T, float>) {
+                    if (I == 1) {
+                        const double s = vec_ops().reduce_sum(x, R);
+                        y[0] = static_cast<T>(op_ == ReduceOp::kMean ? s / R : s);
+                        return;
+                    }
+                }
+                std::fill(acc.begin(), acc.end(), Acc<T>(0));
+                for (int64_t r = 0; r < R; ++r) {
+                    for (int64_t i = 0; i < I; ++i) acc[i] += x[r * I + i];
+                }
+                for (int64_t i = 0; i < I; ++i) {
+                    y[i] = static_cast<T>(op_ == ReduceOp::kMean ? acc[i] / Acc<T>(R) : acc[i]);
+                }
+                return;
+            }
+            case ReduceOp::kProd: {
+                std::fill(acc.begin(), acc.end(), Acc<T>(1));
+                for (int64_t r = 0; r < R; ++r) {
+                    for (int64_t i = 0; i < I; ++i) acc[i] *= x[r * I + i];
+                }
+                for (int64_t i = 0; i < I; ++i) y[i] = static_cast<T>(acc[i]);
+                return;
+            }
+            case ReduceOp::kAmax:
+            case ReduceOp::kAmin: {
+                const bool mx = op_ == ReduceOp::kAmax;
+                for (int64_t i = 0; i < I; ++i) best[i] = x[i];
+                for (int64_t r = 1; r < R; ++r) {
+                    for (int64_t i = 0; i < I; ++i) {
+                        const T v = x[r * I + i];
+                        if (is_nan(best[i])) continue;
+                        if (is_nan(v) || (mx ? v > best[i] : v < best[i])) best[i] = v;
+                    }
+                }
+                for (int64_t i = 0; i < I; ++i) y[i] = best[i];
+                return;
+            }
+            case ReduceOp::kVar:
+            case ReduceOp::kStd: {
+                if constexpr (std::is_floating_point_v<T>) {
+                    std::vector<double> mean(static_cast<size_t>(I), 0.0);
+                    std::vector<double> m2(static_cast<size_t>(I), 0.0);
+                    for (int64_t r = 0; r < R; ++r) {
+                        for (int64_t i = 0; i < I; ++i) mean[i] += x[r * I + i];
+                    }
+                    for (int64_t i = 0; i < I; ++i) mean[i] /= static_cast<double>(R);
+                    for (int64_t r = 0; r < R; ++r) {
+                        for (int64_t i = 0; i < I; ++i) {
+                            const double d = x[r * I + i] - mean[i];
+                            m2[i] += d * d;
+                        }
+                    }
+                    const double denom = std::max(0.0, static_cast<double>(R) - correction_);
+                    for (int64_t i = 0; i < I; ++i) {
+                        const double v = m2[i] / denom;
+                        y[i] = static_cast<T>(op_ == ReduceOp::kStd ? std::sqrt(v) : v);
+                    }
+                }
+                return;
+            }
+            case ReduceOp::kLogsumexp: {
+                if constexpr (std::is_floating_point_v<T>) {
+                    for (int64_t i = 0; i < I; ++i) best[i] = -std::numeric_limits<T>::infinity();
+                    for (int64_t r = 0; r < R; ++r) {
+                        for (int64_t i = 0; i < I; ++i) best[i] = std::max(best[i], x[r * I + i]);
+                    }
+                    std::fill(acc.begin(), acc.end(), 0.0);
+                    for (int64_t r = 0; r < R; ++r) {
+                        for (int64_t i = 0; i < I; ++i) {
+                            const double m = std::isinf(best[i]) ? 0.0 : best[i];
+                            acc[i] += std::exp(static_cast<double>(x[r * I + i]) - m);
+                        }
+                    }
+                    for (int64_t i = 0; i < I; ++i) {
+                        const double m = std::isinf(best[i]) ? 0.0 : best[i];
+                        y[i] = static_cast<T>(m + std::log(acc[i]));
+                    }
+                }
+                return;
+            }
+            case ReduceOp::kAll:
+            case ReduceOp::kAny: {
+                Bool* yb = reinterpret_cast<Bool*>(out) + o * I;
+                const bool all = op_ == ReduceOp::kAll;
+                for (int64_t i = 0; i < I; ++i) yb[i] = all ? 1 : 0;
+                for (int64_t r = 0; r < R; ++r) {
+                    for (int64_t i = 0; i < I; ++i) {
+                        const bool v = x[r * I + i] != T(0);
+                        if (all) {
+                            yb[i] = yb[i] && v;
+                        } else {
+                            yb[i] = yb[i] || v;
+                        }
+                    }
+                }
+                return;
+            }
+            case ReduceOp::kArgmax:
+            case ReduceOp::kArgmin: {
+                int64_t* yi = reinterpret_cast<int64_t*>(out) + o * I;
+                const bool mx = op_ == ReduceOp::kArgmax;
+                for (int64_t i = 0; i < I; ++i) {
+                    best[i] = x[i];
+                    idx[i] = 0;
+                }
+                for (int64_t r = 1; r < R; ++r) {
+                    for (int64_t i = 0; i < I; ++i) {
+                        if (is_nan(best[i])) continue;
+                        const T v = x[r * I + i];
+                        if (is_nan(v) || (mx ? v > best[i] : v < best[i])) {
+                            best[i] = v;
+                            idx[i] = r;
+                        }
+                    }
+                }
+                for (int64_t i = 0; i < I; ++i) yi[i] = idx[i];
+                return;
+            }
+        }
+    }
+
+    ReduceOp op_;
+    DType dtype_;
+    int64_t outer_, r_, inner_;
+    double correction_;
+};
+
+GRAPHOPT_RT_KERNEL("reduce", ReduceKernel);
+
+}  // namespace
+}  // namespace rt
+}  // namespace graphopt

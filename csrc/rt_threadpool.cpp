@@ -1,0 +1,135 @@
+// Thread pool of the native runtime (see rt_threadpool.h).
+#include "rt_threadpool.h"
+
+#include <chrono>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define GRAPHOPT_PAUSE() _mm_pause()
+#else
+#define GRAPHOPT_PAUSE() ((void)0)
+#endif
+
+namespace graphopt {
+namespace rt {
+
+namespace {
+
+// How long an idle helper spins before sleeping: longer than the gap between two kernels of a
+// plan or two back-to-back inferences, short enough not to burn a shared core for long.
+constexpr auto kSpin = std::chrono::microseconds(300);
+
+thread_local bool t_in_pool_worker = false;
+
+uint64_t gen_of(uint64_t state) { return state >> 32; }
+
+}  // namespace
+
+ThreadPool& ThreadPool::instance() {
+    // Leaked on purpose: joining threads from a static destructor at interpreter exit can
+    // deadlock with the runtime's own teardown.
+    static ThreadPool* pool = new ThreadPool();
+    return *pool;
+}
+
+ThreadPool::~ThreadPool() {
+    stop_.store(true);
+    {
+        std::lock_guard<std::mutex> lock(sleep_mutex_);
+        wake_.notify_all();
+    }
+    for (std::thread& t : workers_) t.join();
+}
+
+void ThreadPool::ensure_workers(int count) {
+    while (static_cast<int>(workers_.size()) < count) {
+        workers_.emplace_back([this] { worker_loop(); });
+    }
+}
+
+bool ThreadPool::try_join(uint64_t gen) {
+    uint64_t h = helpers_.load();
+    for (;;) {
+        if (gen_of(h) != gen || static_cast<int>(h & 0xffffffffu) >= max_helpers_.load()) {
+            return false;
+        }
+        if (helpers_.compare_exchange_weak(h, h + 1)) return true;
+    }
+}
+
+void ThreadPool::claim_loop(uint64_t gen) {
+    for (;;) {
+        uint64_t s = state_.load();
+        if (gen_of(s) != gen) return;
+        const int64_t chunk = static_cast<int64_t>(s & 0xffffffffu);
+        if (chunk >= chunks_.load()) return;
+        if (!state_.compare_exchange_weak(s, s + 1)) continue;
+        try {
+            fn_.load()(ctx_.load(), chunk);
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(error_mutex_);
+            if (!error_) error_ = std::current_exception();
+        }
+        done_.fetch_add(1);
+    }
+}
+
+void ThreadPool::worker_loop() {
+    t_in_pool_worker = true;
+    uint64_t seen = gen_of(state_.load());
+    while (!stop_.load()) {
+        const auto spin_until = std::chrono::steady_clock::now() + kSpin;
+        int spins = 0;
+        while (gen_of(state_.load()) == seen && !stop_.load()) {
+            GRAPHOPT_PAUSE();
+            if (++spins % 256 == 0 && std::chrono::steady_clock::now() > spin_until) break;
+        }
+        if (gen_of(state_.load()) == seen) {
+            std::unique_lock<std::mutex> lock(sleep_mutex_);
+            sleeping_.fetch_add(1);
+            wake_.wait(lock, [&] { return stop_.load() || gen_of(state_.load()) != seen; });
+            sleeping_.fetch_sub(1);
+        }
+        if (stop_.load()) return;
+        seen = gen_of(state_.load());
+        if (try_join(seen)) claim_loop(seen);
+    }
+}
+
+void ThreadPool::run(int64_t chunks, int max_threads, ChunkFn fn, void* ctx) {
+    if (chunks <= 0) return;
+    if (max_threads <= 1 || chunks == 1 || t_in_pool_worker) {
+        for (int64_t c = 0; c < chunks; ++c) fn(ctx, c);
+        return;
+    }
+    std::lock_guard<std::mutex> run_lock(run_mutex_);
+    ensure_workers(max_threads - 1);
+    error_ = nullptr;
+    fn_.store(fn);
+    ctx_.store(ctx);
+    chunks_.store(chunks);
+    max_helpers_.store(max_threads - 1);
+    done_.store(0);
+    const uint64_t gen = gen_of(state_.load()) + 1;
+    helpers_.store(gen << 32);
+    state_.store(gen << 32);  // publish: chunk 0 of the new generation
+    if (sleeping_.load() > 0) {
+        std::lock_guard<std::mutex> lock(sleep_mutex_);
+        wake_.notify_all();
+    }
+    claim_loop(gen);
+    // Only chunks claimed by running helpers remain; wait for them.
+    int spins = 0;
+    while (done_.load() < chunks) {
+        GRAPHOPT_PAUSE();
+        if (++spins % 1024 == 0) std::this_thread::yield();
+    }
+    if (error_) {
+        std::exception_ptr e = error_;
+        error_ = nullptr;
+        std::rethrow_exception(e);
+    }
+}
+
+}  // namespace rt
+}  // namespace graphopt

@@ -1,0 +1,29 @@
+"""The native backend: ``graphopt.compile(graph, backend="native")`` (see graphopt/native/)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from graphopt.compile import register_backend
+from graphopt.ir.graph import Graph
+from graphopt.native.module import NativeModule
+
+
+@register_backend("native")
+def compile_native(graph: Graph, *, threads: int | None = None, fallback: str | None = None,
+                   **options: Any) -> NativeModule:
+    """Backend factory: plan ``graph`` for graphopt's C++ runtime.
+
+    Args:
+        graph: the graph (not modified); static shapes are planned now, symbolic ones per
+            distinct input shape at call time.
+        threads: OpenMP threads (default ``torch.get_num_threads()``).
+        fallback: None (a node without a native kernel raises NativeUnsupportedError) or
+            "reference" (such nodes run through their reference implementation).
+
+    Raises:
+        NativeUnsupportedError: nodes without a native kernel (all listed), unless fallback.
+    """
+    if options:
+        raise TypeError(f"the native backend takes threads and fallback, got {sorted(options)}")
+    return NativeModule(graph, threads=threads, fallback=fallback)

@@ -1,0 +1,455 @@
+"""Graph -> execution plan: lowering, views, in-place reuse, liveness, memory plan.
+
+The builder walks the graph once, in order, with static shapes (symbols bound to the call's
+input shapes). For each node it:
+
+* folds it at plan time when every input is a plan-time constant (the reference implementation
+  computes it once; e.g. BERT's attention mask expansion of a constant);
+* otherwise calls the op's native lowering (``register_lowering("native", op)``), which reads
+  its inputs as :class:`TensorRef` views, asks for output buffers (possibly in place of an
+  input that dies at this node) and emits kernel steps;
+* view ops only make new views (no step): copies are planned where a consumer needs contiguous
+  data that a view cannot provide.
+
+Afterwards graph outputs get buffers of the call's own (the returned tensors), and the arena
+buffers get offsets from :func:`graphopt.native.memory.plan_memory`.
+
+A node without a native kernel raises :class:`NativeUnsupportedError` listing all such nodes;
+with ``fallback="reference"`` it becomes a reference step instead (torch, run from Python),
+which splits the plan into native segments around it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from graphopt.errors import GraphoptError, LoweringError
+from graphopt.interpreter import node_attrs
+from graphopt.ir.dtypes import DType, numpy_to_torch, torch_to_numpy
+from graphopt.ir.graph import Graph, Node, Value
+from graphopt.ir.types import normalize_dim
+from graphopt.native import refs as R
+from graphopt.native.codes import DTYPE_CODES
+from graphopt.native.memory import Lifetime, MemoryPlan, plan_memory
+from graphopt.native.refs import Buffer, TensorRef
+from graphopt.ops.registry import PURE
+
+BACKEND = "native"
+INF = math.inf
+
+
+class NativeUnsupportedError(LoweringError):
+    """The native backend has no kernel for some nodes (each listed with op, node and reason).
+
+    Pass ``fallback="reference"`` to ``graphopt.compile(..., backend="native")`` to run such
+    nodes with their reference implementation instead (slower: it splits the plan).
+    """
+
+    def __init__(self, failures: list[tuple[str, str, str]]):
+        super().__init__(BACKEND, failures)
+        self.args = (str(self) + "\nPass fallback=\"reference\" to run these nodes with their "
+                     "reference implementation.",)
+
+
+class Unsupported(Exception):
+    """Raised by a lowering that cannot handle this node (the reason is the message)."""
+
+
+@dataclass
+class Step:
+    """One kernel call (``kernel`` is a C++ kernel name) or one reference node (``"reference"``).
+
+    ``operands``: the kernel's tensor operands in its documented order (None: absent). For a
+    reference step: the node's inputs; ``outputs`` are its output views.
+    """
+
+    kernel: str
+    name: str
+    operands: list[TensorRef | None]
+    ints: list[int] = field(default_factory=list)
+    floats: list[float] = field(default_factory=list)
+    node: Node | None = None
+    outputs: list[TensorRef] = field(default_factory=list)
+    attrs: dict | None = None
+
+
+@dataclass
+class OutputSpec:
+    """Where graph output k lives: a view of call-output buffer ``buffer.index``."""
+
+    ref: TensorRef
+
+
+class PlanBuilder:
+    """Builds one :class:`~graphopt.native.plan.ExecutionPlan` for one set of input shapes."""
+
+    def __init__(self, graph: Graph, input_shapes: list[tuple[int, ...]],
+                 bindings: dict | None = None, fallback: str | None = None, threads: int = 1):
+        if fallback not in (None, "reference"):
+            raise GraphoptError(f"fallback must be None or 'reference', got {fallback!r}")
+        self.graph = graph
+        self.bindings = dict(bindings or {})
+        self.fallback = fallback
+        self.threads = threads
+        self.input_shapes = [tuple(s) for s in input_shapes]
+        self.steps: list[Step] = []
+        self.buffers: list[Buffer] = []
+        self.env: dict[Value, TensorRef] = {}
+        self.consts: dict[Value, np.ndarray] = {}  # plan-time data (graph constants, folded)
+        self.const_arrays: list[np.ndarray] = []  # plan constants, by index
+        self._const_buffers: dict[int, Buffer] = {}  # id(array) -> buffer
+        self._materialized: dict[Value, TensorRef] = {}
+        self._shapes: dict[Value, tuple[int, ...]] = {}
+        self.last_use: dict[Value, float] = {}
+        self.failures: list[tuple[str, str, str]] = []
+        self.fallback_nodes: list[str] = []
+        self.outputs: list[TensorRef] = []
+        self.num_output_buffers = 0
+
+    # ------------------------------------------------------------------------------ shapes
+    def shape(self, value: Value) -> tuple[int, ...]:
+        shape = self._shapes.get(value)
+        if shape is None:
+            dims = []
+            for d in value.shape:
+                if not isinstance(d, int):
+                    d = normalize_dim(d.subs(self.bindings))
+                if not isinstance(d, int):
+                    raise GraphoptError(f"%{value.name}: dim {d} does not resolve to an integer "
+                                        "from the input shapes")
+                dims.append(d)
+            shape = self._shapes[value] = tuple(dims)
+        return shape
+
+    # ----------------------------------------------------------------------------- buffers
+    def new_buffer(self, nbytes: int, label: str = "", space: int = R.SPACE_ARENA,
+                   index: int = -1) -> Buffer:
+        buf = Buffer(len(self.buffers), int(nbytes), space, index, label=label)
+        self.buffers.append(buf)
+        return buf
+
+    def new_ref(self, shape, dtype: DType, label: str = "", pending_end: float = -1) -> TensorRef:
+        shape = tuple(int(d) for d in shape)
+        buf = self.new_buffer(R.numel(shape) * dtype.itemsize, label)
+        buf.pending_end = pending_end
+        return TensorRef(buf, 0, shape, R.contiguous_strides(shape), dtype)
+
+    def const_ref(self, array: np.ndarray, dtype: DType) -> TensorRef:
+        """A view of a plan constant (registered on first use)."""
+        array = np.require(array, requirements="C")
+        buf = self._const_buffers.get(id(array))
+        if buf is None:
+            buf = self.new_buffer(array.nbytes, "const", R.SPACE_CONST, len(self.const_arrays))
+            buf.pending_end = INF
+            self.const_arrays.append(array)
+            self._const_buffers[id(array)] = buf
+        shape = tuple(array.shape)
+        return TensorRef(buf, 0, shape, R.contiguous_strides(shape), dtype)
+
+    def emit(self, kernel: str, name: str, operands, ints=(), floats=(), **extra) -> Step:
+        step = Step(kernel, name, list(operands), [int(i) for i in ints],
+                    [float(f) for f in floats], **extra)
+        index = len(self.steps)
+        for ref in list(step.operands) + list(step.outputs):
+            if ref is not None:
+                ref.buffer.touch(index)
+        self.steps.append(step)
+        return step
+
+    def emit_copy(self, dst: TensorRef, src: TensorRef, name: str) -> None:
+        """dst[...] = src[...] (shapes equal; either may be strided)."""
+        if dst.numel == 0:
+            return
+        shape, (ds, ss) = R.collapse_dims(dst.shape, dst.strides, src.strides)
+        self.emit("copy", name, [dst, src],
+                  [dst.itemsize, len(shape), *shape, *ds, *ss])
+
+    def materialize(self, value: Value, ref: TensorRef, name: str) -> TensorRef:
+        """A contiguous copy of view ``ref`` of ``value`` (made once per value)."""
+        cached = self._materialized.get(value)
+        if cached is not None:
+            return cached
+        out = self.new_ref(ref.shape, ref.dtype, f"{value.name}.contiguous",
+                           self.last_use.get(value, INF))
+        self.emit_copy(out, ref, name)
+        self._materialized[value] = out
+        return out
+
+    # ------------------------------------------------------------------------------- build
+    def build(self):
+        from graphopt.native import lower  # noqa: F401  (registers the lowerings)
+        from graphopt.native.plan import ExecutionPlan
+
+        graph = self.graph
+        needed = self._needed_nodes()
+        order = {node: i for i, node in enumerate(needed)}
+        for node in needed:
+            for v in node.inputs:
+                if v is not None:
+                    self.last_use[v] = max(self.last_use.get(v, -1), order[node])
+        for v in graph.outputs:
+            self.last_use[v] = INF
+
+        for i, value in enumerate(graph.inputs):
+            buf = self.new_buffer(R.numel(self.input_shapes[i]) * value.dtype.itemsize,
+                                  value.name, R.SPACE_INPUT, i)
+            buf.pending_end = INF
+            shape = self.input_shapes[i]
+            self.env[value] = TensorRef(buf, 0, shape, R.contiguous_strides(shape), value.dtype)
+        for value in graph.constants.values():
+            self.consts[value] = value.data
+
+        for node in needed:
+            self._lower_node(node, order[node])
+        if self.failures:
+            raise NativeUnsupportedError(self.failures)
+        self._finalize_outputs()
+        memory = self._plan_memory()
+        return ExecutionPlan(self, memory, threads=self.threads)
+
+    def _needed_nodes(self) -> list[Node]:
+        live: set[Value] = {v for v in self.graph.outputs}
+        needed: list[Node] = []
+        for node in reversed(self.graph.nodes):
+            if any(out in live for out in node.outputs):
+                needed.append(node)
+                live.update(v for v in node.inputs if v is not None)
+        return list(reversed(needed))
+
+    def _foldable(self, node: Node) -> bool:
+        return node.has_trait(PURE) and all(v is None or v in self.consts for v in node.inputs)
+
+    def _fold(self, node: Node) -> None:
+        args = [None if v is None else numpy_to_torch(self.consts[v], v.dtype)
+                for v in node.inputs]
+        with torch.no_grad():
+            result = node.opdef.reference(*args, **node_attrs(node, self.bindings))
+        results = result if isinstance(result, (tuple, list)) else (result,)
+        for out, tensor in zip(node.outputs, results):
+            array, _ = torch_to_numpy(tensor)
+            self.consts[out] = array
+
+    def _lower_node(self, node: Node, index: int) -> None:
+        if self._foldable(node):
+            try:
+                self._fold(node)
+                return
+            except Exception:  # noqa: BLE001  (not foldable after all: lower it normally)
+                pass
+        lowering = node.opdef.lowerings.get(BACKEND)
+        ctx = LoweringContext(self, node, index)
+        try:
+            if lowering is None:
+                raise Unsupported(f"no native kernel for op '{node.op}'")
+            lowering(ctx)
+            missing = [v.name for v in node.outputs if v not in self.env and v not in self.consts]
+            if missing:
+                raise GraphoptError(f"native lowering of {node.op} did not define {missing}")
+        except Unsupported as exc:
+            # Discard whatever the lowering emitted before giving up.
+            del self.steps[ctx.first_step:]
+            if self.fallback == "reference":
+                self._reference_step(node, index)
+            else:
+                self.failures.append((node.op, node.describe(), str(exc)))
+                for out in node.outputs:  # placeholders so later nodes can still be checked
+                    self.env.setdefault(out, self.new_ref(self.shape(out), out.dtype, out.name))
+
+    def _reference_step(self, node: Node, index: int) -> None:
+        inputs = []
+        for v in node.inputs:
+            if v is None:
+                inputs.append(None)
+            elif v in self.env:
+                inputs.append(self.env[v])
+            else:
+                inputs.append(self.const_ref(self.consts[v], v.dtype))
+        outputs = [self.new_ref(self.shape(v), v.dtype, v.name, self.last_use.get(v, -1))
+                   for v in node.outputs]
+        for v, ref in zip(node.outputs, outputs):
+            self.env[v] = ref
+        self.fallback_nodes.append(node.describe())
+        self.emit("reference", node.name, inputs, node=node, outputs=outputs,
+                  attrs=node_attrs(node, self.bindings))
+
+    def _finalize_outputs(self) -> None:
+        for value in self.graph.outputs:
+            ref = self.env.get(value)
+            if ref is None:  # a constant (or folded) output
+                ref = self.const_ref(self.consts[value], value.dtype)
+            buf = ref.buffer
+            whole = ref.is_contiguous and ref.offset == 0 and ref.nbytes == buf.nbytes
+            if buf.space == R.SPACE_ARENA and whole:
+                buf.space = R.SPACE_OUTPUT
+                buf.index = self.num_output_buffers
+                self.num_output_buffers += 1
+            elif buf.space == R.SPACE_OUTPUT:
+                pass  # another view of an output buffer
+            else:
+                out = self.new_ref(ref.shape, ref.dtype, value.name, INF)
+                out.buffer.space = R.SPACE_OUTPUT
+                out.buffer.index = self.num_output_buffers
+                self.num_output_buffers += 1
+                self.emit_copy(out, ref, f"{value.name}.output")
+                ref = out
+            self.outputs.append(ref)
+
+    def _plan_memory(self) -> MemoryPlan:
+        lifetimes = [Lifetime(b.key, b.nbytes, b.first, b.last) for b in self.buffers
+                     if b.space == R.SPACE_ARENA and b.first is not None]
+        memory = plan_memory(lifetimes)
+        for b in self.buffers:
+            if b.space == R.SPACE_ARENA and b.first is not None:
+                b.offset = memory.offsets[b.key]
+        self.lifetimes = lifetimes
+        return memory
+
+
+class LoweringContext:
+    """What a native lowering sees of the node it lowers (see graphopt/native/lower/)."""
+
+    def __init__(self, builder: PlanBuilder, node: Node, index: int):
+        self.builder = builder
+        self.node = node
+        self.index = index
+        self.first_step = len(builder.steps)
+        self._attrs: dict | None = None
+
+    # ------------------------------------------------------------------------- node facts
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        if self._attrs is None:
+            self._attrs = node_attrs(self.node, self.builder.bindings)
+        return self._attrs
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.node.inputs)
+
+    def has(self, i: int) -> bool:
+        return i < len(self.node.inputs) and self.node.inputs[i] is not None
+
+    def in_shape(self, i: int) -> tuple[int, ...]:
+        return self.builder.shape(self.node.inputs[i])
+
+    def in_dtype(self, i: int) -> DType:
+        return self.node.inputs[i].dtype
+
+    def out_shape(self, i: int = 0) -> tuple[int, ...]:
+        return self.builder.shape(self.node.outputs[i])
+
+    def out_dtype(self, i: int = 0) -> DType:
+        return self.node.outputs[i].dtype
+
+    def unsupported(self, reason: str):
+        raise Unsupported(reason)
+
+    # ----------------------------------------------------------------------------- inputs
+    def const(self, i: int) -> np.ndarray | None:
+        """Plan-time data of input i (a weight or folded value), else None."""
+        v = self.node.inputs[i] if i < len(self.node.inputs) else None
+        return None if v is None else self.builder.consts.get(v)
+
+    def ref(self, i: int) -> TensorRef | None:
+        """Input i as a (possibly strided) view; None for an absent optional input."""
+        v = self.node.inputs[i] if i < len(self.node.inputs) else None
+        if v is None:
+            return None
+        ref = self.builder.env.get(v)
+        if ref is None:
+            ref = self.builder.const_ref(self.builder.consts[v], v.dtype)
+        return ref
+
+    def contiguous(self, i: int) -> TensorRef | None:
+        """Input i as a contiguous tensor (copied once if it is a non-contiguous view)."""
+        ref = self.ref(i)
+        if ref is None or ref.is_contiguous:
+            return ref
+        return self.builder.materialize(self.node.inputs[i], ref, f"{self.name}.in{i}")
+
+    def cast(self, i: int, dtype: DType, contiguous: bool = True) -> TensorRef:
+        """Input i converted to ``dtype`` (at plan time for constants)."""
+        v = self.node.inputs[i]
+        if v.dtype == dtype:
+            return self.contiguous(i) if contiguous else self.ref(i)
+        data = self.const(i)
+        if data is not None:
+            converted = numpy_to_torch(data, v.dtype).to(dtype.torch)
+            return self.builder.const_ref(torch_to_numpy(converted)[0], dtype)
+        src = self.contiguous(i)
+        out = self.builder.new_ref(src.shape, dtype, f"{v.name}.{dtype}", self.index)
+        if v.dtype not in DTYPE_CODES or dtype not in DTYPE_CODES:
+            self.unsupported(f"no native cast from {v.dtype} to {dtype}")
+        self.emit("cast", [out, src], [DTYPE_CODES[v.dtype], DTYPE_CODES[dtype], src.numel])
+        return out
+
+    # ---------------------------------------------------------------------------- outputs
+    def output(self, i: int = 0, inplace: tuple[int, ...] = ()) -> TensorRef:
+        """A contiguous buffer for output i; reuses input slot ``inplace[k]``'s buffer when that
+        input is a whole contiguous arena tensor of the same byte size that nothing reads after
+        this node (and no other input of this node views it)."""
+        value = self.node.outputs[i]
+        shape, dtype = self.out_shape(i), self.out_dtype(i)
+        end = self.builder.last_use.get(value, -1)
+        for slot in inplace:
+            ref = self._inplace_candidate(slot, shape, dtype)
+            if ref is not None:
+                ref.buffer.pending_end = max(end, self.index)
+                out = TensorRef(ref.buffer, ref.offset, shape, R.contiguous_strides(shape), dtype)
+                out.meta["inplace_of"] = slot
+                self.builder.env[value] = out
+                return out
+        out = self.builder.new_ref(shape, dtype, value.name, end)
+        self.builder.env[value] = out
+        return out
+
+    def _inplace_candidate(self, slot: int, shape, dtype: DType) -> TensorRef | None:
+        if not self.has(slot):
+            return None
+        ref = self.ref(slot)
+        v = self.node.inputs[slot]
+        mat = self.builder._materialized.get(v)
+        if not ref.is_contiguous and mat is not None:
+            ref = mat
+        buf = ref.buffer
+        if (buf.space != R.SPACE_ARENA or not ref.is_contiguous
+                or ref.dtype.itemsize != dtype.itemsize or ref.numel != R.numel(shape)
+                or buf.pending_end > self.index):
+            return None
+        for j, other in enumerate(self.node.inputs):
+            if j == slot or other is None or other is v:
+                continue
+            other_ref = self.builder.env.get(other)
+            if other_ref is not None and other_ref.buffer is buf:
+                return None
+            other_mat = self.builder._materialized.get(other)
+            if other_mat is not None and other_mat.buffer is buf:
+                return None
+        return ref
+
+    def set_output(self, i: int, ref: TensorRef) -> None:
+        """Output i is the view ``ref`` (no step)."""
+        value = self.node.outputs[i]
+        end = self.builder.last_use.get(value, -1)
+        ref.buffer.pending_end = max(ref.buffer.pending_end, end)
+        self.builder.env[value] = ref
+
+    def temp(self, shape, dtype: DType, label: str = "tmp") -> TensorRef:
+        """Scratch buffer live around this node's steps."""
+        return self.builder.new_ref(shape, dtype, f"{self.name}.{label}", self.index)
+
+    # ------------------------------------------------------------------------------ steps
+    def emit(self, kernel: str, operands, ints=(), floats=()) -> Step:
+        return self.builder.emit(kernel, self.name, operands, ints, floats)
+
+    def copy(self, dst: TensorRef, src: TensorRef) -> None:
+        self.builder.emit_copy(dst, src, self.name)

@@ -1,0 +1,77 @@
+"""conv / fused_conv / conv_transpose -> "conv2d" / "conv_transpose2d" (csrc/rt_conv.cpp).
+
+1-D convolutions run as 2-D ones with a height of 1. The weight must be a plan constant (it is
+packed for the GEMM, or copied for the depthwise path, when the plan is built).
+"""
+
+from __future__ import annotations
+
+from graphopt.native.lower._common import activation, require_float32
+from graphopt.ops.registry import register_lowering
+
+
+def _spatial(value, n: int) -> list[int]:
+    value = list(value)
+    return value * n if len(value) == 1 else value
+
+
+def _conv_params(ctx, x_shape=None, extra_pad=(0, 0)):
+    x_shape = x_shape or ctx.in_shape(0)
+    w_shape, out_shape = ctx.in_shape(1), ctx.out_shape(0)
+    n = len(x_shape) - 2
+    if n not in (1, 2):
+        ctx.unsupported(f"{n}-d convolution has no native kernel")
+    if ctx.const(1) is None:
+        ctx.unsupported("the convolution weight is not a constant")
+    a = ctx.attrs
+    stride, pad, dil = (_spatial(a[k], n) for k in ("stride", "padding", "dilation"))
+    kernel = list(w_shape[2:])
+    in_sp, out_sp = list(x_shape[2:]), list(out_shape[2:])
+    if n == 1:  # conv1d as conv2d over [N, C, 1, L]
+        stride, pad, dil, kernel = [1] + stride, [0] + pad, [1] + dil, [1] + kernel
+        in_sp, out_sp = [1] + in_sp, [1] + out_sp
+    # The kernels take the top / left padding; bottom / right follow from the output size.
+    pad = [pad[0] + extra_pad[0], pad[1] + extra_pad[1]]
+    co = out_shape[1]
+    return [x_shape[0], x_shape[1], *in_sp, co, *kernel, *stride, *pad, *dil, a["groups"], *out_sp]
+
+
+def _conv(ctx, fused: bool) -> None:
+    require_float32(ctx, 0, 1, 2, 3)
+    x = ctx.ref(0)
+    padded_from = x.meta.get("padded_from")
+    if padded_from is not None:  # a zero pad folded into this convolution (see lower_pad)
+        x = padded_from
+        params = _conv_params(ctx, x.shape, x.meta["pad_top_left"])
+    else:
+        params = _conv_params(ctx)
+        x = ctx.contiguous(0)
+    bias = ctx.contiguous(2)
+    residual = ctx.contiguous(3) if fused and ctx.has(3) else None
+    a = ctx.attrs
+    code, p0, p1 = activation(ctx, a.get("activation", "none"), a.get("activation_params", ()))
+    out = ctx.output(0, inplace=(3,) if residual is not None else ())
+    in_place = residual is not None and out.buffer is residual.buffer and \
+        out.offset == residual.offset
+    ctx.emit("conv2d", [out, x, ctx.ref(1), bias, residual], [*params, code, int(in_place)],
+             [p0, p1])
+
+
+@register_lowering("native", "conv")
+def lower_conv(ctx) -> None:
+    _conv(ctx, fused=False)
+
+
+@register_lowering("native", "fused_conv")
+def lower_fused_conv(ctx) -> None:
+    _conv(ctx, fused=True)
+
+
+@register_lowering("native", "conv_transpose")
+def lower_conv_transpose(ctx) -> None:
+    require_float32(ctx, 0, 1, 2)
+    # output_padding only changes the output size, which the params carry already.
+    params = _conv_params(ctx)
+    x = ctx.contiguous(0)
+    out = ctx.output(0)
+    ctx.emit("conv_transpose2d", [out, x, ctx.ref(1), ctx.contiguous(2)], params)

@@ -1,0 +1,109 @@
+"""linear / fused_linear / matmul / fused_matmul -> the "gemm" kernel (csrc/rt_linear.cpp).
+
+A weight that is a plan constant is packed once when the plan is built; activations are read in
+place through their strides (a transposed or sliced view needs no copy). A residual that dies
+at this node becomes the output buffer and the product accumulates onto it.
+"""
+
+from __future__ import annotations
+
+from graphopt.native.lower._common import activation, require_float32
+from graphopt.ops.registry import register_lowering
+
+
+def _emit_gemm(ctx, a, a_rows_cols, b, b_strides, n, batch, a_batch, b_batch, bias, residual,
+               act, alpha=1.0):
+    m, k, a_rs, a_cs = a_rows_cols
+    slots = (3,) if residual is not None and alpha == 1.0 else ()
+    out = ctx.output(0, inplace=slots)
+    in_place = residual is not None and out.buffer is residual.buffer and \
+        out.offset == residual.offset
+    code, p0, p1 = act
+    ctx.emit("gemm", [out, a, b, bias, residual],
+             [len(batch), *batch, *a_batch, *b_batch, m, n, k, a_rs, a_cs, *b_strides, code,
+              int(in_place)],
+             [alpha, p0, p1])
+
+
+def _linear(ctx, fused: bool) -> None:
+    require_float32(ctx, 0, 1, 2, 3)
+    x = ctx.ref(0)
+    mat = x.matrix()
+    if mat is None:
+        x = ctx.contiguous(0)
+        mat = x.matrix()
+    rows, k, a_rs, a_cs = mat
+    w = ctx.ref(1)  # [N, K]: B(k, n) = W[n, k]
+    n = w.shape[0]
+    bias = ctx.contiguous(2)
+    residual = ctx.contiguous(3) if fused and ctx.has(3) else None
+    attrs = ctx.attrs
+    act = activation(ctx, attrs.get("activation", "none"), attrs.get("activation_params", ()))
+    _emit_gemm(ctx, x, (rows, k, a_rs, a_cs), w, (w.strides[1], w.strides[0]), n, [], [], [],
+               bias, residual, act)
+
+
+@register_lowering("native", "linear")
+def lower_linear(ctx) -> None:
+    _linear(ctx, fused=False)
+
+
+@register_lowering("native", "fused_linear")
+def lower_fused_linear(ctx) -> None:
+    _linear(ctx, fused=True)
+
+
+def _batch_strides(ref, batch_rank: int, batch_shape) -> list[int]:
+    """Strides of ref's batch dims aligned to the broadcast batch (0 where broadcast)."""
+    dims = ref.shape[:-2]
+    strides = ref.strides[:-2]
+    lead = batch_rank - len(dims)
+    out = []
+    for i in range(batch_rank):
+        j = i - lead
+        if j < 0 or dims[j] == 1:
+            out.append(0)
+        else:
+            out.append(strides[j])
+    return out
+
+
+def _matmul(ctx, fused: bool) -> None:
+    require_float32(ctx, 0, 1, 2, 3)
+    a, b = ctx.ref(0), ctx.ref(1)
+    if a.numel == 0 or b.numel == 0:
+        ctx.unsupported("empty matmul operands")
+    if len(a.shape) == 1:
+        a = a.with_view(a.offset, (1, a.shape[0]), (0, a.strides[0]))
+    if len(b.shape) == 1:
+        b = b.with_view(b.offset, (b.shape[0], 1), (b.strides[0], 0))
+    if fused and ctx.attrs["trans_a"]:
+        a = a.permuted(list(range(len(a.shape) - 2)) + [len(a.shape) - 1, len(a.shape) - 2])
+    if fused and ctx.attrs["trans_b"]:
+        b = b.permuted(list(range(len(b.shape) - 2)) + [len(b.shape) - 1, len(b.shape) - 2])
+    m, k = a.shape[-2:]
+    n = b.shape[-1]
+    rank = max(len(a.shape), len(b.shape)) - 2
+    batch = []
+    for i in range(rank):
+        da = a.shape[i - (rank - (len(a.shape) - 2))] if i >= rank - (len(a.shape) - 2) else 1
+        db = b.shape[i - (rank - (len(b.shape) - 2))] if i >= rank - (len(b.shape) - 2) else 1
+        batch.append(max(da, db))
+    bias = ctx.contiguous(2) if fused else None
+    residual = ctx.contiguous(3) if fused and ctx.has(3) else None
+    attrs = ctx.attrs
+    act = activation(ctx, attrs.get("activation", "none"), attrs.get("activation_params", ()))
+    alpha = float(attrs.get("alpha", 1.0)) if fused else 1.0
+    _emit_gemm(ctx, a, (m, k, a.strides[-2], a.strides[-1]), b, (b.strides[-2], b.strides[-1]), n,
+               batch, _batch_strides(a, rank, batch), _batch_strides(b, rank, batch), bias,
+               residual, act, alpha)
+
+
+@register_lowering("native", "matmul")
+def lower_matmul(ctx) -> None:
+    _matmul(ctx, fused=False)
+
+
+@register_lowering("native", "fused_matmul")
+def lower_fused_matmul(ctx) -> None:
+    _matmul(ctx, fused=True)

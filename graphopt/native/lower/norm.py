@@ -1,0 +1,78 @@
+"""Normalisations and softmax -> "layer_norm", "group_norm", "channel_affine", "softmax"
+(csrc/rt_norm.cpp). Inference batch norm with constant statistics becomes a per-channel affine
+map whose scale and shift are computed when the plan is built."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphopt.ir.dtypes import DType
+from graphopt.native.lower._common import norm_axis, require_float32
+from graphopt.native.refs import numel
+from graphopt.ops.registry import register_lowering
+
+
+@register_lowering("native", "layer_norm")
+def lower_layer_norm(ctx) -> None:
+    require_float32(ctx, 0, 1, 2)
+    x = ctx.contiguous(0)
+    cols = numel(tuple(ctx.attrs["normalized_shape"]))
+    rows = x.numel // max(cols, 1)
+    out = ctx.output(0, inplace=(0,))
+    ctx.emit("layer_norm", [out, x, ctx.contiguous(1), ctx.contiguous(2)], [rows, cols],
+             [ctx.attrs["eps"]])
+
+
+@register_lowering("native", "group_norm")
+def lower_group_norm(ctx) -> None:
+    require_float32(ctx, 0, 1, 2)
+    x = ctx.contiguous(0)
+    shape = x.shape
+    inner = numel(shape[2:])
+    out = ctx.output(0, inplace=(0,))
+    ctx.emit("group_norm", [out, x, ctx.contiguous(1), ctx.contiguous(2)],
+             [shape[0], shape[1], inner, ctx.attrs["groups"]], [ctx.attrs["eps"]])
+
+
+@register_lowering("native", "batch_norm")
+def lower_batch_norm(ctx) -> None:
+    require_float32(ctx, 0, 1, 2, 3, 4)
+    stats = [ctx.const(i) for i in range(1, 5)]
+    if stats[0] is None or stats[1] is None or any(
+            ctx.has(i) and stats[i - 1] is None for i in (3, 4)):
+        ctx.unsupported("batch_norm statistics and affine parameters must be constants")
+    mean, var = stats[0].astype(np.float64), stats[1].astype(np.float64)
+    weight = stats[2].astype(np.float64) if stats[2] is not None else 1.0
+    bias = stats[3].astype(np.float64) if stats[3] is not None else 0.0
+    scale = weight / np.sqrt(var + ctx.attrs["eps"])
+    shift = bias - mean * scale
+    b = ctx.builder
+    scale_ref = b.const_ref(np.ascontiguousarray(scale, dtype=np.float32), DType.float32)
+    shift_ref = b.const_ref(np.ascontiguousarray(shift, dtype=np.float32), DType.float32)
+    x = ctx.contiguous(0)
+    out = ctx.output(0, inplace=(0,))
+    ctx.emit("channel_affine", [out, x, scale_ref, shift_ref],
+             [x.shape[0], x.shape[1], numel(x.shape[2:])])
+
+
+def _softmax(ctx, log: bool) -> None:
+    if ctx.in_dtype(0) != DType.float32:
+        ctx.unsupported(f"softmax of {ctx.in_dtype(0)}")
+    require_float32(ctx, 0)
+    x = ctx.contiguous(0)
+    shape = x.shape or (1,)
+    axis = norm_axis(ctx.attrs["axis"], len(shape))
+    # log_softmax reads its input after writing exp values: not in place.
+    out = ctx.output(0, inplace=() if log else (0,))
+    ctx.emit("softmax", [out, x],
+             [numel(shape[:axis]), shape[axis], numel(shape[axis + 1:]), int(log)])
+
+
+@register_lowering("native", "softmax")
+def lower_softmax(ctx) -> None:
+    _softmax(ctx, log=False)
+
+
+@register_lowering("native", "log_softmax")
+def lower_log_softmax(ctx) -> None:
+    _softmax(ctx, log=True)

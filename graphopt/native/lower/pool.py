@@ -1,0 +1,103 @@
+"""Pooling and resize -> "pool2d", "adaptive_pool2d", "resize2d" (csrc/rt_pool.cpp).
+
+The kernels work on [planes, H, W]: every leading dim folds into planes and 1-D ops use H = 1.
+"""
+
+from __future__ import annotations
+
+from graphopt.native.lower._common import require_float32
+from graphopt.native.refs import numel
+from graphopt.ops.registry import register_lowering
+
+
+def _spatial(value, n: int) -> list[int]:
+    value = list(value)
+    return value * n if len(value) == 1 else value
+
+
+def _planes(ctx, n: int):
+    x_shape, out_shape = ctx.in_shape(0), ctx.out_shape(0)
+    if n not in (1, 2):
+        ctx.unsupported(f"{n}-d pooling has no native kernel")
+    planes = numel(x_shape[: len(x_shape) - n])
+    in_sp, out_sp = list(x_shape[-n:]), list(out_shape[-n:])
+    if n == 1:
+        in_sp, out_sp = [1] + in_sp, [1] + out_sp
+    return planes, in_sp, out_sp
+
+
+def _pool(ctx, avg: bool) -> None:
+    require_float32(ctx, 0)
+    a = ctx.attrs
+    n = len(a["kernel"])
+    planes, in_sp, out_sp = _planes(ctx, n)
+    kernel = list(a["kernel"])
+    stride = _spatial(a["stride"] or kernel, n)
+    pad = _spatial(a["padding"], n)
+    dil = _spatial(a.get("dilation", (1,)), n)
+    if n == 1:
+        kernel, stride, pad, dil = [1] + kernel, [1] + stride, [0] + pad, [1] + dil
+    x = ctx.contiguous(0)
+    out = ctx.output(0)
+    count_include_pad = int(a.get("count_include_pad", True))
+    divisor = a.get("divisor_override") or 0
+    ctx.emit("pool2d", [out, x], [int(avg), planes, *in_sp, *out_sp, *kernel, *stride, *pad,
+                                  *dil, count_include_pad, divisor])
+
+
+@register_lowering("native", "max_pool")
+def lower_max_pool(ctx) -> None:
+    _pool(ctx, avg=False)
+
+
+@register_lowering("native", "avg_pool")
+def lower_avg_pool(ctx) -> None:
+    _pool(ctx, avg=True)
+
+
+def _adaptive(ctx, avg: bool) -> None:
+    require_float32(ctx, 0)
+    planes, in_sp, out_sp = _planes(ctx, len(ctx.attrs["output_size"]))
+    x = ctx.contiguous(0)
+    out = ctx.output(0)
+    ctx.emit("adaptive_pool2d", [out, x], [int(avg), planes, *in_sp, *out_sp])
+
+
+@register_lowering("native", "adaptive_avg_pool")
+def lower_adaptive_avg_pool(ctx) -> None:
+    _adaptive(ctx, avg=True)
+
+
+@register_lowering("native", "adaptive_max_pool")
+def lower_adaptive_max_pool(ctx) -> None:
+    _adaptive(ctx, avg=False)
+
+
+_RESIZE_MODES = {"nearest": 0, "linear": 1, "bilinear": 1, "nearest-exact": 2}
+
+
+@register_lowering("native", "resize")
+def lower_resize(ctx) -> None:
+    require_float32(ctx, 0)
+    a = ctx.attrs
+    mode = _RESIZE_MODES.get(a["mode"])
+    if mode is None:
+        ctx.unsupported(f"resize mode '{a['mode']}' has no native kernel")
+    n = len(a["size"])
+    planes, in_sp, out_sp = _planes(ctx, n)
+    scales = list(a["scales"]) if a["scales"] is not None else [None] * n
+    if n == 1:
+        scales = [None] + scales
+    align = bool(a["align_corners"]) if mode == 1 else False
+    ratios = []
+    for size_in, size_out, scale in zip(in_sp, out_sp, scales):
+        # torch's area_pixel_compute_scale: the source-index ratio.
+        if align:
+            ratios.append((size_in - 1) / (size_out - 1) if size_out > 1 else 0.0)
+        elif scale is not None and scale > 0:
+            ratios.append(1.0 / scale)
+        else:
+            ratios.append(size_in / size_out)
+    x = ctx.contiguous(0)
+    out = ctx.output(0)
+    ctx.emit("resize2d", [out, x], [mode, planes, *in_sp, *out_sp, int(align)], ratios)

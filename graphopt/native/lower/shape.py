@@ -1,0 +1,171 @@
+"""Data-movement ops. Most are views (no step): reshape, permute, expand, squeeze, unsqueeze,
+slice, select, split, flip. A consumer that needs contiguous data copies the view once
+(``ctx.contiguous``). concat copies each piece into its slot of the output; pad fills the
+border and copies the interior; tile copies a broadcast view.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from graphopt.ir.dtypes import DType
+from graphopt.native import refs as R
+from graphopt.native.lower._common import norm_axis
+from graphopt.ops.registry import register_lowering
+
+
+@register_lowering("native", "reshape")
+def lower_reshape(ctx) -> None:
+    shape = ctx.out_shape(0)
+    view = ctx.ref(0).reshaped(shape)
+    if view is None:  # strides do not allow a view: copy first
+        view = ctx.contiguous(0).reshaped(shape)
+    ctx.set_output(0, view)
+
+
+for _op in ("squeeze", "unsqueeze"):
+    register_lowering("native", _op)(lower_reshape)
+
+
+@register_lowering("native", "permute")
+def lower_permute(ctx) -> None:
+    if ctx.node.outputs[0] in ctx.builder.env:
+        return  # the producer already wrote this layout (see lower/attention.py)
+    ctx.set_output(0, ctx.ref(0).permuted(ctx.attrs["perm"]))
+
+
+@register_lowering("native", "expand")
+def lower_expand(ctx) -> None:
+    ctx.set_output(0, ctx.ref(0).expanded(ctx.out_shape(0)))
+
+
+@register_lowering("native", "slice")
+def lower_slice(ctx) -> None:
+    x = ctx.ref(0)
+    axis = norm_axis(ctx.attrs["axis"], len(x.shape))
+    start, end, step = ctx.attrs["start"], ctx.attrs["end"], ctx.attrs["step"]
+    start, _, _ = slice(start, min(end, 2**62), step).indices(x.shape[axis])
+    length = ctx.out_shape(0)[axis]
+    ctx.set_output(0, x.sliced(axis, start if length else 0, length, step))
+
+
+@register_lowering("native", "select")
+def lower_select(ctx) -> None:
+    x = ctx.ref(0)
+    axis = norm_axis(ctx.attrs["axis"], len(x.shape))
+    ctx.set_output(0, x.selected(axis, ctx.attrs["index"] % x.shape[axis]))
+
+
+@register_lowering("native", "split")
+def lower_split(ctx) -> None:
+    x = ctx.ref(0)
+    axis = norm_axis(ctx.attrs["axis"], len(x.shape))
+    start = 0
+    for i, size in enumerate(ctx.attrs["sizes"]):
+        ctx.set_output(i, x.sliced(axis, start, size))
+        start += size
+
+
+@register_lowering("native", "flip")
+def lower_flip(ctx) -> None:
+    x = ctx.ref(0)
+    shape, strides, offset = list(x.shape), list(x.strides), x.offset
+    for axis in {norm_axis(a, len(shape)) for a in ctx.attrs["axes"]}:
+        if shape[axis] > 1:
+            offset += (shape[axis] - 1) * strides[axis] * x.itemsize
+            strides[axis] = -strides[axis]
+    ctx.set_output(0, x.with_view(offset, shape, strides))
+
+
+@register_lowering("native", "concat")
+def lower_concat(ctx) -> None:
+    out = ctx.output(0)
+    axis = norm_axis(ctx.attrs["axis"], len(out.shape))
+    start = 0
+    for i in range(ctx.num_inputs):
+        piece = ctx.ref(i)
+        size = piece.shape[axis]
+        if size:
+            ctx.copy(out.sliced(axis, start, size), piece)
+        start += size
+
+
+@register_lowering("native", "tile")
+def lower_tile(ctx) -> None:
+    # x.repeat(r): out viewed as [r0, d0, r1, d1, ...] is x broadcast over the r axes.
+    x = ctx.ref(0)
+    reps = list(ctx.attrs["repeats"])
+    lead = len(reps) - len(x.shape)
+    dims = [1] * lead + list(x.shape)
+    strides = [0] * lead + list(x.strides)
+    out = ctx.output(0)
+    big_shape, src_strides = [], []
+    for r, d, s in zip(reps, dims, strides):
+        big_shape += [r, d]
+        src_strides += [0, s]
+    src = x.with_view(x.offset, big_shape, src_strides)
+    ctx.copy(out.with_view(out.offset, big_shape, R.contiguous_strides(tuple(big_shape))), src)
+
+
+def _bit_pattern(value: float, dtype: DType) -> int:
+    if dtype == DType.float32:
+        return struct.unpack("<I", struct.pack("<f", value))[0]
+    if dtype == DType.float64:
+        return struct.unpack("<q", struct.pack("<d", value))[0]
+    if dtype == DType.bool:
+        return int(bool(value))
+    v = int(value)
+    return v & ((1 << (8 * dtype.itemsize)) - 1)
+
+
+def _fold_into_convs(ctx) -> bool:
+    """A zero pad of the spatial dims whose only readers are convolutions (their input) costs
+    nothing: each convolution reads the unpadded input with a larger top / left padding (the
+    bottom / right padding is implied by the output size)."""
+    pads, value = ctx.attrs["pads"], ctx.attrs["value"]
+    out = ctx.node.outputs[0]
+    rank = len(ctx.in_shape(0))
+    if (value != 0 or any(p < 0 for p in pads) or rank not in (3, 4)
+            or len(pads) > 2 * (rank - 2) or out.is_graph_output or not out.uses
+            or ctx.in_dtype(0) != DType.float32):
+        return False
+    if any(node.op not in ("conv", "fused_conv") or slot != 0 for node, slot in out.uses):
+        return False
+    src = ctx.contiguous(0)
+    if rank == 4:
+        top, left = (pads[2] if len(pads) >= 4 else 0), pads[0]
+    else:  # conv1d runs as a conv2d of height 1
+        top, left = 0, pads[0]
+    # The marker stands for the padded tensor; only the convolutions read it (through meta).
+    marker = src.with_view(src.offset, ctx.out_shape(0), R.contiguous_strides(ctx.out_shape(0)))
+    src_view = src.with_view(src.offset, src.shape, src.strides)
+    src_view.meta["pad_top_left"] = (top, left)
+    marker.meta["padded_from"] = src_view
+    ctx.set_output(0, marker)
+    return True
+
+
+@register_lowering("native", "pad")
+def lower_pad(ctx) -> None:
+    if ctx.attrs["mode"] != "constant":
+        ctx.unsupported(f"pad mode '{ctx.attrs['mode']}' has no native kernel")
+    if _fold_into_convs(ctx):
+        return
+    x = ctx.ref(0)
+    out = ctx.output(0)
+    pads = ctx.attrs["pads"]
+    dtype = ctx.out_dtype(0)
+    if out.numel == 0:
+        return
+    ctx.emit("fill", [out], [out.itemsize, out.numel, _bit_pattern(ctx.attrs["value"], dtype)])
+    # Interior: out[lo:lo+n] = x[...] along each padded axis (negative pads crop x instead).
+    src, dst = x, out
+    for i in range(len(pads) // 2):
+        axis = len(x.shape) - 1 - i
+        lo, hi = pads[2 * i], pads[2 * i + 1]
+        keep = x.shape[axis] + min(lo, 0) + min(hi, 0)
+        if keep <= 0:
+            return
+        src = src.sliced(axis, max(-lo, 0), keep)
+        dst = dst.sliced(axis, max(lo, 0), keep)
+    ctx.copy(dst, src)

@@ -1,0 +1,502 @@
+"""Native runtime kernels against torch, op by op, on edge shapes.
+
+Each case builds a one-op graph (tests/native_util.py), compiles it for the native backend with
+1 and 2 threads and compares with the reference interpreter, whose op implementations are the
+torch functions (F.conv2d, F.scaled_dot_product_attention, ...).
+
+Tolerance: |native - torch| <= 1e-5 * max(1, max|torch|) + 1e-4 * |torch| (float32 sums in a
+different order; the scale term covers the rounding of length-K dot products). Integer and
+bool results must be equal. The whole file also runs on the portable (non-AVX2) kernels:
+``test_portable_path`` reruns it with GRAPHOPT_DISABLE_AVX2=1.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import graphopt
+from native_util import Const, check_graph, check_op, op_graph, randn
+
+F32 = torch.float32
+ACTS = [("none", ()), ("relu", ()), ("relu6", ()), ("gelu", ()), ("gelu_tanh", ()), ("silu", ()),
+        ("sigmoid", ()), ("tanh", ()), ("hardswish", ()), ("hardsigmoid", ()),
+        ("clamp", (-0.5, 0.75)), ("clamp", (-math.inf, 0.3)), ("leaky_relu", (0.2,))]
+
+
+# ------------------------------------------------------------------------------------- gemm
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 37, 5), (2, 64, 33), (4, 300, 17),
+                                   (5, 3, 16), (7, 17, 100), (13, 257, 31), (150, 64, 48)])
+def test_linear_shapes(m, k, n):
+    check_op("linear", [randn(m, k), Const(randn(n, k, seed=1)), Const(randn(n, seed=2))])
+    check_op("linear", [randn(2, m, k), Const(randn(n, k, seed=1)), None])
+
+
+@pytest.mark.parametrize("act,params", ACTS)
+@pytest.mark.parametrize("m", [1, 9])
+def test_fused_linear_epilogues(act, params, m):
+    check_op("fused_linear", [randn(m, 40), Const(randn(24, 40, seed=1) * 0.3),
+                              Const(randn(24, seed=2)), randn(m, 24, seed=3)],
+             {"activation": act, "activation_params": params})
+
+
+def test_linear_weight_as_input_and_strided_x():
+    x = randn(6, 20).t()  # a transposed (non-contiguous) input
+    check_op("linear", [x, randn(9, 6, seed=1), randn(9, seed=2)])
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [((5, 7), (7, 3)), ((7,), (7, 4)), ((3, 7), (7,)),
+                                             ((2, 3, 5, 7), (3, 7, 4)), ((1, 5, 7), (4, 7, 2)),
+                                             ((6, 1, 7), (1, 7, 9))])
+def test_matmul_broadcasting(a_shape, b_shape):
+    check_op("matmul", [randn(*a_shape), randn(*b_shape, seed=1)])
+    check_op("matmul", [randn(*a_shape), Const(randn(*b_shape, seed=1))])
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True),
+                                             (True, True)])
+@pytest.mark.parametrize("act,params", [("none", ()), ("gelu", ()), ("clamp", (0.0, 1.0))])
+def test_fused_matmul(trans_a, trans_b, act, params):
+    a = randn(2, 9, 6) if trans_a else randn(2, 6, 9)
+    b = randn(11, 9, seed=1) if trans_b else randn(9, 11, seed=1)
+    check_op("fused_matmul", [a, Const(b), Const(randn(11, seed=2)), randn(2, 6, 11, seed=3)],
+             {"trans_a": trans_a, "trans_b": trans_b, "alpha": 0.5, "activation": act,
+              "activation_params": params})
+
+
+# ------------------------------------------------------------------------------------- conv
+CONV_CASES = [
+    # (N, C, H, W), (Co, C/g, kh, kw), stride, padding, dilation, groups
+    ((1, 3, 7, 9), (5, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    ((2, 4, 11, 6), (6, 4, 1, 1), (1, 1), (0, 0), (1, 1), 1),  # pointwise = plain GEMM
+    ((1, 5, 13, 13), (7, 5, 3, 3), (2, 2), (1, 1), (1, 1), 1),
+    ((1, 3, 10, 10), (4, 3, 3, 1), (1, 2), (2, 0), (2, 1), 1),  # asymmetric, dilated
+    ((1, 8, 9, 9), (6, 4, 3, 3), (1, 1), (1, 1), (1, 1), 2),  # grouped
+    ((2, 6, 12, 12), (6, 1, 3, 3), (1, 1), (1, 1), (1, 1), 6),  # depthwise
+    ((1, 6, 12, 11), (6, 1, 3, 3), (2, 2), (1, 1), (1, 1), 6),  # depthwise stride 2
+    ((1, 4, 9, 9), (8, 1, 5, 5), (1, 1), (4, 4), (2, 2), 4),  # depthwise x2 multiplier, dilated
+    ((1, 3, 1, 1), (2, 3, 1, 1), (1, 1), (0, 0), (1, 1), 1),  # 1x1 image
+    ((1, 2, 3, 3), (3, 2, 3, 3), (1, 1), (0, 0), (1, 1), 1),  # output 1x1
+    ((1, 17, 20, 37), (19, 17, 3, 3), (1, 1), (1, 1), (1, 1), 1),  # primes, multi-panel rows
+    ((1, 6, 8, 8), (6, 1, 3, 3), (1, 1), (0, 0), (1, 1), 6),  # depthwise without padding
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding,dilation,groups", CONV_CASES)
+def test_conv2d(x_shape, w_shape, stride, padding, dilation, groups):
+    attrs = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
+    check_op("conv", [randn(*x_shape), Const(randn(*w_shape, seed=1)),
+                      Const(randn(w_shape[0], seed=2))], attrs)
+
+
+def test_conv1d():
+    check_op("conv", [randn(2, 4, 19), Const(randn(6, 4, 3, seed=1)), None],
+             {"stride": (2,), "padding": (1,), "dilation": (1,), "groups": 1})
+
+
+@pytest.mark.parametrize("act,params", ACTS)
+@pytest.mark.parametrize("groups", [1, 4])
+def test_fused_conv_epilogues(act, params, groups):
+    w = (4, 1, 3, 3) if groups == 4 else (5, 4, 3, 3)
+    out_c = w[0]
+    check_op("fused_conv", [randn(1, 4, 6, 7), Const(randn(*w, seed=1) * 0.3),
+                            Const(randn(out_c, seed=2)), randn(1, out_c, 6, 7, seed=3)],
+             {"stride": (1, 1), "padding": (1, 1), "dilation": (1, 1), "groups": groups,
+              "activation": act, "activation_params": params}, threads=(2,))
+
+
+@pytest.mark.parametrize("stride,padding,dilation,groups,out_pad", [
+    ((2, 2), (0, 0), (1, 1), 1, (0, 0)), ((2, 1), (1, 0), (1, 2), 2, (1, 0)),
+    ((3, 3), (1, 1), (1, 1), 1, (2, 1))])
+def test_conv_transpose(stride, padding, dilation, groups, out_pad):
+    check_op("conv_transpose", [randn(2, 4, 5, 6), Const(randn(4, 3, 3, 2, seed=1)),
+                                Const(randn(3 * groups, seed=2))],
+             {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups,
+              "output_padding": out_pad})
+
+
+# ---------------------------------------------------------------------------------- pooling
+@pytest.mark.parametrize("kernel,stride,padding,dilation,ceil", [
+    ((3, 3), (2, 2), (1, 1), (1, 1), False), ((2, 2), (2, 2), (0, 0), (1, 1), True),
+    ((3, 2), (1, 2), (1, 0), (2, 1), True), ((1, 1), (1, 1), (0, 0), (1, 1), False)])
+def test_max_pool(kernel, stride, padding, dilation, ceil):
+    check_op("max_pool", [randn(2, 3, 9, 8)], {"kernel": kernel, "stride": stride,
+                                                "padding": padding, "dilation": dilation,
+                                                "ceil_mode": ceil})
+
+
+@pytest.mark.parametrize("kernel,stride,padding,ceil,include,divisor", [
+    ((3, 3), (2, 2), (1, 1), False, True, None), ((2, 2), (2, 2), (0, 0), True, False, None),
+    ((3, 3), (2, 2), (1, 1), True, True, None), ((2, 3), (1, 2), (1, 1), False, False, 5)])
+def test_avg_pool(kernel, stride, padding, ceil, include, divisor):
+    check_op("avg_pool", [randn(1, 3, 9, 7)], {
+        "kernel": kernel, "stride": stride, "padding": padding, "ceil_mode": ceil,
+        "count_include_pad": include, "divisor_override": divisor})
+
+
+def test_pool1d():
+    check_op("max_pool", [randn(2, 3, 11)], {"kernel": (3,), "stride": (2,), "padding": (1,)})
+    check_op("avg_pool", [randn(2, 3, 11)], {"kernel": (4,), "stride": (3,), "ceil_mode": True})
+
+
+@pytest.mark.parametrize("op", ["adaptive_avg_pool", "adaptive_max_pool"])
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (5, 7), (4, 4)])
+def test_adaptive_pool(op, size):
+    check_op(op, [randn(2, 3, 7, 9)], {"output_size": size})
+
+
+@pytest.mark.parametrize("mode,align,size,scales", [
+    ("nearest", None, (6, 10), None), ("nearest", None, (3, 4), (0.5, 0.5)),
+    ("bilinear", False, (9, 5), None), ("bilinear", True, (9, 5), None),
+    ("bilinear", False, (3, 4), (0.5, 0.5)), ("nearest-exact", None, (5, 11), None)])
+def test_resize(mode, align, size, scales):
+    check_op("resize", [randn(1, 2, 6, 8)], {"size": size, "mode": mode, "align_corners": align,
+                                             "scales": scales})
+
+
+# ------------------------------------------------------------------------ norms and softmax
+@pytest.mark.parametrize("shape,norm", [((3, 7), (7,)), ((2, 5, 33), (33,)), ((2, 3, 4), (3, 4)),
+                                        ((1, 1), (1,))])
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm(shape, norm, affine):
+    w = Const(randn(*norm, seed=1)) if affine else None
+    b = Const(randn(*norm, seed=2)) if affine else None
+    check_op("layer_norm", [randn(*shape) * 3 + 1, w, b], {"normalized_shape": norm, "eps": 1e-5})
+
+
+@pytest.mark.parametrize("groups", [1, 2, 6])
+def test_group_norm(groups):
+    check_op("group_norm", [randn(2, 6, 5, 3), Const(randn(6, seed=1)), Const(randn(6, seed=2))],
+             {"groups": groups, "eps": 1e-5})
+
+
+def test_batch_norm():
+    var = randn(5, seed=3).abs() + 0.1
+    check_op("batch_norm", [randn(2, 5, 4, 3), Const(randn(5, seed=1)), Const(var),
+                            Const(randn(5, seed=2)), Const(randn(5, seed=4))], {"eps": 1e-5})
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("shape,axis", [((3, 17), -1), ((2, 5, 4), 1), ((4,), 0), ((2, 3, 1), 2)])
+def test_softmax(op, shape, axis):
+    x = randn(*shape) * 4
+    check_op(op, [x], {"axis": axis})
+
+
+def test_softmax_masked_rows():
+    x = randn(3, 6)
+    x[1] = -math.inf
+    x[2, :4] = -math.inf
+    check_op("softmax", [x], {"axis": -1})
+
+
+# ------------------------------------------------------------------------------ elementwise
+FLOAT_UNARY = ["neg", "abs", "relu", "floor", "ceil", "round", "sign", "exp", "expm1", "sin",
+               "cos", "tan", "atan", "tanh", "sigmoid", "erf", "silu", "mish", "hardswish",
+               "hardsigmoid", "softsign", "reciprocal", "isnan", "logical_not"]
+
+
+@pytest.mark.parametrize("op", FLOAT_UNARY)
+def test_unary_float(op):
+    x = randn(5, 13) * 3
+    x[0, 0] = 0.0
+    x[0, 1] = 2.5  # round half to even
+    check_op(op, [x])
+
+
+@pytest.mark.parametrize("op", ["log", "log1p", "sqrt", "rsqrt"])
+def test_unary_positive(op):
+    check_op(op, [randn(3, 9).abs() + 0.01])
+
+
+@pytest.mark.parametrize("op,attrs", [("gelu", {"approximate": "none"}),
+                                      ("gelu", {"approximate": "tanh"}),
+                                      ("clamp", {"min": -0.5, "max": None}),
+                                      ("clamp", {"min": 0.0, "max": 6.0}),
+                                      ("leaky_relu", {"negative_slope": 0.07}),
+                                      ("elu", {"alpha": 1.3, "scale": 1.05, "input_scale": 0.9}),
+                                      ("softplus", {"beta": 2.0, "threshold": 3.0})])
+def test_unary_params(op, attrs):
+    check_op(op, [randn(4, 21) * 3], attrs)
+
+
+@pytest.mark.parametrize("op", ["neg", "abs", "sign", "bitwise_not", "relu"])
+def test_unary_int(op):
+    check_op(op, [torch.tensor([[-3, 0, 5, 7], [2, -1, 9, 11]])])
+
+
+def test_unary_int_to_float():
+    check_op("exp", [torch.tensor([0, 1, 2, -1])])
+
+
+BINARY_SHAPES = [((3, 4), (3, 4)), ((3, 4), (4,)), ((2, 1, 5), (3, 1)), ((), (2, 3)),
+                 ((1, 7), (6, 1))]
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div", "pow", "maximum", "minimum",
+                                "remainder", "atan2", "eq", "ne", "lt", "le", "gt", "ge",
+                                "logical_and", "logical_or", "logical_xor"])
+@pytest.mark.parametrize("a_shape,b_shape", BINARY_SHAPES)
+def test_binary_float(op, a_shape, b_shape):
+    a, b = randn(*a_shape) * 2, randn(*b_shape, seed=1) * 2
+    if op == "pow":
+        a = a.abs() + 0.1
+    if op in ("eq", "ne", "le", "ge") and a.numel() > 1 and b.numel() > 1:
+        b = b.clone()
+    check_op(op, [a, b], threads=(2,))
+
+
+@pytest.mark.parametrize("op,attrs", [("add", None), ("sub", None), ("mul", None),
+                                      ("div", {"rounding_mode": "floor"}),
+                                      ("div", {"rounding_mode": "trunc"}),
+                                      ("div", {"rounding_mode": None}), ("remainder", None),
+                                      ("pow", None), ("bitwise_and", None), ("bitwise_or", None),
+                                      ("bitwise_xor", None), ("maximum", None), ("lt", None)])
+def test_binary_int(op, attrs):
+    a = torch.tensor([[-7, 7, 0, 5], [9, -9, 3, -4]])
+    b = torch.tensor([3, -3, 2, 5]) if op != "pow" else torch.tensor([0, 1, 2, 3])
+    check_op(op, [a, b], attrs)
+
+
+def test_binary_mixed_dtypes_and_bool():
+    check_op("add", [randn(3, 4), Const(torch.tensor(2))])  # f32 + i64 scalar -> f32
+    check_op("gt", [randn(3, 4), Const(torch.tensor(0))])
+    check_op("mul", [torch.tensor([1, 2, 3]), Const(torch.tensor(0.5))])  # i64 * f32 -> f32
+    m = torch.tensor([[True, False], [False, False]])
+    check_op("bitwise_or", [m, torch.tensor([True, False])])
+    check_op("logical_xor", [m, torch.tensor([1.0, 0.0])])
+
+
+def test_binary_nan_propagation():
+    a = torch.tensor([1.0, float("nan"), 3.0, -1.0] * 3)
+    b = torch.tensor([float("nan"), 2.0, 1.0, -2.0] * 3)
+    check_op("maximum", [a, b])
+    check_op("minimum", [a, b])
+
+
+@pytest.mark.parametrize("c_shape,a_shape,b_shape", [((3, 4), (3, 4), (3, 4)),
+                                                     ((3, 1), (4,), ()), ((4,), (2, 3, 4), (1,))])
+def test_where(c_shape, a_shape, b_shape):
+    cond = randn(*c_shape) > 0
+    check_op("where", [cond, randn(*a_shape, seed=1), randn(*b_shape, seed=2)])
+    check_op("where", [cond, torch.ones(a_shape, dtype=torch.int64), Const(torch.tensor(-1))])
+
+
+@pytest.mark.parametrize("src,dst", [(torch.float32, torch.int64), (torch.int64, torch.float32),
+                                     (torch.bool, torch.float32), (torch.float32, torch.bool),
+                                     (torch.int32, torch.int64), (torch.float32, torch.float64),
+                                     (torch.int64, torch.bool), (torch.float64, torch.float32)])
+def test_cast(src, dst):
+    x = (randn(4, 5) * 5).to(src)
+    check_op("cast", [x], {"dtype": graphopt.DType.from_torch(dst)})
+
+
+# ------------------------------------------------------------------------------- reductions
+REDUCE_CASES = [((3, 5, 4), (2,), False), ((3, 5, 4), (1,), True), ((3, 5, 4), (0, 2), False),
+                ((3, 5, 4), (), False), ((2, 3, 4, 5), (1, 2), True), ((7,), (0,), False)]
+
+
+@pytest.mark.parametrize("op", ["sum", "mean", "prod", "amax", "amin", "logsumexp"])
+@pytest.mark.parametrize("shape,axes,keepdim", REDUCE_CASES)
+def test_reduce_float(op, shape, axes, keepdim):
+    check_op(op, [randn(*shape)], {"axes": axes, "keepdim": keepdim}, threads=(2,))
+
+
+@pytest.mark.parametrize("op", ["var", "std"])
+@pytest.mark.parametrize("correction", [0.0, 1.0])
+def test_reduce_var(op, correction):
+    check_op(op, [randn(3, 8, 5)], {"axes": (1,), "keepdim": False, "correction": correction})
+    check_op(op, [randn(3, 8, 5)], {"axes": (0, 2), "keepdim": True, "correction": correction})
+
+
+@pytest.mark.parametrize("op", ["sum", "prod", "amax", "amin", "all", "any"])
+def test_reduce_int_bool(op):
+    x = torch.tensor([[3, -1, 0, 2], [1, 1, 5, -2]])
+    check_op(op, [x], {"axes": (1,), "keepdim": False})
+    check_op(op, [x > 0], {"axes": (0,), "keepdim": True})
+
+
+@pytest.mark.parametrize("op", ["argmax", "argmin"])
+@pytest.mark.parametrize("axis,keepdim", [(None, False), (0, True), (1, False), (-1, True)])
+def test_arg_reduce(op, axis, keepdim):
+    x = randn(4, 7)
+    x[2, 3] = x[2, 5] = 10.0 if op == "argmax" else -10.0  # ties: first index wins
+    check_op(op, [x], {"axis": axis, "keepdim": keepdim})
+
+
+# --------------------------------------------------------------------------------- indexing
+def test_embedding_and_index_ops():
+    w = randn(11, 6)
+    check_op("embedding", [Const(w), torch.tensor([[0, 10, 3], [3, 3, 1]])])
+    check_op("embedding", [Const(w), torch.tensor([2, 4], dtype=torch.int32)])
+    check_op("index_select", [randn(4, 5, 3), torch.tensor([4, 0, 0, 2])], {"axis": 1})
+    check_op("index", [randn(3, 6, 2), Const(torch.tensor([[5, -1], [0, 2]]))], {"axes": (1,)})
+    idx = torch.tensor([[0, 2, 1], [1, 1, 0]])
+    check_op("gather", [randn(2, 3), idx], {"axis": 1})
+    check_op("gather", [randn(4, 3), idx], {"axis": 0})
+
+
+def test_embedding_out_of_range_raises():
+    g, feeds = op_graph("embedding", [Const(randn(5, 2)), torch.tensor([1, 5])])
+    fn = graphopt.compile(g, backend="native")
+    with pytest.raises(IndexError, match="out of bounds"):
+        fn(*feeds)
+
+
+# ------------------------------------------------------------------------------------ shape
+@pytest.mark.parametrize("op,shape,attrs", [
+    ("permute", (2, 3, 4), {"perm": (2, 0, 1)}),
+    ("expand", (3, 1), {"shape": (2, 3, 5)}),
+    ("slice", (5, 7), {"axis": 1, "start": 1, "end": 6, "step": 2}),
+    ("slice", (5, 7), {"axis": 0, "start": -3, "end": 2**63 - 1, "step": 1}),
+    ("select", (4, 3, 2), {"axis": 1, "index": -1}),
+    ("flip", (3, 4, 2), {"axes": (0, 2)}),
+    ("tile", (2, 3), {"repeats": (2, 1, 3)}),
+    ("reshape", (4, 6), {"shape": (3, -1, 2)}),
+    ("squeeze", (3, 1, 2), {"axes": (1,)}),
+    ("unsqueeze", (3, 2), {"axis": 1}),
+    ("pad", (2, 3, 4), {"pads": (1, 2, 0, 1), "mode": "constant", "value": 0.5}),
+    ("pad", (2, 3, 4), {"pads": (-1, 2), "mode": "constant", "value": 0.0}),
+])
+def test_shape_ops(op, shape, attrs):
+    check_op(op, [randn(*shape)], attrs)
+
+
+def test_split_concat():
+    check_op("split", [randn(3, 10)], {"axis": 1, "sizes": (3, 0, 7)})
+    check_op("concat", [randn(2, 3), randn(2, 1, seed=1), randn(2, 4, seed=2)], {"axis": 1})
+    check_op("concat", [torch.tensor([[1, 2]]), torch.tensor([[3, 4], [5, 6]])], {"axis": 0})
+
+
+def test_views_feeding_kernels():
+    """A permuted view reshaped (needs a copy), a slice into an elementwise op, a view output."""
+    def f(x):
+        t = x.permute(0, 2, 1).reshape(2, -1)
+        s = x[:, 1:, ::2] * 2.0
+        return t.softmax(-1), s, x.transpose(1, 2)
+
+    x = randn(2, 4, 5)
+    g = graphopt.trace(_Fn(f), (x,))
+    check_graph(g, [x])
+
+
+class _Fn(torch.nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args):
+        return self.fn(*args)
+
+
+# -------------------------------------------------------------------------------- attention
+def _attention_args(b, h, l, s, e, ev, seed=0):
+    return randn(b, h, l, e, seed=seed), randn(b, h, s, e, seed=seed + 1), randn(b, h, s, ev,
+                                                                                seed=seed + 2)
+
+
+@pytest.mark.parametrize("b,h,l,s,e,ev", [(1, 1, 1, 1, 4, 4), (2, 3, 5, 7, 8, 6),
+                                          (1, 2, 130, 700, 16, 16), (1, 1, 64, 64, 64, 64)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention(b, h, l, s, e, ev, causal):
+    q, k, v = _attention_args(b, h, l, s, e, ev)
+    check_op("attention", [q, k, v, None], {"is_causal": causal, "scale": None}, threads=(2,))
+
+
+@pytest.mark.parametrize("kind", ["bool", "float"])
+@pytest.mark.parametrize("mask_shape", [(5, 9), (2, 1, 1, 9), (1, 3, 5, 9)])
+def test_attention_masks(kind, mask_shape):
+    q, k, v = _attention_args(2, 3, 5, 9, 8, 8)
+    m = randn(*mask_shape, seed=9)
+    mask = m > -0.5 if kind == "bool" else m
+    if kind == "bool":
+        mask[..., 0, :] = False  # a fully masked row -> zeros
+    check_op("attention", [q, k, v, mask], {"scale": 0.3})
+
+
+def test_attention_gqa_and_long_causal():
+    q, k, v = randn(1, 4, 70, 8), randn(1, 2, 600, 8, seed=1), randn(1, 2, 600, 8, seed=2)
+    check_op("attention", [q, k, v, None], {"enable_gqa": True, "scale": None}, threads=(2,))
+    q, k, v = _attention_args(1, 2, 600, 600, 8, 8)
+    check_op("attention", [q, k, v, None], {"is_causal": True, "scale": None}, threads=(2,))
+
+
+def test_attention_reads_head_views_in_place():
+    """linear -> reshape -> permute -> attention -> permute -> reshape: no copies planned."""
+    class Heads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = torch.nn.Linear(16, 48)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).split(16, dim=-1)
+            split = lambda t: t.view(1, 6, 4, 4).transpose(1, 2)  # noqa: E731
+            a = torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v))
+            return a.transpose(1, 2).reshape(1, 6, 16)
+
+    x = randn(1, 6, 16)
+    g = graphopt.trace(Heads().eval(), (x,))
+    fn = check_graph(g, [x])
+    kernels = [s.kernel for s in fn.plan.steps]
+    assert kernels == ["gemm", "attention"], kernels
+
+
+# ------------------------------------------------------------------------------ portable path
+@pytest.mark.skipif(os.environ.get("GRAPHOPT_DISABLE_AVX2") not in (None, "", "0"),
+                    reason="already on the portable path")
+def test_portable_path():
+    """The same kernel tests on the portable (baseline ISA) kernels."""
+    env = dict(os.environ, GRAPHOPT_DISABLE_AVX2="1")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+         os.path.join(tests, "test_native_kernels.py"),
+         "-k", "not portable and (linear or conv or attention or norm or softmax or unary "
+               "or binary_float or reduce_float)"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("groups", [1, 6])
+@pytest.mark.parametrize("pads", [(0, 1, 0, 1), (2, 0, 1, 3), (1, 1)])
+def test_zero_pad_folds_into_conv(groups, pads):
+    """MobileNetV2's TF-style asymmetric "same" padding: pad(0, 1, 0, 1) -> conv stride 2."""
+    class PadConv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(6, 6, 3, stride=2, groups=groups)
+
+        def forward(self, x):
+            return self.conv(torch.nn.functional.pad(x, pads))
+
+    x = randn(1, 6, 11, 10)
+    g = graphopt.trace(PadConv().eval(), (x,))
+    fn = check_graph(g, [x])
+    assert [s.kernel for s in fn.plan.steps] == ["conv2d"]
+
+
+def test_pad_with_other_readers_is_materialized():
+    class PadTwice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            p = torch.nn.functional.pad(x, (1, 1, 1, 1))
+            return self.conv(p), p.sum()
+
+    x = randn(1, 3, 6, 5)
+    fn = check_graph(graphopt.trace(PadTwice().eval(), (x,)), [x])
+    assert "fill" in [s.kernel for s in fn.plan.steps]
+
+
+def test_attention_constant_mask_that_masks_nothing_is_dropped():
+    q, k, v = _attention_args(1, 2, 5, 7, 4, 4)
+    for mask in (torch.ones(5, 7, dtype=torch.bool), torch.zeros(1, 1, 5, 7)):
+        fn = check_op("attention", [q, k, v, Const(mask)], {"scale": None})
+        assert fn.plan.steps[0].operands[4] is None
