@@ -80,6 +80,7 @@ struct Im2colB {
             j += len;
         }
         const int64_t H = s->h, W = s->w, sw = s->sw;
+        const VecOps& vec = vec_ops();
         for (int64_t kk = 0; kk < kc; ++kk) {
             const int64_t k = pc + kk;
             float* d = dst + kk * kNR;
@@ -87,20 +88,20 @@ struct Im2colB {
             const float* plane = x + k_offset[k] - dy * W - dx;  // x + ci * H * W
             for (int64_t r = 0; r < nruns; ++r) {
                 const Run& run = runs[r];
+                const int64_t n = run.j1 - run.j0;
                 const int64_t iy = run.iy0 + dy;
                 if (iy < 0 || iy >= H) {
-                    for (int64_t j = run.j0; j < run.j1; ++j) d[j] = 0.0f;
+                    for (int64_t j = 0; j < n; ++j) d[run.j0 + j] = 0.0f;
                     continue;
                 }
                 const float* row = plane + iy * W;
                 const int64_t ix_first = run.ix0 + dx;
-                const int64_t n = run.j1 - run.j0;
                 const int64_t ix_last = ix_first + (n - 1) * sw;
                 if (ix_first >= 0 && ix_last < W) {
-                    if (sw == 1) {
-                        std::memcpy(d + run.j0, row + ix_first, sizeof(float) * n);
+                    if (sw == 1 && n == kNR) {
+                        for (int64_t j = 0; j < kNR; ++j) d[j] = row[ix_first + j];  // inlined
                     } else {
-                        for (int64_t j = 0; j < n; ++j) d[run.j0 + j] = row[ix_first + j * sw];
+                        vec.gather_strided(d + run.j0, row + ix_first, sw, n);
                     }
                 } else {
                     for (int64_t j = 0; j < n; ++j) {

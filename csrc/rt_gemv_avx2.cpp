@@ -20,7 +20,7 @@ GRAPHOPT_TARGET_AVX2_FMA void gemv_rows(int64_t k, const float* a, int64_t a_rs,
     int64_t kk = 0;
     for (; kk + 2 <= k; kk += 2) {
         const float* p = panel + kk * kGemvCols;
-        _mm_prefetch(reinterpret_cast<const char*>(p + 16 * kGemvCols), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(p + 64 * kGemvCols), _MM_HINT_T0);
         const __m256 b0 = _mm256_load_ps(p);
         const __m256 b1 = _mm256_load_ps(p + 8);
         const __m256 b2 = _mm256_load_ps(p + 16);

@@ -2,6 +2,7 @@
 #include "rt_threadpool.h"
 
 #include <chrono>
+#include <cstdlib>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -15,10 +16,20 @@ namespace rt {
 
 namespace {
 
-// How long an idle helper spins before sleeping: longer than the gap between two kernels of a
-// plan or two back-to-back inferences, short enough not to burn a shared core for long.
-constexpr auto kSpin = std::chrono::microseconds(300);
+// How long an idle helper spins before sleeping (GRAPHOPT_NATIVE_SPIN_US overrides): a bit
+// longer than the gap between two kernels of a plan. Spinning threads yield often: these
+// machines are shared, and with per-session CPU fair shares (autogroup) a helper that spins
+// at full speed takes time from its own caller when another session keeps a core busy.
+std::chrono::microseconds spin_time() {
+    static const std::chrono::microseconds spin = [] {
+        const char* env = std::getenv("GRAPHOPT_NATIVE_SPIN_US");
+        return std::chrono::microseconds(env != nullptr ? std::atoll(env) : 50);
+    }();
+    return spin;
+}
 
+// Set on helpers, and on a caller while its job runs: a nested parallel loop then runs serially
+// on that thread (a second job cannot start while this one holds the pool).
 thread_local bool t_in_pool_worker = false;
 
 uint64_t gen_of(uint64_t state) { return state >> 32; }
@@ -78,11 +89,14 @@ void ThreadPool::worker_loop() {
     t_in_pool_worker = true;
     uint64_t seen = gen_of(state_.load());
     while (!stop_.load()) {
-        const auto spin_until = std::chrono::steady_clock::now() + kSpin;
+        const auto spin_until = std::chrono::steady_clock::now() + spin_time();
         int spins = 0;
         while (gen_of(state_.load()) == seen && !stop_.load()) {
             GRAPHOPT_PAUSE();
-            if (++spins % 256 == 0 && std::chrono::steady_clock::now() > spin_until) break;
+            if (++spins % 64 == 0) {
+                if (std::chrono::steady_clock::now() > spin_until) break;
+                std::this_thread::yield();
+            }
         }
         if (gen_of(state_.load()) == seen) {
             std::unique_lock<std::mutex> lock(sleep_mutex_);
@@ -103,6 +117,10 @@ void ThreadPool::run(int64_t chunks, int max_threads, ChunkFn fn, void* ctx) {
         return;
     }
     std::lock_guard<std::mutex> run_lock(run_mutex_);
+    t_in_pool_worker = true;
+    struct Reset {
+        ~Reset() { t_in_pool_worker = false; }
+    } reset;
     ensure_workers(max_threads - 1);
     error_ = nullptr;
     fn_.store(fn);
@@ -119,10 +137,11 @@ void ThreadPool::run(int64_t chunks, int max_threads, ChunkFn fn, void* ctx) {
     }
     claim_loop(gen);
     // Only chunks claimed by running helpers remain; wait for them.
+    // (The helper holding them may be waiting for this very CPU: yield early.)
     int spins = 0;
     while (done_.load() < chunks) {
         GRAPHOPT_PAUSE();
-        if (++spins % 1024 == 0) std::this_thread::yield();
+        if (++spins % 16 == 0) std::this_thread::yield();
     }
     if (error_) {
         std::exception_ptr e = error_;

@@ -31,6 +31,8 @@ struct VecOps {
     // when stride is 2 (rows with one float of slack).
     void (*taps_row)(float* y, const float* const* x, const float* w, int64_t taps,
                      int64_t stride, int64_t n);
+    // y[i] = x[i * stride] (im2col runs); stride 1 and 2 are vectorised.
+    void (*gather_strided)(float* y, const float* x, int64_t stride, int64_t n);
     // y[i] = max(y[i], x[i * stride]), NaN-propagating (max pooling rows)
     void (*max_strided)(float* y, const float* x, int64_t stride, int64_t n);
     // (x - mean) * rstd * w + b over one row; w / b may be null. y may alias x.

@@ -189,6 +189,16 @@ struct VecImpl {
         }
     }
 
+    static void gather_strided(float* y, const float* x, int64_t stride, int64_t n) {
+        int64_t i = 0;
+        if (stride <= 2) {
+            for (; i + W <= n && (stride == 1 || (i + W) * 2 - 1 <= 2 * (n - 1)); i += W) {
+                S::store(y + i, load_strided(x + i * stride, stride));
+            }
+        }
+        for (; i < n; ++i) y[i] = x[i * stride];
+    }
+
     static void max_strided(float* y, const float* x, int64_t stride, int64_t n) {
         int64_t i = 0;
         if (stride <= 2) {
@@ -289,7 +299,8 @@ VecOps make_vec_ops(const char* name, EpilogueFn epilogue) {
     using I = VecImpl<S>;
     return VecOps{name,    I::reduce_max,   I::reduce_sum,  I::exp_scaled_sum,
                   I::scale, I::affine,       I::axpy,        I::axpy_strided,
-                  I::taps_row, I::max_strided, I::layer_norm, I::binary, epilogue};
+                  I::taps_row, I::gather_strided, I::max_strided, I::layer_norm,
+                  I::binary, epilogue};
 }
 
 }  // namespace

@@ -13,13 +13,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from native_util import assert_same, randn
 
 import graphopt
 import graphopt.native
 from graphopt import zoo
 from graphopt.errors import InputMismatchError, LoweringError
 from graphopt.native import NativeUnsupportedError, check_plan
-from native_util import assert_same, randn
 
 
 def _leaves(x):
@@ -41,7 +41,7 @@ def _compile_model(name, **options):
     ("mlp", {}), ("bert", {"layers": 2}), ("gpt2", {"layers": 2}), ("convzoo", {}),
     ("tensorops", {})])
 def test_model_matches_eager(name, options):
-    _, args, g, fn, expected = _compile_model(name, **options)
+    _, args, _, fn, expected = _compile_model(name, **options)
     actual = fn(*args)
     assert type(actual) is type(expected)
     for a, e in zip(_leaves(actual), _leaves(expected), strict=True):
@@ -71,7 +71,7 @@ def test_cnn_matches_eager(fixture, request):
 
 
 def test_gpt2_causal_attention_plan_has_no_permute_copies():
-    _, args, g, fn, expected = _compile_model("gpt2", layers=2, seq=64)
+    *_, fn, _ = _compile_model("gpt2", layers=2, seq=64)
     kernels = [s.kernel for s in fn.plan.steps]
     assert "copy" not in kernels, kernels  # head split/merge are views or written in place
     assert kernels.count("attention") == 2
@@ -174,7 +174,7 @@ def test_profile_lists_every_step():
 
 
 def test_save_and_load_round_trip(tmp_path):
-    _, args, g, fn, expected = _compile_model("tensorops")
+    _, args, _, fn, expected = _compile_model("tensorops")
     path = tmp_path / "model.bin"
     fn.save(path)
     loaded = graphopt.native.load(path)

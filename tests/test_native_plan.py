@@ -10,12 +10,12 @@ import random
 
 import pytest
 import torch
+from native_util import Const, assert_same, check_graph, op_graph, randn
 
 import graphopt
+from graphopt import zoo
 from graphopt.native import Lifetime, check_plan, plan_memory
 from graphopt.native.refs import SPACE_ARENA
-from graphopt import zoo
-from native_util import Const, assert_same, check_graph, op_graph, randn
 
 KIB = 1024
 

@@ -26,6 +26,7 @@ def session_options(threads: int | None = None, **options: Any):
     Defaults: ``intra_op_num_threads=threads`` (``torch.get_num_threads()`` when None), one
     inter-op thread, sequential execution, ``ORT_ENABLE_ALL``. ``graph_optimization_level``
     also accepts "disable", "basic", "extended", "layout", "all" or the enum's name.
+    ``session_config`` is a dict of session config entries (``add_session_config_entry``).
     """
     import onnxruntime as ort
 
@@ -35,6 +36,8 @@ def session_options(threads: int | None = None, **options: Any):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3  # onnxruntime's shape-merge warnings are noise for users
+    for key, value in dict(options.pop("session_config", None) or {}).items():
+        so.add_session_config_entry(key, str(value))
     for key, value in options.items():
         if key == "graph_optimization_level" and isinstance(value, str):
             name = _LEVELS.get(value.lower(), value)

@@ -338,8 +338,11 @@ def lower_graphopt_onnxruntime(graph: Graph, subject: Subject, options: dict,
     stages = dict(stages or {})
     _import_ort()
     with _timed(stages, "lower+session"):
+        # Not spinning, like every session of the benchmark (see _ort_session).
+        options = dict(options)
+        config = {"session.intra_op.allow_spinning": "0", **options.pop("session_config", {})}
         module = graphopt.compile(graph, backend="onnxruntime", threads=subject.threads,
-                                  **options)
+                                  session_config=config, **options)
     tensors = [t.contiguous() for t in flatten_inputs(graph, subject.args, subject.kwargs)]
     session = getattr(module, "session", None)
     if session is None:

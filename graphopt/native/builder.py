@@ -21,6 +21,7 @@ which splits the plan into native segments around it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -236,13 +237,12 @@ class PlanBuilder:
 
     def _lower_node(self, node: Node, index: int) -> None:
         if self._foldable(node):
-            try:
+            with contextlib.suppress(Exception):  # a reference that fails: lower it normally
                 self._fold(node)
                 return
-            except Exception:  # noqa: BLE001  (not foldable after all: lower it normally)
-                pass
         lowering = node.opdef.lowerings.get(BACKEND)
         ctx = LoweringContext(self, node, index)
+        materialized_before, env_before = set(self._materialized), set(self.env)
         try:
             if lowering is None:
                 raise Unsupported(f"no native kernel for op '{node.op}'")
@@ -251,8 +251,12 @@ class PlanBuilder:
             if missing:
                 raise GraphoptError(f"native lowering of {node.op} did not define {missing}")
         except Unsupported as exc:
-            # Discard whatever the lowering emitted before giving up.
+            # Discard whatever the lowering emitted or defined before giving up.
             del self.steps[ctx.first_step:]
+            for v in set(self._materialized) - materialized_before:
+                del self._materialized[v]
+            for v in set(self.env) - env_before:
+                del self.env[v]
             if self.fallback == "reference":
                 self._reference_step(node, index)
             else:

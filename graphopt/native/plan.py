@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -227,8 +228,8 @@ class ExecutionPlan:
     # ------------------------------------------------------------------------------- report
     def describe(self) -> str:
         """Text dump: one line per step with operand placements, then the memory summary."""
-        lines = [f"plan: {len(self.steps)} steps, arena {self.peak_bytes} bytes "
-                 f"(no reuse: {self.memory.total_bytes}), {len(self.constants)} constants"]
+        lines = [(f"plan: {len(self.steps)} steps, arena {self.peak_bytes} bytes "
+                  f"(no reuse: {self.memory.total_bytes}), {len(self.constants)} constants")]
         for i, step in enumerate(self.steps):
             ops = []
             for ref in step.operands:

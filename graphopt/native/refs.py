@@ -9,6 +9,7 @@ planned unless a consumer needs contiguous data and the view is not.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from graphopt.ir.dtypes import DType
@@ -95,10 +96,10 @@ class TensorRef:
         expected = contiguous_strides(self.shape)
         return all(d == 1 or s == e for d, s, e in zip(self.shape, self.strides, expected))
 
-    def with_view(self, offset: int, shape, strides) -> "TensorRef":
+    def with_view(self, offset: int, shape, strides) -> TensorRef:
         return TensorRef(self.buffer, offset, tuple(shape), tuple(strides), self.dtype)
 
-    def reshaped(self, shape) -> "TensorRef | None":
+    def reshaped(self, shape) -> TensorRef | None:
         """A view with ``shape`` if this view's strides allow it without a copy, else None."""
         shape = tuple(shape)
         if self.is_contiguous:
@@ -106,24 +107,24 @@ class TensorRef:
         strides = view_strides(self.shape, self.strides, shape)
         return None if strides is None else self.with_view(self.offset, shape, strides)
 
-    def permuted(self, perm) -> "TensorRef":
+    def permuted(self, perm) -> TensorRef:
         return self.with_view(self.offset, [self.shape[p] for p in perm],
                               [self.strides[p] for p in perm])
 
-    def sliced(self, axis: int, start: int, length: int, step: int = 1) -> "TensorRef":
+    def sliced(self, axis: int, start: int, length: int, step: int = 1) -> TensorRef:
         shape, strides = list(self.shape), list(self.strides)
         offset = self.offset + start * strides[axis] * self.itemsize
         shape[axis] = length
         strides[axis] *= step
         return self.with_view(offset, shape, strides)
 
-    def selected(self, axis: int, index: int) -> "TensorRef":
+    def selected(self, axis: int, index: int) -> TensorRef:
         offset = self.offset + index * self.strides[axis] * self.itemsize
         shape = self.shape[:axis] + self.shape[axis + 1:]
         strides = self.strides[:axis] + self.strides[axis + 1:]
         return self.with_view(offset, shape, strides)
 
-    def expanded(self, shape) -> "TensorRef":
+    def expanded(self, shape) -> TensorRef:
         """Broadcast view to ``shape`` (size-1 dims and new leading dims get stride 0)."""
         shape = tuple(shape)
         lead = len(shape) - len(self.shape)
@@ -143,7 +144,7 @@ class TensorRef:
         if not lead:
             return rows, cols, cols * max(col_stride, 1), col_stride
         # The lead dims must be one arithmetic progression: stride[i] = stride[i+1] * dim[i+1].
-        for (d0, s0), (d1, s1) in zip(lead, lead[1:]):
+        for (_, s0), (d1, s1) in itertools.pairwise(lead):
             if s0 != s1 * d1:
                 return None
         return rows, cols, lead[-1][1], col_stride
@@ -187,7 +188,7 @@ def view_strides(shape, strides, new_shape) -> tuple[int, ...] | None:
                 chunk_new.append(ni)
                 size_new *= new_dims[ni]
                 ni += 1
-        for (d0, s0), (d1, s1) in zip(chunk_old, chunk_old[1:]):
+        for (_, s0), (d1, s1) in itertools.pairwise(chunk_old):
             if s0 != s1 * d1:
                 return None
         stride = chunk_old[-1][1]

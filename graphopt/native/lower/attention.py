@@ -8,6 +8,7 @@ becomes free as well.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from graphopt.ir.dtypes import DType
@@ -36,7 +37,7 @@ def _batch_strides(ref, batch: tuple[int, ...], ctx) -> tuple[int, int]:
         return full[0], full[1]
     # Merge all but the last batch dim into b: needs one arithmetic progression.
     head = [(d, s) for d, s in zip(batch[:-1], aligned[:-1]) if d != 1]
-    for (d0, s0), (d1, s1) in zip(head, head[1:]):
+    for (_, s0), (d1, s1) in itertools.pairwise(head):
         if s0 != s1 * d1:
             ctx.unsupported("attention batch dims that do not merge into one")
     return (head[-1][1] if head else 0), aligned[-1]
