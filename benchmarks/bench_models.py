@@ -33,6 +33,7 @@ import torch
 import graphopt
 from graphopt import zoo
 from graphopt.bench import DEFAULT_BACKENDS
+from graphopt.bench.machine import load_text
 from graphopt.bench.plot import plot_summary
 
 MODELS: dict[str, dict] = {
@@ -132,7 +133,8 @@ def summary_markdown(reports) -> str:
         lines.append(f"| {rep.model['name']} | " + " | ".join(cells) + " |")
     m = reports[0].machine
     lines.append(f"\np50 ms (speedup vs eager), {reports[0].config['threads']} threads, "
-                 f"{m.get('cpu_model')}, load {m.get('load_avg_1m')} at the start.")
+                 f"{m.get('cpu_model')} ({', '.join(m.get('cpu_flags', []))}), "
+                 f"{load_text(m)} at the start.")
     return "\n".join(lines)
 
 

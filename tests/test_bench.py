@@ -286,7 +286,31 @@ def test_busy_machine_warning(mlp_report):
     import copy
 
     report = copy.copy(mlp_report)
-    report.machine = dict(mlp_report.machine, load_avg_1m=9.0, usable_cpus=2)
+    assert report.machine["competing_cpus"] is not None  # sampled from /proc/stat at the start
+    report.machine = dict(mlp_report.machine, competing_cpus=1.9, usable_cpus=2)
     assert "not reliable" in report.table() and "not reliable" in report.to_markdown()
-    report.machine = dict(mlp_report.machine, load_avg_1m=0.0, usable_cpus=2)
+    # A high load average left by this benchmark's own earlier work is not competition.
+    report.machine = dict(mlp_report.machine, load_avg_1m=9.0, competing_cpus=0.0, usable_cpus=2)
     assert report.busy_warning() == ""
+    # Older reports without the sample fall back to the load average.
+    report.machine = dict(mlp_report.machine, load_avg_1m=9.0, usable_cpus=2)
+    del report.machine["competing_cpus"]
+    assert "load average 9.0" in report.busy_warning()
+    report.machine["load_avg_1m"] = 0.0
+    assert report.busy_warning() == ""
+
+
+def test_competing_cpu_load_sees_another_process():
+    import subprocess
+    import sys
+
+    from graphopt.bench.machine import competing_cpu_load
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = competing_cpu_load(window_s=0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    # One spinning process is about one CPU of competition (it may be descheduled a little).
+    assert busy is not None and busy >= 0.5

@@ -7,6 +7,7 @@ import os
 import platform
 import resource
 import sys
+import time
 from typing import Any
 
 _FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "neon")
@@ -38,6 +39,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_flags": [f for f in _FLAGS if f in flags],
         "memory_gib": _total_memory_gib(),
         "load_avg_1m": _load_average(),
+        "competing_cpus": competing_cpu_load(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "versions": package_versions(),
@@ -64,6 +66,52 @@ def _load_average() -> float | None:
         return round(os.getloadavg()[0], 2)
     except (AttributeError, OSError):
         return None
+
+
+def load_text(machine: dict[str, Any]) -> str:
+    """'load 0.84, others 0.02 CPUs': the load average and what other processes used at the start."""
+    text = f"load {machine.get('load_avg_1m')}"
+    if machine.get("competing_cpus") is not None:
+        text += f", others {machine['competing_cpus']} CPUs"
+    return text
+
+
+def _busy_jiffies() -> int | None:
+    """Busy time of all CPUs so far (user, nice, system, irq, softirq, steal), in clock ticks."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return user + nice + system + irq + softirq + steal
+
+
+def competing_cpu_load(window_s: float = 0.5) -> float | None:
+    """How many CPUs' worth of work *other* processes did over a short window, now.
+
+    The load average is a poor judge at the start of a benchmark: it decays over a minute, so
+    the benchmark's own previous model (or warm-up) counts as "other load". This samples the
+    machine-wide busy time (``/proc/stat``, hypervisor steal included: on a shared VM that is
+    competition too) and subtracts this process's own CPU time over ``window_s`` seconds.
+    None where ``/proc/stat`` is unavailable.
+    """
+    busy0, own0, t0 = _busy_jiffies(), _own_cpu_seconds(), time.perf_counter()
+    if busy0 is None:
+        return None
+    time.sleep(window_s)
+    busy1, own1, t1 = _busy_jiffies(), _own_cpu_seconds(), time.perf_counter()
+    if busy1 is None:
+        return None
+    others = (busy1 - busy0) / os.sysconf("SC_CLK_TCK") - (own1 - own0)
+    return round(max(others, 0.0) / (t1 - t0), 2)
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def _total_memory_gib() -> float | None:

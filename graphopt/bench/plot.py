@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from graphopt.bench.machine import load_text
 from graphopt.bench.report import BenchmarkReport
 
 _COLORS = {"eager": "#7f7f7f", "torch-compile": "#ff7f0e", "onnxruntime": "#1f77b4",
@@ -127,7 +128,7 @@ def plot_summary(reports: Sequence[BenchmarkReport], path: str) -> str:
     if reports:
         m = reports[0].machine
         ax.set_title(f"{m.get('cpu_model')}, {reports[0].config.get('threads')} threads, "
-                     f"load {m.get('load_avg_1m')}", fontsize=9)
+                     f"{load_text(m)}", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
@@ -143,8 +144,8 @@ def _quartiles(samples: list[float]) -> tuple[float, float]:
 def _title(report: BenchmarkReport) -> str:
     c, m = report.config, report.machine
     return (f"{report.model.get('name')}: pipeline {c.get('pipeline')!r}, {c.get('threads')} "
-            f"threads, {c.get('rounds_done')} interleaved rounds | {m.get('cpu_model')}, load "
-            f"{m.get('load_avg_1m')}")
+            f"threads, {c.get('rounds_done')} interleaved rounds | {m.get('cpu_model')}, "
+            f"{load_text(m)}")
 
 
 def _short(label: str, width: int = 28) -> str:

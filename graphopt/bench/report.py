@@ -7,7 +7,7 @@ JSON schema (``BenchmarkReport.to_dict()``, ``"schema": "graphopt-bench/1"``)::
      config:  {backends, order, pipeline, threads, warmup, rounds, rounds_done, min_sample_s,
                reference, rtol, atol},
      machine: {cpu_model, logical_cpus, usable_cpus, cpu_flags, memory_gib, load_avg_1m,
-               platform, python,
+               competing_cpus (other processes' CPU use at the start), platform, python,
                versions: {torch, onnxruntime, onnx, numpy, graphopt, transformers, ...}},
      results: [{backend, status, reason, latency_ms: {p50, p90, p10, min, mean, iqr, samples,
                 calls_per_sample} | null, speedup_vs_eager, setup_s, first_call_s,
@@ -28,6 +28,8 @@ import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from graphopt.bench.machine import load_text
 
 SCHEMA = "graphopt-bench/1"
 STATUSES = ("ok", "unavailable", "unknown", "error")
@@ -233,20 +235,26 @@ class BenchmarkReport:
         inputs = ", ".join(f"{i['dtype']}{list(i['shape'])}" for i in self.model.get("inputs", []))
         return (f"{self.model.get('name')} ({inputs}) | pipeline {c.get('pipeline')!r} | "
                 f"{c.get('threads')} threads | {c.get('rounds_done')} interleaved rounds, "
-                f"{c.get('warmup')} warm-up | {m.get('cpu_model')}, load "
-                f"{m.get('load_avg_1m')}")
+                f"{c.get('warmup')} warm-up | {m.get('cpu_model')}, {load_text(m)}")
 
     def busy_warning(self) -> str:
         """A warning when other processes competed for the CPUs at the start of the run.
 
         torch's OpenMP threads degrade badly when cores are oversubscribed (100x slower on
-        small convs seen on 2 shared cores); onnxruntime's thread pool much less.
+        small convs seen on 2 shared cores); onnxruntime's thread pool much less. The judge is
+        ``competing_cpus`` (other processes' CPU use sampled at the start, see
+        ``machine.competing_cpu_load``); reports without it fall back to the load average,
+        which also counts this benchmark's own recent work.
         """
-        load, cpus = self.machine.get("load_avg_1m"), self.machine.get("usable_cpus")
+        cpus = self.machine.get("usable_cpus")
         threads = self.config.get("threads") or 1
-        if load is None or not cpus or load < cpus - threads + 0.75:
+        other = self.machine.get("competing_cpus")
+        what = "other processes used {} CPUs"
+        if other is None:
+            other, what = self.machine.get("load_avg_1m"), "load average {}"
+        if other is None or not cpus or other < cpus - threads + 0.75:
             return ""
-        return (f"warning: load average {load} on {cpus} CPUs at the start: other processes "
+        return (f"warning: {what.format(other)} of {cpus} at the start: other processes "
                 f"competed for the cores; timings (torch's above all) are not reliable")
 
     def to_markdown(self, path: str | None = None) -> str:
