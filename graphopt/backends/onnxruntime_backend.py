@@ -15,6 +15,10 @@ from graphopt.interpreter import bind_symbols, flatten_inputs, unflatten_outputs
 from graphopt.ir.dtypes import DType
 from graphopt.ir.graph import Graph
 
+# Models with more constant bytes than this are handed to onnxruntime as a file with external
+# data (see OnnxRuntimeModule); below it an in-memory proto is simpler and as fast.
+IN_MEMORY_LIMIT = 64 * 2**20
+
 _LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
            "extended": "ORT_ENABLE_EXTENDED", "layout": "ORT_ENABLE_LAYOUT",
            "all": "ORT_ENABLE_ALL"}
@@ -62,7 +66,7 @@ class OnnxRuntimeModule:
                  **options: Any):
         import onnxruntime as ort
 
-        from graphopt.onnx.export import EXTERNAL_DATA_THRESHOLD, to_onnx
+        from graphopt.onnx.export import to_onnx
 
         self.graph = graph
         for value in graph.inputs:
@@ -71,7 +75,10 @@ class OnnxRuntimeModule:
                                     "onnxruntime Python API) cannot pass")
         so = session_options(threads, **options)
         providers = providers or ["CPUExecutionProvider"]
-        if graph.constant_bytes() > EXTERNAL_DATA_THRESHOLD:
+        if graph.constant_bytes() > IN_MEMORY_LIMIT:
+            # Large weights go through a file: onnx.save moves each initializer's bytes to the
+            # data file and drops them from the proto, and the session reads the file, so the
+            # weights are not held three times over (proto, serialized string, session).
             self._tmpdir = tempfile.TemporaryDirectory(prefix="graphopt_ort_")
             path = os.path.join(self._tmpdir.name, "model.onnx")
             self.onnx_model = to_onnx(graph, path, opset=opset, contrib_ops=contrib_ops,

@@ -35,18 +35,27 @@ def onnx_dtype_name(code: int) -> str:
         return f"<dtype {code}>"
 
 
-def array_to_tensor(array: np.ndarray, dtype: DType, name: str) -> TensorProto:
-    """An initializer holding ``array`` (raw bytes; bfloat16 arrays are uint16 bit patterns)."""
-    array = np.require(array, requirements="C")
+def tensor_buffer(array: np.ndarray, dtype: DType) -> np.ndarray:
+    """``array`` as the contiguous little-endian array whose bytes ONNX stores (no copy when
+    it already is one; bool as one byte per element, bfloat16 as uint16 bit patterns)."""
+    if dtype is DType.bool:
+        return np.ascontiguousarray(array, dtype=np.bool_)
+    out = array.astype(dtype.numpy, copy=False).astype(dtype.numpy.newbyteorder("<"), copy=False)
+    return np.ascontiguousarray(out)
+
+
+def array_to_tensor(array: np.ndarray, dtype: DType, name: str, data: bool = True) -> TensorProto:
+    """An initializer holding ``array`` (raw bytes; bfloat16 arrays are uint16 bit patterns).
+
+    ``data=False`` gives the header alone (name, type, dims): the exporter fills the bytes in
+    once at the end, in place or into an external data file.
+    """
     tensor = TensorProto()
     tensor.name = name
     tensor.data_type = TO_ONNX_DTYPE[dtype]
-    tensor.dims.extend(int(d) for d in array.shape)
-    if dtype is DType.bool:
-        tensor.raw_data = array.astype(np.bool_).tobytes()
-    else:
-        tensor.raw_data = array.astype(dtype.numpy, copy=False).astype(
-            dtype.numpy.newbyteorder("<"), copy=False).tobytes()
+    tensor.dims.extend(int(d) for d in np.shape(array))
+    if data:
+        tensor.raw_data = tensor_buffer(np.asarray(array), dtype).tobytes()
     return tensor
 
 

@@ -34,7 +34,7 @@ from graphopt.errors import GraphoptError, LoweringError
 from graphopt.ir.dtypes import DType
 from graphopt.ir.graph import Graph, Node, Value
 from graphopt.ir.types import Dim, TensorType
-from graphopt.onnx._common import DEFAULT_OPSET, TO_ONNX_DTYPE, array_to_tensor
+from graphopt.onnx._common import DEFAULT_OPSET, TO_ONNX_DTYPE, array_to_tensor, tensor_buffer
 
 # A serialized ModelProto must stay below 2 GiB; keep a margin for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
@@ -75,7 +75,8 @@ class OnnxLowering:
         self.opset = opset
         self.contrib = contrib
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
+        self.initializers: list[onnx.TensorProto] = []  # headers; bytes in initializer_data
+        self.initializer_data: dict[str, tuple[np.ndarray, DType]] = {}
         self.domains: dict[str, int] = {"": opset}
         self.current: Node | None = None
         self._names: dict[Value, str] = {}
@@ -281,14 +282,17 @@ class OnnxLowering:
     # ------------------------------------------------------------------------------ internals
     def _add_initializer(self, array: np.ndarray, dtype: DType, hint: str) -> str:
         array = np.require(array, requirements="C")
-        data = array.tobytes()
-        key = (dtype, array.shape, hashlib.sha1(data).digest())
+        # No copy of the weights while lowering: the key hashes the array's own buffer, and the
+        # bytes are written once at the end (_fill_initializers), in place or to the data file.
+        key = (dtype, array.shape, array.dtype.str,
+               hashlib.sha1(memoryview(array.reshape(-1).view(np.uint8))).digest())
         name = self._init_by_key.get(key)
         if name is None:
             name = hint if hint not in self._used else self.fresh(hint)
             self._used.add(name)
             self._init_by_key[key] = name
-            self.initializers.append(array_to_tensor(array, dtype, name))
+            self.initializers.append(array_to_tensor(array, dtype, name, data=False))
+            self.initializer_data[name] = (array, dtype)
         return name
 
 
@@ -313,6 +317,19 @@ def value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
 def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET, contrib: bool = True
                 ) -> tuple[onnx.GraphProto, dict[str, int]]:
     """Lower every node of ``graph``; returns the ONNX graph and the opset imports it needs.
+
+    Raises:
+        LoweringError: listing every node whose op has no ONNX lowering or that its lowering
+            rejected.
+    """
+    onnx_graph, domains, data = _lower_graph(graph, opset, contrib)
+    _fill_initializers(onnx_graph, data)
+    return onnx_graph, domains
+
+
+def _lower_graph(graph: Graph, opset: int, contrib: bool
+                 ) -> tuple[onnx.GraphProto, dict[str, int], dict[str, tuple]]:
+    """``lower_graph`` with the initializers' bytes left out (returned by name instead).
 
     Raises:
         LoweringError: listing every node whose op has no ONNX lowering or that its lowering
@@ -370,7 +387,51 @@ def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET, contrib: bool = True
         [value_info(v.name, v.type) for v in graph.inputs],
         outputs, initializer=ctx.initializers, value_info=infos,
     )
-    return onnx_graph, ctx.domains
+    return onnx_graph, ctx.domains, ctx.initializer_data
+
+
+# Initializers smaller than this stay inside the model file when weights go external.
+EXTERNAL_MIN_BYTES = 1024
+# Offsets in the external data file are multiples of this (a page), so readers can map the
+# weights instead of copying them.
+EXTERNAL_ALIGNMENT = 4096
+
+
+def _nbytes(array: np.ndarray, dtype: DType) -> int:
+    return array.size * (1 if dtype is DType.bool else np.dtype(dtype.numpy).itemsize)
+
+
+def _fill_initializers(onnx_graph: onnx.GraphProto, data: dict[str, tuple]) -> None:
+    """Put each initializer's bytes into the model (one copy of every weight)."""
+    for tensor in onnx_graph.initializer:
+        array, dtype = data[tensor.name]
+        tensor.raw_data = tensor_buffer(array, dtype).tobytes()
+
+
+def _write_external_data(onnx_graph: onnx.GraphProto, data: dict[str, tuple],
+                         path: str) -> None:
+    """Stream the initializers' bytes from the IR's arrays into ``<path>.data``.
+
+    Written straight from the arrays: the model never holds the weights as protobuf bytes
+    (protobuf keeps bytes in the message's arena until the whole message dies, so bytes put
+    in and cleared again would stay resident as long as the caller keeps the model).
+    """
+    location = os.path.basename(path) + ".data"
+    with open(os.path.join(os.path.dirname(path) or ".", location), "wb") as f:
+        for tensor in onnx_graph.initializer:
+            array, dtype = data[tensor.name]
+            buf = tensor_buffer(array, dtype)
+            if buf.nbytes < EXTERNAL_MIN_BYTES:
+                tensor.raw_data = buf.tobytes()
+                continue
+            f.write(b"\0" * (-f.tell() % EXTERNAL_ALIGNMENT))
+            offset = f.tell()
+            f.write(memoryview(buf.reshape(-1).view(np.uint8)))
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", location), ("offset", str(offset)),
+                               ("length", str(buf.nbytes))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
 
 
 def _drop_dead_onnx_nodes(ctx: OnnxLowering, outputs: set[str]) -> None:
@@ -425,25 +486,28 @@ def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int | No
         LoweringError: ops without an ONNX lowering (all of them are listed).
     """
     opset = DEFAULT_OPSET if opset is None else int(opset)
-    onnx_graph, domains = lower_graph(graph, opset, contrib_ops)
-    opset_imports = [helper.make_opsetid(d, v) for d, v in domains.items()]
-    model = helper.make_model(onnx_graph, opset_imports=opset_imports,
-                              producer_name="graphopt", producer_version=_version())
-    model.ir_version = helper.find_min_ir_version_for(opset_imports, ignore_unknown=True)
-    total = sum(len(t.raw_data) for t in model.graph.initializer)
+    onnx_graph, domains, data = _lower_graph(graph, opset, contrib_ops)
+    total = sum(_nbytes(array, dtype) for array, dtype in data.values())
     if external_data is None:
         external_data = total > EXTERNAL_DATA_THRESHOLD
     if external_data and path is None:
         raise GraphoptError(
             f"the weights ({total / 2**30:.2f} GiB) need an external data file: pass path=")
+    opset_imports = [helper.make_opsetid(d, v) for d, v in domains.items()]
+    # make_model copies the graph, so it gets the initializers' headers alone; the bytes go
+    # into the model's own graph afterwards (or to the data file), each weight copied once.
+    model = helper.make_model(onnx_graph, opset_imports=opset_imports,
+                              producer_name="graphopt", producer_version=_version())
+    del onnx_graph
+    model.ir_version = helper.find_min_ir_version_for(opset_imports, ignore_unknown=True)
+    if external_data:
+        _write_external_data(model.graph, data, os.fspath(path))
+    else:
+        _fill_initializers(model.graph, data)
+    del data
     if path is not None:
         path = os.fspath(path)
-        if external_data:
-            location = os.path.basename(path) + ".data"
-            onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=location, size_threshold=1024)
-        else:
-            onnx.save_model(model, path)
+        onnx.save_model(model, path)
     if check:
         try:
             onnx.checker.check_model(path if external_data else model, full_check=True)
