@@ -8,7 +8,8 @@
 //       for ic in M step MC:        A block MC x KC   -> packed, lives in L2
 //         pack A[ic:ic+mc, pc:pc+kc] (kMR-tall k-major panels)
 //         for jr in nc step kNR:    one B micro-panel (KC x 16, 16 KiB) stays in L1
-//           for ir in mc step kMR:  micro-kernel: 6x16 tile of C in registers
+//                                   (AVX-512: two panels, 32 KiB, step 2 * kNR)
+//           for ir in mc step kMR:  micro-kernel: 6x16 (AVX-512: 6x32) tile of C in registers
 //             on the last pc: bias + activation on the tile while it is hot
 //
 // Threads split C into a tm x tn grid of independent blocks (each packs its own panels), so there
@@ -82,10 +83,7 @@ Workspace& thread_workspace() {
     return workspace;
 }
 
-const GemmKernels& select_kernels(bool force_portable) {
-    if (!force_portable && cpu_features().use_avx2_fma) return avx2_fma_gemm_kernels();
-    return portable_gemm_kernels();
-}
+const GemmKernels& select_kernels(bool force_portable) { return best_gemm_kernels(force_portable); }
 
 // Splits K into equal blocks of at most kKC (4099 -> 17 blocks of <= 242, not 16 x 256 + 3).
 int64_t k_block_size(int64_t k) { return ceil_div(k, ceil_div(k, kKC)); }
@@ -163,29 +161,14 @@ void gemm_block(const GemmKernels& kern, const MatrixRef& a, const MatrixRef& b,
             for (int64_t ic = task.m0; ic < task.m1; ic += kMC) {
                 const int64_t mc = std::min(kMC, task.m1 - ic);
                 pack_a_block(kern, a, ic, mc, pc, kc, a_pack);
-                for (int64_t jr = 0; jr < nc; jr += kNR) {
-                    const int64_t nr = std::min(kNR, nc - jr);
+                for (int64_t jr = 0; jr < nc; jr += tile_cols(kern)) {
+                    const int64_t nr = std::min(tile_cols(kern), nc - jr);
                     const float* bp = b_pack + jr * kc;
                     for (int64_t ir = 0; ir < mc; ir += kMR) {
                         const int64_t mr = std::min(kMR, mc - ir);
                         const float* ap = a_pack + ir * kc;
                         float* ct = c + (ic + ir) * ldc + (jc + jr);
-                        if (mr == kMR && nr == kNR) {
-                            kern.micro_kernel(kc, ap, bp, ct, ldc, accumulate);
-                        } else {
-                            // Edge tile: full-size kernel into scratch, then trim. Same
-                            // arithmetic as a full tile, so results do not depend on tiling.
-                            kern.micro_kernel(kc, ap, bp, edge_tile, kNR, false);
-                            for (int64_t i = 0; i < mr; ++i) {
-                                float* crow = ct + i * ldc;
-                                const float* trow = edge_tile + i * kNR;
-                                if (accumulate) {
-                                    for (int64_t j = 0; j < nr; ++j) crow[j] += trow[j];
-                                } else {
-                                    for (int64_t j = 0; j < nr; ++j) crow[j] = trow[j];
-                                }
-                            }
-                        }
+                        compute_tile(kern, kc, ap, bp, ct, ldc, mr, nr, accumulate, edge_tile);
                         if (last_k && has_epilogue) {
                             const float* bias = opt.bias != nullptr ? opt.bias + jc + jr : nullptr;
                             kern.epilogue(ct, ldc, mr, nr, bias, opt.activation);

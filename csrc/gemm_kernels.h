@@ -31,16 +31,65 @@ using MicroKernelFn = void (*)(int64_t kc, const float* a, const float* b, float
 using PackKContiguousFn = void (*)(int64_t kc, int64_t rows, const float* src, int64_t ld,
                                    float* dst);
 
+// c[0:kMR, 0:2*kNR] (+)= a_panel . (two consecutive B panels: b and b + kNR * kc). Wider
+// registers (AVX-512) fill their FMA pipes with a 6 x 32 tile while keeping the packed layout
+// of every other ISA: the driver hands it pairs of B panels.
+using WideMicroKernelFn = void (*)(int64_t kc, const float* a, const float* b, float* c,
+                                   int64_t ldc, bool accumulate);
+
 struct GemmKernels {
     const char* name;
     MicroKernelFn micro_kernel;
     PackKContiguousFn pack_a_k_contiguous;  // R = kMR
     PackKContiguousFn pack_b_k_contiguous;  // R = kNR
     EpilogueFn epilogue;
+    WideMicroKernelFn wide_micro_kernel = nullptr;  // null: this ISA has none
 };
 
 const GemmKernels& portable_gemm_kernels();
 const GemmKernels& avx2_fma_gemm_kernels();
+const GemmKernels& avx512_gemm_kernels();  // AVX2 packers/epilogue + the 6x32 wide kernel
+
+// The best table this CPU runs (AVX-512, else AVX2+FMA, else portable); force_portable for
+// tests.
+const GemmKernels& best_gemm_kernels(bool force_portable = false);
+
+// Columns of C one macro-kernel step covers: two B panels when the ISA has a wide kernel.
+inline int64_t tile_cols(const GemmKernels& kern) {
+    return kern.wide_micro_kernel != nullptr ? 2 * kNR : kNR;
+}
+
+// C[0:mr, 0:nr] (+)= A panel (ap) . B panels from bp (nr <= tile_cols(kern) columns, in
+// consecutive kNR panels kc deep), c's row stride ldc. Full tiles go to the micro-kernels in
+// place; edge tiles are computed full size into `edge_tile` (kMR * kNR floats) and trimmed: the
+// same arithmetic as a full tile, so results do not depend on tiling, nor on the ISA's width.
+inline void compute_tile(const GemmKernels& kern, int64_t kc, const float* ap, const float* bp,
+                         float* ct, int64_t ldc, int64_t mr, int64_t nr, bool accumulate,
+                         float* edge_tile) {
+    if (mr == kMR && nr == 2 * kNR && kern.wide_micro_kernel != nullptr) {
+        kern.wide_micro_kernel(kc, ap, bp, ct, ldc, accumulate);
+        return;
+    }
+    for (int64_t j0 = 0; j0 < nr; j0 += kNR) {
+        const int64_t cols = nr - j0 < kNR ? nr - j0 : kNR;
+        const float* b = bp + j0 * kc;
+        float* c = ct + j0;
+        if (mr == kMR && cols == kNR) {
+            kern.micro_kernel(kc, ap, b, c, ldc, accumulate);
+            continue;
+        }
+        kern.micro_kernel(kc, ap, b, edge_tile, kNR, false);
+        for (int64_t i = 0; i < mr; ++i) {
+            float* crow = c + i * ldc;
+            const float* trow = edge_tile + i * kNR;
+            if (accumulate) {
+                for (int64_t j = 0; j < cols; ++j) crow[j] += trow[j];
+            } else {
+                for (int64_t j = 0; j < cols; ++j) crow[j] = trow[j];
+            }
+        }
+    }
+}
 
 // Generic scalar transposing pack (any R), shared by the portable table and the AVX2 packers'
 // edge panels.

@@ -186,11 +186,13 @@ Raises:
             py::dict d;
             d["avx2"] = f.avx2;
             d["fma"] = f.fma;
+            d["avx512f"] = f.avx512f;
             d["sgemm_kernel"] = std::string(sgemm_kernel_name(false));
             return d;
         },
         "CPU features detected at run time and the SGEMM kernel they select "
-        "(GRAPHOPT_DISABLE_AVX2=1 forces the portable kernel).");
+        "(GRAPHOPT_DISABLE_AVX2=1 forces the portable kernel, GRAPHOPT_DISABLE_AVX512=1 the AVX2 "
+        "one).");
 
     m.def(
         "set_num_threads",

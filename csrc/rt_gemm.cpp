@@ -27,8 +27,7 @@ GemmScratch& gemm_scratch() {
 }
 
 const GemmKernels& gemm_kernels() {
-    static const GemmKernels& kernels =
-        cpu_features().use_avx2_fma ? avx2_fma_gemm_kernels() : portable_gemm_kernels();
+    static const GemmKernels& kernels = best_gemm_kernels();
     return kernels;
 }
 

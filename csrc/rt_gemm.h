@@ -91,7 +91,7 @@ struct GemmScratch {
 };
 GemmScratch& gemm_scratch();
 
-const GemmKernels& gemm_kernels();  // AVX2+FMA when available, else portable
+const GemmKernels& gemm_kernels();  // best_gemm_kernels(): AVX-512, AVX2+FMA or portable
 
 // A matrix pre-packed into micro-kernel panels: for each K block (offset pc, depth kc), panels of
 // R rows (A: R = kMR, panel rows are matrix rows) or R columns (B: R = kNR) stored k-major.
@@ -174,27 +174,14 @@ void gemm_block(const GemmKernels& kern, const ASrc& a, const BSrc& b, int64_t k
             for (int64_t ic = blk.m0; ic < blk.m1; ic += kGemmMC) {
                 const int64_t mc = std::min(kGemmMC, blk.m1 - ic);
                 const float* ap_block = a.get(pc, kc, ic, mc, scratch.a);
-                for (int64_t jr = 0; jr < nc; jr += kNR) {
-                    const int64_t nr = std::min(kNR, nc - jr);
+                for (int64_t jr = 0; jr < nc; jr += tile_cols(kern)) {
+                    const int64_t nr = std::min(tile_cols(kern), nc - jr);
                     const float* bp = bp_block + jr * kc;
                     for (int64_t ir = 0; ir < mc; ir += kMR) {
                         const int64_t mr = std::min(kMR, mc - ir);
                         const float* ap = ap_block + ir * kc;
                         float* ct = c + (ic + ir) * ldc + (jc + jr);
-                        if (mr == kMR && nr == kNR) {
-                            kern.micro_kernel(kc, ap, bp, ct, ldc, accumulate);
-                        } else {
-                            kern.micro_kernel(kc, ap, bp, edge_tile, kNR, false);
-                            for (int64_t i = 0; i < mr; ++i) {
-                                float* crow = ct + i * ldc;
-                                const float* trow = edge_tile + i * kNR;
-                                if (accumulate) {
-                                    for (int64_t j = 0; j < nr; ++j) crow[j] += trow[j];
-                                } else {
-                                    for (int64_t j = 0; j < nr; ++j) crow[j] = trow[j];
-                                }
-                            }
-                        }
+                        compute_tile(kern, kc, ap, bp, ct, ldc, mr, nr, accumulate, edge_tile);
                         if (last_k) gemm_tile_epilogue(kern, ct, ldc, ic + ir, jc + jr, mr, nr, ep);
                     }
                 }

@@ -282,7 +282,11 @@ def test_invalid_arguments_raise_value_error(a, b, kwargs, match):
 def test_cpu_features_and_threads():
     features = _C.cpu_features()
     assert isinstance(features["avx2"], bool) and isinstance(features["fma"], bool)
-    assert features["sgemm_kernel"] in ("avx2_fma_6x16", "portable_6x16")
+    assert isinstance(features["avx512f"], bool)
+    expected = "avx512_6x32" if features["avx512f"] else "avx2_fma_6x16"
+    if not (features["avx2"] and features["fma"]):
+        expected = "portable_6x16"
+    assert features["sgemm_kernel"] == expected
     before = _C.get_num_threads()
     try:
         _C.set_num_threads(1)
@@ -301,3 +305,36 @@ def test_disable_avx2_env_selects_portable_kernel():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "portable_6x16"
+
+
+_WIDTH_CODE = """
+import sys, numpy as np
+from graphopt import _C
+rng = np.random.default_rng(7)
+out = []
+for m, n, k in [(6, 32, 5), (7, 33, 300), (12, 64, 257), (13, 47, 1), (1, 4095, 31),
+                (144, 4097, 9), (5, 16, 3), (30, 95, 520)]:
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    out.append(_C.sgemm(a, b, bias=bias, activation="relu", threads=2))
+np.savez(sys.argv[1], *out)
+"""
+
+
+def test_avx512_and_avx2_kernels_agree_bit_for_bit(tmp_path):
+    """The 6x32 AVX-512 tile sums every element in the AVX2 6x16 kernel's order: same bits,
+    on full tiles, half tiles (16 of 32 columns) and edges. GRAPHOPT_DISABLE_AVX512=1 selects
+    the AVX2 kernel; where the CPU has no AVX-512 both runs take the same path."""
+    runs = {}
+    for label, env in (("default", {}), ("avx2", {"GRAPHOPT_DISABLE_AVX512": "1"})):
+        path = tmp_path / f"{label}.npz"
+        subprocess.run([sys.executable, "-c", _WIDTH_CODE, str(path)],
+                       env=dict(os.environ, **env), check=True)
+        runs[label] = np.load(path)
+    code = "from graphopt import _C; print(_C.cpu_features()['sgemm_kernel'])"
+    kernel = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, env=dict(os.environ, GRAPHOPT_DISABLE_AVX512="1"))
+    assert kernel.stdout.strip() in ("avx2_fma_6x16", "portable_6x16")
+    for name in runs["default"].files:
+        np.testing.assert_array_equal(runs["default"][name], runs["avx2"][name])
