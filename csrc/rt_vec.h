@@ -1,6 +1,7 @@
 // Vectorised float loops shared by the runtime kernels (softmax, layer norm, attention, binary
-// arithmetic...), dispatched once per process: an AVX2+FMA table (rt_vec_avx2.cpp) or a portable
-// one (rt_vec_portable.cpp). Both are compiled from the same templated source (rt_vec_impl.h)
+// arithmetic...), dispatched once per process: an AVX-512 table (rt_vec_avx512.cpp), an AVX2+FMA
+// one (rt_vec_avx2.cpp) or a portable one (rt_vec_portable.cpp). All are compiled from the same
+// templated source (rt_vec_impl.h)
 // over a SIMD traits type, so they compute the same formulas; the AVX2 exp is a polynomial
 // within ~2 ulp of std::exp.
 #pragma once
@@ -45,9 +46,12 @@ struct VecOps {
     EpilogueFn epilogue;
 };
 
-const VecOps& vec_ops();  // the best table for this CPU (GRAPHOPT_DISABLE_AVX2=1: portable)
+// The best table for this CPU: AVX-512, AVX2+FMA or portable (GRAPHOPT_DISABLE_AVX512=1 /
+// GRAPHOPT_DISABLE_AVX2=1 step down).
+const VecOps& vec_ops();
 const VecOps& vec_ops_portable();
 const VecOps& vec_ops_avx2();
+const VecOps& vec_ops_avx512();
 
 }  // namespace rt
 }  // namespace graphopt

@@ -42,8 +42,9 @@ const VecOps& vec_ops_portable() {
 }
 
 const VecOps& vec_ops() {
-    static const VecOps& ops =
-        cpu_features().use_avx2_fma ? vec_ops_avx2() : vec_ops_portable();
+    static const VecOps& ops = cpu_features().use_avx512     ? vec_ops_avx512()
+                               : cpu_features().use_avx2_fma ? vec_ops_avx2()
+                                                             : vec_ops_portable();
     return ops;
 }
 

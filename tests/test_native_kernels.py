@@ -446,18 +446,37 @@ def test_attention_reads_head_views_in_place():
     assert kernels == ["gemm", "attention"], kernels
 
 
-# ------------------------------------------------------------------------------ portable path
+# ------------------------------------------------------------------------- other ISA paths
+def _main_run_isa() -> str:
+    from graphopt import _C
+
+    return _C.native_vec_isa()
+
+
+# The main run takes the best ISA of this CPU; each narrower path is rerun in a subprocess
+# (on a CPU without AVX-512 the main run already is the AVX2 path).
+_NARROWER_PATHS = [("GRAPHOPT_DISABLE_AVX2", "portable")]
+if _main_run_isa() == "avx512":
+    _NARROWER_PATHS.append(("GRAPHOPT_DISABLE_AVX512", "avx2_fma"))
+
+
 @pytest.mark.skipif(os.environ.get("GRAPHOPT_DISABLE_AVX2") not in (None, "", "0"),
                     reason="already on the portable path")
-def test_portable_path():
-    """The same kernel tests on the portable (baseline ISA) kernels."""
-    env = dict(os.environ, GRAPHOPT_DISABLE_AVX2="1")
+@pytest.mark.parametrize("env_var,isa", _NARROWER_PATHS, ids=[i for _, i in _NARROWER_PATHS])
+def test_portable_path(env_var, isa):
+    """The same kernel tests on the narrower kernels (portable baseline ISA; AVX2 on an
+    AVX-512 CPU)."""
+    env = dict(os.environ, **{env_var: "1"})
     tests = os.path.dirname(os.path.abspath(__file__))
+    check = subprocess.run([sys.executable, "-c", "from graphopt import _C; "
+                            "print(_C.native_vec_isa())"], env=env, capture_output=True,
+                           text=True, check=True)
+    assert check.stdout.strip() == isa
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
          os.path.join(tests, "test_native_kernels.py"),
          "-k", ("not portable and (linear or conv or attention or norm or softmax or unary "
-                "or binary_float or reduce_float)")],
+                "or binary_float or reduce_float or pool)")],
         env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
