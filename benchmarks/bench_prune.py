@@ -130,6 +130,48 @@ def bench_kernels(opts) -> dict:
     return out
 
 
+def _linear_graph(m: int, w: np.ndarray):
+    from graphopt.ir.dtypes import DType
+    from graphopt.ir.graph import Graph
+    from graphopt.ir.types import TensorType
+
+    g = Graph("linear")
+    x = g.add_input("x", TensorType((m, w.shape[1]), DType.float32))
+    node = g.create_node("linear", [x, g.add_constant(w, "w"), None])
+    g.set_outputs(node.outputs)
+    return g
+
+
+def bench_plan_kernels(opts) -> dict:
+    """The native plan's "sparse_linear" (CSR) step against its packed dense "gemm" step (GEMV
+    for M <= 4) on one linear, per M / shape / sparsity: what the cost model in
+    graphopt.prune.sparse.use_sparse_kernel is set from."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for m in opts.plan_rows:
+        for k, n in ((768, 768), (768, 3072), (3072, 768)):
+            w0 = rng.standard_normal((n, k)).astype(np.float32)
+            x = torch.randn(m, k)
+            dense = graphopt.compile(_linear_graph(m, w0), backend="native",
+                                     threads=opts.threads, sparse="never").plan
+            calls = {"dense": lambda p=dense, x=x: p.run([x])}
+            for s in (0.5, 0.7, 0.8, 0.9, 0.95):
+                w = w0.copy()
+                w[rng.random(w.shape) < s] = 0
+                plan = graphopt.compile(_linear_graph(m, w), backend="native",
+                                        threads=opts.threads, sparse="always").plan
+                calls[f"csr {s:.0%}"] = (lambda p=plan, x=x: p.run([x]))
+            per = {key: calibrate(c, 3, 0.02, time.perf_counter) for key, c in calls.items()}
+            samples, rounds = run_interleaved(calls, per, opts.kernel_rounds, time.perf_counter)
+            med = {key: 1e3 * statistics.median(s) for key, s in samples.items()}
+            key = f"M={m} {k}x{n}"
+            out[key] = med
+            print(f"plan {key} ({rounds} rounds): dense {med['dense']:.4f} ms; CSR speedup " +
+                  ", ".join(f"{c.split()[1]} {med['dense'] / t:.2f}x" for c, t in med.items()
+                            if c.startswith("csr")), flush=True)
+    return out
+
+
 def plot(models: dict, kernels: dict) -> list[str]:
     import matplotlib
 
@@ -196,9 +238,13 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--skip-models", action="store_true")
     p.add_argument("--skip-kernels", action="store_true")
+    p.add_argument("--plan-rows", default="1,128",
+                   help="M values of the plan-kernel (CSR vs dense step) comparison")
+    p.add_argument("--skip-plan-kernels", action="store_true")
     opts = p.parse_args(argv)
     opts.models = [m for m in opts.models.split(",") if m]
     opts.backends = [b for b in opts.backends.split(",") if b]
+    opts.plan_rows = [int(m) for m in opts.plan_rows.split(",") if m]
     torch.set_num_threads(opts.threads)
     os.makedirs(RESULTS, exist_ok=True)
     print(f"load average at start: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")
@@ -211,6 +257,7 @@ def main(argv=None) -> int:
             kernels = bench_kernels(opts)
         else:
             print("graphopt._C.sparse_linear is not built: skipping the kernel benchmark")
+    plan_kernels = {} if opts.skip_plan_kernels else bench_plan_kernels(opts)
     path = os.path.join(RESULTS, "prune.json")
     saved = {}
     if os.path.exists(path):  # a partial run (--skip-*) keeps the other part's results
@@ -218,9 +265,11 @@ def main(argv=None) -> int:
             saved = json.load(f)
     models = models or saved.get("models", {})
     kernels = kernels or saved.get("kernels_ms", {})
+    plan_kernels = plan_kernels or saved.get("plan_kernels_ms", {})
     with open(path, "w") as f:
         json.dump({"load_avg_1m": os.getloadavg()[0], "threads": opts.threads,
-                   "models": models, "kernels_ms": kernels}, f, indent=1)
+                   "models": models, "kernels_ms": kernels,
+                   "plan_kernels_ms": plan_kernels}, f, indent=1)
     for path in plot(models, kernels):
         print(f"wrote {path}")
     return 0

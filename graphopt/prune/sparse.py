@@ -24,10 +24,38 @@ import numpy as np
 
 from graphopt.ir.graph import Graph, Value
 
-# Density at or below which the native CSR kernel beats the dense SGEMM on BERT-sized linears
-# (benchmarks/bench_prune.py, AVX2, M=128, 768x768 / 768x3072 / 3072x768: 1.3-1.7x faster at
-# 80% sparsity on one thread, 0.5-0.7x at 50%).
-SPARSE_KERNEL_MAX_DENSITY = 0.2
+# Cost model of the native runtime's "sparse_linear" step (csrc/rt_sparse.cpp) against its packed
+# dense "gemm" step, per weight element of the dense product, as a function of the rows M:
+#
+#  * M <= 4 (dense: GEMV streaming the packed weight once; CSR: a gathered dot product per row
+#    and non-zero): CSR costs density * (ROW_A + ROW_B * M) dense-weight reads;
+#  * M > 4 (dense: the 6x16 GEMM; CSR: 64-row tiles of X^T, per non-zero and tile one broadcast
+#    plus one FMA per 8 rows): CSR costs density * sum over tiles (TILE_C0 + TILE_C1 *
+#    ceil(width / 8)) dense multiply-adds per M.
+#
+# Fitted on benchmarks/bench_prune.py's plan-kernel comparison (BERT-base linears 768x768,
+# 768x3072, 3072x768; AVX2, 2 threads; CSR speedup vs dense at 50/70/80/90/95% sparsity):
+#   M=1:   0.52-0.81x / 0.80-1.29x / 1.10-1.94x / 1.65-3.83x / 1.73-7.79x   (crossover ~73% sparse)
+#   M=4:   0.36-0.44x / 0.54-0.74x / 0.76-1.04x / 1.58-1.80x / 2.58-3.27x   (~80%)
+#   M=16:  0.34-0.52x / 0.57-0.81x / 0.78-1.30x / 1.84-2.13x / 2.76-3.73x   (~80-85%)
+#   M=128: 0.77-0.88x / 1.18-1.42x / 1.74-2.04x / 2.92-3.43x / 5.10-5.57x   (~65-70%)
+# (2026-11-29, load average 3.3-4.0 on 2 cores; see docs/pruning.md for the quiet-machine run.)
+ROW_PATH_MAX_ROWS = 4  # csrc/rt_sparse.cpp kSparseRowPathMaxRows
+ROW_A, ROW_B = 3.3, 0.45
+TILE_C0, TILE_C1 = 20.0, 24.0
+TILE_ROWS = 64
+
+
+def crossover_density(rows: int) -> float:
+    """The density at or below which the CSR kernel beats the dense one for ``rows`` rows."""
+    rows = max(int(rows), 1)
+    if rows <= ROW_PATH_MAX_ROWS:
+        return 1.0 / (ROW_A + ROW_B * rows)
+    full, rest = divmod(rows, TILE_ROWS)
+    cost = full * (TILE_C0 + TILE_C1 * TILE_ROWS // 8)
+    if rest:
+        cost += TILE_C0 + TILE_C1 * -(-rest // 8)
+    return rows / cost
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,10 +152,11 @@ def mark_sparse(graph: Graph, min_sparsity: float = 0.5) -> dict[str, SparseWeig
 
 
 def use_sparse_kernel(sw: SparseWeight | None, rows: int = 128) -> bool:
-    """Whether the CSR kernel should beat dense GEMM for ``rows`` input rows (cost model)."""
+    """Whether the CSR kernel beats the dense GEMM for ``rows`` input rows (the cost model
+    above; the native lowering asks this for every linear whose weight has a record)."""
     if sw is None or rows < 1:
         return False
-    return sw.density <= SPARSE_KERNEL_MAX_DENSITY
+    return sw.density <= crossover_density(rows)
 
 
 def native_available() -> bool:
