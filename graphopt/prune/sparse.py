@@ -17,6 +17,7 @@ It is not part of the IR text form; ``mark_sparse`` rebuilds it from the zeros.
 
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass
 
@@ -24,38 +25,41 @@ import numpy as np
 
 from graphopt.ir.graph import Graph, Value
 
-# Cost model of the native runtime's "sparse_linear" step (csrc/rt_sparse.cpp) against its packed
-# dense "gemm" step, per weight element of the dense product, as a function of the rows M:
-#
-#  * M <= 4 (dense: GEMV streaming the packed weight once; CSR: a gathered dot product per row
-#    and non-zero): CSR costs density * (ROW_A + ROW_B * M) dense-weight reads;
-#  * M > 4 (dense: the 6x16 GEMM; CSR: 64-row tiles of X^T, per non-zero and tile one broadcast
-#    plus one FMA per 8 rows): CSR costs density * sum over tiles (TILE_C0 + TILE_C1 *
-#    ceil(width / 8)) dense multiply-adds per M.
-#
-# Fitted on benchmarks/bench_prune.py's plan-kernel comparison (BERT-base linears 768x768,
-# 768x3072, 3072x768; AVX2, 2 threads; CSR speedup vs dense at 50/70/80/90/95% sparsity):
-#   M=1:   0.52-0.81x / 0.80-1.29x / 1.10-1.94x / 1.65-3.83x / 1.73-7.79x   (crossover ~73% sparse)
-#   M=4:   0.36-0.44x / 0.54-0.74x / 0.76-1.04x / 1.58-1.80x / 2.58-3.27x   (~80%)
-#   M=16:  0.34-0.52x / 0.57-0.81x / 0.78-1.30x / 1.84-2.13x / 2.76-3.73x   (~80-85%)
-#   M=128: 0.77-0.88x / 1.18-1.42x / 1.74-2.04x / 2.92-3.43x / 5.10-5.57x   (~65-70%)
-# (2026-11-29, load average 3.3-4.0 on 2 cores; see docs/pruning.md for the quiet-machine run.)
-ROW_PATH_MAX_ROWS = 4  # csrc/rt_sparse.cpp kSparseRowPathMaxRows
-ROW_A, ROW_B = 3.3, 0.45
-TILE_C0, TILE_C1 = 20.0, 24.0
-TILE_ROWS = 64
+# Cost model of the native runtime's "sparse_linear" step (csrc/rt_sparse.cpp) against its
+# packed dense "gemm" step: the density at or below which CSR wins, as a function of the rows M,
+# measured (benchmarks/bench_prune.py, plan-step comparison on BERT-base's linears 768x768,
+# 768x3072, 3072x768; AVX2, 2 threads, interleaved medians). CSR speedup over dense at
+# 50 / 70 / 80 / 90 / 95% sparsity, range over the three shapes, two runs (2026-12-03, load
+# average 2.0-5.0 on 2 cores):
+#   M=1    run 1: 0.52-0.81 / 0.80-1.29 / 1.10-1.94 / 1.65-3.83 / 1.73-7.79
+#          run 2: 0.69-0.86 / 1.08-1.43 / 1.60-2.15 / 2.88-5.17 / 3.89-10.4   -> density 0.27
+#   M=4    run 1: 0.36-0.44 / 0.54-0.74 / 0.76-1.04 / 1.58-1.80 / 2.58-3.27
+#          run 2: 0.41-0.45 / 0.62-0.74 / 0.87-1.04 / 1.71-1.79 / 2.55-3.64   -> 0.19
+#   M=5    run 1: 0.21-0.27 / 0.35-0.45 / 0.53-0.67 / 1.03-1.26 / 1.57-2.24   -> 0.10
+#   M=16   run 1: 0.34-0.52 / 0.57-0.81 / 0.78-1.30 / 1.84-2.13 / 2.76-3.73
+#          run 2: 0.34      / 0.56-0.59 / 0.85-0.92 / 1.67-1.91 / 2.70-3.22   -> 0.17
+#   M=128  run 1: 0.77-0.88 / 1.18-1.42 / 1.74-2.04 / 2.92-3.43 / 5.10-5.57
+#          run 2: 0.77-0.80 / 1.19-1.29 / 1.70-1.87 / 2.87-3.29 / 4.41-5.12   -> 0.30
+# Up to 4 rows CSR runs a gathered dot product per row against the dense GEMV, which streams the
+# weight once: CSR wins early. From 5 rows the dense side is the 6x16 GEMM (already efficient at
+# M = 5) and CSR costs about the same per (non-zero, 64-row tile) however few rows the tile
+# holds: it wins late for a part-filled tile and earlier as tiles fill. Each crossover is the
+# lower of the runs' (when unsure, dense); between the measured M the density is interpolated
+# in log2(M), and beyond them it is held.
+SPARSE_CROSSOVER = ((1, 0.27), (4, 0.19), (5, 0.10), (16, 0.17), (128, 0.30))
 
 
 def crossover_density(rows: int) -> float:
     """The density at or below which the CSR kernel beats the dense one for ``rows`` rows."""
-    rows = max(int(rows), 1)
-    if rows <= ROW_PATH_MAX_ROWS:
-        return 1.0 / (ROW_A + ROW_B * rows)
-    full, rest = divmod(rows, TILE_ROWS)
-    cost = full * (TILE_C0 + TILE_C1 * TILE_ROWS // 8)
-    if rest:
-        cost += TILE_C0 + TILE_C1 * -(-rest // 8)
-    return rows / cost
+    points = SPARSE_CROSSOVER
+    m = max(int(rows), 1)
+    if m <= points[0][0]:
+        return points[0][1]
+    for (m0, d0), (m1, d1) in zip(points, points[1:]):
+        if m <= m1:
+            t = (math.log2(m) - math.log2(m0)) / (math.log2(m1) - math.log2(m0))
+            return d0 + t * (d1 - d0)
+    return points[-1][1]
 
 
 @dataclass(frozen=True, eq=False)
