@@ -27,32 +27,18 @@
 
 #include "cpu.h"
 #include "epilogue.h"
+#include "sparse_gemm.h"
 
 namespace py = pybind11;
 
 namespace graphopt {
-namespace {
-
-constexpr int64_t kTile = 64;  // X rows per tile: 8 AVX2 accumulators
-
-struct Csr {
-    const int32_t* indptr;
-    const int32_t* indices;
-    const float* values;
-    int64_t rows;  // N
-};
-
-// Row n's non-zeros in the current K block are [lo[n], hi[n]).
-struct RowRanges {
-    const int32_t* lo;
-    const int32_t* hi;
-};
+namespace sparse {
 
 // yt[n][0:ld] (+)= sum_j values[j] * xt[indices[j]][0:ld] for n in [n0, n1); ld = padded width
 // (the padding columns of xt are zero). The first K block stores, later ones accumulate.
 void spmm_tile_portable(const Csr& w, RowRanges rows, const float* xt, int64_t ld, float* yt,
                         int64_t n0, int64_t n1, bool accumulate) {
-    std::vector<float> acc(static_cast<size_t>(ld));
+    float acc[kTile];  // ld <= kTile; no allocation (the plan kernel calls this per run)
     for (int64_t n = n0; n < n1; ++n) {
         float* out = yt + n * ld;
         for (int64_t c = 0; c < ld; ++c) acc[c] = accumulate ? out[c] : 0.0f;
@@ -61,7 +47,7 @@ void spmm_tile_portable(const Csr& w, RowRanges rows, const float* xt, int64_t l
             const float* x = xt + static_cast<int64_t>(w.indices[j]) * ld;
             for (int64_t c = 0; c < ld; ++c) acc[c] += v * x[c];
         }
-        std::memcpy(out, acc.data(), sizeof(float) * static_cast<size_t>(ld));
+        std::memcpy(out, acc, sizeof(float) * static_cast<size_t>(ld));
     }
 }
 
@@ -114,6 +100,16 @@ void spmm_tile_avx2(const Csr& w, RowRanges rows, const float* xt, int64_t ld, f
         }
     }
 }
+
+}  // namespace sparse
+
+namespace {
+
+using sparse::Csr;
+using sparse::kTile;
+using sparse::RowRanges;
+using sparse::spmm_tile_avx2;
+using sparse::spmm_tile_portable;
 
 // y (row-major [M, N], ldy) = act(x [M, K] @ W^T + bias).
 //

@@ -21,7 +21,10 @@ numerically exact (that is the point: the dropped channels were the least import
 accuracy with ``graphopt.finetune``. Options: ``ratio`` (fraction of each group's channels) or
 ``flops`` (fraction of the graph's FLOPs to remove), ``importance`` (l1, l2, bn; taylor needs
 data: use ``graphopt.prune``), ``exclude`` (globs of constant names), ``max_ratio``,
-``round_to`` (keep multiples of it, e.g. 8, in groups of at least 4x as many channels).
+``round_to`` (keep multiples of it, e.g. 8, in groups of at least 4x as many channels),
+``scope`` (``layer``: the same ratio in every group; ``global``: all groups' channels ranked
+together by normalized importance and removed from the weakest until the target holds, each
+group keeping at least ``1 - max_ratio``: ``prune-channels{flops=0.5,scope=global}``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class PruneChannels:
     exclude: tuple[str, ...] = ()
     max_ratio: float = 0.9
     round_to: int = 1
+    scope: Literal["layer", "global"] = "layer"
     _report: object = field(default=None, init=False, repr=False, compare=False)
 
     def run(self, graph: Graph) -> bool:
@@ -56,5 +60,6 @@ class PruneChannels:
             raise PassOptionError("prune-channels needs ratio= or flops=")
         self._report = prune_channels(graph, ratio=self.ratio, flops=self.flops,
                                       importance=self.importance, exclude=self.exclude,
-                                      max_ratio=self.max_ratio, round_to=self.round_to)
+                                      max_ratio=self.max_ratio, round_to=self.round_to,
+                                      scope=self.scope)
         return any(g.removed for g in self._report.groups)

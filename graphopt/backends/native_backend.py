@@ -11,7 +11,7 @@ from graphopt.native.module import NativeModule
 
 @register_backend("native")
 def compile_native(graph: Graph, *, threads: int | None = None, fallback: str | None = None,
-                   **options: Any) -> NativeModule:
+                   sparse: str = "auto", **options: Any) -> NativeModule:
     """Backend factory: plan ``graph`` for graphopt's C++ runtime.
 
     Args:
@@ -20,10 +20,14 @@ def compile_native(graph: Graph, *, threads: int | None = None, fallback: str | 
         threads: OpenMP threads (default ``torch.get_num_threads()``).
         fallback: None (a node without a native kernel raises NativeUnsupportedError) or
             "reference" (such nodes run through their reference implementation).
+        sparse: "auto" (default): a linear whose weight carries a CSR record
+            (``graphopt.prune.sparse``) runs the CSR kernel where the cost model says it beats
+            the dense GEMM for its number of rows; "never"; "always" (every constant weight).
 
     Raises:
         NativeUnsupportedError: nodes without a native kernel (all listed), unless fallback.
     """
     if options:
-        raise TypeError(f"the native backend takes threads and fallback, got {sorted(options)}")
-    return NativeModule(graph, threads=threads, fallback=fallback)
+        raise TypeError(f"the native backend takes threads, fallback and sparse, got "
+                        f"{sorted(options)}")
+    return NativeModule(graph, threads=threads, fallback=fallback, sparse=sparse)

@@ -22,6 +22,7 @@ def add_parser(sub, common) -> None:
             "left alone. Recover accuracy with graphopt.finetune (Python API)."),
         epilog="examples:\n  graphopt prune zoo:resnet50 -o r50.onnx --flops 0.5\n"
         "  graphopt prune 'zoo:bert?layers=2' -o bert.onnx --ratio 0.3 --exclude 'pooler.*'\n"
+        "  graphopt prune zoo:resnet50 -o r50.onnx --flops 0.5 --scope global\n"
         "  graphopt prune zoo:mlp -o mlp.pt --sparsity 0.8 --scope global",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help="the model (see `graphopt --help`)")
@@ -37,7 +38,9 @@ def add_parser(sub, common) -> None:
     p.add_argument("--importance", choices=("l1", "l2", "bn"), default="l1",
                    help="structured: channel importance (default: %(default)s)")
     p.add_argument("--scope", choices=("layer", "global"), default="layer",
-                   help="unstructured: per-weight or one global threshold (default: %(default)s)")
+                   help="unstructured: per-weight or one global threshold; structured: the same "
+                   "ratio per group or one global ranking of all channels (default: "
+                   "%(default)s)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="never modify constants matching GLOB (repeatable)")
     p.add_argument("--pipeline", default=None, metavar="P",
@@ -73,7 +76,8 @@ def run(opts) -> int:
         try:
             pruned, report = graphopt.prune(graph, "channels", flops=opts.flops,
                                             ratio=opts.ratio, importance=opts.importance,
-                                            exclude=opts.exclude, report=True)
+                                            exclude=opts.exclude, scope=opts.scope,
+                                            report=True)
         except PruneError as exc:
             raise CliError(str(exc), code=1) from exc
     if not opts.quiet:

@@ -1,5 +1,14 @@
 """Parse the text form written by ``graphopt.ir.printer`` back into a ``Graph``.
 
+A constant marked ``sparse(nnz=N)`` gets its CSR record (``graphopt.prune.sparse``) rebuilt
+from its array, which must have exactly N non-zeros. The record is derived data (the CSR of the
+array's own non-zeros, deterministic), so the text keeps *which* constants carry one rather than
+a copy of their values; rebuilding all records with ``mark_sparse`` on parse instead would not
+round-trip: its sparsity threshold adds records to weights that had none and misses weights
+pruned below it, and the native backend picks its kernels from exactly this set (the
+``graphopt.native`` artifact is IR text + arrays, so a saved pruned model keeps its sparse
+kernels).
+
 The graph is built through ``Graph.add_input``/``add_constant``/``create_node``, so attribute
 schemas and arities are checked as usual, and every node's declared output types must equal what
 the op's shape rule infers: a golden IR test with a wrong type fails here instead of passing
@@ -9,10 +18,11 @@ Grammar (whitespace-insensitive; ``#`` starts a comment that runs to the end of 
 
     graph    := "graph" NAME "(" [param ("," param)*] ")" "{" stmt* "return" [vals] "}"
     param    := VALUE ":" type
-    stmt     := "const" VALUE ":" type ["=" literal]
+    stmt     := "const" VALUE ":" type [sparse] ["=" literal]
               | [VALUE ":" type ("," VALUE ":" type)* "="] OP "(" [operand ("," operand)*] ")"
                 ["{" [IDENT "=" attr ("," IDENT "=" attr)*] "}"]
     type     := DTYPE "[" [dim ("," dim)*] "]" ["{" "scale=" list "," "zp=" list ... "}"]
+    sparse   := "sparse" "(" "nnz" "=" INT ["," "transposed"] ")"
     operand  := VALUE | "None"
     attr     := INT | FLOAT | "inf" | "-inf" | "nan" | "true" | "false" | "none" | STRING
               | DTYPE | "sym(" EXPR ")" | "[" [attr ("," attr)*] "]"
@@ -250,6 +260,7 @@ class _Parser:
         type_ = self.type()
         if not type_.is_static:
             self.error(f"constant %{name} must have a static shape, got {type_}", type_pos)
+        sparse = self.sparse_marker() if self.keyword("sparse") else None
         if self.accept("="):
             data = self.data(self.literal(), type_)
         elif name in self.constants:
@@ -270,7 +281,40 @@ class _Parser:
         value = self.graph.add_constant(data, name, dtype=type_.dtype)
         if type_.quant is not None:
             value.type = type_
+        if sparse is not None:
+            self.attach_sparse(value, *sparse)
         self.bind(name, pos, value)
+
+    def sparse_marker(self) -> tuple[int, bool, int]:
+        """``(nnz=N[, transposed])`` after the keyword: (N, transposed, position)."""
+        start = self.pos
+        self.expect("(", "after 'sparse'")
+        if not self.keyword("nnz"):
+            self.error(f"expected 'nnz=' in sparse(...), found {self.found()}")
+        self.expect("=")
+        text, pos = self.token(_NUMBER, "the number of non-zeros")
+        if not text.isdigit():
+            self.error(f"nnz must be a non-negative integer, got {text}", pos)
+        transposed = False
+        if self.accept(","):
+            if not self.keyword("transposed"):
+                self.error(f"expected 'transposed' in sparse(...), found {self.found()}")
+            transposed = True
+        self.expect(")", "closing sparse(...)")
+        return int(text), transposed, start
+
+    def attach_sparse(self, value: Value, nnz: int, transposed: bool, pos: int) -> None:
+        from graphopt.prune.sparse import attach_sparse  # lazy: prune builds on the IR
+
+        if not value.dtype.is_floating or value.data.ndim < 2 or \
+                (transposed and value.data.ndim != 2):
+            self.error(f"sparse(...) needs a floating constant of rank >= 2 (2 when transposed), "
+                       f"%{value.name} is {value.type}", pos)
+        found = int(np.count_nonzero(value.data))
+        if found != nnz:
+            self.error(f"%{value.name} is marked sparse(nnz={nnz}) but its data has {found} "
+                       "non-zeros (not the array that was printed?)", pos)
+        attach_sparse(value, transposed)
 
     def node(self) -> None:
         outs: list[tuple[str, int, TensorType, int]] = []

@@ -11,9 +11,12 @@ Example::
     }
 
 Constants with at most ``INLINE_LIMIT`` elements print their data; larger ones print only their
-type, and the parser takes their arrays from its ``constants=`` argument. Every literal is printed
-so that it parses back to the same value (floats in shortest round-tripping form, never as a bare
-integer), which is what makes golden IR tests and ``parse(print(g))`` exact.
+type, and the parser takes their arrays from its ``constants=`` argument. A constant carrying a
+sparse (CSR) record (``graphopt.prune.sparse``: an unstructured-pruned weight) is marked
+``sparse(nnz=N)`` (``sparse(nnz=N, transposed)`` for a matmul right operand) after its type.
+Every literal is printed so that it parses back to the same value (floats in shortest
+round-tripping form, never as a bare integer), which is what makes golden IR tests and
+``parse(print(g))`` exact.
 """
 
 from __future__ import annotations
@@ -64,12 +67,27 @@ def format_quant(q: QuantInfo) -> str:
 
 
 def format_constant(value: Value) -> str:
-    """``const %name: type`` with ``= data`` when the constant is small enough to inline."""
-    text = f"const %{value.name}: {format_type(value.type)}"
+    """``const %name: type [sparse(...)]`` with ``= data`` when the constant is small enough."""
+    text = f"const %{value.name}: {format_type(value.type)}{format_sparse(value)}"
     data = value.data
     if data is not None and data.size <= INLINE_LIMIT:
         text += " = " + format_data(data, value.dtype)
     return text
+
+
+def format_sparse(value: Value) -> str:
+    """`` sparse(nnz=N[, transposed])`` when ``value`` carries a CSR record, else ``""``.
+
+    Only the marker is printed, not the CSR arrays: a record is the CSR form of the constant's
+    own non-zeros, so the parser rebuilds it identically from the array (see
+    ``graphopt.ir.parser``); ``nnz`` lets it check that the array is the one that was printed.
+    """
+    from graphopt.prune.sparse import sparse_weight  # lazy: prune builds on the IR
+
+    record = sparse_weight(value)
+    if record is None:
+        return ""
+    return f" sparse(nnz={record.nnz}{', transposed' if record.transposed else ''})"
 
 
 def format_node(node: Node) -> str:

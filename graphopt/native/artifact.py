@@ -24,6 +24,7 @@ def save(module, path: str | os.PathLike) -> None:
     graph = module.graph
     arrays = {f"const/{name}": v.data for name, v in graph.constants.items()}
     meta = {"format": FORMAT, "threads": module.threads, "fallback": module.fallback,
+            "sparse": getattr(module, "sparse", "auto"),
             "bf16": [n for n, v in graph.constants.items() if v.dtype is DType.bfloat16]}
     with open(path, "wb") as f:
         np.savez(f, __graph__=np.array(str(graph)), __meta__=np.array(json.dumps(meta)),
@@ -41,4 +42,5 @@ def load(path: str | os.PathLike, threads: int | None = None):
             raise ValueError(f"{path} is not a {FORMAT} artifact (format {meta.get('format')})")
         constants = {k[len("const/"):]: data[k] for k in data.files if k.startswith("const/")}
         graph = parse_graph(str(data["__graph__"]), constants)
-    return NativeModule(graph, threads=threads or meta["threads"], fallback=meta["fallback"])
+    return NativeModule(graph, threads=threads or meta["threads"], fallback=meta["fallback"],
+                        sparse=meta.get("sparse", "auto"))

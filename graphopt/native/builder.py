@@ -90,9 +90,15 @@ class PlanBuilder:
     """Builds one :class:`~graphopt.native.plan.ExecutionPlan` for one set of input shapes."""
 
     def __init__(self, graph: Graph, input_shapes: list[tuple[int, ...]],
-                 bindings: dict | None = None, fallback: str | None = None, threads: int = 1):
+                 bindings: dict | None = None, fallback: str | None = None, threads: int = 1,
+                 sparse: str = "auto"):
+        from graphopt.native.lower.sparse import SPARSE_MODES
+
         if fallback not in (None, "reference"):
             raise GraphoptError(f"fallback must be None or 'reference', got {fallback!r}")
+        if sparse not in SPARSE_MODES:
+            raise GraphoptError(f"sparse must be one of {SPARSE_MODES}, got {sparse!r}")
+        self.sparse = sparse  # CSR kernel choice for sparse weights (native/lower/sparse.py)
         self.graph = graph
         self.bindings = dict(bindings or {})
         self.fallback = fallback

@@ -28,13 +28,16 @@ class NativeModule:
         threads: OpenMP threads of the kernels.
         fallback: None, or "reference" to run nodes without a native kernel through their
             reference implementation (splits the plan into native segments around them).
+        sparse: "auto" (linears with a CSR-recorded weight use the sparse kernel where the
+            cost model says it wins), "never" or "always" (see native/lower/sparse.py).
     """
 
     def __init__(self, graph: Graph, threads: int | None = None, fallback: str | None = None,
-                 device: Device = CPU):
+                 device: Device = CPU, sparse: str = "auto"):
         self.graph = graph
         self.threads = int(threads or torch.get_num_threads())
         self.fallback = fallback
+        self.sparse = sparse
         self.device = device
         self._plans: dict[tuple, ExecutionPlan] = {}
         self._last: ExecutionPlan | None = None
@@ -48,7 +51,7 @@ class NativeModule:
     # ------------------------------------------------------------------------------- plans
     def _build(self, shapes: list[tuple[int, ...]], bindings: dict) -> ExecutionPlan:
         builder = PlanBuilder(self.graph, shapes, bindings, fallback=self.fallback,
-                              threads=self.threads)
+                              threads=self.threads, sparse=self.sparse)
         plan = builder.build()
         plan.device = self.device
         plan.compile()

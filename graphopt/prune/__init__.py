@@ -52,17 +52,22 @@ def prune(
             smaller dense graph) or ``"magnitude"`` (unstructured: zero individual weights and
             record their CSR form for sparse kernels).
         ratio: channels: fraction of every group's channels to remove, or ``{glob: ratio}``.
-        flops: channels: fraction of the graph's FLOPs to remove (bisects a uniform ratio).
+        flops: channels: fraction of the graph's FLOPs to remove (``scope="layer"``: bisects a
+            uniform ratio; ``"global"``: removes the weakest channels across all groups).
         importance: channels: ``l1``, ``l2``, ``bn``, ``taylor`` (needs ``data``), or
             ``fn(analysis, group) -> scores`` (one score per ``group.channels``, higher = keep).
         sparsity: magnitude: fraction of weights to zero.
         scope: magnitude: ``"layer"`` (each weight to ``sparsity``) or ``"global"`` (one
-            threshold across all weights, reaching ``sparsity`` overall).
+            threshold across all weights, reaching ``sparsity`` overall). channels:
+            ``"layer"`` (the same ratio in every group) or ``"global"`` (channel groups ranked
+            together by normalized importance; uneven per layer, each group keeps at least
+            ``1 - max_ratio`` of its channels).
         scores: magnitude: ``{constant name: array}`` importance scores replacing ``|w|``.
         exclude: glob patterns of constant names (``"classifier.*"``, ``"layer.0.*"``) that are
             never modified.
         data, loss: batches ``(inputs, target)`` and ``loss(outputs, target)`` for taylor.
-        max_ratio: channels: the most of any group that may be removed.
+        max_ratio: channels: the most of any group that may be removed (the per-layer floor of
+            the global ranking).
         round_to: channels: keep a multiple of this many channels (e.g. 8) in groups of at
             least 4x as many, which vectorized kernels prefer.
         report: also return a ``PruneReport``.
@@ -87,7 +92,7 @@ def prune(
             raise ValueError("method='channels' needs ratio= or flops=")
         rep = prune_channels(out, ratio=ratio, flops=flops, importance=importance,
                              exclude=exclude, data=data, loss=loss, max_ratio=max_ratio,
-                             round_to=round_to)
+                             round_to=round_to, scope=scope)
     else:
         from graphopt.prune.masks import prune_magnitude
 

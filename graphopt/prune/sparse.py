@@ -17,6 +17,7 @@ It is not part of the IR text form; ``mark_sparse`` rebuilds it from the zeros.
 
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass
 
@@ -24,10 +25,46 @@ import numpy as np
 
 from graphopt.ir.graph import Graph, Value
 
-# Density at or below which the native CSR kernel beats the dense SGEMM on BERT-sized linears
-# (benchmarks/bench_prune.py, AVX2, M=128, 768x768 / 768x3072 / 3072x768: 1.3-1.7x faster at
-# 80% sparsity on one thread, 0.5-0.7x at 50%).
-SPARSE_KERNEL_MAX_DENSITY = 0.2
+# Cost model of the native runtime's "sparse_linear" step (csrc/rt_sparse.cpp) against its
+# packed dense "gemm" step: the density at or below which CSR wins, as a function of the rows M,
+# measured (benchmarks/bench_prune.py, plan-step comparison on BERT-base's linears 768x768,
+# 768x3072, 3072x768; AVX2, 2 threads, interleaved medians). CSR speedup over dense at
+# 50 / 70 / 80 / 90 / 95% sparsity, range over the three shapes, three runs (2026-12-03, load
+# average 3.1-5.0 on 2 cores: shared machine, ratios only):
+#   M=1    run 1: 0.52-0.81 / 0.80-1.29 / 1.10-1.94 / 1.65-3.83 / 1.73-7.79
+#          run 2: 0.69-0.86 / 1.08-1.43 / 1.60-2.15 / 2.88-5.17 / 3.89-10.4
+#          run 3: 0.56-0.72 / 0.95-1.14 / 1.36-1.68 / 2.17-3.44 / 3.27-6.86   -> density 0.23
+#   M=4    run 1: 0.36-0.44 / 0.54-0.74 / 0.76-1.04 / 1.58-1.80 / 2.58-3.27
+#          run 2: 0.41-0.45 / 0.62-0.74 / 0.87-1.04 / 1.71-1.79 / 2.55-3.64
+#          run 3: 0.33-0.43 / 0.51-0.72 / 0.71-1.02 / 1.59-1.73 / 2.75-3.25   -> 0.16
+#   M=5    run 1: 0.21-0.27 / 0.35-0.45 / 0.53-0.67 / 1.03-1.26 / 1.57-2.24   -> 0.10
+#   M=16   run 1: 0.34-0.52 / 0.57-0.81 / 0.78-1.30 / 1.84-2.13 / 2.76-3.73
+#          run 2: 0.34      / 0.56-0.59 / 0.85-0.92 / 1.67-1.91 / 2.70-3.22
+#          run 3: 0.30-0.36 / 0.50-0.64 / 0.76-0.94 / 1.51-1.85 / 2.59-3.27   -> 0.16
+#   M=128  run 1: 0.77-0.88 / 1.18-1.42 / 1.74-2.04 / 2.92-3.43 / 5.10-5.57
+#          run 2: 0.77-0.80 / 1.19-1.29 / 1.70-1.87 / 2.87-3.29 / 4.41-5.12
+#          run 3: 0.81-0.86 / 1.30-1.33 / 1.86-1.95 / 3.30-3.52 / 5.22-5.44   -> 0.36
+# Each crossover is where the slowest shape of the worst run breaks even (speedup interpolated
+# between the measured sparsities), rounded down. Up to 4 rows CSR runs a gathered dot product
+# per row against the dense GEMV, which streams the weight once: CSR wins early. From 5 rows the
+# dense side is the 6x16 GEMM (already efficient at M = 5) and CSR costs about the same per
+# (non-zero, 64-row tile) however few rows the tile holds: it wins late for a part-filled tile
+# and earlier as tiles fill. Between the measured M the density is interpolated in log2(M);
+# beyond them it is held.
+SPARSE_CROSSOVER = ((1, 0.23), (4, 0.16), (5, 0.10), (16, 0.16), (128, 0.36))
+
+
+def crossover_density(rows: int) -> float:
+    """The density at or below which the CSR kernel beats the dense one for ``rows`` rows."""
+    points = SPARSE_CROSSOVER
+    m = max(int(rows), 1)
+    if m <= points[0][0]:
+        return points[0][1]
+    for (m0, d0), (m1, d1) in zip(points, points[1:]):
+        if m <= m1:
+            t = (math.log2(m) - math.log2(m0)) / (math.log2(m1) - math.log2(m0))
+            return d0 + t * (d1 - d0)
+    return points[-1][1]
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,10 +161,11 @@ def mark_sparse(graph: Graph, min_sparsity: float = 0.5) -> dict[str, SparseWeig
 
 
 def use_sparse_kernel(sw: SparseWeight | None, rows: int = 128) -> bool:
-    """Whether the CSR kernel should beat dense GEMM for ``rows`` input rows (cost model)."""
+    """Whether the CSR kernel beats the dense GEMM for ``rows`` input rows (the cost model
+    above; the native lowering asks this for every linear whose weight has a record)."""
     if sw is None or rows < 1:
         return False
-    return sw.density <= SPARSE_KERNEL_MAX_DENSITY
+    return sw.density <= crossover_density(rows)
 
 
 def native_available() -> bool:

@@ -5,9 +5,13 @@ dense graph:
 
 1. ``DependencyGraph(graph)`` finds the channel groups (``dependency.py``);
 2. every prunable group not excluded ranks its channels by importance (``importance.py``);
-3. a per-group ratio (uniform, or per glob pattern) removes the lowest-ranked channels; with a
-   FLOPs target the uniform ratio is found by bisection over the FLOPs counted on the planned
-   shapes (``flops.py``), the smallest ratio whose cut reaches the target;
+3. ``scope="layer"`` (default): a per-group ratio (uniform, or per glob pattern) removes the
+   lowest-ranked channels; with a FLOPs target the uniform ratio is found by bisection over the
+   FLOPs counted on the planned shapes (``flops.py``), the smallest ratio whose cut reaches the
+   target. ``scope="global"``: the channels of all groups are ranked together (``global_order``)
+   and removed from the bottom until the target holds (the fewest channels whose cut reaches
+   it, found by bisection on their number); every group keeps at least ``1 - max_ratio`` of its
+   channels, so no layer vanishes;
 4. ``remove_channels`` slices every constant of every group, rewrites shape attributes
    (reshape targets, split sizes, conv/group-norm groups, layer-norm shapes), re-infers every
    changed node's type against the planned shape and verifies the graph.
@@ -109,11 +113,41 @@ def _count(group: ChannelGroup, ratio: float, max_ratio: float, available: int,
     (rounded up: GEMM/conv kernels like widths that fill their vectors).
     """
     ratio = min(ratio, max_ratio)
-    k = int(math.floor(ratio * group.size + 1e-9))
+    return _rounded(group, int(math.floor(ratio * group.size + 1e-9)), available, round_to)
+
+
+def _rounded(group: ChannelGroup, k: int, available: int, round_to: int) -> int:
+    """``k`` removals lowered so that a multiple of ``round_to`` channels stays (see _count)."""
     if round_to > 1 and group.size >= 4 * round_to and k:
         kept = -(-(group.size - k) // round_to) * round_to
         k = group.size - min(kept, group.size)
     return max(0, min(k, available))
+
+
+def normalized(scores: np.ndarray) -> np.ndarray:
+    """A group's scores divided by their mean (all zeros when the mean is not positive).
+
+    A group's scores sum each member weight's mean-normalized scores, so their scale grows with
+    the group's member count (a ResNet stream with 16 convs vs one conv); on a mean-1 scale the
+    global ranking compares how weak a channel is within its own group.
+    """
+    scores = np.asarray(scores, np.float64)
+    mean = float(scores.mean()) if len(scores) else 0.0
+    return scores / mean if mean > 0 else np.zeros(len(scores))
+
+
+def global_order(scores: Mapping[int, np.ndarray]) -> np.ndarray:
+    """The cross-group removal order: the group index of each position.
+
+    ``scores[g]``: group g's normalized candidate scores, ascending (its own removal order).
+    All candidates are sorted by score (stable: ties keep group order, and each group's own
+    order is kept), so the first k positions remove, in every group, its weakest channels.
+    """
+    if not scores:
+        return np.zeros(0, np.int64)
+    gids = np.concatenate([np.full(len(sc), g, np.int64) for g, sc in scores.items()])
+    flat = np.concatenate([np.asarray(sc, np.float64) for sc in scores.values()])
+    return gids[np.argsort(flat, kind="stable")]
 
 
 def prune_channels(
@@ -126,6 +160,7 @@ def prune_channels(
     loss=None,
     max_ratio: float = 0.9,
     round_to: int = 1,
+    scope: str = "layer",
 ) -> PruneReport:
     """Structured pruning of ``graph`` in place; see the module docstring.
 
@@ -138,25 +173,37 @@ def prune_channels(
         data, loss: batches (and loss) for ``taylor``.
         max_ratio: never remove more than this fraction of a group.
         round_to: keep a multiple of this many channels in groups of >= 4x as many.
+        scope: ``"layer"`` (every group pruned by the same ratio, or per pattern) or
+            ``"global"`` (one ranking of all groups' channels by normalized importance: the
+            weakest go first, wherever they are, until ``flops`` or the float ``ratio`` of all
+            channels is reached; each group keeps at least ``1 - max_ratio`` of its channels).
 
     Raises:
-        PruneError: the FLOPs target cannot be reached.
+        PruneError: the FLOPs target cannot be reached, or inconsistent options.
     """
     if (ratio is None) == (flops is None):
         raise PruneError("give exactly one of ratio= (per group) or flops= (global target)")
+    if scope not in ("layer", "global"):
+        raise PruneError(f"scope='{scope}' must be 'layer' or 'global'")
+    if scope == "global" and isinstance(ratio, Mapping):
+        raise PruneError("scope='global' ranks all groups together: give flops= or one float "
+                         "ratio= (per-pattern ratios need scope='layer')")
     target = flops if flops is not None else ratio
     if flops is not None and not 0.0 <= flops < 1.0:
         raise PruneError(f"flops={flops}: the fraction of FLOPs to remove must be in [0, 1)")
     analysis = DependencyGraph(graph)
     before = count_flops(graph).total
     report = PruneReport("channels", flops_before=before, params_before=_params(graph),
-                         target=f"flops=-{flops:.0%}" if flops is not None else f"ratio={target}")
+                         target=(f"flops=-{flops:.0%}" if flops is not None else
+                                 f"ratio={target}") + (", scope=global" if scope == "global"
+                                                       else ""))
     grads = None
     if importance == "taylor":
         if data is None:
             raise PruneError("importance=taylor needs data=[(inputs, target), ...] (and loss=)")
         grads = taylor_gradients(graph, data, loss)
     order: dict[int, np.ndarray] = {}
+    ranked_scores: dict[int, np.ndarray] = {}  # normalized, ascending, aligned with order[g]
     used: dict[int, str] = {}
     for g in analysis.groups:
         entry = GroupReport(g.name, g.kind, g.size,
@@ -173,27 +220,31 @@ def prune_channels(
         else:
             scores, used[g.index] = group_scores(analysis, g, importance, grads)
         protected = analysis.protected(g, scores)
-        ranked = g.channels[np.argsort(scores, kind="stable")]
-        order[g.index] = ranked[~np.isin(ranked, protected)]
+        by_score = np.argsort(scores, kind="stable")
+        ranked = g.channels[by_score]
+        candidate = ~np.isin(ranked, protected)
+        order[g.index] = ranked[candidate]
+        ranked_scores[g.index] = normalized(scores)[by_score][candidate]
         entry.importance = used[g.index]
         if g.reasons:
             entry.skipped = ""
             report.notes.append(f"{g.name}: {len(g.frozen_channels)} channels kept "
                                 f"({'; '.join(g.reasons[:2])})")
 
-    def plan(r: float | Mapping[str, float]) -> np.ndarray:
-        parts = [order[g.index][: _count(g, _group_ratio(g, r), max_ratio,
-                                         len(order[g.index]), round_to)]
-                 for g in analysis.groups if g.index in order]
-        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    if scope == "global":
+        counts = _solve_global(graph, analysis, order, ranked_scores, before, flops, ratio,
+                               max_ratio, round_to)
+    else:
+        def layer_counts(r: float | Mapping[str, float]) -> dict[int, int]:
+            return {g.index: _count(g, _group_ratio(g, r), max_ratio, len(order[g.index]),
+                                    round_to) for g in analysis.groups if g.index in order}
 
-    if flops is not None:
-        ratio = _solve_ratio(graph, analysis, plan, before, flops, max_ratio)
-    removed = plan(ratio)
-    for g in analysis.groups:
-        if g.index in order:
-            report.groups[g.index].removed = _count(g, _group_ratio(g, ratio), max_ratio,
-                                                    len(order[g.index]), round_to)
+        if flops is not None:
+            ratio = _solve_ratio(graph, analysis, order, layer_counts, before, flops, max_ratio)
+        counts = layer_counts(ratio)
+    removed = _removed(order, counts)
+    for g, k in counts.items():
+        report.groups[g].removed = k
     remove_channels(graph, analysis, removed)
     report.flops_after = count_flops(graph).total
     report.params_after = _params(graph)
@@ -204,16 +255,31 @@ def prune_channels(
     return report
 
 
-def _solve_ratio(graph, analysis, plan, before: int, flops: float, max_ratio: float) -> float:
+def _removed(order: Mapping[int, np.ndarray], counts: Mapping[int, int]) -> np.ndarray:
+    parts = [order[g][:k] for g, k in counts.items()]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _cut(graph, analysis, before: int, order, counts) -> float:
+    return 1.0 - count_flops(graph, analysis.new_shapes(_removed(order, counts))).total / \
+        max(before, 1)
+
+
+def _unreachable(flops: float, best: float, max_ratio: float) -> PruneError:
+    return PruneError(
+        f"cannot remove {flops:.0%} of the FLOPs: pruning every prunable group by "
+        f"{max_ratio:.0%} removes {best:.1%} (raise max_ratio, or see "
+        f"DependencyGraph(graph).report() for the groups left alone and why)")
+
+
+def _solve_ratio(graph, analysis, order, layer_counts, before: int, flops: float,
+                 max_ratio: float) -> float:
     def cut(r: float) -> float:
-        return 1.0 - count_flops(graph, analysis.new_shapes(plan(r))).total / max(before, 1)
+        return _cut(graph, analysis, before, order, layer_counts(r))
 
     best = cut(max_ratio)
     if best + 1e-9 < flops:
-        raise PruneError(
-            f"cannot remove {flops:.0%} of the FLOPs: pruning every prunable group by "
-            f"{max_ratio:.0%} removes {best:.1%} (raise max_ratio, or see "
-            f"DependencyGraph(graph).report() for the groups left alone and why)")
+        raise _unreachable(flops, best, max_ratio)
     lo, hi = 0.0, max_ratio
     for _ in range(40):
         mid = (lo + hi) / 2
@@ -224,6 +290,42 @@ def _solve_ratio(graph, analysis, plan, before: int, flops: float, max_ratio: fl
         if hi - lo < 1e-4:
             break
     return hi
+
+
+def _solve_global(graph, analysis, order, ranked_scores, before: int, flops: float | None,
+                  ratio: float | None, max_ratio: float, round_to: int) -> dict[int, int]:
+    """Per-group removal counts for scope='global': the shortest prefix of the global order
+    (each group's candidates past ``max_ratio`` of it dropped; counts then rounded) reaching
+    the FLOPs target, or holding the float ``ratio`` of all the groups' channels."""
+    groups = {g.index: g for g in analysis.groups if g.index in order}
+    gids = global_order(ranked_scores)
+    # The floor: a group's candidates past its cap leave the order (the next ones move up).
+    keep = np.zeros(len(gids), dtype=bool)
+    for i, g in groups.items():
+        keep[np.flatnonzero(gids == i)[: _count(g, max_ratio, max_ratio, len(order[i]))]] = True
+    gids = gids[keep]
+    size = max(groups, default=-1) + 1
+
+    def counts(k: int) -> dict[int, int]:
+        taken = np.bincount(gids[:k], minlength=size)
+        return {i: _rounded(g, int(taken[i]), len(order[i]), round_to)
+                for i, g in groups.items()}
+
+    n = len(gids)
+    if flops is None:  # a fraction of all the groups' channels
+        total = sum(g.size for g in groups.values())
+        return counts(min(n, int(math.floor(float(ratio) * total + 1e-9))))
+    best = _cut(graph, analysis, before, order, counts(n))
+    if best + 1e-9 < flops:
+        raise _unreachable(flops, best, max_ratio)
+    lo, hi = 0, n  # cut(hi) >= flops; the cut only grows with k
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _cut(graph, analysis, before, order, counts(mid)) >= flops:
+            hi = mid
+        else:
+            lo = mid + 1
+    return counts(hi)
 
 
 def _params(graph: Graph) -> int:

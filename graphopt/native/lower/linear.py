@@ -1,6 +1,7 @@
 """linear / fused_linear / matmul / fused_matmul -> the "gemm" kernel (csrc/rt_linear.cpp).
 
-A weight that is a plan constant is packed once when the plan is built; activations are read in
+A linear whose weight is sparse enough runs the CSR kernel instead (``sparse.py``). A weight
+that is a plan constant is packed once when the plan is built; activations are read in
 place through their strides (a transposed or sliced view needs no copy). A residual that dies
 at this node becomes the output buffer and the product accumulates onto it.
 """
@@ -8,6 +9,7 @@ at this node becomes the output buffer and the product accumulates onto it.
 from __future__ import annotations
 
 from graphopt.native.lower._common import activation, require_float32
+from graphopt.native.lower.sparse import try_sparse_linear
 from graphopt.ops.registry import register_lowering
 
 
@@ -27,6 +29,8 @@ def _emit_gemm(ctx, a, a_rows_cols, b, b_strides, n, batch, a_batch, b_batch, bi
 
 def _linear(ctx, fused: bool) -> None:
     require_float32(ctx, 0, 1, 2, 3)
+    if try_sparse_linear(ctx, fused):  # a sparse weight the cost model sends to CSR
+        return
     x = ctx.ref(0)
     mat = x.matrix()
     if mat is None:
