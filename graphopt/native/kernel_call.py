@@ -23,6 +23,8 @@ class KernelCall:
                  threads: int = 1, const: Sequence[int] = ()):
         from graphopt import _C
 
+        operands = [a if a is None or isinstance(a, np.ndarray) else np.asarray(a)
+                    for a in operands]  # numpy scalars -> 0-d arrays
         self.arrays = [None if a is None else np.require(a, requirements="C")
                        for a in operands]
         for a, b in zip(operands, self.arrays):
