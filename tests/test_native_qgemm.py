@@ -8,6 +8,9 @@ odd M / N / K, M = 1 and K = 1, the saturation worst cases (activations 255 agai
 scales, strided inputs. Without an activation the kernel performs the reference's float steps
 in the same order, so results are compared for equality.
 
+``qconv2d`` (the static int8 convolution: u8 im2col padded with the zero point, then the
+int8 GEMM) against ``F.conv2d`` on the exact integers.
+
 Op level (one-op graphs, tests/native_util.py): ``qlinear_dynamic`` and ``linear_weight_only``
 against the ops' reference implementations.
 
@@ -222,6 +225,70 @@ def test_kernel_errors():
         KernelCall("qlinear", [np.zeros((1, 2), F32), np.zeros((1, 3), F32),
                                np.ones((2, 3), np.int8), np.ones(2, F32)],
                    [1, 2, 3, 3, 1, 3, 1, 0, 0, 0], [0.0, 0.0])
+
+
+# ------------------------------------------------------------------------------- qconv2d
+def qconv(x, w, w_scale, bias, stride, pad, dil, groups, x_scale, x_zp, act="none",
+          y_scale=None, y_zp=0, threads=1):
+    """Runs kernel "qconv2d" (symmetric padding)."""
+    n, c, h, wd = x.shape
+    co, _, kh, kw = w.shape
+    ho = (h + 2 * pad[0] - dil[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (wd + 2 * pad[1] - dil[1] * (kw - 1) - 1) // stride[1] + 1
+    out = np.zeros((n, co, ho, wo), np.uint8 if y_scale is not None else F32)
+    scalars = [np.asarray(x_scale, F32), np.asarray(x_zp, np.uint8),
+               None if y_scale is None else np.asarray(y_scale, F32),
+               None if y_scale is None else np.asarray(y_zp, np.uint8)]
+    call = KernelCall("qconv2d", [out, x, w, w_scale, bias, None, *scalars],
+                      [n, c, h, wd, co, kh, kw, *stride, *pad, *dil, groups, ho, wo,
+                       ACTIVATION_CODES[act]], [0.0, 0.0], threads=threads, const=(2,))
+    call.run()
+    return out
+
+
+def qconv_reference(x, w, w_scale, bias, stride, pad, dil, groups, x_scale, x_zp, act="none",
+                    y_scale=None, y_zp=0):
+    """Padding with the zero point = zero padding of (x - x_zp); float64 sums are exact."""
+    acc = torch.nn.functional.conv2d(torch.from_numpy(x).double() - x_zp,
+                                     torch.from_numpy(w).double(), None, stride, pad, dil,
+                                     groups)
+    scale = torch.tensor(x_scale, dtype=torch.float32) * torch.from_numpy(w_scale)
+    y = acc.to(torch.float32) * scale[:, None, None]
+    if bias is not None:
+        y = y + torch.from_numpy(bias)[:, None, None]
+    y = apply_activation(y, act, ())
+    if y_scale is None:
+        return y.numpy()
+    q = torch.clamp(torch.round(y / torch.tensor(y_scale, dtype=torch.float32)) + y_zp, 0, 255)
+    return q.to(torch.uint8).numpy()
+
+
+QCONV_CASES = [
+    # (N, C, H, W), (Co, C/g, kh, kw), stride, padding, dilation, groups
+    ((1, 3, 7, 9), (5, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    ((2, 4, 11, 6), (6, 4, 1, 1), (1, 1), (0, 0), (1, 1), 1),  # pointwise: no im2col
+    ((1, 5, 13, 13), (17, 5, 3, 3), (2, 2), (1, 1), (1, 1), 1),
+    ((1, 3, 10, 10), (4, 3, 3, 1), (1, 2), (2, 0), (2, 1), 1),  # asymmetric, dilated
+    ((1, 8, 9, 9), (6, 4, 3, 3), (1, 1), (1, 1), (1, 1), 2),  # grouped
+    ((2, 6, 12, 12), (6, 1, 3, 3), (1, 1), (1, 1), (1, 1), 6),  # depthwise
+    ((1, 32, 8, 8), (40, 32, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,pad,dil,groups", QCONV_CASES)
+@pytest.mark.parametrize("x_zp", [0, 131, 255])
+def test_qconv2d(x_shape, w_shape, stride, pad, dil, groups, x_zp):
+    rng = _rng(sum(x_shape) + sum(w_shape))
+    x = rng.integers(0, 256, x_shape, dtype=np.uint8)
+    w = rng.integers(-128, 128, w_shape, dtype=np.int8)
+    w_scale = (rng.random(w_shape[0]) * 0.01 + 1e-3).astype(F32)
+    bias = rng.standard_normal(w_shape[0]).astype(F32)
+    args = (x, w, w_scale, bias, stride, pad, dil, groups, 0.03, x_zp)
+    for threads in (1, 2):
+        np.testing.assert_array_equal(qconv(*args, threads=threads), qconv_reference(*args))
+    # requantized u8 output with a relu epilogue
+    np.testing.assert_array_equal(qconv(*args, act="relu", y_scale=0.05, y_zp=3),
+                                  qconv_reference(*args, act="relu", y_scale=0.05, y_zp=3))
 
 
 # ------------------------------------------------------------------------------- op level

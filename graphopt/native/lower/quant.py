@@ -60,6 +60,21 @@ def emit_qlinear(ctx, out, x, x_mat, w, w_scale, bias=None, residual=None, act=(
              [p0, p1])
 
 
+def emit_qconv(ctx, out, x, w, w_scale, bias, params, act=(0, 0.0, 0.0), x_scale=None,
+               x_zp=None, y_scale=None, y_zp=None) -> None:
+    """Emits one "qconv2d" step: static int8 NCHW convolution (see docs/native.md).
+
+    Args:
+        out: f32 ``[N, Co, Ho, Wo]`` (u8 with ``y_scale``); x: contiguous u8 ``[N, C, H, W]``;
+        w: contiguous i8 ``[Co, C/g, kh, kw]`` plan constant; w_scale / bias: f32 ``[Co]``;
+        params: ``[N, C, H, W, Co, kh, kw, stride_h, stride_w, pad_top, pad_left, dil_h,
+        dil_w, groups, Ho, Wo]``; x_scale f32 [] (required), x_zp / y_scale / y_zp scalars.
+    """
+    code, p0, p1 = act
+    ctx.emit("qconv2d", [out, x, w, w_scale, bias, None, x_scale, x_zp, y_scale, y_zp],
+             [*params, code], [p0, p1])
+
+
 @register_lowering("native", "qlinear_dynamic")
 def lower_qlinear_dynamic(ctx) -> None:
     _require(ctx, 0, DType.float32, "input x")
