@@ -11,7 +11,10 @@ interleaved rounds in one process (medians, ms, ``--threads`` intra-op threads):
   graphopt's standard-op fp32 export;
 * ``graphopt int8``: ``graphopt.quantize`` (all 36 linears) -> DynamicQuantizeMatMul;
   ``graphopt int8 (MatMulInteger)``: the same graph lowered without contrib ops;
-  ``graphopt int8 budget``: with ``error_budget`` (sensitive layers kept in float).
+  ``graphopt int8 budget``: with ``error_budget`` (sensitive layers kept in float);
+* ``native fp32`` / ``native int8`` / ``native int8 budget``: graphopt's native runtime on the
+  fp32 graph and on the two int8 graphs (the int8 GEMM, see docs/native.md); MiniLM's
+  attention-mask indexing runs as a reference step (``fallback="reference"``) in all three.
 
 Accuracy (MiniLM only): cosine of mean-pooled sentence embeddings vs fp32 eager on the 60
 ``EVAL_SENTENCES``, mean / min. Size: the ONNX file on disk.
@@ -37,7 +40,7 @@ import onnxruntime as ort
 import torch
 
 import graphopt
-from graphopt import zoo
+from graphopt import _C, zoo
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 CALIBRATION = (
@@ -70,6 +73,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--budget", type=float, default=0.005)
     opts = p.parse_args()
+    load = os.getloadavg()[0]
     torch.set_num_threads(opts.threads)
     model, args = zoo.get(opts.model)
     model.eval()
@@ -103,6 +107,10 @@ def main() -> None:
         graphopt.to_onnx(q_all, contrib_ops=False), f"{tmp}/q_std.onnx", opts.threads)
     calls["graphopt int8 budget"], sizes["graphopt int8 budget"] = _session(
         graphopt.to_onnx(q_budget), f"{tmp}/qb.onnx", opts.threads)
+    native = {"native fp32": graph, "native int8": q_all, "native int8 budget": q_budget}
+    for name, g in native.items():
+        calls[name] = graphopt.compile(g, backend="native", threads=opts.threads,
+                                       fallback="reference")
     try:
         tq = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         calls["torch.ao int8"] = lambda *a: tq(*a)
@@ -129,7 +137,8 @@ def main() -> None:
             cos = (embed(list(EVAL_SENTENCES), fn) * ref).sum(-1)
             accuracy[name] = (float(cos.mean()), float(cos.min()))
     rows = {}
-    print(f"\n{opts.model}, batch 1, {opts.threads} threads, {opts.rounds} interleaved rounds")
+    print(f"\n{opts.model}, batch 1, {opts.threads} threads, {opts.rounds} interleaved rounds, "
+          f"load avg (1 min) at start {load:.2f}, int8 kernels {_C.native_qgemm_isa()}")
     print(f"{'variant':32s} {'p50 ms':>8s} {'size MB':>8s} {'cos mean':>9s} {'cos min':>8s}")
     for name in calls:
         med = statistics.median(times[name])
@@ -143,7 +152,7 @@ def main() -> None:
           f"fallback {rep_budget.fallback}")
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, f"quant_{opts.model}.json"), "w") as f:
-        json.dump({"rows": rows, "fallback": rep_budget.fallback,
+        json.dump({"rows": rows, "fallback": rep_budget.fallback, "load_avg_1m": load,
                    "threads": opts.threads, "rounds": opts.rounds}, f, indent=1)
 
 

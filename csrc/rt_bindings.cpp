@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "rt_plan.h"
+#include "rt_qgemm.h"
 #include "rt_vec.h"
 
 namespace py = pybind11;
@@ -102,6 +103,10 @@ void register_runtime(py::module_& m) {
     m.def(
         "native_vec_isa", []() { return std::string(rt::vec_ops().name); },
         "Instruction set of the runtime's vector loops (avx2_fma or portable).");
+    m.def(
+        "native_qgemm_isa", []() { return std::string(rt::qgemm_kernels().name); },
+        "Kernel set of the runtime's int8 GEMM (avxvnni_quad_u8, avx2_pair_i16 or "
+        "portable_pair_i16; GRAPHOPT_DISABLE_VNNI=1 / GRAPHOPT_DISABLE_AVX2=1 step down).");
 }
 
 }  // namespace graphopt

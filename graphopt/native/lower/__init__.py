@@ -11,6 +11,7 @@ from graphopt.native.lower import (  # noqa: F401
     linear,
     norm,
     pool,
+    quant,
     reduce,
     shape,
 )

@@ -1,0 +1,163 @@
+// Kernel "qconv2d": static int8 NCHW convolution on the int8 GEMM (rt_qgemm.h).
+//
+//   acc[n, co, p] = sum_{ci, i, j} (x_q[n, ci, ...] - x_zp) * w_q[co, ci, i, j]   (exact int32)
+//   y = act(acc * (x_scale * w_scale[co]) + bias[co]);  out = y (f32) or requantized u8
+//
+// Per image and group, the u8 im2col matrix cols[P = Ho * Wo, K = C/g * kh * kw] is gathered
+// with the zero point as the padding value (so padded taps contribute (x_zp - x_zp) * w = 0),
+// then cols @ W_g^T runs on the int8 GEMM, whose epilogue writes C[p, co] transposed straight
+// into the NCHW output (column stride P). A 1x1, stride-1, unpadded convolution reads x as the
+// GEMM operand directly ([P, C] with column stride H * W): no im2col.
+//
+// Operands: out [N, Co, Ho, Wo] (f32, or u8 with y_scale), x u8 [N, C, H, W] (contiguous),
+//           w_q i8 [Co, C/g, kh, kw] (a plan constant, contiguous), w_scale f32 [Co],
+//           bias f32 [Co]?, (absent: residual), x_scale f32 [], x_zp u8 []?, y_scale f32 []?,
+//           y_zp u8 []?     (the slots of "qlinear")
+// Ints:     N, C, H, W, Co, kh, kw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
+//           groups, Ho, Wo, act
+// Floats:   act_p0, act_p1
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "rt_parallel.h"
+#include "rt_plan.h"
+#include "rt_qgemm.h"
+
+namespace graphopt {
+namespace rt {
+namespace {
+
+struct ConvShape {
+    int64_t n, c, h, w, co, kh, kw, sh, sw, ph, pw, dh, dw, groups, ho, wo;
+};
+
+// cols[p, (ci, i, j)] for output pixels p of one image and the channels of one group.
+void im2col_u8(const ConvShape& s, const uint8_t* x, int64_t c0, int64_t cg, uint8_t zp,
+               uint8_t* cols, int threads) {
+    const int64_t k = cg * s.kh * s.kw;
+    parallel_for(threads, s.ho, s.wo * k, [&](int64_t oh0, int64_t oh1) {
+        for (int64_t oh = oh0; oh < oh1; ++oh) {
+            for (int64_t ow = 0; ow < s.wo; ++ow) {
+                uint8_t* row = cols + (oh * s.wo + ow) * k;
+                for (int64_t ci = 0; ci < cg; ++ci) {
+                    const uint8_t* plane = x + (c0 + ci) * s.h * s.w;
+                    for (int64_t i = 0; i < s.kh; ++i) {
+                        const int64_t ih = oh * s.sh - s.ph + i * s.dh;
+                        uint8_t* dst = row + (ci * s.kh + i) * s.kw;
+                        if (ih < 0 || ih >= s.h) {
+                            std::memset(dst, zp, static_cast<size_t>(s.kw));
+                            continue;
+                        }
+                        for (int64_t j = 0; j < s.kw; ++j) {
+                            const int64_t iw = ow * s.sw - s.pw + j * s.dw;
+                            dst[j] = (iw < 0 || iw >= s.w) ? zp : plane[ih * s.w + iw];
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+class QConvKernel : public Kernel {
+   public:
+    explicit QConvKernel(const KernelArgs& args) : name_(args.name) {
+        IntReader r(args);
+        s_ = ConvShape{r.next(), r.next(), r.next(), r.next(), r.next(), r.next(),
+                       r.next(), r.next(), r.next(), r.next(), r.next(), r.next(),
+                       r.next(), r.next(), r.next(), r.next()};
+        act_.act = static_cast<Act>(r.next());
+        act_.p0 = static_cast<float>(r.real(0));
+        act_.p1 = static_cast<float>(r.real(1));
+        auto has = [&](size_t i) { return args.operands.size() > i && args.operands[i].present; };
+        if (s_.groups <= 0 || s_.c % s_.groups != 0 || s_.co % s_.groups != 0) {
+            throw PlanError("qconv2d " + name_ + ": channels do not split into groups");
+        }
+        if (has(5)) throw PlanError("qconv2d " + name_ + ": no residual operand");
+        if (!has(6)) throw PlanError("qconv2d " + name_ + ": x_scale is required");
+        if (!args.is_const(2)) {
+            throw PlanError("qconv2d " + name_ + ": the int8 weight must be a plan constant");
+        }
+        has_bias_ = has(4);
+        has_xzp_ = has(7);
+        requant_ = has(8);
+        has_yzp_ = has(9);
+        const int64_t cg = s_.c / s_.groups, cog = s_.co / s_.groups;
+        const int64_t k = cg * s_.kh * s_.kw;
+        const auto* w = reinterpret_cast<const int8_t*>(args.const_ptr(2));
+        try {
+            for (int64_t g = 0; g < s_.groups; ++g) {
+                weights_.push_back(std::make_unique<PackedQWeight>(PackedQWeight::pack(
+                    w + g * cog * k, cog, k, k, 1, qgemm_kernels().format)));
+            }
+        } catch (const PlanError& e) {
+            throw PlanError("qconv2d " + name_ + ": " + e.what());
+        }
+        pointwise_ = s_.kh == 1 && s_.kw == 1 && s_.sh == 1 && s_.sw == 1 && s_.ph == 0 &&
+                     s_.pw == 0 && s_.ho == s_.h && s_.wo == s_.w;
+    }
+
+    void run(const ExecContext& ctx) const override {
+        const auto* x = ctx.get<const uint8_t>(operands[1]);
+        const float* w_scale = ctx.get<const float>(operands[3]);
+        const float* bias = has_bias_ ? ctx.get<const float>(operands[4]) : nullptr;
+        const float x_scale = *ctx.get<const float>(operands[6]);
+        const uint8_t x_zp = has_xzp_ ? *ctx.get<const uint8_t>(operands[7]) : 0;
+        const int64_t cg = s_.c / s_.groups, cog = s_.co / s_.groups;
+        const int64_t k = cg * s_.kh * s_.kw, p = s_.ho * s_.wo, hw = s_.h * s_.w;
+        QGemmArgs g;
+        g.a_zp = x_zp;
+        g.a_scale = x_scale;
+        g.act = act_;
+        g.ldc = 1;  // C[p, co] at p + co * P: the NCHW plane of each output channel
+        g.c_cs = p;
+        if (requant_) {
+            g.y_scale = *ctx.get<const float>(operands[8]);
+            g.y_zp = has_yzp_ ? *ctx.get<const uint8_t>(operands[9]) : 0;
+        }
+        uint8_t* cols = nullptr;
+        if (!pointwise_) {
+            cols = reinterpret_cast<uint8_t*>(
+                qgemm_scratch().cols.reserve(ceil_div(std::max<int64_t>(p * k, 64), 4)));
+        }
+        for (int64_t n = 0; n < s_.n; ++n) {
+            const uint8_t* xn = x + n * s_.c * hw;
+            for (int64_t gi = 0; gi < s_.groups; ++gi) {
+                if (pointwise_) {
+                    g.a = QMatrixRef{xn + gi * cg * hw, p, k, 1, hw};
+                } else {
+                    im2col_u8(s_, xn, gi * cg, cg, x_zp, cols, ctx.threads);
+                    g.a = QMatrixRef{cols, p, k, k, 1};
+                }
+                g.w = weights_[static_cast<size_t>(gi)].get();
+                g.w_scale = w_scale + gi * cog;
+                g.bias = bias != nullptr ? bias + gi * cog : nullptr;
+                const int64_t out_off = (n * s_.co + gi * cog) * p;
+                if (requant_) {
+                    g.c_u8 = ctx.get<uint8_t>(operands[0]) + out_off;
+                } else {
+                    g.c = ctx.get<float>(operands[0]) + out_off;
+                }
+                qgemm_run(g, ctx.threads);
+            }
+        }
+    }
+
+   private:
+    std::string name_;
+    ConvShape s_{};
+    ActSpec act_;
+    bool has_bias_ = false, has_xzp_ = false, requant_ = false, has_yzp_ = false;
+    bool pointwise_ = false;
+    std::vector<std::unique_ptr<PackedQWeight>> weights_;
+};
+
+GRAPHOPT_RT_KERNEL("qconv2d", QConvKernel);
+
+}  // namespace
+}  // namespace rt
+}  // namespace graphopt

@@ -1,0 +1,168 @@
+// The runtime's int8 GEMM: C = epilogue((A_u8 - a_zp) @ W_s8^T), exact int32 accumulation.
+//
+//   A  [M, K] u8 activations with a per-tensor zero point a_zp (any strides);
+//   W  [N, K] s8 weights (a linear layer's layout), packed once at plan build (PackedQWeight);
+//   acc[m, n] = sum_k (A[m, k] - a_zp) * W[n, k]                        (exact, int32)
+//   f32 out:  y = act(float(acc) * (a_scale * w_scale[n]) + bias[n] + residual[m, n])
+//   u8 out:   q = saturate_u8(round_half_even(y / y_scale) + y_zp)      (requantize epilogue)
+//
+// Both the order of the float operations and the rounding follow graphopt's reference ops
+// (qlinear_dynamic; the static qlinear / qconv): a_scale * w_scale[n] is one f32 product,
+// then the integer accumulator (converted to f32) is multiplied by it, bias and residual are
+// added one at a time (no fused multiply-add: the files computing these are built with
+// fp-contract off).
+//
+// Saturation. AVX2's vpmaddubsw (u8 x s8 pairs into a *saturating* i16) overflows for
+// 255 * 127 * 2, so it is not used. Two exact schemes, chosen once per process:
+//  * kPairI16 (AVX2, portable): A is packed as i16 (A - a_zp) in [-255, 255], W as i16, and
+//    vpmaddwd sums i16 pairs into i32 (|255 * 128 * 2| fits easily). No zero-point correction.
+//    On AVX2 machines vpmaddwd has the throughput of vpmaddubsw (both are multiplier uops,
+//    16 multiply-adds each per 32-byte vector once vpmaddubsw's pair sums are widened), so
+//    exactness costs nothing in the kernel; only the packed weight is 2 bytes per element.
+//  * kQuadU8 (AVX-VNNI): vpdpbusd sums four u8 x s8 products into i32 without intermediate
+//    saturation (32 multiply-adds per instruction). A stays u8; the zero point is corrected with
+//    the weight column sums precomputed at pack time: acc = sum A * W - a_zp * colsum[n].
+// The int32 accumulator is exact for K <= kQGemmMaxK (255 * 128 * K < 2^31).
+//
+// Blocking: the whole K is accumulated in registers for one kQMR x kQNR tile (no K blocks, no
+// partial sums in C); A is quantized and packed once per call for all rows, then threads take
+// tiles (column-panel major, so a weight panel is reused across the rows while it is in cache).
+// M <= kQMR (GEMV) is the same path with a 1..6-row tile.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "rt_gemm.h"
+
+namespace graphopt {
+namespace rt {
+
+constexpr int64_t kQMR = 6;   // tile rows
+constexpr int64_t kQNR = 16;  // tile columns (one weight panel)
+constexpr int64_t kQGemmMaxK = 65536;
+
+enum class QFormat : int32_t { kPairI16 = 0, kQuadU8 = 1 };
+
+// K steps of one packed element group: 2 (i16 pairs) or 4 (u8 / s8 quads).
+inline int64_t qformat_group(QFormat f) { return f == QFormat::kPairI16 ? 2 : 4; }
+
+// Packed layouts (each step is one group of K):
+//   weight panel (16 columns):  kPairI16: i16 [steps][16][2]    kQuadU8: s8 [steps][16][4]
+//   activation panel (6 rows):  kPairI16: i16 [steps][6][2]     kQuadU8: u8 [steps][6][4]
+// i.e. 64 bytes per step for a weight panel, 24 for an activation panel, in both formats.
+// K past the end is zero in both operands.
+constexpr int64_t kQPanelStepBytesB = 64;
+constexpr int64_t kQPanelStepBytesA = 24;
+
+// out[r * 16 + j] = sum over `steps` of activation row r . weight column j, for r < rows.
+using QTileFn = void (*)(int64_t rows, int64_t steps, const uint8_t* a, const uint8_t* b,
+                         int32_t* out);
+// Row-wise min / max of rows x cols floats (row stride rs, contiguous columns), into lo / hi.
+using QMinMaxFn = void (*)(const float* x, int64_t rows, int64_t cols, int64_t rs, float* lo,
+                           float* hi);
+// q[i] = clamp(round_half_even(x[i] / scale) + zp, 0, 255) for contiguous x.
+using QQuantizeFn = void (*)(const float* x, int64_t n, float scale, float zp, uint8_t* q);
+// c[r * ldc + j] = float(acc[r * 16 + j]) * col_scale[j] (+ bias[j]) (+ res[r * ldr + j]), for
+// r < rows, j < cols (<= 16). bias / res may be null; res may alias c (in-place residual).
+using QDequantFn = void (*)(const int32_t* acc, int64_t rows, int64_t cols,
+                            const float* col_scale, const float* bias, const float* res,
+                            int64_t ldr, float* c, int64_t ldc);
+
+struct QGemmKernels {
+    const char* name;
+    QFormat format;
+    QTileFn tile;
+    QMinMaxFn minmax;
+    QQuantizeFn quantize;
+    QDequantFn dequant;
+};
+
+// Pieces shared between the tables: the scalar quantizer (x / scale, round half to even, + zp,
+// clamp to [0, 255]; NaN -> 0), the portable dequantize, and the AVX2 loops (reused by AVX-VNNI).
+uint8_t quantize_one(float x, float scale, float zp);
+void qdequant_portable(const int32_t* acc, int64_t rows, int64_t cols, const float* col_scale,
+                       const float* bias, const float* res, int64_t ldr, float* c, int64_t ldc);
+void qminmax_avx2(const float* x, int64_t rows, int64_t cols, int64_t rs, float* lo, float* hi);
+void qquantize_avx2(const float* x, int64_t n, float scale, float zp, uint8_t* q);
+void qdequant_avx2(const int32_t* acc, int64_t rows, int64_t cols, const float* col_scale,
+                   const float* bias, const float* res, int64_t ldr, float* c, int64_t ldc);
+
+const QGemmKernels& portable_qgemm_kernels();
+const QGemmKernels& avx2_qgemm_kernels();
+const QGemmKernels& avxvnni_qgemm_kernels();
+// AVX-VNNI when available (GRAPHOPT_DISABLE_VNNI=1 skips it), else AVX2, else portable.
+const QGemmKernels& qgemm_kernels();
+bool cpu_has_avxvnni();
+
+// A weight W[N, K] (s8, any strides) packed into 16-column panels over the whole K.
+class PackedQWeight {
+   public:
+    static PackedQWeight pack(const int8_t* w, int64_t n, int64_t k, int64_t rs, int64_t cs,
+                              QFormat format);
+    const uint8_t* panel(int64_t q) const {
+        return reinterpret_cast<const uint8_t*>(storage_.data()) + q * steps_ * kQPanelStepBytesB;
+    }
+    const int32_t* colsum() const { return colsum_.data(); }  // [N] (kQuadU8 only)
+    int64_t n() const { return n_; }
+    int64_t k() const { return k_; }
+    int64_t steps() const { return steps_; }
+    QFormat format() const { return format_; }
+
+   private:
+    AlignedFloats storage_;
+    std::vector<int32_t> colsum_;
+    int64_t n_ = 0, k_ = 0, steps_ = 0;
+    QFormat format_ = QFormat::kPairI16;
+};
+
+// A u8 activation matrix (element strides).
+struct QMatrixRef {
+    const uint8_t* data;
+    int64_t rows, cols, row_stride, col_stride;
+};
+
+struct QGemmArgs {
+    QMatrixRef a;
+    int32_t a_zp = 0;
+    float a_scale = 1.0f;
+    const PackedQWeight* w = nullptr;
+    const float* w_scale = nullptr;  // [N]
+    const float* bias = nullptr;     // [N] or null
+    const float* residual = nullptr;  // [M, N], row stride ldr (f32 output only)
+    int64_t ldr = 0;
+    bool residual_in_c = false;  // C holds the residual on entry
+    ActSpec act;
+    // Output: f32 (c) or requantized u8 (c_u8), element (m, n) at m * ldc + n * c_cs.
+    float* c = nullptr;
+    uint8_t* c_u8 = nullptr;
+    int64_t ldc = 0, c_cs = 1;
+    float y_scale = 1.0f;
+    int32_t y_zp = 0;
+};
+
+// The whole product over up to `threads` threads (the runtime's pool).
+void qgemm_run(const QGemmArgs& args, int threads);
+
+// ONNX DynamicQuantizeLinear of rows x cols floats x (row stride rs, column stride cs) into the
+// contiguous u8 matrix q [rows, cols]; returns (scale, zero point) through the pointers:
+//   lo = min(0, min x), hi = max(0, max x), scale = (hi - lo) / 255,
+//   zp = clamp(round(-lo / scale), 0, 255), q = clamp(round(x / scale) + zp, 0, 255)
+// (scale 0 -> divides by 1, as the reference does; round = half to even).
+void dynamic_quantize(const float* x, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
+                      uint8_t* q, float* scale, int32_t* zp, int threads);
+
+// y_f -> u8: saturate(round_half_even(y / y_scale) + y_zp) for n contiguous floats.
+void requantize_u8(const float* y, int64_t n, float y_scale, int32_t y_zp, uint8_t* out);
+
+// Thread-local scratch of the int8 GEMM (reused across calls).
+struct QGemmScratch {
+    AlignedFloats qa;     // quantized activations (dynamic mode)
+    AlignedFloats packed;  // packed activation panels
+    AlignedFloats cols;   // im2col rows (qconv)
+    std::vector<float> lo, hi, col_scale;
+};
+QGemmScratch& qgemm_scratch();
+
+}  // namespace rt
+}  // namespace graphopt

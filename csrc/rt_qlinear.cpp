@@ -1,0 +1,119 @@
+// Kernel "qlinear": int8 linear layers on the int8 GEMM (rt_qgemm.h), dynamic or static.
+//
+//   dynamic (qlinear_dynamic): x f32 is quantized per tensor to u8 inside the kernel with ONNX
+//       DynamicQuantizeLinear semantics (a_scale, a_zp from this call's min / max);
+//   static (qlinear): x is already u8 with a given scale and zero point.
+//   acc = (x_q - a_zp) @ w_q^T (exact int32);  y = act(acc * (a_scale * w_scale) + bias + res)
+//   out = y (f32), or with y_scale: saturate_u8(round_half_even(y / y_scale) + y_zp).
+//
+// Operands: out [M, N] (f32, or u8 with y_scale), x [M, K] (f32 dynamic / u8 static; any
+//           strides), w_q i8 [N, K] (a plan constant), w_scale f32 [N], bias f32 [N]?,
+//           residual f32 [M, N]? (contiguous), x_scale f32 []? and x_zp u8 []? (static),
+//           y_scale f32 []? and y_zp u8 []? (requantized output)
+// Ints:     M, N, K, x_row_stride, x_col_stride, w_row_stride, w_col_stride, static (0 / 1),
+//           act, residual_in_c
+// Floats:   act_p0, act_p1
+// Scalars (x_scale, x_zp, y_scale, y_zp, w_scale, bias) are read at run time, so they may be
+// computed by earlier steps; only the weight must be constant (it is packed at build time).
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "rt_plan.h"
+#include "rt_qgemm.h"
+
+namespace graphopt {
+namespace rt {
+namespace {
+
+enum QOperand : size_t {
+    kOut = 0, kX, kW, kWScale, kBias, kResidual, kXScale, kXZp, kYScale, kYZp,
+};
+
+class QLinearKernel : public Kernel {
+   public:
+    explicit QLinearKernel(const KernelArgs& args) : name_(args.name) {
+        IntReader r(args);
+        m_ = r.next();
+        n_ = r.next();
+        k_ = r.next();
+        x_rs_ = r.next();
+        x_cs_ = r.next();
+        const int64_t w_rs = r.next(), w_cs = r.next();
+        static_ = r.next() != 0;
+        act_.act = static_cast<Act>(r.next());
+        residual_in_c_ = r.next() != 0;
+        act_.p0 = static_cast<float>(r.real(0));
+        act_.p1 = static_cast<float>(r.real(1));
+        auto has = [&](size_t i) { return args.operands.size() > i && args.operands[i].present; };
+        has_bias_ = has(kBias);
+        has_residual_ = has(kResidual);
+        requant_ = has(kYScale);
+        if (static_ && !has(kXScale)) {
+            throw PlanError("qlinear " + name_ + ": static mode needs x_scale");
+        }
+        if (requant_ && (has_residual_ || residual_in_c_)) {
+            throw PlanError("qlinear " + name_ + ": a requantized (u8) output takes no residual");
+        }
+        if (residual_in_c_ && !has_residual_) {
+            throw PlanError("qlinear " + name_ + ": in-place residual needs a residual");
+        }
+        if (!args.is_const(kW)) {
+            throw PlanError("qlinear " + name_ + ": the int8 weight must be a plan constant");
+        }
+        const auto* w = reinterpret_cast<const int8_t*>(args.const_ptr(kW));
+        try {
+            weight_ = std::make_unique<PackedQWeight>(
+                PackedQWeight::pack(w, n_, k_, w_rs, w_cs, qgemm_kernels().format));
+        } catch (const PlanError& e) {
+            throw PlanError("qlinear " + name_ + ": " + e.what());
+        }
+    }
+
+    void run(const ExecContext& ctx) const override {
+        QGemmArgs g;
+        g.w = weight_.get();
+        g.w_scale = ctx.get<const float>(operands[kWScale]);
+        g.bias = has_bias_ ? ctx.get<const float>(operands[kBias]) : nullptr;
+        g.residual = has_residual_ ? ctx.get<const float>(operands[kResidual]) : nullptr;
+        g.ldr = n_;
+        g.residual_in_c = residual_in_c_;
+        g.act = act_;
+        g.ldc = n_;
+        if (requant_) {
+            g.c_u8 = ctx.get<uint8_t>(operands[kOut]);
+            g.y_scale = *ctx.get<const float>(operands[kYScale]);
+            g.y_zp = operands.size() > kYZp && operands[kYZp].present
+                         ? *ctx.get<const uint8_t>(operands[kYZp]) : 0;
+        } else {
+            g.c = ctx.get<float>(operands[kOut]);
+        }
+        if (static_) {
+            g.a = QMatrixRef{ctx.get<const uint8_t>(operands[kX]), m_, k_, x_rs_, x_cs_};
+            g.a_scale = *ctx.get<const float>(operands[kXScale]);
+            g.a_zp = operands.size() > kXZp && operands[kXZp].present
+                         ? *ctx.get<const uint8_t>(operands[kXZp]) : 0;
+        } else {
+            QGemmScratch& s = qgemm_scratch();
+            auto* q = reinterpret_cast<uint8_t*>(s.qa.reserve(ceil_div(m_ * k_ + 64, 4)));
+            dynamic_quantize(ctx.get<const float>(operands[kX]), m_, k_, x_rs_, x_cs_, q,
+                             &g.a_scale, &g.a_zp, ctx.threads);
+            g.a = QMatrixRef{q, m_, k_, k_, 1};
+        }
+        qgemm_run(g, ctx.threads);
+    }
+
+   private:
+    std::string name_;
+    int64_t m_ = 0, n_ = 0, k_ = 0, x_rs_ = 0, x_cs_ = 0;
+    bool static_ = false, requant_ = false, has_bias_ = false, has_residual_ = false;
+    bool residual_in_c_ = false;
+    ActSpec act_;
+    std::unique_ptr<PackedQWeight> weight_;
+};
+
+GRAPHOPT_RT_KERNEL("qlinear", QLinearKernel);
+
+}  // namespace
+}  // namespace rt
+}  // namespace graphopt

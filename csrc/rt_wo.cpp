@@ -1,0 +1,152 @@
+// Weight-only int8 / int4 linear (see rt_wo.h): decoding, the portable GEMV, the GEMM operand
+// source and kernel "linear_wo".
+//
+// Kernel "linear_wo":
+//   Operands: out f32 [M, N], x f32 [M, K] (row stride, contiguous columns), codes u8
+//             [N, n_blocks, blob], scales f32 [N, n_blocks], bias f32 [N]?, residual f32 [M, N]?
+//   Ints:     M, N, K, x_row_stride, bits (4 / 8), block_size, act, residual_in_c
+//   Floats:   act_p0, act_p1
+#include "rt_wo.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "cpu.h"
+#include "rt_gemv.h"
+#include "rt_parallel.h"
+#include "rt_plan.h"
+
+namespace graphopt {
+namespace rt {
+
+void wo_decode_row(const WoWeight& w, int64_t n, int64_t k0, int64_t count, float* dst) {
+    const uint8_t* row = w.codes + n * w.row_bytes();
+    const float* scales = w.scales + n * w.n_blocks;
+    const int32_t zp = w.zero_point();
+    for (int64_t j = 0; j < count; ++j) {
+        const int64_t k = k0 + j;
+        const int32_t code = w.bits == 8 ? row[k] : (row[k >> 1] >> ((k & 1) * 4)) & 0xF;
+        dst[j] = static_cast<float>(code - zp) * scales[k / w.block_size];
+    }
+}
+
+void wo_gemv_portable(const WoWeight& w, int64_t rows, const float* x, int64_t x_rs, int64_t n0,
+                      int64_t cols, float* out) {
+    float wrow[256];
+    for (int64_t j = 0; j < cols; ++j) {
+        float acc[kGemvMaxRows] = {};
+        for (int64_t k0 = 0; k0 < w.k; k0 += 256) {
+            const int64_t kc = std::min<int64_t>(256, w.k - k0);
+            wo_decode_row(w, n0 + j, k0, kc, wrow);
+            for (int64_t r = 0; r < rows; ++r) {
+                const float* xr = x + r * x_rs + k0;
+                float s = 0.0f;
+                for (int64_t kk = 0; kk < kc; ++kk) s += xr[kk] * wrow[kk];
+                acc[r] += s;
+            }
+        }
+        for (int64_t r = 0; r < rows; ++r) out[r * kGemvCols + j] = acc[r];
+    }
+}
+
+const float* WoDequantB::get(int64_t pc, int64_t kc, int64_t start, int64_t count,
+                             AlignedFloats& scratch) const {
+    float* dst = scratch.reserve(round_up(count, kNR) * kc);
+    // Decode 16 weight rows (contiguous along K) and transpose them into a k-major panel.
+    float* rows = gemm_scratch().extra.reserve(kNR * kc);
+    const GemmKernels& kern = gemm_kernels();
+    const auto decode = cpu_features().use_avx2_fma ? wo_decode_row_avx2 : wo_decode_row;
+    for (int64_t q = 0; q < count; q += kNR) {
+        const int64_t cols = std::min(kNR, count - q);
+        for (int64_t j = 0; j < cols; ++j) decode(w, start + q + j, pc, kc, rows + j * kc);
+        kern.pack_b_k_contiguous(kc, cols, rows, kc, dst + q * kc);
+    }
+    return dst;
+}
+
+void wo_linear_run(const WoWeight& w, const MatrixRef& x, float* c, int64_t ldc,
+                   const EpilogueSpec& ep, int threads) {
+    const int64_t m = x.rows, n = w.n;
+    if (m <= 0 || n <= 0) return;
+    if (m > kGemvMaxRows || x.col_stride != 1) {
+        // Decoding a weight element costs a few multiply-adds' worth of work.
+        gemm_run(StridedA{x}, WoDequantB{w}, m, n, w.k, c, ldc, ep, threads, 8.0, 6.0);
+        return;
+    }
+    const WoGemvFn gemv = cpu_features().use_avx2_fma ? wo_gemv_avx2 : wo_gemv_portable;
+    const GemmKernels& kern = gemm_kernels();
+    const int64_t panels = ceil_div(n, kGemvCols);
+    parallel_for(threads, panels, kGemvCols * w.k / 2, [&](int64_t q0, int64_t q1) {
+        alignas(64) float tile[kGemvMaxRows * kGemvCols];
+        for (int64_t q = q0; q < q1; ++q) {
+            const int64_t j0 = q * kGemvCols;
+            const int64_t nr = std::min(kGemvCols, n - j0);
+            gemv(w, m, x.data, x.row_stride, j0, nr, tile);
+            for (int64_t r = 0; r < m; ++r) {
+                float* crow = c + r * ldc + j0;
+                const float* t = tile + r * kGemvCols;
+                if (ep.residual_in_c) {
+                    for (int64_t j = 0; j < nr; ++j) crow[j] += t[j];
+                } else {
+                    for (int64_t j = 0; j < nr; ++j) crow[j] = t[j];
+                }
+            }
+            gemm_tile_epilogue(kern, c + j0, ldc, 0, j0, m, nr, ep);
+        }
+    });
+}
+
+namespace {
+
+class LinearWoKernel : public Kernel {
+   public:
+    explicit LinearWoKernel(const KernelArgs& args) {
+        IntReader r(args);
+        m_ = r.next();
+        n_ = r.next();
+        k_ = r.next();
+        x_rs_ = r.next();
+        bits_ = r.next();
+        block_ = r.next();
+        ep_.act.act = static_cast<Act>(r.next());
+        ep_.residual_in_c = r.next() != 0;
+        ep_.act.p0 = static_cast<float>(r.real(0));
+        ep_.act.p1 = static_cast<float>(r.real(1));
+        if (bits_ != 4 && bits_ != 8) {
+            throw PlanError("linear_wo " + args.name + ": bits must be 4 or 8, got " +
+                            std::to_string(bits_));
+        }
+        if (block_ <= 0 || (bits_ == 4 && block_ % 2 != 0)) {
+            throw PlanError("linear_wo " + args.name + ": bad block_size " +
+                            std::to_string(block_));
+        }
+        has_bias_ = args.operands.size() > 4 && args.operands[4].present;
+        has_residual_ = args.operands.size() > 5 && args.operands[5].present;
+        if (ep_.residual_in_c && !has_residual_) {
+            throw PlanError("linear_wo " + args.name + ": in-place residual needs a residual");
+        }
+    }
+
+    void run(const ExecContext& ctx) const override {
+        WoWeight w{ctx.get<const uint8_t>(operands[2]), ctx.get<const float>(operands[3]),
+                   n_, k_, bits_, block_, ceil_div(std::max<int64_t>(k_, 1), block_)};
+        EpilogueSpec ep = ep_;
+        ep.col_bias = has_bias_ ? ctx.get<const float>(operands[4]) : nullptr;
+        ep.residual = has_residual_ ? ctx.get<const float>(operands[5]) : nullptr;
+        ep.ldr = n_;
+        const MatrixRef x{ctx.get<const float>(operands[1]), m_, k_, x_rs_, 1};
+        wo_linear_run(w, x, ctx.get<float>(operands[0]), n_, ep, ctx.threads);
+    }
+
+   private:
+    int64_t m_ = 0, n_ = 0, k_ = 0, x_rs_ = 0, bits_ = 4, block_ = 32;
+    bool has_bias_ = false, has_residual_ = false;
+    EpilogueSpec ep_;
+};
+
+GRAPHOPT_RT_KERNEL("linear_wo", LinearWoKernel);
+
+}  // namespace
+}  // namespace rt
+}  // namespace graphopt

@@ -1,0 +1,58 @@
+// Weight-only quantized linear layers: float activations, block-wise int8 / int4 weights that
+// stay quantized in memory and are dequantized inside the kernel (graphopt's
+// linear_weight_only, packed as onnxruntime's MatMulNBits):
+//
+//   codes: u8 [N, n_blocks, blob], row n holds the codes of W[n, :] in K order (4-bit: two per
+//          byte, the low nibble first), padded to n_blocks * block_size;
+//   W[n, k] = (code(n, k) - 2**(bits - 1)) * scales[n, k / block_size]     (f32 product)
+//   y = act(x @ W^T + bias + residual)
+//
+// Two paths:
+//  * GEMV (M <= kGemvMaxRows rows): each weight row is streamed once for all rows of x,
+//    decoded 16 codes at a time in registers; a block's partial dot product is scaled once.
+//  * GEMM: a B operand source for the SGEMM driver (rt_gemm.h) that decodes the K x 16 panels
+//    it is asked for into the packing scratch (exactly the reference's f32 weights), so the
+//    whole micro-kernel / epilogue machinery is reused and no f32 copy of W is kept.
+#pragma once
+
+#include <cstdint>
+
+#include "rt_gemm.h"
+
+namespace graphopt {
+namespace rt {
+
+struct WoWeight {
+    const uint8_t* codes;
+    const float* scales;  // [N, n_blocks]
+    int64_t n, k, bits, block_size, n_blocks;
+    int64_t row_bytes() const { return n_blocks * block_size * bits / 8; }
+    int32_t zero_point() const { return 1 << (bits - 1); }
+};
+
+// dst[j] = W[n, k0 + j] for j < count (the reference's f32 weights).
+void wo_decode_row(const WoWeight& w, int64_t n, int64_t k0, int64_t count, float* dst);
+void wo_decode_row_avx2(const WoWeight& w, int64_t n, int64_t k0, int64_t count, float* dst);
+
+// out[r * 16 + j] = sum_k x[r, k] * W[n0 + j, k] for r < rows, j < cols (<= 16).
+using WoGemvFn = void (*)(const WoWeight& w, int64_t rows, const float* x, int64_t x_rs,
+                          int64_t n0, int64_t cols, float* out);
+void wo_gemv_portable(const WoWeight& w, int64_t rows, const float* x, int64_t x_rs, int64_t n0,
+                      int64_t cols, float* out);
+void wo_gemv_avx2(const WoWeight& w, int64_t rows, const float* x, int64_t x_rs, int64_t n0,
+                  int64_t cols, float* out);
+
+// B = W^T [K, N] for gemm_run, decoded panel by panel.
+struct WoDequantB {
+    WoWeight w;
+    const float* get(int64_t pc, int64_t kc, int64_t start, int64_t count,
+                     AlignedFloats& scratch) const;
+    static constexpr bool kPrepacked = false;
+};
+
+// y = epilogue(x @ W^T) for x [M, K] (row stride x_rs, contiguous columns) into c [M, N].
+void wo_linear_run(const WoWeight& w, const MatrixRef& x, float* c, int64_t ldc,
+                   const EpilogueSpec& ep, int threads);
+
+}  // namespace rt
+}  // namespace graphopt
