@@ -10,6 +10,7 @@ from . import (  # noqa: F401  (registers the passes)
     dce,
     fold_batchnorm,
     fold_constants,
+    fold_qdq,
     fold_transpose_matmul,
     fuse_activation,
     fuse_attention,
