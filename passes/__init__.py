@@ -20,5 +20,6 @@ from . import (  # noqa: F401  (registers the passes)
     prune_channels,
     prune_magnitude,
     quantize_dynamic,
+    quantize_static,
     quantize_weights,
 )

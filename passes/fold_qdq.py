@@ -23,15 +23,17 @@ Rules:
 * ``qdq-pair``: ``Q(DQ(q, s, z), s, z)`` -> ``q`` (equal parameters and dtype).
 * ``qdq-requantize``: ``Q(DQ(q, s1, z1), s2, z2)`` with different parameters ->
   ``requantize_linear(q, s1, z1, s2, z2)``.
-* ``qdq-through-OP`` for OP in reshape, permute, squeeze, unsqueeze, max_pool:
-  ``Q(OP(DQ(q, s, z)), s, z)`` -> ``OP(q)``: the op runs on the u8 codes.
+* ``qdq-through-OP`` for OP in reshape, permute, squeeze, unsqueeze, max_pool, pad:
+  ``Q(OP(DQ(q, s, z)), s, z)`` -> ``OP(q)``: the op runs on the u8 codes (a zero ``pad``
+  pads with the code of real zero, ``z``).
 
 Why it is sound: the integer ops are defined (graphopt/ops/quant_int.py) as exactly the
 dequantize -> float op -> quantize chain, with the integer dot products computed exactly
 instead of in float (the float chain rounds its f32 sums; the integer op does not, which is
 the point). ``Q(DQ(q)) == q`` for equal parameters because ``(q - z) * s / s`` is within an
 ulp of the integer ``q - z`` and rounds back to it. Reshape/permute/squeeze/unsqueeze move
-values without arithmetic, and max_pool commutes with the non-decreasing maps Q and DQ
+values without arithmetic (a zero pad adds real zeros, whose code is the zero point), and
+max_pool commutes with the non-decreasing maps Q and DQ
 (padding cells are never the maximum of a window). Only per-tensor u8 activations and
 per-output-channel symmetric i8 weights (zero point 0, axis 0) fold; a unit with a residual
 operand does not (the integer ops have none; the static quantizer unfuses residuals first), nor
@@ -47,7 +49,7 @@ from graphopt.ir.graph import Value
 from graphopt.rewrite import Const, Match, RewritePass, Rule, Var, op
 from graphopt.transform.registry import register_pass
 
-TRANSPARENT_OPS = ("reshape", "permute", "squeeze", "unsqueeze", "max_pool")
+TRANSPARENT_OPS = ("reshape", "permute", "squeeze", "unsqueeze", "max_pool", "pad")
 
 
 def _dq_activation(prefix: str = "x"):
@@ -237,12 +239,19 @@ class QdqThrough(Rule):
             return "the DQ and Q around it have different parameters"
         if float(match.const("s1")) <= 0:
             return "non-positive scale: Q and DQ would not be monotone"
+        if self.op_name == "pad" and (inner.attrs["mode"] != "constant"
+                                      or inner.attrs["value"] != 0.0):
+            return "only a zero constant pad maps to the codes (padding with the zero point)"
         return None
 
     def rewrite(self, match, rw):
         inner = match.nodes["inner"]
+        attrs = dict(inner.attrs)
+        if self.op_name == "pad":
+            zp = match["z1"]
+            attrs["value"] = 0.0 if zp is None else float(zp.data)
         return getattr(rw.op, self.op_name)(match["q"], name=f"{inner.outputs[0].name}_u8",
-                                            **dict(inner.attrs))
+                                            **attrs)
 
 
 RULES = (

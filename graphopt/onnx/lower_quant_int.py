@@ -11,18 +11,20 @@ Two forms, chosen by ``quant_format`` (``set_quant_format`` / ``quant_format(...
 
   The bias is int32 in units of ``x_scale * w_scale`` (onnxruntime's QDQ selectors require
   it); rounding it moves the accumulator by at most half a unit, far below one output LSB.
-  A ReLU / Clip the output grid already implies is dropped by onnxruntime; any other
-  activation stays a float op between the Conv and the Q (onnxruntime then runs that group in
-  float). A rank > 2 ``qlinear`` input is reshaped to 2-D in u8 around the Gemm.
+  A ReLU / Clip that the output's u8 saturation already implies is not emitted (onnxruntime
+  1.32 fuses Gemm -> Relu -> Q into QGemm only without the Relu); any other activation stays
+  a float op between the Conv and the Q (onnxruntime then runs that group in float). A rank > 2 ``qlinear`` input is reshaped to 2-D in u8 around the Gemm.
 * ``"qlinear"``: the operator form, ``QLinearConv`` and ``com.microsoft.QGemm``, for u8
   results whose activation the output saturation implies (none, relu with y_zp = 0, clamps
   covering the u8 range); others fall back to the QDQ form.
 
 Both measured on onnxruntime 1.32 (benchmarks/bench_quant.py): the same kernels run either
-way. ``qconv`` / ``qlinear`` with an f32 result (no ``y_scale``) lower to
-``ConvInteger`` / ``com.microsoft.MatMulIntegerToFloat`` (without contrib ops:
-``MatMulInteger``) followed by the f32 scale, bias and activation, exactly the op's formula.
-``qconv_dynamic``: ``DynamicQuantizeLinear -> ConvInteger -> Cast -> Mul -> Add`` + epilogue.
+way. ``qlinear`` with an f32 result (no ``y_scale``) lowers to ``com.microsoft.MatMulIntegerToFloat``
+(without contrib ops: ``MatMulInteger``) and the f32 scale, bias, activation: the op's formula;
+``qconv`` with an f32 result to DequantizeLinear -> float Conv (onnxruntime's ConvInteger is a
+slow reference kernel; the float conv of the dequantized values differs from the exact integer
+sum by f32 rounding only).
+``qconv_dynamic``: ``DynamicQuantizeLinear`` -> DequantizeLinear -> float Conv + epilogue.
 ``requantize_linear``: ``DequantizeLinear -> QuantizeLinear``.
 """
 
@@ -88,21 +90,29 @@ def _dq(ctx, q: str, scale: str, zp: str = "", axis: int | None = None) -> str:
 
 
 def _activation_implied(node: Node) -> bool:
-    """True when saturating to u8 with (y_scale, y_zp) already applies the activation."""
+    """True when saturating to u8 with (y_scale, y_zp) already applies the activation: a clamp
+    to [a, b] is implied iff ``round(a / y_scale) + y_zp <= 0`` and ``round(b / y_scale) +
+    y_zp >= 255`` (values beyond a bound then saturate to the same code either way)."""
     act, params = node.attrs["activation"], tuple(node.attrs["activation_params"])
     if act == "none":
         return True
     ys, yz = _const(node, 6), _const(node, 7)
-    if ys is None:
+    if ys is None or not float(ys) > 0:
         return False
     zp = 0 if yz is None else int(yz)
-    lo, hi = (0 - zp) * float(ys), (255 - zp) * float(ys)
     if act == "relu":
-        return zp == 0
-    if act in ("relu6", "clamp"):
-        a, b = (0.0, 6.0) if act == "relu6" else params
-        return a <= lo and (math.isinf(b) or b >= hi)
-    return False
+        a, b = 0.0, math.inf
+    elif act == "relu6":
+        a, b = 0.0, 6.0
+    elif act == "clamp":
+        a, b = params
+    else:
+        return False
+
+    def code(bound: float) -> float:
+        return float(np.rint(np.float32(bound) / np.float32(ys))) + zp
+
+    return (math.isinf(a) or code(a) <= 0) and (math.isinf(b) or code(b) >= 255)
 
 
 def _y_zp(ctx, node: Node) -> str:
@@ -117,7 +127,7 @@ def _quantized_core(ctx, node: Node, core, bias_dq: str | None) -> str:
     wd = _dq(ctx, ctx.input(node, 3), ctx.input(node, 4), axis=0)
     y = core(xd, wd, bias_dq)
     act = node.attrs["activation"]
-    if act != "none":
+    if act != "none" and not _activation_implied(node):
         y = emit_activation(ctx, y, act, tuple(node.attrs["activation_params"]), DType.float32)
     return y
 
@@ -191,13 +201,14 @@ def _scale_bias_act(ctx, node: Node, acc_f: str, combined: str, bias: str | None
 
 
 def _qconv_float(ctx, node):
+    """f32 result: DequantizeLinear(x), DequantizeLinear(w) -> float Conv -> bias, activation.
+    onnxruntime has no int8 conv with a float output (ConvInteger is a slow reference kernel,
+    10x slower than the float conv here), so the float conv runs on the dequantized values."""
     attrs = _conv_attrs(node, 3)
-    acc = ctx.op("ConvInteger", [ctx.input(node, 0), ctx.input(node, 3), ctx.input(node, 2)],
-                 **attrs)
-    acc_f = ctx.op("Cast", [acc], to=TO_ONNX_DTYPE[DType.float32])
-    combined = ctx.op("Mul", [ctx.input(node, 1), ctx.input(node, 4)])
-    bias = ctx.input(node, 5) or None
-    _scale_bias_act(ctx, node, acc_f, combined, bias, 4)
+    xd = _dq(ctx, ctx.input(node, 0), ctx.input(node, 1), ctx.input(node, 2))
+    wd = _dq(ctx, ctx.input(node, 3), ctx.input(node, 4), axis=0)
+    bias = [ctx.input(node, 5)] if node.inputs[5] is not None else []
+    _epilogue(ctx, node, lambda out: ctx.op("Conv", [xd, wd] + bias, out=out, **attrs), [])
 
 
 # ----------------------------------------------------------------------------------- qlinear
@@ -229,14 +240,16 @@ def _qlinear(ctx, node):
             y = ctx.op("QGemm", args, out=final, domain=MICROSOFT, transB=1)
             _reshape_back(ctx, node, y)
             return
-    bias_dq, bias_f = _bias_for_qdq(ctx, node)
+    # Gemm takes the f32 bias as is: onnxruntime 1.32 fuses DQ -> Gemm(f32 C) -> Q into QGemm
+    # (quantizing C itself), but not a Gemm whose C is a DequantizeLinear of int32.
     xd = _dq(ctx, xq, ctx.input(node, 1), ctx.input(node, 2))
-    wd = _dq(ctx, ctx.input(node, 3), ctx.input(node, 4), axis=0)
-    y = ctx.op("Gemm", [xd, wd] + ([bias_dq] if bias_dq else []), transB=1)
-    if bias_f:
-        y = ctx.op("Add", [y, bias_f])
+    n = int(node.inputs[3].shape[0])
+    wz = ctx.const(np.zeros(n, np.int8), DType.int8, "w_zp")  # QGemm fusion wants it explicit
+    wd = _dq(ctx, ctx.input(node, 3), ctx.input(node, 4), wz, axis=0)
+    bias = [ctx.input(node, 5)] if node.inputs[5] is not None else []
+    y = ctx.op("Gemm", [xd, wd] + bias, transB=1)
     act = node.attrs["activation"]
-    if act != "none":
+    if act != "none" and not _activation_implied(node):
         y = emit_activation(ctx, y, act, tuple(node.attrs["activation_params"]), DType.float32)
     y = ctx.op("QuantizeLinear", [y, ctx.input(node, 6), _y_zp(ctx, node)], out=final)
     _reshape_back(ctx, node, y)
@@ -271,12 +284,17 @@ def _qlinear_float(ctx, node):
 # ----------------------------------------------------------------------------- qconv_dynamic
 @register_lowering("onnx", "qconv_dynamic")
 def _qconv_dynamic(ctx, node):
+    """DynamicQuantizeLinear -> DequantizeLinear(x), DequantizeLinear(w) -> float Conv ->
+    bias, residual, activation. ConvInteger (the integer form) measured 14x slower than the
+    fp32 conv on onnxruntime 1.32 / AVX2 (MobileNetV2), so the int8 weights are dequantized."""
     xq, xs, xz = ctx.op("DynamicQuantizeLinear", [ctx.input(node, 0)], outs=3)
-    acc = ctx.op("ConvInteger", [xq, ctx.input(node, 1), xz], **_conv_attrs(node, 1))
-    acc_f = ctx.op("Cast", [acc], to=TO_ONNX_DTYPE[DType.float32])
-    combined = ctx.op("Mul", [xs, ctx.input(node, 2)])
-    residual = ctx.input(node, 4) if len(node.inputs) > 4 and node.inputs[4] else None
-    _scale_bias_act(ctx, node, acc_f, combined, ctx.input(node, 3) or None, 4, residual)
+    xd = _dq(ctx, xq, xs, xz)
+    wd = _dq(ctx, ctx.input(node, 1), ctx.input(node, 2), axis=0)
+    bias = [ctx.input(node, 3)] if node.inputs[3] is not None else []
+    residual = [ctx.input(node, 4)] if len(node.inputs) > 4 and node.inputs[4] else []
+    attrs = _conv_attrs(node, 1)
+    _epilogue(ctx, node, lambda out: ctx.op("Conv", [xd, wd] + bias, out=out, **attrs),
+              residual)
 
 
 # ------------------------------------------------------------------------- requantize_linear

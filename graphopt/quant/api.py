@@ -28,7 +28,7 @@ def quantize(
     observer: str = "minmax",
     observer_options: dict | None = None,
     embeddings: bool = True,
-    convs: bool = True,
+    convs: bool = False,
     bits: int = 4,
     block_size: int = 32,
     progress: bool | None = None,
@@ -58,7 +58,8 @@ def quantize(
         observer: static mode: ``minmax``, ``percentile``, ``entropy`` or ``mse``
             (graphopt/quant/observers.py); ``observer_options`` e.g. ``{"percentile": 99.9}``.
         embeddings: dynamic mode: also store constant embedding tables int8 (per row).
-        convs: dynamic mode: also quantize 2-D convs (``qconv_dynamic``).
+        convs: dynamic mode: also quantize 2-D convs (``qconv_dynamic``; on onnxruntime this
+            shrinks the weights 4x but is no faster than fp32, so it is off by default).
         bits, block_size: weight-only mode: 4 or 8 bits, blocks of ``block_size`` along K.
         progress: static mode: a tqdm bar over the calibration data (None: for 32 or more
             items when stderr is a terminal).

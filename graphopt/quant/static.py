@@ -351,3 +351,20 @@ def static_plan(graph: Graph, calibration: list[tuple], exclude: Sequence[str], 
     records = layer_records(base, chosen, every, shape_of)
     mode = f"static {observer}" + "".join(f" {k}={v}" for k, v in observer_options.items())
     return Plan(mode, "int8", base, records, build, static_forward(qparams, base))
+
+
+def quantize_static_in_place(graph: Graph, calibration: list[tuple], observer: str = "minmax",
+                             observer_options: dict | None = None,
+                             exclude: Sequence[str] = ()) -> int:
+    """Static quantization of every unit (no error budget), in place; returns the unit count.
+    What the ``quantize-static`` pass runs."""
+    prepare(graph, {n.name for n in static_candidates(graph)})
+    units = static_candidates(graph, exclude)
+    if not units:
+        return 0
+    plan = observed_values(graph, units)
+    observers = calibrate(graph, plan, calibration, observer, observer_options or {})
+    qparams = {name: obs.qparams() for name, obs in observers.items()}
+    write_qdq(graph, {n.name for n in units}, qparams)
+    fold(graph, refuse=True)
+    return len(units)
