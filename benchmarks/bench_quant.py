@@ -236,7 +236,7 @@ def cnn_main(opts) -> None:
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     calls["ort quantize_static"], sizes["ort quantize_static"] = _session(
         onnx.load(ort_q), f"{tmp}/ort_q2.onnx", opts.threads)
-    dyn = graphopt.quantize(graph, "dynamic")
+    dyn = graphopt.quantize(graph, "dynamic", convs=True)
     calls["graphopt dynamic int8"], sizes["graphopt dynamic int8"] = _session(
         graphopt.to_onnx(dyn), f"{tmp}/d.onnx", opts.threads)
     half = graphopt.quantize(graph, "fp16")

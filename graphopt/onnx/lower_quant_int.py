@@ -1,31 +1,36 @@
 """ONNX lowerings of the integer ops of static quantization (graphopt/ops/quant_int.py).
 
-Two forms, chosen by ``quant_format`` (``set_quant_format`` / ``quant_format(...)``):
+``qconv`` / ``qlinear`` with a u8 result lower in one of two forms (``set_quant_format`` /
+``with quant_format(...)``):
 
-* ``"qdq"`` (default): ``qconv`` / ``qlinear`` with a u8 result become the QDQ group
-  onnxruntime fuses into its int8 kernels (QLinearConv, QGemm)::
+* ``"qlinear"`` (default): the operator form, ``QLinearConv`` and ``com.microsoft.QGemm``
+  (int32 bias), when the output's u8 saturation implies the activation (none; relu with
+  ``y_zp = 0``; relu6 / clamps covering the u8 range, see ``_activation_implied``). Other
+  activations, and QGemm without contrib ops, use the QDQ form.
+* ``"qdq"``: the QDQ group onnxruntime fuses into the same kernels::
 
       DequantizeLinear(x) --+
-      DequantizeLinear(w) --+-> Conv / Gemm{transB} -> [Relu / Clip / ...] -> QuantizeLinear
-      DequantizeLinear(b_i32, x_scale * w_scale) -+
+      DequantizeLinear(w) --+-> Conv / Gemm{transB} -> [activation] -> QuantizeLinear
+      DequantizeLinear(b_i32, x_scale * w_scale) -+   (Gemm: the f32 bias as is)
 
-  The bias is int32 in units of ``x_scale * w_scale`` (onnxruntime's QDQ selectors require
-  it); rounding it moves the accumulator by at most half a unit, far below one output LSB.
-  A ReLU / Clip that the output's u8 saturation already implies is not emitted (onnxruntime
-  1.32 fuses Gemm -> Relu -> Q into QGemm only without the Relu); any other activation stays
-  a float op between the Conv and the Q (onnxruntime then runs that group in float). A rank > 2 ``qlinear`` input is reshaped to 2-D in u8 around the Gemm.
-* ``"qlinear"``: the operator form, ``QLinearConv`` and ``com.microsoft.QGemm``, for u8
-  results whose activation the output saturation implies (none, relu with y_zp = 0, clamps
-  covering the u8 range); others fall back to the QDQ form.
+  An activation the u8 saturation implies is not emitted (onnxruntime 1.32 fuses
+  Gemm -> Relu -> Q into QGemm only without the Relu); any other stays a float op between the
+  Conv and the Q (onnxruntime then runs that group in float). A rank > 2 ``qlinear`` input is
+  reshaped to 2-D in u8 around the Gemm.
 
-Both measured on onnxruntime 1.32 (benchmarks/bench_quant.py): the same kernels run either
-way. ``qlinear`` with an f32 result (no ``y_scale``) lowers to ``com.microsoft.MatMulIntegerToFloat``
-(without contrib ops: ``MatMulInteger``) and the f32 scale, bias, activation: the op's formula;
-``qconv`` with an f32 result to DequantizeLinear -> float Conv (onnxruntime's ConvInteger is a
-slow reference kernel; the float conv of the dequantized values differs from the exact integer
-sum by f32 rounding only).
-``qconv_dynamic``: ``DynamicQuantizeLinear`` -> DequantizeLinear -> float Conv + epilogue.
-``requantize_linear``: ``DequantizeLinear -> QuantizeLinear``.
+The int32 bias (in units of ``x_scale * w_scale``) moves the accumulator by at most half a unit,
+far below one output LSB. Measured on onnxruntime 1.32 / 2 cores (benchmarks/bench_quant.py,
+batch 1): both forms are equal on ResNet-50 (0.41x / 0.40x of fp32) and MobileNetV2 (0.79x /
+0.80x); on the small digits CNN the operator form is faster (0.88x vs 0.99x), so it is the
+default.
+
+With an f32 result (no ``y_scale``): ``qlinear`` -> ``com.microsoft.MatMulIntegerToFloat``
+(without contrib ops: ``MatMulInteger`` -> Cast -> Mul -> Add), exactly the op's formula;
+``qconv`` -> DequantizeLinear -> float Conv (onnxruntime's ConvInteger is a slow reference
+kernel, 14x slower than the fp32 conv on MobileNetV2; the float conv of the dequantized values
+differs from the exact integer sum by f32 rounding only). ``qconv_dynamic``:
+DynamicQuantizeLinear -> DequantizeLinear -> float Conv + epilogue, for the same reason.
+``requantize_linear``: DequantizeLinear -> QuantizeLinear.
 """
 
 from __future__ import annotations
@@ -44,11 +49,12 @@ from graphopt.onnx.lower_nn import spatial
 from graphopt.ops.registry import register_lowering
 
 QUANT_FORMATS = ("qdq", "qlinear")
-_format = ["qdq"]
+_format = ["qlinear"]
 
 
 def set_quant_format(fmt: str) -> None:
-    """Select how ``qconv`` / ``qlinear`` lower from now on: ``"qdq"`` or ``"qlinear"``."""
+    """Select how ``qconv`` / ``qlinear`` lower from now on: ``"qlinear"`` (default) or
+    ``"qdq"``."""
     if fmt not in QUANT_FORMATS:
         raise ValueError(f"quant format must be one of {QUANT_FORMATS}, got '{fmt}'")
     _format[0] = fmt
@@ -56,7 +62,7 @@ def set_quant_format(fmt: str) -> None:
 
 @contextlib.contextmanager
 def quant_format(fmt: str):
-    """``with quant_format("qlinear"): graphopt.to_onnx(q)``."""
+    """``with quant_format("qdq"): graphopt.to_onnx(q)``."""
     saved = _format[0]
     set_quant_format(fmt)
     try:
