@@ -185,3 +185,19 @@ def test_shape_rule_rejects_bad_operands_directly():
     types[4], types[7] = t((3,), DType.float32), None
     with pytest.raises(TypeInferenceError, match="w_scale must be f32\\[4\\]"):
         op.infer_types(types, op.check_attrs({}, "test"))
+
+
+@pytest.mark.parametrize("value, absorbed", [(7.0, True), (0.0, False)])
+def test_u8_pad_with_the_zero_point_is_absorbed_into_the_conv(value, absorbed):
+    """TF-style asymmetric padding in front of a qconv: padding the codes with x_zp (real zero)
+    becomes the conv's own begin/end pads in ONNX; any other value stays a Pad."""
+    graph, _, c = _conv_graph(1, 4, 4, 6, 3, 1, 2, 0, "relu", quantized=True)
+    text = str(graph).replace("main(%x: u8[1, 4, 6, 6])", "main(%x: u8[1, 4, 5, 5])")
+    pad = f"  %p: u8[1, 4, 6, 6] = pad(%x) {{pads=[0, 1, 0, 1], value={value}}}\n"
+    text = text.replace("  %y:", pad + "  %y:")
+    text = text.replace("qconv(%x,", "qconv(%p,")
+    graph = graphopt.parse(text, c)
+    x = torch.from_numpy(RNG.integers(0, 256, (1, 4, 5, 5)).astype(np.uint8))
+    ops = [n.op_type for n in graphopt.to_onnx(graph).graph.node]
+    assert ("Pad" not in ops) == absorbed, ops
+    assert (_ort(graph, x).int() - graphopt.run(graph, x).int()).abs().max() <= 1

@@ -43,6 +43,7 @@ import numpy as np
 from graphopt.ir.dtypes import DType
 from graphopt.ir.graph import Node
 from graphopt.onnx._common import MICROSOFT
+from graphopt.onnx.conv_padding import conv_input_pads
 from graphopt.onnx.export import TO_ONNX_DTYPE, OnnxLowering
 from graphopt.onnx.lower_fused import _epilogue, emit_activation
 from graphopt.onnx.lower_nn import spatial
@@ -151,11 +152,10 @@ def _bias_for_qdq(ctx, node: Node) -> tuple[str | None, str | None]:
 # ------------------------------------------------------------------------------------- qconv
 def _conv_attrs(node: Node, weight: int) -> dict:
     a = node.attrs
-    pads = spatial(a["padding"], 2)
     return {
         "kernel_shape": [int(k) for k in node.inputs[weight].shape[2:]],
         "strides": spatial(a["stride"], 2),
-        "pads": pads + pads,
+        "pads": conv_input_pads(node, spatial(a["padding"], 2)),  # + an absorbed zero pad
         "dilations": spatial(a["dilation"], 2),
         "group": int(a["groups"]),
     }
