@@ -53,7 +53,8 @@ def to_onnx(graph: Graph, path=None, opset: int | None = None, **options):
 
 
 def quantize(graph: Graph, mode: str = "dynamic", **options):
-    """Quantize ``graph`` to int8 (a copy); see ``graphopt.quant.dynamic.quantize``."""
+    """Quantize ``graph`` (a copy): mode ``dynamic``, ``static``, ``weight-only``, ``fp16`` or
+    ``bf16``; see ``graphopt.quant.api.quantize`` and docs/quantization.md."""
     from graphopt.quant import quantize as _quantize
 
     return _quantize(graph, mode, **options)

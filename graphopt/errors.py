@@ -128,3 +128,8 @@ class OnnxImportError(GraphoptError):
 
 class UnknownBackendError(GraphoptError):
     """``graphopt.compile`` was asked for a backend that is not registered."""
+
+
+class QuantizationError(GraphoptError, ValueError):
+    """Quantization cannot proceed: bad calibration data (wrong arity, shape or dtype, no data),
+    an unknown mode or observer, or an option that does not apply; names the node when known."""

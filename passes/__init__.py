@@ -10,6 +10,7 @@ from . import (  # noqa: F401  (registers the passes)
     dce,
     fold_batchnorm,
     fold_constants,
+    fold_qdq,
     fold_transpose_matmul,
     fuse_activation,
     fuse_attention,
@@ -19,5 +20,6 @@ from . import (  # noqa: F401  (registers the passes)
     prune_channels,
     prune_magnitude,
     quantize_dynamic,
+    quantize_static,
     quantize_weights,
 )

@@ -20,7 +20,8 @@ computed by the op's reference implementation, which is the definition of the op
 (their value depends on run-time sizes), as are nodes whose result dtype/shape would differ from
 the node's declared type. Size guard: a node whose output is much larger than its operands
 (``expand`` of a scalar to a big tensor, ``full``) is kept unless the output is small, so that
-folding never blows up the model size.
+folding never blows up the model size. Casts of f16 / bf16 constants to f32 (half-precision
+weight storage, ``graphopt.quantize(graph, "fp16")``) and nodes reading quantized constants stay.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from graphopt.ir.attrs import has_symbols
-from graphopt.ir.dtypes import numpy_to_torch, torch_to_numpy
+from graphopt.ir.dtypes import DType, numpy_to_torch, torch_to_numpy
 from graphopt.ir.graph import Graph, Node
 from graphopt.ops.registry import PURE
 from graphopt.rewrite.tracking import allow_rewrite
@@ -82,6 +83,8 @@ class FoldConstants:
             return False
         if any(v is not None and v.type.quant is not None for v in node.inputs):
             return False
+        if _is_storage_cast(node):
+            return False
         out_elems = sum(int(o.type.numel) for o in node.outputs)
         in_elems = sum(int(v.data.size) for v in node.inputs if v is not None)
         if out_elems > self.max_elements:
@@ -106,6 +109,14 @@ class FoldConstants:
                 return None
             out.append((array, dtype))
         return out
+
+
+def _is_storage_cast(node: Node) -> bool:
+    """A cast of an f16 / bf16 constant to f32: half-precision weight storage
+    (``graphopt.quantize`` modes fp16 / bf16); folding it would double the weights again."""
+    if node.op != "cast" or node.inputs[0].dtype not in (DType.float16, DType.bfloat16):
+        return False
+    return node.outputs[0].dtype is DType.float32
 
 
 def _rename_constant(graph: Graph, value, name: str) -> None:

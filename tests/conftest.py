@@ -138,3 +138,25 @@ def minilm_fp32_embeddings(minilm_optimized) -> torch.Tensor:
 
     torch.set_num_threads(2)
     return embed(list(EVAL_SENTENCES), minilm_optimized.model)
+
+
+# Real trained weights, small: scikit-learn's digits (graphopt/models_digits.py). Shared by the
+# pruning and quantization tests so the CNN trains once per session (a few seconds).
+@pytest.fixture(scope="session")
+def digits_data():
+    """``(x_train, y_train, x_test, y_test)`` of scikit-learn's digits, fixed split."""
+    pytest.importorskip("sklearn")
+    from graphopt.models_digits import load_digits_split
+
+    return load_digits_split()
+
+
+@pytest.fixture(scope="session")
+def digits_cnn(digits_data):
+    """The digits CNN (conv-BN-ReLU x2, max-pool, 2 linears) trained 6 epochs, eval mode.
+    Shared: do not train or modify it (``copy.deepcopy`` first)."""
+    from graphopt.models_digits import cnn, train
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    return train(cnn(), digits_data[0], digits_data[1], epochs=6)

@@ -11,58 +11,24 @@ Everything is seeded; training is a few seconds on one thread.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch.export import Dim
 
 import graphopt
+from graphopt.models_digits import batches, mlp, train
 from graphopt.prune.sparse import sparse_weight
 
 torch.set_num_threads(1)
-TRAIN = 1400  # of 1797; the other 397 images are the test set (1 point = 4 images)
 
 
 @pytest.fixture(scope="module")
-def digits():
-    x, y = load_digits(return_X_y=True)
-    x = torch.tensor(x / 16.0, dtype=torch.float32)
-    y = torch.tensor(y)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    return x[perm[:TRAIN]], y[perm[:TRAIN]], x[perm[TRAIN:]], y[perm[TRAIN:]]
-
-
-def batches(x, y, seed, size=64):
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    return [(x[order[i: i + size]], y[order[i: i + size]]) for i in range(0, len(x), size)]
-
-
-def cnn() -> nn.Module:
-    return nn.Sequential(
-        nn.Unflatten(1, (1, 8, 8)),
-        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * 16, 64), nn.ReLU(), nn.Linear(64, 10))
-
-
-def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
-                         nn.Linear(128, 10))
-
-
-def train(model: nn.Module, x, y, epochs: int) -> nn.Module:
-    torch.manual_seed(0)
-    optim = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for epoch in range(epochs):
-        for xb, yb in batches(x, y, seed=epoch):
-            optim.zero_grad()
-            F.cross_entropy(model(xb), yb).backward()
-            optim.step()
-    return model.eval()
+def digits(digits_data):
+    return digits_data
 
 
 def accuracy(graph, x, y) -> float:
@@ -70,12 +36,14 @@ def accuracy(graph, x, y) -> float:
 
 
 @pytest.fixture(scope="module", params=["cnn", "mlp"])
-def trained(request, digits):
+def trained(request, digits, digits_cnn):
     """(graph with a symbolic batch, test accuracy, train batches, test x, test y)."""
     x_train, y_train, x_test, y_test = digits
-    torch.manual_seed(0)
-    model = train(cnn() if request.param == "cnn" else mlp(), x_train, y_train,
-                  epochs=6 if request.param == "cnn" else 20)
+    if request.param == "cnn":  # conftest trains it once per session, with this recipe
+        model = copy.deepcopy(digits_cnn)
+    else:
+        torch.manual_seed(0)
+        model = train(mlp(), x_train, y_train, epochs=20)
     graph = graphopt.trace(model, (x_test[:4],), dynamic_shapes=({0: Dim("batch")},))
     acc = accuracy(graph, x_test, y_test)
     assert acc > 0.95, f"{request.param} trained to {acc:.3f} only"

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import graphopt
+from graphopt.errors import QuantizationError
 
 GOLDEN_BEFORE = """graph main(%x: f32[2, 8], %v: f32[8, 4]) {
   const %w: f32[4, 8]
@@ -114,8 +115,10 @@ def test_quantize_rejects_bad_options():
     graph = _golden_graph()
     with pytest.raises(ValueError, match="calibration"):
         graphopt.quantize(graph, error_budget=0.01)
-    with pytest.raises(NotImplementedError):
-        graphopt.quantize(graph, mode="static")  # not yet
+    with pytest.raises(QuantizationError, match="needs calibration data"):
+        graphopt.quantize(graph, mode="static")
+    with pytest.raises(QuantizationError, match="unknown quantize mode 'int3'"):
+        graphopt.quantize(graph, mode="int3")
 
 
 def test_minilm_dynamic_int8_keeps_sentence_embeddings(minilm_int8_budget,

@@ -56,5 +56,7 @@ def test_quantize_api_weight_only_mode():
                                  calibration=[(x,)], report=True)
     assert out.op_histogram()["linear_weight_only"] == 2 and len(rep.quantized) == 2
     assert rep.error < 1e-3 and "weight-only int8/32" in str(rep)
-    with pytest.raises(NotImplementedError):
-        graphopt.quantize(graph, "weight-only", calibration=[(x,)], error_budget=0.1)
+    # the error budget and fallback of the other modes apply (tests/test_quant_api.py)
+    _, tight = graphopt.quantize(graph, "weight-only", bits=4, calibration=[(x,)],
+                                 error_budget=1e-9, report=True)
+    assert tight.fallback and tight.error <= 1e-9 and "fell back" in str(tight)

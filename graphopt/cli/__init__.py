@@ -1,4 +1,4 @@
-"""The ``graphopt`` command line: optimize, bench, show, passes, explain.
+"""The ``graphopt`` command line: optimize, bench, show, passes, explain, prune, quantize.
 
 ``main(argv)`` returns the exit status (the console script ``graphopt = graphopt.cli:main``
 passes it to ``sys.exit``). Errors a user can cause (missing file, corrupt ONNX, unknown pass,
@@ -35,12 +35,13 @@ examples:
   graphopt optimize zoo:bert?layers=2 -o bert.onnx
   graphopt bench zoo:mobilenetv2 --backends eager,onnxruntime,graphopt-onnxruntime --json r.json
   graphopt explain zoo:mlp --rule mul-one
+  graphopt quantize zoo:resnet50 -o r50.onnx --mode static --calibration calib.npz
 
 Run `graphopt COMMAND --help` for a command's options."""
 
 # Exceptions that mean "the input is wrong" (exit 2) rather than "something failed" (exit 1).
 _BAD_INPUT = ("ModelSpecError", "UnknownPassError", "PipelineError", "PassOptionError",
-              "UnknownBackendError", "OnnxImportError")
+              "UnknownBackendError", "OnnxImportError", "QuantizationError")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,7 +53,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     import graphopt
-    from graphopt.cli import bench, optimize, passes, prune, show
+    from graphopt.cli import bench, optimize, passes, prune, quantize, show
 
     parser = _Parser(prog="graphopt", description=_DESCRIPTION, epilog=_EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     passes.add_passes_parser(sub, common)
     passes.add_explain_parser(sub, common)
     prune.add_parser(sub, common)
+    quantize.add_parser(sub, common)
     return parser
 
 

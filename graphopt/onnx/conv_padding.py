@@ -5,19 +5,21 @@ The IR's conv pads symmetrically (torch's convention), so a model that pads asym
 node. ONNX Conv takes begin/end pads, so when every user of a zero ``pad`` is a conv reading
 it as its input, the lowering drops the Pad and widens each conv's pads instead: one node and
 one full activation copy fewer, and onnxruntime's NCHWc layout pass is not broken up by Pads.
+The integer ``qconv`` pads its u8 codes with the input zero point (real zero): a u8 ``pad``
+whose value is that zero point is absorbed the same way (QLinearConv pads with it too).
 """
 
 from __future__ import annotations
 
 from graphopt.ir.graph import Node
 
-CONV_OPS = ("conv", "fused_conv")
+CONV_OPS = ("conv", "fused_conv", "qconv", "qconv_dynamic")
 
 
 def _spatial_pads(pad: Node) -> tuple[list[int], list[int]] | None:
     """(begin, end) pads per spatial dim of a zero ``pad`` that touches spatial dims only."""
     x = pad.inputs[0]
-    if pad.attrs["mode"] != "constant" or pad.attrs["value"] != 0.0 or x.type.rank < 3:
+    if pad.attrs["mode"] != "constant" or x.type.rank < 3:
         return None
     pads = [int(p) for p in pad.attrs["pads"]]
     n = x.type.rank - 2
@@ -29,12 +31,23 @@ def _spatial_pads(pad: Node) -> tuple[list[int], list[int]] | None:
     return begin, end
 
 
+def _pads_real_zero(conv: Node, pad: Node) -> bool:
+    """The pad value is what ``conv`` pads with itself: 0, or for ``qconv`` (u8 codes) its
+    input zero point, the code of real zero."""
+    value = pad.attrs["value"]
+    if conv.op == "qconv":
+        zp = conv.inputs[2]
+        return zp is not None and zp.kind == "const" and float(zp.data) == value
+    return value == 0.0
+
+
 def absorbable_pad(pad: Node) -> bool:
     """True when every user of ``pad`` is a conv that can take its padding over."""
     out = pad.outputs[0]
     if out.is_graph_output or not out.uses or _spatial_pads(pad) is None:
         return False
-    return all(node.op in CONV_OPS and slot == 0 for node, slot in out.uses)
+    return all(node.op in CONV_OPS and slot == 0 and _pads_real_zero(node, pad)
+               for node, slot in out.uses)
 
 
 def conv_input_pads(conv: Node, symmetric: list[int]) -> list[int]:

@@ -56,6 +56,7 @@ def _load_lowerings() -> None:
             lower_indexing,
             lower_nn,
             lower_quant,
+            lower_quant_int,
             lower_reduce,
             lower_shape,
         )

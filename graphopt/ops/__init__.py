@@ -10,6 +10,7 @@ from graphopt.ops import (  # noqa: F401
     onnx_resize,
     onnx_rnn,
     quant,
+    quant_int,
     reduce,
     shape,
 )

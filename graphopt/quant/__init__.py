@@ -1,32 +1,39 @@
-"""Quantization: rewrite float linear layers to int8 ops, under an accuracy budget.
+"""Quantization: rewrite float layers to int8 / int4 / half-precision forms, under an accuracy
+budget. ``graphopt.quantize(graph, mode=...)`` (graphopt/quant/api.py) is the entry point:
 
-``graphopt.quantize(graph, mode="dynamic")`` replaces every ``linear`` / ``fused_linear`` /
-``matmul`` whose weight is a float constant by ``qlinear_dynamic`` (int8 per-channel symmetric
-weights, u8 per-tensor activations quantized at run time; see graphopt/ops/quant.py). With
-calibration inputs and an ``error_budget`` it first measures each layer's sensitivity (the
-output error when that layer alone is quantized) and then keeps the most sensitive layers in
-float until the whole graph's error is within budget. ``QuantReport`` says what was quantized,
-what fell back and why. The ``quantize-dynamic`` pass runs the same rewrite without calibration.
+* ``dynamic``: ``qlinear_dynamic`` / ``qconv_dynamic`` (int8 per-channel weights, u8 per-tensor
+  activations quantized at run time) - graphopt/quant/dynamic.py;
+* ``static``: calibrated u8 activations, QDQ form folded into ``qconv`` / ``qlinear`` -
+  graphopt/quant/static.py, observers in graphopt/quant/observers.py;
+* ``weight-only``: block-wise int4/int8 ``linear_weight_only`` - graphopt/quant/weight_only.py;
+* ``fp16`` / ``bf16``: half-precision weight storage - graphopt/quant/half.py.
+
+Accuracy control (graphopt/quant/fallback.py) is shared: per-layer sensitivity and fallback of
+the most sensitive layers to float until an ``error_budget`` holds; ``QuantReport`` says what
+was quantized, what fell back and why.
 """
 
+from graphopt.quant.api import MODES, quantize
 from graphopt.quant.dynamic import (
-    LayerRecord,
-    QuantReport,
     dynamic_candidates,
     embedding_candidates,
-    output_error,
     quantize_embedding,
-    quantize,
     quantize_weight_per_channel,
 )
+from graphopt.quant.fallback import output_error
+from graphopt.quant.observers import OBSERVERS, make_observer
+from graphopt.quant.report import LayerRecord, QuantReport
 
 __all__ = [
+    "MODES",
+    "OBSERVERS",
     "LayerRecord",
     "QuantReport",
     "dynamic_candidates",
     "embedding_candidates",
-    "quantize_embedding",
+    "make_observer",
     "output_error",
     "quantize",
+    "quantize_embedding",
     "quantize_weight_per_channel",
 ]

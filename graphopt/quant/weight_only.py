@@ -47,3 +47,45 @@ def quantize_weight_only(graph: Graph, nodes: list[Node], bits: int = 4,
         if not weight.uses and not weight.is_graph_output:
             graph.remove_constant(weight)
     return len(nodes)
+
+
+def weight_only_forward(bits: int, block_size: int):
+    """``quantized_forward`` for local sensitivity: the layer with block-quantized weights."""
+    import torch
+
+    from graphopt.ops.quant import linear_weight_only
+
+    def forward(node: Node, inputs: list):
+        w = _weight_of(node)
+        codes, scales = quantize_blocks(w, bits, block_size)
+        ins = list(inputs) + [None] * (4 - len(inputs))
+        bias = ins[2] if node.op != "matmul" else None
+        residual = ins[3] if node.op == "fused_linear" else None
+        attrs = {}
+        if node.op == "fused_linear":
+            attrs = {k: node.attrs[k] for k in ("activation", "activation_params")}
+        return linear_weight_only(ins[0], torch.from_numpy(codes), torch.from_numpy(scales),
+                                  bias, residual, bits, block_size, int(w.shape[1]), **attrs)
+
+    return forward
+
+
+def weight_only_plan(graph: Graph, exclude, bits: int, block_size: int):
+    """The weight-only mode's plan for ``graphopt.quantize`` (fallback included)."""
+    from graphopt.errors import QuantizationError
+    from graphopt.quant.api import Plan, layer_records
+    from graphopt.quant.dynamic import dynamic_candidates, weight_shape
+
+    if bits not in (4, 8) or block_size < 16 or block_size & (block_size - 1):
+        raise QuantizationError("weight-only: bits 4 or 8, block_size a power of 2 >= 16")
+
+    def build(names: set[str]) -> Graph:
+        g = graph.clone()
+        quantize_weight_only(g, [n for n in dynamic_candidates(g) if n.name in names], bits,
+                             block_size)
+        return g
+
+    records = layer_records(graph, dynamic_candidates(graph, exclude), dynamic_candidates(graph),
+                            weight_shape)
+    return Plan(f"weight-only int{bits}/{block_size}", f"int{bits}", graph, records, build,
+                weight_only_forward(bits, block_size))

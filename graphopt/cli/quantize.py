@@ -1,0 +1,105 @@
+"""``graphopt quantize MODEL -o OUT --mode static --observer entropy --calibration data.npz``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from graphopt.cli._common import CliError, check_pipeline, ensure_parent, human_size, info, load
+from graphopt.cli._common import optimize_with_report, paragraph
+
+_BY_EXTENSION = {".onnx": "onnx", ".pt": "torch", ".pth": "torch"}
+_MODES = ("dynamic", "static", "weight-only", "fp16", "bf16")
+_OBSERVERS = ("minmax", "percentile", "entropy", "mse")
+
+
+def add_parser(sub, common) -> None:
+    p = sub.add_parser(
+        "quantize", parents=[common], help="quantize a model (int8 / int4 / fp16) and save it",
+        description=paragraph(
+            "Trace/import MODEL, optimize it (--pipeline, default: default), quantize it and "
+            "save it (.onnx or .pt). --mode static calibrates activation ranges on "
+            "--calibration, a .npz with one array per graph input (named after the input, or "
+            "arr_0, arr_1, ... in input order) whose first axis indexes the calibration items. "
+            "With --error-budget the most sensitive layers fall back to float until the mean "
+            "1 - cosine between float and quantized outputs over the calibration data fits. "
+            "The report lists every layer: quantized, or float and why."),
+        epilog="examples:\n"
+        "  graphopt quantize zoo:resnet50 -o r50.int8.onnx --mode static --calibration c.npz\n"
+        "  graphopt quantize m.onnx -o m.int8.onnx --mode static --observer percentile "
+        "--percentile 99.9 \\\n      --calibration c.npz --error-budget 0.01\n"
+        "  graphopt quantize 'zoo:bert?layers=2' -o bert.onnx --mode dynamic\n"
+        "  graphopt quantize zoo:mlp -o mlp.onnx --mode weight-only --bits 4",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL", help="the model (see `graphopt --help`)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="where to save it (.onnx, .pt/.pth)")
+    p.add_argument("--mode", choices=_MODES, default="dynamic",
+                   help="quantization mode (default: %(default)s)")
+    p.add_argument("--observer", choices=_OBSERVERS, default="minmax",
+                   help="static: activation range observer (default: %(default)s)")
+    p.add_argument("--percentile", type=float, default=99.99, metavar="P",
+                   help="static, --observer percentile: the percentile (default: %(default)s)")
+    p.add_argument("--calibration", metavar="NPZ",
+                   help="calibration inputs (.npz); required for static and --error-budget")
+    p.add_argument("--error-budget", type=float, default=None, metavar="E",
+                   help="largest mean 1 - cosine vs float; sensitive layers fall back")
+    p.add_argument("--sensitivity", choices=("local", "end-to-end"), default="local",
+                   help="how layers are ranked for fallback (default: %(default)s)")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="keep layers whose node or weight name matches GLOB float (repeatable)")
+    p.add_argument("--bits", type=int, choices=(4, 8), default=4,
+                   help="weight-only: bits (default: %(default)s)")
+    p.add_argument("--block-size", type=int, default=32, metavar="B",
+                   help="weight-only: block size along K (default: %(default)s)")
+    p.add_argument("--pipeline", default="default", metavar="P",
+                   help="pipeline run before quantizing (default: %(default)s; 'none' skips)")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not print the report")
+    p.set_defaults(run=run)
+
+
+def run(opts) -> int:
+    import graphopt
+
+    backend = _BY_EXTENSION.get(os.path.splitext(opts.output)[1].lower())
+    if backend is None:
+        raise CliError(f"cannot tell the format from '{opts.output}'; name it .onnx or .pt")
+    if opts.mode == "static" and not opts.calibration:
+        raise CliError("--mode static needs --calibration FILE.npz (one array per graph "
+                       "input, calibration items along axis 0)")
+    if opts.error_budget is not None and not opts.calibration:
+        raise CliError("--error-budget needs --calibration FILE.npz")
+    if opts.error_budget is not None and not opts.error_budget >= 0:
+        raise CliError(f"--error-budget {opts.error_budget}: expected a number >= 0")
+    if opts.observer != "minmax" and opts.mode != "static":
+        raise CliError(f"--observer applies to --mode static only (mode is {opts.mode})")
+    if opts.calibration and not os.path.isfile(opts.calibration):
+        raise CliError(f"calibration file not found: {opts.calibration}")
+    pipeline = None if opts.pipeline == "none" else check_pipeline(opts.pipeline)
+    ensure_parent(opts.output)
+    graph = load(opts.model, quiet=opts.quiet).graph()
+    if pipeline:
+        graph, _ = optimize_with_report(graph, pipeline)
+    calibration = None
+    if opts.calibration:
+        from graphopt.quant.calibration import load_calibration
+
+        calibration = load_calibration(opts.calibration, graph)
+    options = {"percentile": opts.percentile} if opts.observer == "percentile" else {}
+    quantized, report = graphopt.quantize(
+        graph, opts.mode, calibration=calibration, error_budget=opts.error_budget,
+        exclude=tuple(opts.exclude), sensitivity=opts.sensitivity, observer=opts.observer,
+        observer_options=options, bits=opts.bits, block_size=opts.block_size, report=True)
+    if not opts.quiet:
+        print(report)
+    if backend == "onnx":
+        graphopt.to_onnx(quantized, opts.output)
+    else:
+        import torch
+
+        torch.save(graphopt.to_torch(quantized), opts.output)
+    print(f"wrote {opts.output} ({human_size(os.path.getsize(opts.output))}): {opts.mode}, "
+          f"{len(report.quantized)}/{len(report.layers)} layers {report.label}")
+    if backend == "torch":
+        info("load it with torch.load(path, weights_only=False) (graphopt must be importable)")
+    return 0

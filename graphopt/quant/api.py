@@ -1,0 +1,180 @@
+"""``graphopt.quantize``: one entry point for every mode, one report type, one accuracy control.
+
+Each mode lists its candidate layers, knows how to ``build`` the graph with a given subset of
+them quantized, and (for ``sensitivity="local"``) how one layer's output changes when it alone
+is quantized; graphopt/quant/fallback.py does the rest (error, sensitivity, fallback).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable, Sequence
+
+from graphopt.errors import QuantizationError
+from graphopt.ir.graph import Graph
+from graphopt.quant.report import LayerRecord, QuantReport
+
+MODES = ("dynamic", "static", "weight-only", "fp16", "bf16")
+
+
+def quantize(
+    graph: Graph,
+    mode: str = "dynamic",
+    *,
+    calibration: Iterable | None = None,
+    error_budget: float | None = None,
+    exclude: Sequence[str] = (),
+    sensitivity: str = "local",
+    observer: str = "minmax",
+    observer_options: dict | None = None,
+    embeddings: bool = True,
+    convs: bool = False,
+    bits: int = 4,
+    block_size: int = 32,
+    progress: bool | None = None,
+    report: bool = False,
+):
+    """Quantize ``graph`` (a copy; the input is not mutated).
+
+    Args:
+        graph: the float graph, best after ``graphopt.optimize(graph, "default")`` so that
+            batch norms are folded and activations fused (a fused conv + ReLU is one unit).
+        mode: ``"dynamic"``: int8 weights, u8 activations quantized at run time
+            (``qlinear_dynamic``, ``qconv_dynamic``). ``"static"``: int8 weights and u8
+            activations with ranges calibrated on ``calibration`` (``qconv``, ``qlinear``;
+            graphopt/quant/static.py). ``"weight-only"``: block-wise ``bits``-bit weights,
+            float activations (``linear_weight_only``). ``"fp16"`` / ``"bf16"``: constant
+            float weights stored in half precision, cast to f32 where used.
+        calibration: an iterable of argument tuples (a bare tensor is one argument). Static
+            mode calibrates on all of it; with ``error_budget`` it is also where the error is
+            measured (so it is materialized as a list).
+        error_budget: the largest allowed mean ``1 - cosine`` between float and quantized
+            outputs over ``calibration``; the most sensitive layers fall back to float, one by
+            one, until the error fits.
+        exclude: globs over node or weight (constant) names to keep in float.
+        sensitivity: how layers are ranked for fallback. ``"local"`` (one float run): each
+            layer's own relative output error on its real inputs. ``"end-to-end"``: the graph's
+            output error with that layer alone quantized. fp16/bf16 always rank end-to-end.
+        observer: static mode: ``minmax``, ``percentile``, ``entropy`` or ``mse``
+            (graphopt/quant/observers.py); ``observer_options`` e.g. ``{"percentile": 99.9}``.
+        embeddings: dynamic mode: also store constant embedding tables int8 (per row).
+        convs: dynamic mode: also quantize 2-D convs (``qconv_dynamic``; on onnxruntime this
+            shrinks the weights 4x but is no faster than fp32, so it is off by default).
+        bits, block_size: weight-only mode: 4 or 8 bits, blocks of ``block_size`` along K.
+        progress: static mode: a tqdm bar over the calibration data (None: for 32 or more
+            items when stderr is a terminal).
+        report: also return the ``QuantReport``.
+
+    Returns:
+        The quantized graph, or ``(graph, QuantReport)`` with ``report=True``.
+
+    Raises:
+        QuantizationError: an unknown mode or observer, static mode without calibration data,
+            calibration data that does not fit the graph (names the batch and the input),
+            ``error_budget`` without calibration.
+    """
+    if mode not in MODES:
+        raise QuantizationError(f"unknown quantize mode '{mode}'; known: {', '.join(MODES)}")
+    if sensitivity not in ("local", "end-to-end"):
+        raise QuantizationError(
+            f"sensitivity must be 'local' or 'end-to-end', got '{sensitivity}'")
+    start = time.perf_counter()
+    if mode == "static":
+        if calibration is None:
+            raise QuantizationError("mode='static' needs calibration data (an iterable of "
+                                    "argument tuples) to choose activation ranges")
+        calibration = _materialize(calibration)
+    elif calibration is not None:
+        calibration = _materialize(calibration)
+    if error_budget is not None and not calibration:
+        raise QuantizationError("error_budget needs calibration inputs")
+    if mode == "dynamic":
+        plan = _dynamic_plan(graph, exclude, embeddings, convs)
+    elif mode == "static":
+        from graphopt.quant.static import static_plan
+
+        plan = static_plan(graph, calibration, exclude, observer, observer_options or {},
+                           progress)
+    elif mode == "weight-only":
+        from graphopt.quant.weight_only import weight_only_plan
+
+        plan = weight_only_plan(graph, exclude, bits, block_size)
+    else:
+        from graphopt.quant.half import half_plan
+
+        plan = half_plan(graph, mode, exclude)
+        sensitivity = "end-to-end"
+    from graphopt.quant.fallback import fit_error_budget
+
+    rep = QuantReport(mode=plan.mode, error_budget=error_budget,
+                      bytes_before=graph.constant_bytes(), label=plan.label,
+                      layers=plan.records, embeddings=plan.embeddings)
+    out, rep.error = fit_error_budget(rep.layers, plan.build, plan.graph, calibration or [],
+                                      error_budget, sensitivity, plan.forward)
+    rep.bytes_after = out.constant_bytes()
+    rep.seconds = time.perf_counter() - start
+    return (out, rep) if report else out
+
+
+def _materialize(calibration: Iterable) -> list[tuple]:
+    from graphopt.quant.static import as_arguments
+
+    if isinstance(calibration, (str, bytes)):
+        raise QuantizationError("calibration must be an iterable of argument tuples")
+    try:
+        items = list(calibration)
+    except TypeError:
+        raise QuantizationError(
+            f"calibration must be an iterable of argument tuples, got "
+            f"{type(calibration).__name__}") from None
+    return [as_arguments(item, i) for i, item in enumerate(items)]
+
+
+class Plan:
+    """What a mode hands to the accuracy control (see the module docstring).
+
+    Attributes:
+        graph: the float graph the layer names refer to (a prepared copy for static mode).
+        records: one ``LayerRecord`` per candidate (``quantized=False`` for excluded ones).
+        build: ``build(names) -> Graph`` with exactly those layers quantized.
+        forward: ``forward(node, inputs) -> Tensor`` for local sensitivity, or None.
+    """
+
+    def __init__(self, mode, label, graph, records, build, forward=None, embeddings=()):
+        self.mode, self.label, self.graph = mode, label, graph
+        self.records, self.build, self.forward = records, build, forward
+        self.embeddings = list(embeddings)
+
+
+def layer_records(graph: Graph, candidates, all_layers, shape_of) -> list[LayerRecord]:
+    """Records for ``candidates`` (to quantize) and the excluded rest of ``all_layers``."""
+    chosen = {n.name for n in candidates}
+    records = [LayerRecord(n.name, n.inputs[1].name, shape_of(n), True) for n in candidates]
+    records += [LayerRecord(n.name, n.inputs[1].name, shape_of(n), False, reason="excluded")
+                for n in all_layers if n.name not in chosen]
+    return records
+
+
+def _dynamic_plan(graph: Graph, exclude, embeddings: bool, convs: bool) -> Plan:
+    from graphopt.quant import dynamic as d
+
+    candidates = d.dynamic_candidates(graph) + (d.conv_candidates(graph) if convs else [])
+    chosen = d.dynamic_candidates(graph, exclude) + (
+        d.conv_candidates(graph, exclude) if convs else [])
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    candidates.sort(key=order.get)
+    chosen.sort(key=order.get)
+    records = layer_records(graph, chosen, candidates, d.weight_shape)
+
+    def build(names: set[str]) -> Graph:
+        g = graph.clone()
+        d.quantize_nodes(g, names)
+        d.quantize_convs(g, names)
+        if embeddings:
+            for node in d.embedding_candidates(g, exclude):
+                d.quantize_embedding(g, node)
+        return g
+
+    tables = [n.inputs[0].name for n in d.embedding_candidates(graph, exclude)] \
+        if embeddings else []
+    return Plan("dynamic", "int8", graph, records, build, d.dynamic_forward, tables)

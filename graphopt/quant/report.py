@@ -1,0 +1,65 @@
+"""What ``graphopt.quantize`` did: one record per candidate layer, the error, the sizes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LayerRecord:
+    """One candidate layer: its node, weight, sensitivity and the decision."""
+
+    node: str
+    weight: str
+    shape: tuple[int, ...]
+    quantized: bool
+    sensitivity: float | None = None
+    reason: str = ""
+
+
+@dataclass
+class QuantReport:
+    """What ``quantize`` did, for every mode: per-layer records, final error vs budget, size.
+
+    Attributes:
+        mode: the mode with its main options (``"static minmax"``, ``"weight-only int4/32"``).
+        label: what a quantized layer became (``int8``, ``int4``, ``fp16``...), for printing.
+        error: mean ``1 - cosine`` of float vs quantized outputs over the calibration inputs.
+    """
+
+    mode: str
+    layers: list[LayerRecord] = field(default_factory=list)
+    embeddings: list[str] = field(default_factory=list)
+    error: float | None = None
+    error_budget: float | None = None
+    bytes_before: int = 0
+    bytes_after: int = 0
+    seconds: float = 0.0
+    label: str = "int8"
+
+    @property
+    def quantized(self) -> list[str]:
+        return [r.node for r in self.layers if r.quantized]
+
+    @property
+    def fallback(self) -> list[str]:
+        return [r.node for r in self.layers if not r.quantized]
+
+    def __str__(self) -> str:
+        lines = [
+            f"quantize mode={self.mode}: {len(self.quantized)}/{len(self.layers)} layers "
+            f"{self.label}, weights {self.bytes_before / 1e6:.2f} MB -> "
+            f"{self.bytes_after / 1e6:.2f} MB"
+            + (f", error {self.error:.2e}" if self.error is not None else "")
+            + (f" (budget {self.error_budget:.2e})" if self.error_budget is not None else "")
+            + f", {self.seconds:.1f} s"
+        ]
+        if self.embeddings:
+            lines.append(f"  int8 embedding tables (weight-only): {', '.join(self.embeddings)}")
+        width = max([len(self.label), 5])
+        for r in self.layers:
+            sens = "" if r.sensitivity is None else f" sensitivity={r.sensitivity:.2e}"
+            state = self.label if r.quantized else "float"
+            lines.append(f"  {state:<{width}} {r.node} ({r.weight} {list(r.shape)}){sens}  "
+                         f"{r.reason}".rstrip())
+        return "\n".join(lines)
