@@ -23,12 +23,29 @@ import graphopt
 from conftest import tensor_leaves
 
 
-def _native_matches_reference(graph, args, **options):
+def _native_matches_reference(graph, args, dynamic_activations=False, **options):
+    """Native == interpreter on the quantized graph.
+
+    With weights alone quantized this holds at float rounding. With activations quantized at
+    run time it cannot hold element-wise on a whole model: the fp32 kernels upstream of each
+    quantizer (layer norm, softmax: vector reductions in another order, e.g. 16 lanes on
+    AVX-512) differ by ulps, which moves a value sitting on a rounding boundary to the next u8
+    code, and later layers spread that one-code step. Then most elements must still agree at
+    rounding, no element may be off by more than a few codes' worth (1% of the output range),
+    and the whole output must point the same way (cosine). A wrong kernel fails all three.
+    """
     fn = graphopt.compile(graph, backend="native", threads=2, **options)
     got = tensor_leaves(fn(*args))
     ref = tensor_leaves(graphopt.run(graph, *args))
     for g, r in zip(got, ref, strict=True):
-        assert_same(g, r, rtol=1e-5, atol=1e-5)
+        if not dynamic_activations:
+            assert_same(g, r, rtol=1e-5, atol=1e-5)
+            continue
+        assert g.shape == r.shape and g.dtype == r.dtype
+        diff, scale = (g - r).abs(), r.abs().max().item()
+        assert (diff <= 1e-5 * scale + 1e-5 * r.abs()).float().mean().item() >= 0.8
+        assert diff.max().item() <= 0.01 * scale
+        assert _cosine(g, r) >= 0.99999
     return fn, got
 
 
@@ -48,7 +65,7 @@ def test_bert_quantized_on_native(traced_bert_small, mode):
         q = graphopt.quantize(graph, "weight-only", bits=bits, block_size=32)
         op, kernel = "linear_weight_only", "linear_wo"
     assert q.op_histogram()[op] == 13
-    fn, got = _native_matches_reference(q, args)
+    fn, got = _native_matches_reference(q, args, dynamic_activations=mode == "dynamic")
     assert sum(s.kernel == kernel for s in fn.plan.steps) == 13
     fp32 = tensor_leaves(graphopt.run(graph, *args))
     assert _cosine(got[0], fp32[0]) > (0.999 if mode != "weight-only int4" else 0.99)
