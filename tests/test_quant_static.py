@@ -68,6 +68,20 @@ def test_static_int8_keeps_accuracy_reference_and_onnxruntime(digits_graph, quan
     assert rep.error < 1e-3 and len(rep.quantized) == 4 and rep.mode.startswith("static")
 
 
+
+def test_static_int8_runs_natively(digits_graph, quantized):
+    """The whole static graph runs in the native runtime (quantize_linear, qconv with the
+    fused ReLU, max pooling of u8 codes, qlinear), bit for bit equal to the reference."""
+    _, base, _, x_test, y_test = digits_graph
+    q, _ = quantized("minmax")
+    fn = graphopt.compile(q, backend="native", threads=2)  # no fallback: every node is native
+    native = fn(x_test)  # symbolic batch: planned on the first call
+    kernels = collections.Counter(s.kernel for s in fn.plan.steps)
+    assert kernels["qconv2d"] == 2 and kernels["qlinear"] == 2
+    assert kernels["quantize_linear"] == 1 and kernels["pool2d"] == 1
+    torch.testing.assert_close(native, graphopt.run(q, x_test), rtol=0, atol=0)
+    assert _accuracy(native, y_test) >= base - MAX_LOSS
+
 def test_what_the_rewrite_changed(digits_graph, quantized):
     graph, *_ = digits_graph
     q, rep = quantized("minmax")

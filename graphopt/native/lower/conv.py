@@ -15,13 +15,14 @@ def _spatial(value, n: int) -> list[int]:
     return value * n if len(value) == 1 else value
 
 
-def _conv_params(ctx, x_shape=None, extra_pad=(0, 0)):
+def _conv_params(ctx, x_shape=None, extra_pad=(0, 0), w_slot: int = 1):
+    """The conv kernels' int parameters; the weight is operand ``w_slot`` (a plan constant)."""
     x_shape = x_shape or ctx.in_shape(0)
-    w_shape, out_shape = ctx.in_shape(1), ctx.out_shape(0)
+    w_shape, out_shape = ctx.in_shape(w_slot), ctx.out_shape(0)
     n = len(x_shape) - 2
     if n not in (1, 2):
         ctx.unsupported(f"{n}-d convolution has no native kernel")
-    if ctx.const(1) is None:
+    if ctx.const(w_slot) is None:
         ctx.unsupported("the convolution weight is not a constant")
     a = ctx.attrs
     stride, pad, dil = (_spatial(a[k], n) for k in ("stride", "padding", "dilation"))

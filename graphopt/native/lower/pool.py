@@ -5,6 +5,8 @@ The kernels work on [planes, H, W]: every leading dim folds into planes and 1-D 
 
 from __future__ import annotations
 
+from graphopt.ir.dtypes import DType
+from graphopt.native.codes import DTYPE_CODES
 from graphopt.native.lower._common import require_float32
 from graphopt.native.refs import numel
 from graphopt.ops.registry import register_lowering
@@ -27,7 +29,12 @@ def _planes(ctx, n: int):
 
 
 def _pool(ctx, avg: bool) -> None:
-    require_float32(ctx, 0)
+    # Max pooling of u8 / i8 codes (static int8 graphs) runs in float32: max commutes with the
+    # exact conversion, so cast -> pool -> cast gives the integer result.
+    codes = not avg and ctx.in_dtype(0) in (DType.uint8, DType.int8) and \
+        ctx.out_dtype(0) == ctx.in_dtype(0)
+    if not codes:
+        require_float32(ctx, 0)
     a = ctx.attrs
     n = len(a["kernel"])
     planes, in_sp, out_sp = _planes(ctx, n)
@@ -37,12 +44,16 @@ def _pool(ctx, avg: bool) -> None:
     dil = _spatial(a.get("dilation", (1,)), n)
     if n == 1:
         kernel, stride, pad, dil = [1] + kernel, [1] + stride, [0] + pad, [1] + dil
-    x = ctx.contiguous(0)
-    out = ctx.output(0)
+    x = ctx.cast(0, DType.float32) if codes else ctx.contiguous(0)
+    out = ctx.temp(ctx.out_shape(0), DType.float32, "pooled") if codes else ctx.output(0)
     count_include_pad = int(a.get("count_include_pad", True))
     divisor = a.get("divisor_override") or 0
     ctx.emit("pool2d", [out, x], [int(avg), planes, *in_sp, *out_sp, *kernel, *stride, *pad,
                                   *dil, count_include_pad, divisor])
+    if codes:
+        result = ctx.output(0)
+        ctx.emit("cast", [result, out], [DTYPE_CODES[DType.float32],
+                                         DTYPE_CODES[ctx.in_dtype(0)], out.numel])
 
 
 @register_lowering("native", "max_pool")

@@ -7,6 +7,13 @@ weight-only kernel ("linear_wo", csrc/rt_wo.cpp).
   f32 epilogue; results equal the op's reference up to the float rounding of its last steps.
 * ``linear_weight_only(x, w_q, scales, bias?, residual?){bits, block_size, k}``: the codes stay
   int4 / int8 in the plan's constants and are decoded inside the kernel.
+* ``quantize_linear`` / ``dequantize_linear`` (per tensor or per channel) -> the
+  "quantize_linear" / "dequantize_linear" steps (csrc/rt_quantize.cpp), bit-identical to the
+  references: a static graph's float boundaries stay native.
+* static ``qlinear`` / ``qconv(x_q, x_scale, x_zp, w_q, w_scale, bias?, y_scale?, y_zp?)``
+  (graphopt/ops/quant_int.py): u8 inputs with their scale / zero point, the same int8 GEMM
+  ("qlinear") or its NCHW convolution ("qconv2d"), f32 result or requantized u8 with
+  ``y_scale``.
 
 The weight must be a plan constant; other operands (scales, bias) are read at run time.
 :func:`emit_qlinear` is the int8 GEMM's whole contract, for other quantized ops (the static
@@ -17,6 +24,9 @@ from __future__ import annotations
 
 from graphopt.ir.dtypes import DType
 from graphopt.native.lower._common import activation
+from graphopt.native.codes import DTYPE_CODES
+from graphopt.native.lower.conv import _conv_params
+from graphopt.native.refs import numel
 from graphopt.ops.registry import register_lowering
 
 
@@ -121,3 +131,78 @@ def lower_linear_weight_only(ctx) -> None:
         out.offset == residual.offset
     ctx.emit("linear_wo", [out, x, codes, scales, bias, residual],
              [rows, n, cols, x_rs, bits, block, code, int(in_place)], [p0, p1])
+
+
+def _static_operands(ctx, op: str):
+    """Checks a static qlinear / qconv's operand dtypes; returns (act, x_scale, x_zp, y_scale,
+    y_zp) refs for the kernel."""
+    _require(ctx, 0, DType.uint8, "input x_q")
+    _require(ctx, 1, DType.float32, "x_scale")
+    _require(ctx, 2, DType.uint8, "x_zp")
+    _require(ctx, 3, DType.int8, "weight w_q")
+    for slot, what in ((4, "w_scale"), (5, "bias"), (6, "y_scale")):
+        _require(ctx, slot, DType.float32, what)
+    _require(ctx, 7, DType.uint8, "y_zp")
+    if ctx.const(3) is None:
+        ctx.unsupported(f"the int8 weight of {op} is not a constant")
+    attrs = ctx.attrs
+    act = activation(ctx, attrs.get("activation", "none"), attrs.get("activation_params", ()))
+    y_scale = ctx.contiguous(6) if ctx.has(6) else None
+    y_zp = ctx.contiguous(7) if ctx.has(7) else None
+    return act, ctx.contiguous(1), ctx.contiguous(2), y_scale, y_zp
+
+
+@register_lowering("native", "qlinear")
+def lower_qlinear(ctx) -> None:
+    act, x_scale, x_zp, y_scale, y_zp = _static_operands(ctx, "qlinear")
+    x, *mat = _x_matrix(ctx)
+    emit_qlinear(ctx, ctx.output(0), x, mat, ctx.ref(3), ctx.contiguous(4), ctx.contiguous(5),
+                 act=act, x_scale=x_scale, x_zp=x_zp, y_scale=y_scale, y_zp=y_zp)
+
+
+@register_lowering("native", "qconv")
+def lower_qconv(ctx) -> None:
+    act, x_scale, x_zp, y_scale, y_zp = _static_operands(ctx, "qconv")
+    if len(ctx.in_shape(0)) != 4:
+        ctx.unsupported("qconv has a native kernel for 2-D (NCHW) convolutions only")
+    params = _conv_params(ctx, w_slot=3)
+    emit_qconv(ctx, ctx.output(0), ctx.contiguous(0), ctx.contiguous(3), ctx.contiguous(4),
+               ctx.contiguous(5), params, act, x_scale, x_zp, y_scale, y_zp)
+
+
+def _channel_layout(ctx, axis, scale_slot: int = 1) -> tuple[int, int]:
+    """(inner, channels) of a per-axis scale over input 0 (``(1, 1)`` per tensor)."""
+    shape = ctx.in_shape(0)
+    if axis is None or len(ctx.in_shape(scale_slot)) == 0:
+        return 1, 1
+    axis %= len(shape)
+    return numel(shape[axis + 1:]), shape[axis]
+
+
+@register_lowering("native", "quantize_linear")
+def lower_quantize_linear(ctx) -> None:
+    _require(ctx, 0, DType.float32, "input x")
+    _require(ctx, 1, DType.float32, "scale")
+    out_dtype = ctx.out_dtype(0)
+    if out_dtype not in (DType.uint8, DType.int8):
+        ctx.unsupported(f"quantize_linear to {out_dtype}: the native kernel makes u8 / i8")
+    inner, channels = _channel_layout(ctx, ctx.attrs.get("axis"))
+    x = ctx.contiguous(0)
+    zp = ctx.contiguous(2) if ctx.has(2) else None
+    ctx.emit("quantize_linear", [ctx.output(0), x, ctx.contiguous(1), zp],
+             [x.numel, DTYPE_CODES[out_dtype], inner, channels])
+
+
+@register_lowering("native", "dequantize_linear")
+def lower_dequantize_linear(ctx) -> None:
+    in_dtype = ctx.in_dtype(0)
+    if in_dtype not in (DType.uint8, DType.int8, DType.int32):
+        ctx.unsupported(f"dequantize_linear of {in_dtype}: the native kernel reads u8 / i8 / i32")
+    _require(ctx, 1, DType.float32, "scale")
+    if ctx.out_dtype(0) != DType.float32:
+        ctx.unsupported(f"dequantize_linear to {ctx.out_dtype(0)}: the native kernel makes f32")
+    inner, channels = _channel_layout(ctx, ctx.attrs.get("axis"))
+    q = ctx.contiguous(0)
+    zp = ctx.contiguous(2) if ctx.has(2) else None
+    ctx.emit("dequantize_linear", [ctx.output(0), q, ctx.contiguous(1), zp],
+             [q.numel, DTYPE_CODES[in_dtype], inner, channels])

@@ -1,0 +1,135 @@
+// Affine (de)quantization steps of static int8 graphs: "quantize_linear" (f32 -> u8 / i8) and
+// "dequantize_linear" (u8 / i8 / i32 -> f32), per tensor or per channel.
+//
+// The same float32 arithmetic as the ops' references (graphopt/ops/quant.py) and ONNX:
+//   quantize:   q = saturate(round_half_even(x / scale) + zp)    (true division, not x * 1/s)
+//   dequantize: x = (q - zp) * scale
+// so results are bit-identical to the interpreter. std::nearbyint rounds half to even under the
+// default floating-point environment, which nothing in graphopt changes.
+//
+// operands: [out, x, scale, zero_point?]
+// ints:     [count, dtype code of the integer side, inner, channels]
+//           element i uses channel (i / inner) % channels (channels = 1: per tensor)
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "rt_dtype.h"
+#include "rt_parallel.h"
+#include "rt_plan.h"
+
+namespace graphopt {
+namespace rt {
+namespace {
+
+struct QuantParams {
+    DType dtype = DType::kU8;
+    int64_t count = 0, inner = 1, channels = 1;
+
+    explicit QuantParams(const KernelArgs& args) {
+        IntReader r(args);
+        count = r.next();
+        dtype = dtype_from(r.next());
+        inner = std::max<int64_t>(r.next(), 1);
+        channels = std::max<int64_t>(r.next(), 1);
+    }
+};
+
+// Elements [begin, end) split at channel boundaries: f(begin, end, channel).
+template <typename F>
+void for_channel_runs(const QuantParams& p, int64_t begin, int64_t end, F f) {
+    int64_t i = begin;
+    while (i < end) {
+        const int64_t run_end = std::min(end, (i / p.inner + 1) * p.inner);
+        f(i, run_end, (i / p.inner) % p.channels);
+        i = run_end;
+    }
+}
+
+template <typename T>
+float zero_point_at(const void* zp, int64_t c) {
+    return zp == nullptr ? 0.0f : static_cast<float>(static_cast<const T*>(zp)[c]);
+}
+
+class QuantizeKernel : public Kernel {
+   public:
+    explicit QuantizeKernel(const KernelArgs& args) : p_(args) {
+        if (p_.dtype != DType::kU8 && p_.dtype != DType::kI8) {
+            throw PlanError("quantize_linear for " + args.name + ": the result must be u8 or i8");
+        }
+    }
+    void run(const ExecContext& ctx) const override {
+        const float* x = ctx.get<const float>(operands[1]);
+        const float* scale = ctx.get<const float>(operands[2]);
+        const void* zp = ctx.ptr(operands[3]);
+        if (p_.dtype == DType::kU8) {
+            quantize<uint8_t>(ctx, x, scale, zp, 0.0f, 255.0f);
+        } else {
+            quantize<int8_t>(ctx, x, scale, zp, -128.0f, 127.0f);
+        }
+    }
+
+   private:
+    template <typename T>
+    void quantize(const ExecContext& ctx, const float* x, const float* scale, const void* zp,
+                  float lo, float hi) const {
+        T* out = ctx.get<T>(operands[0]);
+        parallel_for(ctx.threads, p_.count, 8, [&](int64_t begin, int64_t end) {
+            for_channel_runs(p_, begin, end, [&](int64_t b, int64_t e, int64_t c) {
+                const float s = scale[c];
+                const float z = zero_point_at<T>(zp, c);
+                for (int64_t i = b; i < e; ++i) {
+                    const float q = std::nearbyint(x[i] / s) + z;
+                    out[i] = static_cast<T>(std::min(std::max(q, lo), hi));
+                }
+            });
+        });
+    }
+
+    QuantParams p_;
+};
+
+class DequantizeKernel : public Kernel {
+   public:
+    explicit DequantizeKernel(const KernelArgs& args) : p_(args) {
+        if (p_.dtype != DType::kU8 && p_.dtype != DType::kI8 && p_.dtype != DType::kI32) {
+            throw PlanError("dequantize_linear for " + args.name +
+                            ": the input must be u8, i8 or i32");
+        }
+    }
+    void run(const ExecContext& ctx) const override {
+        dispatch_dtype(p_.dtype, [&](auto tag) {
+            using T = decltype(tag);
+            if constexpr (std::is_same_v<T, uint8_t> || std::is_same_v<T, int8_t> ||
+                          std::is_same_v<T, int32_t>) {
+                dequantize<T>(ctx);
+            }
+        });
+    }
+
+   private:
+    template <typename T>
+    void dequantize(const ExecContext& ctx) const {
+        float* out = ctx.get<float>(operands[0]);
+        const T* q = ctx.get<const T>(operands[1]);
+        const float* scale = ctx.get<const float>(operands[2]);
+        const void* zp = ctx.ptr(operands[3]);
+        parallel_for(ctx.threads, p_.count, 8, [&](int64_t begin, int64_t end) {
+            for_channel_runs(p_, begin, end, [&](int64_t b, int64_t e, int64_t c) {
+                const float s = scale[c];
+                const float z = zero_point_at<T>(zp, c);
+                for (int64_t i = b; i < e; ++i) out[i] = (static_cast<float>(q[i]) - z) * s;
+            });
+        });
+    }
+
+    QuantParams p_;
+};
+
+GRAPHOPT_RT_KERNEL("quantize_linear", QuantizeKernel);
+GRAPHOPT_RT_KERNEL("dequantize_linear", DequantizeKernel);
+
+}  // namespace
+}  // namespace rt
+}  // namespace graphopt
