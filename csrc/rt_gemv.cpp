@@ -56,16 +56,7 @@ void gemv_run(const MatrixRef& a, const PackedGemvB& b, float* c, int64_t ldc,
             panel_fn(rows, b.k(), a.data, a.row_stride, a.col_stride, b.panel(q), tile);
             const int64_t j0 = q * kGemvCols;
             const int64_t nr = std::min(kGemvCols, b.n() - j0);
-            for (int64_t r = 0; r < rows; ++r) {
-                float* crow = c + r * ldc + j0;
-                const float* t = tile + r * kGemvCols;
-                if (ep.residual_in_c) {
-                    for (int64_t j = 0; j < nr; ++j) crow[j] += t[j];
-                } else {
-                    for (int64_t j = 0; j < nr; ++j) crow[j] = t[j];
-                }
-            }
-            gemm_tile_epilogue(kern, c + j0, ldc, 0, j0, rows, nr, ep);
+            gemv_store_tile(kern, tile, c, ldc, j0, rows, nr, ep);
         }
     });
 }

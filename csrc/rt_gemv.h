@@ -39,6 +39,22 @@ void gemv_panel_portable(int64_t rows, int64_t k, const float* a, int64_t a_rs, 
 void gemv_panel_avx2(int64_t rows, int64_t k, const float* a, int64_t a_rs, int64_t a_cs,
                      const float* panel, float* out);
 
+// Stores a finished [rows, kGemvCols] register tile into C columns [j0, j0 + nr) (added onto
+// C when it holds the residual) and runs the epilogue on them.
+inline void gemv_store_tile(const GemmKernels& kern, const float* tile, float* c, int64_t ldc,
+                            int64_t j0, int64_t rows, int64_t nr, const EpilogueSpec& ep) {
+    for (int64_t r = 0; r < rows; ++r) {
+        float* crow = c + r * ldc + j0;
+        const float* t = tile + r * kGemvCols;
+        if (ep.residual_in_c) {
+            for (int64_t j = 0; j < nr; ++j) crow[j] += t[j];
+        } else {
+            for (int64_t j = 0; j < nr; ++j) crow[j] = t[j];
+        }
+    }
+    gemm_tile_epilogue(kern, c + j0, ldc, 0, j0, rows, nr, ep);
+}
+
 void gemv_run(const MatrixRef& a, const PackedGemvB& b, float* c, int64_t ldc,
               const EpilogueSpec& ep, int threads);
 

@@ -83,16 +83,7 @@ void wo_linear_run(const WoWeight& w, const MatrixRef& x, float* c, int64_t ldc,
             const int64_t j0 = q * kGemvCols;
             const int64_t nr = std::min(kGemvCols, n - j0);
             gemv(w, m, x.data, x.row_stride, j0, nr, tile);
-            for (int64_t r = 0; r < m; ++r) {
-                float* crow = c + r * ldc + j0;
-                const float* t = tile + r * kGemvCols;
-                if (ep.residual_in_c) {
-                    for (int64_t j = 0; j < nr; ++j) crow[j] += t[j];
-                } else {
-                    for (int64_t j = 0; j < nr; ++j) crow[j] = t[j];
-                }
-            }
-            gemm_tile_epilogue(kern, c + j0, ldc, 0, j0, m, nr, ep);
+            gemv_store_tile(kern, tile, c, ldc, j0, m, nr, ep);
         }
     });
 }
