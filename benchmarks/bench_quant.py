@@ -13,8 +13,8 @@ interleaved rounds in one process (medians, ms, ``--threads`` intra-op threads):
   ``graphopt int8 (MatMulInteger)``: the same graph lowered without contrib ops;
   ``graphopt int8 budget``: with ``error_budget`` (sensitive layers kept in float);
 * ``native fp32`` / ``native int8`` / ``native int8 budget``: graphopt's native runtime on the
-  fp32 graph and on the two int8 graphs (the int8 GEMM, see docs/native.md); MiniLM's
-  attention-mask indexing runs as a reference step (``fallback="reference"``) in all three.
+  fp32 graph and on the two int8 graphs (the int8 GEMM, see docs/native.md); every node runs
+  natively.
 
 Accuracy (MiniLM only): cosine of mean-pooled sentence embeddings vs fp32 eager on the 60
 ``EVAL_SENTENCES``, mean / min. Size: the ONNX file on disk.
@@ -127,8 +127,7 @@ def main() -> None:
         graphopt.to_onnx(q_fp16), f"{tmp}/f16.onnx", opts.threads)
     native = {"native fp32": graph, "native int8": q_all, "native int8 budget": q_budget}
     for name, g in native.items():
-        calls[name] = graphopt.compile(g, backend="native", threads=opts.threads,
-                                       fallback="reference")
+        calls[name] = graphopt.compile(g, backend="native", threads=opts.threads)
     try:
         tq = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         calls["torch.ao int8"] = lambda *a: tq(*a)

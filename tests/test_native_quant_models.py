@@ -76,8 +76,9 @@ def test_minilm_dynamic_int8_on_native(minilm_int8_budget, minilm_fp32_embedding
 
     q, _ = minilm_int8_budget  # error_budget=0.005 (as the onnxruntime test), see conftest.py
     assert q.op_histogram()["qlinear_dynamic"] >= 28
-    # the attention-mask expansion (advanced indexing) has no native kernel: reference step
-    fn = graphopt.compile(q, backend="native", threads=2, fallback="reference")
+    # every node native, the attention-mask expansion (two constant index tensors) included
+    fn = graphopt.compile(q, backend="native", threads=2)
+    assert fn.plan.fallback_nodes == []
     ids, mask = encode(["Graph compilers rewrite networks."])
     got, ref = fn(ids, mask), graphopt.run(q, ids, mask)
     real = mask[0].bool()

@@ -1,10 +1,13 @@
 """Indexing ops -> "take" and "gather" (csrc/rt_index.cpp).
 
 embedding, index_select and advanced indexing with one index tensor are all "take" along one
-axis; torch.gather is "gather". Index tensors may be int32 or int64 (no conversion).
+axis; several constant index tensors on adjacent axes are one "take" along those axes flattened.
+torch.gather is "gather". Index tensors may be int32 or int64 (no conversion).
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from graphopt.ir.dtypes import DType
 from graphopt.native.lower._common import dtype_code, norm_axis
@@ -41,10 +44,40 @@ def lower_index_select(ctx) -> None:
 @register_lowering("native", "index")
 def lower_index(ctx) -> None:
     if ctx.num_inputs != 2:
-        ctx.unsupported("advanced indexing with several index tensors")
+        return _lower_multi_index(ctx)
     x = ctx.contiguous(0)
     axis = norm_axis(ctx.attrs["axes"][0], len(x.shape))
     _take(ctx, x, axis, _index_ref(ctx, 1), allow_negative=True)
+
+
+def _lower_multi_index(ctx) -> None:
+    """x[..., i0, i1, ...] with constant index tensors on adjacent axes (what HF's attention
+    masks produce): the indexed axes are one flattened axis of the contiguous x, so the row-major
+    combination of the (broadcast, normalized) indices is a single constant "take" index and the
+    output, [before, *broadcast(indices), after], is exactly take's [outer, n_index, inner]."""
+    x = ctx.contiguous(0)
+    axes = [norm_axis(a, len(x.shape)) for a in ctx.attrs["axes"]]
+    if axes != list(range(axes[0], axes[0] + len(axes))):
+        ctx.unsupported(f"advanced indexing on non-adjacent axes {tuple(axes)}")
+    indices = [ctx.const(i) for i in range(1, ctx.num_inputs)]
+    if any(idx is None for idx in indices):
+        ctx.unsupported("advanced indexing with several non-constant index tensors")
+    if any(ctx.in_dtype(i) not in (DType.int32, DType.int64) for i in range(1, ctx.num_inputs)):
+        ctx.unsupported("advanced indexing with non-integer index tensors")
+    dims = [x.shape[a] for a in axes]
+    flat = np.zeros(np.broadcast_shapes(*(idx.shape for idx in indices)), dtype=np.int64)
+    for k, (idx, dim) in enumerate(zip(indices, dims)):
+        idx = np.asarray(idx, dtype=np.int64)
+        bad = idx[(idx < -dim) | (idx >= dim)]
+        if bad.size:
+            raise IndexError(f"%{ctx.name}: index {int(bad[0])} is out of bounds for axis "
+                             f"{axes[k]} of size {dim}")
+        flat = flat * dim + np.where(idx < 0, idx + dim, idx)
+    index = ctx.builder.const_ref(np.ascontiguousarray(flat), DType.int64)
+    pre = numel(x.shape[: axes[0]])
+    post = numel(x.shape[axes[-1] + 1:])
+    ctx.emit("take", [ctx.output(0), x, index],
+             [pre, numel(dims), post, index.numel, dtype_code(ctx, DType.int64), x.itemsize, 0])
 
 
 @register_lowering("native", "gather")
