@@ -53,10 +53,10 @@ def variants(m: int, k: int, n: int, threads: int) -> dict[str, callable]:
         "fp32": KernelCall("gemm", [out, x, w, bias, None], [0, *common, 1, k, NONE, 0],
                            [1.0, 0.0, 0.0], threads, const=(2,)),
         "int8 dyn": KernelCall("qlinear", [out, x, w_q, w_scale, bias, None],
-                               [*common, k, 1, 0, NONE, 0], [0.0, 0.0], threads, const=(2,)),
+                               [*common, k, 1, 0, NONE, 0, 0], [0.0, 0.0], threads, const=(2,)),
         "int8 static": KernelCall(
             "qlinear", [out, xq, w_q, w_scale, bias, None, np.float32(0.02), np.uint8(128)],
-            [*common, k, 1, 1, NONE, 0], [0.0, 0.0], threads, const=(2,)),
+            [*common, k, 1, 1, NONE, 0, 0], [0.0, 0.0], threads, const=(2,)),
     }
     for bits in (4, 8):
         codes, scales = quantize_blocks(w, bits, 32)

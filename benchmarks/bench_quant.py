@@ -11,10 +11,12 @@ interleaved rounds in one process (medians, ms, ``--threads`` intra-op threads):
   graphopt's standard-op fp32 export;
 * ``graphopt int8``: ``graphopt.quantize`` (all 36 linears) -> DynamicQuantizeMatMul;
   ``graphopt int8 (MatMulInteger)``: the same graph lowered without contrib ops;
+  ``graphopt int8 per-token``: all 36 linears with per-token activation scales
+  (``per_token=True``; standard ops: MatMulInteger and the per-row quantize chain);
   ``graphopt int8 budget``: with ``error_budget`` (sensitive layers kept in float);
-* ``native fp32`` / ``native int8`` / ``native int8 budget``: graphopt's native runtime on the
-  fp32 graph and on the two int8 graphs (the int8 GEMM, see docs/native.md); every node runs
-  natively.
+* ``native fp32`` / ``native int8`` / ``native int8 per-token`` / ``native int8 budget``:
+  graphopt's native runtime on the fp32 graph and on the three int8 graphs (the int8 GEMM,
+  see docs/native.md); every node runs natively.
 
 Accuracy (MiniLM only): cosine of mean-pooled sentence embeddings vs fp32 eager on the 60
 ``EVAL_SENTENCES``, mean / min. Size: the ONNX file on disk.
@@ -97,6 +99,7 @@ def main() -> None:
     else:
         calib = [tuple(torch.randint(0, 30000, a.shape) for a in args) for _ in range(2)]
     q_all, rep_all = graphopt.quantize(graph, report=True)
+    q_token = graphopt.quantize(graph, per_token=True)
     q_int4 = graphopt.quantize(graph, "weight-only", bits=4, block_size=32)
     q_fp16 = graphopt.quantize(graph, "fp16")
     q_budget, rep_budget = graphopt.quantize(
@@ -119,13 +122,16 @@ def main() -> None:
         graphopt.to_onnx(q_all), f"{tmp}/q.onnx", opts.threads)
     calls["graphopt int8 (MatMulInteger)"], sizes["graphopt int8 (MatMulInteger)"] = _session(
         graphopt.to_onnx(q_all, contrib_ops=False), f"{tmp}/q_std.onnx", opts.threads)
+    calls["graphopt int8 per-token"], sizes["graphopt int8 per-token"] = _session(
+        graphopt.to_onnx(q_token), f"{tmp}/qt.onnx", opts.threads)
     calls["graphopt int8 budget"], sizes["graphopt int8 budget"] = _session(
         graphopt.to_onnx(q_budget), f"{tmp}/qb.onnx", opts.threads)
     calls["graphopt int4 weight-only"], sizes["graphopt int4 weight-only"] = _session(
         graphopt.to_onnx(q_int4), f"{tmp}/q4.onnx", opts.threads)
     calls["graphopt fp16 weights"], sizes["graphopt fp16 weights"] = _session(
         graphopt.to_onnx(q_fp16), f"{tmp}/f16.onnx", opts.threads)
-    native = {"native fp32": graph, "native int8": q_all, "native int8 budget": q_budget}
+    native = {"native fp32": graph, "native int8": q_all, "native int8 per-token": q_token,
+              "native int8 budget": q_budget}
     for name, g in native.items():
         calls[name] = graphopt.compile(g, backend="native", threads=opts.threads)
     try:

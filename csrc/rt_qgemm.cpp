@@ -111,14 +111,15 @@ void quantize_portable(const float* x, int64_t n, float scale, float zp, uint8_t
 }  // namespace
 
 void qdequant_portable(const int32_t* acc, int64_t rows, int64_t cols, const float* col_scale,
-                       const float* bias, const float* res, int64_t ldr, float* c,
-                       int64_t ldc) {
+                       const float* row_scale, const float* bias, const float* res, int64_t ldr,
+                       float* c, int64_t ldc) {
     for (int64_t r = 0; r < rows; ++r) {
         const int32_t* a = acc + r * kQNR;
         float* crow = c + r * ldc;
         const float* rrow = res != nullptr ? res + r * ldr : nullptr;
         for (int64_t j = 0; j < cols; ++j) {
-            float y = static_cast<float>(a[j]) * col_scale[j];
+            const float s = row_scale != nullptr ? row_scale[r] * col_scale[j] : col_scale[j];
+            float y = static_cast<float>(a[j]) * s;
             if (bias != nullptr) y += bias[j];
             if (rrow != nullptr) y += rrow[j];
             crow[j] = y;
@@ -178,13 +179,15 @@ PackedQWeight PackedQWeight::pack(const int8_t* w, int64_t n, int64_t k, int64_t
 
 namespace {
 
-// Packs activation rows [i0, i0 + rows) (rows <= 6) into one panel (zero-padded).
-void pack_a_panel(const QMatrixRef& a, int32_t zp, QFormat format, int64_t i0, int64_t rows,
-                  int64_t steps, uint8_t* dst) {
+// Packs activation rows [i0, i0 + rows) (rows <= 6) into one panel (zero-padded). The i16
+// format subtracts the zero point (row_zp[i0 + r] when given, else zp).
+void pack_a_panel(const QMatrixRef& a, int32_t zp, const int32_t* row_zp, QFormat format,
+                  int64_t i0, int64_t rows, int64_t steps, uint8_t* dst) {
     std::memset(dst, 0, static_cast<size_t>(steps * kQPanelStepBytesA));
     const int64_t k = a.cols;
     for (int64_t r = 0; r < rows; ++r) {
         const uint8_t* src = a.data + (i0 + r) * a.row_stride;
+        if (row_zp != nullptr) zp = row_zp[i0 + r];
         if (format == QFormat::kPairI16) {
             auto* d = reinterpret_cast<int16_t*>(dst);
             for (int64_t kk = 0; kk < k; ++kk) {
@@ -212,10 +215,12 @@ void requantize_u8(const float* y, int64_t n, float y_scale, int32_t y_zp, uint8
 }
 
 // ------------------------------------------------------------------------ dynamic quantize
-void dynamic_quantize(const float* x, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
-                      uint8_t* q, float* scale_out, int32_t* zp_out, int threads) {
+namespace {
+
+// Row-wise min / max of x into s.lo / s.hi.
+void row_minmax(const float* x, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
+                QGemmScratch& s, int threads) {
     const QGemmKernels& kern = qgemm_kernels();
-    QGemmScratch& s = qgemm_scratch();
     s.lo.assign(static_cast<size_t>(std::max<int64_t>(rows, 1)), 0.0f);
     s.hi.assign(static_cast<size_t>(std::max<int64_t>(rows, 1)), 0.0f);
     float* lo_rows = s.lo.data();
@@ -235,6 +240,35 @@ void dynamic_quantize(const float* x, int64_t rows, int64_t cols, int64_t rs, in
             hi_rows[r] = h;
         }
     });
+}
+
+// DynamicQuantizeLinear's (scale, zero point) of the range [lo, hi] widened to include zero.
+void range_qparams(float lo, float hi, float* scale, float* safe, float* zp) {
+    lo = std::min(lo, 0.0f);
+    hi = std::max(hi, 0.0f);
+    *scale = (hi - lo) / 255.0f;
+    *safe = *scale > 0.0f ? *scale : 1.0f;
+    *zp = std::min(std::max(std::nearbyint(-lo / *safe), 0.0f), 255.0f);
+}
+
+void quantize_row(const QGemmKernels& kern, const float* x, int64_t cols, int64_t cs,
+                  float safe, float zp, uint8_t* q) {
+    if (cs == 1) {
+        kern.quantize(x, cols, safe, zp, q);
+    } else {
+        for (int64_t j = 0; j < cols; ++j) q[j] = quantize_one(x[j * cs], safe, zp);
+    }
+}
+
+}  // namespace
+
+void dynamic_quantize(const float* x, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
+                      uint8_t* q, float* scale_out, int32_t* zp_out, int threads) {
+    const QGemmKernels& kern = qgemm_kernels();
+    QGemmScratch& s = qgemm_scratch();
+    row_minmax(x, rows, cols, rs, cs, s, threads);
+    const float* lo_rows = s.lo.data();
+    const float* hi_rows = s.hi.data();
     float lo = 0.0f, hi = 0.0f;  // the range always includes zero
     if (cols > 0) {
         for (int64_t r = 0; r < rows; ++r) {
@@ -242,33 +276,58 @@ void dynamic_quantize(const float* x, int64_t rows, int64_t cols, int64_t rs, in
             hi = std::max(hi, hi_rows[r]);
         }
     }
-    const float scale = (hi - lo) / 255.0f;
-    const float safe = scale > 0.0f ? scale : 1.0f;
-    const float zp = std::min(std::max(std::nearbyint(-lo / safe), 0.0f), 255.0f);
+    float scale = 0.0f, safe = 1.0f, zp = 0.0f;
+    range_qparams(lo, hi, &scale, &safe, &zp);
     parallel_for(threads, rows, cols * 2, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
-            uint8_t* qrow = q + r * cols;
-            if (cs == 1) {
-                kern.quantize(x + r * rs, cols, safe, zp, qrow);
-            } else {
-                for (int64_t j = 0; j < cols; ++j) qrow[j] = quantize_one(x[r * rs + j * cs], safe, zp);
-            }
+            quantize_row(kern, x + r * rs, cols, cs, safe, zp, q + r * cols);
         }
     });
     *scale_out = scale;
     *zp_out = static_cast<int32_t>(zp);
 }
 
+void dynamic_quantize_rows(const float* x, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
+                           uint8_t* q, float* scales, int32_t* zps, int threads) {
+    const QGemmKernels& kern = qgemm_kernels();
+    QGemmScratch& s = qgemm_scratch();
+    row_minmax(x, rows, cols, rs, cs, s, threads);
+    const float* lo_rows = s.lo.data();
+    const float* hi_rows = s.hi.data();
+    parallel_for(threads, rows, cols * 2, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+            float scale = 0.0f, safe = 1.0f, zp = 0.0f;
+            if (cols > 0) range_qparams(lo_rows[r], hi_rows[r], &scale, &safe, &zp);
+            quantize_row(kern, x + r * rs, cols, cs, safe, zp, q + r * cols);
+            scales[r] = scale;
+            zps[r] = static_cast<int32_t>(zp);
+        }
+    });
+}
+
 // ---------------------------------------------------------------------------------- driver
 namespace {
 
 // Epilogue of one finished tile: rows [i0, i0 + rows), columns [j0, j0 + nr).
+// float(acc) * scale (+ bias) (+ res) into dst: the per-column a_scale * w_scale[n], or, with
+// per-row activation scales, a_row_scale[m] * w_scale[n] (formed in the dequant kernel).
+void dequant_tile(const QGemmKernels& kern, const QGemmArgs& g, const float* col_scale,
+                  const int32_t* acc, int64_t i0, int64_t j0, int64_t rows, int64_t nr,
+                  const float* bias, const float* res, int64_t ldr, float* dst, int64_t ldd) {
+    if (g.a_row_scale == nullptr) {
+        kern.dequant(acc, rows, nr, col_scale + j0, nullptr, bias, res, ldr, dst, ldd);
+    } else {
+        kern.dequant(acc, rows, nr, g.w_scale + j0, g.a_row_scale + i0, bias, res, ldr, dst, ldd);
+    }
+}
+
 void finish_tile(const QGemmKernels& kern, const QGemmArgs& g, const float* col_scale,
                  int32_t* acc, int64_t i0, int64_t j0, int64_t rows, int64_t nr) {
-    if (g.w->format() == QFormat::kQuadU8 && g.a_zp != 0) {
+    if (g.w->format() == QFormat::kQuadU8 && (g.a_zp != 0 || g.a_row_zp != nullptr)) {
         const int32_t* colsum = g.w->colsum() + j0;
         for (int64_t r = 0; r < rows; ++r) {
-            for (int64_t j = 0; j < nr; ++j) acc[r * kQNR + j] -= g.a_zp * colsum[j];
+            const int32_t zp = g.a_row_zp != nullptr ? g.a_row_zp[i0 + r] : g.a_zp;
+            for (int64_t j = 0; j < nr; ++j) acc[r * kQNR + j] -= zp * colsum[j];
         }
     }
     const float* bias = g.bias != nullptr ? g.bias + j0 : nullptr;
@@ -282,13 +341,13 @@ void finish_tile(const QGemmKernels& kern, const QGemmArgs& g, const float* col_
         } else if (g.residual != nullptr) {
             res = g.residual + i0 * g.ldr + j0;
         }
-        kern.dequant(acc, rows, nr, col_scale + j0, bias, res, ldr, ct, g.ldc);
+        dequant_tile(kern, g, col_scale, acc, i0, j0, rows, nr, bias, res, ldr, ct, g.ldc);
         apply_activation(ct, g.ldc, rows, nr, nullptr, g.act);
         return;
     }
     alignas(64) float tile[kQMR * kQNR];
     const float* res = g.residual != nullptr ? g.residual + i0 * g.ldr + j0 : nullptr;
-    kern.dequant(acc, rows, nr, col_scale + j0, bias, res, g.ldr, tile, kQNR);
+    dequant_tile(kern, g, col_scale, acc, i0, j0, rows, nr, bias, res, g.ldr, tile, kQNR);
     apply_activation(tile, kQNR, rows, nr, nullptr, g.act);
     if (g.c_u8 != nullptr) {
         alignas(64) uint8_t qt[kQMR * kQNR];
@@ -327,13 +386,15 @@ void qgemm_run(const QGemmArgs& g, int threads) {
         s.packed.reserve(ceil_div(std::max<int64_t>(m_panels * panel_bytes, 64), 4)));
     parallel_for(threads, m_panels, kQMR * w.k() * 2, [&](int64_t p0, int64_t p1) {
         for (int64_t p = p0; p < p1; ++p) {
-            pack_a_panel(g.a, g.a_zp, kern.format, p * kQMR, std::min(kQMR, m - p * kQMR), steps,
-                         packed + p * panel_bytes);
+            pack_a_panel(g.a, g.a_zp, g.a_row_zp, kern.format, p * kQMR,
+                         std::min(kQMR, m - p * kQMR), steps, packed + p * panel_bytes);
         }
     });
     s.col_scale.resize(static_cast<size_t>(n));
     float* col_scale = s.col_scale.data();
-    for (int64_t j = 0; j < n; ++j) col_scale[j] = g.a_scale * g.w_scale[j];
+    if (g.a_row_scale == nullptr) {
+        for (int64_t j = 0; j < n; ++j) col_scale[j] = g.a_scale * g.w_scale[j];
+    }
     // Tiles in column-panel-major order: a chunk of consecutive tiles shares a weight panel.
     const int64_t tiles = m_panels * n_panels;
     const int64_t work = kQMR * kQNR * std::max<int64_t>(w.k(), 1) / 4;

@@ -1,9 +1,11 @@
 // The runtime's int8 GEMM: C = epilogue((A_u8 - a_zp) @ W_s8^T), exact int32 accumulation.
 //
-//   A  [M, K] u8 activations with a per-tensor zero point a_zp (any strides);
+//   A  [M, K] u8 activations with a per-tensor zero point a_zp, or per-row a_row_zp[m] and
+//      scales a_row_scale[m] (per-token dynamic quantization); any strides;
 //   W  [N, K] s8 weights (a linear layer's layout), packed once at plan build (PackedQWeight);
 //   acc[m, n] = sum_k (A[m, k] - a_zp) * W[n, k]                        (exact, int32)
 //   f32 out:  y = act(float(acc) * (a_scale * w_scale[n]) + bias[n] + residual[m, n])
+//             (a_row_scale[m] in place of a_scale with per-row quantization)
 //   u8 out:   q = saturate_u8(round_half_even(y / y_scale) + y_zp)      (requantize epilogue)
 //
 // Both the order of the float operations and the rounding follow graphopt's reference ops
@@ -63,11 +65,13 @@ using QMinMaxFn = void (*)(const float* x, int64_t rows, int64_t cols, int64_t r
                            float* hi);
 // q[i] = clamp(round_half_even(x[i] / scale) + zp, 0, 255) for contiguous x.
 using QQuantizeFn = void (*)(const float* x, int64_t n, float scale, float zp, uint8_t* q);
-// c[r * ldc + j] = float(acc[r * 16 + j]) * col_scale[j] (+ bias[j]) (+ res[r * ldr + j]), for
-// r < rows, j < cols (<= 16). bias / res may be null; res may alias c (in-place residual).
+// c[r * ldc + j] = float(acc[r * 16 + j]) * s (+ bias[j]) (+ res[r * ldr + j]), for r < rows,
+// j < cols (<= 16), with s = col_scale[j], or, when row_scale is given (per-token activations),
+// the f32 product row_scale[r] * col_scale[j]. bias / res / row_scale may be null; res may alias
+// c (in-place residual).
 using QDequantFn = void (*)(const int32_t* acc, int64_t rows, int64_t cols,
-                            const float* col_scale, const float* bias, const float* res,
-                            int64_t ldr, float* c, int64_t ldc);
+                            const float* col_scale, const float* row_scale, const float* bias,
+                            const float* res, int64_t ldr, float* c, int64_t ldc);
 
 struct QGemmKernels {
     const char* name;
@@ -82,11 +86,13 @@ struct QGemmKernels {
 // clamp to [0, 255]; NaN -> 0), the portable dequantize, and the AVX2 loops (reused by AVX-VNNI).
 uint8_t quantize_one(float x, float scale, float zp);
 void qdequant_portable(const int32_t* acc, int64_t rows, int64_t cols, const float* col_scale,
-                       const float* bias, const float* res, int64_t ldr, float* c, int64_t ldc);
+                       const float* row_scale, const float* bias, const float* res, int64_t ldr,
+                       float* c, int64_t ldc);
 void qminmax_avx2(const float* x, int64_t rows, int64_t cols, int64_t rs, float* lo, float* hi);
 void qquantize_avx2(const float* x, int64_t n, float scale, float zp, uint8_t* q);
 void qdequant_avx2(const int32_t* acc, int64_t rows, int64_t cols, const float* col_scale,
-                   const float* bias, const float* res, int64_t ldr, float* c, int64_t ldc);
+                   const float* row_scale, const float* bias, const float* res, int64_t ldr,
+                   float* c, int64_t ldc);
 
 const QGemmKernels& portable_qgemm_kernels();
 const QGemmKernels& avx2_qgemm_kernels();
@@ -126,6 +132,9 @@ struct QGemmArgs {
     QMatrixRef a;
     int32_t a_zp = 0;
     float a_scale = 1.0f;
+    // Per-row quantization of A ([M] each; both set or both null): replace a_zp / a_scale.
+    const float* a_row_scale = nullptr;
+    const int32_t* a_row_zp = nullptr;
     const PackedQWeight* w = nullptr;
     const float* w_scale = nullptr;  // [N]
     const float* bias = nullptr;     // [N] or null
@@ -151,6 +160,9 @@ void qgemm_run(const QGemmArgs& args, int threads);
 // (scale 0 -> divides by 1, as the reference does; round = half to even).
 void dynamic_quantize(const float* x, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
                       uint8_t* q, float* scale, int32_t* zp, int threads);
+// The same rule applied to every row on its own (per-token): scales[r], zps[r] for row r.
+void dynamic_quantize_rows(const float* x, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
+                           uint8_t* q, float* scales, int32_t* zps, int threads);
 
 // y_f -> u8: saturate(round_half_even(y / y_scale) + y_zp) for n contiguous floats.
 void requantize_u8(const float* y, int64_t n, float y_scale, int32_t y_zp, uint8_t* out);
@@ -161,6 +173,8 @@ struct QGemmScratch {
     AlignedFloats packed;  // packed activation panels
     AlignedFloats cols;   // im2col rows (qconv)
     std::vector<float> lo, hi, col_scale;
+    std::vector<float> row_scale;  // per-token activation scales / zero points (qlinear)
+    std::vector<int32_t> row_zp;
 };
 QGemmScratch& qgemm_scratch();
 

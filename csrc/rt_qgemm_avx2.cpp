@@ -80,18 +80,24 @@ GRAPHOPT_TARGET_AVX2_FMA void qquantize_avx2(const float* x, int64_t n, float sc
 }
 
 GRAPHOPT_TARGET_AVX2_FMA void qdequant_avx2(const int32_t* acc, int64_t rows, int64_t cols,
-                                            const float* col_scale, const float* bias,
-                                            const float* res, int64_t ldr, float* c,
-                                            int64_t ldc) {
+                                            const float* col_scale, const float* row_scale,
+                                            const float* bias, const float* res, int64_t ldr,
+                                            float* c, int64_t ldc) {
     if (cols != kQNR) {
-        qdequant_portable(acc, rows, cols, col_scale, bias, res, ldr, c, ldc);
+        qdequant_portable(acc, rows, cols, col_scale, row_scale, bias, res, ldr, c, ldc);
         return;
     }
-    const __m256 s0 = _mm256_loadu_ps(col_scale), s1 = _mm256_loadu_ps(col_scale + 8);
+    const __m256 cs0 = _mm256_loadu_ps(col_scale), cs1 = _mm256_loadu_ps(col_scale + 8);
     const __m256 b0 = bias != nullptr ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
     const __m256 b1 = bias != nullptr ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
     for (int64_t r = 0; r < rows; ++r) {
         const int32_t* a = acc + r * kQNR;
+        __m256 s0 = cs0, s1 = cs1;
+        if (row_scale != nullptr) {  // the reference's one f32 product x_scale[m] * w_scale[n]
+            const __m256 rs = _mm256_set1_ps(row_scale[r]);
+            s0 = _mm256_mul_ps(rs, cs0);
+            s1 = _mm256_mul_ps(rs, cs1);
+        }
         __m256 y0 = _mm256_mul_ps(
             _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a))), s0);
         __m256 y1 = _mm256_mul_ps(

@@ -1,7 +1,8 @@
 // Kernel "qlinear": int8 linear layers on the int8 GEMM (rt_qgemm.h), dynamic or static.
 //
 //   dynamic (qlinear_dynamic): x f32 is quantized per tensor to u8 inside the kernel with ONNX
-//       DynamicQuantizeLinear semantics (a_scale, a_zp from this call's min / max);
+//       DynamicQuantizeLinear semantics (a_scale, a_zp from this call's min / max), or with
+//       per_row the same rule per row (per-token a_scale[m], a_zp[m]);
 //   static (qlinear): x is already u8 with a given scale and zero point.
 //   acc = (x_q - a_zp) @ w_q^T (exact int32);  y = act(acc * (a_scale * w_scale) + bias + res)
 //   out = y (f32), or with y_scale: saturate_u8(round_half_even(y / y_scale) + y_zp).
@@ -11,10 +12,11 @@
 //           residual f32 [M, N]? (contiguous), x_scale f32 []? and x_zp u8 []? (static),
 //           y_scale f32 []? and y_zp u8 []? (requantized output)
 // Ints:     M, N, K, x_row_stride, x_col_stride, w_row_stride, w_col_stride, static (0 / 1),
-//           act, residual_in_c
+//           act, residual_in_c, per_row (0 / 1; dynamic only)
 // Floats:   act_p0, act_p1
 // Scalars (x_scale, x_zp, y_scale, y_zp, w_scale, bias) are read at run time, so they may be
 // computed by earlier steps; only the weight must be constant (it is packed at build time).
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -43,12 +45,16 @@ class QLinearKernel : public Kernel {
         static_ = r.next() != 0;
         act_.act = static_cast<Act>(r.next());
         residual_in_c_ = r.next() != 0;
+        per_row_ = r.next() != 0;
         act_.p0 = static_cast<float>(r.real(0));
         act_.p1 = static_cast<float>(r.real(1));
         auto has = [&](size_t i) { return args.operands.size() > i && args.operands[i].present; };
         has_bias_ = has(kBias);
         has_residual_ = has(kResidual);
         requant_ = has(kYScale);
+        if (static_ && per_row_) {
+            throw PlanError("qlinear " + name_ + ": per-row quantization is for dynamic mode");
+        }
         if (static_ && !has(kXScale)) {
             throw PlanError("qlinear " + name_ + ": static mode needs x_scale");
         }
@@ -96,8 +102,17 @@ class QLinearKernel : public Kernel {
         } else {
             QGemmScratch& s = qgemm_scratch();
             auto* q = reinterpret_cast<uint8_t*>(s.qa.reserve(ceil_div(m_ * k_ + 64, 4)));
-            dynamic_quantize(ctx.get<const float>(operands[kX]), m_, k_, x_rs_, x_cs_, q,
-                             &g.a_scale, &g.a_zp, ctx.threads);
+            const float* x = ctx.get<const float>(operands[kX]);
+            if (per_row_) {
+                s.row_scale.resize(static_cast<size_t>(std::max<int64_t>(m_, 1)));
+                s.row_zp.resize(static_cast<size_t>(std::max<int64_t>(m_, 1)));
+                dynamic_quantize_rows(x, m_, k_, x_rs_, x_cs_, q, s.row_scale.data(),
+                                      s.row_zp.data(), ctx.threads);
+                g.a_row_scale = s.row_scale.data();
+                g.a_row_zp = s.row_zp.data();
+            } else {
+                dynamic_quantize(x, m_, k_, x_rs_, x_cs_, q, &g.a_scale, &g.a_zp, ctx.threads);
+            }
             g.a = QMatrixRef{q, m_, k_, k_, 1};
         }
         qgemm_run(g, ctx.threads);
@@ -107,7 +122,7 @@ class QLinearKernel : public Kernel {
     std::string name_;
     int64_t m_ = 0, n_ = 0, k_ = 0, x_rs_ = 0, x_cs_ = 0;
     bool static_ = false, requant_ = false, has_bias_ = false, has_residual_ = false;
-    bool residual_in_c_ = false;
+    bool residual_in_c_ = false, per_row_ = false;
     ActSpec act_;
     std::unique_ptr<PackedQWeight> weight_;
 };

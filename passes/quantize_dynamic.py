@@ -13,7 +13,10 @@ Before -> after::
 Not numerically exact: weights are rounded to int8 per output channel (symmetric) and the
 activation to u8 per tensor at run time; the integer GEMM itself is exact. ``linear``,
 ``fused_linear`` (epilogue kept) and ``matmul`` by a constant 2-D weight are rewritten;
-``exclude`` globs (node or weight names) stay float. ``convs=true`` also rewrites 2-D
+``exclude`` globs (node or weight names) stay float. ``per_token=true`` gives every row
+(token) of a linear's input its own u8 scale and zero point (``qlinear_dynamic{per_token}``):
+exactly the per-tensor rule applied row by row, far less error on transformers' outlier
+tokens. ``convs=true`` also rewrites 2-D
 ``conv`` / ``fused_conv`` to ``qconv_dynamic`` (4x smaller weights; on onnxruntime no faster
 than fp32, hence off by default). With ``embeddings`` (default) constant
 embedding tables are stored int8 with a per-row scale, dequantized after the gather. For
@@ -34,6 +37,7 @@ class QuantizeDynamic:
     exclude: tuple[str, ...] = ()
     embeddings: bool = True
     convs: bool = False
+    per_token: bool = False
 
     def run(self, graph: Graph) -> bool:
         from graphopt.quant.dynamic import (
@@ -46,7 +50,7 @@ class QuantizeDynamic:
         )
 
         names = {n.name for n in dynamic_candidates(graph, self.exclude)}
-        changed = quantize_nodes(graph, names) > 0
+        changed = quantize_nodes(graph, names, per_token=self.per_token) > 0
         if self.convs:
             convs = {n.name for n in conv_candidates(graph, self.exclude)}
             changed = quantize_convs(graph, convs) > 0 or changed

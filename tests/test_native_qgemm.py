@@ -48,7 +48,7 @@ def _rng(seed: int) -> np.random.Generator:
 
 
 def qlinear(x, w, w_scale, bias=None, residual=None, act="none", params=(), x_scale=None,
-            x_zp=0, y_scale=None, y_zp=0, threads=1, x_view=None):
+            x_zp=0, y_scale=None, y_zp=0, threads=1, x_view=None, per_row=False):
     """Runs kernel "qlinear". ``x`` is the C-contiguous base array; ``x_view`` =
     (rows, cols, row stride, col stride) of the view read (default: all of x as [M, K])."""
     m, k, rs, cs = x_view or (x.shape[0], x.shape[1], x.shape[1], 1)
@@ -60,7 +60,8 @@ def qlinear(x, w, w_scale, bias=None, residual=None, act="none", params=(), x_sc
                 (y_zp if y_scale is not None else None, np.uint8))]
     p = [float(v) for v in params] + [0.0, 0.0]
     call = KernelCall("qlinear", [out, x, w, w_scale, bias, residual, *scalars],
-                      [m, n, k, rs, cs, k, 1, int(static), ACTIVATION_CODES[act], 0],
+                      [m, n, k, rs, cs, k, 1, int(static), ACTIVATION_CODES[act], 0,
+                       int(per_row)],
                       p[:2], threads=threads, const=(2,))
     call.run()
     return out
@@ -164,11 +165,15 @@ def test_strided_input():
     np.testing.assert_array_equal(got, reference(view, 0.1, 9, w, w_scale, bias))
 
 
-def _dynamic_reference(x, w, w_scale, bias=None):
+def _dynamic_reference(x, w, w_scale, bias=None, residual=None, act="none", params=(),
+                       per_token=False):
     from graphopt.ops.quant import qlinear_dynamic
 
-    return qlinear_dynamic(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(w_scale),
-                           None if bias is None else torch.from_numpy(bias)).numpy()
+    def t(a):
+        return None if a is None else torch.from_numpy(a)
+
+    return qlinear_dynamic(t(x), t(w), t(w_scale), t(bias), t(residual), act, params,
+                           per_token=per_token).numpy()
 
 
 @pytest.mark.parametrize("m,k,n", SHAPES)
@@ -205,6 +210,38 @@ def test_dynamic_ranges(kind):
     np.testing.assert_array_equal(qlinear(x, w, w_scale), _dynamic_reference(x, w, w_scale))
 
 
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_dynamic_per_row_exact(m, k, n):
+    """Per-token activations: every row its own scale / zero point (rows of very different
+    ranges, an all-zero row, a non-negative row), bit for bit with the reference."""
+    rng = _rng(m * 3 + k + n)
+    x = (rng.standard_normal((m, k)) * np.logspace(-2, 2, m)[:, None]).astype(F32)
+    if m > 2:
+        x[1] = 0.0
+        x[2] = np.abs(x[2])
+    _, w, w_scale, bias = _operands(m, k, n, seed=n + 1)
+    w[w == -128] = -127
+    expected = _dynamic_reference(x, w, w_scale, bias, per_token=True)
+    for threads in (1, 2):
+        got = qlinear(x, w, w_scale, bias, threads=threads, per_row=True)
+        np.testing.assert_array_equal(got, expected)
+    if m > 2:  # and it is not the per-tensor result
+        assert not np.array_equal(expected, _dynamic_reference(x, w, w_scale, bias))
+
+
+def test_dynamic_per_row_epilogue_and_strided():
+    rng = _rng(12)
+    base = (rng.standard_normal((14, 60)) * 2).astype(F32)
+    _, w, w_scale, bias = _operands(1, 30, 23, seed=12)
+    w[w == -128] = -127
+    residual = rng.standard_normal((7, 23)).astype(F32)
+    view = np.ascontiguousarray(base[::2, ::2])  # [7, 30], row stride 120, column stride 2
+    got = qlinear(base, w, w_scale, bias, residual, "gelu", x_view=(7, 30, 120, 2),
+                  per_row=True)
+    expected = _dynamic_reference(view, w, w_scale, bias, residual, "gelu", per_token=True)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
 def test_dynamic_strided_and_batched_rows():
     base = _rng(9).standard_normal((2, 12, 40)).astype(F32)
     _, w, w_scale, bias = _operands(1, 20, 18, seed=9)
@@ -219,12 +256,17 @@ def test_kernel_errors():
     w = np.ones((2, 70000), np.int8)
     with pytest.raises(ValueError, match="exceeds"):
         KernelCall("qlinear", [np.zeros((1, 2), F32), np.zeros((1, 70000), F32), w,
-                               np.ones(2, F32)], [1, 2, 70000, 70000, 1, 70000, 1, 0, 0, 0],
+                               np.ones(2, F32)], [1, 2, 70000, 70000, 1, 70000, 1, 0, 0, 0, 0],
                    [0.0, 0.0], const=(2,))
     with pytest.raises(ValueError, match="plan constant"):
         KernelCall("qlinear", [np.zeros((1, 2), F32), np.zeros((1, 3), F32),
                                np.ones((2, 3), np.int8), np.ones(2, F32)],
-                   [1, 2, 3, 3, 1, 3, 1, 0, 0, 0], [0.0, 0.0])
+                   [1, 2, 3, 3, 1, 3, 1, 0, 0, 0, 0], [0.0, 0.0])
+    with pytest.raises(ValueError, match="per-row quantization is for dynamic mode"):
+        KernelCall("qlinear", [np.zeros((1, 2), F32), np.zeros((1, 3), np.uint8),
+                               np.ones((2, 3), np.int8), np.ones(2, F32), None, None,
+                               np.float32(0.1), np.uint8(0)],
+                   [1, 2, 3, 3, 1, 3, 1, 1, 0, 0, 1], [0.0, 0.0], const=(2,))
 
 
 # ------------------------------------------------------------------------------- qconv2d
@@ -334,7 +376,7 @@ def test_qlinear_dynamic_transposed_input_and_inplace_residual():
     g.set_outputs([y])
     fn = check_graph(g, [randn(40, 6), randn(6, 24, seed=1)])
     (step,) = [s for s in fn.plan.steps if s.kernel == "qlinear"]
-    assert step.ints[-1] == 1  # residual_in_c
+    assert step.ints[-2] == 1  # residual_in_c (last: per_row)
     assert [s.kernel for s in fn.plan.steps] == ["binary", "qlinear"]  # no copy of x
 
 

@@ -23,7 +23,7 @@ GOLDEN_AFTER = """graph main(%x: f32[2, 8], %v: f32[8, 4]) {
   const %b: f32[4]
   const %w_q: i8[4, 8]
   const %w_scale: f32[4]
-  %y_q: f32[2, 4] = qlinear_dynamic(%x, %w_q, %w_scale, %b, None) {activation="none", activation_params=[]}
+  %y_q: f32[2, 4] = qlinear_dynamic(%x, %w_q, %w_scale, %b, None) {activation="none", activation_params=[], per_token=false}
   %z: f32[2, 4] = matmul(%x, %v)
   %o: f32[2, 4] = add(%y_q, %z)
   return %o

@@ -29,6 +29,7 @@ def add_parser(sub, common) -> None:
         "  graphopt quantize m.onnx -o m.int8.onnx --mode static --observer percentile "
         "--percentile 99.9 \\\n      --calibration c.npz --error-budget 0.01\n"
         "  graphopt quantize 'zoo:bert?layers=2' -o bert.onnx --mode dynamic\n"
+        "  graphopt quantize zoo:minilm -o minilm.int8.onnx --mode dynamic --per-token\n"
         "  graphopt quantize zoo:mlp -o mlp.onnx --mode weight-only --bits 4",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help="the model (see `graphopt --help`)")
@@ -48,6 +49,9 @@ def add_parser(sub, common) -> None:
                    help="how layers are ranked for fallback (default: %(default)s)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="keep layers whose node or weight name matches GLOB float (repeatable)")
+    p.add_argument("--per-token", action="store_true",
+                   help="dynamic: one activation scale / zero point per token (row), not per "
+                        "tensor (more accurate on transformers)")
     p.add_argument("--bits", type=int, choices=(4, 8), default=4,
                    help="weight-only: bits (default: %(default)s)")
     p.add_argument("--block-size", type=int, default=32, metavar="B",
@@ -73,6 +77,8 @@ def run(opts) -> int:
         raise CliError(f"--error-budget {opts.error_budget}: expected a number >= 0")
     if opts.observer != "minmax" and opts.mode != "static":
         raise CliError(f"--observer applies to --mode static only (mode is {opts.mode})")
+    if opts.per_token and opts.mode != "dynamic":
+        raise CliError(f"--per-token applies to --mode dynamic only (mode is {opts.mode})")
     if opts.calibration and not os.path.isfile(opts.calibration):
         raise CliError(f"calibration file not found: {opts.calibration}")
     pipeline = None if opts.pipeline == "none" else check_pipeline(opts.pipeline)
@@ -89,7 +95,8 @@ def run(opts) -> int:
     quantized, report = graphopt.quantize(
         graph, opts.mode, calibration=calibration, error_budget=opts.error_budget,
         exclude=tuple(opts.exclude), sensitivity=opts.sensitivity, observer=opts.observer,
-        observer_options=options, bits=opts.bits, block_size=opts.block_size, report=True)
+        observer_options=options, per_token=opts.per_token, bits=opts.bits,
+        block_size=opts.block_size, report=True)
     if not opts.quiet:
         print(report)
     if backend == "onnx":
@@ -98,7 +105,7 @@ def run(opts) -> int:
         import torch
 
         torch.save(graphopt.to_torch(quantized), opts.output)
-    print(f"wrote {opts.output} ({human_size(os.path.getsize(opts.output))}): {opts.mode}, "
+    print(f"wrote {opts.output} ({human_size(os.path.getsize(opts.output))}): {report.mode}, "
           f"{len(report.quantized)}/{len(report.layers)} layers {report.label}")
     if backend == "torch":
         info("load it with torch.load(path, weights_only=False) (graphopt must be importable)")

@@ -5,6 +5,8 @@
 the fastest of the int8 forms onnxruntime 1.32 runs on AVX2 (benchmarks/bench_quant.py); the
 epilogue (residual add, activation) follows as in ``fused_linear``. Without contrib ops it is
 the standard chain DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(scale) -> Add(bias).
+``per_token`` always takes the standard-op form of ``_per_token_core`` (no contrib op quantizes
+A per row).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ def _qlinear_dynamic(ctx, node):
     n_out = int(node.inputs[1].shape[0])
 
     def core(out):
+        if node.attrs.get("per_token"):
+            return _per_token_core(ctx, node, w_t, scale, out)
         if ctx.contrib:
             zp = ctx.const(np.zeros(n_out, np.int8), DType.int8, "w_zp")
             args = [ctx.input(node, 0), w_t, scale, zp] + ([ctx.input(node, 3)] if has_bias else [])
@@ -73,6 +77,42 @@ def _qlinear_dynamic(ctx, node):
         return ctx.op("Add", [ctx.op("Mul", [y, combined]), ctx.input(node, 3)], out=out)
 
     _epilogue(ctx, node, core, residual)
+
+
+def _row_reduce(ctx, op: str, x: str) -> str:
+    if ctx.opset >= 18:
+        return ctx.op(op, [x, ctx.ints([-1])], keepdims=1)
+    return ctx.op(op, [x], axes=[-1], keepdims=1)
+
+
+def _per_token_core(ctx, node, w_t: str, w_scale: str, out: str) -> str:
+    """``qlinear_dynamic{per_token}`` in standard ops: DynamicQuantizeLinear's rule per row, then
+    MatMulInteger. onnxruntime's MatMulInteger takes a scalar A zero point only, so A goes in
+    with zero point 0 and the per-row correction ``zp[m] * colsum(w_q)[n]`` is subtracted in
+    int32: the result is the exact ``(x_q - zp) @ w_q`` of the reference, as are the f32 steps
+    (same divisions, round half to even, scale product ``xs * w_scale`` before the multiply)."""
+    f32 = DType.float32
+    x = ctx.input(node, 0)
+    zero, one = ctx.scalar(0.0, f32), ctx.scalar(1.0, f32)
+    lo = ctx.op("Min", [_row_reduce(ctx, "ReduceMin", x), zero])
+    hi = ctx.op("Max", [_row_reduce(ctx, "ReduceMax", x), zero])
+    xs = ctx.op("Div", [ctx.op("Sub", [hi, lo]), ctx.scalar(255.0, f32)])
+    safe = ctx.op("Where", [ctx.op("Greater", [xs, zero]), xs, one])
+    top = ctx.scalar(255.0, f32)
+    zp = ctx.op("Clip", [ctx.op("Round", [ctx.op("Div", [ctx.op("Neg", [lo]), safe])]),
+                         zero, top])
+    xq = ctx.op("Add", [ctx.op("Round", [ctx.op("Div", [x, safe])]), zp])
+    xq = ctx.op("Cast", [ctx.op("Clip", [xq, zero, top])], to=TO_ONNX_DTYPE[DType.uint8])
+    acc = ctx.op("MatMulInteger", [xq, w_t])
+    w_q = node.inputs[1].data.astype(np.int64)
+    colsum = ctx.const(w_q.sum(axis=1).astype(np.int32), DType.int32, "w_colsum")
+    zp_i = ctx.op("Cast", [zp], to=TO_ONNX_DTYPE[DType.int32])
+    acc = ctx.op("Sub", [acc, ctx.op("Mul", [zp_i, colsum])])
+    has_bias = len(node.inputs) > 3 and node.inputs[3] is not None
+    combined = ctx.op("Mul", [xs, w_scale])
+    y = ctx.op("Mul", [ctx.op("Cast", [acc], to=TO_ONNX_DTYPE[f32]), combined],
+               out=None if has_bias else out)
+    return ctx.op("Add", [y, ctx.input(node, 3)], out=out) if has_bias else y
 
 
 @register_lowering("onnx", "linear_weight_only")

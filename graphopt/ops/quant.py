@@ -18,6 +18,9 @@ per-channel ``scale``/``zero_point`` (1-D along that axis); None means per-tenso
 
   The reference computes exactly this, so it agrees with the onnxruntime lowering
   (``com.microsoft.DynamicQuantizeMatMul``) up to float rounding of the final scale.
+  ``per_token=True`` applies the same rule to every row of ``x`` (each token gets its own
+  ``xs`` / ``xzp``, shapes ``[..., 1]``): one outlier token no longer coarsens the grid of all
+  the others, at the price of a longer onnxruntime lowering (no contrib op takes row scales).
 """
 
 from __future__ import annotations
@@ -101,11 +104,16 @@ def dequantize_linear(q, scale, zero_point=None, axis=None):
 
 
 # -------------------------------------------------------------------- dynamic_quantize_linear
-def dynamic_qparams(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """ONNX DynamicQuantizeLinear's (scale f32, zero_point as float) for tensor ``x``."""
+def dynamic_qparams(x: torch.Tensor, per_token: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """ONNX DynamicQuantizeLinear's (scale f32, zero_point as float) for tensor ``x``; with
+    ``per_token`` the same rule for every row of the last axis (shapes ``[..., 1]``)."""
     x = x.to(torch.float32)
-    lo = torch.clamp(x.min(), max=0.0)
-    hi = torch.clamp(x.max(), min=0.0)
+    if per_token:
+        lo = torch.clamp(x.amin(-1, keepdim=True), max=0.0)
+        hi = torch.clamp(x.amax(-1, keepdim=True), min=0.0)
+    else:
+        lo = torch.clamp(x.min(), max=0.0)
+        hi = torch.clamp(x.max(), min=0.0)
     scale = (hi - lo) / 255.0
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     zp = torch.clamp(torch.round(-lo / safe), 0, 255)
@@ -152,14 +160,16 @@ def _qlinear_infer(types, attrs):
 @register_op(
     "qlinear_dynamic",
     inputs=("x", "w_q", "w_scale", "bias?", "residual?"),
-    attrs=EPILOGUE_ATTRS,
+    attrs={**EPILOGUE_ATTRS,
+           "per_token": AttrSpec(bool, False, "u8 scale / zero point per row of x, not per tensor")},
     traits=frozenset({PURE}),
     infer=_qlinear_infer,
 )
 def qlinear_dynamic(x, w_q, w_scale, bias=None, residual=None, activation="none",
-                    activation_params=()):
-    """int8 linear: u8 dynamic per-tensor activations x i8 per-channel weights (see module)."""
-    scale, zp = dynamic_qparams(x)
+                    activation_params=(), per_token=False):
+    """int8 linear: u8 dynamic activations (per tensor, or per token) x i8 per-channel weights
+    (see module)."""
+    scale, zp = dynamic_qparams(x, per_token)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     xq = quantize_tensor(x, safe, zp, 0, 255) - zp  # exact integers in [-255, 255]
     acc = torch.matmul(xq.to(torch.float64), w_q.to(torch.float64).T)  # exact, as int32

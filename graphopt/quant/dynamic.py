@@ -1,5 +1,5 @@
 """Dynamic int8 quantization of linear and conv layers (weights int8 per output channel,
-activations u8 per tensor quantized at run time). Accuracy control: graphopt/quant/fallback.py;
+activations u8 per tensor, or per token, quantized at run time). Accuracy control: graphopt/quant/fallback.py;
 the entry point ``graphopt.quantize``: graphopt/quant/api.py."""
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def dynamic_candidates(graph: Graph, exclude: Sequence[str] = ()) -> list[Node]:
     return out
 
 
-def _rewrite_dynamic(graph: Graph, node: Node, bits: int = 8) -> Node:
+def _rewrite_dynamic(graph: Graph, node: Node, bits: int = 8, per_token: bool = False) -> Node:
     """Replace ``node`` by ``qlinear_dynamic`` with its weight quantized; returns the new node."""
     w_q, scale = quantize_weight_per_channel(_weight_of(node), bits)
     weight = node.inputs[1]
@@ -69,6 +69,8 @@ def _rewrite_dynamic(graph: Graph, node: Node, bits: int = 8) -> Node:
     attrs = {}
     if node.op == "fused_linear":
         attrs = {k: node.attrs[k] for k in ("activation", "activation_params")}
+    if per_token:
+        attrs["per_token"] = True
     with graph.inserting_before(node):
         new = graph.create_node(
             "qlinear_dynamic", [node.inputs[0], wq, ws, bias, residual], attrs,
@@ -121,12 +123,13 @@ def quantize_embedding(graph: Graph, node: Node) -> None:
         graph.remove_constant(weight)
 
 
-def quantize_nodes(graph: Graph, names: set[str], bits: int = 8) -> int:
-    """Quantize the candidates named in ``names`` (node names) in place; returns the count."""
+def quantize_nodes(graph: Graph, names: set[str], bits: int = 8, per_token: bool = False) -> int:
+    """Quantize the candidates named in ``names`` (node names) in place; returns the count.
+    ``per_token``: activations get a scale / zero point per row (token), not per tensor."""
     count = 0
     for node in list(graph.nodes):
         if node.name in names and _weight_of(node) is not None:
-            _rewrite_dynamic(graph, node, bits)
+            _rewrite_dynamic(graph, node, bits, per_token)
             count += 1
     return count
 
@@ -192,7 +195,7 @@ def quantize_convs(graph: Graph, names: set[str]) -> int:
     return count
 
 
-def dynamic_forward(node: Node, inputs: list) -> torch.Tensor:
+def dynamic_forward(node: Node, inputs: list, per_token: bool = False) -> torch.Tensor:
     """A candidate's output with only its own weight and input quantized (local sensitivity)."""
     from graphopt.ops.quant import qlinear_dynamic
     from graphopt.ops.quant_int import qconv_dynamic
@@ -205,7 +208,7 @@ def dynamic_forward(node: Node, inputs: list) -> torch.Tensor:
         return qconv_dynamic(x, torch.from_numpy(w_q), torch.from_numpy(scale), ins[2], ins[3],
                              **attrs)
     w_q, scale = quantize_weight_per_channel(np.ascontiguousarray(_weight_of(node)))
-    y = qlinear_dynamic(x, torch.from_numpy(w_q), torch.from_numpy(scale))
+    y = qlinear_dynamic(x, torch.from_numpy(w_q), torch.from_numpy(scale), per_token=per_token)
     # compare the linear part only (bias / epilogue are float in both)
     return y if node.op == "matmul" else _linear_epilogue(node, y, inputs)
 

@@ -47,7 +47,8 @@ def _require(ctx, slot: int, dtype: DType, what: str) -> None:
 
 
 def emit_qlinear(ctx, out, x, x_mat, w, w_scale, bias=None, residual=None, act=(0, 0.0, 0.0),
-                 x_scale=None, x_zp=None, y_scale=None, y_zp=None, in_place=False) -> None:
+                 x_scale=None, x_zp=None, y_scale=None, y_zp=None, in_place=False,
+                 per_row=False) -> None:
     """Emits one "qlinear" step: ``out[M, N] = epilogue((x_q - x_zp) @ w^T)``.
 
     Args:
@@ -59,6 +60,7 @@ def emit_qlinear(ctx, out, x, x_mat, w, w_scale, bias=None, residual=None, act=(
         bias: f32 ``[N]`` or None; residual: contiguous f32 ``[M, N]`` or None (f32 output
             only; ``in_place``: ``out`` is the residual's buffer).
         act: ``(code, p0, p1)`` from ``_common.activation``.
+        per_row: dynamic only: quantize every row of x with its own scale / zero point.
     """
     m, k, x_rs, x_cs = x_mat
     n = w.shape[0]
@@ -66,7 +68,7 @@ def emit_qlinear(ctx, out, x, x_mat, w, w_scale, bias=None, residual=None, act=(
     code, p0, p1 = act
     ctx.emit("qlinear", [out, x, w, w_scale, bias, residual, x_scale, x_zp, y_scale, y_zp],
              [m, n, k, x_rs, x_cs, w.strides[0], w.strides[1], int(static), code,
-              int(in_place)],
+              int(in_place), int(per_row)],
              [p0, p1])
 
 
@@ -103,7 +105,7 @@ def lower_qlinear_dynamic(ctx) -> None:
     in_place = residual is not None and out.buffer is residual.buffer and \
         out.offset == residual.offset
     emit_qlinear(ctx, out, x, mat, w, ctx.contiguous(2), bias, residual, act,
-                 in_place=in_place)
+                 in_place=in_place, per_row=bool(attrs.get("per_token", False)))
 
 
 @register_lowering("native", "linear_weight_only")
