@@ -72,7 +72,7 @@ asan: venv
 		|| { cat build/asan-build.log; exit 1; }; \
 	LD_PRELOAD="$(ASAN_PRELOAD)" ASAN_OPTIONS=detect_leaks=0 GRAPHOPT_NATIVE_SEPARATE_BUFFERS=1 \
 		$(PY) -m pytest -q -ra -p no:cacheprovider tests/test_native_gemm.py \
-		tests/test_native_kernels.py tests/test_native_plan.py tests/test_sparse_gemm.py \
+		tests/test_native_kernels.py tests/test_native_indexing.py tests/test_native_plan.py tests/test_sparse_gemm.py \
 		tests/test_native_sparse.py tests/test_native_qgemm.py tests/test_native_quant_static.py
 
 bench-gemm: venv

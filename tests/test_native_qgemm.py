@@ -423,7 +423,8 @@ def test_other_kernel_sets(env, name):
     if env == "GRAPHOPT_DISABLE_VNNI" and (
             os.environ.get(env) not in (None, "", "0") or
             not (_C.cpu_features()["avx2"] and _C.cpu_features()["fma"])):
-        pytest.skip("the AVX2 kernels are already running (or absent)")
+        pytest.skip("this run already has VNNI disabled, or the CPU lacks AVX2+FMA: "
+                    "an AVX2 rerun would repeat it or cannot run")
     environ = dict(os.environ, **{env: "1"})
     code = "from graphopt import _C; print(_C.native_qgemm_isa())"
     out = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True,
