@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from graphopt.errors import UnknownBackendError
+from graphopt.errors import BackendOptionError, GraphoptError, UnknownBackendError, entry_point
 from graphopt.ir.graph import Graph
 
 BackendFactory = Callable[..., Callable[..., Any]]
@@ -55,6 +55,7 @@ def get_backend(name: str) -> BackendFactory:
     return entry
 
 
+@entry_point("graphopt.compile")
 def compile(graph: Graph, backend: str = "onnxruntime", threads: int | None = None,
             **options: Any) -> Callable[..., Any]:
     """Compile ``graph`` for ``backend``; returns a callable with ``graphopt.run``'s contract.
@@ -76,6 +77,16 @@ def compile(graph: Graph, backend: str = "onnxruntime", threads: int | None = No
         fn = graphopt.compile(graphopt.trace(model, (x,)), backend="onnxruntime", threads=2)
         y = fn(x)  # same structure as model(x)
     """
+    if not isinstance(graph, Graph):
+        raise GraphoptError(f"graphopt.compile takes a graphopt Graph, got {type(graph).__name__}"
+                            " (trace a torch model with graphopt.trace or import ONNX with "
+                            "graphopt.from_onnx first)")
+    if not isinstance(backend, str):
+        raise UnknownBackendError(f"backend must be a name (str), got {backend!r}")
+    if threads is not None:
+        from graphopt.limits import check_threads
+
+        check_threads(threads, f"graphopt.compile(threads={threads!r})")
     return get_backend(backend)(graph, threads=threads, **options)
 
 
@@ -84,7 +95,7 @@ def _compile_interpreter(graph: Graph, *, threads: int | None = None, **options:
     from graphopt.interpreter import run
 
     if options:
-        raise TypeError(f"the interpreter backend takes no options, got {sorted(options)}")
+        raise BackendOptionError(f"the interpreter backend takes no options, got {sorted(options)}")
 
     def call(*args, **kwargs):
         if threads is None:

@@ -133,3 +133,94 @@ class UnknownBackendError(GraphoptError):
 class QuantizationError(GraphoptError, ValueError):
     """Quantization cannot proceed: bad calibration data (wrong arity, shape or dtype, no data),
     an unknown mode or observer, or an option that does not apply; names the node when known."""
+
+
+class ResourceLimitError(GraphoptError, MemoryError):
+    """An input asks for more memory (or threads) than the configured budget allows.
+
+    Raised *before* the allocation, so a crafted file cannot exhaust the machine. The budget is
+    ``graphopt.limits`` (``GRAPHOPT_MEMORY_BUDGET`` or ``graphopt.limits.set_memory_budget``).
+
+    Attributes:
+        requested: bytes (or threads) asked for.
+        limit: the budget in force.
+        what: what asked for it (a file, a node, an input).
+    """
+
+    def __init__(self, what: str, requested: int, limit: int, unit: str = "bytes"):
+        self.what, self.requested, self.limit, self.unit = what, int(requested), int(limit), unit
+        if unit == "bytes":
+            asked, allowed = _human_bytes(requested), _human_bytes(limit)
+            hint = ("raise it with GRAPHOPT_MEMORY_BUDGET=<bytes|NGiB> or "
+                    "graphopt.limits.set_memory_budget() if the input is trusted")
+        else:
+            asked, allowed = f"{requested} {unit}", f"{limit} {unit}"
+            hint = "ask for fewer"
+        super().__init__(f"{what} needs {asked}, over the budget of {allowed}; {hint}")
+
+
+class ArtifactError(GraphoptError):
+    """A saved graphopt artifact (native ``.npz``, torch ``.graphopt`` bundle) is malformed,
+    of another format or version, or inconsistent; the message names the file and the entry."""
+
+
+class UnsafeInputError(GraphoptError):
+    """Loading the input would run code or leave the folder it was given (pickled ``.pt2``,
+    symlinked or path-traversing external data); the message says how to opt in if trusted."""
+
+
+def _human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+class PruneError(GraphoptError, ValueError):
+    """Pruning cannot proceed: an unknown method or importance, a ratio out of range, a missing
+    option, or a graph the dependency analysis cannot prune as asked."""
+
+
+class BackendOptionError(GraphoptError, TypeError):
+    """A backend was given an option it does not take, or a value of the wrong kind."""
+
+
+class InternalError(GraphoptError):
+    """An entry point met an exception that no validation anticipated.
+
+    Entry points (``parse``, ``from_onnx``, ``compile``, ``quantize``, ``prune``, artifact
+    loading) promise a ``GraphoptError`` for any input; an unexpected exception is wrapped in this
+    one (the original is its ``__cause__``) instead of escaping raw. If the input was valid, it is
+    a bug in graphopt: please report it with the input.
+    """
+
+
+def entry_point(what: str):
+    """Decorator for public entry points: any non-``GraphoptError`` exception becomes an
+    :class:`InternalError` naming ``what`` and the original exception.
+
+    ``RecursionError`` and ``MemoryError`` are included: a hostile input must not be able to
+    surface them raw. ``KeyboardInterrupt`` and ``SystemExit`` pass through untouched.
+    """
+    import functools
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def guarded(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except GraphoptError:
+                raise
+            except Exception as exc:
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise InternalError(
+                    f"{what} failed with {type(exc).__name__}{': ' + detail if detail else ''} "
+                    "(no check caught this input; if it is valid, this is a bug in graphopt: "
+                    "please report it with the input)"
+                ) from exc
+
+        return guarded
+
+    return decorate

@@ -39,10 +39,11 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 
-from graphopt.errors import GraphoptError, ParseError, UnknownOpError
+from graphopt.errors import GraphoptError, ParseError, UnknownOpError, entry_point
 from graphopt.ir.dtypes import DType, torch_to_numpy
 from graphopt.ir.graph import Graph, Value
 from graphopt.ir.printer import format_type
+from graphopt.ir.symexpr import SizeExprError
 from graphopt.ir.types import QuantInfo, TensorType, parse_dim
 from graphopt.ops.registry import all_ops, get_op
 
@@ -53,8 +54,12 @@ _NUMBER = re.compile(r"[-+]?(?:(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?|inf|nan)(
 _QUANT_START = re.compile(r"\s*\{\s*(?:scale|zp|axis|bits)\s*=")
 _STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"')
 _KEYWORD_CONSTS = {"true": True, "false": False, "none": None}
+# Lists in attributes and constant data nest at most this deep (a rank-64 constant is already
+# absurd); deeper text is rejected before it can cost anything.
+MAX_NESTING = 64
 
 
+@entry_point("graphopt.parse")
 def parse_graph(text: str, constants: Mapping[str, np.ndarray] | None = None) -> Graph:
     """Build a graph from its text form.
 
@@ -71,6 +76,8 @@ def parse_graph(text: str, constants: Mapping[str, np.ndarray] | None = None) ->
         ParseError: malformed text, unknown op/dtype/value, duplicate definition, a constant
             without data, or a declared type that differs from the inferred one.
     """
+    if not isinstance(text, str):
+        raise ParseError(f"IR text must be a str, got {type(text).__name__} (decode bytes first)")
     return _Parser(text, constants or {}).parse()
 
 
@@ -219,7 +226,10 @@ class _Parser:
         self.expect("[", "after the dtype")
         dims = self.items("]", lambda: self.dim(*self.balanced(",]")), "in a shape")
         quant = self.quant() if _QUANT_START.match(self.text, self.pos) else None
-        return TensorType(tuple(dims), dtype, quant)
+        try:
+            return TensorType(tuple(dims), dtype, quant)
+        except (GraphoptError, TypeError, ValueError) as exc:
+            self.error(f"invalid type: {exc}", pos)
 
     def dim(self, text: str, pos: int):
         if text in self.dims:
@@ -228,8 +238,8 @@ class _Parser:
             self.error("empty dim", pos)
         try:
             dim = parse_dim(text)
-        except Exception:  # sympify raises a zoo of exception types on bad input
-            self.error(f"malformed dim '{text}'", pos)
+        except SizeExprError as exc:
+            self.error(f"malformed dim '{text}': {exc}", pos)
         if not isinstance(dim, int) and not (getattr(dim, "free_symbols", None)):
             self.error(f"dim '{text}' is neither an integer nor a symbolic size", pos)
         self.dims[text] = dim
@@ -396,10 +406,30 @@ class _Parser:
         return out
 
     def attr_value(self) -> Any:
-        self.skip()
+        """A scalar attribute or a (nested) list of them, read with an explicit stack."""
+        stack: list[list] = []  # the lists being read, innermost last
+        while True:
+            self.skip()
+            if self.accept("["):
+                if len(stack) >= MAX_NESTING:
+                    self.error(f"attribute lists nested deeper than {MAX_NESTING} levels")
+                stack.append([])
+                if not self.accept("]"):
+                    continue  # read the list's first item
+                value: Any = tuple(stack.pop())
+            else:
+                value = self.scalar_attr()
+            while True:  # hand the finished value to its list, closing lists that end here
+                if not stack:
+                    return value
+                stack[-1].append(value)
+                if self.accept(","):
+                    break
+                self.expect("]", "or ',' in a list")
+                value = tuple(stack.pop())
+
+    def scalar_attr(self) -> Any:
         pos = self.pos
-        if self.accept("["):
-            return tuple(self.items("]", self.attr_value, "in a list"))
         if self.peek('"'):
             return self.string()
         number = _NUMBER.match(self.text, pos)
@@ -435,16 +465,32 @@ class _Parser:
         return value
 
     def literal(self) -> Any:
-        """A scalar token ``(text, pos)`` or a nested ``_Seq`` of them."""
-        self.skip()
-        pos = self.pos
-        if self.accept("["):
-            return _Seq(self.items("]", self.literal, "in constant data"), pos)
-        match = _NUMBER.match(self.text, pos) or _IDENT.match(self.text, pos)
-        if not match or (match.re is _IDENT and match.group() not in ("true", "false")):
-            self.error(f"malformed constant element {self.found()}", pos)
-        self.pos = match.end()
-        return (match.group(), pos)
+        """A scalar token ``(text, pos)`` or a nested ``_Seq`` of them, read with a stack."""
+        stack: list[_Seq] = []
+        while True:
+            self.skip()
+            pos = self.pos
+            if self.accept("["):
+                if len(stack) >= MAX_NESTING:
+                    self.error(f"constant data nested deeper than {MAX_NESTING} levels", pos)
+                stack.append(_Seq([], pos))
+                if not self.accept("]"):
+                    continue
+                value: Any = stack.pop()
+            else:
+                match = _NUMBER.match(self.text, pos) or _IDENT.match(self.text, pos)
+                if not match or (match.re is _IDENT and match.group() not in ("true", "false")):
+                    self.error(f"malformed constant element {self.found()}", pos)
+                self.pos = match.end()
+                value = (match.group(), pos)
+            while True:
+                if not stack:
+                    return value
+                stack[-1].append(value)
+                if self.accept(","):
+                    break
+                self.expect("]", "or ',' in constant data")
+                value = stack.pop()
 
     def data(self, literal: Any, type_: TensorType) -> np.ndarray:
         flat: list[tuple[str, int]] = []

@@ -7,16 +7,19 @@ Shape rules use ordinary arithmetic on dims, so the same rule serves static and 
 
 from __future__ import annotations
 
-import re
+import math
 from dataclasses import dataclass, field
 from typing import Union
 
+import numpy as np
 import sympy
 
+from graphopt.errors import TypeInferenceError
+from graphopt.ir import symexpr
 from graphopt.ir.dtypes import DType
 
 Dim = Union[int, sympy.Expr]
-_SYMBOL = re.compile(r"\b([A-Za-z_]\w*)\b(?!\s*\()")  # a name not followed by '(' (a call)
+MAX_NUMEL = (1 << 63) - 1
 
 
 def normalize_dim(dim) -> Dim:
@@ -27,6 +30,8 @@ def normalize_dim(dim) -> Dim:
         return dim
     if hasattr(dim, "node") and hasattr(dim.node, "expr"):  # torch.SymInt
         dim = dim.node.expr
+    if isinstance(dim, str):  # sympify would eval it: text goes through parse_dim's grammar
+        raise TypeError(f"dim {dim!r} is text; read it with graphopt.ir.types.parse_dim")
     expr = sympy.sympify(dim)
     if expr.is_Integer:
         return int(expr)
@@ -46,19 +51,35 @@ def dim_str(dim: Dim) -> str:
 
 
 def parse_dim(text: str) -> Dim:
+    """A dim read from text (IR files, artifacts): an int, or a size expression.
+
+    The text goes through :mod:`graphopt.ir.symexpr`'s grammar, never through ``eval`` or
+    ``sympify``; symbols are positive integers, as torch.export's. The expression is not
+    re-simplified: printed dims already are, and ``simplify`` on a hostile expression is slow.
+
+    Raises:
+        SizeExprError: (a ``ParseError``) malformed text, a negative or non-integer constant dim.
+    """
     text = text.strip()
-    if text.lstrip("-").isdigit():
+    if text.isdigit():
+        if len(text.lstrip("0")) > symexpr.MAX_DIGITS:
+            raise symexpr.SizeExprError(f"dim {text[:24]}... is beyond the int64 range")
         return int(text)
-    # Size symbols must carry torch's assumptions (integer, positive) to equal the frontend's
-    # symbols and simplify alike (floor(2*s0/2) -> s0); binding every bare name also stops sympify
-    # from reading names like E, I, N or S as sympy constants and functions.
-    names = {n: sympy.Symbol(n, integer=True, positive=True) for n in _SYMBOL.findall(text)}
-    return normalize_dim(sympy.sympify(text, locals=names))
+    expr = symexpr.parse_size_expr(text)
+    if expr.is_number:
+        if not expr.is_Integer:
+            raise symexpr.SizeExprError(f"dim {text!r} is not an integer ({expr})")
+        if int(expr) < 0:
+            raise symexpr.SizeExprError(f"dim {text!r} is negative ({expr})")
+        return int(expr)
+    return expr
 
 
 def dims_equal(a: Dim, b: Dim) -> bool:
     if isinstance(a, int) and isinstance(b, int):
         return a == b
+    if a == b:  # structurally equal: skip simplify (slow, and the common case)
+        return True
     return sympy.simplify(sympy.sympify(a) - sympy.sympify(b)) == 0
 
 
@@ -75,6 +96,42 @@ class QuantInfo:
     axis: int | None = None
     bits: int = 8
 
+    def __post_init__(self):
+        if len(self.scale) != len(self.zero_point) or not self.scale:
+            raise ValueError(f"quantization needs as many zero points as scales (>= 1), got "
+                             f"{len(self.scale)} scale(s) and {len(self.zero_point)} zero point(s)")
+        bad = [s for s in self.scale if not (math.isfinite(s) and s > 0)]
+        if bad:
+            raise ValueError(f"quantization scales must be finite and > 0, got {bad[0]!r}")
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or \
+                not 1 <= self.bits <= 32:
+            raise ValueError(f"quantization bits must be an int in 1..32, got {self.bits!r}")
+        if self.axis is None and len(self.scale) != 1:
+            raise ValueError(f"per-tensor quantization has one scale, got {len(self.scale)}")
+        if self.axis is not None and (isinstance(self.axis, bool) or self.axis < 0):
+            raise ValueError(f"quantization axis must be a non-negative int, got {self.axis!r}")
+
+    def check_for(self, shape: tuple, dtype: DType) -> None:
+        """Raise ValueError unless this quantization fits a tensor of ``shape`` and ``dtype``."""
+        if self.axis is not None:
+            if self.axis >= len(shape):
+                raise ValueError(f"quantization axis {self.axis} is out of range for rank "
+                                 f"{len(shape)}")
+            channels = shape[self.axis]
+            if isinstance(channels, int) and channels != len(self.scale):
+                raise ValueError(f"{len(self.scale)} per-channel scales for {channels} channels "
+                                 f"on axis {self.axis}")
+        if not dtype.is_floating and dtype is not DType.bool:
+            info = np.iinfo(dtype.numpy)
+            lo, hi = int(info.min), int(info.max)
+            if self.bits < info.bits:  # packed narrower codes: zero points in the code range
+                lo, hi = (-(1 << (self.bits - 1)), (1 << (self.bits - 1)) - 1) if lo < 0 \
+                    else (0, (1 << self.bits) - 1)
+            bad = [z for z in self.zero_point if not lo <= z <= hi]
+            if bad:
+                raise ValueError(f"zero point {bad[0]} is out of range [{lo}, {hi}] for "
+                                 f"{self.bits}-bit {dtype}")
+
     def __str__(self) -> str:
         if self.axis is None:
             return f"q<scale={self.scale[0]!r}, zp={self.zero_point[0]}, bits={self.bits}>"
@@ -90,9 +147,21 @@ class TensorType:
     quant: QuantInfo | None = field(default=None, compare=True)
 
     def __post_init__(self):
-        object.__setattr__(self, "shape", tuple(normalize_dim(d) for d in self.shape))
+        shape = tuple(normalize_dim(d) for d in self.shape)
+        object.__setattr__(self, "shape", shape)
         if not isinstance(self.dtype, DType):
             raise TypeError(f"TensorType dtype must be a DType, got {self.dtype!r}")
+        numel = 1
+        for dim in shape:
+            if isinstance(dim, int):
+                if dim < 0:
+                    raise TypeInferenceError(f"negative dim {dim} in shape {list(shape)}")
+                numel *= dim
+        if numel > MAX_NUMEL:
+            raise TypeInferenceError(f"shape {list(shape)} has {numel} elements, more than any "
+                                     f"backend can index (2**63 - 1)")
+        if self.quant is not None:
+            self.quant.check_for(shape, self.dtype)
 
     @property
     def rank(self) -> int:

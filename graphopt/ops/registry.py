@@ -100,7 +100,9 @@ class OpDef:
             out = self.infer(types, attrs)
         except TypeInferenceError:
             raise
-        except (ValueError, IndexError, TypeError, KeyError) as exc:
+        except (ValueError, IndexError, TypeError, KeyError, ArithmeticError, AttributeError) as exc:
+            # A shape rule fed attrs from a file (stride 0, an axis past the rank, a step of 0)
+            # fails in Python arithmetic; the caller gets a typed error naming the op instead.
             shapes = ", ".join("None" if t is None else str(t) for t in types)
             raise TypeInferenceError(
                 f"op '{self.name}' rejects operands ({shapes}) with attrs {dict(attrs)}: {exc}"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from graphopt.errors import GraphoptError, PruneError, entry_point
 from graphopt.ir.graph import Graph
 from graphopt.prune.flops import FlopCount, count_flops
 from graphopt.prune.report import GroupReport, PruneReport, WeightReport
@@ -27,6 +28,7 @@ METHODS = ("channels", "magnitude")
 _ALIASES = {"structured": "channels", "unstructured": "magnitude", "scores": "magnitude"}
 
 
+@entry_point("graphopt.prune")
 def prune(
     graph: Graph,
     method: str = "channels",
@@ -80,16 +82,30 @@ def prune(
         small, rep = graphopt.prune(graph, "channels", flops=0.5, report=True)
         print(rep)      # per group: what was removed; FLOPs before / after
     """
-    method = _ALIASES.get(method, method)
+    if not isinstance(graph, Graph):
+        raise PruneError(f"graphopt.prune takes a graphopt Graph, got {type(graph).__name__}")
+    method = _ALIASES.get(method, method) if isinstance(method, str) else method
     if method not in METHODS:
-        raise ValueError(f"unknown pruning method '{method}'; known: {', '.join(METHODS)}")
+        raise PruneError(f"unknown pruning method {method!r}; known: {', '.join(METHODS)}")
     exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    try:
+        return _prune(graph, method, ratio=ratio, flops=flops, importance=importance,
+                      sparsity=sparsity, scope=scope, scores=scores, exclude=exclude, data=data,
+                      loss=loss, max_ratio=max_ratio, round_to=round_to, report=report)
+    except ValueError as exc:  # option checks deep in the analyses: a typed error, same text
+        if isinstance(exc, GraphoptError):
+            raise
+        raise PruneError(str(exc)) from exc
+
+
+def _prune(graph, method, *, ratio, flops, importance, sparsity, scope, scores, exclude, data,
+           loss, max_ratio, round_to, report):
     out = graph.clone()
     if method == "channels":
         from graphopt.prune.structured import prune_channels
 
         if ratio is None and flops is None:
-            raise ValueError("method='channels' needs ratio= or flops=")
+            raise PruneError("method='channels' needs ratio= or flops=")
         rep = prune_channels(out, ratio=ratio, flops=flops, importance=importance,
                              exclude=exclude, data=data, loss=loss, max_ratio=max_ratio,
                              round_to=round_to, scope=scope)
@@ -97,7 +113,7 @@ def prune(
         from graphopt.prune.masks import prune_magnitude
 
         if sparsity is None:
-            raise ValueError("method='magnitude' needs sparsity=")
+            raise PruneError("method='magnitude' needs sparsity=")
         rep = prune_magnitude(out, sparsity=sparsity, scope=scope, scores=scores,
                               exclude=exclude)
     return (out, rep) if report else out

@@ -11,13 +11,14 @@ import functools
 import time
 from typing import Iterable, Sequence
 
-from graphopt.errors import QuantizationError
+from graphopt.errors import QuantizationError, entry_point
 from graphopt.ir.graph import Graph
 from graphopt.quant.report import LayerRecord, QuantReport
 
 MODES = ("dynamic", "static", "weight-only", "fp16", "bf16")
 
 
+@entry_point("graphopt.quantize")
 def quantize(
     graph: Graph,
     mode: str = "dynamic",
@@ -81,8 +82,19 @@ def quantize(
             calibration data that does not fit the graph (names the batch and the input),
             ``error_budget`` without calibration.
     """
+    if not isinstance(graph, Graph):
+        raise QuantizationError(f"graphopt.quantize takes a graphopt Graph, got "
+                                f"{type(graph).__name__}")
     if mode not in MODES:
-        raise QuantizationError(f"unknown quantize mode '{mode}'; known: {', '.join(MODES)}")
+        raise QuantizationError(f"unknown quantize mode {mode!r}; known: {', '.join(MODES)}")
+    if isinstance(bits, bool) or bits not in (4, 8):
+        raise QuantizationError(f"bits must be 4 or 8, got {bits!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise QuantizationError(f"block_size must be a positive int, got {block_size!r}")
+    if error_budget is not None and not (isinstance(error_budget, (int, float))
+                                         and 0 <= error_budget < float("inf")):
+        raise QuantizationError(f"error_budget must be a finite number >= 0, got "
+                                f"{error_budget!r}")
     if sensitivity not in ("local", "end-to-end"):
         raise QuantizationError(
             f"sensitivity must be 'local' or 'end-to-end', got '{sensitivity}'")
