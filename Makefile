@@ -3,7 +3,10 @@
 #   make venv        create .venv (if missing), editable-install graphopt[test], build graphopt._C
 #   make test        venv + rebuild graphopt._C if csrc/ changed + pytest
 #   make demo        venv + python -m graphopt.demo
-#   make asan        native kernel tests against an AddressSanitizer build of graphopt._C
+#   make asan        native kernel + model tests against an ASan+UBSan build of graphopt._C
+#   make tsan        thread-pool / concurrent-call tests against a ThreadSanitizer build
+#   make fuzz        each fuzz harness (fuzz/fuzz_*.py) with atheris, FUZZ_TIME seconds each
+#                    (default 60); FUZZ_ARGS="--runs 1000000" for a fixed execution count
 #   make bench-gemm  SGEMM GFLOP/s vs torch.mm (BENCH_ARGS="--threads 1 --quick" to pass flags)
 #   make clean       remove build outputs (keeps .venv)
 #
@@ -28,8 +31,16 @@ CSRC := $(wildcard csrc/*.cpp csrc/*.h)
 # libstdc++ is preloaded with libasan: python does not link it, and ASan's __cxa_throw interceptor
 # must find the real one at start-up or the first C++ exception aborts the process.
 ASAN_PRELOAD := $(shell gcc -print-file-name=libasan.so) $(shell gcc -print-file-name=libstdc++.so)
+TSAN_PRELOAD := $(shell gcc -print-file-name=libtsan.so)
+# The native suite: kernels (one op per plan), models (whole plans), the safety tests.
+ASAN_TESTS := tests/test_native_gemm.py tests/test_native_kernels.py tests/test_native_indexing.py \
+	tests/test_native_plan.py tests/test_sparse_gemm.py tests/test_native_sparse.py \
+	tests/test_native_qgemm.py tests/test_native_quant_static.py tests/test_native_models.py \
+	tests/test_native_quant_models.py tests/test_native_safety.py
+# Tests that run native code on several threads at once (the runtime's pool, concurrent calls).
+TSAN_TESTS := tests/test_native_safety.py tests/test_native_models.py::test_threads_do_not_change_results
 
-.PHONY: venv test demo asan bench-gemm clean
+.PHONY: venv test demo asan tsan fuzz bench-gemm clean
 
 venv: $(STAMP) $(EXT)
 
@@ -56,10 +67,12 @@ test: venv
 demo: venv
 	$(PY) -m graphopt.demo
 
-# Build the extension with ASan in place, run the native kernel tests with libasan preloaded
-# (python itself is not instrumented), then rebuild the normal extension. The trap rebuilds it even
-# when the tests fail or are interrupted, so a later `make test` never loads the ASan build
+# Build the extension with ASan + UBSan in place, run the native suite with libasan preloaded
+# (python itself is not instrumented), then rebuild the normal extension. The trap rebuilds it
+# even when the tests fail or are interrupted, so a later `make test` never loads the ASan build
 # without its runtime. detect_leaks=0: CPython and torch keep allocations alive until exit.
+# UBSan aborts on its first finding (-fno-sanitize-recover, halt_on_error). Python's own CFLAGS
+# carry -fwrapv, so signed overflow is defined behaviour there and not reported.
 # GRAPHOPT_NATIVE_SEPARATE_BUFFERS=1: each buffer of a native plan gets its own allocation, so
 # ASan also sees overruns between buffers that would share the runtime's arena.
 asan: venv
@@ -70,10 +83,34 @@ asan: venv
 	GRAPHOPT_ASAN=1 $(PY) setup.py build_ext --inplace --force \
 		--build-temp build/asan-temp --build-lib build/asan-lib > build/asan-build.log 2>&1 \
 		|| { cat build/asan-build.log; exit 1; }; \
-	LD_PRELOAD="$(ASAN_PRELOAD)" ASAN_OPTIONS=detect_leaks=0 GRAPHOPT_NATIVE_SEPARATE_BUFFERS=1 \
-		$(PY) -m pytest -q -ra -p no:cacheprovider tests/test_native_gemm.py \
-		tests/test_native_kernels.py tests/test_native_indexing.py tests/test_native_plan.py tests/test_sparse_gemm.py \
-		tests/test_native_sparse.py tests/test_native_qgemm.py tests/test_native_quant_static.py
+	LD_PRELOAD="$(ASAN_PRELOAD)" ASAN_OPTIONS=detect_leaks=0 \
+		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 GRAPHOPT_NATIVE_SEPARATE_BUFFERS=1 \
+		$(PY) -m pytest -q -ra -p no:cacheprovider $(ASAN_TESTS)
+
+# The same with ThreadSanitizer: the runtime's thread pool, plans run with several native
+# threads, one module called from several Python threads. csrc/tsan.supp silences reports whose
+# stacks lie in uninstrumented third-party code only, never graphopt's. OMP_NUM_THREADS=1 keeps
+# torch's eager references (and sgemm's default) off OpenMP teams, whose libgomp barriers TSan
+# cannot see; the native runtime's own pool does not use OpenMP.
+tsan: venv
+	@set -euo pipefail; \
+	mkdir -p build; \
+	trap '$(PY) setup.py build_ext --inplace --force > build/normal-rebuild.log 2>&1 \
+		|| { cat build/normal-rebuild.log; exit 1; }' EXIT; \
+	GRAPHOPT_TSAN=1 $(PY) setup.py build_ext --inplace --force \
+		--build-temp build/tsan-temp --build-lib build/tsan-lib > build/tsan-build.log 2>&1 \
+		|| { cat build/tsan-build.log; exit 1; }; \
+	LD_PRELOAD="$(TSAN_PRELOAD)" OMP_NUM_THREADS=1 \
+		TSAN_OPTIONS="suppressions=$(CURDIR)/csrc/tsan.supp halt_on_error=1 second_deadlock_stack=1" \
+		$(PY) -m pytest -q -ra -p no:cacheprovider $(TSAN_TESTS)
+
+# Coverage-guided fuzzing (atheris, from the [fuzz] extra) of the IR parser, the ONNX importer,
+# the native artifact loader and the torch bundle loader; seeds in fuzz/corpus/<target>/, new
+# corpus entries in build/fuzz/<target>/, findings in build/fuzz/findings/<target>/.
+FUZZ_TIME ?= 60
+fuzz: venv
+	$(PY) -m pip install -q atheris  # the [fuzz] extra (no reinstall of graphopt itself)
+	$(PY) fuzz/run.py all --time $(FUZZ_TIME) $(FUZZ_ARGS)
 
 bench-gemm: venv
 	$(PY) benchmarks/bench_gemm.py $(BENCH_ARGS)

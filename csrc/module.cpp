@@ -22,6 +22,9 @@ void register_sparse(py::module_& m);   // CSR sparse_linear (sparse_gemm.cpp)
 
 namespace {
 
+// Most OpenMP threads a call may ask for (as graphopt._C.NativePlan).
+constexpr int kMaxThreads = 1024;
+
 std::string shape_str(const py::array& arr) {
     std::ostringstream os;
     os << "(";
@@ -117,9 +120,9 @@ py::array_t<float> sgemm_py(const py::object& a_obj, const py::object& b_obj,
         throw py::value_error("sgemm: unknown activation '" + activation +
                               "'; expected one of: " + activation_names());
     }
-    if (threads < 0) {
-        throw py::value_error("sgemm: threads must be >= 0 (0 = OpenMP default), got " +
-                              std::to_string(threads));
+    if (threads < 0 || threads > kMaxThreads) {
+        throw py::value_error("sgemm: threads must be >= 0 (0 = OpenMP default) and <= " +
+                              std::to_string(kMaxThreads) + ", got " + std::to_string(threads));
     }
 
     a = element_strided(a);
@@ -197,8 +200,9 @@ Raises:
     m.def(
         "set_num_threads",
         [](int n) {
-            if (n < 1) {
-                throw py::value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));
+            if (n < 1 || n > kMaxThreads) {
+                throw py::value_error("set_num_threads: n must be >= 1 and <= " +
+                                      std::to_string(kMaxThreads) + ", got " + std::to_string(n));
             }
             omp_set_num_threads(n);
         },

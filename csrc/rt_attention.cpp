@@ -48,17 +48,42 @@ class AttentionKernel : public Kernel {
    public:
     explicit AttentionKernel(const KernelArgs& args) {
         IntReader r(args);
-        b_ = r.next(); h_ = r.next(); l_ = r.next(); s_ = r.next(); e_ = r.next(); ev_ = r.next();
-        group_ = std::max<int64_t>(1, r.next());
+        const std::string what = "attention " + args.name;
+        b_ = r.dim("B"); h_ = r.dim("H"); l_ = r.dim("L"); s_ = r.dim("S"); e_ = r.dim("E");
+        ev_ = r.dim("Ev");
+        group_ = std::max<int64_t>(1, r.in(0, IntReader::kMaxDim, "kv_group"));
         for (auto* st : {q_st_, k_st_, v_st_, o_st_}) {
-            for (int i = 0; i < 3; ++i) st[i] = r.next();
+            for (int i = 0; i < 3; ++i) st[i] = r.signed_param("stride");
         }
-        mask_kind_ = r.next();
-        for (int i = 0; i < 4; ++i) m_st_[i] = r.next();
+        mask_kind_ = r.in(0, 2, "mask kind");
+        for (int i = 0; i < 4; ++i) m_st_[i] = r.signed_param("mask stride");
         causal_ = r.next() != 0;
         scale_ = static_cast<float>(r.real(0));
         lb_ = std::min(l_, kQueryBlock);
         sb_ = std::min(s_, kKeyBlock);
+        if (h_ % group_ != 0) throw PlanError(what + ": kv_group must divide H");
+        const int64_t hk = h_ / group_;
+        // q [B, H, L, E], k [B, H/g, S, E], v [B, H/g, S, Ev], out [B, H, L, Ev]: innermost
+        // stride 1, the others given. Nothing is read when no query row exists.
+        const bool any = b_ > 0 && h_ > 0 && l_ > 0;
+        auto dims = [&](int64_t heads, int64_t rows, int64_t cols) {
+            return any ? std::vector<int64_t>{b_, heads, rows, cols}
+                       : std::vector<int64_t>{0, 0, 0, 0};
+        };
+        auto strides = [](const int64_t* st) {
+            return std::vector<int64_t>{st[0], st[1], st[2], 1};
+        };
+        need_strided(args, 0, dims(h_, l_, ev_), strides(o_st_), 4);
+        need_strided(args, 1, dims(h_, l_, e_), strides(q_st_), 4);
+        need_strided(args, 2, dims(hk, s_, e_), strides(k_st_), 4);
+        need_strided(args, 3, dims(hk, s_, ev_), strides(v_st_), 4);
+        if (mask_kind_ != 0) {
+            need_strided(args, 4, any ? std::vector<int64_t>{b_, h_, l_, s_}
+                                      : std::vector<int64_t>{0, 0, 0, 0},
+                         {m_st_[0], m_st_[1], m_st_[2], m_st_[3]}, mask_kind_ == 1 ? 1 : 4);
+        } else if (args.has(4)) {
+            throw PlanError(what + ": a mask operand needs a mask kind");
+        }
     }
 
     void run(const ExecContext& ctx) const override {
@@ -66,7 +91,8 @@ class AttentionKernel : public Kernel {
         const float* q = ctx.get<const float>(operands[1]);
         const float* k = ctx.get<const float>(operands[2]);
         const float* v = ctx.get<const float>(operands[3]);
-        const char* mask = operands.size() > 4 ? ctx.ptr(operands[4]) : nullptr;
+        const char* mask = mask_kind_ != 0 ? ctx.ptr(operands[4]) : nullptr;
+        if (b_ == 0 || h_ == 0 || l_ == 0) return;
         const int64_t qblocks = ceil_div(l_, lb_);
         parallel_tasks(ctx.threads, b_ * h_ * qblocks, [&](int64_t t) {
             const int64_t bh = t / qblocks, qb = t % qblocks;

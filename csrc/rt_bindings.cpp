@@ -1,12 +1,20 @@
 // Python bindings of the native runtime (graphopt._C.NativePlan), registered into the _C
-// module by module.cpp. Only integers (pointers, offsets, parameters) cross the boundary: the
-// Python side owns every buffer (arena, constants, per-call inputs and outputs) and keeps them
-// alive; the plan stores raw pointers.
+// module by module.cpp. Only integers (pointers, sizes, offsets, parameters) cross the boundary:
+// the Python side owns every buffer (arena, constants, per-call inputs and outputs) and keeps
+// them alive; the plan stores raw pointers with their byte sizes and checks every step's
+// operands against them (rt_plan.h, "Safety"), so a wrong call raises instead of crashing.
+//
+// Errors: the C++ exceptions of every _C function become graphopt errors
+// (graphopt/native/errors.py): PlanError, other std::logic_error and py::value_error (argument
+// checks) -> NativeError (a GraphoptError and a ValueError), std::out_of_range ->
+// NativeIndexError (also an IndexError).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <exception>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -22,32 +30,71 @@ namespace graphopt {
 namespace {
 
 using OperandTuple = std::optional<std::tuple<int, int, int64_t>>;  // (space, index, offset)
+using BufferTuple = std::tuple<uintptr_t, int64_t>;                  // (address, bytes)
 
-std::vector<char*> as_pointers(const std::vector<uintptr_t>& values) {
-    std::vector<char*> out;
+std::vector<rt::BufferRef> as_buffers(const std::vector<BufferTuple>& values) {
+    std::vector<rt::BufferRef> out;
     out.reserve(values.size());
-    for (uintptr_t v : values) out.push_back(reinterpret_cast<char*>(v));
+    for (const BufferTuple& v : values) {
+        out.push_back(rt::BufferRef{reinterpret_cast<char*>(std::get<0>(v)), std::get<1>(v)});
+    }
     return out;
+}
+
+// Sets the Python error graphopt.native.errors.<name> (cached once imported), or `fallback`
+// when that module cannot be imported (graphopt._C used on its own).
+void set_error(const char* name, PyObject* fallback, const char* message) {
+    static PyObject* native_error = nullptr;        // leaked on purpose: lives as long as _C
+    static PyObject* native_index_error = nullptr;
+    PyObject** slot = std::string(name) == "NativeIndexError" ? &native_index_error
+                                                              : &native_error;
+    if (*slot == nullptr) {
+        try {
+            py::object cls = py::module_::import("graphopt.native.errors").attr(name);
+            *slot = cls.release().ptr();
+        } catch (py::error_already_set&) {
+            // fall back below (the import error is dropped)
+        }
+    }
+    PyErr_SetString(*slot != nullptr ? *slot : fallback, message);
+}
+
+void translate_runtime_errors(std::exception_ptr p) {
+    try {
+        if (p) std::rethrow_exception(p);
+    } catch (const std::out_of_range& e) {
+        set_error("NativeIndexError", PyExc_IndexError, e.what());
+    } catch (const std::logic_error& e) {  // PlanError, domain_error, invalid_argument...
+        set_error("NativeError", PyExc_ValueError, e.what());
+    } catch (const py::value_error& e) {  // argument checks of sgemm / sparse_linear
+        set_error("NativeError", PyExc_ValueError, e.what());
+    }
 }
 
 }  // namespace
 
 void register_runtime(py::module_& m) {
     using rt::Plan;
+    py::register_local_exception_translator(translate_runtime_errors);
     py::class_<Plan>(m, "NativePlan",
                      "A compiled execution plan: kernel steps over raw buffers (see "
                      "graphopt/native/). Built by graphopt.native; not meant to be used directly.")
-        .def(py::init<int>(), py::arg("threads"))
+        .def(py::init<int>(), py::arg("threads"), "threads: 1 to 1024.")
         .def(
             "add_constant",
-            [](Plan& plan, uintptr_t ptr) {
-                return plan.add_constant(reinterpret_cast<char*>(ptr));
+            [](Plan& plan, uintptr_t ptr, int64_t nbytes) {
+                return plan.add_constant(reinterpret_cast<char*>(ptr), nbytes);
             },
-            py::arg("ptr"), "Registers a constant's data pointer; returns its index.")
+            py::arg("ptr"), py::arg("nbytes"),
+            "Registers a constant (address, byte size; kept alive by the caller); returns its "
+            "index.")
         .def(
             "set_arena",
-            [](Plan& plan, uintptr_t ptr) { plan.set_arena(reinterpret_cast<char*>(ptr)); },
-            py::arg("ptr"))
+            [](Plan& plan, uintptr_t ptr, int64_t nbytes) {
+                plan.set_arena(reinterpret_cast<char*>(ptr), nbytes);
+            },
+            py::arg("ptr"), py::arg("nbytes"),
+            "Sets the activation arena (address, byte size; kept alive by the caller).")
         .def(
             "add_step",
             [](Plan& plan, const std::string& kernel, const std::string& name,
@@ -73,31 +120,37 @@ void register_runtime(py::module_& m) {
             py::arg("kernel"), py::arg("name"), py::arg("operands"), py::arg("ints"),
             py::arg("floats"),
             "Appends a kernel call. operands: (space, index, byte offset) or None; spaces: "
-            "0 arena, 1 constant, 2 input, 3 output.")
+            "0 arena, 1 constant, 2 input, 3 output. The kernel checks its parameters and the "
+            "bytes each operand spans (constants now, the rest when set_arena / run).")
         .def(
             "run",
-            [](const Plan& plan, const std::vector<uintptr_t>& inputs,
-               const std::vector<uintptr_t>& outputs) {
-                const std::vector<char*> in = as_pointers(inputs);
-                const std::vector<char*> out = as_pointers(outputs);
+            [](const Plan& plan, const std::vector<BufferTuple>& inputs,
+               const std::vector<BufferTuple>& outputs) {
+                const std::vector<rt::BufferRef> in = as_buffers(inputs);
+                const std::vector<rt::BufferRef> out = as_buffers(outputs);
                 py::gil_scoped_release release;
-                plan.run(in.data(), out.data());
+                plan.run(in, out);
             },
-            py::arg("inputs"), py::arg("outputs"), "Runs every step (the GIL is released).")
+            py::arg("inputs"), py::arg("outputs"),
+            "Runs every step (the GIL is released). inputs / outputs: (address, byte size) "
+            "per buffer, each at least what the steps touch.")
         .def(
             "run_profiled",
-            [](const Plan& plan, const std::vector<uintptr_t>& inputs,
-               const std::vector<uintptr_t>& outputs) {
-                const std::vector<char*> in = as_pointers(inputs);
-                const std::vector<char*> out = as_pointers(outputs);
+            [](const Plan& plan, const std::vector<BufferTuple>& inputs,
+               const std::vector<BufferTuple>& outputs) {
+                const std::vector<rt::BufferRef> in = as_buffers(inputs);
+                const std::vector<rt::BufferRef> out = as_buffers(outputs);
                 py::gil_scoped_release release;
-                return plan.run_profiled(in.data(), out.data());
+                return plan.run_profiled(in, out);
             },
             py::arg("inputs"), py::arg("outputs"), "Runs every step; returns seconds per step.")
         .def_property_readonly("num_steps", &Plan::num_steps)
         .def_property_readonly("threads", &Plan::threads)
-        .def("step_kernel", &Plan::step_kernel)
-        .def("step_name", &Plan::step_name);
+        .def_property_readonly("arena_bytes_needed", &Plan::arena_bytes_needed)
+        .def_property_readonly("input_bytes_needed", &Plan::input_bytes_needed)
+        .def_property_readonly("output_bytes_needed", &Plan::output_bytes_needed)
+        .def("step_kernel", &Plan::step_kernel, py::arg("i"))
+        .def("step_name", &Plan::step_name, py::arg("i"));
 
     m.def("native_kernels", &rt::kernel_names, "Names of the native runtime's kernels.");
     m.def(

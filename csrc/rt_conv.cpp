@@ -16,8 +16,10 @@
 //           ints: N, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw, groups, Ho, Wo
 //   Scatter formulation, one task per output channel plane (no write races).
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "rt_gemm.h"
@@ -32,13 +34,45 @@ namespace {
 struct ConvShape {
     int64_t n, c, h, w, co, kh, kw, sh, sw, ph, pw, dh, dw, groups, ho, wo;
 
-    static ConvShape read(IntReader& r) {
+    // Reads and checks the 16 shape parameters: sizes >= 0, kernel / stride / dilation /
+    // groups >= 1, groups dividing both channel counts, window arithmetic within int64.
+    static ConvShape read(IntReader& r, const std::string& what) {
         ConvShape s;
-        s.n = r.next(); s.c = r.next(); s.h = r.next(); s.w = r.next(); s.co = r.next();
-        s.kh = r.next(); s.kw = r.next(); s.sh = r.next(); s.sw = r.next();
-        s.ph = r.next(); s.pw = r.next(); s.dh = r.next(); s.dw = r.next();
-        s.groups = r.next(); s.ho = r.next(); s.wo = r.next();
+        s.n = r.dim("N"); s.c = r.dim("C"); s.h = r.dim("H"); s.w = r.dim("W");
+        s.co = r.dim("Co");
+        s.kh = r.positive("kernel_h"); s.kw = r.positive("kernel_w");
+        s.sh = r.positive("stride_h"); s.sw = r.positive("stride_w");
+        s.ph = r.signed_param("pad_h"); s.pw = r.signed_param("pad_w");
+        s.dh = r.positive("dilation_h"); s.dw = r.positive("dilation_w");
+        s.groups = r.positive("groups"); s.ho = r.dim("Ho"); s.wo = r.dim("Wo");
+        if (s.c % s.groups != 0 || s.co % s.groups != 0) {
+            throw PlanError(what + ": groups = " + std::to_string(s.groups) +
+                            " must divide C = " + std::to_string(s.c) + " and Co = " +
+                            std::to_string(s.co));
+        }
+        checked_mul(checked_mul(s.c / s.groups, s.kh, what), s.kw, what);  // K of the GEMM
+        for (const auto& [out, stride, k, dil, pad, in] :
+             {std::array<int64_t, 6>{s.ho, s.sh, s.kh, s.dh, s.ph, s.h},
+              std::array<int64_t, 6>{s.wo, s.sw, s.kw, s.dw, s.pw, s.w}}) {
+            // (out - 1) * stride + (k - 1) * dil, +- pad, + in: every position the loops form.
+            const int64_t reach =
+                checked_add(checked_mul(std::max<int64_t>(out - 1, 0), stride, what),
+                            checked_mul(k - 1, dil, what), what);
+            checked_add(checked_add(reach, pad < 0 ? -pad : pad, what), in + 2, what);
+            checked_add(checked_mul(std::max<int64_t>(in - 1, 0), stride, what),
+                        checked_add(reach, pad < 0 ? -pad : pad, what), what);
+        }
         return s;
+    }
+
+    // Spans of out [N, Co, Ho, Wo], x [N, C, H, W] (f32 elements of `elem_x` bytes for x).
+    int64_t out_bytes(const std::string& what, int64_t elem = 4) const {
+        return checked_mul(checked_mul(checked_mul(n, co, what), checked_mul(ho, wo, what), what),
+                           elem, what);
+    }
+    int64_t x_bytes(const std::string& what, int64_t elem = 4) const {
+        return checked_mul(checked_mul(checked_mul(n, c, what), checked_mul(h, w, what), what),
+                           elem, what);
     }
     int64_t cig() const { return c / groups; }
     int64_t cog() const { return co / groups; }
@@ -119,16 +153,36 @@ class ConvKernel : public Kernel {
    public:
     explicit ConvKernel(const KernelArgs& args) {
         IntReader r(args);
-        s_ = ConvShape::read(r);
-        act_.act = static_cast<Act>(r.next());
+        const std::string what = "conv2d " + args.name;
+        s_ = ConvShape::read(r, what);
+        act_.act = static_cast<Act>(r.in(0, static_cast<int64_t>(Act::kLeakyRelu), "act"));
         residual_in_c_ = r.next() != 0;
         act_.p0 = static_cast<float>(r.real(0));
         act_.p1 = static_cast<float>(r.real(1));
-        has_bias_ = args.operands.size() > 3 && args.operands[3].present;
-        has_residual_ = args.operands.size() > 4 && args.operands[4].present;
-        const float* w = reinterpret_cast<const float*>(args.const_ptr(2));
+        need(args, 0, s_.out_bytes(what), 4);
+        need(args, 1, s_.x_bytes(what), 4);
+        // weight [Co, C / groups, kh, kw]
+        need(args, 2, checked_mul(checked_mul(s_.co, s_.k(), what), 4, what), 4);
+        has_bias_ = need_opt(args, 3, checked_mul(s_.co, 4, what), 4);
+        has_residual_ = need_opt(args, 4, s_.out_bytes(what), 4);
+        if (residual_in_c_ && !has_residual_) {
+            throw PlanError(what + ": in-place residual without a residual");
+        }
+        const float* w = reinterpret_cast<const float*>(constant(args, 2));
         depthwise_ = s_.groups == s_.c && s_.co % s_.c == 0 && s_.groups > 1;
         if (depthwise_) {
+            // The zero-padded scratch plane of run_depthwise, in floats.
+            const int64_t pad_h = checked_add(
+                checked_add(checked_mul(std::max<int64_t>(s_.ho - 1, 0), s_.sh, what),
+                            checked_mul(s_.kh - 1, s_.dh, what), what), 1, what);
+            const int64_t pad_w = checked_add(
+                checked_add(checked_mul(std::max<int64_t>(s_.wo - 1, 0), s_.sw, what),
+                            checked_mul(s_.kw - 1, s_.dw, what), what), 2, what);
+            if (checked_mul(pad_h, pad_w, what) > (int64_t{1} << 31)) {
+                throw PlanError(what + ": the padded plane of this depthwise convolution (" +
+                                std::to_string(pad_h) + " x " + std::to_string(pad_w) +
+                                ") is too large");
+            }
             weight_.assign(w, w + s_.co * s_.kh * s_.kw);
             return;
         }
@@ -295,9 +349,15 @@ class ConvTransposeKernel : public Kernel {
    public:
     explicit ConvTransposeKernel(const KernelArgs& args) {
         IntReader r(args);
-        s_ = ConvShape::read(r);
-        has_bias_ = args.operands.size() > 3 && args.operands[3].present;
-        const float* w = reinterpret_cast<const float*>(args.const_ptr(2));
+        const std::string what = "conv_transpose2d " + args.name;
+        s_ = ConvShape::read(r, what);
+        need(args, 0, s_.out_bytes(what), 4);
+        need(args, 1, s_.x_bytes(what), 4);
+        // weight [C, Co / groups, kh, kw]
+        need(args, 2, checked_mul(checked_mul(checked_mul(s_.c, s_.cog(), what),
+                                              checked_mul(s_.kh, s_.kw, what), what), 4, what), 4);
+        has_bias_ = need_opt(args, 3, checked_mul(s_.co, 4, what), 4);
+        const float* w = reinterpret_cast<const float*>(constant(args, 2));
         weight_.assign(w, w + s_.c * s_.cog() * s_.kh * s_.kw);
     }
 

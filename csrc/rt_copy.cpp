@@ -34,10 +34,10 @@ class CopyKernel : public Kernel {
     explicit CopyKernel(const KernelArgs& args) {
         IntReader r(args);
         elem_ = r.next();
-        const int64_t rank = r.next();
-        shape_ = r.take(rank);
-        dst_strides_ = r.take(rank);
-        src_strides_ = r.take(rank);
+        const int64_t rank = r.rank("rank");
+        shape_ = r.dims(rank, "shape");
+        dst_strides_ = r.strides(rank, "dst_strides");
+        src_strides_ = r.strides(rank, "src_strides");
         if (rank == 0) {
             shape_ = {1};
             dst_strides_ = {1};
@@ -46,8 +46,9 @@ class CopyKernel : public Kernel {
         if (elem_ != 1 && elem_ != 2 && elem_ != 4 && elem_ != 8) {
             throw PlanError("copy " + args.name + ": element size must be 1, 2, 4 or 8");
         }
-        outer_ = 1;
-        for (size_t d = 0; d + 1 < shape_.size(); ++d) outer_ *= shape_[d];
+        need_strided(args, 0, shape_, dst_strides_, elem_);
+        need_strided(args, 1, shape_, src_strides_, elem_);
+        outer_ = checked_numel({shape_.begin(), shape_.end() - 1}, "copy " + args.name);
     }
 
     void run(const ExecContext& ctx) const override {
@@ -100,8 +101,12 @@ class FillKernel : public Kernel {
     explicit FillKernel(const KernelArgs& args) {
         IntReader r(args);
         elem_ = r.next();
-        count_ = r.next();
+        count_ = r.dim("count");
         pattern_ = static_cast<uint64_t>(r.next());
+        if (elem_ != 1 && elem_ != 2 && elem_ != 4 && elem_ != 8) {
+            throw PlanError("fill " + args.name + ": element size must be 1, 2, 4 or 8");
+        }
+        need(args, 0, checked_mul(count_, elem_, "fill " + args.name), elem_);
     }
     void run(const ExecContext& ctx) const override {
         char* dst = ctx.ptr(operands[0]);

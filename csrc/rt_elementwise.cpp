@@ -15,6 +15,7 @@
 // maximum/minimum propagate NaN, integer division by zero raises).
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <type_traits>
@@ -56,6 +57,43 @@ template <typename T>
 T softplus(T x, T beta, T threshold) {
     const T bx = x * beta;
     return bx > threshold ? x : std::log1p(std::exp(bx)) / beta;
+}
+
+// Integer arithmetic wraps around like torch's (two's complement), computed in the unsigned type
+// so that an overflow of the data is never undefined behaviour (and INT_MIN / -1 never traps).
+template <typename T>
+T wrap_add(T a, T b) {
+    using U = std::make_unsigned_t<T>;
+    return static_cast<T>(static_cast<U>(static_cast<U>(a) + static_cast<U>(b)));
+}
+template <typename T>
+T wrap_sub(T a, T b) {
+    using U = std::make_unsigned_t<T>;
+    return static_cast<T>(static_cast<U>(static_cast<U>(a) - static_cast<U>(b)));
+}
+template <typename T>
+T wrap_mul(T a, T b) {
+    using U = std::make_unsigned_t<T>;
+    using W = std::conditional_t<(sizeof(U) < sizeof(unsigned)), unsigned, U>;  // no int promotion
+    return static_cast<T>(static_cast<U>(static_cast<W>(static_cast<U>(a)) *
+                                         static_cast<W>(static_cast<U>(b))));
+}
+template <typename T>
+T wrap_neg(T a) {
+    return wrap_sub<T>(T(0), a);
+}
+
+// A float parameter as an integer of type T, saturated (a clamp bound may be +-inf).
+template <typename T>
+T saturate_to(double v) {
+    if (v != v) return T(0);
+    if (v <= static_cast<double>(std::numeric_limits<T>::lowest())) {
+        return std::numeric_limits<T>::lowest();
+    }
+    if (v >= static_cast<double>(std::numeric_limits<T>::max())) {
+        return std::numeric_limits<T>::max();
+    }
+    return static_cast<T>(v);
 }
 
 template <typename T>
@@ -106,8 +144,8 @@ T unary_float(UnaryOp op, T x, T p0, T p1, T p2) {
 template <typename T>
 T unary_int(UnaryOp op, T x, T p0, T p1) {
     switch (op) {
-        case UnaryOp::kNeg: return static_cast<T>(-x);
-        case UnaryOp::kAbs: return static_cast<T>(x < 0 ? -x : x);
+        case UnaryOp::kNeg: return wrap_neg<T>(x);
+        case UnaryOp::kAbs: return x < 0 ? wrap_neg<T>(x) : x;
         case UnaryOp::kRelu: return x < 0 ? T(0) : x;
         case UnaryOp::kFloor:
         case UnaryOp::kCeil:
@@ -120,15 +158,36 @@ T unary_int(UnaryOp op, T x, T p0, T p1) {
     throw std::logic_error("unary: op not valid for integers");
 }
 
+bool valid_for_int(UnaryOp op) {
+    switch (op) {
+        case UnaryOp::kNeg: case UnaryOp::kAbs: case UnaryOp::kRelu: case UnaryOp::kFloor:
+        case UnaryOp::kCeil: case UnaryOp::kRound: case UnaryOp::kSign:
+        case UnaryOp::kBitwiseNot: case UnaryOp::kClamp:
+            return true;
+        default:
+            return false;
+    }
+}
+
 class UnaryKernel : public Kernel {
    public:
     explicit UnaryKernel(const KernelArgs& args) {
         IntReader r(args);
-        op_ = static_cast<UnaryOp>(r.next());
+        op_ = static_cast<UnaryOp>(r.in(0, static_cast<int64_t>(UnaryOp::kRelu6), "op"));
         dtype_ = dtype_from(r.next());
-        count_ = r.next();
+        count_ = r.dim("count");
         for (size_t i = 0; i < 3; ++i) p_[i] = i < args.floats.size() ? args.floats[i] : 0.0;
         use_epilogue_ = dtype_ == DType::kF32 && epilogue_activation(op_, &act_);
+        const bool to_bool = op_ == UnaryOp::kLogicalNot || op_ == UnaryOp::kIsnan;
+        const bool is_float = dtype_ == DType::kF32 || dtype_ == DType::kF64;
+        if (!to_bool && (is_float ? op_ == UnaryOp::kBitwiseNot : !valid_for_int(op_))) {
+            throw PlanError("unary " + args.name + ": op " + std::to_string(static_cast<int>(op_)) +
+                            " is not defined for this dtype");
+        }
+        const std::string what = "unary " + args.name;
+        const int64_t out_elem = to_bool ? 1 : dtype_size(dtype_);
+        need(args, 0, checked_mul(count_, out_elem, what), out_elem);
+        need(args, 1, checked_mul(count_, dtype_size(dtype_), what), dtype_size(dtype_));
     }
 
     void run(const ExecContext& ctx) const override {
@@ -167,7 +226,7 @@ class UnaryKernel : public Kernel {
                         ys[i] = unary_float<T>(op_, xs[i], p0, p1, p2);
                     }
                 } else {
-                    const T p0 = static_cast<T>(p_[0]), p1 = static_cast<T>(p_[1]);
+                    const T p0 = saturate_to<T>(p_[0]), p1 = saturate_to<T>(p_[1]);
                     for (int64_t i = begin; i < end; ++i) ys[i] = unary_int<T>(op_, xs[i], p0, p1);
                 }
             });
@@ -202,8 +261,8 @@ T int_pow(T base, T exp) {
     }
     T result = 1;
     while (exp > 0) {
-        if (exp & 1) result = static_cast<T>(result * base);
-        base = static_cast<T>(base * base);
+        if (exp & 1) result = wrap_mul<T>(result, base);
+        base = wrap_mul<T>(base, base);
         exp >>= 1;
     }
     return result;
@@ -232,13 +291,18 @@ T arith(BinaryOp op, T a, T b) {
         }
     } else {
         switch (op) {
-            case BinaryOp::kAdd: return static_cast<T>(a + b);
-            case BinaryOp::kSub: return static_cast<T>(a - b);
-            case BinaryOp::kMul: return static_cast<T>(a * b);
+            case BinaryOp::kAdd: return wrap_add<T>(a, b);
+            case BinaryOp::kSub: return wrap_sub<T>(a, b);
+            case BinaryOp::kMul: return wrap_mul<T>(a, b);
             case BinaryOp::kDivFloor:
             case BinaryOp::kDivTrunc:
             case BinaryOp::kRemainder: {
                 if (b == 0) throw std::domain_error("integer division by zero");
+                if constexpr (std::is_signed_v<T>) {
+                    if (b == T(-1)) {  // MIN / -1 overflows (and traps on x86): wrap instead
+                        return op == BinaryOp::kRemainder ? T(0) : wrap_neg<T>(a);
+                    }
+                }
                 if (op == BinaryOp::kDivTrunc) return static_cast<T>(a / b);
                 T q = static_cast<T>(a / b);
                 T r = static_cast<T>(a % b);
@@ -284,13 +348,14 @@ struct StridedLoop {
     std::vector<std::vector<int64_t>> strides;  // per operand (output excluded: contiguous)
     int64_t outer = 1;
 
-    void init() {
+    // Returns the element count (checked); the kernel declares its operands' spans.
+    int64_t init(const std::string& what) {
         if (shape.empty()) {
             shape = {1};
             for (auto& s : strides) s = {0};
         }
-        outer = 1;
-        for (size_t d = 0; d + 1 < shape.size(); ++d) outer *= shape[d];
+        outer = checked_numel({shape.begin(), shape.end() - 1}, what);
+        return checked_numel(shape, what);
     }
 
     template <typename F>
@@ -326,13 +391,26 @@ class BinaryKernel : public Kernel {
    public:
     explicit BinaryKernel(const KernelArgs& args) {
         IntReader r(args);
-        op_ = static_cast<BinaryOp>(r.next());
+        op_ = static_cast<BinaryOp>(r.in(0, static_cast<int64_t>(BinaryOp::kLogicalXor), "op"));
         dtype_ = dtype_from(r.next());
-        const int64_t rank = r.next();
-        loop_.shape = r.take(rank);
-        loop_.strides.push_back(r.take(rank));
-        loop_.strides.push_back(r.take(rank));
-        loop_.init();
+        const int64_t rank = r.rank("rank");
+        loop_.shape = r.dims(rank, "shape");
+        loop_.strides.push_back(r.strides(rank, "a_strides"));
+        loop_.strides.push_back(r.strides(rank, "b_strides"));
+        const std::string what = "binary " + args.name;
+        const bool is_float = dtype_ == DType::kF32 || dtype_ == DType::kF64;
+        const bool bitwise = op_ == BinaryOp::kBitwiseAnd || op_ == BinaryOp::kBitwiseOr ||
+                             op_ == BinaryOp::kBitwiseXor;
+        if (is_float ? bitwise : (op_ == BinaryOp::kDiv || op_ == BinaryOp::kAtan2)) {
+            throw PlanError(what + ": op " + std::to_string(static_cast<int>(op_)) +
+                            " is not defined for this dtype");
+        }
+        const int64_t numel = loop_.init(what);
+        const int64_t elem = dtype_size(dtype_);
+        const int64_t out_elem = is_predicate(op_) ? 1 : elem;
+        need(args, 0, checked_mul(numel, out_elem, what), out_elem);
+        need_strided(args, 1, loop_.shape, loop_.strides[0], elem);
+        need_strided(args, 2, loop_.shape, loop_.strides[1], elem);
         if (dtype_ == DType::kF32 && op_ <= BinaryOp::kDiv) {
             vec_op_ = static_cast<int>(op_);  // kAdd..kDiv map to FloatBinary in order
         } else if (dtype_ == DType::kF32 && op_ == BinaryOp::kMaximum) {
@@ -398,10 +476,18 @@ class WhereKernel : public Kernel {
     explicit WhereKernel(const KernelArgs& args) {
         IntReader r(args);
         elem_ = r.next();
-        const int64_t rank = r.next();
-        loop_.shape = r.take(rank);
-        for (int i = 0; i < 3; ++i) loop_.strides.push_back(r.take(rank));
-        loop_.init();
+        if (elem_ != 1 && elem_ != 2 && elem_ != 4 && elem_ != 8) {
+            throw PlanError("where " + args.name + ": element size must be 1, 2, 4 or 8");
+        }
+        const int64_t rank = r.rank("rank");
+        loop_.shape = r.dims(rank, "shape");
+        for (int i = 0; i < 3; ++i) loop_.strides.push_back(r.strides(rank, "strides"));
+        const std::string what = "where " + args.name;
+        const int64_t numel = loop_.init(what);
+        need(args, 0, checked_mul(numel, elem_, what), elem_);
+        need_strided(args, 1, loop_.shape, loop_.strides[0], 1);
+        need_strided(args, 2, loop_.shape, loop_.strides[1], elem_);
+        need_strided(args, 3, loop_.shape, loop_.strides[2], elem_);
     }
     void run(const ExecContext& ctx) const override {
         char* out = ctx.ptr(operands[0]);
@@ -444,7 +530,10 @@ class CastKernel : public Kernel {
         IntReader r(args);
         from_ = dtype_from(r.next());
         to_ = dtype_from(r.next());
-        count_ = r.next();
+        count_ = r.dim("count");
+        const std::string what = "cast " + args.name;
+        need(args, 0, checked_mul(count_, dtype_size(to_), what), dtype_size(to_));
+        need(args, 1, checked_mul(count_, dtype_size(from_), what), dtype_size(from_));
     }
     void run(const ExecContext& ctx) const override {
         char* out = ctx.ptr(operands[0]);

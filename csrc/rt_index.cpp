@@ -27,6 +27,15 @@ int64_t load_index(const char* base, int64_t i, DType t) {
     return reinterpret_cast<const int64_t*>(base)[i];
 }
 
+// Index tensors are int32 or int64 (load_index reads nothing else).
+DType index_dtype(const KernelArgs& args, int64_t code) {
+    const DType t = dtype_from(code);
+    if (t != DType::kI32 && t != DType::kI64) {
+        throw PlanError("indexing step " + args.name + ": indices must be int32 or int64");
+    }
+    return t;
+}
+
 [[noreturn]] void out_of_range(const std::string& node, int64_t v, int64_t size) {
     throw std::out_of_range("index " + std::to_string(v) + " is out of bounds for size " +
                             std::to_string(size) + " (node " + node + ")");
@@ -36,13 +45,19 @@ class TakeKernel : public Kernel {
    public:
     explicit TakeKernel(const KernelArgs& args) : name_(args.name) {
         IntReader r(args);
-        outer_ = r.next();
-        axis_ = r.next();
-        inner_ = r.next();
-        count_ = r.next();
-        index_dtype_ = dtype_from(r.next());
-        elem_ = r.next();
+        outer_ = r.dim("outer");
+        axis_ = r.dim("axis_size");
+        inner_ = r.dim("inner");
+        count_ = r.dim("count");
+        index_dtype_ = index_dtype(args, r.next());
+        elem_ = r.in(1, 16, "elem_size");
         allow_negative_ = r.next() != 0;
+        const std::string what = "take " + args.name;
+        const int64_t row = checked_mul(inner_, elem_, what);
+        need(args, 0, checked_mul(checked_mul(outer_, count_, what), row, what), 1);
+        need(args, 1, checked_mul(checked_mul(outer_, axis_, what), row, what), 1);
+        const int64_t index_size = dtype_size(index_dtype_);
+        need(args, 2, checked_mul(count_, index_size, what), index_size);
     }
     void run(const ExecContext& ctx) const override {
         char* out = ctx.ptr(operands[0]);
@@ -71,15 +86,25 @@ class GatherKernel : public Kernel {
    public:
     explicit GatherKernel(const KernelArgs& args) : name_(args.name) {
         IntReader r(args);
-        const int64_t rank = r.next();
-        shape_ = r.take(rank);
-        x_strides_ = r.take(rank);
-        axis_ = r.next();
-        axis_size_ = r.next();
-        index_dtype_ = dtype_from(r.next());
-        elem_ = r.next();
-        count_ = 1;
-        for (int64_t d : shape_) count_ *= d;
+        const int64_t rank = r.rank("rank");
+        shape_ = r.dims(rank, "index_shape");
+        x_strides_ = r.strides(rank, "x_strides");
+        axis_ = r.in(0, std::max<int64_t>(rank - 1, 0), "axis");
+        axis_size_ = r.dim("axis_size");
+        index_dtype_ = index_dtype(args, r.next());
+        elem_ = r.in(1, 16, "elem_size");
+        const std::string what = "gather " + args.name;
+        count_ = checked_numel(shape_, what);
+        if (rank == 0) {
+            shape_ = {1};  // a 0-d gather reads one index along a size-1 axis
+            x_strides_ = {0};
+        }
+        need(args, 0, checked_mul(count_, elem_, what), 1);
+        const int64_t index_size = dtype_size(index_dtype_);
+        need(args, 2, checked_mul(count_, index_size, what), index_size);
+        std::vector<int64_t> x_shape = shape_;
+        x_shape[static_cast<size_t>(axis_)] = count_ == 0 ? 0 : axis_size_;
+        need_strided(args, 1, x_shape, x_strides_, elem_);
     }
     void run(const ExecContext& ctx) const override {
         char* out = ctx.ptr(operands[0]);

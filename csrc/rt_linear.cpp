@@ -26,34 +26,52 @@ class GemmKernel : public Kernel {
    public:
     explicit GemmKernel(const KernelArgs& args) {
         IntReader r(args);
-        const int64_t rank = r.next();
-        batch_shape_ = r.take(rank);
-        a_batch_ = r.take(rank);
-        b_batch_ = r.take(rank);
-        m_ = r.next();
-        n_ = r.next();
-        k_ = r.next();
-        a_rs_ = r.next();
-        a_cs_ = r.next();
-        b_rs_ = r.next();
-        b_cs_ = r.next();
-        ep_.act.act = static_cast<Act>(r.next());
+        const std::string what = "gemm " + args.name;
+        const int64_t rank = r.rank("batch_rank");
+        batch_shape_ = r.dims(rank, "batch_shape");
+        a_batch_ = r.strides(rank, "a_batch_strides");
+        b_batch_ = r.strides(rank, "b_batch_strides");
+        m_ = r.dim("M");
+        n_ = r.dim("N");
+        k_ = r.dim("K");
+        a_rs_ = r.signed_param("a_row_stride");
+        a_cs_ = r.signed_param("a_col_stride");
+        b_rs_ = r.signed_param("b_row_stride");
+        b_cs_ = r.signed_param("b_col_stride");
+        ep_.act.act = static_cast<Act>(r.in(0, static_cast<int64_t>(Act::kLeakyRelu), "act"));
         ep_.residual_in_c = r.next() != 0;
         ep_.alpha = static_cast<float>(r.real(0));
         ep_.act.p0 = static_cast<float>(r.real(1));
         ep_.act.p1 = static_cast<float>(r.real(2));
-        has_bias_ = args.operands.size() > 3 && args.operands[3].present;
-        has_residual_ = args.operands.size() > 4 && args.operands[4].present;
+        // out / residual [batch..., M, N] contiguous; a [batch..., M, K] and b [batch..., K, N]
+        // through their strides; bias [N].
+        const int64_t mn = checked_mul(m_, n_, what);
+        const int64_t out_bytes =
+            checked_mul(checked_mul(checked_numel(batch_shape_, what), mn, what), 4, what);
+        need(args, 0, out_bytes, 4);
+        std::vector<int64_t> a_shape = batch_shape_, a_strides = a_batch_;
+        std::vector<int64_t> b_shape = batch_shape_, b_strides = b_batch_;
+        a_shape.insert(a_shape.end(), {m_, k_});
+        a_strides.insert(a_strides.end(), {a_rs_, a_cs_});
+        b_shape.insert(b_shape.end(), {k_, n_});
+        b_strides.insert(b_strides.end(), {b_rs_, b_cs_});
+        if (mn == 0) {  // nothing computed: nothing of a or b is read
+            a_shape.back() = 0;
+            b_shape.back() = 0;
+        }
+        need_strided(args, 1, a_shape, a_strides, 4);
+        need_strided(args, 2, b_shape, b_strides, 4);
+        has_bias_ = need_opt(args, 3, checked_mul(n_, 4, what), 4);
+        has_residual_ = need_opt(args, 4, out_bytes, 4);
         if (ep_.residual_in_c && (!has_residual_ || ep_.alpha != 1.0f)) {
             throw PlanError("gemm " + args.name +
                             ": in-place residual needs a residual and alpha 1");
         }
-        batch_count_ = 1;
-        for (int64_t d : batch_shape_) batch_count_ *= d;
+        batch_count_ = checked_numel(batch_shape_, what);
         const bool b_shared = std::all_of(b_batch_.begin(), b_batch_.end(),
                                           [](int64_t s) { return s == 0; });
         if (args.is_const(2) && b_shared && m_ > 0 && n_ > 0 && k_ > 0) {
-            const float* b = reinterpret_cast<const float*>(args.const_ptr(2));
+            const float* b = reinterpret_cast<const float*>(constant(args, 2));
             const MatrixRef ref{b, k_, n_, b_rs_, b_cs_};
             if (m_ <= kGemvMaxRows) {
                 gemv_ = std::make_unique<PackedGemvB>(PackedGemvB::pack(ref));

@@ -23,19 +23,30 @@ namespace graphopt {
 namespace rt {
 namespace {
 
+// An optional f32 operand (weight / bias), or nullptr.
+const float* optional(const ExecContext& ctx, const std::vector<Operand>& ops, size_t i) {
+    return i < ops.size() && ops[i].present ? ctx.get<const float>(ops[i]) : nullptr;
+}
+
 class LayerNormKernel : public Kernel {
    public:
     explicit LayerNormKernel(const KernelArgs& args) {
         IntReader r(args);
-        rows_ = r.next();
-        cols_ = r.next();
+        rows_ = r.dim("rows");
+        cols_ = r.dim("cols");
         eps_ = static_cast<float>(r.real(0));
+        const std::string what = "layer_norm " + args.name;
+        const int64_t bytes = checked_mul(checked_mul(rows_, cols_, what), 4, what);
+        need(args, 0, bytes, 4);
+        need(args, 1, bytes, 4);
+        need_opt(args, 2, checked_mul(cols_, 4, what), 4);
+        need_opt(args, 3, checked_mul(cols_, 4, what), 4);
     }
     void run(const ExecContext& ctx) const override {
         float* out = ctx.get<float>(operands[0]);
         const float* x = ctx.get<const float>(operands[1]);
-        const float* w = ctx.get<const float>(operands[2]);
-        const float* b = ctx.get<const float>(operands[3]);
+        const float* w = optional(ctx, operands, 2);
+        const float* b = optional(ctx, operands, 3);
         const VecOps& vec = vec_ops();
         parallel_for(ctx.threads, rows_, cols_ * 3, [&](int64_t r0, int64_t r1) {
             for (int64_t r = r0; r < r1; ++r) {
@@ -53,17 +64,25 @@ class GroupNormKernel : public Kernel {
    public:
     explicit GroupNormKernel(const KernelArgs& args) {
         IntReader r(args);
-        n_ = r.next();
-        c_ = r.next();
-        inner_ = r.next();
-        groups_ = r.next();
+        n_ = r.dim("N");
+        c_ = r.dim("C");
+        inner_ = r.dim("inner");
+        groups_ = r.positive("groups");
         eps_ = r.real(0);
+        const std::string what = "group_norm " + args.name;
+        if (c_ % groups_ != 0) throw PlanError(what + ": groups must divide the channels");
+        const int64_t bytes =
+            checked_mul(checked_mul(checked_mul(n_, c_, what), inner_, what), 4, what);
+        need(args, 0, bytes, 4);
+        need(args, 1, bytes, 4);
+        need_opt(args, 2, checked_mul(c_, 4, what), 4);
+        need_opt(args, 3, checked_mul(c_, 4, what), 4);
     }
     void run(const ExecContext& ctx) const override {
         float* out = ctx.get<float>(operands[0]);
         const float* x = ctx.get<const float>(operands[1]);
-        const float* w = ctx.get<const float>(operands[2]);
-        const float* b = ctx.get<const float>(operands[3]);
+        const float* w = optional(ctx, operands, 2);
+        const float* b = optional(ctx, operands, 3);
         const VecOps& vec = vec_ops();
         const int64_t cg = c_ / groups_;
         const int64_t size = cg * inner_;
@@ -100,9 +119,16 @@ class ChannelAffineKernel : public Kernel {
    public:
     explicit ChannelAffineKernel(const KernelArgs& args) {
         IntReader r(args);
-        n_ = r.next();
-        c_ = r.next();
-        inner_ = r.next();
+        n_ = r.dim("N");
+        c_ = r.dim("C");
+        inner_ = r.dim("inner");
+        const std::string what = "channel_affine " + args.name;
+        const int64_t bytes =
+            checked_mul(checked_mul(checked_mul(n_, c_, what), inner_, what), 4, what);
+        need(args, 0, bytes, 4);
+        need(args, 1, bytes, 4);
+        need(args, 2, checked_mul(c_, 4, what), 4);
+        need(args, 3, checked_mul(c_, 4, what), 4);
     }
     void run(const ExecContext& ctx) const override {
         float* out = ctx.get<float>(operands[0]);
@@ -126,10 +152,15 @@ class SoftmaxKernel : public Kernel {
    public:
     explicit SoftmaxKernel(const KernelArgs& args) {
         IntReader r(args);
-        outer_ = r.next();
-        axis_ = r.next();
-        inner_ = r.next();
+        outer_ = r.dim("outer");
+        axis_ = r.dim("axis_size");
+        inner_ = r.dim("inner");
         log_ = r.next() != 0;
+        const std::string what = "softmax " + args.name;
+        const int64_t bytes = checked_mul(
+            checked_mul(checked_mul(outer_, axis_, what), inner_, what), 4, what);
+        need(args, 0, bytes, 4);
+        need(args, 1, bytes, 4);
     }
 
     void run(const ExecContext& ctx) const override {

@@ -10,6 +10,16 @@
 // parameters once, at plan build time, and may prepare per-plan data there (pre-packed GEMM
 // weights); `run` then does only the arithmetic.
 //
+// Safety. Plans are built from parameters that come from Python and, through saved artifacts,
+// from files: nothing here trusts them. Every buffer handed over carries its byte size
+// (add_constant, set_arena, run); every kernel factory checks its integer parameters (sizes
+// >= 0, strides and groups > 0, codes in range; products with checked arithmetic) and
+// declares, per operand, the byte span it will touch (Kernel::need*). add_step checks the spans
+// of constants at once and records what the arena, the inputs and the outputs must hold;
+// set_arena and run check those. A plan that passed these checks cannot read or write outside
+// the buffers it was given (given that each (pointer, size) pair is true). Plans lock
+// themselves: concurrent runs of one plan (they share its arena) are serialised.
+//
 // Device: every kernel here runs on the CPU on host pointers. The plan records its device kind so
 // that a CUDA plan (device pointers, a stream in ExecContext, kernels registered for kCuda) can
 // sit behind the same Python interface; none is implemented.
@@ -17,6 +27,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -25,6 +36,25 @@ namespace graphopt {
 namespace rt {
 
 enum class DeviceKind : int32_t { kCpu = 0, kCuda = 1 };
+
+// Raised by factories for parameters they cannot handle (becomes graphopt's NativeError, a
+// ValueError, in Python: see rt_bindings.cpp).
+class PlanError : public std::invalid_argument {
+   public:
+    using std::invalid_argument::invalid_argument;
+};
+
+// Most threads a plan may use (the Python side enforces a tighter, configurable budget).
+constexpr int kMaxPlanThreads = 1024;
+// Most inputs / outputs a plan may index (a bound for bookkeeping vectors).
+constexpr int32_t kMaxPlanBuffers = 1 << 16;
+
+// Checked int64 arithmetic for sizes computed from kernel parameters: an overflow is a
+// PlanError naming `what`, never undefined behaviour.
+int64_t checked_mul(int64_t a, int64_t b, const std::string& what);
+int64_t checked_add(int64_t a, int64_t b, const std::string& what);
+// Product of dims (each >= 0), checked.
+int64_t checked_numel(const std::vector<int64_t>& dims, const std::string& what);
 
 // Where an operand lives. Offsets are in bytes.
 enum class Space : int32_t {
@@ -77,13 +107,23 @@ struct KernelArgs {
     std::vector<int64_t> ints;
     std::vector<double> floats;
     const std::vector<char*>* consts = nullptr;
+    const std::vector<int64_t>* const_sizes = nullptr;  // bytes of each constant
 
     const Operand& operand(size_t i) const;
-    // Pointer to a constant operand at build time (throws if the operand is not a constant).
-    const char* const_ptr(size_t i) const;
+    bool has(size_t i) const { return i < operands.size() && operands[i].present; }
     bool is_const(size_t i) const {
-        return i < operands.size() && operands[i].present && operands[i].space == Space::kConst;
+        return has(i) && operands[i].space == Space::kConst;
     }
+    [[noreturn]] void fail(const std::string& kernel, const std::string& what) const;
+};
+
+// Bytes [lo, hi) relative to an operand's pointer that a kernel may touch, and the alignment
+// (the element size) its address must have.
+struct Span {
+    int64_t lo = 0;
+    int64_t hi = 0;
+    int64_t align = 1;
+    bool declared = false;
 };
 
 class Kernel {
@@ -91,6 +131,24 @@ class Kernel {
     virtual ~Kernel() = default;
     virtual void run(const ExecContext& ctx) const = 0;
     std::vector<Operand> operands;
+    std::vector<Span> spans;  // per operand, declared by the factory (need*), checked by Plan
+
+   protected:
+    // Operand i must be present and spans [0, bytes), at an address aligned to `align` (the
+    // size of the elements the kernel reads through it).
+    void need(const KernelArgs& args, size_t i, int64_t bytes, int64_t align);
+    // Same if operand i is present (an optional operand); returns whether it is.
+    bool need_opt(const KernelArgs& args, size_t i, int64_t bytes, int64_t align);
+    // Operand i is a strided tensor: elements at sum_d idx[d] * strides[d] (elements of `elem`
+    // bytes, idx[d] < shape[d], address aligned to elem); strides may be negative or zero.
+    void need_strided(const KernelArgs& args, size_t i, const std::vector<int64_t>& shape,
+                      const std::vector<int64_t>& strides, int64_t elem);
+    // Build-time pointer to constant operand i; its span must already be declared (so the
+    // bytes read here are known to lie inside the constant).
+    const char* constant(const KernelArgs& args, size_t i) const;
+
+   private:
+    void declare(const KernelArgs& args, size_t i, int64_t lo, int64_t hi, int64_t align);
 };
 
 using KernelFactory = std::unique_ptr<Kernel> (*)(const KernelArgs&);
@@ -118,45 +176,63 @@ std::unique_ptr<Kernel> make_kernel(const KernelArgs& args) {
                                                               __LINE__)(                \
         name, &::graphopt::rt::make_kernel<kernel_class>)
 
-// Raised by factories for parameters they cannot handle (becomes ValueError in Python).
-class PlanError : public std::invalid_argument {
-   public:
-    using std::invalid_argument::invalid_argument;
+// A buffer handed to a plan: its address and how many bytes it holds.
+struct BufferRef {
+    char* data = nullptr;
+    int64_t nbytes = 0;
 };
 
 class Plan {
    public:
     explicit Plan(int threads, DeviceKind device = DeviceKind::kCpu);
 
-    int add_constant(char* data);  // returns its index
-    void set_arena(char* arena) { arena_ = arena; }
+    int add_constant(char* data, int64_t nbytes);  // returns its index
+    void set_arena(char* arena, int64_t nbytes);
     void add_step(const std::string& kernel, KernelArgs args);
 
-    // Runs every step. inputs/outputs are this call's buffer pointers, indexed like the
-    // plan's kInput / kOutput operands.
-    void run(char* const* inputs, char* const* outputs) const;
+    // Runs every step. inputs/outputs are this call's buffers, indexed like the plan's
+    // kInput / kOutput operands; each must hold what the steps touch (else PlanError).
+    void run(const std::vector<BufferRef>& inputs, const std::vector<BufferRef>& outputs) const;
     // Same, returning each step's wall time in seconds (for profiling).
-    std::vector<double> run_profiled(char* const* inputs, char* const* outputs) const;
+    std::vector<double> run_profiled(const std::vector<BufferRef>& inputs,
+                                     const std::vector<BufferRef>& outputs) const;
 
-    size_t num_steps() const { return steps_.size(); }
-    const std::string& step_kernel(size_t i) const { return kernels_[i]; }
-    const std::string& step_name(size_t i) const { return names_[i]; }
+    size_t num_steps() const;
+    std::string step_kernel(int64_t i) const;
+    std::string step_name(int64_t i) const;
     int threads() const { return threads_; }
     DeviceKind device() const { return device_; }
+    // Bytes the steps need from the arena / input i / output i (0 when unused).
+    int64_t arena_bytes_needed() const;
+    std::vector<int64_t> input_bytes_needed() const;
+    std::vector<int64_t> output_bytes_needed() const;
 
    private:
-    ExecContext context(char* const* inputs, char* const* outputs) const;
+    ExecContext checked_context(const std::vector<BufferRef>& inputs,
+                                const std::vector<BufferRef>& outputs,
+                                std::vector<char*>* in_ptrs, std::vector<char*>* out_ptrs) const;
+    void check_index(int64_t i) const;
+    void check_operands(const std::string& kernel, const KernelArgs& args) const;
+    void record_spans(const std::string& kernel, const std::string& name, const Kernel& step);
 
     int threads_;
     DeviceKind device_;
+    mutable std::mutex mutex_;  // add_step / set_arena vs run: runs share the arena
     char* arena_ = nullptr;
+    int64_t arena_size_ = 0;
+    int64_t arena_need_ = 0;
+    int64_t arena_align_ = 1;
+    std::vector<int64_t> input_need_, output_need_;
+    std::vector<int64_t> input_align_, output_align_;  // alignment each address must have
     std::vector<char*> consts_;
+    std::vector<int64_t> const_sizes_;
     std::vector<std::unique_ptr<Kernel>> steps_;
     std::vector<std::string> kernels_;
     std::vector<std::string> names_;
 };
 
 // Reads a kernel's integer parameters in order, with a clear error when they run out.
+// The typed readers check ranges and name the parameter on error.
 class IntReader {
    public:
     IntReader(const KernelArgs& args) : args_(args) {}
@@ -166,10 +242,51 @@ class IntReader {
         }
         return args_.ints[pos_++];
     }
+    // A value in [lo, hi].
+    int64_t in(int64_t lo, int64_t hi, const char* what) {
+        const int64_t v = next();
+        if (v < lo || v > hi) {
+            throw PlanError("kernel for " + args_.name + ": " + what + " = " +
+                            std::to_string(v) + " is outside [" + std::to_string(lo) + ", " +
+                            std::to_string(hi) + "]");
+        }
+        return v;
+    }
+    int64_t dim(const char* what) { return in(0, kMaxDim, what); }        // a size, >= 0
+    int64_t positive(const char* what) { return in(1, kMaxDim, what); }   // stride, group...
+    int64_t signed_param(const char* what) { return in(-kMaxDim, kMaxDim, what); }
+    // A rank: how many values follow per list (at most what is left).
+    int64_t rank(const char* what) {
+        const int64_t left = static_cast<int64_t>(args_.ints.size() - pos_);
+        return in(0, std::min<int64_t>(left, 64), what);
+    }
     std::vector<int64_t> take(int64_t n) {
+        if (n < 0 || n > static_cast<int64_t>(args_.ints.size() - pos_)) {
+            throw PlanError("kernel for " + args_.name + ": too few integer parameters");
+        }
         std::vector<int64_t> out;
         out.reserve(static_cast<size_t>(n));
         for (int64_t i = 0; i < n; ++i) out.push_back(next());
+        return out;
+    }
+    std::vector<int64_t> dims(int64_t n, const char* what) {
+        std::vector<int64_t> out = take(n);
+        for (int64_t d : out) {
+            if (d < 0 || d > kMaxDim) {
+                throw PlanError("kernel for " + args_.name + ": " + what + " has dim " +
+                                std::to_string(d));
+            }
+        }
+        return out;
+    }
+    std::vector<int64_t> strides(int64_t n, const char* what) {
+        std::vector<int64_t> out = take(n);
+        for (int64_t d : out) {
+            if (d < -kMaxDim || d > kMaxDim) {
+                throw PlanError("kernel for " + args_.name + ": " + what + " has stride " +
+                                std::to_string(d));
+            }
+        }
         return out;
     }
     double real(size_t i) const {
@@ -178,6 +295,18 @@ class IntReader {
         }
         return args_.floats[i];
     }
+    // A float parameter that must be finite.
+    double finite(size_t i, const char* what) const {
+        const double v = real(i);
+        if (!(v == v) || v - v != 0.0) {
+            throw PlanError("kernel for " + args_.name + ": " + what + " must be finite");
+        }
+        return v;
+    }
+
+    // No real buffer has 2^48 elements; the bound keeps sums of a few parameters far from
+    // overflow. Products that a kernel computes are checked in its factory (spans, checked_*).
+    static constexpr int64_t kMaxDim = int64_t{1} << 48;
 
    private:
     const KernelArgs& args_;

@@ -26,16 +26,36 @@ namespace graphopt {
 namespace rt {
 namespace {
 
+// Checks that the window arithmetic of one axis, (out - 1) * stride + (k - 1) * dil + pad + in,
+// fits in int64 (the kernels compute positions of that size).
+void window_reach(int64_t out, int64_t stride, int64_t k, int64_t dil, int64_t pad, int64_t in,
+                  const std::string& what) {
+    const int64_t reach = checked_add(checked_mul(std::max<int64_t>(out - 1, 0), stride, what),
+                                      checked_mul(k - 1, dil, what), what);
+    checked_add(checked_add(reach, pad, what), checked_add(in, pad, what), what);
+}
+
 class PoolKernel : public Kernel {
    public:
     explicit PoolKernel(const KernelArgs& args) {
         IntReader r(args);
-        avg_ = r.next() == 1;
-        planes_ = r.next(); h_ = r.next(); w_ = r.next(); ho_ = r.next(); wo_ = r.next();
-        kh_ = r.next(); kw_ = r.next(); sh_ = r.next(); sw_ = r.next();
-        ph_ = r.next(); pw_ = r.next(); dh_ = r.next(); dw_ = r.next();
+        avg_ = r.in(0, 1, "mode") == 1;
+        planes_ = r.dim("planes"); h_ = r.dim("H"); w_ = r.dim("W");
+        ho_ = r.dim("Ho"); wo_ = r.dim("Wo");
+        kh_ = r.positive("kernel_h"); kw_ = r.positive("kernel_w");
+        sh_ = r.positive("stride_h"); sw_ = r.positive("stride_w");
+        ph_ = r.dim("pad_h"); pw_ = r.dim("pad_w");
+        dh_ = r.positive("dilation_h"); dw_ = r.positive("dilation_w");
         count_include_pad_ = r.next() != 0;
-        divisor_ = r.next();
+        divisor_ = r.dim("divisor_override");
+        const std::string what = "pool2d " + args.name;
+        // Window positions: (Ho - 1) * sh + (kh - 1) * dh (and the same across) stay in int64.
+        window_reach(ho_, sh_, kh_, dh_, ph_, h_, what);
+        window_reach(wo_, sw_, kw_, dw_, pw_, w_, what);
+        need(args, 0, checked_mul(checked_mul(planes_, checked_mul(ho_, wo_, what), what), 4,
+                                  what), 4);
+        need(args, 1, checked_mul(checked_mul(planes_, checked_mul(h_, w_, what), what), 4,
+                                  what), 4);
     }
 
     void run(const ExecContext& ctx) const override {
@@ -107,8 +127,16 @@ class AdaptivePoolKernel : public Kernel {
    public:
     explicit AdaptivePoolKernel(const KernelArgs& args) {
         IntReader r(args);
-        avg_ = r.next() == 1;
-        planes_ = r.next(); h_ = r.next(); w_ = r.next(); ho_ = r.next(); wo_ = r.next();
+        avg_ = r.in(0, 1, "mode") == 1;
+        planes_ = r.dim("planes"); h_ = r.dim("H"); w_ = r.dim("W");
+        ho_ = r.dim("Ho"); wo_ = r.dim("Wo");
+        const std::string what = "adaptive_pool2d " + args.name;
+        checked_mul(ho_ + 1, h_, what);  // window bounds (oy + 1) * H
+        checked_mul(wo_ + 1, w_, what);
+        need(args, 0, checked_mul(checked_mul(planes_, checked_mul(ho_, wo_, what), what), 4,
+                                  what), 4);
+        need(args, 1, checked_mul(checked_mul(planes_, checked_mul(h_, w_, what), what), 4,
+                                  what), 4);
     }
 
     void run(const ExecContext& ctx) const override {
@@ -151,11 +179,20 @@ class ResizeKernel : public Kernel {
    public:
     explicit ResizeKernel(const KernelArgs& args) {
         IntReader r(args);
-        mode_ = r.next();
-        planes_ = r.next(); h_ = r.next(); w_ = r.next(); ho_ = r.next(); wo_ = r.next();
+        mode_ = r.in(0, 2, "mode");
+        planes_ = r.dim("planes"); h_ = r.dim("H"); w_ = r.dim("W");
+        ho_ = r.dim("Ho"); wo_ = r.dim("Wo");
         align_corners_ = r.next() != 0;
-        scale_h_ = static_cast<float>(r.real(0));
-        scale_w_ = static_cast<float>(r.real(1));
+        scale_h_ = static_cast<float>(r.finite(0, "scale_h"));
+        scale_w_ = static_cast<float>(r.finite(1, "scale_w"));
+        const std::string what = "resize2d " + args.name;
+        if (planes_ > 0 && ((ho_ > 0 && h_ == 0) || (wo_ > 0 && w_ == 0))) {
+            throw PlanError(what + ": cannot resize an empty input to a non-empty output");
+        }
+        need(args, 0, checked_mul(checked_mul(planes_, checked_mul(ho_, wo_, what), what), 4,
+                                  what), 4);
+        need(args, 1, checked_mul(checked_mul(planes_, checked_mul(h_, w_, what), what), 4,
+                                  what), 4);
         if (mode_ == 1) {
             linear_index(h_, ho_, scale_h_, &y0_, &y1_, &ly_);
             linear_index(w_, wo_, scale_w_, &x0_, &x1_, &lx_);
@@ -196,7 +233,8 @@ class ResizeKernel : public Kernel {
         for (int64_t o = 0; o < outn; ++o) {
             float src = align_corners_ ? scale * static_cast<float>(o)
                                        : scale * (static_cast<float>(o) + 0.5f) - 0.5f;
-            if (src < 0.0f) src = 0.0f;
+            // Clamped before the conversion: a float out of int64's range is UB to convert.
+            src = std::min(std::max(src, 0.0f), static_cast<float>(std::max<int64_t>(in - 1, 0)));
             const int64_t a = std::min<int64_t>(static_cast<int64_t>(src), in - 1);
             i0->push_back(a);
             i1->push_back(a + (a < in - 1 ? 1 : 0));
@@ -207,9 +245,9 @@ class ResizeKernel : public Kernel {
     void nearest_index(int64_t in, int64_t outn, float scale, std::vector<int64_t>* idx) const {
         for (int64_t o = 0; o < outn; ++o) {
             const float offset = mode_ == 2 ? 0.5f : 0.0f;
-            const int64_t src =
-                static_cast<int64_t>(std::floor((static_cast<float>(o) + offset) * scale));
-            idx->push_back(std::min(src, in - 1));
+            float pos = std::floor((static_cast<float>(o) + offset) * scale);
+            pos = std::min(std::max(pos, 0.0f), static_cast<float>(std::max<int64_t>(in - 1, 0)));
+            idx->push_back(std::min(static_cast<int64_t>(pos), in - 1));
         }
     }
 

@@ -17,6 +17,7 @@
 //           groups, Ho, Wo, act
 // Floats:   act_p0, act_p1
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -67,13 +68,18 @@ class QConvKernel : public Kernel {
    public:
     explicit QConvKernel(const KernelArgs& args) : name_(args.name) {
         IntReader r(args);
-        s_ = ConvShape{r.next(), r.next(), r.next(), r.next(), r.next(), r.next(),
-                       r.next(), r.next(), r.next(), r.next(), r.next(), r.next(),
-                       r.next(), r.next(), r.next(), r.next()};
-        act_.act = static_cast<Act>(r.next());
+        const std::string what = "qconv2d " + name_;
+        s_.n = r.dim("N"); s_.c = r.dim("C"); s_.h = r.dim("H"); s_.w = r.dim("W");
+        s_.co = r.dim("Co");
+        s_.kh = r.positive("kernel_h"); s_.kw = r.positive("kernel_w");
+        s_.sh = r.positive("stride_h"); s_.sw = r.positive("stride_w");
+        s_.ph = r.signed_param("pad_h"); s_.pw = r.signed_param("pad_w");
+        s_.dh = r.positive("dilation_h"); s_.dw = r.positive("dilation_w");
+        s_.groups = r.positive("groups"); s_.ho = r.dim("Ho"); s_.wo = r.dim("Wo");
+        act_.act = static_cast<Act>(r.in(0, static_cast<int64_t>(Act::kLeakyRelu), "act"));
         act_.p0 = static_cast<float>(r.real(0));
         act_.p1 = static_cast<float>(r.real(1));
-        auto has = [&](size_t i) { return args.operands.size() > i && args.operands[i].present; };
+        auto has = [&](size_t i) { return args.has(i); };
         if (s_.groups <= 0 || s_.c % s_.groups != 0 || s_.co % s_.groups != 0) {
             throw PlanError("qconv2d " + name_ + ": channels do not split into groups");
         }
@@ -86,9 +92,31 @@ class QConvKernel : public Kernel {
         has_xzp_ = has(7);
         requant_ = has(8);
         has_yzp_ = has(9);
+        if (has_yzp_ && !requant_) throw PlanError(what + ": y_zp without y_scale");
         const int64_t cg = s_.c / s_.groups, cog = s_.co / s_.groups;
-        const int64_t k = cg * s_.kh * s_.kw;
-        const auto* w = reinterpret_cast<const int8_t*>(args.const_ptr(2));
+        const int64_t k = checked_mul(checked_mul(cg, s_.kh, what), s_.kw, what);
+        for (const auto& [out, stride, kk, dil, pad, in] :
+             {std::array<int64_t, 6>{s_.ho, s_.sh, s_.kh, s_.dh, s_.ph, s_.h},
+              std::array<int64_t, 6>{s_.wo, s_.sw, s_.kw, s_.dw, s_.pw, s_.w}}) {
+            const int64_t reach =
+                checked_add(checked_mul(std::max<int64_t>(out - 1, 0), stride, what),
+                            checked_mul(kk - 1, dil, what), what);
+            checked_add(checked_add(reach, pad < 0 ? -pad : pad, what), in + 2, what);
+        }
+        const int64_t p = checked_mul(s_.ho, s_.wo, what);
+        const int64_t hw = checked_mul(s_.h, s_.w, what);
+        need(args, 0, checked_mul(checked_mul(checked_mul(s_.n, s_.co, what), p, what),
+                                  requant_ ? 1 : 4, what), requant_ ? 1 : 4);
+        need(args, 1, checked_mul(checked_mul(s_.n, s_.c, what), hw, what), 1);
+        need(args, 2, checked_mul(s_.co, k, what), 1);
+        need(args, 3, checked_mul(s_.co, 4, what), 4);
+        need_opt(args, 4, checked_mul(s_.co, 4, what), 4);
+        need(args, 6, 4, 4);
+        need_opt(args, 7, 1, 1);
+        need_opt(args, 8, 4, 4);
+        need_opt(args, 9, 1, 1);
+        checked_mul(p, k, what);  // the im2col scratch
+        const auto* w = reinterpret_cast<const int8_t*>(constant(args, 2));
         try {
             for (int64_t g = 0; g < s_.groups; ++g) {
                 weights_.push_back(std::make_unique<PackedQWeight>(PackedQWeight::pack(

@@ -36,19 +36,20 @@ class QLinearKernel : public Kernel {
    public:
     explicit QLinearKernel(const KernelArgs& args) : name_(args.name) {
         IntReader r(args);
-        m_ = r.next();
-        n_ = r.next();
-        k_ = r.next();
-        x_rs_ = r.next();
-        x_cs_ = r.next();
-        const int64_t w_rs = r.next(), w_cs = r.next();
+        const std::string what = "qlinear " + name_;
+        m_ = r.dim("M");
+        n_ = r.dim("N");
+        k_ = r.dim("K");
+        x_rs_ = r.signed_param("x_row_stride");
+        x_cs_ = r.signed_param("x_col_stride");
+        const int64_t w_rs = r.signed_param("w_row_stride"), w_cs = r.signed_param("w_col_stride");
         static_ = r.next() != 0;
-        act_.act = static_cast<Act>(r.next());
+        act_.act = static_cast<Act>(r.in(0, static_cast<int64_t>(Act::kLeakyRelu), "act"));
         residual_in_c_ = r.next() != 0;
         per_row_ = r.next() != 0;
         act_.p0 = static_cast<float>(r.real(0));
         act_.p1 = static_cast<float>(r.real(1));
-        auto has = [&](size_t i) { return args.operands.size() > i && args.operands[i].present; };
+        auto has = [&](size_t i) { return args.has(i); };
         has_bias_ = has(kBias);
         has_residual_ = has(kResidual);
         requant_ = has(kYScale);
@@ -58,16 +59,33 @@ class QLinearKernel : public Kernel {
         if (static_ && !has(kXScale)) {
             throw PlanError("qlinear " + name_ + ": static mode needs x_scale");
         }
+        if (!static_ && (has(kXScale) || has(kXZp))) {
+            throw PlanError("qlinear " + name_ + ": dynamic mode takes no x_scale / x_zp");
+        }
         if (requant_ && (has_residual_ || residual_in_c_)) {
             throw PlanError("qlinear " + name_ + ": a requantized (u8) output takes no residual");
         }
         if (residual_in_c_ && !has_residual_) {
             throw PlanError("qlinear " + name_ + ": in-place residual needs a residual");
         }
+        if (has(kYZp) && !requant_) throw PlanError(what + ": y_zp without y_scale");
         if (!args.is_const(kW)) {
             throw PlanError("qlinear " + name_ + ": the int8 weight must be a plan constant");
         }
-        const auto* w = reinterpret_cast<const int8_t*>(args.const_ptr(kW));
+        const int64_t mn = checked_mul(m_, n_, what);
+        need(args, kOut, checked_mul(mn, requant_ ? 1 : 4, what), requant_ ? 1 : 4);
+        need_strided(args, kX, {m_, k_}, {x_rs_, x_cs_}, static_ ? 1 : 4);
+        need_strided(args, kW, {n_, k_}, {w_rs, w_cs}, 1);
+        need(args, kWScale, checked_mul(n_, 4, what), 4);
+        need_opt(args, kBias, checked_mul(n_, 4, what), 4);
+        need_opt(args, kResidual, checked_mul(mn, 4, what), 4);
+        need_opt(args, kXScale, 4, 4);
+        need_opt(args, kXZp, 1, 1);
+        need_opt(args, kYScale, 4, 4);
+        need_opt(args, kYZp, 1, 1);
+        // The dynamic path quantizes x into an [M, K] u8 scratch.
+        checked_mul(m_, k_, what);
+        const auto* w = reinterpret_cast<const int8_t*>(constant(args, kW));
         try {
             weight_ = std::make_unique<PackedQWeight>(
                 PackedQWeight::pack(w, n_, k_, w_rs, w_cs, qgemm_kernels().format));
@@ -90,7 +108,7 @@ class QLinearKernel : public Kernel {
             g.c_u8 = ctx.get<uint8_t>(operands[kOut]);
             g.y_scale = *ctx.get<const float>(operands[kYScale]);
             g.y_zp = operands.size() > kYZp && operands[kYZp].present
-                         ? *ctx.get<const uint8_t>(operands[kYZp]) : 0;
+                         ? *ctx.get<const uint8_t>(operands[kYZp]) : 0;  // (span checked)
         } else {
             g.c = ctx.get<float>(operands[kOut]);
         }

@@ -29,11 +29,36 @@ struct QuantParams {
 
     explicit QuantParams(const KernelArgs& args) {
         IntReader r(args);
-        count = r.next();
+        count = r.dim("count");
         dtype = dtype_from(r.next());
-        inner = std::max<int64_t>(r.next(), 1);
-        channels = std::max<int64_t>(r.next(), 1);
+        inner = std::max<int64_t>(r.dim("inner"), 1);
+        channels = std::max<int64_t>(r.dim("channels"), 1);
     }
+
+    int64_t used_channels() const {
+        // Element i reads channel (i / inner) % channels: all of them once count >= channels
+        // * inner, else only the first ceil(count / inner).
+        return count == 0 ? 0 : std::min(channels, (count - 1) / inner + 1);
+    }
+};
+
+// The operand spans shared by both kernels: out [count] of `out_elem` bytes, x [count] of
+// `x_elem`, scale f32 [channels], zero point [channels] of `zp_elem` (optional); channels beyond
+// the data are never read, so they need not exist.
+class QuantKernelBase : public Kernel {
+   protected:
+    void declare(const KernelArgs& args, const QuantParams& p, int64_t out_elem, int64_t x_elem,
+                 int64_t zp_elem) {
+        const std::string what = "step " + args.name;
+        need(args, 0, checked_mul(p.count, out_elem, what), out_elem);
+        need(args, 1, checked_mul(p.count, x_elem, what), x_elem);
+        need(args, 2, checked_mul(p.used_channels(), 4, what), 4);
+        has_zp_ = need_opt(args, 3, checked_mul(p.used_channels(), zp_elem, what), zp_elem);
+    }
+    const void* zero_points(const ExecContext& ctx) const {
+        return has_zp_ ? ctx.ptr(operands[3]) : nullptr;
+    }
+    bool has_zp_ = false;
 };
 
 // Elements [begin, end) split at channel boundaries: f(begin, end, channel).
@@ -52,17 +77,18 @@ float zero_point_at(const void* zp, int64_t c) {
     return zp == nullptr ? 0.0f : static_cast<float>(static_cast<const T*>(zp)[c]);
 }
 
-class QuantizeKernel : public Kernel {
+class QuantizeKernel : public QuantKernelBase {
    public:
     explicit QuantizeKernel(const KernelArgs& args) : p_(args) {
         if (p_.dtype != DType::kU8 && p_.dtype != DType::kI8) {
             throw PlanError("quantize_linear for " + args.name + ": the result must be u8 or i8");
         }
+        declare(args, p_, 1, 4, 1);
     }
     void run(const ExecContext& ctx) const override {
         const float* x = ctx.get<const float>(operands[1]);
         const float* scale = ctx.get<const float>(operands[2]);
-        const void* zp = ctx.ptr(operands[3]);
+        const void* zp = zero_points(ctx);
         if (p_.dtype == DType::kU8) {
             quantize<uint8_t>(ctx, x, scale, zp, 0.0f, 255.0f);
         } else {
@@ -90,13 +116,15 @@ class QuantizeKernel : public Kernel {
     QuantParams p_;
 };
 
-class DequantizeKernel : public Kernel {
+class DequantizeKernel : public QuantKernelBase {
    public:
     explicit DequantizeKernel(const KernelArgs& args) : p_(args) {
         if (p_.dtype != DType::kU8 && p_.dtype != DType::kI8 && p_.dtype != DType::kI32) {
             throw PlanError("dequantize_linear for " + args.name +
                             ": the input must be u8, i8 or i32");
         }
+        const int64_t elem = dtype_size(p_.dtype);
+        declare(args, p_, 4, elem, elem);
     }
     void run(const ExecContext& ctx) const override {
         dispatch_dtype(p_.dtype, [&](auto tag) {
@@ -114,7 +142,7 @@ class DequantizeKernel : public Kernel {
         float* out = ctx.get<float>(operands[0]);
         const T* q = ctx.get<const T>(operands[1]);
         const float* scale = ctx.get<const float>(operands[2]);
-        const void* zp = ctx.ptr(operands[3]);
+        const void* zp = zero_points(ctx);
         parallel_for(ctx.threads, p_.count, 8, [&](int64_t begin, int64_t end) {
             for_channel_runs(p_, begin, end, [&](int64_t b, int64_t e, int64_t c) {
                 const float s = scale[c];

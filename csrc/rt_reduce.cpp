@@ -37,16 +37,45 @@ bool is_nan(T v) {
 template <typename T>
 using Acc = std::conditional_t<std::is_floating_point_v<T>, double, int64_t>;
 
+// Integer sums and products wrap around (as torch's do) instead of overflowing into UB.
+inline double add(double a, double b) { return a + b; }
+inline double mul(double a, double b) { return a * b; }
+inline int64_t add(int64_t a, int64_t b) {
+    return static_cast<int64_t>(static_cast<uint64_t>(a) + static_cast<uint64_t>(b));
+}
+inline int64_t mul(int64_t a, int64_t b) {
+    return static_cast<int64_t>(static_cast<uint64_t>(a) * static_cast<uint64_t>(b));
+}
+
 class ReduceKernel : public Kernel {
    public:
     explicit ReduceKernel(const KernelArgs& args) {
         IntReader r(args);
-        op_ = static_cast<ReduceOp>(r.next());
+        op_ = static_cast<ReduceOp>(r.in(0, static_cast<int64_t>(ReduceOp::kArgmin), "op"));
         dtype_ = dtype_from(r.next());
-        outer_ = r.next();
-        r_ = r.next();
-        inner_ = r.next();
+        outer_ = r.dim("outer");
+        r_ = r.dim("R");
+        inner_ = r.dim("inner");
         correction_ = args.floats.empty() ? 0.0 : args.floats[0];
+        const std::string what = "reduce " + args.name;
+        const bool is_float = dtype_ == DType::kF32 || dtype_ == DType::kF64;
+        const bool float_only = op_ == ReduceOp::kVar || op_ == ReduceOp::kStd ||
+                                op_ == ReduceOp::kLogsumexp;
+        if (float_only && !is_float) throw PlanError(what + ": var / std / logsumexp need floats");
+        const int64_t count = checked_mul(outer_, inner_, what);
+        // Extrema (and an integer mean) of nothing are undefined: torch raises too.
+        const bool needs_items = op_ == ReduceOp::kAmax || op_ == ReduceOp::kAmin ||
+                                 op_ == ReduceOp::kArgmax || op_ == ReduceOp::kArgmin ||
+                                 (op_ == ReduceOp::kMean && !is_float);
+        if (needs_items && r_ == 0 && count > 0) {
+            throw PlanError(what + ": cannot reduce an empty dimension with this op");
+        }
+        const int64_t out_elem = op_ == ReduceOp::kAll || op_ == ReduceOp::kAny ? 1
+                                 : op_ == ReduceOp::kArgmax || op_ == ReduceOp::kArgmin
+                                     ? 8 : dtype_size(dtype_);
+        need(args, 0, checked_mul(count, out_elem, what), out_elem);
+        need(args, 1, checked_mul(checked_mul(count, r_, what), dtype_size(dtype_), what),
+             dtype_size(dtype_));
     }
 
     void run(const ExecContext& ctx) const override {
@@ -84,7 +113,7 @@ class ReduceKernel : public Kernel {
                 }
                 std::fill(acc.begin(), acc.end(), Acc<T>(0));
                 for (int64_t r = 0; r < R; ++r) {
-                    for (int64_t i = 0; i < I; ++i) acc[i] += x[r * I + i];
+                    for (int64_t i = 0; i < I; ++i) acc[i] = add(acc[i], Acc<T>(x[r * I + i]));
                 }
                 for (int64_t i = 0; i < I; ++i) {
                     y[i] = static_cast<T>(op_ == ReduceOp::kMean ? acc[i] / Acc<T>(R) : acc[i]);
@@ -94,7 +123,7 @@ class ReduceKernel : public Kernel {
             case ReduceOp::kProd: {
                 std::fill(acc.begin(), acc.end(), Acc<T>(1));
                 for (int64_t r = 0; r < R; ++r) {
-                    for (int64_t i = 0; i < I; ++i) acc[i] *= x[r * I + i];
+                    for (int64_t i = 0; i < I; ++i) acc[i] = mul(acc[i], Acc<T>(x[r * I + i]));
                 }
                 for (int64_t i = 0; i < I; ++i) y[i] = static_cast<T>(acc[i]);
                 return;

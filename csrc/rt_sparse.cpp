@@ -89,12 +89,15 @@ class SparseLinearKernel : public Kernel {
         n_ = r.next();
         k_ = r.next();
         const int64_t nnz = r.next();
-        x_rs_ = r.next();
-        ep_.act.act = static_cast<Act>(r.next());
+        x_rs_ = r.signed_param("x_row_stride");
+        ep_.act.act = static_cast<Act>(r.in(0, static_cast<int64_t>(Act::kLeakyRelu), "act"));
         ep_.residual_in_c = r.next() != 0;
         ep_.act.p0 = static_cast<float>(r.real(0));
         ep_.act.p1 = static_cast<float>(r.real(1));
         if (m_ < 0 || n_ < 0 || k_ < 0 || nnz < 0) fail("negative size");
+        if (n_ > INT32_MAX - 1 || nnz > INT32_MAX || k_ > INT32_MAX) {
+            fail("N, K and nnz must fit the int32 CSR arrays");
+        }
         has_bias_ = args.operands.size() > 5 && args.operands[5].present;
         has_residual_ = args.operands.size() > 6 && args.operands[6].present;
         if (ep_.residual_in_c && !has_residual_) fail("in-place residual without a residual");
@@ -102,10 +105,27 @@ class SparseLinearKernel : public Kernel {
             (args.operands.size() <= 7 || !args.operands[7].present)) {
             fail("M > " + std::to_string(kSparseRowPathMaxRows) + " needs the xt scratch");
         }
-        const auto* indptr = reinterpret_cast<const int32_t*>(args.const_ptr(2));
-        const auto* indices = reinterpret_cast<const int32_t*>(args.const_ptr(3));
-        const auto* values = reinterpret_cast<const float*>(args.const_ptr(4));
+        const std::string what = "sparse_linear " + name_;
+        const int64_t mn = checked_mul(m_, n_, what);
+        need(args, 0, checked_mul(mn, 4, what), 4);
+        need_strided(args, 1, {m_, k_}, {x_rs_, 1}, 4);
+        need(args, 2, checked_mul(n_ + 1, 4, what), 4);
+        need(args, 3, checked_mul(nnz, 4, what), 4);
+        need(args, 4, checked_mul(nnz, 4, what), 4);
+        need_opt(args, 5, checked_mul(n_, 4, what), 4);
+        need_opt(args, 6, checked_mul(mn, 4, what), 4);
+        const int64_t tiles = (m_ + sparse::kTile - 1) / sparse::kTile;
+        need_opt(args, 7, checked_mul(checked_mul(checked_mul(tiles, k_, what), sparse::kTile,
+                                                  what), 4, what), 4);
+        const auto* indptr = reinterpret_cast<const int32_t*>(constant(args, 2));
+        const auto* indices = reinterpret_cast<const int32_t*>(constant(args, 3));
+        const auto* values = reinterpret_cast<const float*>(constant(args, 4));
         if (indptr[0] != 0 || indptr[n_] != nnz) fail("indptr must run from 0 to nnz");
+        for (int64_t row = 0; row < n_; ++row) {  // all of it before any row is read
+            if (indptr[row + 1] < indptr[row]) {
+                fail("indptr decreases at row " + std::to_string(row));
+            }
+        }
         indptr_.assign(indptr, indptr + n_ + 1);
         indices_.resize(static_cast<size_t>(nnz));
         values_.resize(static_cast<size_t>(nnz));

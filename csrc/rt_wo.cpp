@@ -94,13 +94,13 @@ class LinearWoKernel : public Kernel {
    public:
     explicit LinearWoKernel(const KernelArgs& args) {
         IntReader r(args);
-        m_ = r.next();
-        n_ = r.next();
-        k_ = r.next();
-        x_rs_ = r.next();
+        m_ = r.dim("M");
+        n_ = r.dim("N");
+        k_ = r.dim("K");
+        x_rs_ = r.signed_param("x_row_stride");
         bits_ = r.next();
-        block_ = r.next();
-        ep_.act.act = static_cast<Act>(r.next());
+        block_ = r.in(1, IntReader::kMaxDim, "block_size");
+        ep_.act.act = static_cast<Act>(r.in(0, static_cast<int64_t>(Act::kLeakyRelu), "act"));
         ep_.residual_in_c = r.next() != 0;
         ep_.act.p0 = static_cast<float>(r.real(0));
         ep_.act.p1 = static_cast<float>(r.real(1));
@@ -112,8 +112,18 @@ class LinearWoKernel : public Kernel {
             throw PlanError("linear_wo " + args.name + ": bad block_size " +
                             std::to_string(block_));
         }
-        has_bias_ = args.operands.size() > 4 && args.operands[4].present;
-        has_residual_ = args.operands.size() > 5 && args.operands[5].present;
+        const std::string what = "linear_wo " + args.name;
+        // out [M, N]; x [M, K] (unit column stride); codes [N, n_blocks * block * bits / 8];
+        // scales [N, n_blocks]; bias [N]; residual [M, N].
+        const int64_t mn = checked_mul(m_, n_, what);
+        const int64_t n_blocks = (std::max<int64_t>(k_, 1) + block_ - 1) / block_;
+        const int64_t row_bytes = checked_mul(checked_mul(n_blocks, block_, what), bits_, what) / 8;
+        need(args, 0, checked_mul(mn, 4, what), 4);
+        need_strided(args, 1, {m_, k_}, {x_rs_, 1}, 4);
+        need(args, 2, checked_mul(n_, row_bytes, what), 1);
+        need(args, 3, checked_mul(checked_mul(n_, n_blocks, what), 4, what), 4);
+        has_bias_ = need_opt(args, 4, checked_mul(n_, 4, what), 4);
+        has_residual_ = need_opt(args, 5, checked_mul(mn, 4, what), 4);
         if (ep_.residual_in_c && !has_residual_) {
             throw PlanError("linear_wo " + args.name + ": in-place residual needs a residual");
         }

@@ -247,6 +247,10 @@ py::array_t<float> sparse_linear_py(const py::object& x_obj, const py::object& i
                                   "]");
         }
     }
+    if (threads < 0 || threads > 1024) {
+        throw py::value_error("sparse_linear: threads must be in [0, 1024], got " +
+                              std::to_string(threads));
+    }
     Activation act;
     if (!parse_activation(activation, &act)) {
         throw py::value_error("sparse_linear: unknown activation '" + activation +

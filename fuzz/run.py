@@ -31,7 +31,7 @@ import traceback
 
 FUZZ_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(FUZZ_DIR)
-TARGETS = ("parser", "onnx", "artifact")
+TARGETS = ("parser", "onnx", "artifact", "bundle")
 
 
 def load_harness(target: str, instrument: bool = False):
@@ -76,11 +76,14 @@ class Mutator:
     """libFuzzer-style byte mutations (flip, erase, insert, duplicate, splice, interesting
     tokens, integer edits), deterministic for a seed so a CI finding reproduces exactly."""
 
-    def __init__(self, corpus: list[bytes], seed: int):
+    def __init__(self, corpus: list[bytes], seed: int, structured=None):
         self.corpus = [c for c in corpus if c] or [b""]
         self.rng = random.Random(seed)
+        self.structured = structured  # a harness's own mutate(data, rng), e.g. protobuf fields
 
     def next(self) -> bytes:
+        if self.structured is not None and self.rng.random() < 0.75:
+            return self.structured(self.rng.choice(self.corpus), self.rng)
         data = bytearray(self.rng.choice(self.corpus))
         for _ in range(1 + int(self.rng.expovariate(1.0))):
             data = self._mutate(data)
@@ -116,7 +119,7 @@ class Mutator:
 def run_loop(harness, target: str, corpus: list[bytes], runs: int | None, seconds: float | None,
              seed: int, hang_s: float, progress: bool = True) -> dict:
     """Run mutated inputs through the harness; returns counts and the findings."""
-    mutator = Mutator(corpus, seed)
+    mutator = Mutator(corpus, seed, getattr(harness, "mutate", None))
     findings, slow, executed = [], [], 0
     start = time.perf_counter()
     inputs = iter(corpus)
@@ -184,7 +187,17 @@ def run_atheris(target: str, runs: int | None, seconds: float | None, seed: int,
         argv.append(f"-runs={runs}")
     if seconds is not None:
         argv.append(f"-max_total_time={int(seconds)}")
-    atheris.Setup(argv, harness.test_one_input)
+    structured = getattr(harness, "mutate", None)
+    if structured is not None:  # structure-aware mutations (a protobuf that still decodes)
+        def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
+            rng = random.Random(seed)
+            if rng.random() < 0.25:
+                return atheris.Mutate(data, max_size)
+            return structured(data, rng)[:max_size]
+
+        atheris.Setup(argv, harness.test_one_input, custom_mutator=custom_mutator)
+    else:
+        atheris.Setup(argv, harness.test_one_input)
     atheris.Fuzz()
 
 
@@ -196,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="> 0 (libFuzzer reads 0 as random)")
     parser.add_argument("--hang-s", type=float, default=10.0,
                         help="an input slower than this is a finding")
-    parser.add_argument("--max-len", type=int, default=1 << 16, help="atheris: longest input")
+    parser.add_argument("--max-len", type=int, default=1 << 18, help="atheris: longest input")
     parser.add_argument("--no-atheris", action="store_true", help="plain mutation loop")
     parser.add_argument("--write-seeds", action="store_true",
                         help="regenerate fuzz/corpus/<target>/ from the harness and exit")

@@ -9,7 +9,8 @@ Spec syntax::
     path/to/model.onnx[?sym=N...]         an ONNX model; ?sym=N sets a symbolic input dim
                                           (dims not given are 1); inputs are random
     path/to/program.pt2                   a torch.export.save'd ExportedProgram (its stored
-                                          example inputs are used)
+                                          example inputs are used); loading one unpickles it,
+                                          so only with ``trust_pickle=True`` (CLI --trust-pt2)
 
 Option values are parsed as ``true``/``false``, ints, floats, comma lists (tuples) or else
 strings. A factory returns ``(model, args)`` or ``(model, args, kwargs)``; a single tensor for
@@ -115,12 +116,18 @@ def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return base.strip(), options
 
 
-def load_model(spec: str) -> LoadedModel:
+def load_model(spec: str, *, trust_pickle: bool = False) -> LoadedModel:
     """Resolve ``spec`` (see the module docstring).
+
+    Args:
+        spec: the MODEL spec.
+        trust_pickle: allow a ``.pt2`` file. ``torch.export.load`` unpickles parts of it,
+            which runs any code the file names: pass True only for files you trust.
 
     Raises:
         ModelSpecError: the spec is malformed, the file is missing or corrupt, the factory
             cannot be imported or returns something else than ``(model, inputs)``.
+        UnsafeInputError: a ``.pt2`` file without ``trust_pickle``.
     """
     if not spec or not spec.strip():
         raise ModelSpecError(f"empty MODEL; expected {SPEC_HELP}")
@@ -133,7 +140,7 @@ def load_model(spec: str) -> LoadedModel:
     if lower.endswith(".pt2"):
         if options:
             raise ModelSpecError(f"a .pt2 MODEL takes no ?options (got {', '.join(options)})")
-        return _load_pt2(spec, base)
+        return _load_pt2(spec, base, trust_pickle)
     if _FACTORY.match(base):
         return _load_factory(spec, base, options)
     if os.path.exists(base):
@@ -230,7 +237,13 @@ def _check_file(path: str) -> None:
 
 
 def _load_onnx(spec: str, path: str, options: dict[str, Any]) -> LoadedModel:
+    """An ONNX file: imported by ``from_onnx`` (which validates it as untrusted input) with
+    random inputs; ``?name=N`` options size the symbolic input dims."""
     _check_file(path)
+    for key, value in options.items():  # ?sym=N: the size of a symbolic input dim
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ModelSpecError(f"{path}: option {key}={value!r} must be a non-negative "
+                                 f"integer (the size of the symbolic input dim '{key}')")
     import onnx
 
     try:  # a quick parse for a clear message; the importer reads external data safely itself
@@ -240,6 +253,7 @@ def _load_onnx(spec: str, path: str, options: dict[str, Any]) -> LoadedModel:
                              f"{_first_line(exc) or 'cannot parse the protobuf'}") from exc
     if not proto.graph.node and not proto.graph.output:
         raise ModelSpecError(f"{path} is not a valid ONNX model: it has no graph")
+    del proto
     try:
         importer = importlib.import_module("graphopt.onnx.importer")
     except ModuleNotFoundError as exc:
@@ -257,11 +271,23 @@ def _load_onnx(spec: str, path: str, options: dict[str, Any]) -> LoadedModel:
 def random_inputs(graph: Graph, sizes: dict[str, Any] | None = None, seed: int = 0) -> tuple:
     """Random inputs matching ``graph.inputs``; size symbols take ``sizes[name]`` or 1.
 
-    Floats are standard normal, integers uniform in [0, 10), booleans fair coins.
+    Floats are standard normal, integers uniform in [0, 10), booleans fair coins. Each input's
+    size is checked against the memory budget (:mod:`graphopt.limits`) before it is allocated:
+    a model can declare a ``float32[100000, 100000]`` input.
+
+    Raises:
+        ModelSpecError: a size that is not a non-negative integer, or a dim that does not
+            evaluate to one.
+        ResourceLimitError: an input over the memory budget.
     """
     import sympy
 
+    from graphopt.limits import check_shape
+
     sizes = dict(sizes or {})
+    for key, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ModelSpecError(f"size {key}={value!r} must be a non-negative integer")
     gen = torch.Generator().manual_seed(seed)
     out = []
     for value in graph.inputs:
@@ -270,9 +296,15 @@ def random_inputs(graph: Graph, sizes: dict[str, Any] | None = None, seed: int =
             if isinstance(dim, int):
                 shape.append(dim)
                 continue
-            subs = {s: int(sizes.get(str(s), 1)) for s in dim.free_symbols}
-            shape.append(int(sympy.sympify(dim).subs(subs)))
+            if not isinstance(dim, sympy.Expr):  # never parse text here
+                raise ModelSpecError(f"input '{value.name}' has a dim {dim!r} that is not a size")
+            concrete = dim.subs({s: int(sizes.get(str(s), 1)) for s in dim.free_symbols})
+            if not concrete.is_Integer or int(concrete) < 0:
+                raise ModelSpecError(f"input '{value.name}': dim {dim} is {concrete} for the "
+                                     f"sizes given; pass non-negative ?name=N sizes")
+            shape.append(int(concrete))
         dtype = value.dtype.torch
+        check_shape(shape, value.dtype.itemsize, f"random input '{value.name}' {shape}")
         if dtype.is_floating_point:
             out.append(torch.randn(shape, generator=gen).to(dtype))
         elif dtype == torch.bool:
@@ -282,10 +314,37 @@ def random_inputs(graph: Graph, sizes: dict[str, Any] | None = None, seed: int =
     return tuple(out)
 
 
-def _load_pt2(spec: str, path: str) -> LoadedModel:
-    _check_file(path)
-    import warnings
+class PickleLoadWarning(UserWarning):
+    """A file is being loaded with pickle because the caller said it trusts it."""
 
+
+def _load_pt2(spec: str, path: str, trust_pickle: bool) -> LoadedModel:
+    """A torch.export archive, only if the caller trusts it.
+
+    ``torch.export.load`` can run code from the file (torch 2.13,
+    ``torch/export/pt2_archive/_package.py`` and ``torch/_export/serde/serialize.py``): weights
+    and constants flagged ``use_pickle`` are read with ``torch.load(weights_only=False)``,
+    "opaque" constants with ``pickle.loads``, torchbind objects with
+    ``torch._C._pickle_load_obj``, and the example inputs with ``torch.load(weights_only=True)``
+    that *falls back to* ``weights_only=False`` when the safe load fails. The archive's own
+    flags choose these paths, so a crafted .pt2 executes its payload. Hence the opt-in; the
+    safe routes for untrusted models are ONNX files and graphopt's own formats.
+    """
+    import warnings
+    import zipfile
+
+    from graphopt.errors import UnsafeInputError
+
+    _check_file(path)
+    if not zipfile.is_zipfile(path):
+        raise ModelSpecError(f"{path} is not a torch.export archive (.pt2): not a zip file")
+    if not trust_pickle:
+        raise UnsafeInputError(
+            f"refusing to load {path}: torch.export.load unpickles .pt2 files, which runs any "
+            "code the file contains. If you trust its source, pass --trust-pt2 (CLI) or "
+            "load_model(spec, trust_pickle=True); otherwise ask for an ONNX export")
+    warnings.warn(f"loading {path} with pickle (trust_pickle=True): it can run code",
+                  PickleLoadWarning, stacklevel=3)
     from graphopt.frontend import import_exported_program
 
     try:
@@ -312,5 +371,5 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-__all__ = ["LoadedModel", "ModelSpecError", "SPEC_HELP", "load_model", "parse_value",
-           "random_inputs", "split_spec"]
+__all__ = ["LoadedModel", "ModelSpecError", "PickleLoadWarning", "SPEC_HELP", "load_model",
+           "parse_value", "random_inputs", "split_spec"]

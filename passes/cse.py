@@ -39,9 +39,10 @@ def _digest(data: np.ndarray) -> bytes:
     entry = _DIGESTS.get(id(data))
     if entry is not None and entry[0]() is data:
         return entry[1]
-    digest = hashlib.blake2b(
-        memoryview(np.ascontiguousarray(data)).cast("B"), digest_size=16
-    ).digest()
+    contiguous = np.ascontiguousarray(data)
+    # memoryview.cast refuses shapes with a zero; an empty array's bytes are empty anyway
+    raw = memoryview(contiguous).cast("B") if contiguous.size else b""
+    digest = hashlib.blake2b(raw, digest_size=16).digest()
     if len(_DIGESTS) > 100_000:
         _DIGESTS.clear()
     _DIGESTS[id(data)] = (weakref.ref(data), digest)

@@ -16,7 +16,14 @@ import pytest
 import torch
 
 from graphopt.cli import main
-from graphopt.model_loader import ModelSpecError, load_model, parse_value, split_spec
+from graphopt.errors import UnsafeInputError
+from graphopt.model_loader import (
+    ModelSpecError,
+    PickleLoadWarning,
+    load_model,
+    parse_value,
+    split_spec,
+)
 
 MLP = "zoo:mlp?width=16&depth=2"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,11 +141,13 @@ def test_optimize_to_onnx(capsys, tmp_path):
 
 
 def test_optimize_to_torch(capsys, tmp_path, factory_file):
-    out_path = tmp_path / "m.pt"
-    code, _, _ = run_cli(capsys, "optimize", f"{factory_file}:make?width=8", "-o", str(out_path),
-                         "-q")
-    assert code == 0
-    module = torch.load(str(out_path), weights_only=False)
+    from graphopt.backends.torch_module import load_module
+
+    out_path = tmp_path / "m.graphopt"
+    code, _, err = run_cli(capsys, "optimize", f"{factory_file}:make?width=8", "-o",
+                           str(out_path), "-q")
+    assert code == 0 and "load_module" in err and "weights_only" not in err
+    module = load_module(out_path)  # a pickle-free bundle
     loaded = load_model(f"{factory_file}:make?width=8")
     with torch.no_grad():
         torch.testing.assert_close(module(*loaded.args), loaded.module(*loaded.args))
@@ -181,10 +190,10 @@ def test_bench_writes_json_markdown_plot(capsys, tmp_path):
 
 
 def test_bench_pt2_and_backend_option(capsys, pt2_file):
-    code, out, _ = run_cli(capsys, "bench", pt2_file, "--backends", "eager,graphopt-torch",
-                           "--rounds", "2", "--warmup", "0", "--no-progress",
-                           "--backend-option", "eager.unused=1")
-    assert code == 0 and "tiny" in out
+    code, out, err = run_cli(capsys, "bench", pt2_file, "--backends", "eager,graphopt-torch",
+                             "--rounds", "2", "--warmup", "0", "--no-progress",
+                             "--backend-option", "eager.unused=1", "--trust-pt2")
+    assert code == 0 and "tiny" in out and "--trust-pt2" in err
 
 
 def test_bench_bad_backend_option(capsys):
@@ -212,6 +221,7 @@ def test_bad_inputs_give_one_line(capsys, tmp_path, factory_file):
     cases = [
         (["show", str(tmp_path / "missing.onnx")], "no such file"),
         (["bench", str(tmp_path / "missing.pt2")], "no such file"),
+        (["optimize", MLP, "-o", str(tmp_path / "m.pt")], ".graphopt"),
         (["show", str(corrupt)], "not a valid ONNX model"),
         (["show", MLP, "--pipeline", "canonicalize,no-such-pass"], "unknown pass"),
         (["optimize", MLP, "-o", str(tmp_path / "x.onnx"), "--pipeline", "fixpoint("], ""),
@@ -266,7 +276,10 @@ def test_load_zoo_factory_and_pt2(factory_file, pt2_file):
     assert factory.kind == "factory" and factory.args[0].shape == (2, 4)
     module_factory = load_model("graphopt.zoo:mlp?width=8&depth=1")
     assert module_factory.module is not None and module_factory.args[0].shape == (1, 8)
-    program = load_model(pt2_file)
+    with pytest.raises(UnsafeInputError, match="--trust-pt2"):
+        load_model(pt2_file)
+    with pytest.warns(PickleLoadWarning):
+        program = load_model(pt2_file, trust_pickle=True)
     assert program.kind == "pt2" and program.has_graph and program.args[0].shape == (3, 8)
     with torch.no_grad():
         torch.testing.assert_close(program.module(*program.args).shape, torch.Size([3, 4]))

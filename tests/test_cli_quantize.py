@@ -57,11 +57,13 @@ def test_other_modes(capsys, tmp_path, mode, extra):
 
 
 def test_static_to_torch_module(capsys, tmp_path, cnn_file, calib_file):
-    out = tmp_path / "q.pt"
+    from graphopt.backends.torch_module import load_module
+
+    out = tmp_path / "q.graphopt"
     code, _, _ = run_cli(capsys, "quantize", cnn_file, "-o", str(out), "--mode", "static",
                          "--calibration", calib_file, "-q")
     assert code == 0
-    module = torch.load(str(out), weights_only=False)
+    module = load_module(out)  # a pickle-free bundle
     assert module(torch.randn(1, 3, 8, 8)).shape == (1, 10)
 
 
@@ -92,7 +94,10 @@ def test_bad_inputs_are_one_line(capsys, tmp_path, cnn_file, calib_file):
         assert code == 2, (flags, err)
         assert_one_line_error(code, err, message)
     code, _, err = run_cli(capsys, "quantize", cnn_file, "-o", str(tmp_path / "q.txt"))
-    assert_one_line_error(code, err, "name it .onnx or .pt")
+    assert_one_line_error(code, err, "name it .onnx or .graphopt")
+    code, _, err = run_cli(capsys, "quantize", cnn_file, "-o", str(tmp_path / "q.pt"))
+    assert code == 2
+    assert_one_line_error(code, err, "pickle-free .graphopt", "q.graphopt")
 
 
 def test_debug_shows_the_traceback(capsys, tmp_path, cnn_file, calib_file):

@@ -194,7 +194,7 @@ def _plan_with_csr(indptr, indices, n=2, k=4, m=1):
               np.ones(len(indices), np.float32)]
     plan = _C.NativePlan(1)
     for a in arrays:
-        plan.add_constant(a.ctypes.data)
+        plan.add_constant(a.ctypes.data, a.nbytes)
     operands = [(0, 0, 0), (0, 0, 0), (1, 0, 0), (1, 1, 0), (1, 2, 0), None, None, None]
     plan.add_step("sparse_linear", "%my_linear", operands,
                   [m, n, k, len(indices), k, 0, 0], [0.0, 0.0])

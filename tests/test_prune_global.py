@@ -111,7 +111,7 @@ def test_pass_api_and_cli_agree(traced_bert_small, tmp_path, capsys):
     via_pass = graphopt.optimize(graph, "prune-channels{flops=0.3,scope=global}")
     assert str(via_pass) == str(graphopt.prune(graph, flops=0.3, scope="global"))
     assert str(via_pass) != str(graphopt.prune(graph, flops=0.3))
-    out = tmp_path / "mlp.pt"
+    out = tmp_path / "mlp.graphopt"
     code = main(["prune", "zoo:mlp?width=32&depth=3", "-o", str(out), "--flops", "0.4",
                  "--scope", "global"])
     text = capsys.readouterr().out

@@ -193,7 +193,7 @@ def test_cli_prune(tmp_path, capsys):
     assert code == 0, text
     assert "pruned 2 groups" in text and "graph output" in text
     onnx.checker.check_model(str(out))
-    code = main(["prune", "zoo:mlp?width=32&depth=3", "-o", str(tmp_path / "m.pt"),
+    code = main(["prune", "zoo:mlp?width=32&depth=3", "-o", str(tmp_path / "m.graphopt"),
                  "--sparsity", "0.8", "--scope", "global", "-q"])
     assert code == 0
     code = main(["prune", "zoo:mlp?width=32&depth=3", "-o", str(out), "--flops", "0.99"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from graphopt.compile import register_backend
+from graphopt.errors import BackendOptionError
 from graphopt.ir.graph import Graph
 from graphopt.native.module import NativeModule
 
@@ -17,7 +18,8 @@ def compile_native(graph: Graph, *, threads: int | None = None, fallback: str | 
     Args:
         graph: the graph (not modified); static shapes are planned now, symbolic ones per
             distinct input shape at call time.
-        threads: OpenMP threads (default ``torch.get_num_threads()``).
+        threads: runtime threads (default ``torch.get_num_threads()``), checked against
+            ``graphopt.limits.thread_budget()``.
         fallback: None (a node without a native kernel raises NativeUnsupportedError) or
             "reference" (such nodes run through their reference implementation).
         sparse: "auto" (default): a linear whose weight carries a CSR record
@@ -26,8 +28,12 @@ def compile_native(graph: Graph, *, threads: int | None = None, fallback: str | 
 
     Raises:
         NativeUnsupportedError: nodes without a native kernel (all listed), unless fallback.
+        LoweringError: a malformed node (e.g. a convolution whose groups do not divide its
+            channels), named with its op.
+        ResourceLimitError: a thread count, a buffer or the planned arena over the budget.
+        BackendOptionError: an unknown option (GraphoptError: a bad option value).
     """
     if options:
-        raise TypeError(f"the native backend takes threads, fallback and sparse, got "
-                        f"{sorted(options)}")
+        raise BackendOptionError(f"the native backend takes threads, fallback and sparse, got "
+                                 f"{sorted(options)}")
     return NativeModule(graph, threads=threads, fallback=fallback, sparse=sparse)

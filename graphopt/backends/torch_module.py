@@ -23,6 +23,12 @@ module is plain PyTorch: it trains, pickles, moves between devices and prints as
   code from the input shapes (``s0 = x.size(0)``, ``mul = s0 * 5``); static graphs get no such code.
 * Structure: ``TorchModule.forward`` takes the traced model's inputs (any pytree of tensors or
   numpy arrays) and returns its outputs in the model's own structure, as ``graphopt.run`` does.
+* Files: :func:`save_module` writes a pickle-free ``.graphopt`` bundle (IR text + safetensors
+  weights, ``graphopt.backends.torch_bundle``) and :func:`load_module` rebuilds the module from
+  one, parsing the IR and never unpickling, so a bundle from anywhere is safe to load. The
+  module still pickles (``copy.deepcopy``, ``torch.save`` of your own in-memory object), but
+  ``torch.load`` of a pickle runs code named by the file: never load a pickled module you did not
+  write yourself.
 """
 
 from __future__ import annotations
@@ -43,11 +49,13 @@ import torch.fx
 import torch.utils._pytree as pytree
 import torch.utils._sympy.functions as torch_sympy
 
-from graphopt.errors import GraphoptError, InputMismatchError
+from graphopt.backends.torch_bundle import load_module, module_ir_text, save_module  # noqa: F401
+from graphopt.errors import GraphoptError, InputMismatchError, ParseError
 from graphopt.ir.attrs import has_symbols
 from graphopt.ir.dtypes import numpy_to_torch
 from graphopt.interpreter import reorder_kwargs
 from graphopt.ir.graph import Graph, Node, Value
+from graphopt.ir.symexpr import parse_size_expr
 
 BACKEND = "torch"  # key of an op's own lowering in ``OpDef.lowerings`` (default: its reference)
 
@@ -62,11 +70,6 @@ _SIZE_FUNCTIONS: dict[type, Callable] = {
     sympy.Max: max,
     sympy.Min: min,
 }
-_SYMPY_LOCALS = {
-    name: obj
-    for name, obj in vars(torch_sympy).items()
-    if isinstance(obj, type) and issubclass(obj, sympy.Basic)
-}
 
 
 class TorchModule(torch.nn.Module):
@@ -78,6 +81,10 @@ class TorchModule(torch.nn.Module):
         input_names: the graph's inputs, for error messages.
         node_descriptions: fx node name -> IR node (``%name = op (from file:line)``), so that a
             failure at run time names the IR node it happened in.
+        ir_text: the lowered graph's IR text (constants by type only), what
+            :func:`save_module` writes next to the module's current weights; None for modules
+            pickled by an older graphopt.
+        constant_paths: IR constant name -> attribute path of its weight in ``graph_module``.
     """
 
     def __init__(
@@ -87,6 +94,8 @@ class TorchModule(torch.nn.Module):
         output_spec: Any,
         input_names: Sequence[str],
         node_descriptions: dict[str, str],
+        ir_text: str | None = None,
+        constant_paths: dict[str, str] | None = None,
     ):
         super().__init__()
         self.graph_module = graph_module
@@ -94,6 +103,8 @@ class TorchModule(torch.nn.Module):
         self.output_spec = output_spec
         self.input_names = tuple(input_names)
         self.node_descriptions = dict(node_descriptions)
+        self.ir_text = ir_text
+        self.constant_paths = dict(constant_paths or {})
 
     @property
     def code(self) -> str:
@@ -244,12 +255,15 @@ def to_torch(graph: Graph) -> TorchModule:
     """
     lowering = _Lowering(graph)
     graph_module = lowering.run()
+    paths = {name: path for name, path in lowering.paths.items() if path in lowering.weights}
     return TorchModule(
         graph_module,
         graph.input_spec,
         graph.output_spec,
         [f"%{v.name}: {v.type}" for v in graph.inputs],
         lowering.descriptions,
+        ir_text=module_ir_text(graph, set(paths)),
+        constant_paths=paths,
     )
 
 
@@ -257,15 +271,19 @@ def eval_size_expr(expr: str, **sizes: int) -> int:
     """Evaluate a size expression the generated code cannot spell in Python operators.
 
     Called by generated code, e.g. ``eval_size_expr('floor(s0/3)', s0=s0)``; the result is an int,
-    as the reference interpreter substitutes it.
+    as the reference interpreter substitutes it. The text is read by graphopt's size-expression
+    grammar (``graphopt.ir.symexpr``), never by ``sympify``/``eval``: generated code may come
+    from a pickled module.
     """
     parsed = _parse_size_expr(expr)
     return int(parsed.subs({s: sizes[s.name] for s in parsed.free_symbols}))
 
 
-@functools.lru_cache(maxsize=None)
 def _parse_size_expr(expr: str) -> sympy.Expr:
-    return sympy.sympify(expr, locals=_SYMPY_LOCALS)
+    try:
+        return parse_size_expr(expr)
+    except ParseError as exc:
+        raise GraphoptError(f"eval_size_expr: {exc}") from exc
 
 
 class _Lowering:
@@ -369,8 +387,25 @@ class _Lowering:
         fn = _SIZE_FUNCTIONS.get(type(expr))
         if fn is not None:
             return call(fn, tuple(self.size(a) for a in expr.args))
+        if isinstance(expr, (sympy.floor, sympy.ceiling)):
+            # floor(n/d) and ceiling(n/d) for an integer d > 0, as IR text reads ``a // d``:
+            # Python's // on ints is exactly floor, and ceil(n/d) = (n + d - 1) // d.
+            num, den = sympy.fraction(sympy.together(expr.args[0]))
+            if den.is_Integer and den > 0:
+                node = self.size(num)
+                if isinstance(expr, sympy.ceiling) and den != 1:
+                    node = call(operator.add, (node, int(den) - 1))
+                return call(operator.floordiv, (node, int(den)))
+        text = str(expr)
+        try:  # the generated code re-reads the text with the grammar: it must say the same
+            same = _parse_size_expr(text) == expr
+        except GraphoptError:
+            same = False
+        if not same:
+            raise GraphoptError(f"to_torch cannot compute the size expression {expr} "
+                                f"({type(expr).__name__}) in generated code")
         symbols = sorted(expr.free_symbols, key=lambda s: s.name)
-        return call(eval_size_expr, (str(expr),), {s.name: self.size(s) for s in symbols})
+        return call(eval_size_expr, (text,), {s.name: self.size(s) for s in symbols})
 
 
 def torch_function(node: Node) -> Callable:

@@ -1,8 +1,9 @@
 """The ``graphopt`` command line: optimize, bench, show, passes, explain, prune, quantize.
 
 ``main(argv)`` returns the exit status (the console script ``graphopt = graphopt.cli:main``
-passes it to ``sys.exit``). Errors a user can cause (missing file, corrupt ONNX, unknown pass,
-backend, zoo model or factory) print ONE line on stderr and exit with status 2; failures while
+passes it to ``sys.exit``). Errors a user can cause (missing file, corrupt ONNX or artifact,
+unknown pass, backend, zoo model or factory, a .pt2 without --trust-pt2, an input over the
+memory or thread budget) print ONE line on stderr and exit with status 2; failures while
 running print one line and exit with 1. ``--debug`` shows the full traceback instead.
 """
 
@@ -24,7 +25,8 @@ MODEL is one of:
   zoo:mlp                      built-in example (zoo: bert gpt2 resnet50 mobilenetv2 mlp
   zoo:bert?layers=2&seq=32       convzoo tensorops); ?key=value&... are its options
   model.onnx[?seq=128]         an ONNX file (?NAME=N sets symbolic input dims, default 1)
-  program.pt2                  torch.export.save'd ExportedProgram (stored example inputs)
+  program.pt2                  torch.export.save'd ExportedProgram (stored example inputs);
+                                 unpickled, so refused unless you pass --trust-pt2
   mypkg.models:make            a factory returning (model, example_inputs)
   path/to/file.py:make         the same, from a file
 Quote a MODEL containing ? or & in the shell: 'zoo:bert?layers=2&seq=32'.
@@ -36,12 +38,19 @@ examples:
   graphopt bench zoo:mobilenetv2 --backends eager,onnxruntime,graphopt-onnxruntime --json r.json
   graphopt explain zoo:mlp --rule mul-one
   graphopt quantize zoo:resnet50 -o r50.onnx --mode static --calibration calib.npz
+  graphopt optimize zoo:mlp -o mlp.graphopt   (torch: load_module('mlp.graphopt'), no pickle)
 
 Run `graphopt COMMAND --help` for a command's options."""
 
-# Exceptions that mean "the input is wrong" (exit 2) rather than "something failed" (exit 1).
+# Exceptions that mean "the input is wrong" (exit 2) rather than "something failed" (exit 1):
+# a malformed or hostile file (artifact, IR text, ONNX), one that would run code or leave its
+# folder, or one asking for more memory/threads than the budget.
 _BAD_INPUT = ("ModelSpecError", "UnknownPassError", "PipelineError", "PassOptionError",
-              "UnknownBackendError", "OnnxImportError", "QuantizationError")
+              "UnknownBackendError", "OnnxImportError", "QuantizationError", "ArtifactError",
+              "UnsafeInputError", "ResourceLimitError", "ParseError")
+# OS errors that are the user's input (a path) rather than the machine failing.
+_BAD_PATH = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+             FileExistsError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -100,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         except CliError as exc:
             return _fail(str(exc), exc.code)
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-            return _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), 2)
+        except OSError as exc:  # a path given on the command line, or the disk (full, I/O)
+            code = 2 if isinstance(exc, _BAD_PATH) else 1
+            return _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc),
+                         code)
         except Exception as exc:
             from graphopt.errors import GraphoptError
 

@@ -28,12 +28,26 @@ def check_pipeline(text: str | None) -> Any:
     return text
 
 
-def load(spec: str, *, need_graph: bool = True, quiet: bool = False):
-    """Resolve MODEL; with ``need_graph`` also trace/import it (timed on stderr)."""
-    from graphopt.model_loader import load_model
+def add_model_argument(parser) -> None:
+    """The MODEL positional and ``--trust-pt2``, shared by every command that loads a model."""
+    parser.add_argument("model", metavar="MODEL", help="the model (see `graphopt --help`)")
+    parser.add_argument("--trust-pt2", action="store_true",
+                        help="allow a .pt2 MODEL: torch.export.load unpickles it, which runs "
+                        "any code the file contains; only for files from a source you trust")
 
+
+def load(spec: str, *, trust_pt2: bool = False, need_graph: bool = True, quiet: bool = False):
+    """Resolve MODEL; with ``need_graph`` also trace/import it (timed on stderr).
+
+    A ``.pt2`` MODEL is refused (UnsafeInputError, exit 2) unless ``trust_pt2``; when trusted,
+    a warning line says that the file is unpickled.
+    """
+    from graphopt.model_loader import load_model, split_spec
+
+    if trust_pt2 and split_spec(spec)[0].lower().endswith(".pt2"):
+        info(f"warning: --trust-pt2: unpickling {spec} (this runs any code it contains)")
     start = time.perf_counter()
-    loaded = load_model(spec)
+    loaded = load_model(spec, trust_pickle=trust_pt2)
     if need_graph:
         loaded.graph()
         if not quiet:
@@ -73,6 +87,96 @@ def human_size(n: int) -> str:
 
 
 def ensure_parent(path: str) -> None:
+    """Fail before the (slow) work if ``path`` cannot be written: no folder, or a symlink."""
+    from graphopt.fileio import safe_output_path
+
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise CliError(f"cannot write {path}: folder {folder} does not exist")
+    safe_output_path(path)  # UnsafeInputError (exit 2) for a symlinked output
+
+
+# ------------------------------------------------------------------------------- outputs
+# What -o OUT's extension means. Torch outputs are .graphopt bundles (IR text + safetensors
+# weights, loaded without pickle): a torch.save'd .pt would need torch.load(weights_only=False)
+# to read, which runs code from the file, so graphopt does not write those.
+OUTPUT_BACKENDS = {".onnx": "onnx", ".graphopt": "torch"}
+_PICKLE_SUFFIXES = (".pt", ".pth")
+
+
+def output_backend(path: str, backend: str | None = None, *, flag: bool = True) -> str:
+    """The backend to save ``path`` for: ``backend`` if given, else from the extension.
+
+    ``flag``: whether the command has a ``--backend`` option to suggest.
+    """
+    if backend is not None:
+        return backend
+    ext = os.path.splitext(path)[1].lower()
+    if ext in OUTPUT_BACKENDS:
+        return OUTPUT_BACKENDS[ext]
+    if ext in _PICKLE_SUFFIXES:
+        raise CliError(f"'{path}': torch outputs are saved as pickle-free .graphopt bundles "
+                       f"(a {ext} would be a pickle); name it "
+                       f"{os.path.splitext(path)[0]}.graphopt")
+    if not flag:
+        raise CliError(f"cannot tell the format from '{path}'; name it .onnx or .graphopt")
+    raise CliError(f"cannot tell the backend from '{path}'; use --backend onnx|native|torch "
+                   "(or name it .onnx / .graphopt)")
+
+
+def native_saver():
+    """``save(graph, path)`` of the native backend, or a CliError saying it is unavailable."""
+    from graphopt.bench.backends import BackendUnavailable, _native_factory
+
+    try:
+        factory = _native_factory()
+    except BackendUnavailable as exc:
+        raise CliError(f"--backend native is not available: {exc}", code=1) from exc
+
+    def save(graph, path):
+        compiled = factory(graph)
+        if not callable(getattr(compiled, "save", None)):
+            raise CliError("--backend native is not available: the native backend cannot "
+                           "serialize compiled models (no save())", code=1)
+        compiled.save(path)
+
+    return save
+
+
+def save_output(graph, path: str, backend: str, *, opset: int | None = None) -> str:
+    """Save ``graph`` for ``backend`` at ``path``; returns "PATH (SIZE[, + DATA FILE])".
+
+    Every file is written atomically (temp file + rename) and never through a symlink
+    (``graphopt.fileio``): an error leaves any previous output untouched.
+    """
+    from graphopt.fileio import atomic_output_path
+
+    extra = ""
+    if backend == "onnx":
+        import onnx
+
+        import graphopt
+
+        model = graphopt.to_onnx(graph, path, opset=opset)
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+            extra = f", + {os.path.basename(path)}.data"
+    elif backend == "torch":
+        import graphopt
+        from graphopt.backends.torch_module import save_module
+
+        graphopt.to_torch(graph)  # fail now, not at load time, if an op cannot be lowered
+        save_module(graph, path)
+    elif backend == "native":
+        save = native_saver()
+        with atomic_output_path(path) as temp:  # the native saver writes a named file
+            save(graph, temp)
+    else:
+        raise CliError(f"unknown backend '{backend}' for -o; use onnx, native or torch")
+    return f"{path} ({human_size(os.path.getsize(path))}{extra})"
+
+
+def saved_hint(backend: str, path: str) -> None:
+    """How to load what was just written (torch bundles have their own loader)."""
+    if backend == "torch":
+        info("load it with graphopt.backends.torch_module.load_module(path) -> nn.Module (no "
+             "pickle: safe to share)")

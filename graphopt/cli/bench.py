@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from graphopt.cli._common import CliError, check_pipeline, ensure_parent, info, load, paragraph
+from graphopt.cli._common import (
+    CliError,
+    add_model_argument,
+    check_pipeline,
+    ensure_parent,
+    info,
+    load,
+    paragraph,
+)
 from graphopt.model_loader import parse_value
 
 
@@ -25,7 +33,7 @@ def add_parser(sub, common) -> None:
         "  graphopt bench zoo:mobilenetv2 --per-pass --backend-option torch-compile.mode="
         "max-autotune",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL", help="the model (see `graphopt --help`)")
+    add_model_argument(p)
     p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS), metavar="A,B,...",
                    help="comma-separated backends, timed in this order (default: all)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
@@ -101,10 +109,14 @@ def run(opts) -> int:
     check_pipeline(opts.pipeline)
     if opts.rounds < 1 or opts.warmup < 0 or (opts.threads is not None and opts.threads < 1):
         raise CliError("--rounds and --threads must be >= 1, --warmup >= 0")
+    if opts.threads is not None:
+        from graphopt.limits import check_threads
+
+        check_threads(opts.threads, "--threads")  # ResourceLimitError (exit 2) past the budget
     for path in (opts.json, opts.markdown, opts.plot):
         if path:
             ensure_parent(path)
-    loaded = load(opts.model, need_graph=False)
+    loaded = load(opts.model, trust_pt2=opts.trust_pt2, need_graph=False)
     report = graphopt.benchmark(
         loaded, backends=backends, pipeline=opts.pipeline, threads=opts.threads,
         warmup=opts.warmup, rounds=opts.rounds, max_time_s=opts.max_time,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 
-from graphopt.cli._common import CliError, check_pipeline, load, paragraph
+from graphopt.cli._common import CliError, add_model_argument, check_pipeline, load, paragraph
 
 
 # ----------------------------------------------------------------------------------- passes
@@ -62,7 +62,7 @@ def add_explain_parser(sub, common) -> None:
         epilog="examples:\n  graphopt explain zoo:mlp --rule mul-one\n"
         "  graphopt explain zoo:bert?layers=1 --rule canonicalize --pipeline cleanup",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL", help="the model (see `graphopt --help`)")
+    add_model_argument(p)
     p.add_argument("--rule", required=True, metavar="R", help="rule (or pass) name")
     p.add_argument("--pipeline", default=None, metavar="P",
                    help="run this pipeline first (default: the traced graph as is)")
@@ -126,7 +126,7 @@ def run_explain(opts) -> int:
                        code=1) from exc
     rules = find_rules(opts.rule)
     check_pipeline(opts.pipeline)
-    loaded = load(opts.model)
+    loaded = load(opts.model, trust_pt2=opts.trust_pt2)
     graph = loaded.graph()
     if opts.pipeline:
         from graphopt.cli._common import optimize_with_report

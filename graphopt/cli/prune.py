@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import os
 
-from graphopt.cli._common import CliError, check_pipeline, ensure_parent, human_size, info, load
-from graphopt.cli._common import optimize_with_report, paragraph
-
-_BY_EXTENSION = {".onnx": "onnx", ".pt": "torch", ".pth": "torch"}
+from graphopt.cli._common import (
+    CliError,
+    add_model_argument,
+    check_pipeline,
+    ensure_parent,
+    load,
+    native_saver,
+    optimize_with_report,
+    output_backend,
+    paragraph,
+    save_output,
+    saved_hint,
+)
 
 
 def add_parser(sub, common) -> None:
@@ -23,11 +31,11 @@ def add_parser(sub, common) -> None:
         epilog="examples:\n  graphopt prune zoo:resnet50 -o r50.onnx --flops 0.5\n"
         "  graphopt prune 'zoo:bert?layers=2' -o bert.onnx --ratio 0.3 --exclude 'pooler.*'\n"
         "  graphopt prune zoo:resnet50 -o r50.onnx --flops 0.5 --scope global\n"
-        "  graphopt prune zoo:mlp -o mlp.pt --sparsity 0.8 --scope global",
+        "  graphopt prune zoo:mlp -o mlp.graphopt --sparsity 0.8 --scope global",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL", help="the model (see `graphopt --help`)")
+    add_model_argument(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="where to save it (.onnx, .pt/.pth; or --backend)")
+                   help="where to save it (.onnx, .graphopt; or --backend)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--flops", type=float, metavar="F",
                       help="structured: remove this fraction of the FLOPs (0.5 = half)")
@@ -55,17 +63,16 @@ def run(opts) -> int:
     import graphopt
     from graphopt.prune.report import human
 
-    backend = opts.backend or _BY_EXTENSION.get(os.path.splitext(opts.output)[1].lower())
-    if backend is None:
-        raise CliError(f"cannot tell the backend from '{opts.output}'; use --backend "
-                       "onnx|native|torch (or name it .onnx / .pt)")
+    backend = output_backend(opts.output, opts.backend)
     for flag in ("flops", "ratio", "sparsity"):
         value = getattr(opts, flag)
         if value is not None and not 0.0 <= value < 1.0:
             raise CliError(f"--{flag} {value}: expected a fraction in [0, 1)")
     check_pipeline(opts.pipeline)
     ensure_parent(opts.output)
-    loaded = load(opts.model)
+    if backend == "native":
+        native_saver()  # fail before the (slow) trace if there is no native backend
+    loaded = load(opts.model, trust_pt2=opts.trust_pt2)
     graph = loaded.graph()
     if opts.sparsity is not None:
         pruned, report = graphopt.prune(graph, "magnitude", sparsity=opts.sparsity,
@@ -86,18 +93,8 @@ def run(opts) -> int:
         pruned, pass_report = optimize_with_report(pruned, opts.pipeline)
         if not opts.quiet:
             print(pass_report)
-    if backend == "onnx":
-        graphopt.to_onnx(pruned, opts.output)
-    elif backend == "torch":
-        import torch
-
-        torch.save(graphopt.to_torch(pruned), opts.output)
-    else:
-        from graphopt.cli.optimize import _native_saver
-
-        _native_saver()(pruned, opts.output)
-    print(f"wrote {opts.output} ({human_size(os.path.getsize(opts.output))}): {backend}, "
-          f"FLOPs {human(report.flops_before)} -> {human(report.flops_after)}")
-    if backend == "torch":
-        info("load it with torch.load(path, weights_only=False) (graphopt must be importable)")
+    written = save_output(pruned, opts.output, backend)
+    print(f"wrote {written}: {backend}, FLOPs {human(report.flops_before)} -> "
+          f"{human(report.flops_after)}")
+    saved_hint(backend, opts.output)
     return 0

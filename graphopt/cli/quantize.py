@@ -5,10 +5,19 @@ from __future__ import annotations
 import argparse
 import os
 
-from graphopt.cli._common import CliError, check_pipeline, ensure_parent, human_size, info, load
-from graphopt.cli._common import optimize_with_report, paragraph
+from graphopt.cli._common import (
+    CliError,
+    add_model_argument,
+    check_pipeline,
+    ensure_parent,
+    load,
+    optimize_with_report,
+    output_backend,
+    paragraph,
+    save_output,
+    saved_hint,
+)
 
-_BY_EXTENSION = {".onnx": "onnx", ".pt": "torch", ".pth": "torch"}
 _MODES = ("dynamic", "static", "weight-only", "fp16", "bf16")
 _OBSERVERS = ("minmax", "percentile", "entropy", "mse")
 
@@ -18,7 +27,8 @@ def add_parser(sub, common) -> None:
         "quantize", parents=[common], help="quantize a model (int8 / int4 / fp16) and save it",
         description=paragraph(
             "Trace/import MODEL, optimize it (--pipeline, default: default), quantize it and "
-            "save it (.onnx or .pt). --mode static calibrates activation ranges on "
+            "save it (.onnx, or .graphopt: a torch module loaded without pickle). --mode static "
+            "calibrates activation ranges on "
             "--calibration, a .npz with one array per graph input (named after the input, or "
             "arr_0, arr_1, ... in input order) whose first axis indexes the calibration items. "
             "With --error-budget the most sensitive layers fall back to float until the mean "
@@ -32,9 +42,9 @@ def add_parser(sub, common) -> None:
         "  graphopt quantize zoo:minilm -o minilm.int8.onnx --mode dynamic --per-token\n"
         "  graphopt quantize zoo:mlp -o mlp.onnx --mode weight-only --bits 4",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL", help="the model (see `graphopt --help`)")
+    add_model_argument(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="where to save it (.onnx, .pt/.pth)")
+                   help="where to save it (.onnx, .graphopt)")
     p.add_argument("--mode", choices=_MODES, default="dynamic",
                    help="quantization mode (default: %(default)s)")
     p.add_argument("--observer", choices=_OBSERVERS, default="minmax",
@@ -65,9 +75,7 @@ def add_parser(sub, common) -> None:
 def run(opts) -> int:
     import graphopt
 
-    backend = _BY_EXTENSION.get(os.path.splitext(opts.output)[1].lower())
-    if backend is None:
-        raise CliError(f"cannot tell the format from '{opts.output}'; name it .onnx or .pt")
+    backend = output_backend(opts.output, flag=False)  # onnx or torch (no --backend)
     if opts.mode == "static" and not opts.calibration:
         raise CliError("--mode static needs --calibration FILE.npz (one array per graph "
                        "input, calibration items along axis 0)")
@@ -83,7 +91,7 @@ def run(opts) -> int:
         raise CliError(f"calibration file not found: {opts.calibration}")
     pipeline = None if opts.pipeline == "none" else check_pipeline(opts.pipeline)
     ensure_parent(opts.output)
-    graph = load(opts.model, quiet=opts.quiet).graph()
+    graph = load(opts.model, trust_pt2=opts.trust_pt2, quiet=opts.quiet).graph()
     if pipeline:
         graph, _ = optimize_with_report(graph, pipeline)
     calibration = None
@@ -99,14 +107,8 @@ def run(opts) -> int:
         block_size=opts.block_size, report=True)
     if not opts.quiet:
         print(report)
-    if backend == "onnx":
-        graphopt.to_onnx(quantized, opts.output)
-    else:
-        import torch
-
-        torch.save(graphopt.to_torch(quantized), opts.output)
-    print(f"wrote {opts.output} ({human_size(os.path.getsize(opts.output))}): {report.mode}, "
-          f"{len(report.quantized)}/{len(report.layers)} layers {report.label}")
-    if backend == "torch":
-        info("load it with torch.load(path, weights_only=False) (graphopt must be importable)")
+    written = save_output(quantized, opts.output, backend)
+    print(f"wrote {written}: {report.mode}, {len(report.quantized)}/{len(report.layers)} layers "
+          f"{report.label}")
+    saved_hint(backend, opts.output)
     return 0

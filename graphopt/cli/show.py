@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from graphopt.cli._common import CliError, check_pipeline, ensure_parent, info, load, paragraph
+from graphopt.cli._common import (
+    CliError,
+    add_model_argument,
+    check_pipeline,
+    ensure_parent,
+    info,
+    load,
+    paragraph,
+)
 from graphopt.ir.graph import Graph
 
 
@@ -18,7 +26,7 @@ def add_parser(sub, common) -> None:
         "  graphopt show 'zoo:bert?layers=1&seq=8' --pipeline default --dot bert.dot\n"
         "  graphopt show model.onnx --svg model.svg   (needs Graphviz's dot)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL", help="the model (see `graphopt --help`)")
+    add_model_argument(p)
     p.add_argument("--pipeline", default=None, metavar="P",
                    help="also run this pipeline and show before/after")
     out = p.add_mutually_exclusive_group()
@@ -76,7 +84,7 @@ def run(opts) -> int:
             raise CliError("cannot write SVG: the Graphviz 'dot' binary is not installed; use "
                            "--dot PATH and render it elsewhere (dot -Tsvg PATH -o out.svg)",
                            code=1)
-    loaded = load(opts.model)
+    loaded = load(opts.model, trust_pt2=opts.trust_pt2)
     graph = loaded.graph()
     final = graph
     mib = graph.constant_bytes() / 2**20
@@ -100,7 +108,9 @@ def run(opts) -> int:
 
         text = graph_to_dot(final)
         if opts.dot:
-            with open(opts.dot, "w") as f:
+            from graphopt.fileio import atomic_write
+
+            with atomic_write(opts.dot, "w") as f:
                 f.write(text)
             info(f"wrote {opts.dot}")
         else:

@@ -125,9 +125,10 @@ def format_attr_value(value: Any) -> str:
 
 
 def format_float(x: float) -> str:
-    """``repr`` of a Python float (always with '.' or 'e'), or ``inf``/``-inf``/``nan``."""
+    """``repr`` of a Python float (always with '.' or 'e'), or ``inf``/``-inf``/``nan``/``-nan``
+    (a NaN keeps its sign bit: x86 gives -nan for 0 * inf, and folded constants keep it)."""
     if math.isnan(x):
-        return "nan"
+        return "-nan" if math.copysign(1.0, x) < 0 else "nan"
     if math.isinf(x):
         return "inf" if x > 0 else "-inf"
     return repr(x)

@@ -61,7 +61,7 @@ def parse_dim(text: str) -> Dim:
         SizeExprError: (a ``ParseError``) malformed text, a negative or non-integer constant dim.
     """
     text = text.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # str.isdigit() also takes '²' and other digits
         if len(text.lstrip("0")) > symexpr.MAX_DIGITS:
             raise symexpr.SizeExprError(f"dim {text[:24]}... is beyond the int64 range")
         return int(text)

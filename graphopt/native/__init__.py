@@ -8,16 +8,19 @@
 * ``plan``     the ExecutionPlan and its Device (CPU; the seam for CUDA);
 * ``module``   the callable: input checks, per-shape plan cache, output tensors;
 * ``artifact`` ``NativeModule.save`` / ``load``: the optimized graph and its weights in one file;
-* ``codes``    integer codes shared with the C++ kernels (csrc/rt_*.cpp).
+* ``codes``    integer codes shared with the C++ kernels (csrc/rt_*.cpp);
+* ``errors``   the runtime's errors (NativeError, NativeIndexError): what graphopt._C raises.
 """
 
 from graphopt.native.artifact import load
 from graphopt.native.builder import NativeUnsupportedError, PlanBuilder
+from graphopt.native.errors import NativeError, NativeIndexError
 from graphopt.native.memory import Lifetime, MemoryPlan, check_plan, plan_memory
 from graphopt.native.module import NativeModule
 from graphopt.native.plan import CPU, CpuDevice, Device, ExecutionPlan
 
 __all__ = [
-    "CPU", "CpuDevice", "Device", "ExecutionPlan", "Lifetime", "MemoryPlan", "NativeModule",
-    "NativeUnsupportedError", "PlanBuilder", "check_plan", "load", "plan_memory",
+    "CPU", "CpuDevice", "Device", "ExecutionPlan", "Lifetime", "MemoryPlan", "NativeError",
+    "NativeIndexError", "NativeModule", "NativeUnsupportedError", "PlanBuilder", "check_plan",
+    "load", "plan_memory",
 ]

@@ -5,42 +5,262 @@ The artifact is the optimized graph, not the plan: one ``.npz`` file holding the
 parses the graph and plans it again (milliseconds; weights are packed for the machine that
 loads it, so an artifact moves between CPUs with different instruction sets). The model's
 pytree input/output structure is not stored: a loaded model takes and returns flat tensors.
+
+Layout (every entry a ``.npy`` member of the zip archive)::
+
+    __graph__       0-d unicode array: the IR text
+    __meta__        0-d unicode array: JSON {"format": "graphopt-native/1", "threads": int,
+                    "fallback": null | "reference", "sparse": "auto" | "never" | "always",
+                    "bf16": [names of bfloat16 constants, stored as their uint16 bits]}
+    const/<name>    one array per constant of the graph (its dtype and shape as in the text)
+
+An artifact may come from anywhere, so :func:`load` trusts none of it: arrays are read with
+``allow_pickle=False`` after their headers are checked (no object dtypes, sizes within the
+memory budget and within what the archive stores), ``__meta__`` must have exactly the fields
+above with valid values, nothing else may be in the archive, and every constant must match its
+declaration in the graph text. Any violation raises :class:`~graphopt.errors.ArtifactError`
+naming the file and the entry. :func:`save` writes atomically (a temporary file in the same
+folder, then ``os.replace``) and refuses to write through a symbolic link.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import tempfile
+import tokenize
+import zipfile
+import zlib
+from typing import IO, Any
 
 import numpy as np
 
+from graphopt.errors import ArtifactError, GraphoptError, ParseError, UnsafeInputError, entry_point
 from graphopt.ir.dtypes import DType
+from graphopt.limits import check_bytes, check_threads, numel_of
 
 FORMAT = "graphopt-native/1"
+META_FIELDS = {"format", "threads", "fallback", "sparse", "bf16"}
+FALLBACKS = (None, "reference")
+# Array kinds an artifact may hold: bool, ints, floats (constants), unicode (graph, meta).
+_ALLOWED_KINDS = set("biufU")
+# Errors numpy / zipfile raise on truncated, corrupt or non-npz input (RuntimeError: encrypted
+# members, and RecursionError from a deeply nested .npy header).
+# TokenError: numpy tokenizes old .npy headers.
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError,
+                TypeError, NotImplementedError, SyntaxError, OverflowError, RuntimeError,
+                tokenize.TokenError)
 
 
 def save(module, path: str | os.PathLike) -> None:
-    """Write ``module`` (a NativeModule) to ``path`` (the exact file name is kept)."""
+    """Write ``module`` (a NativeModule) to ``path`` (the exact file name is kept).
+
+    Raises:
+        UnsafeInputError: ``path`` is a symbolic link (it is never written through).
+    """
+    path = os.fspath(path)
+    if os.path.islink(path):
+        raise UnsafeInputError(f"{path} is a symbolic link; graphopt does not write through "
+                               "links: remove it or save to another path")
     graph = module.graph
     arrays = {f"const/{name}": v.data for name, v in graph.constants.items()}
     meta = {"format": FORMAT, "threads": module.threads, "fallback": module.fallback,
             "sparse": getattr(module, "sparse", "auto"),
             "bf16": [n for n, v in graph.constants.items() if v.dtype is DType.bfloat16]}
-    with open(path, "wb") as f:
-        np.savez(f, __graph__=np.array(str(graph)), __meta__=np.array(json.dumps(meta)),
-                 **arrays)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, __graph__=np.array(str(graph)), __meta__=np.array(json.dumps(meta)),
+                     **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would not
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
-def load(path: str | os.PathLike, threads: int | None = None):
-    """Load an artifact written by ``NativeModule.save``; returns a NativeModule."""
+@entry_point("graphopt.native.load")
+def load(path: str | os.PathLike | IO[bytes], threads: int | None = None):
+    """Load an artifact written by ``NativeModule.save``; returns a NativeModule.
+
+    Args:
+        path: the file (or a binary file object, e.g. ``io.BytesIO``).
+        threads: runtime threads; default: the count stored in the artifact.
+
+    Raises:
+        ArtifactError: the file is not a valid artifact (message: the file and the entry).
+        ResourceLimitError: an entry is larger than the memory budget.
+        LoweringError / NativeUnsupportedError: the graph has nodes the runtime cannot run.
+    """
     from graphopt.ir.parser import parse_graph
     from graphopt.native.module import NativeModule
 
-    with np.load(path, allow_pickle=False) as data:
-        meta = json.loads(str(data["__meta__"]))
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a {FORMAT} artifact (format {meta.get('format')})")
-        constants = {k[len("const/"):]: data[k] for k in data.files if k.startswith("const/")}
-        graph = parse_graph(str(data["__graph__"]), constants)
-    return NativeModule(graph, threads=threads or meta["threads"], fallback=meta["fallback"],
-                        sparse=meta.get("sparse", "auto"))
+    name = _describe(path)
+    entries = _read_entries(path, name)
+    meta = _meta(entries, name)
+    text = _text(entries, "__graph__", name)
+    constants = {key[len("const/"):]: array for key, array in entries.items()
+                 if key.startswith("const/")}
+    try:
+        graph = parse_graph(text, constants)
+    except ParseError as exc:
+        raise ArtifactError(f"{name}: entry __graph__ does not parse, or a const/ entry "
+                            f"does not match it: {exc}") from exc
+    _check_constants(graph, constants, meta, name)
+    return NativeModule(graph, threads=meta["threads"] if threads is None else threads,
+                        fallback=meta["fallback"], sparse=meta["sparse"])
+
+
+# ------------------------------------------------------------------------------ reading
+def _describe(path: Any) -> str:
+    if isinstance(path, (str, os.PathLike)):
+        return os.fspath(path)
+    return str(getattr(path, "name", None) or "<in-memory artifact>")
+
+
+def _read_entries(path, name: str) -> dict[str, np.ndarray]:
+    """Every array of the archive, each checked (header, size, kind) before numpy reads it."""
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except _READ_ERRORS as exc:
+        raise ArtifactError(f"{name}: not a readable graphopt native artifact (.npz): "
+                            f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ArtifactError(f"{name}: holds a single .npy array, not a graphopt native artifact "
+                            "(.npz)")
+    with npz:
+        infos = npz.zip.infolist()
+        check_bytes(sum(info.file_size for info in infos), f"{name}: the artifact's contents")
+        entries: dict[str, np.ndarray] = {}
+        for info in infos:
+            key = _entry_key(info.filename, name)
+            if key in entries:
+                raise ArtifactError(f"{name}: entry {key} appears twice")
+            _check_header(npz.zip, info, key, name)
+            try:
+                entries[key] = npz[key]
+            except _READ_ERRORS as exc:
+                raise ArtifactError(f"{name}: entry {key} cannot be read (truncated or corrupt):"
+                                    f" {type(exc).__name__}: {exc}") from exc
+    for key in ("__graph__", "__meta__"):
+        if key not in entries:
+            raise ArtifactError(f"{name}: entry {key} is missing; was the file written by "
+                                "NativeModule.save?")
+    return entries
+
+
+def _entry_key(filename: str, name: str) -> str:
+    key = filename[:-len(".npy")] if filename.endswith(".npy") else None
+    if key is None or not (key in ("__graph__", "__meta__")
+                           or (key.startswith("const/") and len(key) > len("const/"))):
+        raise ArtifactError(f"{name}: unknown entry {filename!r} (an artifact holds __graph__, "
+                            "__meta__ and const/<name> arrays only)")
+    return key
+
+
+def _check_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, name: str) -> None:
+    """Reads the .npy header of one member: known format version, no Python objects, a dtype
+    of the allowed kinds, and a size within the budget and within the member's stored size."""
+    where = f"{name}: entry {key}"
+    try:
+        with archive.open(info) as fp:
+            version = np.lib.format.read_magic(fp)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+            else:
+                raise ArtifactError(f"{where}: unsupported .npy format version {version}")
+            header_bytes = fp.tell()
+    except ArtifactError:
+        raise
+    except _READ_ERRORS as exc:
+        raise ArtifactError(f"{where}: not a valid .npy array: {type(exc).__name__}: "
+                            f"{exc}") from exc
+    if dtype.hasobject or dtype.fields is not None or dtype.kind not in _ALLOWED_KINDS:
+        raise ArtifactError(f"{where}: dtype {dtype} is not allowed (Python objects would need "
+                            "pickle; an artifact holds numbers and text only)")
+    if any(d < 0 for d in shape):
+        raise ArtifactError(f"{where}: negative dim in shape {shape}")
+    nbytes = numel_of(shape) * dtype.itemsize
+    check_bytes(nbytes, where)
+    if nbytes > info.file_size - header_bytes:
+        raise ArtifactError(f"{where}: declares {list(shape)} {dtype} ({nbytes} bytes) but "
+                            f"stores {max(info.file_size - header_bytes, 0)} bytes")
+
+
+def _text(entries: dict[str, np.ndarray], key: str, name: str) -> str:
+    """A 0-d unicode entry as a str; its UTF-32 code units are decoded strictly (numpy keeps
+    any 32-bit value, and one beyond U+10FFFF would break str operations later)."""
+    array = entries[key]
+    if array.shape != () or array.dtype.kind != "U":
+        raise ArtifactError(f"{name}: entry {key} must be a 0-d unicode string array, got "
+                            f"{array.dtype}{list(array.shape)}")
+    raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
+    try:
+        return raw.decode("utf-32-le").rstrip("\x00")
+    except UnicodeDecodeError as exc:
+        raise ArtifactError(f"{name}: entry {key} holds invalid unicode: {exc}") from exc
+
+
+def _meta(entries: dict[str, np.ndarray], name: str) -> dict[str, Any]:
+    from graphopt.native.lower.sparse import SPARSE_MODES
+
+    where = f"{name}: entry __meta__"
+    try:
+        meta = json.loads(_text(entries, "__meta__", name))
+    except (ValueError, RecursionError) as exc:
+        raise ArtifactError(f"{where} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{where} must be a JSON object, got {type(meta).__name__}")
+    if set(meta) != META_FIELDS:
+        missing, extra = sorted(META_FIELDS - set(meta)), sorted(set(meta) - META_FIELDS)
+        raise ArtifactError(f"{where}: fields must be {sorted(META_FIELDS)} (missing {missing}, "
+                            f"unknown {extra})")
+    if meta["format"] != FORMAT:
+        raise ArtifactError(f"{where}: format {meta['format']!r} is not {FORMAT!r} (another "
+                            "tool's file, or a newer graphopt's)")
+    try:
+        check_threads(meta["threads"], f"{where}: threads")
+    except GraphoptError as exc:
+        raise ArtifactError(str(exc)) from exc
+    if meta["fallback"] not in FALLBACKS:
+        raise ArtifactError(f"{where}: fallback {meta['fallback']!r} is not one of {FALLBACKS}")
+    if meta["sparse"] not in SPARSE_MODES:
+        raise ArtifactError(f"{where}: sparse {meta['sparse']!r} is not one of {SPARSE_MODES}")
+    bf16 = meta["bf16"]
+    if not isinstance(bf16, list) or not all(isinstance(n, str) for n in bf16):
+        raise ArtifactError(f"{where}: bf16 must be a list of constant names")
+    return meta
+
+
+def _check_constants(graph, constants: dict[str, np.ndarray], meta: dict, name: str) -> None:
+    """Every const/ entry is a constant of the graph; bf16 lists exactly its bfloat16 ones."""
+    for key in constants:
+        if key not in graph.constants:
+            raise ArtifactError(f"{name}: entry const/{key} is not a constant of the graph")
+    declared = {n for n, v in graph.constants.items() if v.dtype is DType.bfloat16}
+    listed = set(meta["bf16"])
+    if listed != declared:
+        raise ArtifactError(f"{name}: entry __meta__: bf16 lists {sorted(listed)}, but the "
+                            f"graph's bfloat16 constants are {sorted(declared)}")
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux), else the common 0o022."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
+
+
+def load_bytes(data: bytes, threads: int | None = None):
+    """:func:`load` from the artifact's bytes (no file; used by the fuzz harness)."""
+    return load(io.BytesIO(data), threads=threads)

@@ -21,7 +21,6 @@ which splits the plan into native segments around it.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +33,7 @@ from graphopt.interpreter import node_attrs
 from graphopt.ir.dtypes import DType, numpy_to_torch, torch_to_numpy
 from graphopt.ir.graph import Graph, Node, Value
 from graphopt.ir.types import normalize_dim
+from graphopt.limits import check_bytes, numel_of
 from graphopt.native import refs as R
 from graphopt.native.codes import DTYPE_CODES
 from graphopt.native.memory import Lifetime, MemoryPlan, plan_memory
@@ -77,6 +77,7 @@ class Step:
     node: Node | None = None
     outputs: list[TensorRef] = field(default_factory=list)
     attrs: dict | None = None
+    op: str | None = None  # the lowered node's op (error messages)
 
 
 @dataclass
@@ -136,6 +137,7 @@ class PlanBuilder:
     # ----------------------------------------------------------------------------- buffers
     def new_buffer(self, nbytes: int, label: str = "", space: int = R.SPACE_ARENA,
                    index: int = -1) -> Buffer:
+        check_bytes(int(nbytes), f"native buffer {label or len(self.buffers)}")
         buf = Buffer(len(self.buffers), int(nbytes), space, index, label=label)
         self.buffers.append(buf)
         return buf
@@ -231,20 +233,55 @@ class PlanBuilder:
     def _foldable(self, node: Node) -> bool:
         return node.has_trait(PURE) and all(v is None or v in self.consts for v in node.inputs)
 
-    def _fold(self, node: Node) -> None:
+    def _fold(self, node: Node) -> bool:
+        """Computes the node at plan time; False (nothing stored) when the reference fails or
+        its result does not have the node's declared shape (lowering it normally then says
+        what is wrong). A result of another dtype is cast to the declared one: the kernels
+        that read the constant go by the declared type."""
         args = [None if v is None else numpy_to_torch(self.consts[v], v.dtype)
                 for v in node.inputs]
-        with torch.no_grad():
-            result = node.opdef.reference(*args, **node_attrs(node, self.bindings))
+        try:
+            with torch.no_grad():
+                result = node.opdef.reference(*args, **node_attrs(node, self.bindings))
+        except Exception:  # noqa: BLE001  (any failure of the reference: lower it instead)
+            return False
         results = result if isinstance(result, (tuple, list)) else (result,)
+        arrays = []
         for out, tensor in zip(node.outputs, results):
+            declared = self._static_shape(out)
+            if not isinstance(tensor, torch.Tensor) or (
+                    declared is not None and tuple(tensor.shape) != declared):
+                return False
+            if tensor.dtype != out.dtype.torch:
+                tensor = tensor.to(out.dtype.torch)
             array, _ = torch_to_numpy(tensor)
+            arrays.append(array)
+        if len(arrays) != len(node.outputs):
+            return False
+        for out, array in zip(node.outputs, arrays):
             self.consts[out] = array
+        return True
+
+    def _check_fold_size(self, node: Node) -> None:
+        """A folded result is as large as the node's outputs say: check that against the
+        memory budget before the reference computes it (a crafted graph can ask for a
+        constant of terabytes, e.g. an expand of a scalar)."""
+        shapes = [self._static_shape(v) for v in node.outputs]
+        nbytes = sum(numel_of(s) * v.dtype.itemsize for s, v in zip(shapes, node.outputs)
+                     if s is not None)
+        check_bytes(nbytes, f"folding {node.describe()} (op '{node.op}') at plan time")
+
+    def _static_shape(self, value: Value) -> tuple[int, ...] | None:
+        """The value's shape, or None when it depends on data (not on the input shapes)."""
+        try:
+            return self.shape(value)
+        except GraphoptError:
+            return None
 
     def _lower_node(self, node: Node, index: int) -> None:
         if self._foldable(node):
-            with contextlib.suppress(Exception):  # a reference that fails: lower it normally
-                self._fold(node)
+            self._check_fold_size(node)
+            if self._fold(node):
                 return
         lowering = node.opdef.lowerings.get(BACKEND)
         ctx = LoweringContext(self, node, index)
@@ -256,6 +293,15 @@ class PlanBuilder:
             missing = [v.name for v in node.outputs if v not in self.env and v not in self.consts]
             if missing:
                 raise GraphoptError(f"native lowering of {node.op} did not define {missing}")
+        except GraphoptError:
+            raise
+        except (ValueError, IndexError, KeyError, TypeError, ZeroDivisionError,
+                OverflowError) as exc:
+            # A lowering met a node its checks did not anticipate (inconsistent attributes or
+            # shapes from a crafted graph): name the node rather than leak a Python error.
+            raise LoweringError(BACKEND, [(node.op, node.describe(),
+                                           f"malformed node ({type(exc).__name__}: {exc})")]) \
+                from exc
         except Unsupported as exc:
             # Discard whatever the lowering emitted or defined before giving up.
             del self.steps[ctx.first_step:]
@@ -361,7 +407,14 @@ class LoweringContext:
         return self.node.outputs[i].dtype
 
     def unsupported(self, reason: str):
+        """This backend cannot run the node (fallback="reference" may run it instead)."""
         raise Unsupported(reason)
+
+    def invalid(self, reason: str):
+        """The node itself is malformed (attributes, weights and shapes disagree): no backend
+        should run it, so this raises at once, with no reference fallback."""
+        raise LoweringError(BACKEND, [(self.node.op, self.node.describe(),
+                                       f"malformed node: {reason}")])
 
     # ----------------------------------------------------------------------------- inputs
     def const(self, i: int) -> np.ndarray | None:
@@ -459,7 +512,7 @@ class LoweringContext:
 
     # ------------------------------------------------------------------------------ steps
     def emit(self, kernel: str, operands, ints=(), floats=()) -> Step:
-        return self.builder.emit(kernel, self.name, operands, ints, floats)
+        return self.builder.emit(kernel, self.name, operands, ints, floats, op=self.node.op)
 
     def copy(self, dst: TensorRef, src: TensorRef) -> None:
         self.builder.emit_copy(dst, src, self.name)

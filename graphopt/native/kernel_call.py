@@ -4,7 +4,9 @@
 ``_C.NativePlan``: operands listed in ``const`` are plan constants (visible to the kernel's
 factory, e.g. weights it packs at build time), the others are per-call buffers (the output
 included: the kernel writes through its pointer). ``call.run()`` runs the step; the arrays
-must stay alive and keep their place (the call holds references to them).
+must stay alive and keep their place (the call holds references to them). Each array is handed
+over with its byte size, so parameters that would make the kernel reach past an operand raise
+:class:`~graphopt.native.errors.NativeError` (a ``ValueError``) instead of corrupting memory.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from graphopt.native.errors import NativeError
 from graphopt.native.refs import SPACE_CONST, SPACE_INPUT
 
 
@@ -29,20 +32,20 @@ class KernelCall:
                        for a in operands]
         for a, b in zip(operands, self.arrays):
             if a is not None and a is not b:
-                raise ValueError("operands must be C-contiguous numpy arrays (views are "
-                                 "described by the kernel's stride parameters)")
+                raise NativeError("operands must be C-contiguous numpy arrays (views are "
+                                  "described by the kernel's stride parameters)")
         self.plan = _C.NativePlan(threads)
         self._arena = np.zeros(64, np.uint8)
-        self.plan.set_arena(self._arena.ctypes.data)
+        self.plan.set_arena(self._arena.ctypes.data, self._arena.nbytes)
         specs, self._inputs = [], []
         for i, a in enumerate(self.arrays):
             if a is None:
                 specs.append(None)
             elif i in const:
-                specs.append((SPACE_CONST, self.plan.add_constant(a.ctypes.data), 0))
+                specs.append((SPACE_CONST, self.plan.add_constant(a.ctypes.data, a.nbytes), 0))
             else:
                 specs.append((SPACE_INPUT, len(self._inputs), 0))
-                self._inputs.append(a.ctypes.data)
+                self._inputs.append((a.ctypes.data, a.nbytes))
         self.plan.add_step(kernel, f"{kernel}_call", specs, [int(i) for i in ints],
                            [float(f) for f in floats])
 

@@ -2,18 +2,73 @@
 
 from __future__ import annotations
 
+import operator
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import torch
 
-from graphopt.errors import InputMismatchError
+from graphopt.errors import GraphoptError, InputMismatchError, LoweringError
 from graphopt.interpreter import bind_symbols, flatten_inputs, unflatten_outputs
 from graphopt.ir.graph import Graph
-from graphopt.native.builder import NativeUnsupportedError, PlanBuilder
+from graphopt.ir.types import dims_equal
+from graphopt.limits import check_threads
+from graphopt.native.builder import BACKEND, NativeUnsupportedError, PlanBuilder
 from graphopt.native.plan import CPU, Device, ExecutionPlan
 
-# Dynamic-shape graphs keep one plan per distinct input shape; beyond this many the oldest goes.
+# Dynamic-shape graphs keep one plan per distinct input shape; beyond this many the least
+# recently used goes.
 MAX_CACHED_PLANS = 16
+_STRIDED = torch.strided
+
+
+def resolve_threads(threads: Any, what: str) -> int:
+    """``threads`` (None or 0: torch's default) as a checked thread count (limits.check_threads:
+    an integer in [1, thread budget]); anything else raises a GraphoptError naming ``what``."""
+    if threads is None or (isinstance(threads, int) and not isinstance(threads, bool)
+                           and threads == 0):
+        threads = torch.get_num_threads()
+    if not isinstance(threads, bool):
+        try:
+            threads = operator.index(threads)  # numpy integers too; floats stay and fail
+        except TypeError:
+            pass
+    return check_threads(threads, what)
+
+
+def check_declared_types(graph: Graph) -> None:
+    """Every node's stored output types are what its op infers from its inputs' types.
+
+    A kernel fills the buffer its lowering computes from the *input* shapes, while the buffer is
+    sized from the *declared* output type: a graph whose declared types disagree (hand-built
+    with ``output_types``, or edited after verification) would hand back uninitialised memory.
+    Only shape and dtype matter here (quantization annotations do not size buffers). A node
+    whose inference itself fails is left to its lowering, which names what is wrong.
+
+    Raises:
+        LoweringError: every node whose declared output types differ, with both types.
+    """
+    failures = []
+    for node in graph.nodes:
+        types = [None if v is None else v.type for v in node.inputs]
+        try:
+            inferred = node.opdef.infer_types(types, node.attrs)
+        except Exception:  # noqa: BLE001  (the lowering reports a malformed node by name)
+            continue
+        if len(inferred) != len(node.outputs):
+            failures.append((node.op, node.describe(), f"has {len(node.outputs)} output(s), "
+                             f"the op infers {len(inferred)}"))
+            continue
+        for value, want in zip(node.outputs, inferred):
+            have = value.type
+            if (have.dtype != want.dtype or have.rank != want.rank
+                    or not all(dims_equal(a, b) for a, b in zip(have.shape, want.shape))):
+                failures.append((node.op, node.describe(),
+                                 f"malformed node: %{value.name} is declared {have}, but the op "
+                                 f"infers {want} from its inputs"))
+    if failures:
+        raise LoweringError(BACKEND, failures)
 
 
 class NativeModule:
@@ -21,7 +76,9 @@ class NativeModule:
 
     Static-shape graphs are planned once, here. Graphs with symbolic dims are planned on the
     first call with each distinct set of input shapes (plans are cached, at most
-    ``MAX_CACHED_PLANS``); a node the runtime cannot run is then reported at that first call.
+    ``MAX_CACHED_PLANS``, least recently used dropped first); a node the runtime cannot run is
+    then reported at that first call. A module may be called from several threads at once: the
+    plan cache is locked, and each plan serialises its own runs (they share its arena).
 
     Attributes:
         graph: the compiled graph (not modified).
@@ -34,31 +91,45 @@ class NativeModule:
 
     def __init__(self, graph: Graph, threads: int | None = None, fallback: str | None = None,
                  device: Device = CPU, sparse: str = "auto"):
+        from graphopt.native.lower.sparse import SPARSE_MODES
+
+        if fallback not in (None, "reference"):
+            raise GraphoptError(f"fallback must be None or 'reference', got {fallback!r}")
+        if sparse not in SPARSE_MODES:
+            raise GraphoptError(f"sparse must be one of {SPARSE_MODES}, got {sparse!r}")
         self.graph = graph
-        self.threads = int(threads or torch.get_num_threads())
+        self.threads = resolve_threads(threads, "NativeModule(threads=...)")
+        check_declared_types(graph)
         self.fallback = fallback
         self.sparse = sparse
         self.device = device
-        self._plans: dict[tuple, ExecutionPlan] = {}
+        self._plans: OrderedDict[tuple, ExecutionPlan] = OrderedDict()
+        self._plans_lock = threading.Lock()  # the cache and _last, across calling threads
         self._last: ExecutionPlan | None = None
         self._num_inputs = len(graph.inputs)
         if all(v.type.is_static for v in graph.inputs):
             shapes = [tuple(v.shape) for v in graph.inputs]
-            self._last = self._build(shapes, {})
+            with self._plans_lock:
+                self._last = self._build(shapes, {})
         else:
             self._check_lowerings()
 
     # ------------------------------------------------------------------------------- plans
     def _build(self, shapes: list[tuple[int, ...]], bindings: dict) -> ExecutionPlan:
+        """Plans these input shapes and caches the plan (call with ``_plans_lock`` held)."""
         builder = PlanBuilder(self.graph, shapes, bindings, fallback=self.fallback,
                               threads=self.threads, sparse=self.sparse)
         plan = builder.build()
         plan.device = self.device
         plan.compile()
-        if len(self._plans) >= MAX_CACHED_PLANS:
-            self._plans.pop(next(iter(self._plans)))
+        while len(self._plans) >= MAX_CACHED_PLANS:
+            self._plans.popitem(last=False)
         self._plans[tuple(tuple(s) for s in shapes)] = plan
         return plan
+
+    @property
+    def num_cached_plans(self) -> int:
+        return len(self._plans)
 
     def _check_lowerings(self) -> None:
         """Without static shapes, at least report ops that have no native lowering at all."""
@@ -90,19 +161,31 @@ class NativeModule:
             tensors = list(args)  # what flatten_inputs returns for flat tensor arguments
         else:
             tensors = flatten_inputs(self.graph, args, kwargs)
-        plan = self._plans.get(tuple(t.shape for t in tensors))
+        key = tuple(t.shape for t in tensors)
+        plan = self._plans.get(key)  # one dict read: atomic under the GIL
         if plan is None:
-            bindings = bind_symbols(self.graph, tensors)
-            plan = self._build([tuple(t.shape) for t in tensors], bindings)
+            with self._plans_lock:
+                plan = self._plans.get(key)  # another thread may have built it meanwhile
+                if plan is None:
+                    # bind_symbols checks dtypes and shapes against the graph's inputs
+                    plan = self._build([tuple(t.shape) for t in tensors],
+                                       bind_symbols(self.graph, tensors))
+                self._last = plan
         else:
+            if len(self._plans) > 1:  # least recently used first out: refresh this one
+                with self._plans_lock:
+                    if key in self._plans:
+                        self._plans.move_to_end(key)
+            self._last = plan
             for value, t, dtype in zip(self.graph.inputs, tensors, plan.input_torch_dtypes):
                 if t.dtype != dtype:
                     raise InputMismatchError(
                         f"input %{value.name} expects dtype {value.dtype}, got {t.dtype}")
-        self._last = plan
         for i, t in enumerate(tensors):
-            if t.device.type != "cpu":
-                raise InputMismatchError(f"the native backend runs on CPU tensors, got {t.device}")
+            if not t.is_cpu or t.layout is not _STRIDED:
+                raise InputMismatchError(
+                    f"input %{self.graph.inputs[i].name}: the native backend runs on dense CPU "
+                    f"tensors, got a {t.layout} tensor on {t.device}")
             if t.requires_grad or not t.is_contiguous():
                 tensors[i] = t.detach().contiguous()
         return plan, tensors

@@ -25,8 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from graphopt.errors import LoweringError
+from graphopt.limits import check_bytes
 from graphopt.native import refs as R
 from graphopt.native.builder import Step
+from graphopt.native.errors import NativeError
 from graphopt.native.memory import ALIGNMENT, MemoryPlan
 
 
@@ -99,6 +102,7 @@ class ExecutionPlan:
         self.device = device
         self.threads = threads
         self.input_torch_dtypes = [d.torch for d in self.input_dtypes]
+        self._out_nbytes = [b.nbytes for b in self.output_buffers]
         # Per output buffer: allocate it as the typed tensor of the output that covers it whole
         # (the usual case: the result is returned without a view), else as raw bytes.
         self._out_alloc: list[tuple[tuple[int, ...], torch.dtype] | None] = []
@@ -135,6 +139,8 @@ class ExecutionPlan:
             return
         self.device = device or self.device
         self.threads = threads or self.threads
+        check_bytes(self.memory.peak_bytes + ALIGNMENT,
+                    f"the native plan's activation arena ({len(self.steps)} steps)")
         arena = self.device.empty_bytes(self.memory.peak_bytes + ALIGNMENT)
         shift = (-arena.data_ptr()) % ALIGNMENT
         self._arena = arena
@@ -142,7 +148,7 @@ class ExecutionPlan:
         arena_ptr = arena.data_ptr() + shift
         self._separate: dict[int, int] | None = None
         self._separate_tensors: dict[int, torch.Tensor] = {}
-        extra_consts: list[int] = []
+        extra_consts: list[tuple[int, int]] = []
         if os.environ.get(SEPARATE_BUFFERS_ENV, "0") not in ("", "0"):
             self._separate = {}
             for buf in self.buffers:
@@ -150,7 +156,7 @@ class ExecutionPlan:
                     t = torch.empty(buf.nbytes, dtype=torch.uint8)
                     self._separate_tensors[buf.key] = t
                     self._separate[buf.key] = len(self.constants) + len(extra_consts)
-                    extra_consts.append(t.data_ptr())
+                    extra_consts.append((t.data_ptr(), buf.nbytes))
         segments: list[Any] = []
         current = None
         for step in self.steps:
@@ -160,15 +166,22 @@ class ExecutionPlan:
                 continue
             if current is None:
                 current = self.device.native_plan(self.threads)
-                current.set_arena(arena_ptr)
+                current.set_arena(arena_ptr, self.memory.peak_bytes)
                 for array in self.constants:
-                    current.add_constant(array.ctypes.data)
-                for ptr in extra_consts:
-                    current.add_constant(ptr)
+                    current.add_constant(array.ctypes.data, array.nbytes)
+                for ptr, nbytes in extra_consts:
+                    current.add_constant(ptr, nbytes)
                 segments.append(current)
-            current.add_step(step.kernel, step.name,
-                             [_operand(r, self._separate) for r in step.operands],
-                             step.ints, step.floats)
+            try:
+                current.add_step(step.kernel, step.name,
+                                 [_operand(r, self._separate) for r in step.operands],
+                                 step.ints, step.floats)
+            except NativeError as exc:
+                # The runtime checks every step's parameters and operand extents; a refusal
+                # here is a node the lowering got wrong (or a malformed graph it let through).
+                raise LoweringError("native", [(step.op or step.kernel, step.name,
+                                                f"the runtime rejected its '{step.kernel}' "
+                                                f"step: {exc}")]) from exc
         self._segments = segments
 
     # ---------------------------------------------------------------------------------- run
@@ -176,11 +189,11 @@ class ExecutionPlan:
         """Runs on contiguous CPU tensors (already checked); returns the flat output tensors
         (and, with ``profile``, a list of (step name, kernel, seconds))."""
         self.compile()
-        in_ptrs = [t.data_ptr() for t in inputs]
+        in_ptrs = [(t.data_ptr(), t.nbytes) for t in inputs]
         out_bufs = [self.device.empty_bytes(b.nbytes) if alloc is None
                     else torch.empty(alloc[0], dtype=alloc[1])
                     for b, alloc in zip(self.output_buffers, self._out_alloc)]
-        out_ptrs = [t.data_ptr() for t in out_bufs]
+        out_ptrs = [(t.data_ptr(), n) for t, n in zip(out_bufs, self._out_nbytes)]
         timings = []
         with self._lock:  # the arena is shared by every call of this plan
             for seg in self._segments:

@@ -37,7 +37,8 @@ def _pads_real_zero(conv: Node, pad: Node) -> bool:
     value = pad.attrs["value"]
     if conv.op == "qconv":
         zp = conv.inputs[2]
-        return zp is not None and zp.kind == "const" and float(zp.data) == value
+        return (zp is not None and zp.kind == "const" and zp.data.size == 1
+                and float(zp.data.reshape(-1)[0]) == value)
     return value == 0.0
 
 

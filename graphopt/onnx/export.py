@@ -16,7 +16,8 @@ otherwise.
 The exported model keeps the IR's value names, declares a ``value_info`` for every
 intermediate IR value (size symbols become ``dim_param``), deduplicates initializers with
 identical bytes, and moves weights to an external data file next to ``path`` when they would
-not fit in one 2 GB protobuf.
+not fit in one 2 GB protobuf. Both files are written atomically and never through a symlink;
+the external data file always lies in the model's own folder (``graphopt.fileio``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import sympy
 from onnx import helper
 
 from graphopt.errors import GraphoptError, LoweringError
+from graphopt.fileio import atomic_write, safe_output_path
 from graphopt.ir.dtypes import DType
 from graphopt.ir.graph import Graph, Node, Value
 from graphopt.ir.types import Dim, TensorType
@@ -409,30 +411,62 @@ def _fill_initializers(onnx_graph: onnx.GraphProto, data: dict[str, tuple]) -> N
         tensor.raw_data = tensor_buffer(array, dtype).tobytes()
 
 
-def _write_external_data(onnx_graph: onnx.GraphProto, data: dict[str, tuple],
-                         path: str) -> None:
-    """Stream the initializers' bytes from the IR's arrays into ``<path>.data``.
+def external_data_location(path: str | os.PathLike) -> str:
+    """The external data file of the model saved at ``path``: ``<file name>.data``.
+
+    A bare file name: the model only ever refers to a file in its own folder.
+    """
+    return os.path.basename(os.fspath(path)) + ".data"
+
+
+def _write_external_data(onnx_graph: onnx.GraphProto, data: dict[str, tuple], f,
+                         location: str) -> None:
+    """Stream the initializers' bytes from the IR's arrays into the open data file ``f``.
 
     Written straight from the arrays: the model never holds the weights as protobuf bytes
     (protobuf keeps bytes in the message's arena until the whole message dies, so bytes put
-    in and cleared again would stay resident as long as the caller keeps the model).
+    in and cleared again would stay resident as long as the caller keeps the model). ``f`` is
+    the temporary file of an ``atomic_write`` that becomes ``location`` (see ``_save``).
     """
-    location = os.path.basename(path) + ".data"
-    with open(os.path.join(os.path.dirname(path) or ".", location), "wb") as f:
-        for tensor in onnx_graph.initializer:
-            array, dtype = data[tensor.name]
-            buf = tensor_buffer(array, dtype)
-            if buf.nbytes < EXTERNAL_MIN_BYTES:
-                tensor.raw_data = buf.tobytes()
-                continue
-            f.write(b"\0" * (-f.tell() % EXTERNAL_ALIGNMENT))
-            offset = f.tell()
-            f.write(memoryview(buf.reshape(-1).view(np.uint8)))
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            for key, value in (("location", location), ("offset", str(offset)),
-                               ("length", str(buf.nbytes))):
-                entry = tensor.external_data.add()
-                entry.key, entry.value = key, value
+    for tensor in onnx_graph.initializer:
+        array, dtype = data[tensor.name]
+        buf = tensor_buffer(array, dtype)
+        if buf.nbytes < EXTERNAL_MIN_BYTES:
+            tensor.raw_data = buf.tobytes()
+            continue
+        f.write(b"\0" * (-f.tell() % EXTERNAL_ALIGNMENT))
+        offset = f.tell()
+        f.write(memoryview(buf.reshape(-1).view(np.uint8)))
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", str(offset)),
+                           ("length", str(buf.nbytes))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+
+
+def _save(model: onnx.ModelProto, data: dict[str, tuple] | None, path: str) -> None:
+    """Write ``model`` to ``path`` (and, with ``data``, its weights to ``<path>.data``).
+
+    Both files are written atomically (``graphopt.fileio.atomic_write``: temp file + rename)
+    and never through a symlink; the data file must stay in the model's folder. Both temporary
+    files are complete before either is renamed into place, so an error while writing (disk
+    full while streaming the weights) leaves the old model and the old data file untouched.
+
+    Raises:
+        UnsafeInputError: ``path`` or ``<path>.data`` is a symlink, or the data file would
+            resolve outside the model's folder.
+    """
+    target = safe_output_path(path)
+    if data is None:
+        with atomic_write(target) as f:
+            f.write(model.SerializeToString())
+        return
+    folder = os.path.dirname(target)
+    location = external_data_location(target)
+    with atomic_write(os.path.join(folder, location), root=folder) as data_file:
+        _write_external_data(model.graph, data, data_file, location)
+        with atomic_write(target) as model_file:
+            model_file.write(model.SerializeToString())
 
 
 def _drop_dead_onnx_nodes(ctx: OnnxLowering, outputs: set[str]) -> None:
@@ -485,8 +519,12 @@ def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int | No
 
     Raises:
         LoweringError: ops without an ONNX lowering (all of them are listed).
+        UnsafeInputError: ``path`` or ``<path>.data`` is a symlink (files are written
+            atomically and never through a link; see ``graphopt.fileio``).
     """
     opset = DEFAULT_OPSET if opset is None else int(opset)
+    if path is not None:
+        path = safe_output_path(path)  # refuse a symlinked target before the (slow) lowering
     onnx_graph, domains, data = _lower_graph(graph, opset, contrib_ops)
     total = sum(_nbytes(array, dtype) for array, dtype in data.values())
     if external_data is None:
@@ -502,13 +540,12 @@ def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int | No
     del onnx_graph
     model.ir_version = helper.find_min_ir_version_for(opset_imports, ignore_unknown=True)
     if external_data:
-        _write_external_data(model.graph, data, os.fspath(path))
+        _save(model, data, path)
     else:
         _fill_initializers(model.graph, data)
+        if path is not None:
+            _save(model, None, path)
     del data
-    if path is not None:
-        path = os.fspath(path)
-        onnx.save_model(model, path)
     if check:
         try:
             onnx.checker.check_model(path if external_data else model, full_check=True)

@@ -16,13 +16,18 @@ from graphopt.errors import GraphoptError
 from graphopt.ir.dtypes import DType
 from graphopt.ir.graph import Value
 from graphopt.ir.types import normalize_dim
+from graphopt.limits import check_shape
 from graphopt.onnx._common import MICROSOFT
 from graphopt.onnx.importer import ImportContext, OnnxNode, onnx_converter
 
 
 def _split_heads(ctx: ImportContext, x: Value, heads: int, adapter: bool = False) -> Value:
     """(B, S, H*E) -> (B, H, S, E); ``adapter`` marks the nodes as layout adapters."""
+    if x.type.rank != 3:
+        raise GraphoptError(f"operand {x.type} must be (batch, sequence, hidden)")
     b, s, d = x.shape
+    if not isinstance(heads, int) or heads < 1 or (isinstance(d, int) and d % heads):
+        raise GraphoptError(f"{heads} heads do not split the hidden size {d} of {x.type}")
     y = ctx.emit("reshape", [x], {"shape": (b, s, heads, normalize_dim(d // heads))})
     y = ctx.emit("permute", [y], {"perm": (0, 2, 1, 3)})
     if adapter:
@@ -46,6 +51,7 @@ def _causal_mask(ctx: ImportContext, mask: Value | None, l_, s, dtype: DType) ->
     """Combine an explicit mask with the top-left causal mask (static lengths)."""
     if not (isinstance(l_, int) and isinstance(s, int)):
         raise GraphoptError("causal attention with an explicit mask over symbolic lengths")
+    check_shape((l_, s), 4, f"the causal mask constant ({l_}, {s})")
     keep = np.tril(np.ones((l_, s), dtype=np.bool_))
     if mask.dtype is DType.bool:
         return ctx.emit("logical_and", [mask, ctx.constant(keep, DType.bool, "causal")])
@@ -57,9 +63,18 @@ def _causal_mask(ctx: ImportContext, mask: Value | None, l_, s, dtype: DType) ->
 def _attention(ctx, node):
     q, k, v, mask = (ctx.value(node, i) for i in range(4))
     rank = q.type.rank
+    if rank not in (3, 4) or k.type.rank != rank or v.type.rank != rank:
+        raise GraphoptError(f"Q {q.type}, K {k.type} and V {v.type} must all be 3-D or 4-D")
     if rank == 3:
-        qh, kvh = node.attr("q_num_heads"), node.attr("kv_num_heads")
+        qh, kvh = node.positive_int("q_num_heads"), node.positive_int("kv_num_heads")
         q, k, v = _split_heads(ctx, q, qh), _split_heads(ctx, k, kvh), _split_heads(ctx, v, kvh)
+    hq, hk = q.shape[1], k.shape[1]
+    if isinstance(hq, int) and isinstance(hk, int) and (hk < 1 or hq % hk):
+        raise GraphoptError(f"{hq} query heads are not a multiple of {hk} key/value heads")
+    for name in ("scale", "softcap"):
+        value = node.attr(name, None)
+        if value is not None and not math.isfinite(value):
+            raise GraphoptError(f"attribute '{name}' = {value} must be finite")
     wants_scores = len(node.outputs) > 3 and bool(node.outputs[3])
     if (any(node.has_input(i) for i in (4, 5, 6)) or node.attr("softcap", 0.0) or wants_scores
             or node.attr("left_window_size", -1) >= 0
@@ -102,9 +117,12 @@ def _attention_decomposed(ctx: ImportContext, node: OnnxNode, q, k, v, mask, ran
     hk, seq_k = k.shape[1], k.shape[2]
     if not all(isinstance(d, int) for d in (hq, hk, seq_q, seq_k, head)):
         raise GraphoptError("Attention with KV cache/softcap/windows over symbolic sizes")
+    check_shape((seq_q, seq_k), 8, f"the attention bias constants ({seq_q}, {seq_k})")
     if hq != hk:
         k, v = _repeat_kv(ctx, k, hq // hk), _repeat_kv(ctx, v, hq // hk)
     scale = node.attr("scale", None)
+    if head < 1 or (scale is not None and not scale > 0):
+        raise GraphoptError(f"scale {scale} must be > 0 and the head size {head} >= 1")
     root = math.sqrt(scale if scale is not None else 1.0 / math.sqrt(head))
     qs = ctx.emit("mul", [q, ctx.scalar(root, dtype)])
     ks = ctx.emit("mul", [k, ctx.scalar(root, dtype)])
@@ -182,7 +200,7 @@ def _multi_head_attention(ctx, node):
             raise GraphoptError(f"MultiHeadAttention with {what} is not supported")
     if k is None or v is None or q.type.rank != 3:
         raise GraphoptError("MultiHeadAttention with packed q/k/v is not supported")
-    heads = node.attr("num_heads")
+    heads = node.positive_int("num_heads")
     if bias is not None:  # packed (q, k, v) input-projection biases
         if k.type.rank != 3 or v.type.rank != 3:
             raise GraphoptError("MultiHeadAttention bias with (B, N, S, H) key/value")

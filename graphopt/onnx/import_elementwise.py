@@ -42,7 +42,10 @@ def _identity(ctx, node):
     if node.op_type == "Dropout" and node.has_input(2):
         training = ctx.maybe_const(node, 2)
         ratio = ctx.maybe_const(node, 1) if node.has_input(1) else np.array(0.5)
-        if training is None or (bool(training) and (ratio is None or float(ratio) != 0.0)):
+        if training is not None and training.size != 1 or ratio is not None and ratio.size != 1:
+            raise GraphoptError("Dropout's ratio and training_mode must be scalars")
+        if training is None or (bool(training.reshape(-1)[0]) and (
+                ratio is None or float(ratio.reshape(-1)[0]) != 0.0)):
             raise GraphoptError("Dropout in training mode is random")
     mask = None
     if len(node.outputs) > 1 and node.outputs[1]:
@@ -71,6 +74,8 @@ def _selu(ctx, node):
 @onnx_converter("Celu")
 def _celu(ctx, node):
     alpha = node.attr("alpha", 1.0)  # max(0,x) + min(0, alpha*(exp(x/alpha)-1))
+    if alpha == 0.0 or not math.isfinite(alpha):
+        raise GraphoptError(f"attribute 'alpha' = {alpha} must be finite and non-zero")
     return ctx.emit("elu", [ctx.value(node, 0)], {"alpha": alpha, "input_scale": 1.0 / alpha})
 
 
@@ -103,8 +108,8 @@ def _prelu(ctx, node):
 
 @onnx_converter("Gelu")
 def _gelu(ctx, node):
-    return ctx.emit("gelu", [ctx.value(node, 0)], {"approximate": node.attr("approximate",
-                                                                           "none")})
+    return ctx.emit("gelu", [ctx.value(node, 0)], {
+        "approximate": node.choice("approximate", "none", ("none", "tanh"))})
 
 
 @onnx_converter("Swish")
@@ -197,8 +202,11 @@ def _mod(ctx, node):
 
 @onnx_converter("BitShift")
 def _bitshift(ctx, node):
+    direction = node.attr("direction")
+    if direction not in ("LEFT", "RIGHT"):
+        raise GraphoptError(f"attribute 'direction' = {direction!r} is not LEFT or RIGHT")
     return ctx.emit("bitshift", [ctx.value(node, 0), ctx.value(node, 1)],
-                    {"direction": node.attr("direction")})
+                    {"direction": direction})
 
 
 def _fold_variadic(ctx: ImportContext, node: OnnxNode, ir_op: str):

@@ -10,6 +10,7 @@ from graphopt.errors import GraphoptError
 from graphopt.ir.dtypes import DType
 from graphopt.ir.graph import Value
 from graphopt.ir.types import normalize_dim
+from graphopt.limits import check_shape
 from graphopt.onnx._common import MICROSOFT
 from graphopt.onnx.importer import ImportContext, OnnxNode, onnx_converter
 
@@ -74,6 +75,8 @@ def apply_activation(ctx: ImportContext, y: Value, name: str, params: list[float
     if name == "LeakyRelu":
         return ctx.emit("leaky_relu", [y], {"negative_slope": params[0] if params else 0.01})
     if name == "Clip":
+        if len(params) != 2:
+            raise GraphoptError(f"fused activation Clip needs 2 parameters, got {params}")
         return ctx.emit("clamp", [y], {"min": params[0], "max": params[1]})
     if name == "HardSigmoid":
         alpha, beta = (params + [0.2, 0.5][len(params):])[:2]
@@ -133,19 +136,32 @@ def _ms_fused_conv(ctx, node):
 
 
 # ------------------------------------------------------------------------------------ loss
+_LOSS_REDUCTIONS = ("none", "sum", "mean")
+
+
+def _loss_operands(node: OnnxNode, scores: Value, target: Value) -> None:
+    if scores.type.rank < 2 or target.type.rank != scores.type.rank - 1:
+        raise GraphoptError(f"scores {scores.type} must be (N, C, ...) and target "
+                            f"{target.type} (N, ...)")
+    if target.dtype not in (DType.int32, DType.int64):
+        raise GraphoptError(f"target must be int32 or int64, got {target.dtype}")
+
+
 @onnx_converter("NegativeLogLikelihoodLoss")
 def _nll(ctx, node):
+    _loss_operands(node, ctx.value(node, 0), ctx.value(node, 1))
     return ctx.emit("nll_loss", [ctx.value(node, 0), ctx.value(node, 1), ctx.value(node, 2)],
-                    {"reduction": node.attr("reduction", "mean"),
+                    {"reduction": node.choice("reduction", "mean", _LOSS_REDUCTIONS),
                      "ignore_index": node.attr("ignore_index", None)})
 
 
 @onnx_converter("SoftmaxCrossEntropyLoss")
 def _softmax_cross_entropy(ctx, node):
     scores = ctx.value(node, 0)
+    _loss_operands(node, scores, ctx.value(node, 1))
     log_prob = ctx.emit("log_softmax", [scores], {"axis": 1})
     loss = ctx.emit("nll_loss", [log_prob, ctx.value(node, 1), ctx.value(node, 2)],
-                    {"reduction": node.attr("reduction", "mean"),
+                    {"reduction": node.choice("reduction", "mean", _LOSS_REDUCTIONS),
                      "ignore_index": node.attr("ignore_index", None)})
     return [loss, log_prob]
 
@@ -154,8 +170,12 @@ def _softmax_cross_entropy(ctx, node):
 def _window(ctx: ImportContext, node: OnnxNode, fn) -> Value:
     from graphopt.onnx.import_elementwise import ir_dtype
 
-    size = int(ctx.const(node, 0, "size").reshape(()))
+    size = ctx.scalar_const(node, 0, "size")
     dtype = ir_dtype(node.attr("output_datatype", 1), "window dtype")
+    if size < 0 or not dtype.is_floating:
+        raise GraphoptError(f"a window of size {size} and type {dtype}: the size must be >= 0 "
+                            "and the type floating-point")
+    check_shape((size,), 8, f"{node.op_type} of size {size}")
     n1 = size if node.attr("periodic", 1) else size - 1
     n = np.arange(size, dtype=np.float64)
     return ctx.constant(fn(n, n1).astype(dtype.numpy), dtype, "window")
@@ -185,19 +205,27 @@ _GRID_MODES = {"linear": "bilinear", "bilinear": "bilinear", "nearest": "nearest
 
 @onnx_converter("GridSample")
 def _grid_sample(ctx, node):
-    x = ctx.value(node, 0)
+    x, grid = ctx.value(node, 0), ctx.value(node, 1)
     mode = _GRID_MODES.get(node.attr("mode", "bilinear" if node.opset < 20 else "linear"))
     if mode is None or x.type.rank not in (4, 5) or (mode == "bicubic" and x.type.rank == 5):
         raise GraphoptError(f"GridSample mode {node.attr('mode', '')} on rank {x.type.rank}")
-    return ctx.emit("grid_sample", [x, ctx.value(node, 1)], {
-        "mode": mode, "padding_mode": node.attr("padding_mode", "zeros"),
+    if grid.type.rank != x.type.rank or grid.shape[-1] not in (x.type.rank - 2,):
+        raise GraphoptError(f"grid {grid.type} must be (N, *out, {x.type.rank - 2}) for input "
+                            f"{x.type}")
+    return ctx.emit("grid_sample", [x, grid], {
+        "mode": mode, "padding_mode": node.choice("padding_mode", "zeros",
+                                                  ("zeros", "border", "reflection")),
         "align_corners": bool(node.attr("align_corners", 0))})
 
 
 @onnx_converter("AffineGrid")
 def _affine_grid(ctx, node):
-    size = tuple(int(s) for s in ctx.const(node, 1, "size"))
-    return ctx.emit("affine_grid", [ctx.value(node, 0)], {
+    size = tuple(ctx.ints(node, 1, "size"))
+    theta = ctx.value(node, 0)
+    if len(size) not in (4, 5) or any(s < 0 for s in size) or theta.type.rank != 3:
+        raise GraphoptError(f"AffineGrid needs theta (N, 2|3, 3|4) and a size (N, C, H, W[, D]) "
+                            f"of sizes >= 0, got {theta.type} and {list(size)}")
+    return ctx.emit("affine_grid", [theta], {
         "size": size, "align_corners": bool(node.attr("align_corners", 0))})
 
 
@@ -205,9 +233,11 @@ def _affine_grid(ctx, node):
 def _center_crop_pad(ctx, node):
     x = ctx.value(node, 0)
     rank = x.type.rank
-    target = [int(s) for s in ctx.const(node, 1, "shape")]
-    axes = node.attr("axes", None)
-    axes = list(range(rank)) if axes is None else [a % rank for a in axes]
+    target = ctx.ints(node, 1, "shape")
+    axes = node.ints("axes", None)
+    axes = list(range(rank)) if axes is None else node.axes(axes, rank)
+    if len(target) != len(axes) or any(t < 0 for t in target):
+        raise GraphoptError(f"shape {target} must give one size >= 0 per axis of {axes}")
     y = x
     for axis, want in zip(axes, target):
         size = y.shape[axis]
@@ -225,138 +255,25 @@ def _center_crop_pad(ctx, node):
     return y
 
 
-def _per_axis(ctx: ImportContext, param: Value, x: Value, axis: int) -> Value:
-    """A per-channel (1-D) quantization parameter shaped to broadcast along ``axis``."""
-    if param.type.rank != 1 or x.type.rank == 0:
-        return param
-    shape = [1] * x.type.rank
-    shape[axis % x.type.rank] = param.shape[0]
-    return ctx.emit("reshape", [param], {"shape": tuple(shape)})
-
-
-_QUANT_RANGE = {DType.uint8: (0, 255), DType.int8: (-128, 127), DType.int16: (-32768, 32767),
-                DType.int32: (-2**31, 2**31 - 1)}
-
-
-@onnx_converter("QuantizeLinear")
-def _quantize_linear(ctx, node):
-    from graphopt.onnx.import_elementwise import ir_dtype
-
-    x, scale, zero = ctx.value(node, 0), ctx.value(node, 1), ctx.value(node, 2)
-    if node.attr("block_size", 0):
-        raise GraphoptError("blocked QuantizeLinear")
-    if zero is not None:
-        dtype = zero.dtype
-    elif node.has_attr("output_dtype") and node.attr("output_dtype"):
-        dtype = ir_dtype(node.attr("output_dtype"), "QuantizeLinear output_dtype")
-    else:
-        dtype = DType.uint8
-    if dtype not in _QUANT_RANGE:
-        raise GraphoptError(f"QuantizeLinear to {dtype}")
-    axis = node.attr("axis", 1)
-    compute = x.dtype if x.dtype in (DType.float32, DType.float64) else DType.float32
-    y = ctx.emit("div", [ctx.cast(x, compute), ctx.cast(_per_axis(ctx, scale, x, axis),
-                                                         compute)])
-    y = ctx.emit("round", [y])
-    if zero is not None:
-        y = ctx.emit("add", [y, ctx.cast(_per_axis(ctx, zero, x, axis), compute)])
-    lo, hi = _QUANT_RANGE[dtype]
-    y = ctx.emit("clamp", [y], {"min": float(lo), "max": float(hi)})
-    return ctx.cast(y, dtype)
-
-
-@onnx_converter("DequantizeLinear")
-def _dequantize_linear(ctx, node):
-    x, scale, zero = ctx.value(node, 0), ctx.value(node, 1), ctx.value(node, 2)
-    if node.attr("block_size", 0):
-        raise GraphoptError("blocked DequantizeLinear")
-    axis = node.attr("axis", 1)
-    compute = DType.float32 if scale.dtype is not DType.float64 else DType.float64
-    y = ctx.cast(x, compute)
-    if zero is not None:
-        y = ctx.emit("sub", [y, ctx.cast(_per_axis(ctx, zero, x, axis), compute)])
-    y = ctx.emit("mul", [y, ctx.cast(_per_axis(ctx, scale, x, axis), compute)])
-    return ctx.cast(y, scale.dtype)
-
-
-@onnx_converter("DynamicQuantizeLinear")
-def _dynamic_quantize_linear(ctx, node):
-    x = ctx.value(node, 0)
-    f = DType.float32
-    zero = ctx.scalar(0.0, f)
-    lo = ctx.emit("minimum", [ctx.emit("amin", [x]), zero])
-    hi = ctx.emit("maximum", [ctx.emit("amax", [x]), zero])
-    scale = ctx.emit("div", [ctx.emit("sub", [hi, lo]), ctx.scalar(255.0, f)])
-    zp = ctx.emit("clamp", [ctx.emit("round", [ctx.emit("div", [ctx.emit("neg", [lo]), scale])])],
-                  {"min": 0.0, "max": 255.0})
-    y = ctx.emit("add", [ctx.emit("round", [ctx.emit("div", [x, scale])]), zp])
-    y = ctx.emit("clamp", [y], {"min": 0.0, "max": 255.0})
-    return [ctx.cast(y, DType.uint8), scale, ctx.cast(zp, DType.uint8)]
-
-
-def _centered(ctx: ImportContext, x: Value, zero: Value | None, zero_axis: int | None = None):
-    """x - zero_point in float64 (exact for 8-bit integer arithmetic)."""
-    y = ctx.cast(x, DType.float64)
-    if zero is None:
-        return y
-    z = ctx.cast(zero, DType.float64)
-    if zero_axis is not None and zero.type.rank == 1 and zero.shape[0] != 1:
-        shape = [1] * x.type.rank
-        shape[zero_axis % x.type.rank] = zero.shape[0]
-        z = ctx.emit("reshape", [z], {"shape": tuple(shape)})
-    return ctx.emit("sub", [y, z])
-
-
-@onnx_converter("MatMulInteger")
-def _matmul_integer(ctx, node):
-    a = _centered(ctx, ctx.value(node, 0), ctx.value(node, 2), zero_axis=-2)
-    b = _centered(ctx, ctx.value(node, 1), ctx.value(node, 3))
-    return ctx.cast(ctx.emit("matmul", [a, b]), DType.int32)
-
-
-@onnx_converter("ConvInteger")
-def _conv_integer(ctx, node):
-    from graphopt.onnx.import_nn import _conv_params, _spatial_pads, pad_spatial
-
-    x = _centered(ctx, ctx.value(node, 0), ctx.value(node, 2))
-    w = _centered(ctx, ctx.value(node, 1), ctx.value(node, 3), zero_axis=0)
-    kernel, strides, dilations = _conv_params(node, w, x)
-    begins, ends = _spatial_pads(node, x, kernel, strides, dilations)
-    x = pad_spatial(ctx, x, begins, ends, 0.0)
-    y = ctx.emit("conv", [x, w, None], {"stride": tuple(strides), "padding": (0,) * len(kernel),
-                                        "dilation": tuple(dilations),
-                                        "groups": node.attr("group", 1)})
-    return ctx.cast(y, DType.int32)
-
-
-@onnx_converter("QLinearMatMul")
-def _qlinear_matmul(ctx, node):
-    a_scale, b_scale, y_scale, y_zero = (ctx.value(node, i) for i in (1, 4, 6, 7))
-    a = _centered(ctx, ctx.value(node, 0), ctx.value(node, 2))
-    b = _centered(ctx, ctx.value(node, 3), ctx.value(node, 5))
-    acc = ctx.emit("matmul", [a, b])
-    factor = ctx.emit("div", [ctx.emit("mul", [a_scale, b_scale]), y_scale])
-    y = ctx.emit("mul", [acc, ctx.cast(factor, DType.float64)])
-    dtype = y_zero.dtype if y_zero is not None else ctx.value(node, 0).dtype
-    if y_zero is not None:
-        y = ctx.emit("add", [y, ctx.cast(y_zero, DType.float64)])
-    lo, hi = _QUANT_RANGE[dtype]
-    y = ctx.emit("clamp", [ctx.emit("round", [y])], {"min": float(lo), "max": float(hi)})
-    return ctx.cast(y, dtype)
-
-
 @onnx_converter("RotaryEmbedding")
 def _rotary_embedding(ctx, node):
     x, cos, sin, pos = (ctx.value(node, i) for i in range(4))
     rank = x.type.rank
+    if rank not in (3, 4):
+        raise GraphoptError(f"input {x.type} must be (B, H, S, D) or (B, S, H*D)")
     if rank == 4:  # (B, H, S, D) -> (B, S, H, D)
         xs = ctx.emit("permute", [x], {"perm": (0, 2, 1, 3)})
     else:
         b, s, hidden = x.shape
-        heads = node.attr("num_heads")
+        heads = node.positive_int("num_heads")
+        if isinstance(hidden, int) and hidden % heads:
+            raise GraphoptError(f"num_heads {heads} does not divide the hidden size {hidden}")
         xs = ctx.emit("reshape", [x], {"shape": (b, s, heads, normalize_dim(hidden // heads))})
     head = xs.shape[3]
     dim = node.attr("rotary_embedding_dim", 0) or head
+    if isinstance(dim, int) and (dim < 0 or dim % 2 or isinstance(head, int) and dim > head):
+        raise GraphoptError(f"rotary_embedding_dim {dim} must be even and at most the head "
+                            f"size {head}")
     if pos is not None:
         cos = ctx.emit("index", [cos, pos], {"axes": (0,)})
         sin = ctx.emit("index", [sin, pos], {"axes": (0,)})
@@ -390,9 +307,14 @@ def _recurrent(ctx, node):
     count = 8 if node.op_type == "LSTM" else 6
     inputs = [ctx.value(node, i) for i in range(count)] + [None] * (8 - count)
     clip = node.attr("clip", None)
+    if clip is not None and not (math.isfinite(clip) and clip > 0):
+        raise GraphoptError(f"attribute 'clip' = {clip} must be finite and > 0")
+    if node.attr("layout", 0) not in (0, 1):
+        raise GraphoptError(f"attribute 'layout' = {node.attr('layout')} must be 0 or 1")
     outs = ctx.emit("onnx_rnn", inputs, {
-        "cell": node.op_type, "hidden_size": node.attr("hidden_size"),
-        "direction": node.attr("direction", "forward"),
+        "cell": node.op_type, "hidden_size": node.positive_int("hidden_size"),
+        "direction": node.choice("direction", "forward",
+                                 ("forward", "reverse", "bidirectional")),
         "activations": tuple(node.attr("activations", [])),
         "activation_alpha": tuple(node.attr("activation_alpha", [])),
         "activation_beta": tuple(node.attr("activation_beta", [])),

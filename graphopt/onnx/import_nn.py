@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Value
 from graphopt.ir.types import normalize_dim
+from graphopt.limits import check_shape
 from graphopt.onnx.importer import ImportContext, OnnxNode, onnx_converter
+
+_AUTO_PAD = ("NOTSET", "", "SAME_UPPER", "SAME_LOWER", "VALID")
+
+
+def expect_rank(value: Value, ranks, what: str) -> None:
+    """``value``'s rank must be one of ``ranks`` (an int, or a range/tuple)."""
+    allowed = (ranks,) if isinstance(ranks, int) else tuple(ranks)
+    if value.type.rank not in allowed:
+        want = allowed[0] if len(allowed) == 1 else f"{allowed[0]} to {allowed[-1]}"
+        raise GraphoptError(f"{what} must have rank {want}, got {value.type}")
 
 
 @onnx_converter("MatMul")
@@ -20,6 +29,8 @@ def _matmul(ctx, node):
 @onnx_converter("Gemm")
 def _gemm(ctx, node):
     a, b, c = ctx.value(node, 0), ctx.value(node, 1), ctx.value(node, 2)
+    expect_rank(a, 2, "Gemm input A")
+    expect_rank(b, 2, "Gemm input B")
     alpha, beta = node.attr("alpha", 1.0), node.attr("beta", 1.0)
     trans_a, trans_b = node.attr("transA", 0), node.attr("transB", 0)
     n_out = b.shape[0] if trans_b else b.shape[1]
@@ -44,9 +55,9 @@ def _gemm(ctx, node):
 def _spatial_pads(node: OnnxNode, x: Value, kernel, strides, dilations) -> tuple[list, list]:
     """(begins, ends) of the spatial padding, resolving auto_pad on static sizes."""
     n = len(kernel)
-    auto_pad = node.attr("auto_pad", "NOTSET")
+    auto_pad = node.choice("auto_pad", "NOTSET", _AUTO_PAD)
     if auto_pad in ("NOTSET", ""):
-        pads = node.attr("pads", [0] * (2 * n))
+        pads = node.ints("pads", [0] * (2 * n), length=2 * n, minimum=0)
         return list(pads[:n]), list(pads[n:])
     if auto_pad == "VALID":
         return [0] * n, [0] * n
@@ -74,11 +85,36 @@ def pad_spatial(ctx: ImportContext, x: Value, begins, ends, value: float) -> Val
     return ctx.emit("pad", [x], {"pads": tuple(pads), "mode": "constant", "value": value})
 
 
-def _conv_params(node: OnnxNode, w: Value, x: Value):
-    kernel = node.attr("kernel_shape", [int(k) for k in w.shape[2:]])
-    n = len(kernel)
-    strides = node.attr("strides", [1] * n)
-    dilations = node.attr("dilations", [1] * n)
+def _conv_params(node: OnnxNode, w: Value, x: Value, transpose: bool = False):
+    """(kernel, strides, dilations) of a Conv-like node, checked against its operands: ranks
+    alike, kernel_shape equal to the weight's spatial dims, strides/dilations >= 1, channel
+    counts consistent with ``group``."""
+    expect_rank(x, range(3, 6), "the input (N, C, *spatial)")
+    if w.type.rank != x.type.rank:
+        raise GraphoptError(f"weight {w.type} and input {x.type} must have the same rank")
+    n = x.type.rank - 2
+    kernel = node.ints("kernel_shape", None, length=n, minimum=1)
+    if kernel is None:
+        kernel = list(w.shape[2:])
+        if not all(isinstance(k, int) for k in kernel):
+            raise GraphoptError(f"the weight's kernel dims {w.type} must be static")
+    elif any(isinstance(d, int) and d != k for d, k in zip(w.shape[2:], kernel)):
+        raise GraphoptError(f"kernel_shape {kernel} does not match the weight {w.type}")
+    if any(k < 1 for k in kernel):
+        raise GraphoptError(f"the weight {w.type} has an empty kernel")
+    strides = node.ints("strides", [1] * n, length=n, minimum=1)
+    dilations = node.ints("dilations", [1] * n, length=n, minimum=1)
+    group = node.positive_int("group", 1)
+    if transpose:  # weight (C_in, C_out / group, *k)
+        expected_in, grouped = w.shape[0], w.shape[0]
+    else:  # weight (C_out, C_in / group, *k)
+        expected_in, grouped = w.shape[1] * group, w.shape[0]
+    channels = x.shape[1]
+    if isinstance(channels, int) and isinstance(expected_in, int) and channels != expected_in:
+        raise GraphoptError(f"input {x.type} has {channels} channels; the weight {w.type} with "
+                            f"group={group} expects {expected_in}")
+    if isinstance(grouped, int) and grouped % group:
+        raise GraphoptError(f"the weight's {grouped} channels do not split into group={group}")
     return kernel, strides, dilations
 
 
@@ -99,14 +135,19 @@ def _conv(ctx, node):
 @onnx_converter("ConvTranspose")
 def _conv_transpose(ctx, node):
     x, w, b = ctx.value(node, 0), ctx.value(node, 1), ctx.value(node, 2)
-    kernel, strides, dilations = _conv_params(node, w, x)
+    kernel, strides, dilations = _conv_params(node, w, x, transpose=True)
     n = len(kernel)
-    output_padding = node.attr("output_padding", [0] * n)
-    auto_pad = node.attr("auto_pad", "NOTSET")
-    output_shape = node.attr("output_shape", None)
+    output_padding = node.ints("output_padding", [0] * n, length=n, minimum=0)
+    if any(p >= max(s, d) for p, s, d in zip(output_padding, strides, dilations)):
+        raise GraphoptError(f"output_padding {output_padding} must be smaller than the stride "
+                            f"{strides} or dilation {dilations}")
+    auto_pad = node.choice("auto_pad", "NOTSET", _AUTO_PAD)
+    output_shape = node.ints("output_shape", None, minimum=0)
     if output_shape is None and auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         output_shape = [x.shape[2 + i] * strides[i] for i in range(n)]
     if output_shape is not None:
+        if len(output_shape) not in (n, n + 2):
+            raise GraphoptError(f"output_shape {output_shape} must give the {n} spatial sizes")
         output_shape = list(output_shape)[-n:]
         begins, ends = [], []
         for i in range(n):
@@ -124,7 +165,7 @@ def _conv_transpose(ctx, node):
     elif auto_pad == "VALID":
         begins, ends = [0] * n, [0] * n
     else:
-        pads = node.attr("pads", [0] * (2 * n))
+        pads = node.ints("pads", [0] * (2 * n), length=2 * n, minimum=0)
         begins, ends = list(pads[:n]), list(pads[n:])
     symmetric = begins == ends
     y = ctx.emit("conv_transpose", [x, w, b], {
@@ -140,118 +181,13 @@ def _conv_transpose(ctx, node):
     return y
 
 
-# --------------------------------------------------------------------------------- pooling
-def _pool_params(node: OnnxNode, x: Value):
-    kernel = node.attr("kernel_shape")
-    n = len(kernel)
-    strides = node.attr("strides", [1] * n)
-    dilations = node.attr("dilations", [1] * n)
-    begins, ends = _spatial_pads(node, x, kernel, strides, dilations)
-    return kernel, strides, dilations, begins, ends
-
-
-@onnx_converter("MaxPool")
-def _max_pool(ctx, node):
-    x = ctx.value(node, 0)
-    kernel, strides, dilations, begins, ends = _pool_params(node, x)
-    padding = begins
-    fits = begins == ends and all(p <= k // 2 for p, k in zip(begins, kernel))
-    if not fits:
-        if node.attr("ceil_mode", 0):
-            raise GraphoptError("MaxPool with ceil_mode and asymmetric/large pads")
-        x = pad_spatial(ctx, x, begins, ends, -math.inf)
-        padding = [0] * len(kernel)
-    y = ctx.emit("max_pool", [x], {"kernel": tuple(kernel), "stride": tuple(strides),
-                                   "padding": tuple(padding), "dilation": tuple(dilations),
-                                   "ceil_mode": bool(node.attr("ceil_mode", 0))})
-    return [y, None]
-
-
-@onnx_converter("AveragePool")
-def _avg_pool(ctx, node):
-    x = ctx.value(node, 0)
-    kernel, strides, dilations, begins, ends = _pool_params(node, x)
-    include_pad = bool(node.attr("count_include_pad", 0))
-    ceil_mode = bool(node.attr("ceil_mode", 0))
-    fits = (begins == ends and all(p <= k // 2 for p, k in zip(begins, kernel))
-            and all(d == 1 for d in dilations))
-    if fits:
-        return ctx.emit("avg_pool", [x], {"kernel": tuple(kernel), "stride": tuple(strides),
-                                          "ceil_mode": ceil_mode, "padding": tuple(begins),
-                                          "count_include_pad": include_pad})
-    return avg_pool_by_conv(ctx, x, kernel, strides, dilations, begins, ends, include_pad,
-                            ceil_mode)
-
-
-def avg_pool_by_conv(ctx: ImportContext, x: Value, kernel, strides, dilations, begins, ends,
-                     include_pad: bool, ceil_mode: bool) -> Value:
-    """AveragePool in general (dilations, asymmetric pads): window sums by a ones-kernel
-    convolution over (N*C, 1, *spatial), divided by the count of contributing positions."""
-    n = len(kernel)
-    spatial = list(x.shape[2:])
-    if not all(isinstance(d, int) for d in spatial):
-        raise GraphoptError("AveragePool with dilations or asymmetric pads on symbolic sizes")
-    outs, extra = [], []
-    for i in range(n):
-        k_eff = (kernel[i] - 1) * dilations[i] + 1
-        span = spatial[i] + begins[i] + ends[i] - k_eff
-        o = (-(-span // strides[i]) if ceil_mode else span // strides[i]) + 1
-        if ceil_mode and (o - 1) * strides[i] >= spatial[i] + begins[i]:
-            o -= 1  # the last window must start inside the input or its left padding
-        outs.append(o)
-        extra.append(max(0, (o - 1) * strides[i] + k_eff - (spatial[i] + begins[i] + ends[i])))
-    batch, channels = x.shape[:2]
-    dtype = x.dtype
-    planes = ctx.emit("reshape", [x], {"shape": (batch * channels, 1, *spatial)})
-    ends_all = [e + x_ for e, x_ in zip(ends, extra)]
-    ones_kernel = ctx.constant(np.ones((1, 1, *kernel), dtype=dtype.numpy), dtype, "ones")
-    conv_attrs = {"stride": tuple(strides), "padding": (0,) * n, "dilation": tuple(dilations)}
-    total = ctx.emit("conv", [pad_spatial(ctx, planes, begins, ends_all, 0.0), ones_kernel,
-                              None], conv_attrs)
-    region = np.ones((1, 1, *spatial), dtype=dtype.numpy)
-    if include_pad:
-        region = np.pad(region, [(0, 0), (0, 0)] + list(zip(begins, ends)),
-                        constant_values=1.0)
-        region = np.pad(region, [(0, 0), (0, 0)] + [(0, e) for e in extra])
-    else:
-        region = np.pad(region, [(0, 0), (0, 0)] + list(zip(begins, ends_all)))
-    count = ctx.emit("conv", [ctx.constant(region, dtype, "window"), ones_kernel, None],
-                     conv_attrs)
-    mean = ctx.emit("div", [total, count])
-    return ctx.emit("reshape", [mean], {"shape": (batch, channels, *outs)})
-
-
-@onnx_converter("GlobalAveragePool", "GlobalMaxPool")
-def _global_pool(ctx, node):
-    x = ctx.value(node, 0)
-    op = "adaptive_avg_pool" if node.op_type == "GlobalAveragePool" else "adaptive_max_pool"
-    return ctx.emit(op, [x], {"output_size": (1,) * (x.type.rank - 2)})
-
-
-@onnx_converter("LpPool", "GlobalLpPool")
-def _lp_pool(ctx, node):
-    x = ctx.value(node, 0)
-    p = float(node.attr("p", 2))
-    powered = ctx.emit("pow", [ctx.emit("abs", [x]), ctx.scalar(p, x.dtype)])
-    if node.op_type == "GlobalLpPool":
-        summed = ctx.emit("sum", [powered], {"axes": tuple(range(2, x.type.rank)),
-                                             "keepdim": True})
-    else:
-        kernel, strides, dilations, begins, ends = _pool_params(node, x)
-        if any(d != 1 for d in dilations):
-            raise GraphoptError("LpPool with dilations")
-        padded = pad_spatial(ctx, powered, begins, ends, 0.0)
-        mean = ctx.emit("avg_pool", [padded], {"kernel": tuple(kernel), "stride": tuple(strides),
-                                               "ceil_mode": bool(node.attr("ceil_mode", 0)),
-                                               "count_include_pad": True})
-        summed = ctx.emit("mul", [mean, ctx.scalar(float(np.prod(kernel)), x.dtype)])
-    return ctx.emit("pow", [summed, ctx.scalar(1.0 / p, x.dtype)])
-
-
 # --------------------------------------------------------------------------- normalization
 @onnx_converter("BatchNormalization")
 def _batch_norm(ctx, node):
     x, scale, bias, mean, var = (ctx.value(node, i) for i in range(5))
+    expect_rank(x, range(2, 9), "the input (N, C, ...)")
+    for param, what in ((scale, "scale"), (bias, "B"), (mean, "input_mean"), (var, "input_var")):
+        expect_rank(param, 1, what)
     eps = node.attr("epsilon", 1e-5)
     if not node.attr("training_mode", 0):
         return [ctx.emit("batch_norm", [x, mean, var, scale, bias], {"eps": eps}), None, None]
@@ -272,9 +208,10 @@ def _batch_norm(ctx, node):
 @onnx_converter("InstanceNormalization")
 def _instance_norm(ctx, node):
     x = ctx.value(node, 0)
+    expect_rank(x, range(3, 9), "the input (N, C, *spatial)")
     channels = x.shape[1]
-    if not isinstance(channels, int):
-        raise GraphoptError("InstanceNormalization over a symbolic channel count")
+    if not isinstance(channels, int) or channels < 1:
+        raise GraphoptError(f"InstanceNormalization over channel count {channels}")
     return ctx.emit("group_norm", [x, ctx.value(node, 1), ctx.value(node, 2)],
                     {"groups": channels, "eps": node.attr("epsilon", 1e-5)})
 
@@ -282,7 +219,9 @@ def _instance_norm(ctx, node):
 @onnx_converter("LayerNormalization")
 def _layer_norm(ctx, node):
     x, scale, bias = ctx.value(node, 0), ctx.value(node, 1), ctx.value(node, 2)
-    axis = node.attr("axis", -1) % x.type.rank
+    if x.type.rank == 0:
+        raise GraphoptError("LayerNormalization of a 0-d tensor")
+    axis = node.axis_attr("axis", -1, x.type.rank)
     shape = tuple(x.shape[axis:])
     eps = node.attr("epsilon", 1e-5)
     exact = scale.shape == shape and (bias is None or bias.shape == shape)
@@ -307,12 +246,16 @@ def _layer_norm(ctx, node):
 @onnx_converter("GroupNormalization")
 def _group_norm(ctx, node):
     x, scale, bias = ctx.value(node, 0), ctx.value(node, 1), ctx.value(node, 2)
-    groups = node.attr("num_groups")
+    expect_rank(x, range(2, 9), "the input (N, C, ...)")
+    groups = node.positive_int("num_groups")
     channels = x.shape[1]
+    if isinstance(channels, int) and channels % groups:
+        raise GraphoptError(f"{channels} channels do not split into num_groups={groups}")
     if node.opset < 21 and groups != channels:  # opset 18: one scale/bias per group
         if not isinstance(channels, int):
             raise GraphoptError("GroupNormalization-18 over a symbolic channel count")
         per = channels // groups
+        check_shape((channels,), scale.dtype.itemsize, f"per-channel scale/bias ({channels})")
         params = []
         for p in (scale, bias):
             if p.kind == "const":
@@ -330,14 +273,14 @@ def _group_norm(ctx, node):
 def _rms_norm(ctx, node):
     x = ctx.value(node, 0)
     return ctx.emit("rms_norm", [x, ctx.value(node, 1)],
-                    {"axis": node.attr("axis", -1) % x.type.rank,
+                    {"axis": node.axis_attr("axis", -1, x.type.rank),
                      "eps": node.attr("epsilon", 1e-5)})
 
 
 @onnx_converter("LRN")
 def _lrn(ctx, node):
     return ctx.emit("lrn", [ctx.value(node, 0)], {
-        "size": node.attr("size"), "alpha": node.attr("alpha", 1e-4),
+        "size": node.positive_int("size"), "alpha": node.attr("alpha", 1e-4),
         "beta": node.attr("beta", 0.75), "bias": node.attr("bias", 1.0)})
 
 
@@ -354,7 +297,10 @@ def _det(ctx, node):
 
 def _scan(ctx: ImportContext, node: OnnxNode, ir_op: str, identity: float):
     x = ctx.value(node, 0)
-    axis = int(ctx.const(node, 1, "axis").reshape(())) % max(x.type.rank, 1)
+    axis_value = ctx.const(node, 1, "axis")
+    if axis_value.size != 1 or axis_value.dtype.kind not in "iu":
+        raise GraphoptError(f"input 'axis' must be one integer, got {axis_value.tolist()}")
+    axis = node.axis(int(axis_value.reshape(())), x.type.rank, "input 'axis'")
     y = x
     reverse, exclusive = node.attr("reverse", 0), node.attr("exclusive", 0)
     if reverse:
@@ -386,12 +332,21 @@ def _cumprod(ctx, node):
 @onnx_converter("TopK")
 def _topk(ctx, node):
     x = ctx.value(node, 0)
+    if x.type.rank == 0:
+        raise GraphoptError("TopK of a 0-d tensor")
     if node.opset < 10:
         k = node.attr("k")
     else:
-        k = int(ctx.const(node, 1, "k").reshape(-1)[0])
+        k_value = ctx.const(node, 1, "k")
+        if k_value.size != 1 or k_value.dtype.kind not in "iu":
+            raise GraphoptError(f"input 'k' must be one integer, got {k_value.tolist()}")
+        k = int(k_value.reshape(-1)[0])
+    axis = node.axis_attr("axis", -1, x.type.rank)
+    size = x.shape[axis]
+    if k < 0 or (isinstance(size, int) and k > size):
+        raise GraphoptError(f"k = {k} is outside [0, {size}], the size of axis {axis}")
     values, indices = ctx.emit("topk", [x], {
-        "k": k, "axis": node.attr("axis", -1) % x.type.rank,
+        "k": k, "axis": axis,
         "largest": bool(node.attr("largest", 1)), "sorted": bool(node.attr("sorted", 1))})
     return [values, indices]
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from graphopt.errors import GraphoptError
 from graphopt.ir.dtypes import DType
 from graphopt.ir.graph import Value
 from graphopt.onnx.importer import ImportContext, OnnxNode, onnx_converter
@@ -16,13 +17,13 @@ def reduce_axes(ctx: ImportContext, node: OnnxNode) -> list[int] | None:
     """The reduced axes (normalized); [] for all; None for "no reduction" (noop_with_empty)."""
     axes_as_input = node.opset >= (13 if node.op_type == "ReduceSum" else 18)
     if axes_as_input:
-        axes = [int(a) for a in ctx.const(node, 1, "axes")] if node.has_input(1) else []
+        axes = ctx.ints(node, 1, "axes") if node.has_input(1) else []
     else:
-        axes = node.attr("axes", [])
+        axes = node.ints("axes", [])
     if not axes and node.attr("noop_with_empty_axes", 0):
         return None
     rank = ctx.value(node, 0).type.rank
-    return sorted(a % max(rank, 1) for a in axes)
+    return sorted(node.axes(axes, rank))
 
 
 # The result of reducing an empty set (ONNX defines it; torch's amax/amin refuse).
@@ -106,7 +107,7 @@ def _declare_arg(onnx_op: str, ir_op: str) -> None:
     def convert(ctx: ImportContext, node: OnnxNode):
         x = ctx.value(node, 0)
         rank = x.type.rank
-        axis = node.attr("axis", 0) % max(rank, 1)
+        axis = node.axis_attr("axis", 0, rank)
         keepdim = bool(node.attr("keepdims", 1))
         if not node.attr("select_last_index", 0):
             return ctx.emit(ir_op, [x], {"axis": axis, "keepdim": keepdim})
@@ -129,10 +130,10 @@ def _declare_softmax(onnx_op: str, ir_op: str) -> None:
         x = ctx.value(node, 0)
         rank = x.type.rank
         if node.opset >= 13:
-            axis = node.attr("axis", -1) % max(rank, 1)
+            axis = node.axis_attr("axis", -1, rank)
             return ctx.emit(ir_op, [x], {"axis": axis})
         # before opset 13: softmax over the flattened trailing dims [axis:]
-        axis = node.attr("axis", 1) % max(rank, 1)
+        axis = node.axis_attr("axis", 1, rank)
         if axis == rank - 1:
             return ctx.emit(ir_op, [x], {"axis": axis})
         flat = ctx.emit("reshape", [x], {"shape": (prod(x.shape[:axis]), prod(x.shape[axis:]))})
@@ -148,8 +149,10 @@ _declare_softmax("Hardmax", "hardmax")
 @onnx_converter("LpNormalization")
 def _lp_normalization(ctx, node):
     x = ctx.value(node, 0)
-    axis = node.attr("axis", -1) % max(x.type.rank, 1)
+    axis = node.axis_attr("axis", -1, x.type.rank)
     p = node.attr("p", 2)
+    if p not in (1, 2):
+        raise GraphoptError(f"attribute 'p' = {p} must be 1 or 2")
     if p == 1:
         norm = ctx.emit("sum", [ctx.emit("abs", [x])], {"axes": (axis,), "keepdim": True})
     else:
@@ -163,7 +166,7 @@ def _lp_normalization(ctx, node):
 @onnx_converter("MeanVarianceNormalization")
 def _mvn(ctx, node):
     x = ctx.value(node, 0)
-    axes = tuple(a % x.type.rank for a in node.attr("axes", [0, 2, 3]))
+    axes = tuple(node.axes(node.ints("axes", [0, 2, 3]), x.type.rank))
     mean = ctx.emit("mean", [x], {"axes": axes, "keepdim": True})
     centered = ctx.emit("sub", [x, mean])
     var = ctx.emit("mean", [ctx.emit("mul", [centered, centered])], {"axes": axes,

@@ -14,6 +14,37 @@ from graphopt.ir.types import normalize_dim
 from graphopt.onnx.importer import ImportContext, OnnxNode, onnx_converter
 
 
+_MODES = ("nearest", "linear", "cubic")
+_CTMS = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
+         "asymmetric", "tf_crop_and_resize", "tf_half_pixel_for_nn")
+_NEAREST = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+_POLICIES = ("stretch", "not_larger", "not_smaller")
+
+
+def _check_resize(node: OnnxNode, x: Value, scales, sizes) -> list[int]:
+    """Validate a Resize's attributes and its scales/sizes; returns the normalized axes."""
+    node.choice("mode", "nearest", _MODES)
+    node.choice("coordinate_transformation_mode", "half_pixel", _CTMS)
+    node.choice("nearest_mode", "round_prefer_floor", _NEAREST)
+    node.choice("keep_aspect_ratio_policy", "stretch", _POLICIES)
+    rank = x.type.rank
+    if rank == 0:
+        raise GraphoptError("Resize of a 0-d tensor")
+    axes = node.ints("axes", None) if node.opset >= 18 else None
+    axes = list(range(rank)) if axes is None else node.axes(axes, rank)
+    given = sizes if sizes is not None else scales
+    if len(given) != len(axes):
+        raise GraphoptError(f"{'sizes' if sizes is not None else 'scales'} {list(given)} must "
+                            f"have one entry per resized axis ({len(axes)})")
+    if scales is not None and not all(math.isfinite(s) and s > 0 for s in scales):
+        raise GraphoptError(f"scales {list(scales)} must be finite and > 0")
+    if sizes is not None and any(isinstance(s, int) and s < 0 for s in sizes):
+        raise GraphoptError(f"sizes {list(sizes)} must be >= 0")
+    if any(x.shape[a] == 0 for a in axes):
+        raise GraphoptError(f"Resize of an empty axis of {x.type}")
+    return axes
+
+
 def _torch_mode(node: OnnxNode, n: int, sizes_out) -> tuple[str, bool | None]:
     """The F.interpolate (mode, align_corners) equal to this Resize's attributes."""
     mode = node.attr("mode", "nearest")
@@ -50,6 +81,7 @@ def _torch_mode(node: OnnxNode, n: int, sizes_out) -> tuple[str, bool | None]:
 def _resize(ctx: ImportContext, node: OnnxNode, x: Value, scales, sizes) -> Value:
     """Resize as the torch-style IR ``resize`` when F.interpolate computes the same thing,
     else as ``onnx_resize`` (every ONNX mode, by interpolation matrices)."""
+    _check_resize(node, x, scales, sizes)
     try:
         return _resize_like_torch(ctx, node, x, scales, sizes)
     except GraphoptError:
@@ -61,7 +93,7 @@ def _resize_onnx(ctx: ImportContext, node: OnnxNode, x: Value, scales, sizes) ->
     if not x.type.is_static:
         raise GraphoptError("Resize outside torch's modes needs static input sizes")
     axes = node.attr("axes", None) if node.opset >= 18 else None
-    axes = list(range(rank)) if axes is None else [a % rank for a in axes]
+    axes = list(range(rank)) if axes is None else node.axes(axes, rank)
     shape = list(x.shape)
     full_scales, full_sizes = [1.0] * rank, list(shape)
     policy = node.attr("keep_aspect_ratio_policy", "stretch")
@@ -72,6 +104,8 @@ def _resize_onnx(ctx: ImportContext, node: OnnxNode, x: Value, scales, sizes) ->
             full_sizes[a] = s
             full_scales[a] = s / shape[a]
         if policy != "stretch":
+            if any(shape[a] == 0 for a in axes):
+                raise GraphoptError("keep_aspect_ratio_policy on an empty axis")
             pick = min if policy == "not_larger" else max
             scale = pick(full_scales[a] for a in axes)
             for a in axes:
@@ -84,9 +118,11 @@ def _resize_onnx(ctx: ImportContext, node: OnnxNode, x: Value, scales, sizes) ->
     roi = None
     ctm = node.attr("coordinate_transformation_mode", "half_pixel")
     if ctm == "tf_crop_and_resize":
-        given = [float(v) for v in ctx.const(node, 1, "roi")]
+        given = [float(v) for v in ctx.const(node, 1, "roi").reshape(-1)]
         starts, ends = [0.0] * rank, [1.0] * rank
         n = len(axes)
+        if len(given) != 2 * n or not all(math.isfinite(v) for v in given):
+            raise GraphoptError(f"roi {given} must hold {2 * n} finite values")
         for i, a in enumerate(axes):
             starts[a], ends[a] = given[i], given[n + i]
         roi = tuple(starts + ends)
@@ -108,7 +144,7 @@ def _resize_like_torch(ctx: ImportContext, node: OnnxNode, x: Value, scales, siz
     if node.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
         raise GraphoptError("Resize keep_aspect_ratio_policy other than stretch")
     axes = node.attr("axes", None) if node.opset >= 18 else None
-    axes = list(range(rank)) if axes is None else [a % rank for a in axes]
+    axes = list(range(rank)) if axes is None else node.axes(axes, rank)
     full_scales = [1.0] * rank
     full_sizes = list(x.shape)
     if sizes is not None:
@@ -158,21 +194,24 @@ def _resize_like_torch(ctx: ImportContext, node: OnnxNode, x: Value, scales, siz
 def _resize_op(ctx, node):
     x = ctx.value(node, 0)
     if node.opset < 11:
-        scales = [float(s) for s in ctx.const(node, 1, "scales")]
+        scales = [float(s) for s in ctx.const(node, 1, "scales").reshape(-1)]
         return _resize(ctx, node, x, scales, None)
     if node.has_input(3):
         return _resize(ctx, node, x, None, ctx.dims(node, 3, "sizes"))
     scales = ctx.const(node, 2, "scales") if node.has_input(2) else None
     if scales is None or scales.size == 0:
         raise GraphoptError("Resize needs scales or sizes")
-    return _resize(ctx, node, x, [float(s) for s in scales], None)
+    return _resize(ctx, node, x, [float(s) for s in scales.reshape(-1)], None)
 
 
 @onnx_converter("Upsample")
 def _upsample(ctx, node):
     x = ctx.value(node, 0)
-    scales = node.attr("scales") if node.opset < 9 else \
-        [float(s) for s in ctx.const(node, 1, "scales")]
+    scales = node.attr("scales", []) if node.opset < 9 else \
+        [float(s) for s in ctx.const(node, 1, "scales").reshape(-1)]
+    if len(scales) != x.type.rank or not all(math.isfinite(s) and s >= 1 for s in scales):
+        raise GraphoptError(f"scales {scales} must give one finite factor >= 1 per dim of "
+                            f"{x.type}")
     if node.attr("mode", "nearest") != "nearest":
         raise GraphoptError("Upsample linear uses asymmetric coordinates, which torch lacks")
     return _upsample_nearest(ctx, x, scales)
@@ -180,8 +219,15 @@ def _upsample(ctx, node):
 
 def _upsample_nearest(ctx: ImportContext, x: Value, scales) -> Value:
     rank = x.type.rank
-    sizes = [normalize_dim(math.floor(d * s)) for d, s in zip(x.shape, scales)]
     if scales[0] != 1 or scales[1] != 1 or rank < 3:
         raise GraphoptError("Upsample of the batch or channel dims")
+    sizes = []
+    for d, s in zip(x.shape, scales):
+        if isinstance(d, int):
+            sizes.append(math.floor(d * s))
+        elif s == 1 or float(s).is_integer():
+            sizes.append(normalize_dim(d * int(s)))
+        else:
+            raise GraphoptError(f"Upsample of the symbolic size {d} by the fractional scale {s}")
     return ctx.emit("resize", [x], {"size": tuple(sizes[2:]), "mode": "nearest",
                                     "scales": tuple(float(s) for s in scales[2:])})

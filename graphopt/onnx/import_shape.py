@@ -1,21 +1,31 @@
-"""Converters of the ONNX data-movement, indexing and creation ops."""
+"""Converters of the ONNX data-movement and shape ops: Reshape, Transpose, Slice, Pad...
+
+Axes, perms, split sizes, slice steps and pads are checked against the operand's rank and
+sizes (axes in [-r, r-1] are normalized, anything else is refused rather than wrapped).
+"""
 
 from __future__ import annotations
 
-import numpy as np
-
 from graphopt.errors import GraphoptError
 from graphopt.ir.dtypes import DType
+from graphopt.ir.graph import Value
 from graphopt.ir.types import normalize_dim
-from graphopt.onnx._common import tensor_to_array
+from graphopt.onnx.import_nn import expect_rank
 from graphopt.onnx.importer import ImportContext, OnnxNode, onnx_converter
 from graphopt.ops._infer import broadcast_shapes, prod
 
 
 def _axes_operand(ctx: ImportContext, node: OnnxNode, i: int, attr: str, opset_as_input: int):
     if node.opset >= opset_as_input:
-        return [int(a) for a in ctx.const(node, i, attr)] if node.has_input(i) else None
-    return node.attr(attr, None)
+        return ctx.ints(node, i, attr) if node.has_input(i) else None
+    return node.ints(attr, None)
+
+
+def _sizes(values, what: str) -> list:
+    """Dims read from a tensor: ints must be >= 0 (symbolic dims are sizes already)."""
+    if any(isinstance(d, int) and d < 0 for d in values):
+        raise GraphoptError(f"{what} {values} has negative sizes")
+    return list(values)
 
 
 @onnx_converter("Reshape")
@@ -23,6 +33,15 @@ def _reshape(ctx, node):
     x = ctx.value(node, 0)
     target = ctx.dims(node, 1, "shape")
     allowzero = node.attr("allowzero", 0)
+    ints = [d for d in target if isinstance(d, int)]
+    if any(d < -1 for d in ints) or ints.count(-1) > 1:
+        raise GraphoptError(f"shape {target} may hold sizes >= 0 and one -1 only")
+    if allowzero and -1 in ints and 0 in ints:
+        raise GraphoptError(f"shape {target} with allowzero=1 cannot hold both 0 and -1")
+    if not allowzero and any(isinstance(d, int) and d == 0 and i >= x.type.rank
+                             for i, d in enumerate(target)):
+        raise GraphoptError(f"shape {target} copies (0) a dim past the input's rank "
+                            f"{x.type.rank}")
     shape = [x.shape[i] if (isinstance(d, int) and d == 0 and not allowzero) else d
              for i, d in enumerate(target)]
     return ctx.emit("reshape", [x], {"shape": tuple(shape)})
@@ -31,15 +50,21 @@ def _reshape(ctx, node):
 @onnx_converter("Flatten")
 def _flatten(ctx, node):
     x = ctx.value(node, 0)
+    rank = x.type.rank
     axis = node.attr("axis", 1)
-    axis = axis + x.type.rank if axis < 0 else axis
+    if not -rank <= axis <= rank:  # Flatten also takes axis == rank
+        raise GraphoptError(f"attribute 'axis' {axis} is out of range for a rank-{rank} tensor "
+                            f"(ONNX allows [{-rank}, {rank}])")
+    axis = axis + rank if axis < 0 else axis
     return ctx.emit("reshape", [x], {"shape": (prod(x.shape[:axis]), prod(x.shape[axis:]))})
 
 
 @onnx_converter("Transpose")
 def _transpose(ctx, node):
     x = ctx.value(node, 0)
-    perm = node.attr("perm", list(reversed(range(x.type.rank))))
+    perm = node.ints("perm", list(reversed(range(x.type.rank))))
+    if sorted(perm) != list(range(x.type.rank)):
+        raise GraphoptError(f"perm {perm} is not a permutation of the {x.type.rank} axes")
     return ctx.emit("permute", [x], {"perm": tuple(perm)})
 
 
@@ -49,7 +74,9 @@ def _squeeze(ctx, node):
     axes = _axes_operand(ctx, node, 1, "axes", 13)
     if axes is None:
         axes = [i for i, d in enumerate(x.shape) if d == 1]
-    axes = tuple(sorted(a % max(x.type.rank, 1) for a in axes))
+    if x.type.rank == 0 and axes:
+        raise GraphoptError(f"Squeeze axes {axes} of a 0-d tensor")
+    axes = tuple(sorted(node.axes(axes, x.type.rank)))
     for a in axes:
         if x.shape[a] != 1:
             raise GraphoptError(f"Squeeze of axis {a} of {x.type}, which is not 1")
@@ -60,9 +87,11 @@ def _squeeze(ctx, node):
 def _unsqueeze(ctx, node):
     x = ctx.value(node, 0)
     axes = _axes_operand(ctx, node, 1, "axes", 13)
+    if not axes:
+        raise GraphoptError("Unsqueeze needs 'axes'")
     out_rank = x.type.rank + len(axes)
     y = x
-    for a in sorted(a % out_rank for a in axes):
+    for a in sorted(node.axes(axes, out_rank)):
         y = ctx.emit("unsqueeze", [y], {"axis": a})
     return y
 
@@ -70,40 +99,61 @@ def _unsqueeze(ctx, node):
 @onnx_converter("Concat")
 def _concat(ctx, node):
     values = ctx.values(node)
-    axis = node.attr("axis") % max(values[0].type.rank, 1)
+    rank = values[0].type.rank
+    if rank == 0 or any(v.type.rank != rank for v in values):
+        raise GraphoptError(f"Concat inputs must have one rank >= 1, got "
+                            f"{[str(v.type) for v in values]}")
+    axis = node.axis(node.attr("axis"), rank, "attribute 'axis'")
     return ctx.emit("concat", values, {"axis": axis})
 
 
 @onnx_converter("Split")
 def _split(ctx, node):
     x = ctx.value(node, 0)
-    axis = node.attr("axis", 0) % max(x.type.rank, 1)
+    if x.type.rank == 0:
+        raise GraphoptError("Split of a 0-d tensor")
+    axis = node.axis_attr("axis", 0, x.type.rank)
     size = x.shape[axis]
     n = len(node.outputs)
     if node.opset >= 13 and node.has_input(1):
-        sizes = ctx.dims(node, 1, "split")
+        sizes = _sizes(ctx.dims(node, 1, "split"), "split")
     elif node.opset < 13 and node.has_attr("split"):
-        sizes = node.attr("split")
+        sizes = node.ints("split", None, minimum=0)
     else:
         if not isinstance(size, int):
             raise GraphoptError(f"splitting symbolic dim {size} into {n} parts")
-        n = node.attr("num_outputs", n)
+        if node.has_attr("num_outputs") and node.positive_int("num_outputs") != n:
+            raise GraphoptError(f"num_outputs {node.attr('num_outputs')} differs from the "
+                                f"node's {n} outputs")
         chunk = -(-size // n)
-        sizes = [min(chunk, size - i * chunk) for i in range(n)]
+        sizes = [max(0, min(chunk, size - i * chunk)) for i in range(n)]
+    if len(sizes) != len(node.outputs):
+        raise GraphoptError(f"split sizes {sizes} give {len(sizes)} parts for "
+                            f"{len(node.outputs)} outputs")
+    total = normalize_dim(sum(sizes))
+    if isinstance(total, int) and isinstance(size, int) and total != size:
+        raise GraphoptError(f"split sizes {sizes} add up to {total}, not to the size {size} "
+                            f"of axis {axis}")
     out = ctx.emit("split", [x], {"axis": axis, "sizes": tuple(sizes)})
     return list(out) if isinstance(out, tuple) else [out]
 
 
 def _slice_bounds_of(ctx: ImportContext, node: OnnxNode):
     if node.opset < 10:
-        starts, ends = node.attr("starts"), node.attr("ends")
-        axes = node.attr("axes", list(range(len(starts))))
-        return starts, ends, axes, [1] * len(starts)
-    starts, ends = ctx.dims(node, 1, "starts"), ctx.dims(node, 2, "ends")
-    axes = [int(a) for a in ctx.const(node, 3, "axes")] if node.has_input(3) else \
-        list(range(len(starts)))
-    steps = [int(s) for s in ctx.const(node, 4, "steps")] if node.has_input(4) else \
-        [1] * len(starts)
+        starts, ends = node.ints("starts", None), node.ints("ends", None)
+        if starts is None or ends is None:
+            raise GraphoptError("Slice-1 needs attributes 'starts' and 'ends'")
+        axes = node.ints("axes", list(range(len(starts))))
+        steps = [1] * len(starts)
+    else:
+        starts, ends = ctx.dims(node, 1, "starts"), ctx.dims(node, 2, "ends")
+        axes = ctx.ints(node, 3, "axes") if node.has_input(3) else list(range(len(starts)))
+        steps = ctx.ints(node, 4, "steps") if node.has_input(4) else [1] * len(starts)
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise GraphoptError(f"starts {starts}, ends {ends}, axes {axes} and steps {steps} must "
+                            "have one entry per sliced axis")
+    if any(s == 0 for s in steps):
+        raise GraphoptError(f"steps {steps} must be non-zero")
     return starts, ends, axes, steps
 
 
@@ -112,11 +162,11 @@ def _slice(ctx, node):
     x = ctx.value(node, 0)
     starts, ends, axes, steps = _slice_bounds_of(ctx, node)
     rank = x.type.rank
+    if rank == 0:
+        raise GraphoptError("Slice of a 0-d tensor")
+    axes = node.axes(axes, rank)
     flips, plain = [], []
     for start, end, axis, step in zip(starts, ends, axes, steps):
-        axis = axis % rank
-        if step == 0:
-            raise GraphoptError("Slice step 0")
         if step > 0:
             plain.append((axis, start, end, step))
             continue
@@ -139,48 +189,10 @@ def _slice(ctx, node):
     return y
 
 
-@onnx_converter("Gather")
-def _gather(ctx, node):
-    x, index = ctx.value(node, 0), ctx.value(node, 1)
-    axis = node.attr("axis", 0) % max(x.type.rank, 1)
-    if axis == 0 and x.type.rank == 2 and x.kind == "const" and index.type.rank >= 1:
-        known = ctx.maybe_const(node, 1)
-        if known is None or (known >= 0).all():
-            return ctx.emit("embedding", [x, index])
-    return ctx.emit("index", [x, index], {"axes": (axis,)})
-
-
-@onnx_converter("GatherElements")
-def _gather_elements(ctx, node):
-    x, index = ctx.value(node, 0), ctx.value(node, 1)
-    axis = node.attr("axis", 0) % max(x.type.rank, 1)
-    return ctx.emit("gather_elements", [x, index], {"axis": axis})
-
-
-@onnx_converter("GatherND")
-def _gather_nd(ctx, node):
-    return ctx.emit("gather_nd", [ctx.value(node, 0), ctx.value(node, 1)],
-                    {"batch_dims": node.attr("batch_dims", 0)})
-
-
-@onnx_converter("ScatterElements", "Scatter")
-def _scatter_elements(ctx, node):
-    x = ctx.value(node, 0)
-    axis = node.attr("axis", 0) % max(x.type.rank, 1)
-    return ctx.emit("scatter_elements", [x, ctx.value(node, 1), ctx.value(node, 2)],
-                    {"axis": axis, "reduction": node.attr("reduction", "none")})
-
-
-@onnx_converter("ScatterND")
-def _scatter_nd(ctx, node):
-    return ctx.emit("scatter_nd", [ctx.value(node, 0), ctx.value(node, 1), ctx.value(node, 2)],
-                    {"reduction": node.attr("reduction", "none")})
-
-
 @onnx_converter("Expand")
 def _expand(ctx, node):
     x = ctx.value(node, 0)
-    shape = ctx.dims(node, 1, "shape")
+    shape = _sizes(ctx.dims(node, 1, "shape"), "shape")
     out = broadcast_shapes(tuple(x.shape), tuple(shape))
     return ctx.emit("expand", [x], {"shape": out})
 
@@ -188,7 +200,10 @@ def _expand(ctx, node):
 @onnx_converter("Tile")
 def _tile(ctx, node):
     x = ctx.value(node, 0)
-    return ctx.emit("tile", [x], {"repeats": tuple(ctx.dims(node, 1, "repeats"))})
+    repeats = _sizes(ctx.dims(node, 1, "repeats"), "repeats")
+    if len(repeats) != x.type.rank:
+        raise GraphoptError(f"repeats {repeats} must have one entry per dim of {x.type}")
+    return ctx.emit("tile", [x], {"repeats": tuple(repeats)})
 
 
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate",
@@ -199,20 +214,28 @@ _PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate",
 def _pad(ctx, node):
     x = ctx.value(node, 0)
     rank = x.type.rank
-    mode = node.attr("mode", "constant")
-    if mode not in _PAD_MODES:
-        raise GraphoptError(f"Pad mode '{mode}'")
+    if rank == 0:
+        raise GraphoptError("Pad of a 0-d tensor")
+    mode = node.choice("mode", "constant", _PAD_MODES)
     if node.opset < 11:
-        pads, value = node.attr("pads"), node.attr("value", 0.0)
+        pads, value = node.ints("pads", None), node.attr("value", 0.0)
+        if pads is None:
+            raise GraphoptError("Pad-2 needs attribute 'pads'")
         axes = list(range(rank))
     else:
-        pads = [int(p) for p in ctx.const(node, 1, "pads")]
+        pads = ctx.ints(node, 1, "pads")
         value = 0.0
         if node.has_input(2):
-            value = ctx.const(node, 2, "constant_value").reshape(-1)[0].item()
-        axes = [int(a) % rank for a in ctx.const(node, 3, "axes")] if node.has_input(3) \
+            value = ctx.scalar_const(node, 2, "constant_value", "biuf")
+        axes = node.axes(ctx.ints(node, 3, "axes"), rank) if node.has_input(3) \
             else list(range(rank))
     n = len(axes)
+    if len(pads) != 2 * n:
+        raise GraphoptError(f"pads {pads} must have 2 entries per padded axis ({2 * n})")
+    for a, lo, hi in zip(axes, pads[:n], pads[n:]):
+        size = x.shape[a]
+        if isinstance(size, int) and size + lo + hi < 0:
+            raise GraphoptError(f"pads {pads} crop axis {a} of {x.type} below size 0")
     begins = dict(zip(axes, pads[:n]))
     ends = dict(zip(axes, pads[n:]))
     # A Pad that pads nothing stays a node: imports map ONNX nodes one to one (cleanup passes
@@ -225,33 +248,6 @@ def _pad(ctx, node):
     if mode == "constant":
         attrs["value"] = float(value) if x.dtype.is_floating else value
     return ctx.emit("pad", [x], attrs)
-
-
-def _value_attr(node: OnnxNode, default_dtype: DType):
-    t = node.attr("value", None)
-    if t is None:
-        return 0.0, default_dtype
-    array, dtype = tensor_to_array(t)
-    return array.reshape(-1)[0].item(), dtype
-
-
-@onnx_converter("ConstantOfShape")
-def _constant_of_shape(ctx, node):
-    shape = tuple(ctx.dims(node, 0, "shape"))
-    value, dtype = _value_attr(node, DType.float32)
-    return ctx.emit("full", [], {"shape": shape, "value": value, "dtype": dtype})
-
-
-@onnx_converter("Range")
-def _range(ctx, node):
-    start = ctx.const(node, 0, "start").reshape(()).item()
-    delta = ctx.const(node, 2, "delta").reshape(()).item()
-    limit = ctx.dims(node, 1, "limit")[0] if ctx.maybe_const(node, 1) is None else \
-        ctx.const(node, 1).reshape(()).item()
-    dtype = ctx.value(node, 0).dtype
-    if isinstance(limit, float) and not dtype.is_floating:
-        limit = int(limit)
-    return ctx.emit("arange", [], {"start": start, "end": limit, "step": delta, "dtype": dtype})
 
 
 @onnx_converter("Shape")
@@ -279,41 +275,21 @@ def _size(ctx, node):
 
 @onnx_converter("Trilu")
 def _trilu(ctx, node):
-    k = int(ctx.const(node, 1, "k").reshape(())) if node.has_input(1) else 0
+    k = ctx.scalar_const(node, 1, "k") if node.has_input(1) else 0
     op = "triu" if node.attr("upper", 1) else "tril"
     return ctx.emit(op, [ctx.value(node, 0)], {"diagonal": k})
 
 
-@onnx_converter("EyeLike")
-def _eye_like(ctx, node):
-    x = ctx.value(node, 0)
-    from graphopt.onnx.import_elementwise import ir_dtype
-
-    dtype = ir_dtype(node.attr("dtype"), "EyeLike dtype") if node.has_attr("dtype") else x.dtype
-    if not x.type.is_static:
-        raise GraphoptError(f"EyeLike of symbolic shape {x.type}")
-    rows, cols = x.shape
-    return ctx.constant(np.eye(rows, cols, node.attr("k", 0), dtype=dtype.numpy), dtype, "eye")
-
-
-@onnx_converter("OneHot")
-def _one_hot(ctx, node):
-    indices, values = ctx.value(node, 0), ctx.value(node, 2)
-    depth = int(ctx.const(node, 1, "depth").reshape(-1)[0])
-    out_rank = indices.type.rank + 1
-    axis = node.attr("axis", -1) % out_rank
-    idx = ctx.cast(indices, DType.int64)
-    negative = ctx.emit("lt", [idx, ctx.scalar(0, DType.int64)])
-    idx = ctx.emit("where", [negative, ctx.emit("add", [idx, ctx.scalar(depth, DType.int64)]),
-                             idx])
-    idx = ctx.emit("unsqueeze", [idx], {"axis": axis})
-    shape = [1] * out_rank
-    shape[axis] = depth
-    classes = ctx.constant(np.arange(depth, dtype=np.int64).reshape(shape), DType.int64, "cls")
-    hot = ctx.emit("eq", [idx, classes])
-    off = ctx.emit("select", [values], {"axis": 0, "index": 0})
-    on = ctx.emit("select", [values], {"axis": 0, "index": 1})
-    return ctx.emit("where", [hot, on, off])
+def _block_size(node: OnnxNode, x: Value, divides: str) -> int:
+    """The ``blocksize`` of Depth/SpaceToDepth, checked against a rank-4 input."""
+    expect_rank(x, 4, "the input (N, C, H, W)")
+    b = node.positive_int("blocksize")
+    n, c, h, w = x.shape
+    dims = (c,) if divides == "C" else (h, w)
+    divisor = b * b if divides == "C" else b
+    if any(isinstance(d, int) and d % divisor for d in dims):
+        raise GraphoptError(f"blocksize {b} does not divide {x.type}")
+    return b
 
 
 def _block_shuffle(ctx: ImportContext, x, b: int, mode: str):
@@ -330,8 +306,8 @@ def _block_shuffle(ctx: ImportContext, x, b: int, mode: str):
 @onnx_converter("DepthToSpace")
 def _depth_to_space(ctx, node):
     x = ctx.value(node, 0)
-    b = node.attr("blocksize")
-    mode = node.attr("mode", "DCR")
+    b = _block_size(node, x, "C")
+    mode = node.choice("mode", "DCR", ("DCR", "CRD"))
     if mode == "CRD":
         return ctx.emit("pixel_shuffle", [x], {"factor": b})
     return _block_shuffle(ctx, x, b, mode)
@@ -340,28 +316,10 @@ def _depth_to_space(ctx, node):
 @onnx_converter("SpaceToDepth")
 def _space_to_depth(ctx, node):
     x = ctx.value(node, 0)
-    b = node.attr("blocksize")
+    b = _block_size(node, x, "HW")
     n, c, h, w = x.shape
     hb, wb = normalize_dim(h // b), normalize_dim(w // b)
     y = ctx.emit("reshape", [x], {"shape": (n, c, hb, b, wb, b)})
     perm = (0, 1, 3, 5, 2, 4) if node.attr("mode", "DCR") == "CRD" else (0, 3, 5, 1, 2, 4)
     y = ctx.emit("permute", [y], {"perm": perm})
     return ctx.emit("reshape", [y], {"shape": (n, c * b * b, hb, wb)})
-
-
-@onnx_converter("Constant")
-def _constant(ctx, node):
-    if node.has_attr("value"):
-        array, dtype = tensor_to_array(node.attr("value"))
-        return ctx.constant(array, dtype, node.outputs[0])
-    for key, dtype in (("value_float", DType.float32), ("value_int", DType.int64)):
-        if node.has_attr(key):
-            return ctx.constant(np.array(node.attr(key), dtype=dtype.numpy), dtype,
-                                node.outputs[0])
-    for key, dtype in (("value_floats", DType.float32), ("value_ints", DType.int64)):
-        if node.has_attr(key):
-            return ctx.constant(np.array(node.attr(key), dtype=dtype.numpy), dtype,
-                                node.outputs[0])
-    raise GraphoptError("Constant without a numeric value (sparse and string constants are not "
-                        "supported)")
-

@@ -20,11 +20,15 @@ from graphopt.ir.attrs import has_symbols
 from graphopt.ir.dtypes import DType, numpy_to_torch, torch_to_numpy
 from graphopt.ir.graph import Node
 from graphopt.ir.types import normalize_dim
+from graphopt.limits import check_bytes, numel_of
 
 # Small tensors are evaluated during import so that shape arithmetic can become attributes.
 KNOWN_LIMIT = 1 << 16
 # Folding never creates a constant much bigger than the constants it consumed.
 FOLD_SLACK_BYTES = 1 << 20
+# Size expressions bigger than this are not tracked (real shape arithmetic is a few ops:
+# batch*seq, (h - 3)//2 + 1); see _too_big.
+MAX_EXPR_OPS = 24
 
 Rule = Callable[..., np.ndarray]
 _RULES: dict[str, Rule] = {}
@@ -70,12 +74,14 @@ def evaluate_new_nodes(ctx, nodes: list[Node]) -> None:
             continue
         if not all(t.is_static for t in (o.type for o in node.outputs)):
             continue
-        out_elems = sum(int(np.prod(o.shape)) for o in node.outputs)
+        # Python ints: np.prod would wrap around on a crafted (2**32, 2**32) shape.
+        out_elems = sum(numel_of(o.shape) for o in node.outputs)
         in_bytes = sum(v.data.nbytes for v in node.inputs if v is not None and v.kind == "const")
-        out_bytes = sum(int(np.prod(o.shape)) * o.dtype.itemsize for o in node.outputs)
+        out_bytes = sum(numel_of(o.shape) * o.dtype.itemsize for o in node.outputs)
         fold = ctx.fold_constants and out_bytes <= in_bytes + FOLD_SLACK_BYTES
         if not fold and out_elems > KNOWN_LIMIT:
             continue
+        check_bytes(out_bytes, f"import-time value of {node.op} node '{node.outputs[0].name}'")
         args = [None if v is None else numpy_to_torch(v.data, v.dtype) if v.kind == "const"
                 else torch.from_numpy(np.require(ctx.known[v], requirements="C"))
                 for v in node.inputs]
@@ -112,17 +118,22 @@ def _concrete_if_possible(array: np.ndarray) -> np.ndarray:
 
 
 def _fold(ctx, node: Node, arrays: list[np.ndarray]) -> None:
-    """Replace ``node`` by constants holding ``arrays``."""
+    """Replace ``node`` by constants holding ``arrays``.
+
+    Only the ONNX node being converted can name the folded values (its converter just created
+    them), so only its output names are re-pointed: scanning every name would make importing a
+    long chain of foldable nodes quadratic.
+    """
     graph = ctx.graph
+    names = ctx.node.outputs if ctx.node is not None else list(ctx.env)
     for out, array in zip(node.outputs, arrays):
         data = array if out.dtype is DType.bfloat16 else array.astype(out.dtype.numpy, copy=False)
         const = graph.add_constant(data, out.name, out.dtype)
         out.replace_all_uses_with(const)
-        for name, v in list(ctx.env.items()):
-            if v is out:
+        for name in names:
+            if ctx.env.get(name) is out:
                 ctx.env[name] = const
     graph.erase_node(node)
-
 
 
 def evaluate_symbolic(node: Node, inputs: list[np.ndarray | None]) -> list[np.ndarray] | None:
@@ -132,15 +143,24 @@ def evaluate_symbolic(node: Node, inputs: list[np.ndarray | None]) -> list[np.nd
         return None
     try:
         out = rule(dict(node.attrs), *inputs)
-    except (_Undecidable, TypeError, ValueError, IndexError, ZeroDivisionError):
-        return None
-    outs = out if isinstance(out, list) else [out]
-    result = []
-    for o, value in zip(outs, node.outputs):
-        arr = np.asarray(o, dtype=object).reshape(tuple(int(d) for d in value.shape)
-                                                  if value.type.is_static else np.shape(o))
-        result.append(np.vectorize(_norm, otypes=[object])(arr) if arr.size else arr)
+        outs = out if isinstance(out, list) else [out]
+        result = []
+        for o, value in zip(outs, node.outputs):
+            arr = np.asarray(o, dtype=object).reshape(tuple(int(d) for d in value.shape)
+                                                      if value.type.is_static else np.shape(o))
+            if arr.size > KNOWN_LIMIT or any(_too_big(d) for d in arr.reshape(-1)):
+                return None
+            result.append(np.vectorize(_norm, otypes=[object])(arr) if arr.size else arr)
+    except (_Undecidable, TypeError, ValueError, IndexError, KeyError, ArithmeticError,
+            AttributeError):
+        return None  # not decidable at import time: the value stays unknown
     return result
+
+
+def _too_big(d) -> bool:
+    """A size expression past MAX_EXPR_OPS operations: simplifying it could take minutes
+    (a crafted chain of Shape arithmetic grows it exponentially), so it stays unknown."""
+    return isinstance(d, sympy.Basic) and sympy.count_ops(d) > MAX_EXPR_OPS
 
 
 def _norm(d):
@@ -219,9 +239,16 @@ _RULES["minimum"] = _elementwise2(lambda x, y: sympy.Min(x, y) if not (
     isinstance(x, int) and isinstance(y, int)) else min(x, y))
 
 
+def _as_expr(x) -> sympy.Expr:
+    """A dim (int or sympy expression) as a sympy expression; never parses text."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer, sympy.Expr)):
+        raise _Undecidable
+    return sympy.Integer(int(x)) if isinstance(x, (int, np.integer)) else x
+
+
 def _compare(fn):
     def decide(x, y):
-        diff = sympy.simplify(sympy.sympify(x) - sympy.sympify(y))
+        diff = sympy.simplify(_as_expr(x) - _as_expr(y))
         result = fn(diff)
         if result not in (True, False):
             raise _Undecidable

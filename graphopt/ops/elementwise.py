@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from graphopt.errors import TypeInferenceError
 from graphopt.ir.dtypes import DType
 from graphopt.ir.types import TensorType
 from graphopt.ops._infer import (
@@ -96,7 +97,7 @@ def isnan(x):
 @register_op(
     "gelu",
     inputs=("x",),
-    attrs={"approximate": AttrSpec(str, "none", "'none' (erf) or 'tanh'")},
+    attrs={"approximate": AttrSpec(str, "none", "'none' (erf) or 'tanh'", ("none", "tanh"))},
     traits=ELEMENTWISE_UNARY,
     infer=same_as_input,
 )
@@ -105,12 +106,18 @@ def gelu(x, approximate="none"):
     return F.gelu(x, approximate=approximate)
 
 
+def _clamp_infer(types, attrs):
+    if attrs["min"] is None and attrs["max"] is None:
+        raise TypeInferenceError("clamp needs at least one of min and max")
+    return same_as_input(types, attrs)
+
+
 @register_op(
     "clamp",
     inputs=("x",),
     attrs={"min": AttrSpec((float, int, type(None)), None), "max": AttrSpec((float, int, type(None)), None)},
     traits=ELEMENTWISE_UNARY,
-    infer=same_as_input,
+    infer=_clamp_infer,
 )
 def clamp(x, min=None, max=None):
     """Clamp to [min, max]; relu6 and hardtanh are clamps. A None bound is open."""
@@ -208,7 +215,8 @@ for _name, (_fn, _comm, _infer) in _BINARY.items():
 @register_op(
     "div",
     inputs=("a", "b"),
-    attrs={"rounding_mode": AttrSpec((str, type(None)), None, "None, 'trunc' or 'floor'")},
+    attrs={"rounding_mode": AttrSpec((str, type(None)), None, "None, 'trunc' or 'floor'",
+                                     (None, "trunc", "floor"))},
     traits=ELEMENTWISE_BINARY,
     infer=broadcast_true_divide,
 )
@@ -219,6 +227,8 @@ def div(a, b, rounding_mode=None):
 
 def _where_infer(types, attrs):
     cond, a, b = types
+    if cond.dtype is not DType.bool:
+        raise TypeInferenceError(f"where's condition must be bool, got {cond.dtype}")
     return TensorType(broadcast_shapes(cond.shape, a.shape, b.shape), promote(a, b))
 
 

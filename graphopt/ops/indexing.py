@@ -115,7 +115,8 @@ def _arange_infer(types, attrs):
 
 
 @register_op("arange", inputs=(),
-             attrs={"start": 0, "end": AttrSpec(object), "step": 1, "dtype": DType.int64},
+             attrs={"start": AttrSpec((int, float), 0), "end": AttrSpec(object),
+                    "step": AttrSpec((int, float), 1), "dtype": DType.int64},
              traits=frozenset({PURE}), infer=_arange_infer)
 def arange(start=0, end=None, step=1, dtype=DType.int64):
     """[start, start+step, ...) up to end; kept as an op when ``end`` is a size symbol."""

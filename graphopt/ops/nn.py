@@ -240,7 +240,9 @@ def _resize_infer(types, attrs):
 
 
 @register_op("resize", inputs=("x",),
-             attrs={"size": AttrSpec(tuple), "mode": "nearest",
+             attrs={"size": AttrSpec(tuple),
+                    "mode": AttrSpec(str, "nearest", choices=("nearest", "nearest-exact",
+                                     "linear", "bilinear", "bicubic", "trilinear", "area")),
                     "align_corners": AttrSpec((bool, type(None)), None),
                     "scales": AttrSpec((tuple, type(None)), None)},
              infer=_resize_infer)

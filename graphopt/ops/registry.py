@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+import sympy
+
 from graphopt.errors import AttrError, TypeInferenceError, UnknownOpError
 from graphopt.ir.attrs import Attrs
 from graphopt.ir.types import TensorType
@@ -37,11 +39,36 @@ ELEMENTWISE_BINARY = frozenset({PURE, ELEMENTWISE, BROADCAST})
 
 @dataclass(frozen=True)
 class AttrSpec:
-    """An attribute: its Python kind(s) for validation and its default (or REQUIRED)."""
+    """An attribute: its Python kind(s) for validation, its default (or REQUIRED) and, for
+    enumerated string attributes, the values it may take (``choices``)."""
 
     kind: Any
     default: Any = REQUIRED
     doc: str = ""
+    choices: tuple | None = None
+
+    def check(self, value: Any) -> str | None:
+        """Why ``value`` does not fit this spec, or None. ``int`` kinds take size expressions
+        (symbolic dims) and ``float`` kinds take ints; ``bool`` is never an ``int`` here."""
+        kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+        if object in kinds:
+            return None
+        if value is None and (type(None) in kinds or self.default is None):
+            return None
+        if isinstance(value, bool):
+            fits = bool in kinds
+        elif isinstance(value, int):
+            fits = int in kinds or float in kinds
+        elif isinstance(value, sympy.Expr):
+            fits = int in kinds
+        else:
+            fits = isinstance(value, tuple(k for k in kinds if isinstance(k, type)))
+        if not fits:
+            names = "/".join(getattr(k, "__name__", str(k)) for k in kinds)
+            return f"must be {names}, got {type(value).__name__} {value!r}"
+        if self.choices is not None and value not in self.choices:
+            return f"must be one of {list(self.choices)}, got {value!r}"
+        return None
 
 
 @dataclass
@@ -88,6 +115,9 @@ class OpDef:
         full = {}
         for key, spec in self.attrs.items():
             if key in given:
+                problem = spec.check(given[key])
+                if problem is not None:
+                    raise AttrError(f"{context}: attribute '{key}' of op '{self.name}' {problem}")
                 full[key] = given[key]
             elif spec.default is REQUIRED:
                 raise AttrError(f"{context}: op '{self.name}' requires attribute '{key}'")

@@ -25,7 +25,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from graphopt.errors import GraphoptError
+from graphopt.errors import PruneError
 from graphopt.ir.graph import Graph, Value
 from graphopt.ir.types import TensorType
 from graphopt.prune.dependency import ChannelGroup, DependencyGraph, attr_rewrite
@@ -36,8 +36,6 @@ from graphopt.prune.report import GroupReport, PruneReport
 ImportanceFn = Callable[[DependencyGraph, ChannelGroup], np.ndarray]
 
 
-class PruneError(GraphoptError):
-    """A pruning request that cannot be met (target unreachable, bad options)."""
 
 
 def set_constant_data(value: Value, data: np.ndarray) -> None:

@@ -2,6 +2,13 @@
 
 1-D convolutions run as 2-D ones with a height of 1. The weight must be a plan constant (it is
 packed for the GEMM, or copied for the depthwise path, when the plan is built).
+
+A malformed convolution (from a crafted file or a hand-built graph that bypassed type
+inference) is rejected here with a :class:`~graphopt.errors.LoweringError` naming the node and
+what is wrong: strides, dilations and groups must be positive, groups must divide both channel
+counts (else the kernel would leave output channels unwritten), the weight must have the layout
+its attributes imply and the output the size they compute. The C++ factory checks the memory
+side again (rt_conv.cpp); this is where the message can name the node.
 """
 
 from __future__ import annotations
@@ -10,9 +17,50 @@ from graphopt.native.lower._common import activation, require_float32
 from graphopt.ops.registry import register_lowering
 
 
-def _spatial(value, n: int) -> list[int]:
-    value = list(value)
+def _spatial(ctx, name: str, n: int) -> list[int]:
+    value = ctx.attrs[name]
+    value = [value] if isinstance(value, int) else list(value)
+    if len(value) not in (1, n) or not all(isinstance(v, int) for v in value):
+        ctx.invalid(f"attribute {name}={tuple(value)} must hold 1 or {n} integers")
     return value * n if len(value) == 1 else value
+
+
+def _check_conv(ctx, x_shape, w_shape, out_shape, stride, pad, dil, transpose: bool) -> None:
+    """Rejects convolutions whose attributes, weight and output disagree (see module doc).
+    ``x_shape`` is the node's input as declared (for a folded zero pad: the padded shape)."""
+    n = len(x_shape) - 2
+    groups = ctx.attrs["groups"]
+    if len(w_shape) != n + 2 or len(out_shape) != n + 2:
+        ctx.invalid(f"input {list(x_shape)}, weight {list(w_shape)} and output "
+                    f"{list(out_shape)} must all be [N, C, *spatial] of rank {n + 2}")
+    for name, values, low in (("stride", stride, 1), ("dilation", dil, 1), ("padding", pad, 0)):
+        if any(v < low for v in values):
+            ctx.invalid(f"{name}={tuple(values)} must be >= {low}")
+    if not isinstance(groups, int) or groups < 1:
+        ctx.invalid(f"groups={groups!r} must be a positive integer")
+    c, co = x_shape[1], out_shape[1]
+    if c % groups or co % groups:
+        ctx.invalid(f"groups={groups} must divide the input channels ({c}) and the output "
+                    f"channels ({co})")
+    kernel = list(w_shape[2:])
+    if any(k < 1 for k in kernel):
+        ctx.invalid(f"the weight {list(w_shape)} has an empty kernel")
+    want_w = [c, co // groups] if transpose else [co, c // groups]
+    if list(w_shape[:2]) != want_w:
+        ctx.invalid(f"the weight is {list(w_shape)}; with {c} input channels, {co} output "
+                    f"channels and groups={groups} it must be {want_w + kernel}")
+    if out_shape[0] != x_shape[0]:
+        ctx.invalid(f"batch {out_shape[0]} of the output differs from the input's {x_shape[0]}")
+    outpad = _spatial(ctx, "output_padding", n) if transpose else [0] * n
+    for i in range(n):
+        span = dil[i] * (kernel[i] - 1) + 1
+        if transpose:
+            want = (x_shape[2 + i] - 1) * stride[i] - 2 * pad[i] + span + outpad[i]
+        else:
+            want = (x_shape[2 + i] + 2 * pad[i] - span) // stride[i] + 1
+        if out_shape[2 + i] < 1 or out_shape[2 + i] != want:
+            ctx.invalid(f"output spatial dim {i} is {out_shape[2 + i]}, the attributes give "
+                        f"{max(want, 0)}")
 
 
 def _conv_params(ctx, x_shape=None, extra_pad=(0, 0), w_slot: int = 1):
@@ -25,7 +73,9 @@ def _conv_params(ctx, x_shape=None, extra_pad=(0, 0), w_slot: int = 1):
     if ctx.const(w_slot) is None:
         ctx.unsupported("the convolution weight is not a constant")
     a = ctx.attrs
-    stride, pad, dil = (_spatial(a[k], n) for k in ("stride", "padding", "dilation"))
+    stride, pad, dil = (_spatial(ctx, k, n) for k in ("stride", "padding", "dilation"))
+    _check_conv(ctx, ctx.in_shape(0), w_shape, out_shape, stride, pad, dil,
+                ctx.node.op == "conv_transpose")
     kernel = list(w_shape[2:])
     in_sp, out_sp = list(x_shape[2:]), list(out_shape[2:])
     if n == 1:  # conv1d as conv2d over [N, C, 1, L]

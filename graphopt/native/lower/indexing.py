@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphopt.ir.dtypes import DType
+from graphopt.native.errors import NativeIndexError
 from graphopt.native.lower._common import dtype_code, norm_axis
 from graphopt.native.refs import numel
 from graphopt.ops.registry import register_lowering
@@ -70,8 +71,8 @@ def _lower_multi_index(ctx) -> None:
         idx = np.asarray(idx, dtype=np.int64)
         bad = idx[(idx < -dim) | (idx >= dim)]
         if bad.size:
-            raise IndexError(f"%{ctx.name}: index {int(bad[0])} is out of bounds for axis "
-                             f"{axes[k]} of size {dim}")
+            raise NativeIndexError(f"%{ctx.name} ({ctx.node.op}): index {int(bad[0])} is out "
+                                   f"of bounds for axis {axes[k]} of size {dim}")
         flat = flat * dim + np.where(idx < 0, idx + dim, idx)
     index = ctx.builder.const_ref(np.ascontiguousarray(flat), DType.int64)
     pre = numel(x.shape[: axes[0]])
