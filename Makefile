@@ -1,7 +1,7 @@
 # graphopt developer targets. Everything runs inside the repo-local virtualenv .venv.
 #
 #   make venv        create .venv (if missing), editable-install graphopt[test], build graphopt._C
-#   make test        venv + rebuild graphopt._C if csrc/ changed + pytest
+#   make test        venv + rebuild graphopt._C if csrc/ changed + lint-imports + pytest
 #   make demo        venv + python -m graphopt.demo
 #   make asan        native kernel + model tests against an ASan+UBSan build of graphopt._C
 #   make tsan        thread-pool / concurrent-call tests against a ThreadSanitizer build
@@ -61,7 +61,10 @@ $(EXT): $(CSRC) setup.py | $(STAMP)
 	$(PY) setup.py build_ext --inplace
 	touch $@
 
+# lint-imports checks the layer contract in pyproject.toml (docs/architecture.md); it must run
+# from the repository root, where it finds passes/ as its own root package.
 test: venv
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -ra tests
 
 demo: venv

@@ -18,7 +18,7 @@ to win is what ``graphopt.prune.sparse.SPARSE_KERNEL_MAX_DENSITY`` should say.
 
 Part 2b (plan kernels): the native plan's "sparse_linear" step against its packed dense "gemm"
 step on the same linears for M = 1 and 128 rows (``--plan-rows``): what the cost model in
-``graphopt.prune.sparse`` is fitted on.
+``graphopt.native.lower.sparse`` is fitted on.
 
 Writes benchmarks/results/prune_latency.png (latency vs pruning ratio, one line per backend),
 prune_sparse_gemm.png, prune_sparse_plan.png and prune.json.
@@ -202,7 +202,7 @@ def _linear_graph(m: int, w: np.ndarray):
 def bench_plan_kernels(opts) -> dict:
     """The native plan's "sparse_linear" (CSR) step against its packed dense "gemm" step (GEMV
     for M <= 4) on one linear, per M / shape / sparsity: what the cost model in
-    graphopt.prune.sparse.use_sparse_kernel is set from."""
+    graphopt.native.lower.sparse.use_sparse_kernel is set from."""
     rng = np.random.default_rng(0)
     out = {}
     for m in opts.plan_rows:

@@ -27,7 +27,7 @@ from graphopt.transform import PassManager, bisect, optimize, register_pass
 # (numpy + dataclasses); the analysis, scipy and training code load on first use.
 from graphopt.prune import finetune, prune  # noqa: E402
 
-__version__ = "0.1.0"
+from graphopt.version import __version__  # noqa: E402
 
 
 def parse(text: str, constants=None) -> Graph:

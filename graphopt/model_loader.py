@@ -73,10 +73,10 @@ class LoadedModel:
     def graph(self) -> Graph:
         """The model's graphopt IR (traced with torch.export on first use, then cached)."""
         if self._graph is None:
-            import graphopt
+            from graphopt.frontend import trace
 
             start = time.perf_counter()
-            self._graph = graphopt.trace(self.module, self.args, self.kwargs or None)
+            self._graph = trace(self.module, self.args, self.kwargs or None)
             self.trace_s = time.perf_counter() - start
         return self._graph
 

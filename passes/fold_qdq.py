@@ -46,10 +46,11 @@ import numpy as np
 
 from graphopt.ir.dtypes import DType
 from graphopt.ir.graph import Value
+from graphopt.ops.quant import QDQ_TRANSPARENT_OPS
 from graphopt.rewrite import Const, Match, RewritePass, Rule, Var, op
 from graphopt.transform.registry import register_pass
 
-TRANSPARENT_OPS = ("reshape", "permute", "squeeze", "unsqueeze", "max_pool", "pad")
+TRANSPARENT_OPS = QDQ_TRANSPARENT_OPS  # the ops Q/DQ moves through (graphopt/ops/quant.py)
 
 
 def _dq_activation(prefix: str = "x"):

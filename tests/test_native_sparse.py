@@ -23,7 +23,8 @@ from graphopt.compile import BACKENDS
 from graphopt.ir.dtypes import DType
 from graphopt.ir.graph import Graph
 from graphopt.ir.types import TensorType
-from graphopt.prune.sparse import attach_sparse, crossover_density, sparse_weight
+from graphopt.ir.encodings import attach_sparse, sparse_weight
+from graphopt.native.lower.sparse import crossover_density
 from tests.conftest import tensor_leaves
 
 pytestmark = pytest.mark.skipif("native" not in BACKENDS, reason="native backend not built")

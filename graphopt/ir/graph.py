@@ -3,8 +3,8 @@
 * A ``Value`` has exactly one definition: a graph input, a graph constant (weights; numpy data
   owned by the graph) or one output of a node. It keeps its use list, so rewrites are
   ``old.replace_all_uses_with(new)`` followed by dead-node removal.
-* A ``Node`` is an op name from the registry, input values (``None`` for an absent optional
-  operand), frozen attributes and output values.
+* A ``Node`` is an op name from the op registry (looked up through ``graphopt.ir.schema``),
+  input values (``None`` for an absent optional operand), frozen attributes and output values.
 * Nodes live in a doubly linked list: insertion and erasure are O(1) and ``graph.nodes`` may be
   iterated while the graph is being rewritten (erased nodes are skipped).
 """
@@ -21,6 +21,7 @@ import numpy as np
 from graphopt.errors import GraphoptError
 from graphopt.ir.attrs import Attrs
 from graphopt.ir.dtypes import DType
+from graphopt.ir.schema import get_op
 from graphopt.ir.types import TensorType
 
 _NAME_RE = re.compile(r"[^A-Za-z0-9_.]")
@@ -113,8 +114,6 @@ class Node:
 
     @property
     def opdef(self):
-        from graphopt.ops.registry import get_op
-
         return get_op(self.op)
 
     def has_trait(self, trait: str) -> bool:
@@ -280,8 +279,6 @@ class Graph:
         Attributes are checked against the op's schema (defaults filled in); output types are
         inferred by the op's shape rule unless ``output_types`` is given.
         """
-        from graphopt.ops.registry import get_op
-
         opdef = get_op(op)
         if not opdef.variadic and len(inputs) < len(opdef.inputs):
             # Trailing optional operands may be omitted; store them as explicit absences.

@@ -1,6 +1,6 @@
 """Parse the text form written by ``graphopt.ir.printer`` back into a ``Graph``.
 
-A constant marked ``sparse(nnz=N)`` gets its CSR record (``graphopt.prune.sparse``) rebuilt
+A constant marked ``sparse(nnz=N)`` gets its CSR encoding (``graphopt.ir.encodings``) rebuilt
 from its array, which must have exactly N non-zeros. The record is derived data (the CSR of the
 array's own non-zeros, deterministic), so the text keeps *which* constants carry one rather than
 a copy of their values; rebuilding all records with ``mark_sparse`` on parse instead would not
@@ -41,11 +41,12 @@ import torch
 
 from graphopt.errors import GraphoptError, ParseError, UnknownOpError, entry_point
 from graphopt.ir.dtypes import DType, torch_to_numpy
+from graphopt.ir.encodings import attach_sparse
 from graphopt.ir.graph import Graph, Value
 from graphopt.ir.printer import format_type
+from graphopt.ir.schema import all_ops, get_op
 from graphopt.ir.symexpr import SizeExprError
 from graphopt.ir.types import QuantInfo, TensorType, parse_dim
-from graphopt.ops.registry import all_ops, get_op
 
 _SKIP = re.compile(r"(?:\s+|#[^\n]*)*")  # whitespace and comments
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
@@ -314,8 +315,6 @@ class _Parser:
         return int(text), transposed, start
 
     def attach_sparse(self, value: Value, nnz: int, transposed: bool, pos: int) -> None:
-        from graphopt.prune.sparse import attach_sparse  # lazy: prune builds on the IR
-
         if not value.dtype.is_floating or value.data.ndim < 2 or \
                 (transposed and value.data.ndim != 2):
             self.error(f"sparse(...) needs a floating constant of rank >= 2 (2 when transposed), "

@@ -12,7 +12,7 @@ Example::
 
 Constants with at most ``INLINE_LIMIT`` elements print their data; larger ones print only their
 type, and the parser takes their arrays from its ``constants=`` argument. A constant carrying a
-sparse (CSR) record (``graphopt.prune.sparse``: an unstructured-pruned weight) is marked
+sparse (CSR) encoding (``graphopt.ir.encodings``: an unstructured-pruned weight) is marked
 ``sparse(nnz=N)`` (``sparse(nnz=N, transposed)`` for a matmul right operand) after its type.
 Every literal is printed so that it parses back to the same value (floats in shortest
 round-tripping form, never as a bare integer), which is what makes golden IR tests and
@@ -30,6 +30,7 @@ import numpy as np
 import sympy
 
 from graphopt.ir.dtypes import DType
+from graphopt.ir.encodings import sparse_weight
 from graphopt.ir.graph import Graph, Node, Value
 from graphopt.ir.types import QuantInfo, TensorType, dim_str
 
@@ -82,8 +83,6 @@ def format_sparse(value: Value) -> str:
     own non-zeros, so the parser rebuilds it identically from the array (see
     ``graphopt.ir.parser``); ``nnz`` lets it check that the array is the one that was printed.
     """
-    from graphopt.prune.sparse import sparse_weight  # lazy: prune builds on the IR
-
     record = sparse_weight(value)
     if record is None:
         return ""

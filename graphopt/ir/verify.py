@@ -24,8 +24,8 @@ import numpy as np
 from graphopt.errors import GraphoptError, VerificationError
 from graphopt.ir.attrs import Attrs
 from graphopt.ir.graph import Graph, Node, Value
+from graphopt.ir.schema import get_op
 from graphopt.ir.types import TensorType
-from graphopt.ops.registry import get_op
 
 MAX_REPORTED = 20
 _PRINTABLE_NAME = re.compile(r"[A-Za-z0-9_.]+\Z")

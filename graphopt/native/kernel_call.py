@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from graphopt import _extension
 from graphopt.native.errors import NativeError
 from graphopt.native.refs import SPACE_CONST, SPACE_INPUT
 
@@ -24,7 +25,7 @@ class KernelCall:
 
     def __init__(self, kernel: str, operands: Sequence[np.ndarray | None], ints=(), floats=(),
                  threads: int = 1, const: Sequence[int] = ()):
-        from graphopt import _C
+        _C = _extension.load()
 
         operands = [a if a is None or isinstance(a, np.ndarray) else np.asarray(a)
                     for a in operands]  # numpy scalars -> 0-d arrays

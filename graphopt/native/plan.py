@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from graphopt import _extension
 from graphopt.errors import LoweringError
 from graphopt.limits import check_bytes
 from graphopt.native import refs as R
@@ -52,9 +53,7 @@ class CpuDevice(Device):
         return torch.empty(max(int(nbytes), 1), dtype=torch.uint8)
 
     def native_plan(self, threads: int):
-        from graphopt import _C
-
-        return _C.NativePlan(threads)
+        return _extension.load().NativePlan(threads)
 
 
 CPU = CpuDevice()

@@ -44,9 +44,9 @@ def optimize_onnx_file(in_path: str | os.PathLike, out_path: str | os.PathLike,
     graph = from_onnx(in_path, **import_options)
     before = len(graph.nodes)
     if pipeline is not None:
-        import graphopt
+        from graphopt.transform import optimize
 
-        graph = graphopt.optimize(graph, pipeline)
+        graph = optimize(graph, pipeline)
     model = to_onnx(graph, out_path, opset=opset, contrib_ops=contrib_ops)
     return {"nodes_in": len(source.graph.node), "nodes_out": len(model.graph.node),
             "ir_nodes_before": before, "ir_nodes_after": len(graph.nodes),

@@ -558,6 +558,6 @@ def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int | No
 
 
 def _version() -> str:
-    from graphopt import __version__
+    from graphopt.version import __version__
 
     return __version__

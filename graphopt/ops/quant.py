@@ -35,6 +35,14 @@ from graphopt.ops.registry import PURE, AttrSpec, register_op
 
 _RANGES = {DType.uint8: (0, 255), DType.int8: (-128, 127)}
 
+# Ops a per-tensor quantize/dequantize pair commutes with: they move or select elements (or take
+# a max of them) without arithmetic, so their output shares their input's scale and zero point.
+# Static quantization's calibration traces observers back through them (graphopt/quant/static.py)
+# and the fold-qdq pass moves Q/DQ through them (passes/fold_qdq.py). Kept here, with the Q/DQ
+# ops, so that both use one list without importing each other; a "qdq-transparent" op trait
+# would replace it.
+QDQ_TRANSPARENT_OPS = ("reshape", "permute", "squeeze", "unsqueeze", "max_pool", "pad")
+
 
 def _pad(types, n: int) -> list:
     """Operand types with absent trailing optionals as None."""

@@ -21,6 +21,7 @@ import sympy
 
 from graphopt.errors import AttrError, TypeInferenceError, UnknownOpError
 from graphopt.ir.attrs import Attrs
+from graphopt.ir.schema import install_op_library
 from graphopt.ir.types import TensorType
 
 REQUIRED = object()  # sentinel default: the attribute must be given
@@ -213,3 +214,8 @@ def _ensure_loaded() -> None:
     if not _loaded:
         _loaded = True
         import graphopt.ops  # noqa: F401  (registers every built-in op)
+
+
+# The IR (graph construction, verifier, parser) looks ops up through this hook rather than
+# importing the registry: ir sits below ops in the layer contract (graphopt/ir/schema.py).
+install_op_library(get_op, all_ops)

@@ -8,7 +8,8 @@
    argument tuples; an observer (graphopt/quant/observers.py) per observed value collects its
    range. Observed: every unit's output (after its fused activation) unless it is only a graph
    output, and every unit's input, traced back through data-movement ops and max_pool
-   (``fold_qdq.TRANSPARENT_OPS``) so those share their source's parameters (as onnxruntime does).
+   (``graphopt.ops.quant.QDQ_TRANSPARENT_OPS``) so those share their source's parameters (as
+   onnxruntime does).
 3. **QDQ form.** Each observed value ``v`` gets ``dequantize_linear(quantize_linear(v))``
    (per-tensor u8, asymmetric) right after its definition, and all its users read that; each
    unit's weight becomes ``dequantize_linear(w_q i8, w_scale){axis=0}`` (symmetric per output
@@ -31,17 +32,12 @@ from graphopt.errors import InputMismatchError, QuantizationError
 from graphopt.ir.dtypes import DType
 from graphopt.ir.graph import Graph, Node, Value
 from graphopt.ir.types import QuantInfo, TensorType
+from graphopt.ops.quant import QDQ_TRANSPARENT_OPS
 from graphopt.quant.dynamic import quantize_conv_per_channel, quantize_weight_per_channel
 from graphopt.quant.observers import Observer, make_observer
 
 _CONV = ("conv", "fused_conv")
 _LINEAR = ("linear", "fused_linear", "matmul")
-
-
-def _transparent_ops() -> tuple[str, ...]:
-    from graphopt.passes.fold_qdq import TRANSPARENT_OPS
-
-    return TRANSPARENT_OPS
 
 
 # ------------------------------------------------------------------------------------ units
@@ -143,7 +139,7 @@ def prepare(graph: Graph, names: set[str]) -> None:
 def parameter_source(value: Value) -> list[Value]:
     """``value`` and the values it is moved from through transparent ops, source last."""
     chain = [value]
-    while (value.producer is not None and value.producer.op in _transparent_ops()
+    while (value.producer is not None and value.producer.op in QDQ_TRANSPARENT_OPS
            and value.producer.inputs[0].dtype is DType.float32):
         value = value.producer.inputs[0]
         chain.append(value)

