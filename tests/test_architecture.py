@@ -30,9 +30,8 @@ def _lint_imports() -> str | None:
 
 def test_import_contracts_are_kept():
     exe = _lint_imports()
-    if exe is None:
-        pytest.skip("import-linter is not installed (pip install import-linter): lint-imports "
-                    "checks the layer contract in pyproject.toml")
+    assert exe is not None, ("import-linter is not installed: it is in the [test] extra "
+                             "(make venv installs it); lint-imports checks the layer contract")
     # From the repository root: it reads pyproject.toml there and finds passes/ through the
     # working directory. --no-cache: the shared checkout's cache may be stale or half-written.
     proc = subprocess.run([exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True,

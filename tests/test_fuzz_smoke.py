@@ -21,8 +21,8 @@ BUDGET = {"parser": 3000, "onnx": 300, "artifact": 200, "bundle": 300}
 
 @pytest.mark.parametrize("target", fuzz_run.TARGETS)
 def test_harness_survives_its_seeds_and_mutations(target):
-    if not os.path.exists(os.path.join(ROOT, "fuzz", f"fuzz_{target}.py")):
-        pytest.skip(f"no harness fuzz/fuzz_{target}.py")
+    assert os.path.exists(os.path.join(ROOT, "fuzz", f"fuzz_{target}.py")), \
+        f"fuzz/run.py lists {target} but fuzz/fuzz_{target}.py is missing"
     harness = fuzz_run.load_harness(target)
     corpus_dir = os.path.join(ROOT, harness.SEED_DIR)
     assert os.path.isdir(corpus_dir) and os.listdir(corpus_dir), \
