@@ -8,19 +8,6 @@ namespace graphopt {
 
 namespace {
 
-struct ActivationName {
-    const char* name;
-    Activation act;
-};
-
-constexpr ActivationName kActivationNames[] = {
-    {"none", Activation::kNone},         {"relu", Activation::kRelu},
-    {"relu6", Activation::kRelu6},       {"gelu", Activation::kGelu},
-    {"gelu_tanh", Activation::kGeluTanh}, {"silu", Activation::kSilu},
-    {"sigmoid", Activation::kSigmoid},   {"tanh", Activation::kTanh},
-    {"hardswish", Activation::kHardswish},
-};
-
 // Scalar reference formulas. They follow torch's definitions; where a textbook form cancels
 // catastrophically it is rewritten (gelu through erfc, gelu_tanh through a sigmoid) so the
 // result keeps its relative accuracy for large negative inputs.
@@ -66,8 +53,8 @@ void epilogue_rows(float* c, int64_t ldc, int64_t rows, int64_t cols, const floa
 }  // namespace
 
 bool parse_activation(const std::string& name, Activation* out) {
-    for (const ActivationName& entry : kActivationNames) {
-        if (name == entry.name) {
+    for (const ActivationInfo& entry : kActivationInfo) {
+        if (entry.epilogue && name == entry.name) {
             *out = entry.act;
             return true;
         }
@@ -76,7 +63,16 @@ bool parse_activation(const std::string& name, Activation* out) {
 }
 
 const char* activation_names() {
-    return "none, relu, relu6, gelu, gelu_tanh, silu, sigmoid, tanh, hardswish";
+    static const std::string names = [] {
+        std::string out;
+        for (const ActivationInfo& entry : kActivationInfo) {
+            if (!entry.epilogue) continue;
+            if (!out.empty()) out += ", ";
+            out += entry.name;
+        }
+        return out;
+    }();
+    return names.c_str();
 }
 
 void epilogue_portable(float* c, int64_t ldc, int64_t rows, int64_t cols, const float* bias,
@@ -101,6 +97,8 @@ void epilogue_portable(float* c, int64_t ldc, int64_t rows, int64_t cols, const 
             return epilogue_rows<Activation::kTanh>(c, ldc, rows, cols, bias);
         case Activation::kHardswish:
             return epilogue_rows<Activation::kHardswish>(c, ldc, rows, cols, bias);
+        default:  // not an epilogue activation (see activation.h)
+            return;
     }
 }
 

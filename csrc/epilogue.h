@@ -9,30 +9,23 @@
 #include <cstdint>
 #include <string>
 
+#include "activation.h"
+
 namespace graphopt {
 
-enum class Activation : int {
-    kNone = 0,
-    kRelu,
-    kRelu6,
-    kGelu,      // exact form: 0.5 * x * (1 + erf(x / sqrt(2)))  (torch approximate="none")
-    kGeluTanh,  // 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))  (approximate="tanh")
-    kSilu,      // x * sigmoid(x)
-    kSigmoid,
-    kTanh,
-    kHardswish,  // x * relu6(x + 3) / 6
-};
+// graphopt::Activation (the codes, names and parameter counts) is defined in activation.h.
 
-// Parses the Python-facing activation name ("none", "relu", "gelu_tanh", ...).
-// Returns false when the name is unknown.
+// Parses the Python-facing name of an activation of the vectorised epilogue ("none", "relu",
+// "gelu_tanh", ... up to kLastEpilogueActivation). Returns false when the name is unknown.
 bool parse_activation(const std::string& name, Activation* out);
 
-// Comma-separated list of valid activation names, for error messages.
+// Comma-separated list of the names parse_activation accepts, for error messages.
 const char* activation_names();
 
 // Applies `c[r][j] = act(c[r][j] + bias[j])` to a rows x cols block of a row-major matrix with
 // leading dimension ldc. `bias` may be null (no bias). The bias pointer is already offset to the
-// block's first column.
+// block's first column. `act` must be an epilogue activation (<= kLastEpilogueActivation); the
+// others do nothing here.
 using EpilogueFn = void (*)(float* c, int64_t ldc, int64_t rows, int64_t cols, const float* bias,
                             Activation act);
 

@@ -3,7 +3,8 @@
 // Every function here carries GRAPHOPT_TARGET_AVX2_FMA; the file is compiled with baseline flags
 // and only reached after run-time dispatch (see cpu.h). Transcendentals use the classic
 // range-reduction + polynomial approach:
-//   exp(x)  = 2^n * p(r),  r = x - n ln2 (Cody-Waite split), p a degree-6 minimax polynomial.
+//   exp(x)  = 2^n * p(r),  r = x - n ln2 (Cody-Waite split), p a degree-6 polynomial: the one
+//             shared with the vector loops (vec_exp_avx2.h, one range rule).
 //   erfc(z) = t * exp(-z^2 + P(t)), t = 1 / (1 + z/2), P a degree-9 Chebyshev fit (fractional
 //             error < 1.2e-7 in exact arithmetic); used for the exact (erf) gelu without the
 //             cancellation of 1 + erf(z) at large negative z.
@@ -13,36 +14,14 @@
 
 #include "cpu.h"
 #include "epilogue.h"
+#include "vec_exp_avx2.h"
 
 namespace graphopt {
 
 namespace {
 
-GRAPHOPT_TARGET_AVX2_FMA inline __m256 exp256(__m256 x) {
-    // Clamp so that 2^n stays a normal float: exp(88) ~ 1.65e38, exp(-87) ~ 1.6e-38. Callers only
-    // use exp inside ratios (sigmoid, tanh, erfc) where the clamp does not change the result
-    // beyond float32 resolution.
-    // (min/max return their second operand when either is NaN; x goes second so NaN propagates.)
-    x = _mm256_min_ps(_mm256_set1_ps(88.0f), x);
-    x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
-    const __m256 n =
-        _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    // r = x - n * ln2, ln2 split in a part exact in float and a correction.
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
-    p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
-    const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
-    const __m256 pow2n = _mm256_castsi256_ps(_mm256_slli_epi32(biased, 23));
-    return _mm256_mul_ps(p, pow2n);
-}
+// The one AVX2 exp (vec_exp_avx2.h): 0 below -87.34, +inf above 88.38, NaN propagates.
+GRAPHOPT_TARGET_AVX2_FMA inline __m256 exp256(__m256 x) { return vexp::exp_avx2(x); }
 
 // 1 / (1 + exp(-x)); a true division (not rcp) keeps ~1 ulp.
 GRAPHOPT_TARGET_AVX2_FMA inline __m256 sigmoid256(__m256 x) {
@@ -183,6 +162,8 @@ GRAPHOPT_TARGET_AVX2_FMA void epilogue_avx2(float* c, int64_t ldc, int64_t rows,
             return epilogue_rows_avx2<Activation::kTanh>(c, ldc, rows, cols, bias);
         case Activation::kHardswish:
             return epilogue_rows_avx2<Activation::kHardswish>(c, ldc, rows, cols, bias);
+        default:  // not an epilogue activation (see activation.h)
+            return;
     }
 }
 

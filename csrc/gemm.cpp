@@ -180,40 +180,35 @@ void gemm_block(const GemmKernels& kern, const MatrixRef& a, const MatrixRef& b,
     }
 }
 
-// Chooses a tm x tn grid of C blocks for up to `threads` threads.
-struct Grid {
-    int64_t m_chunk, n_chunk;  // block size; multiples of kMR / kNR
-    int64_t tm, tn;            // blocks actually used along M / N
-};
+}  // namespace
 
-Grid choose_grid(int64_t m, int64_t n, int64_t k, int threads) {
+const char* sgemm_kernel_name(bool force_portable) { return select_kernels(force_portable).name; }
+
+GemmGrid gemm_grid(int64_t m, int64_t n, int64_t k, int threads, double pack_cost_a,
+                   double pack_cost_b, double min_macs_per_thread) {
     const double macs = static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
-    const int64_t useful = std::max<int64_t>(1, static_cast<int64_t>(macs / kMinMacsPerThread));
-    const int64_t nt = std::min<int64_t>(threads, useful);
-    Grid best{round_up(m, kMR), round_up(n, kNR), 1, 1};
+    const int64_t useful = std::max<int64_t>(1, static_cast<int64_t>(macs / min_macs_per_thread));
+    const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, useful));
+    GemmGrid best{round_up(m, kMR), round_up(n, kNR), 1, 1};
     double best_cost = -1.0;
     for (int64_t tm = 1; tm <= nt; ++tm) {
         if (nt % tm != 0) continue;
         const int64_t tn = nt / tm;
         const int64_t m_chunk = round_up(ceil_div(m, tm), kMR);
         const int64_t n_chunk = round_up(ceil_div(n, tn), kNR);
-        // Busiest thread: padded compute, plus packing its A block once per NC block and its
-        // B block once.
+        // Busiest block: padded compute, plus packing its A block once per NC block and its
+        // B block once. (Integer-valued doubles: exact, so the order of the sums is immaterial.)
         const double compute = static_cast<double>(m_chunk) * n_chunk * k;
-        const double pack =
-            kPackCostInMacs * k * (static_cast<double>(m_chunk) * ceil_div(n_chunk, kNC) + n_chunk);
+        const double pack = pack_cost_a * m_chunk * k * ceil_div(n_chunk, kNC) +
+                            pack_cost_b * n_chunk * k;
         const double cost = compute + pack;
         if (best_cost < 0.0 || cost < best_cost) {
             best_cost = cost;
-            best = Grid{m_chunk, n_chunk, ceil_div(m, m_chunk), ceil_div(n, n_chunk)};
+            best = GemmGrid{m_chunk, n_chunk, ceil_div(m, m_chunk), ceil_div(n, n_chunk)};
         }
     }
     return best;
 }
-
-}  // namespace
-
-const char* sgemm_kernel_name(bool force_portable) { return select_kernels(force_portable).name; }
 
 void sgemm(const MatrixRef& a, const MatrixRef& b, float* c, int64_t ldc,
            const GemmOptions& options) {
@@ -230,7 +225,8 @@ void sgemm(const MatrixRef& a, const MatrixRef& b, float* c, int64_t ldc,
     }
 
     const int threads = options.threads > 0 ? options.threads : omp_get_max_threads();
-    const Grid grid = choose_grid(m, n, k, threads);
+    const GemmGrid grid =
+        gemm_grid(m, n, k, threads, kPackCostInMacs, kPackCostInMacs, kMinMacsPerThread);
     const int64_t tasks = grid.tm * grid.tn;
     auto task_at = [&](int64_t t) {
         const int64_t bi = t / grid.tn;

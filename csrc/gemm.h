@@ -37,4 +37,20 @@ void sgemm(const MatrixRef& a, const MatrixRef& b, float* c, int64_t ldc,
 // Name of the kernel set sgemm would use ("avx2_fma_6x16" or "portable_6x16").
 const char* sgemm_kernel_name(bool force_portable);
 
+// How an M x N x K GEMM is split over threads: a tm x tn grid of C blocks of m_chunk x n_chunk
+// (multiples of the micro-tile, kMR x kNR; the last row / column of blocks may be smaller).
+struct GemmGrid {
+    int64_t m_chunk, n_chunk;
+    int64_t tm, tn;  // blocks along M / N: ceil(m / m_chunk), ceil(n / n_chunk)
+};
+
+// The one GEMM partitioner (sgemm here, the runtime's gemm_run in rt_gemm.h). Uses at most
+// `threads` blocks and at most one per `min_macs_per_thread` multiply-adds (waking a thread
+// for less costs more than it saves); among the tm x tn = threads' factorisations it takes the
+// one whose busiest block is cheapest: padded compute plus the packing it repeats, its A block
+// once per kNC-column block (pack_cost_a per element, in multiply-add units) and its B block
+// once (pack_cost_b; 0 for a pre-packed operand).
+GemmGrid gemm_grid(int64_t m, int64_t n, int64_t k, int threads, double pack_cost_a,
+                   double pack_cost_b, double min_macs_per_thread);
+
 }  // namespace graphopt

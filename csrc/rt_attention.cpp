@@ -188,7 +188,12 @@ class AttentionKernel : public Kernel {
     float scale_;
 };
 
-GRAPHOPT_RT_KERNEL("attention", AttentionKernel);
+GRAPHOPT_RT_KERNEL("attention", AttentionKernel,
+                   "out, q, k, v, mask?",
+                   "B:dim, H:dim, L:dim, S:dim, E:dim, Ev:dim, kv_group:dim, q_strides[3]:signed, "
+                   "k_strides[3]:signed, v_strides[3]:signed, out_strides[3]:signed, "
+                   "mask_kind:mode, mask_strides[4]:signed, causal:flag",
+                   "scale");
 
 }  // namespace
 }  // namespace rt

@@ -11,14 +11,18 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdint>
 #include <exception>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "activation.h"
 #include "rt_plan.h"
 #include "rt_qgemm.h"
 #include "rt_vec.h"
@@ -69,6 +73,119 @@ void translate_runtime_errors(std::exception_ptr p) {
     } catch (const py::value_error& e) {  // argument checks of sgemm / sparse_linear
         set_error("NativeError", PyExc_ValueError, e.what());
     }
+}
+
+
+// ------------------------------------------------------------------------- the kernel table
+std::string trim(const std::string& s) {
+    const size_t b = s.find_first_not_of(" \t\n");
+    if (b == std::string::npos) return "";
+    const size_t e = s.find_last_not_of(" \t\n");
+    return s.substr(b, e - b + 1);
+}
+
+std::vector<std::string> split_list(const char* text) {
+    std::vector<std::string> out;
+    std::string cur;
+    for (const char* c = text; *c != '\0'; ++c) {
+        if (*c == ',') {
+            out.push_back(trim(cur));
+            cur.clear();
+        } else {
+            cur += *c;
+        }
+    }
+    if (!trim(cur).empty() || !out.empty()) out.push_back(trim(cur));
+    return out;
+}
+
+bool is_identifier(const std::string& s) {
+    if (s.empty() || std::isdigit(static_cast<unsigned char>(s[0]))) return false;
+    for (char c : s) {
+        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_') return false;
+    }
+    return true;
+}
+
+// "name" / "name?" entries (operands, floats): [{"name", "optional"}]. Floats: optional ones
+// must be trailing.
+py::list parse_slots(const std::string& kernel, const char* what, const char* text,
+                     bool trailing_optional) {
+    py::list out;
+    bool seen_optional = false;
+    for (std::string item : split_list(text)) {
+        const bool optional = !item.empty() && item.back() == '?';
+        if (optional) item = trim(item.substr(0, item.size() - 1));
+        if (!is_identifier(item) || (trailing_optional && seen_optional && !optional)) {
+            throw std::logic_error("kernel '" + kernel + "': malformed " + what +
+                                   " signature '" + text + "'");
+        }
+        seen_optional = seen_optional || optional;
+        py::dict slot;
+        slot["name"] = item;
+        slot["optional"] = optional;
+        out.append(slot);
+    }
+    return out;
+}
+
+// "name:type" / "name[count]:type" entries: [{"name", "type", "count"}], count None (one value),
+// an int, or the name of an earlier parameter (of type rank) holding the count.
+py::list parse_ints(const std::string& kernel, const char* text) {
+    static const std::set<std::string> kTypes = {
+        "dim", "positive", "signed", "rank", "flag", "elem", "bits", "mode",
+        "dtype", "act", "unary", "binary", "reduce"};
+    py::list out;
+    std::set<std::string> ranks;
+    for (const std::string& item : split_list(text)) {
+        const auto bad = [&]() {
+            return std::logic_error("kernel '" + kernel + "': malformed int parameter '" + item +
+                                    "' in '" + text + "'");
+        };
+        const size_t colon = item.find(':');
+        if (colon == std::string::npos) throw bad();
+        std::string name = trim(item.substr(0, colon));
+        const std::string type = trim(item.substr(colon + 1));
+        if (kTypes.count(type) == 0) throw bad();
+        py::object count = py::none();
+        const size_t open = name.find('[');
+        if (open != std::string::npos) {
+            if (name.back() != ']') throw bad();
+            const std::string n = trim(name.substr(open + 1, name.size() - open - 2));
+            name = trim(name.substr(0, open));
+            if (!n.empty() && std::all_of(n.begin(), n.end(), [](char c) {
+                    return std::isdigit(static_cast<unsigned char>(c)) != 0;
+                })) {
+                count = py::int_(std::stoll(n));
+            } else if (ranks.count(n) != 0) {
+                count = py::str(n);
+            } else {
+                throw bad();
+            }
+        }
+        if (!is_identifier(name)) throw bad();
+        if (type == "rank") ranks.insert(name);
+        py::dict param;
+        param["name"] = name;
+        param["type"] = type;
+        param["count"] = count;
+        out.append(param);
+    }
+    return out;
+}
+
+py::list kernel_table() {
+    py::list out;
+    for (const std::string& name : rt::kernel_names()) {
+        const rt::KernelSignature sig = rt::kernel_signature(name);
+        py::dict entry;
+        entry["name"] = name;
+        entry["operands"] = parse_slots(name, "operand", sig.operands, false);
+        entry["ints"] = parse_ints(name, sig.ints);
+        entry["floats"] = parse_slots(name, "float", sig.floats, true);
+        out.append(entry);
+    }
+    return out;
 }
 
 }  // namespace
@@ -153,6 +270,31 @@ void register_runtime(py::module_& m) {
         .def("step_name", &Plan::step_name, py::arg("i"));
 
     m.def("native_kernels", &rt::kernel_names, "Names of the native runtime's kernels.");
+    m.def("native_kernel_table", &kernel_table,
+          "The kernels' calling conventions (csrc/rt_plan.h KernelSignature), one dict per kernel: "
+          "name; operands: [{name, optional}] in slot order; ints: [{name, type, count}] in "
+          "reading order (count: None for one value, an int, or the name of an earlier rank "
+          "parameter); floats: [{name, optional}].");
+    m.def(
+        "native_code_tables",
+        []() {
+            py::dict out;
+            for (const auto& table : rt::code_tables()) out[py::str(table.first)] = table.second;
+            return out;
+        },
+        "Integer codes of kernel parameters by table (act, dtype, unary, binary, reduce): the "
+        "names in code order.");
+    m.def(
+        "native_activations",
+        []() {
+            py::list out;
+            for (const ActivationInfo& a : kActivationInfo) {
+                out.append(py::make_tuple(a.name, static_cast<int>(a.act), a.params, a.epilogue));
+            }
+            return out;
+        },
+        "The epilogue activations (csrc/activation.h): (name, code, float params, implemented "
+        "by the vectorised SGEMM epilogue) in code order.");
     m.def(
         "native_vec_isa", []() { return std::string(rt::vec_ops().name); },
         "Instruction set of the runtime's vector loops (avx2_fma or portable).");

@@ -155,7 +155,7 @@ class ConvKernel : public Kernel {
         IntReader r(args);
         const std::string what = "conv2d " + args.name;
         s_ = ConvShape::read(r, what);
-        act_.act = static_cast<Act>(r.in(0, static_cast<int64_t>(Act::kLeakyRelu), "act"));
+        act_.act = static_cast<Act>(r.in(0, kMaxActivationCode, "act"));
         residual_in_c_ = r.next() != 0;
         act_.p0 = static_cast<float>(r.real(0));
         act_.p1 = static_cast<float>(r.real(1));
@@ -402,8 +402,19 @@ class ConvTransposeKernel : public Kernel {
     std::vector<float> weight_;
 };
 
-GRAPHOPT_RT_KERNEL("conv2d", ConvKernel);
-GRAPHOPT_RT_KERNEL("conv_transpose2d", ConvTransposeKernel);
+GRAPHOPT_RT_KERNEL("conv2d", ConvKernel,
+                   "out, x, w, bias?, residual?",
+                   "N:dim, C:dim, H:dim, W:dim, Co:dim, kernel_h:positive, kernel_w:positive, "
+                   "stride_h:positive, stride_w:positive, pad_h:signed, pad_w:signed, "
+                   "dilation_h:positive, dilation_w:positive, groups:positive, Ho:dim, Wo:dim, "
+                   "act:act, residual_in_c:flag",
+                   "p0, p1");
+GRAPHOPT_RT_KERNEL("conv_transpose2d", ConvTransposeKernel,
+                   "out, x, w, bias?",
+                   "N:dim, C:dim, H:dim, W:dim, Co:dim, kernel_h:positive, kernel_w:positive, "
+                   "stride_h:positive, stride_w:positive, pad_h:signed, pad_w:signed, "
+                   "dilation_h:positive, dilation_w:positive, groups:positive, Ho:dim, Wo:dim",
+                   "");
 
 }  // namespace
 }  // namespace rt

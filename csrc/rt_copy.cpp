@@ -122,8 +122,15 @@ class FillKernel : public Kernel {
     uint64_t pattern_ = 0;
 };
 
-GRAPHOPT_RT_KERNEL("copy", CopyKernel);
-GRAPHOPT_RT_KERNEL("fill", FillKernel);
+GRAPHOPT_RT_KERNEL("copy", CopyKernel,
+                   "dst, src",
+                   "elem:elem, rank:rank, shape[rank]:dim, dst_strides[rank]:signed, "
+                   "src_strides[rank]:signed",
+                   "");
+GRAPHOPT_RT_KERNEL("fill", FillKernel,
+                   "out",
+                   "elem:elem, count:dim, pattern:bits",
+                   "");
 
 }  // namespace
 }  // namespace rt

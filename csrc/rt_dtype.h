@@ -1,5 +1,6 @@
-// Element types of the runtime (codes shared with graphopt/native/kernels.py) and a dispatcher
-// from a run-time code to a C++ type.
+// Element types of the runtime and a dispatcher from a run-time code to a C++ type. The codes
+// and their names (graphopt.ir DType names) are exported as _C.native_code_tables()["dtype"]
+// (kDTypeNames, registered in rt_plan.cpp); graphopt/native/codes.py DTYPE_CODES reads them.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +14,10 @@ namespace rt {
 enum class DType : int32_t {
     kF32 = 0, kF64 = 1, kI32 = 2, kI64 = 3, kBool = 4, kU8 = 5, kI8 = 6, kI16 = 7,
 };
+// Names by code (graphopt.ir.dtypes.DType member names).
+inline constexpr const char* kDTypeNames[] = {"float32", "float64", "int32", "int64",
+                                              "bool",    "uint8",   "int8",  "int16"};
+static_assert(sizeof(kDTypeNames) / sizeof(kDTypeNames[0]) == 8);
 
 inline int64_t dtype_size(DType t) {
     switch (t) {

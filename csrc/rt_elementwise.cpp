@@ -31,12 +31,25 @@ namespace graphopt {
 namespace rt {
 namespace {
 
-enum class UnaryOp : int32_t {
-    kNeg = 0, kAbs, kRelu, kFloor, kCeil, kRound, kSign, kBitwiseNot, kExp, kLog, kLog1p,
-    kExpm1, kSqrt, kRsqrt, kReciprocal, kSin, kCos, kTan, kAtan, kTanh, kSigmoid, kErf, kSilu,
-    kMish, kHardswish, kHardsigmoid, kSoftsign, kGelu, kGeluTanh, kClamp, kLeakyRelu, kElu,
-    kSoftplus, kLogicalNot, kIsnan, kRelu6,
-};
+// The "unary" kernel's op codes and their Python names (graphopt/native/codes.py UNARY_CODES
+// is read from this list through _C.native_code_tables()).
+#define GRAPHOPT_UNARY_OPS(X)                                                                 \
+    X(kNeg, "neg") X(kAbs, "abs") X(kRelu, "relu") X(kFloor, "floor") X(kCeil, "ceil")        \
+    X(kRound, "round") X(kSign, "sign") X(kBitwiseNot, "bitwise_not") X(kExp, "exp")          \
+    X(kLog, "log") X(kLog1p, "log1p") X(kExpm1, "expm1") X(kSqrt, "sqrt") X(kRsqrt, "rsqrt")  \
+    X(kReciprocal, "reciprocal") X(kSin, "sin") X(kCos, "cos") X(kTan, "tan")                 \
+    X(kAtan, "atan") X(kTanh, "tanh") X(kSigmoid, "sigmoid") X(kErf, "erf") X(kSilu, "silu")  \
+    X(kMish, "mish") X(kHardswish, "hardswish") X(kHardsigmoid, "hardsigmoid")                \
+    X(kSoftsign, "softsign") X(kGelu, "gelu") X(kGeluTanh, "gelu_tanh") X(kClamp, "clamp")    \
+    X(kLeakyRelu, "leaky_relu") X(kElu, "elu") X(kSoftplus, "softplus")                       \
+    X(kLogicalNot, "logical_not") X(kIsnan, "isnan") X(kRelu6, "relu6")
+
+#define GRAPHOPT_RT_ENUMERATOR(e, name) e,
+#define GRAPHOPT_RT_ENUM_NAME(e, name) name,
+
+enum class UnaryOp : int32_t { GRAPHOPT_UNARY_OPS(GRAPHOPT_RT_ENUMERATOR) };
+GRAPHOPT_RT_CODE_TABLE("unary", {GRAPHOPT_UNARY_OPS(GRAPHOPT_RT_ENUM_NAME)});
+static_assert(static_cast<int>(UnaryOp::kNeg) == 0);
 
 // Activations the vectorised GEMM epilogue implements (same formulas as fused ops use).
 bool epilogue_activation(UnaryOp op, Act* act) {
@@ -243,11 +256,18 @@ class UnaryKernel : public Kernel {
 };
 
 // ------------------------------------------------------------------------------------ binary
-enum class BinaryOp : int32_t {
-    kAdd = 0, kSub, kMul, kDiv, kDivFloor, kDivTrunc, kPow, kMaximum, kMinimum, kRemainder,
-    kAtan2, kBitwiseAnd, kBitwiseOr, kBitwiseXor, kEq, kNe, kLt, kLe, kGt, kGe, kLogicalAnd,
-    kLogicalOr, kLogicalXor,
-};
+// The "binary" kernel's op codes and their Python names (codes.py BINARY_CODES). Predicates
+// (results are bool) come last, from kEq.
+#define GRAPHOPT_BINARY_OPS(X)                                                                \
+    X(kAdd, "add") X(kSub, "sub") X(kMul, "mul") X(kDiv, "div") X(kDivFloor, "div_floor")     \
+    X(kDivTrunc, "div_trunc") X(kPow, "pow") X(kMaximum, "maximum") X(kMinimum, "minimum")    \
+    X(kRemainder, "remainder") X(kAtan2, "atan2") X(kBitwiseAnd, "bitwise_and")               \
+    X(kBitwiseOr, "bitwise_or") X(kBitwiseXor, "bitwise_xor") X(kEq, "eq") X(kNe, "ne")       \
+    X(kLt, "lt") X(kLe, "le") X(kGt, "gt") X(kGe, "ge") X(kLogicalAnd, "logical_and")         \
+    X(kLogicalOr, "logical_or") X(kLogicalXor, "logical_xor")
+
+enum class BinaryOp : int32_t { GRAPHOPT_BINARY_OPS(GRAPHOPT_RT_ENUMERATOR) };
+GRAPHOPT_RT_CODE_TABLE("binary", {GRAPHOPT_BINARY_OPS(GRAPHOPT_RT_ENUM_NAME)});
 
 bool is_predicate(BinaryOp op) { return op >= BinaryOp::kEq; }
 
@@ -558,10 +578,24 @@ class CastKernel : public Kernel {
     int64_t count_ = 0;
 };
 
-GRAPHOPT_RT_KERNEL("unary", UnaryKernel);
-GRAPHOPT_RT_KERNEL("binary", BinaryKernel);
-GRAPHOPT_RT_KERNEL("where", WhereKernel);
-GRAPHOPT_RT_KERNEL("cast", CastKernel);
+GRAPHOPT_RT_KERNEL("unary", UnaryKernel,
+                   "out, x",
+                   "op:unary, dtype:dtype, count:dim",
+                   "p0?, p1?, p2?");
+GRAPHOPT_RT_KERNEL("binary", BinaryKernel,
+                   "out, a, b",
+                   "op:binary, dtype:dtype, rank:rank, shape[rank]:dim, a_strides[rank]:signed, "
+                   "b_strides[rank]:signed",
+                   "");
+GRAPHOPT_RT_KERNEL("where", WhereKernel,
+                   "out, cond, a, b",
+                   "elem:elem, rank:rank, shape[rank]:dim, cond_strides[rank]:signed, "
+                   "a_strides[rank]:signed, b_strides[rank]:signed",
+                   "");
+GRAPHOPT_RT_KERNEL("cast", CastKernel,
+                   "out, x",
+                   "from:dtype, to:dtype, count:dim",
+                   "");
 
 }  // namespace
 }  // namespace rt

@@ -50,9 +50,9 @@ void for_each_in_block(float* c, int64_t ld, int64_t rows, int64_t cols, const f
 
 void apply_activation(float* c, int64_t ld, int64_t rows, int64_t cols, const float* col_bias,
                       const ActSpec& spec) {
-    if (spec.act <= Act::kHardswish) {
+    if (spec.act <= kLastEpilogueActivation) {
         if (spec.act == Act::kNone && col_bias == nullptr) return;
-        gemm_kernels().epilogue(c, ld, rows, cols, col_bias, static_cast<Activation>(spec.act));
+        gemm_kernels().epilogue(c, ld, rows, cols, col_bias, spec.act);
         return;
     }
     switch (spec.act) {
@@ -183,31 +183,16 @@ const float* StridedB::get(int64_t pc, int64_t kc, int64_t start, int64_t count,
 
 std::vector<GemmBlock> gemm_partition(int64_t m, int64_t n, int64_t k, int threads,
                                       double pack_cost_a, double pack_cost_b) {
-    // Below this many multiply-adds per thread, waking another thread costs more than it saves.
+    // The SGEMM's partitioner (gemm.h gemm_grid); the runtime wakes threads from 64^3
+    // multiply-adds each (its pool is cheaper to wake than an OpenMP team).
     constexpr double kMinMacsPerThread = 64.0 * 64.0 * 64.0;
-    const double macs = static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
-    const int64_t useful = std::max<int64_t>(1, static_cast<int64_t>(macs / kMinMacsPerThread));
-    const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, useful));
-    int64_t best_mc = round_up(m, kMR), best_nc = round_up(n, kNR);
-    double best_cost = -1.0;
-    for (int64_t tm = 1; tm <= nt; ++tm) {
-        if (nt % tm != 0) continue;
-        const int64_t tn = nt / tm;
-        const int64_t mc = round_up(ceil_div(m, tm), kMR);
-        const int64_t nc = round_up(ceil_div(n, tn), kNR);
-        const double compute = static_cast<double>(mc) * nc * k;
-        const double pack = pack_cost_a * mc * k * ceil_div(nc, kGemmNC) + pack_cost_b * nc * k;
-        const double cost = compute + pack;
-        if (best_cost < 0.0 || cost < best_cost) {
-            best_cost = cost;
-            best_mc = mc;
-            best_nc = nc;
-        }
-    }
+    const GemmGrid grid = gemm_grid(m, n, k, threads, pack_cost_a, pack_cost_b, kMinMacsPerThread);
     std::vector<GemmBlock> blocks;
-    for (int64_t i = 0; i < m; i += best_mc) {
-        for (int64_t j = 0; j < n; j += best_nc) {
-            blocks.push_back(GemmBlock{i, std::min(m, i + best_mc), j, std::min(n, j + best_nc)});
+    blocks.reserve(static_cast<size_t>(grid.tm * grid.tn));
+    for (int64_t i = 0; i < m; i += grid.m_chunk) {
+        for (int64_t j = 0; j < n; j += grid.n_chunk) {
+            blocks.push_back(
+                GemmBlock{i, std::min(m, i + grid.m_chunk), j, std::min(n, j + grid.n_chunk)});
         }
     }
     return blocks;
@@ -236,9 +221,9 @@ void gemm_tile_epilogue(const GemmKernels& kern, float* ct, int64_t ldc, int64_t
         }
     }
     const float* col_bias = ep.col_bias != nullptr ? ep.col_bias + j0 : nullptr;
-    if (ep.act.act <= Act::kHardswish) {
+    if (ep.act.act <= kLastEpilogueActivation) {
         if (ep.act.act != Act::kNone || col_bias != nullptr) {
-            kern.epilogue(ct, ldc, mr, nr, col_bias, static_cast<Activation>(ep.act.act));
+            kern.epilogue(ct, ldc, mr, nr, col_bias, ep.act.act);
         }
     } else {
         apply_activation(ct, ldc, mr, nr, col_bias, ep.act);

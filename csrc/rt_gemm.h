@@ -36,12 +36,10 @@ inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 // Equal K blocks of at most kGemmKC (same split as gemm.cpp).
 inline int64_t gemm_k_block(int64_t k) { return k <= 0 ? 1 : ceil_div(k, ceil_div(k, kGemmKC)); }
 
-// Activations of fused ops. The first nine have the same values as graphopt::Activation and run
-// through the (vectorised) SGEMM epilogue; the others have a scalar implementation here.
-enum class Act : int32_t {
-    kNone = 0, kRelu, kRelu6, kGelu, kGeluTanh, kSilu, kSigmoid, kTanh, kHardswish,
-    kHardsigmoid, kClamp, kLeakyRelu,
-};
+// Activations of fused ops: graphopt::Activation (activation.h, the one list). Those up to
+// kLastEpilogueActivation run through the (vectorised) SGEMM epilogue; the others have a scalar
+// implementation here.
+using Act = ::graphopt::Activation;
 
 struct ActSpec {
     Act act = Act::kNone;

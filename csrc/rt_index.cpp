@@ -132,8 +132,16 @@ class GatherKernel : public Kernel {
     DType index_dtype_;
 };
 
-GRAPHOPT_RT_KERNEL("take", TakeKernel);
-GRAPHOPT_RT_KERNEL("gather", GatherKernel);
+GRAPHOPT_RT_KERNEL("take", TakeKernel,
+                   "out, x, index",
+                   "outer:dim, axis_size:dim, inner:dim, count:dim, index_dtype:dtype, elem:elem, "
+                   "allow_negative:flag",
+                   "");
+GRAPHOPT_RT_KERNEL("gather", GatherKernel,
+                   "out, x, index",
+                   "rank:rank, index_shape[rank]:dim, x_strides[rank]:signed, axis:dim, "
+                   "axis_size:dim, index_dtype:dtype, elem:elem",
+                   "");
 
 }  // namespace
 }  // namespace rt

@@ -38,7 +38,7 @@ class GemmKernel : public Kernel {
         a_cs_ = r.signed_param("a_col_stride");
         b_rs_ = r.signed_param("b_row_stride");
         b_cs_ = r.signed_param("b_col_stride");
-        ep_.act.act = static_cast<Act>(r.in(0, static_cast<int64_t>(Act::kLeakyRelu), "act"));
+        ep_.act.act = static_cast<Act>(r.in(0, kMaxActivationCode, "act"));
         ep_.residual_in_c = r.next() != 0;
         ep_.alpha = static_cast<float>(r.real(0));
         ep_.act.p0 = static_cast<float>(r.real(1));
@@ -133,7 +133,13 @@ class GemmKernel : public Kernel {
     std::unique_ptr<PackedGemvB> gemv_;
 };
 
-GRAPHOPT_RT_KERNEL("gemm", GemmKernel);
+GRAPHOPT_RT_KERNEL("gemm", GemmKernel,
+                   "out, a, b, bias?, residual?",
+                   "batch_rank:rank, batch_shape[batch_rank]:dim, "
+                   "a_batch_strides[batch_rank]:signed, b_batch_strides[batch_rank]:signed, "
+                   "M:dim, N:dim, K:dim, a_row_stride:signed, a_col_stride:signed, "
+                   "b_row_stride:signed, b_col_stride:signed, act:act, residual_in_c:flag",
+                   "alpha, p0, p1");
 
 }  // namespace
 }  // namespace rt

@@ -208,10 +208,22 @@ class SoftmaxKernel : public Kernel {
     bool log_;
 };
 
-GRAPHOPT_RT_KERNEL("layer_norm", LayerNormKernel);
-GRAPHOPT_RT_KERNEL("group_norm", GroupNormKernel);
-GRAPHOPT_RT_KERNEL("channel_affine", ChannelAffineKernel);
-GRAPHOPT_RT_KERNEL("softmax", SoftmaxKernel);
+GRAPHOPT_RT_KERNEL("layer_norm", LayerNormKernel,
+                   "out, x, weight?, bias?",
+                   "rows:dim, cols:dim",
+                   "eps");
+GRAPHOPT_RT_KERNEL("group_norm", GroupNormKernel,
+                   "out, x, weight?, bias?",
+                   "N:dim, C:dim, inner:dim, groups:positive",
+                   "eps");
+GRAPHOPT_RT_KERNEL("channel_affine", ChannelAffineKernel,
+                   "out, x, scale, shift",
+                   "N:dim, C:dim, inner:dim",
+                   "");
+GRAPHOPT_RT_KERNEL("softmax", SoftmaxKernel,
+                   "out, x",
+                   "outer:dim, axis_size:dim, inner:dim, log:flag",
+                   "");
 
 }  // namespace
 }  // namespace rt

@@ -1,8 +1,12 @@
 // Plan construction and execution; the kernel registry; operand span checks.
 #include "rt_plan.h"
 
+#include "activation.h"
+#include "rt_dtype.h"
+
 #include <algorithm>
 #include <chrono>
+#include <iterator>
 #include <map>
 
 namespace graphopt {
@@ -10,10 +14,33 @@ namespace rt {
 
 namespace {
 
-std::map<std::string, KernelFactory>& registry() {
-    static std::map<std::string, KernelFactory> kernels;
+struct RegisteredKernel {
+    KernelFactory factory = nullptr;
+    KernelSignature signature;
+};
+
+std::map<std::string, RegisteredKernel>& registry() {
+    static std::map<std::string, RegisteredKernel> kernels;
     return kernels;
 }
+
+std::map<std::string, std::vector<std::string>>& code_registry() {
+    static std::map<std::string, std::vector<std::string>> tables;
+    return tables;
+}
+
+std::vector<std::string> dtype_names() {
+    return std::vector<std::string>(std::begin(kDTypeNames), std::end(kDTypeNames));
+}
+
+std::vector<std::string> activation_code_names() {
+    std::vector<std::string> names;
+    for (const ActivationInfo& a : kActivationInfo) names.push_back(a.name);
+    return names;
+}
+
+GRAPHOPT_RT_CODE_TABLE("dtype", dtype_names());
+GRAPHOPT_RT_CODE_TABLE("act", activation_code_names());
 
 const char* space_name(Space s) {
     switch (s) {
@@ -27,11 +54,27 @@ const char* space_name(Space s) {
 
 }  // namespace
 
-void register_kernel(const char* name, KernelFactory factory) { registry()[name] = factory; }
+void register_kernel(const char* name, KernelFactory factory, KernelSignature signature) {
+    registry()[name] = RegisteredKernel{factory, signature};
+}
 
 KernelFactory find_kernel(const std::string& name) {
     auto it = registry().find(name);
-    return it == registry().end() ? nullptr : it->second;
+    return it == registry().end() ? nullptr : it->second.factory;
+}
+
+KernelSignature kernel_signature(const std::string& name) {
+    auto it = registry().find(name);
+    if (it == registry().end()) throw PlanError("unknown native kernel '" + name + "'");
+    return it->second.signature;
+}
+
+void register_code_table(const char* table, std::vector<std::string> names) {
+    code_registry()[table] = std::move(names);
+}
+
+std::vector<std::pair<std::string, std::vector<std::string>>> code_tables() {
+    return {code_registry().begin(), code_registry().end()};
 }
 
 std::vector<std::string> kernel_names() {

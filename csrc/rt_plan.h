@@ -30,6 +30,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace graphopt {
@@ -153,13 +154,45 @@ class Kernel {
 
 using KernelFactory = std::unique_ptr<Kernel> (*)(const KernelArgs&);
 
+// A kernel's calling convention, the one source of truth for both sides of the boundary:
+// exported by _C.native_kernel_table() and checked by graphopt/native (every step a lowering
+// emits is validated against it when the plan is built; the factory's own checks stay the
+// safety net for saved artifacts). Each field is a comma-separated list:
+//   operands  "out, x, w, bias?"  in slot order; `?` marks an optional operand (may be None)
+//   ints      "M:dim, N:dim, rank:rank, shape[rank]:dim, strides[3]:signed"  in reading order;
+//             `name[n]` is a list of n values, n a literal or an earlier parameter's value;
+//             types: dim (>= 0), positive (>= 1), signed, rank (a list length), flag (0 / 1),
+//             elem (element bytes), bits (a raw 64-bit pattern), mode (a small code), and
+//             the code tables of native_code_tables(): dtype, act, unary, binary, reduce
+//   floats    "alpha, p0, p1?"  in order; `?` marks an optional trailing parameter
+struct KernelSignature {
+    const char* operands = "";
+    const char* ints = "";
+    const char* floats = "";
+};
+
 // Registry of kernels by name; populated by static registrars (GRAPHOPT_RT_KERNEL).
-void register_kernel(const char* name, KernelFactory factory);
+void register_kernel(const char* name, KernelFactory factory, KernelSignature signature);
 KernelFactory find_kernel(const std::string& name);
 std::vector<std::string> kernel_names();
+// Signature of a registered kernel (throws PlanError for an unknown name).
+KernelSignature kernel_signature(const std::string& name);
 
 struct KernelRegistrar {
-    KernelRegistrar(const char* name, KernelFactory factory) { register_kernel(name, factory); }
+    KernelRegistrar(const char* name, KernelFactory factory, KernelSignature signature) {
+        register_kernel(name, factory, signature);
+    }
+};
+
+// Named integer codes of kernel parameters (op enums, dtypes, activations) by table name, each
+// a list of names indexed by code; exported by _C.native_code_tables().
+void register_code_table(const char* table, std::vector<std::string> names);
+std::vector<std::pair<std::string, std::vector<std::string>>> code_tables();
+
+struct CodeTableRegistrar {
+    CodeTableRegistrar(const char* table, std::vector<std::string> names) {
+        register_code_table(table, std::move(names));
+    }
 };
 
 // The factory of a kernel class constructible from its KernelArgs.
@@ -170,11 +203,17 @@ std::unique_ptr<Kernel> make_kernel(const KernelArgs& args) {
 
 #define GRAPHOPT_RT_CONCAT2(a, b) a##b
 #define GRAPHOPT_RT_CONCAT(a, b) GRAPHOPT_RT_CONCAT2(a, b)
-// GRAPHOPT_RT_KERNEL("name", KernelClass) registers KernelClass (constructed from KernelArgs).
-#define GRAPHOPT_RT_KERNEL(name, kernel_class)                                             \
-    static ::graphopt::rt::KernelRegistrar GRAPHOPT_RT_CONCAT(graphopt_rt_registrar_,   \
-                                                              __LINE__)(                \
-        name, &::graphopt::rt::make_kernel<kernel_class>)
+// GRAPHOPT_RT_KERNEL("name", KernelClass, "operands", "ints", "floats") registers KernelClass
+// (constructed from KernelArgs) with its signature (see KernelSignature).
+#define GRAPHOPT_RT_KERNEL(name, kernel_class, operands, ints, floats)                        \
+    static ::graphopt::rt::KernelRegistrar GRAPHOPT_RT_CONCAT(graphopt_rt_registrar_,      \
+                                                              __LINE__)(                   \
+        name, &::graphopt::rt::make_kernel<kernel_class>,                                  \
+        ::graphopt::rt::KernelSignature{operands, ints, floats})
+// GRAPHOPT_RT_CODE_TABLE("table", {"name0", "name1", ...}) registers a code table.
+#define GRAPHOPT_RT_CODE_TABLE(table, ...)                                                    \
+    static ::graphopt::rt::CodeTableRegistrar GRAPHOPT_RT_CONCAT(graphopt_rt_codes_,       \
+                                                                 __LINE__)(table, __VA_ARGS__)
 
 // A buffer handed to a plan: its address and how many bytes it holds.
 struct BufferRef {

@@ -258,9 +258,21 @@ class ResizeKernel : public Kernel {
     std::vector<float> ly_, lx_;
 };
 
-GRAPHOPT_RT_KERNEL("pool2d", PoolKernel);
-GRAPHOPT_RT_KERNEL("adaptive_pool2d", AdaptivePoolKernel);
-GRAPHOPT_RT_KERNEL("resize2d", ResizeKernel);
+GRAPHOPT_RT_KERNEL("pool2d", PoolKernel,
+                   "out, x",
+                   "avg:flag, planes:dim, H:dim, W:dim, Ho:dim, Wo:dim, kernel_h:positive, "
+                   "kernel_w:positive, stride_h:positive, stride_w:positive, pad_h:dim, "
+                   "pad_w:dim, dilation_h:positive, dilation_w:positive, count_include_pad:flag, "
+                   "divisor_override:dim",
+                   "");
+GRAPHOPT_RT_KERNEL("adaptive_pool2d", AdaptivePoolKernel,
+                   "out, x",
+                   "avg:flag, planes:dim, H:dim, W:dim, Ho:dim, Wo:dim",
+                   "");
+GRAPHOPT_RT_KERNEL("resize2d", ResizeKernel,
+                   "out, x",
+                   "mode:mode, planes:dim, H:dim, W:dim, Ho:dim, Wo:dim, align_corners:flag",
+                   "scale_h, scale_w");
 
 }  // namespace
 }  // namespace rt

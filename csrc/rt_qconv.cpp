@@ -76,7 +76,7 @@ class QConvKernel : public Kernel {
         s_.ph = r.signed_param("pad_h"); s_.pw = r.signed_param("pad_w");
         s_.dh = r.positive("dilation_h"); s_.dw = r.positive("dilation_w");
         s_.groups = r.positive("groups"); s_.ho = r.dim("Ho"); s_.wo = r.dim("Wo");
-        act_.act = static_cast<Act>(r.in(0, static_cast<int64_t>(Act::kLeakyRelu), "act"));
+        act_.act = static_cast<Act>(r.in(0, kMaxActivationCode, "act"));
         act_.p0 = static_cast<float>(r.real(0));
         act_.p1 = static_cast<float>(r.real(1));
         auto has = [&](size_t i) { return args.has(i); };
@@ -184,7 +184,13 @@ class QConvKernel : public Kernel {
     std::vector<std::unique_ptr<PackedQWeight>> weights_;
 };
 
-GRAPHOPT_RT_KERNEL("qconv2d", QConvKernel);
+GRAPHOPT_RT_KERNEL("qconv2d", QConvKernel,
+                   "out, x, w_q, w_scale, bias?, unused?, x_scale, x_zp?, y_scale?, y_zp?",
+                   "N:dim, C:dim, H:dim, W:dim, Co:dim, kernel_h:positive, kernel_w:positive, "
+                   "stride_h:positive, stride_w:positive, pad_h:signed, pad_w:signed, "
+                   "dilation_h:positive, dilation_w:positive, groups:positive, Ho:dim, Wo:dim, "
+                   "act:act",
+                   "p0, p1");
 
 }  // namespace
 }  // namespace rt

@@ -44,7 +44,7 @@ class QLinearKernel : public Kernel {
         x_cs_ = r.signed_param("x_col_stride");
         const int64_t w_rs = r.signed_param("w_row_stride"), w_cs = r.signed_param("w_col_stride");
         static_ = r.next() != 0;
-        act_.act = static_cast<Act>(r.in(0, static_cast<int64_t>(Act::kLeakyRelu), "act"));
+        act_.act = static_cast<Act>(r.in(0, kMaxActivationCode, "act"));
         residual_in_c_ = r.next() != 0;
         per_row_ = r.next() != 0;
         act_.p0 = static_cast<float>(r.real(0));
@@ -145,7 +145,12 @@ class QLinearKernel : public Kernel {
     std::unique_ptr<PackedQWeight> weight_;
 };
 
-GRAPHOPT_RT_KERNEL("qlinear", QLinearKernel);
+GRAPHOPT_RT_KERNEL("qlinear", QLinearKernel,
+                   "out, x, w_q, w_scale, bias?, residual?, x_scale?, x_zp?, y_scale?, y_zp?",
+                   "M:dim, N:dim, K:dim, x_row_stride:signed, x_col_stride:signed, "
+                   "w_row_stride:signed, w_col_stride:signed, static:flag, act:act, "
+                   "residual_in_c:flag, per_row:flag",
+                   "p0, p1");
 
 }  // namespace
 }  // namespace rt

@@ -155,8 +155,14 @@ class DequantizeKernel : public QuantKernelBase {
     QuantParams p_;
 };
 
-GRAPHOPT_RT_KERNEL("quantize_linear", QuantizeKernel);
-GRAPHOPT_RT_KERNEL("dequantize_linear", DequantizeKernel);
+GRAPHOPT_RT_KERNEL("quantize_linear", QuantizeKernel,
+                   "out, x, scale, zero_point?",
+                   "count:dim, dtype:dtype, inner:dim, channels:dim",
+                   "");
+GRAPHOPT_RT_KERNEL("dequantize_linear", DequantizeKernel,
+                   "out, x, scale, zero_point?",
+                   "count:dim, dtype:dtype, inner:dim, channels:dim",
+                   "");
 
 }  // namespace
 }  // namespace rt

@@ -21,9 +21,16 @@ namespace graphopt {
 namespace rt {
 namespace {
 
-enum class ReduceOp : int32_t {
-    kSum = 0, kMean, kProd, kAmax, kAmin, kVar, kStd, kLogsumexp, kAll, kAny, kArgmax, kArgmin,
-};
+// The "reduce" kernel's op codes and their Python names (codes.py REDUCE_CODES).
+#define GRAPHOPT_REDUCE_OPS(X)                                                                \
+    X(kSum, "sum") X(kMean, "mean") X(kProd, "prod") X(kAmax, "amax") X(kAmin, "amin")        \
+    X(kVar, "var") X(kStd, "std") X(kLogsumexp, "logsumexp") X(kAll, "all") X(kAny, "any")    \
+    X(kArgmax, "argmax") X(kArgmin, "argmin")
+#define GRAPHOPT_RT_ENUMERATOR(e, name) e,
+#define GRAPHOPT_RT_ENUM_NAME(e, name) name,
+
+enum class ReduceOp : int32_t { GRAPHOPT_REDUCE_OPS(GRAPHOPT_RT_ENUMERATOR) };
+GRAPHOPT_RT_CODE_TABLE("reduce", {GRAPHOPT_REDUCE_OPS(GRAPHOPT_RT_ENUM_NAME)});
 
 template <typename T>
 bool is_nan(T v) {
@@ -232,7 +239,10 @@ class ReduceKernel : public Kernel {
     double correction_;
 };
 
-GRAPHOPT_RT_KERNEL("reduce", ReduceKernel);
+GRAPHOPT_RT_KERNEL("reduce", ReduceKernel,
+                   "out, x",
+                   "op:reduce, dtype:dtype, outer:dim, R:dim, inner:dim",
+                   "correction?");
 
 }  // namespace
 }  // namespace rt

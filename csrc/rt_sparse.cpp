@@ -90,7 +90,7 @@ class SparseLinearKernel : public Kernel {
         k_ = r.next();
         const int64_t nnz = r.next();
         x_rs_ = r.signed_param("x_row_stride");
-        ep_.act.act = static_cast<Act>(r.in(0, static_cast<int64_t>(Act::kLeakyRelu), "act"));
+        ep_.act.act = static_cast<Act>(r.in(0, kMaxActivationCode, "act"));
         ep_.residual_in_c = r.next() != 0;
         ep_.act.p0 = static_cast<float>(r.real(0));
         ep_.act.p1 = static_cast<float>(r.real(1));
@@ -273,7 +273,11 @@ class SparseLinearKernel : public Kernel {
     std::vector<float> values_;
 };
 
-GRAPHOPT_RT_KERNEL("sparse_linear", SparseLinearKernel);
+GRAPHOPT_RT_KERNEL("sparse_linear", SparseLinearKernel,
+                   "out, x, row_ptr, col_idx, values, bias?, residual?, xt?",
+                   "M:dim, N:dim, K:dim, nnz:dim, x_row_stride:signed, act:act, "
+                   "residual_in_c:flag",
+                   "p0, p1");
 
 }  // namespace
 }  // namespace rt

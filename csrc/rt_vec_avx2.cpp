@@ -9,6 +9,7 @@
 
 #include "cpu.h"
 #include "rt_vec.h"
+#include "vec_exp_avx2.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -49,32 +50,9 @@ struct Avx2Simd {
     }
     static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
 
-    // exp(x) = 2^n * p(r), n = round(x / ln2), r = x - n ln2 (ln2 split in two so r is exact),
-    // p a degree-6 polynomial (Cephes expf coefficients). Below -87.3 the result is 0 (exp(-inf)
-    // must be exactly 0 for masked scores); NaN propagates through the arithmetic.
-    static V exp(V x) {
-        const V lo = _mm256_set1_ps(-87.33654f);
-        const V underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-        V xc = _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), x);
-        xc = _mm256_max_ps(lo, xc);
-        const V n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        V r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
-        r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-        V p = _mm256_set1_ps(1.9875691500e-4f);
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-        p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
-        p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
-        // n in [-126, 127] after the clamp: 2^n is a normal float.
-        const __m256i e = _mm256_slli_epi32(
-            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-        const V result = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-        return _mm256_andnot_ps(underflow, result);
-    }
+    // The one AVX2 exp (vec_exp_avx2.h): exactly 0 below -87.34 (exp(-inf) must be 0 for
+    // masked scores), +inf above 88.38, NaN propagates.
+    static V exp(V x) { return vexp::exp_avx2(x); }
     static float exp1(float x) {
         alignas(32) float t[8] = {x, x, x, x, x, x, x, x};
         _mm256_store_ps(t, exp(_mm256_load_ps(t)));

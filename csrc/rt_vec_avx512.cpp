@@ -13,6 +13,7 @@
 #include "cpu.h"
 #include "epilogue.h"
 #include "rt_vec.h"
+#include "vec_exp_avx512.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx2,fma")
@@ -57,29 +58,8 @@ struct Avx512Simd {
     }
     static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
 
-    // The AVX2 table's exp, step for step (see rt_vec_avx2.cpp).
-    static V exp(V x) {
-        const V lo = _mm512_set1_ps(-87.33654f);
-        const __mmask16 underflow = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-        V xc = _mm512_min_ps(_mm512_set1_ps(88.3762626647949f), x);
-        xc = _mm512_max_ps(lo, xc);
-        const V n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
-                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        V r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
-        r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-        V p = _mm512_set1_ps(1.9875691500e-4f);
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-        p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
-        p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
-        const __m512i e = _mm512_slli_epi32(
-            _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-        const V result = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
-        return _mm512_maskz_mov_ps(static_cast<__mmask16>(~underflow), result);
-    }
+    // The AVX2 table's exp, lane for lane (vec_exp_avx512.h: same constants and range rule).
+    static V exp(V x) { return vexp::exp_avx512(x); }
     static float exp1(float x) {
         alignas(64) float t[16];
         _mm512_store_ps(t, exp(_mm512_set1_ps(x)));

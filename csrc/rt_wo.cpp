@@ -100,7 +100,7 @@ class LinearWoKernel : public Kernel {
         x_rs_ = r.signed_param("x_row_stride");
         bits_ = r.next();
         block_ = r.in(1, IntReader::kMaxDim, "block_size");
-        ep_.act.act = static_cast<Act>(r.in(0, static_cast<int64_t>(Act::kLeakyRelu), "act"));
+        ep_.act.act = static_cast<Act>(r.in(0, kMaxActivationCode, "act"));
         ep_.residual_in_c = r.next() != 0;
         ep_.act.p0 = static_cast<float>(r.real(0));
         ep_.act.p1 = static_cast<float>(r.real(1));
@@ -146,7 +146,11 @@ class LinearWoKernel : public Kernel {
     EpilogueSpec ep_;
 };
 
-GRAPHOPT_RT_KERNEL("linear_wo", LinearWoKernel);
+GRAPHOPT_RT_KERNEL("linear_wo", LinearWoKernel,
+                   "out, x, codes, scales, bias?, residual?",
+                   "M:dim, N:dim, K:dim, x_row_stride:signed, bits:mode, block_size:positive, "
+                   "act:act, residual_in_c:flag",
+                   "p0, p1");
 
 }  // namespace
 }  // namespace rt

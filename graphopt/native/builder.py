@@ -36,6 +36,7 @@ from graphopt.ir.types import normalize_dim
 from graphopt.limits import check_bytes, numel_of
 from graphopt.native import refs as R
 from graphopt.native.codes import DTYPE_CODES
+from graphopt.native.kernel_call import check_call
 from graphopt.native.memory import Lifetime, MemoryPlan, plan_memory
 from graphopt.native.refs import Buffer, TensorRef
 from graphopt.ops.registry import PURE
@@ -163,6 +164,11 @@ class PlanBuilder:
     def emit(self, kernel: str, name: str, operands, ints=(), floats=(), **extra) -> Step:
         step = Step(kernel, name, list(operands), [int(i) for i in ints],
                     [float(f) for f in floats], **extra)
+        if kernel != "reference":
+            # The C++ kernel table is the calling convention: a wrong operand or parameter
+            # count is a lowering bug, reported here with the node rather than by the runtime.
+            where = f"node {name}" + (f" (op '{step.op}')" if step.op else "")
+            check_call(kernel, step.operands, step.ints, step.floats, where)
         index = len(self.steps)
         for ref in list(step.operands) + list(step.outputs):
             if ref is not None:
