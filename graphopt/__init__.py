@@ -19,13 +19,13 @@ from graphopt.errors import (
 )
 from graphopt.frontend import trace
 # Imported eagerly: the submodule graphopt.compile would otherwise shadow the function.
-from graphopt.compile import compile  # noqa: E402  (cheap: backends load on first use)
+from graphopt.compile import Target, compile  # noqa: E402  (cheap: backends load on first use)
 from graphopt.interpreter import run
 from graphopt.ir import DType, Graph, Node, TensorType, Value
 from graphopt.transform import PassManager, bisect, optimize, register_pass
 # Eager like compile: the package graphopt.prune would otherwise shadow the function. It is light
 # (numpy + dataclasses); the analysis, scipy and training code load on first use.
-from graphopt.prune import finetune, prune  # noqa: E402
+from graphopt.prune import FinetuneConfig, PruneConfig, finetune, prune  # noqa: E402
 
 from graphopt.version import __version__  # noqa: E402
 
@@ -68,6 +68,20 @@ def benchmark(model, args=(), kwargs=None, **options):
     return _benchmark(model, args, kwargs, **options)
 
 
+def __getattr__(name: str):
+    # Loaded on first use, like quantize and benchmark: the quantization library and the
+    # benchmark harness are not imported by ``import graphopt``.
+    if name == "QuantizeConfig":
+        from graphopt.quant.config import QuantizeConfig
+
+        return QuantizeConfig
+    if name == "BenchmarkConfig":
+        from graphopt.bench.config import BenchmarkConfig
+
+        return BenchmarkConfig
+    raise AttributeError(f"module 'graphopt' has no attribute '{name}'")
+
+
 def from_onnx(model_or_path, **options) -> Graph:
     """Import an ONNX model (``ModelProto``, bytes or path) as a Graph; see
     ``graphopt.onnx.importer.from_onnx`` for the options."""
@@ -81,7 +95,8 @@ __all__ = [
     "compile", "from_onnx", "to_onnx",
     "TypeInferenceError", "UnsupportedOpError", "Value", "VerificationError", "parse", "run",
     "to_torch", "trace", "optimize", "benchmark", "bisect", "PassManager", "register_pass",
-    "prune", "finetune", "quantize",
+    "prune", "finetune", "quantize", "Target", "QuantizeConfig", "PruneConfig",
+    "FinetuneConfig", "BenchmarkConfig",
 ]
 
 # Register the built-in passes (graphopt.passes; mapped from passes/ in a source checkout).

@@ -2,6 +2,7 @@
 
 Modules:
     harness    benchmark(): setup, first call, warm-up, interleaved timed rounds
+    config     BenchmarkConfig: benchmark()'s options, checked once, saved in the report
     backends   the backends (eager, torch-compile, onnxruntime, graphopt-onnxruntime,
                graphopt-native, graphopt-torch) and @bench_backend to add one
     timing     calibrate(), run_interleaved(), progress bars
@@ -27,7 +28,8 @@ from graphopt.bench.backends import (
     Subject,
     bench_backend,
 )
-from graphopt.bench.harness import benchmark
+from graphopt.bench.config import BenchmarkConfig, BenchmarkConfigError
+from graphopt.bench.harness import benchmark, benchmark_with_config
 from graphopt.bench.per_pass import attribute_passes
 from graphopt.bench.report import (
     SCHEMA,
@@ -40,6 +42,7 @@ from graphopt.bench.report import (
 
 __all__ = [
     "BENCH_BACKENDS", "DEFAULT_BACKENDS", "SCHEMA", "BackendResult", "BackendUnavailable",
-    "BenchBackend", "BenchmarkReport", "LatencyStats", "PassStage", "PerPassReport", "Prepared",
-    "Subject", "attribute_passes", "bench_backend", "benchmark",
+    "BenchBackend", "BenchmarkConfig", "BenchmarkConfigError", "BenchmarkReport", "LatencyStats",
+    "PassStage", "PerPassReport", "Prepared",
+    "Subject", "attribute_passes", "bench_backend", "benchmark", "benchmark_with_config",
 ]

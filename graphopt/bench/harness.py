@@ -34,6 +34,7 @@ from graphopt.bench.backends import (
     BenchBackend,
     Subject,
 )
+from graphopt.bench.config import BenchmarkConfig, backend_names
 from graphopt.bench.machine import MemoryProbe, machine_info
 from graphopt.bench.report import (
     BackendResult,
@@ -43,6 +44,7 @@ from graphopt.bench.report import (
     error_summary,
 )
 from graphopt.bench.timing import Clock, calibrate, progress_bar, run_interleaved
+from graphopt.compile import Target
 
 
 def benchmark(model: Any, args: Sequence[Any] = (), kwargs: dict | None = None, *,
@@ -52,7 +54,8 @@ def benchmark(model: Any, args: Sequence[Any] = (), kwargs: dict | None = None, 
               rtol: float = 1e-3, atol: float = 1e-4, per_pass: bool | str = False,
               backend_options: dict[str, dict] | None = None, progress: bool | None = None,
               clock: Clock = time.perf_counter, name: str | None = None,
-              workdir: str | None = None) -> BenchmarkReport:
+              workdir: str | None = None, target: Target | None = None,
+              config: BenchmarkConfig | None = None) -> BenchmarkReport:
     """Benchmark ``model`` on several backends; returns a :class:`BenchmarkReport`.
 
     Args:
@@ -77,6 +80,14 @@ def benchmark(model: Any, args: Sequence[Any] = (), kwargs: dict | None = None, 
         clock: the timer (tests inject a fake one).
         name: the model's display name.
         workdir: where artifacts are written to measure them (default: a temporary folder).
+        target: a ``graphopt.Target``: its ``threads`` (when ``threads`` is not given) run every
+            backend and its ``isa`` is checked against this machine; recorded in the report.
+        config: a ``BenchmarkConfig`` holding the options ``backends`` to ``target`` (except
+            ``clock``); leave those keywords at their defaults then.
+
+    Raises:
+        BenchmarkConfigError: an option out of range (``rounds`` < 1, ``warmup`` < 0, ...).
+        BackendOptionError: ``target`` contradicts ``threads`` or its ISA is not this machine's.
 
     Example::
 
@@ -84,8 +95,21 @@ def benchmark(model: Any, args: Sequence[Any] = (), kwargs: dict | None = None, 
         print(report)                      # terminal table
         report.to_json("bench.json"); report.plot("bench.png")
     """
-    backend_options = dict(backend_options or {})
-    threads = int(threads or torch.get_num_threads())
+    cfg = BenchmarkConfig.resolve(
+        config, backends=backends, pipeline=pipeline, threads=threads, warmup=warmup,
+        rounds=rounds, min_sample_s=min_sample_s, max_time_s=max_time_s, rtol=rtol, atol=atol,
+        per_pass=per_pass, backend_options=backend_options, progress=progress, name=name,
+        workdir=workdir, target=target)
+    return benchmark_with_config(model, args, kwargs, cfg, clock=clock)
+
+
+def benchmark_with_config(model: Any, args: Sequence[Any], kwargs: dict | None,
+                          cfg: BenchmarkConfig, *,
+                          clock: Clock = time.perf_counter) -> BenchmarkReport:
+    """``benchmark`` once its options are checked: fixes the threads for the whole run."""
+    if cfg.target is not None:
+        cfg.target.check_host()
+    threads = int(cfg.run_threads or torch.get_num_threads())
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     started = time.perf_counter()
@@ -93,50 +117,11 @@ def benchmark(model: Any, args: Sequence[Any] = (), kwargs: dict | None = None, 
     machine = machine_info()  # before the run: its load average says who else was running
     with tempfile.TemporaryDirectory(prefix="graphopt_bench_") as tmp, torch.no_grad():
         try:
-            subject, spec = _subject(model, args, kwargs, pipeline, threads, workdir or tmp, name)
-            reference, reference_name = _reference(subject)
-            entries = _resolve(backends)
-            results, calls, inner, keep = _prepare_all(
-                entries, subject, backend_options, reference, warmup, min_sample_s, rtol,
-                atol, clock, progress)
-            order = list(calls)
-            bar = progress_bar(len(calls) * rounds, f"bench {subject.name}", progress)
-
-            def failed(backend: str, exc: BaseException) -> None:
-                result = next(r for r in results if r.backend == backend)
-                result.status, result.reason = "error", f"failed while timing: {_describe(exc)}"
-
-            samples, rounds_done = run_interleaved(calls, inner, rounds, clock,
-                                                   max_time_s=max_time_s, progress=bar,
-                                                   on_error=failed)
-            bar.close()
-            for r in results:
-                if r.ok and samples.get(r.backend):
-                    r.latency = LatencyStats.from_samples(samples[r.backend], inner[r.backend])
-            _speedups(results)
-            report = BenchmarkReport(
-                model=_model_info(subject, spec),
-                config={"backends": [e if isinstance(e, str) else e.name for e in entries],
-                        "order": order, "pipeline": str(pipeline), "threads": threads,
-                        "warmup": warmup, "rounds": rounds, "rounds_done": rounds_done,
-                        "min_sample_s": min_sample_s, "max_time_s": max_time_s,
-                        "reference": reference_name, "rtol": rtol, "atol": atol,
-                        "backend_options": {k: {o: str(v) for o, v in opts.items()}
-                                            for k, opts in backend_options.items()}},
-                machine=machine, results=results, created=created)
-            del keep, calls
-            if per_pass:
-                from graphopt.bench.per_pass import attribute_passes
-
-                backend = per_pass if isinstance(per_pass, str) else "graphopt-onnxruntime"
-                try:
-                    report.per_pass = attribute_passes(
-                        subject, backend, pipeline, rounds=rounds, warmup=warmup,
-                        min_sample_s=min_sample_s, max_time_s=max_time_s, clock=clock,
-                        progress=progress, options=backend_options.get(backend, {}))
-                except Exception as exc:  # reported like a failing backend, never raised
-                    report.per_pass = PerPassReport(backend, str(pipeline),
-                                                    notes=[f"failed: {_describe(exc)}"])
+            subject, spec = _subject(model, args, kwargs, cfg.pipeline, threads,
+                                     cfg.workdir or tmp, cfg.name)
+            header = {"model": _model_info(subject, spec), "machine": machine,
+                      "created": created}
+            report = _run(subject, cfg, clock, header)
         finally:
             torch.set_num_threads(saved_threads)
     report.duration_s = time.perf_counter() - started
@@ -144,6 +129,61 @@ def benchmark(model: Any, args: Sequence[Any] = (), kwargs: dict | None = None, 
 
 
 # ------------------------------------------------------------------------------ internals
+def _run(subject: Subject, cfg: BenchmarkConfig, clock: Clock,
+         header: dict[str, Any]) -> BenchmarkReport:
+    """Set up every backend, time them in interleaved rounds, then attribute per pass."""
+    reference, reference_name = _reference(subject)
+    entries = _resolve(cfg.backends)
+    results, calls, inner, keep = _prepare_all(entries, subject, cfg, reference, clock)
+    order = list(calls)
+    bar = progress_bar(len(calls) * cfg.rounds, f"bench {subject.name}", cfg.progress)
+
+    def failed(backend: str, exc: BaseException) -> None:
+        result = next(r for r in results if r.backend == backend)
+        result.status, result.reason = "error", f"failed while timing: {_describe(exc)}"
+
+    samples, rounds_done = run_interleaved(calls, inner, cfg.rounds, clock,
+                                           max_time_s=cfg.max_time_s, progress=bar,
+                                           on_error=failed)
+    bar.close()
+    for r in results:
+        if r.ok and samples.get(r.backend):
+            r.latency = LatencyStats.from_samples(samples[r.backend], inner[r.backend])
+    _speedups(results)
+    config = _report_config(cfg, entries, subject.threads)
+    config.update(order=order, rounds_done=rounds_done, reference=reference_name)
+    report = BenchmarkReport(config=config, results=results, **header)
+    del keep, calls  # free the backends before the per-pass runs
+    if cfg.per_pass:
+        report.per_pass = _per_pass(subject, cfg, clock)
+    return report
+
+
+def _report_config(cfg: BenchmarkConfig, entries: list, threads: int) -> dict[str, Any]:
+    """``cfg.to_dict()`` with what the run resolved: the thread count, deduplicated backends,
+    the pipeline and backend options as text."""
+    config = cfg.to_dict()
+    config.update(
+        backends=backend_names(entries), pipeline=str(cfg.pipeline), threads=threads,
+        backend_options={k: {o: str(v) for o, v in opts.items()}
+                         for k, opts in (cfg.backend_options or {}).items()})
+    return config
+
+
+def _per_pass(subject: Subject, cfg: BenchmarkConfig, clock: Clock) -> PerPassReport:
+    """Per-pass attribution; a failure is reported like a failing backend, never raised."""
+    from graphopt.bench.per_pass import attribute_passes
+
+    backend = cfg.per_pass if isinstance(cfg.per_pass, str) else "graphopt-onnxruntime"
+    try:
+        return attribute_passes(
+            subject, backend, cfg.pipeline, rounds=cfg.rounds, warmup=cfg.warmup,
+            min_sample_s=cfg.min_sample_s, max_time_s=cfg.max_time_s, clock=clock,
+            progress=cfg.progress, options=(cfg.backend_options or {}).get(backend, {}))
+    except Exception as exc:
+        return PerPassReport(backend, str(cfg.pipeline), notes=[f"failed: {_describe(exc)}"])
+
+
 def _subject(model, args, kwargs, pipeline, threads, workdir, name) -> tuple[Subject, str]:
     from graphopt.ir.graph import Graph
     from graphopt.model_loader import LoadedModel
@@ -188,13 +228,14 @@ def _resolve(backends: Sequence[str | BenchBackend]) -> list[str | BenchBackend]
     return out
 
 
-def _prepare_all(entries, subject, backend_options, reference, warmup, min_sample_s, rtol,
-                 atol, clock, progress):
+def _prepare_all(entries, subject, cfg: BenchmarkConfig, reference, clock):
+    backend_options = cfg.backend_options or {}
+    warmup, min_sample_s, rtol, atol = cfg.warmup, cfg.min_sample_s, cfg.rtol, cfg.atol
     results: list[BackendResult] = []
     calls: dict[str, Any] = {}
     inner: dict[str, int] = {}
     keep = []
-    bar = progress_bar(len(entries), "setup", progress)
+    bar = progress_bar(len(entries), "setup", cfg.progress)
     for entry in entries:
         backend = BENCH_BACKENDS.get(entry) if isinstance(entry, str) else entry
         label = entry if isinstance(entry, str) else entry.name

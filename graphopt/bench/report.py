@@ -5,7 +5,9 @@ JSON schema (``BenchmarkReport.to_dict()``, ``"schema": "graphopt-bench/1"``)::
     {schema, created, duration_s,
      model:   {name, spec, inputs: [{shape, dtype}], parameters},
      config:  {backends, order, pipeline, threads, warmup, rounds, rounds_done, min_sample_s,
-               reference, rtol, atol},
+               max_time_s, reference, rtol, atol, per_pass, backend_options, progress, name,
+               workdir, target: null | {backend, isa, threads}}   (BenchmarkConfig.to_dict()
+               plus what the run resolved: threads, order, rounds_done, reference),
      machine: {cpu_model, logical_cpus, usable_cpus, cpu_flags, memory_gib, load_avg_1m,
                competing_cpus (other processes' CPU use at the start), platform, python,
                versions: {torch, onnxruntime, onnx, numpy, graphopt, transformers, ...}},

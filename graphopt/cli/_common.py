@@ -175,6 +175,23 @@ def save_output(graph, path: str, backend: str, *, opset: int | None = None) -> 
     return f"{path} ({human_size(os.path.getsize(path))}{extra})"
 
 
+def prepare_output(path: str, backend: str | None = None, *, flag: bool = True) -> str:
+    """What ``-o path`` is saved as (``output_backend``), checked before the slow work: the
+    folder exists and is no symlink, and a native backend is available when one is needed."""
+    backend = output_backend(path, backend, flag=flag)
+    ensure_parent(path)
+    if backend == "native":
+        native_saver()
+    return backend
+
+
+def write_output(graph, path: str, backend: str, what: str, *, opset: int | None = None) -> None:
+    """Save ``graph`` (``save_output``), print "wrote PATH (SIZE): WHAT" and how to load it."""
+    written = save_output(graph, path, backend, opset=opset)
+    print(f"wrote {written}: {what}")
+    saved_hint(backend, path)
+
+
 def saved_hint(backend: str, path: str) -> None:
     """How to load what was just written (torch bundles have their own loader)."""
     if backend == "torch":

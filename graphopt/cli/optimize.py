@@ -7,14 +7,11 @@ import argparse
 from graphopt.cli._common import (
     add_model_argument,
     check_pipeline,
-    ensure_parent,
     load,
-    native_saver,
     optimize_with_report,
-    output_backend,
     paragraph,
-    save_output,
-    saved_hint,
+    prepare_output,
+    write_output,
 )
 
 
@@ -43,17 +40,14 @@ def add_parser(sub, common) -> None:
 
 
 def run(opts) -> int:
-    backend = output_backend(opts.output, opts.backend)
+    backend = prepare_output(opts.output, opts.backend)  # fails before the (slow) trace
     check_pipeline(opts.pipeline)
-    ensure_parent(opts.output)
-    if backend == "native":
-        native_saver()  # fail before the (slow) trace if there is no native backend
     loaded = load(opts.model, trust_pt2=opts.trust_pt2)
     graph = loaded.graph()
     optimized, report = optimize_with_report(graph, opts.pipeline)
     if not opts.quiet:
         print(report)
-    written = save_output(optimized, opts.output, backend, opset=opts.opset)
-    print(f"wrote {written}: {backend}, nodes {len(graph.nodes)} -> {len(optimized.nodes)}")
-    saved_hint(backend, opts.output)
+    write_output(optimized, opts.output, backend,
+                 f"{backend}, nodes {len(graph.nodes)} -> {len(optimized.nodes)}",
+                 opset=opts.opset)
     return 0

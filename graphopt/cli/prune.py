@@ -8,14 +8,11 @@ from graphopt.cli._common import (
     CliError,
     add_model_argument,
     check_pipeline,
-    ensure_parent,
     load,
-    native_saver,
     optimize_with_report,
-    output_backend,
     paragraph,
-    save_output,
-    saved_hint,
+    prepare_output,
+    write_output,
 )
 
 
@@ -63,15 +60,12 @@ def run(opts) -> int:
     import graphopt
     from graphopt.prune.report import human
 
-    backend = output_backend(opts.output, opts.backend)
     for flag in ("flops", "ratio", "sparsity"):
         value = getattr(opts, flag)
         if value is not None and not 0.0 <= value < 1.0:
             raise CliError(f"--{flag} {value}: expected a fraction in [0, 1)")
     check_pipeline(opts.pipeline)
-    ensure_parent(opts.output)
-    if backend == "native":
-        native_saver()  # fail before the (slow) trace if there is no native backend
+    backend = prepare_output(opts.output, opts.backend)  # fails before the (slow) trace
     loaded = load(opts.model, trust_pt2=opts.trust_pt2)
     graph = loaded.graph()
     if opts.sparsity is not None:
@@ -93,8 +87,6 @@ def run(opts) -> int:
         pruned, pass_report = optimize_with_report(pruned, opts.pipeline)
         if not opts.quiet:
             print(pass_report)
-    written = save_output(pruned, opts.output, backend)
-    print(f"wrote {written}: {backend}, FLOPs {human(report.flops_before)} -> "
-          f"{human(report.flops_after)}")
-    saved_hint(backend, opts.output)
+    write_output(pruned, opts.output, backend, f"{backend}, FLOPs "
+                 f"{human(report.flops_before)} -> {human(report.flops_after)}")
     return 0

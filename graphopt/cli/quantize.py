@@ -9,13 +9,12 @@ from graphopt.cli._common import (
     CliError,
     add_model_argument,
     check_pipeline,
-    ensure_parent,
     load,
     optimize_with_report,
     output_backend,
     paragraph,
-    save_output,
-    saved_hint,
+    prepare_output,
+    write_output,
 )
 
 _MODES = ("dynamic", "static", "weight-only", "fp16", "bf16")
@@ -90,7 +89,7 @@ def run(opts) -> int:
     if opts.calibration and not os.path.isfile(opts.calibration):
         raise CliError(f"calibration file not found: {opts.calibration}")
     pipeline = None if opts.pipeline == "none" else check_pipeline(opts.pipeline)
-    ensure_parent(opts.output)
+    prepare_output(opts.output, backend, flag=False)
     graph = load(opts.model, trust_pt2=opts.trust_pt2, quiet=opts.quiet).graph()
     if pipeline:
         graph, _ = optimize_with_report(graph, pipeline)
@@ -107,8 +106,6 @@ def run(opts) -> int:
         block_size=opts.block_size, report=True)
     if not opts.quiet:
         print(report)
-    written = save_output(quantized, opts.output, backend)
-    print(f"wrote {written}: {report.mode}, {len(report.quantized)}/{len(report.layers)} layers "
-          f"{report.label}")
-    saved_hint(backend, opts.output)
+    write_output(quantized, opts.output, backend, f"{report.mode}, "
+                 f"{len(report.quantized)}/{len(report.layers)} layers {report.label}")
     return 0

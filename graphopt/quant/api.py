@@ -7,15 +7,16 @@ is quantized; graphopt/quant/fallback.py does the rest (error, sensitivity, fall
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
+from graphopt.compile import Target
 from graphopt.errors import QuantizationError, entry_point
 from graphopt.ir.graph import Graph
+from graphopt.quant.config import MODES, QuantizeConfig  # noqa: F401  (MODES: re-exported)
 from graphopt.quant.report import LayerRecord, QuantReport
-
-MODES = ("dynamic", "static", "weight-only", "fp16", "bf16")
 
 
 @entry_point("graphopt.quantize")
@@ -36,6 +37,8 @@ def quantize(
     block_size: int = 32,
     progress: bool | None = None,
     report: bool = False,
+    target: Target | None = None,
+    config: QuantizeConfig | None = None,
 ):
     """Quantize ``graph`` (a copy; the input is not mutated).
 
@@ -72,7 +75,11 @@ def quantize(
         bits, block_size: weight-only mode: 4 or 8 bits, blocks of ``block_size`` along K.
         progress: static mode: a tqdm bar over the calibration data (None: for 32 or more
             items when stderr is a terminal).
-        report: also return the ``QuantReport``.
+        report: also return the ``QuantReport`` (its ``config`` holds the options).
+        target: a ``graphopt.Target`` to plan for: its ``isa`` is checked against this
+            machine and its ``threads`` run the calibration and sensitivity measurements.
+        config: a ``QuantizeConfig`` holding all the options above (then leave them at their
+            defaults); ``mode`` and every option are checked there first.
 
     Returns:
         The quantized graph, or ``(graph, QuantReport)`` with ``report=True``.
@@ -85,58 +92,85 @@ def quantize(
     if not isinstance(graph, Graph):
         raise QuantizationError(f"graphopt.quantize takes a graphopt Graph, got "
                                 f"{type(graph).__name__}")
-    if mode not in MODES:
-        raise QuantizationError(f"unknown quantize mode {mode!r}; known: {', '.join(MODES)}")
-    if isinstance(bits, bool) or bits not in (4, 8):
-        raise QuantizationError(f"bits must be 4 or 8, got {bits!r}")
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise QuantizationError(f"block_size must be a positive int, got {block_size!r}")
-    if error_budget is not None and not (isinstance(error_budget, (int, float))
-                                         and 0 <= error_budget < float("inf")):
-        raise QuantizationError(f"error_budget must be a finite number >= 0, got "
-                                f"{error_budget!r}")
-    if sensitivity not in ("local", "end-to-end"):
-        raise QuantizationError(
-            f"sensitivity must be 'local' or 'end-to-end', got '{sensitivity}'")
-    start = time.perf_counter()
-    if mode == "static":
-        if calibration is None:
-            raise QuantizationError("mode='static' needs calibration data (an iterable of "
-                                    "argument tuples) to choose activation ranges")
-        calibration = _materialize(calibration)
-    elif calibration is not None:
-        calibration = _materialize(calibration)
-    if error_budget is not None and not calibration:
-        raise QuantizationError("error_budget needs calibration inputs")
-    if per_token and mode != "dynamic":
-        raise QuantizationError(f"per_token applies to mode='dynamic' (run-time activation "
-                                f"ranges), not to mode='{mode}'")
-    if mode == "dynamic":
-        plan = _dynamic_plan(graph, exclude, embeddings, convs, per_token)
-    elif mode == "static":
-        from graphopt.quant.static import static_plan
+    cfg = QuantizeConfig.resolve(
+        config, mode=mode, error_budget=error_budget, exclude=exclude, sensitivity=sensitivity,
+        observer=observer, observer_options=observer_options, embeddings=embeddings,
+        convs=convs, per_token=per_token, bits=bits, block_size=block_size, progress=progress,
+        target=target)
+    out, rep = quantize_with_config(graph, cfg, calibration)
+    return (out, rep) if report else out
 
-        plan = static_plan(graph, calibration, exclude, observer, observer_options or {},
-                           progress)
-    elif mode == "weight-only":
-        from graphopt.quant.weight_only import weight_only_plan
 
-        plan = weight_only_plan(graph, exclude, bits, block_size)
-    else:
-        from graphopt.quant.half import half_plan
-
-        plan = half_plan(graph, mode, exclude)
-        sensitivity = "end-to-end"
+def quantize_with_config(graph: Graph, cfg: QuantizeConfig,
+                         calibration: Iterable | None = None) -> tuple[Graph, QuantReport]:
+    """``quantize`` once its options are checked: plan, fit the error budget, report."""
     from graphopt.quant.fallback import fit_error_budget
 
-    rep = QuantReport(mode=plan.mode, error_budget=error_budget,
-                      bytes_before=graph.constant_bytes(), label=plan.label,
-                      layers=plan.records, embeddings=plan.embeddings)
-    out, rep.error = fit_error_budget(rep.layers, plan.build, plan.graph, calibration or [],
-                                      error_budget, sensitivity, plan.forward)
+    start = time.perf_counter()
+    calibration = _calibration_for(cfg, calibration)
+    with _planning_threads(cfg.target):
+        plan = _plan(graph, cfg, calibration)
+        # Half precision has no per-layer forward: it always ranks end-to-end.
+        sensitivity = "end-to-end" if cfg.mode in ("fp16", "bf16") else cfg.sensitivity
+        rep = QuantReport(mode=plan.mode, error_budget=cfg.error_budget,
+                          bytes_before=graph.constant_bytes(), label=plan.label,
+                          layers=plan.records, embeddings=plan.embeddings,
+                          config=cfg.to_dict())
+        out, rep.error = fit_error_budget(rep.layers, plan.build, plan.graph, calibration or [],
+                                          cfg.error_budget, sensitivity, plan.forward)
     rep.bytes_after = out.constant_bytes()
     rep.seconds = time.perf_counter() - start
-    return (out, rep) if report else out
+    return out, rep
+
+
+def _calibration_for(cfg: QuantizeConfig, calibration: Iterable | None) -> list[tuple] | None:
+    """The calibration data as a list of argument tuples; checks what the mode needs."""
+    if cfg.mode == "static" and calibration is None:
+        raise QuantizationError("mode='static' needs calibration data (an iterable of "
+                                "argument tuples) to choose activation ranges")
+    if calibration is not None:
+        calibration = _materialize(calibration)
+    if cfg.error_budget is not None and not calibration:
+        raise QuantizationError("error_budget needs calibration inputs")
+    return calibration
+
+
+def _plan(graph: Graph, cfg: QuantizeConfig, calibration: list[tuple] | None) -> "Plan":
+    """The mode's ``Plan``: candidate layers and how to build the graph with some quantized."""
+    if cfg.mode == "dynamic":
+        return _dynamic_plan(graph, cfg.exclude, cfg.embeddings, cfg.convs, cfg.per_token)
+    if cfg.mode == "static":
+        from graphopt.quant.static import static_plan
+
+        return static_plan(graph, calibration, cfg.exclude, cfg.observer,
+                           cfg.observer_options or {}, cfg.progress)
+    if cfg.mode == "weight-only":
+        from graphopt.quant.weight_only import weight_only_plan
+
+        return weight_only_plan(graph, cfg.exclude, cfg.bits, cfg.block_size)
+    from graphopt.quant.half import half_plan
+
+    return half_plan(graph, cfg.mode, cfg.exclude)
+
+
+@contextlib.contextmanager
+def _planning_threads(target: Target | None) -> Iterator[None]:
+    """Run the calibration and sensitivity measurements with ``target``'s threads."""
+    if target is None:
+        yield
+        return
+    target.check_host()
+    if target.threads is None:
+        yield
+        return
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(target.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def _materialize(calibration: Iterable) -> list[tuple]:

@@ -1,0 +1,85 @@
+"""``QuantizeConfig``: every option of ``graphopt.quantize``, checked once, printable, saved in
+the ``QuantReport``. Calibration data is not an option: it stays an argument of ``quantize``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from graphopt.compile import Target
+from graphopt.config import Config
+from graphopt.errors import QuantizationError
+
+MODES = ("dynamic", "static", "weight-only", "fp16", "bf16")
+SENSITIVITIES = ("local", "end-to-end")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig(Config):
+    """The options of :func:`graphopt.quantize` (see it for what each one does).
+
+    ``target`` (a :class:`graphopt.Target`) is where the quantized graph will run: its
+    ``isa`` is checked against this machine and its ``threads`` run the calibration and
+    sensitivity measurements.
+    """
+
+    mode: str = "dynamic"
+    error_budget: float | None = None
+    exclude: tuple[str, ...] = ()
+    sensitivity: str = "local"
+    observer: str = "minmax"
+    observer_options: dict | None = field(default=None, hash=False)
+    embeddings: bool = True
+    convs: bool = False
+    per_token: bool = False
+    bits: int = 4
+    block_size: int = 32
+    progress: bool | None = None
+    target: Target | None = None
+
+    _error = QuantizationError
+    _entry = "graphopt.quantize"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise QuantizationError(f"unknown quantize mode {self.mode!r}; known: "
+                                    f"{', '.join(MODES)}")
+        self._set("exclude", _globs(self.exclude))
+        self._check_int("bits", 4, allowed=(4, 8))
+        self._check_int("block_size", 1)
+        self._check_number("error_budget", 0.0, optional=True)
+        self._check_choice("sensitivity", SENSITIVITIES)
+        self._check_observer()
+        for name in ("embeddings", "convs", "per_token"):
+            self._check_bool(name)
+        if self.progress is not None:
+            self._check_bool("progress")
+        if self.per_token and self.mode != "dynamic":
+            raise QuantizationError(f"per_token applies to mode='dynamic' (run-time activation "
+                                    f"ranges), not to mode='{self.mode}'")
+        if self.target is not None and not isinstance(self.target, Target):
+            self._fail("target", self.target, "a graphopt.Target or None")
+
+    def _check_observer(self) -> None:
+        from graphopt.quant.observers import OBSERVERS
+
+        if self.observer not in OBSERVERS:
+            raise QuantizationError(f"unknown observer {self.observer!r}; known: "
+                                    f"{', '.join(OBSERVERS)}")
+        if self.observer_options is not None:
+            if not isinstance(self.observer_options, dict):
+                self._fail("observer_options", self.observer_options, "a dict or None")
+            self._set("observer_options", dict(self.observer_options))
+
+
+def _globs(exclude) -> tuple[str, ...]:
+    try:
+        globs = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    except TypeError:
+        globs = (exclude,)
+    bad = [g for g in globs if not isinstance(g, str)]
+    if bad:
+        raise QuantizationError(f"graphopt.quantize: exclude must be glob strings, got {bad!r}")
+    return globs
+
+
+__all__ = ["MODES", "SENSITIVITIES", "QuantizeConfig"]
