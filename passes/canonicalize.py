@@ -22,6 +22,9 @@ Rules (each is exact in fp32, see its docstring for why):
 * arithmetic identities: x*1, x/1, x+0, x-0 where the constant is exactly 1 / 0 and broadcasting
   does not change the output shape or dtype.
 
+The reshape/permute rules live in ``graphopt.rewrite.layout``, the one layout canonicalizer,
+which the ONNX importer's cleanup also runs.
+
 Signed zeros: x + (+0.0) maps -0.0 to +0.0, and x - (-0.0) likewise, so for floats these fold
 only when the zero has the right sign (x + (-0.0) and x - (+0.0) are exact), unless the option
 ``signed_zeros=false`` says the sign of zero does not matter.
@@ -32,37 +35,18 @@ from __future__ import annotations
 import numpy as np
 
 from graphopt.ir.dtypes import DType
-from graphopt.ir.graph import Value
-from graphopt.rewrite import Const, Match, RewritePass, Rule, Var, op
+from graphopt.rewrite import Const, RewritePass, Rule, Var, op
+from graphopt.rewrite.layout import (  # the shared layout rules (the ONNX importer runs them too)
+    IdentityPermute,
+    IdentityReshape,
+    PermutePermute,
+    ReshapeReshape,
+)
+from graphopt.rewrite.layout import same_type_reason as _same_type
 from graphopt.transform.registry import register_pass
 
 
-def _same_type(match: Match, x: Value) -> str | None:
-    out = match.root.output
-    if out.type.same_as(x.type):
-        return None
-    return (
-        f"output %{out.name}: {out.type} differs from %{x.name}: {x.type}; removing the "
-        f"node would change the type"
-    )
-
-
 # ------------------------------------------------------------------------------- identities
-class IdentityReshape(Rule):
-    """reshape(x) with the shape x already has -> x."""
-
-    name = "identity-reshape"
-
-    def pattern(self):
-        return op.reshape(Var("x"))
-
-    def check(self, match):
-        return _same_type(match, match["x"])
-
-    def rewrite(self, match, rw):
-        return match["x"]
-
-
 class IdentityExpand(IdentityReshape):
     """expand(x) to the shape x already has -> x."""
 
@@ -84,15 +68,6 @@ class IdentitySlice(IdentityReshape):
         return op.slice(Var("x"), step=1)
 
 
-class IdentityPermute(IdentityReshape):
-    """permute(x) with the identity perm -> x."""
-
-    name = "identity-permute"
-
-    def pattern(self):
-        return op.permute(Var("x"), perm=lambda p: tuple(p) == tuple(range(len(p))))
-
-
 class IdentityCast(IdentityReshape):
     """cast(x) to x's own dtype -> x."""
 
@@ -103,36 +78,6 @@ class IdentityCast(IdentityReshape):
 
 
 # ----------------------------------------------------------------------------------- chains
-class ReshapeReshape(Rule):
-    """reshape(reshape(x, s1), s2) -> reshape(x, s2): both are row-major views of x's data."""
-
-    name = "reshape-reshape"
-    allow_shared = True  # the inner reshape may feed others; we never duplicate work
-
-    def pattern(self):
-        return op.reshape(op.reshape(Var("x")))
-
-    def rewrite(self, match, rw):
-        return rw.op.reshape(match["x"], shape=match.root.attrs["shape"])
-
-
-class PermutePermute(Rule):
-    """permute(permute(x, p), q) -> permute(x, r) with r[i] = p[q[i]]; x itself if r is identity."""
-
-    name = "permute-permute"
-    allow_shared = True
-
-    def pattern(self):
-        return op.permute(op.permute(Var("x")).named("inner"))
-
-    def rewrite(self, match, rw):
-        p, q = match.nodes["inner"].attrs["perm"], match.root.attrs["perm"]
-        perm = tuple(p[i] for i in q)
-        if perm == tuple(range(len(perm))):
-            return match["x"]
-        return rw.op.permute(match["x"], perm=perm)
-
-
 # Casts from -> to that represent every value exactly (so a later cast sees the same number).
 _LOSSLESS = {
     DType.bool: set(DType) - {DType.bool},

@@ -27,7 +27,7 @@ import numpy as np
 
 from graphopt.ir.graph import Graph, Node, Value
 from graphopt.ops.registry import PURE
-from graphopt.rewrite.tracking import allow_rewrite
+from graphopt.rewrite.rewriter import Rewriter
 from graphopt.transform.registry import register_pass
 
 # Digest per constant array (arrays are read-only and shared between graph clones, so pipelines
@@ -49,9 +49,8 @@ def _digest(data: np.ndarray) -> bytes:
     return digest
 
 
-def _merge_constants(graph: Graph) -> tuple[bool, bool]:
-    """Returns (changed, budget_left)."""
-    changed = False
+def _merge_constants(graph: Graph, rw: Rewriter) -> bool:
+    """Merge identical constants; returns False when the rewrite budget ran out."""
     groups: dict[tuple, list[Value]] = {}
     for value in graph.constants.values():
         key = (value.dtype, tuple(value.data.shape), value.type.quant)
@@ -64,12 +63,11 @@ def _merge_constants(graph: Graph) -> tuple[bool, bool]:
             first = seen.setdefault(_digest(value.data), value)
             if first is value or first.data.tobytes() != value.data.tobytes():
                 continue  # (a digest collision: keep both)
-            if not allow_rewrite("merge-constants", f"const %{value.name}"):
-                return changed, False
-            value.replace_all_uses_with(first)
-            graph.remove_constant(value)
-            changed = True
-    return changed, True
+            if not rw.edit("merge-constants", f"const %{value.name}"):
+                return False
+            rw.replace_value(value, first)
+            rw.remove_constant(value)
+    return True
 
 
 def _key(node: Node) -> tuple:
@@ -84,9 +82,9 @@ def _key(node: Node) -> tuple:
 @register_pass("cse")
 def cse(graph: Graph) -> bool:
     """Common subexpression elimination of pure nodes and identical constants."""
-    changed, budget_left = _merge_constants(graph)
-    if not budget_left:
-        return changed
+    rw = Rewriter(graph)  # each merge is one rewrite: counted, and bisectable
+    if not _merge_constants(graph, rw):
+        return rw.stats.changed
     seen: dict[tuple, Node] = {}
     for node in graph.nodes:
         if PURE not in node.opdef.traits:
@@ -96,10 +94,9 @@ def cse(graph: Graph) -> bool:
         if first is None:
             seen[key] = node
             continue
-        if not allow_rewrite("merge-nodes", node):
-            return changed
+        if not rw.edit("merge-nodes", node):
+            break
         for old, new in zip(node.outputs, first.outputs):
-            old.replace_all_uses_with(new)
-        graph.erase_node(node)
-        changed = True
-    return changed
+            rw.replace_value(old, new)
+        rw.erase_node(node)
+    return rw.stats.changed

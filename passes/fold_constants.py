@@ -32,7 +32,7 @@ from graphopt.ir.attrs import has_symbols
 from graphopt.ir.dtypes import DType, numpy_to_torch, torch_to_numpy
 from graphopt.ir.graph import Graph, Node
 from graphopt.ops.registry import PURE
-from graphopt.rewrite.tracking import allow_rewrite
+from graphopt.rewrite.rewriter import Rewriter
 from graphopt.transform.registry import register_pass
 
 
@@ -52,25 +52,24 @@ class FoldConstants:
     max_elements: int = 1 << 26
 
     def run(self, graph: Graph) -> bool:
-        changed = False
+        rw = Rewriter(graph)  # each folded node is one rewrite ("fold"): counted, bisectable
         for node in graph.nodes:
             if not self.foldable(node):
                 continue
             results = self.evaluate(node)
             if results is None:
                 continue
-            if not allow_rewrite("fold", node):
-                return changed
+            if not rw.edit("fold", node):
+                break
             consts = []
             for out, (array, dtype) in zip(node.outputs, results):
                 const = graph.add_constant(array, name=out.name, dtype=dtype)
-                out.replace_all_uses_with(const)
+                rw.replace_value(out, const)
                 consts.append((const, out.name))
-            graph.erase_node(node)
+            rw.erase_node(node)
             for const, name in consts:  # the folded value keeps the node output's name
                 _rename_constant(graph, const, name)
-            changed = True
-        return changed
+        return rw.stats.changed
 
     def foldable(self, node: Node) -> bool:
         if PURE not in node.opdef.traits:

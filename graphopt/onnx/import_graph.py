@@ -1,7 +1,10 @@
 """Graph-level steps of the ONNX importer: node order, input dependencies, cleanup.
 
 Kept apart from :mod:`graphopt.onnx.importer` (which drives the import) so each file stays
-small; nothing here reads attributes or tensors, only the graph's structure.
+small; nothing here reads attributes or tensors, only the graph's structure. The cleanup after
+the import goes through the rewriter: the shared layout rules (``graphopt.rewrite.layout``) and
+the shared DCE (``graphopt.rewrite.eliminate_dead_code``), the same code the ``canonicalize`` and
+``dce`` passes run.
 """
 
 from __future__ import annotations
@@ -12,57 +15,61 @@ from typing import Sequence
 import onnx
 
 from graphopt.errors import OnnxImportError
-from graphopt.ir.graph import Graph, Node
+from graphopt.ir.graph import Graph, Node, Value
+from graphopt.rewrite import Rule, apply_rules, layout_rules
 
 
 # ------------------------------------------------------------------------------ cleanup
+class _AdapterRule(Rule):
+    """A shared layout rule, restricted to matches that involve an adapter node.
+
+    Keeps the rule's name, pattern and rewrite (so the import counts the same rewrites as the
+    ``canonicalize`` pass); nodes the rewrite creates are adapters too, so that a merged chain
+    that turns out to be the identity disappears as well.
+    """
+
+    def __init__(self, inner: Rule, synthetic: set[Node]):
+        self.name = inner.name
+        super().__init__()
+        self.inner, self.synthetic = inner, synthetic
+        self.allow_shared = inner.allow_shared
+        self.renamed: list[tuple[Value, str]] = []  # (new value, name of the value it replaced)
+
+    def pattern(self):
+        return self.inner.get_pattern()
+
+    def check(self, match):
+        if not any(n in self.synthetic for n in match.matched_nodes):
+            return "no layout adapter in the match: the model's own layout ops stay as they are"
+        return self.inner.check(match)
+
+    def rewrite(self, match, rw):
+        result = self.inner.rewrite(match, rw)
+        if isinstance(result, Value) and result.kind != "node" and match.root.outputs[
+                0].is_graph_output:
+            return None  # keep a graph output computed, not aliased to an input or constant
+        self.synthetic.update(rw.created)
+        if isinstance(result, Value) and result.producer in rw.created:
+            self.renamed.append((result, match.root.outputs[0].name))
+        return result
+
+
 def cancel_synthetic_layout(graph: Graph, synthetic: set[Node]) -> None:
     """Fold reshape/permute chains that involve an adapter node (``ImportContext.synthetic``).
 
-    ``reshape(reshape(x))`` becomes one reshape, ``permute(permute(x))`` one permute, and
-    reshapes/permutes that change nothing disappear. Only chains through an adapter are
-    touched, so layout ops the model itself contains stay as they are.
+    Runs the shared layout rules of :mod:`graphopt.rewrite.layout` (the ones the
+    ``canonicalize`` pass runs): ``reshape(reshape(x))`` becomes one reshape,
+    ``permute(permute(x))`` one permute, and reshapes/permutes that change nothing disappear.
+    Only matches through an adapter are rewritten, so layout ops the model itself contains stay
+    as they are.
     """
-    from graphopt.ir.types import dims_equal
-
-    changed = True
-    while changed:
-        changed = False
-        for node in list(graph.nodes):
-            if node._erased or node.op not in ("reshape", "permute"):
-                continue
-            x = node.inputs[0]
-            prev = x.producer
-            if (prev is not None and not prev._erased and prev.op == node.op
-                    and (node in synthetic or prev in synthetic) and len(x.uses) == 1
-                    and not x.is_graph_output):
-                if node.op == "permute":
-                    inner, outer = prev.attrs["perm"], node.attrs["perm"]
-                    node.attrs = node.attrs.replace(perm=tuple(inner[p] for p in outer))
-                node.set_input(0, prev.inputs[0])
-                graph.erase_node(prev)
-                synthetic.add(node)
-                changed = True
-                x = node.inputs[0]
-            if node not in synthetic:
-                continue
-            out = node.outputs[0]
-            noop = (node.op == "permute" and list(node.attrs["perm"]) == list(range(x.type.rank))
-                    ) or (node.op == "reshape" and x.type.rank == out.type.rank and all(
-                        dims_equal(a, b) for a, b in zip(x.shape, out.shape)))
-            if noop and not (out.is_graph_output and x.kind != "node"):
-                out.replace_all_uses_with(x)
-                graph.erase_node(node)
-                changed = True
-
-
-def dead_code_elimination(graph: Graph) -> None:
-    for node in reversed(list(graph.nodes)):
-        if node.has_trait("pure") and not any(o.uses or o.is_graph_output for o in node.outputs):
-            graph.erase_node(node)
-    for value in list(graph.constants.values()):
-        if not value.uses and not value.is_graph_output:
-            graph.remove_constant(value)
+    rules = [_AdapterRule(r, synthetic) for r in layout_rules()]
+    apply_rules(graph, rules)
+    # A merged chain keeps the model's tensor name (as the ONNX graph named it), not the op's.
+    for value, name in (pair for r in rules for pair in r.renamed):
+        if value.producer is not None and not value.producer._erased and name not in graph._names:
+            graph._release_name(value.name)
+            value.name = graph.unique_name(name)
 
 
 def needs_static_inputs(model: onnx.ModelProto, tensor: str) -> list[str]:

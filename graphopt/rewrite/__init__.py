@@ -14,9 +14,13 @@ Modules:
     driver    apply_rules, find_match, RewritePass
     tracer    explain, Explanation
     tracking  per-pass rewrite log and budget (allow_rewrite, track_rewrites)
+    dce       eliminate_dead_code: the one dead-code elimination (dce pass, ONNX importer)
+    layout    the one reshape/permute canonicalizer's rules (canonicalize pass, ONNX importer)
 """
 
+from graphopt.rewrite.dce import eliminate_dead_code
 from graphopt.rewrite.driver import RewritePass, apply_rules, find_match
+from graphopt.rewrite.layout import layout_rules
 from graphopt.rewrite.matcher import Match
 from graphopt.rewrite.pattern import AnyOf, Attr, Const, OpPattern, Pattern, Var, op
 from graphopt.rewrite.rewriter import Rewriter, RewriteStats, RuleStats
@@ -41,9 +45,11 @@ __all__ = [
     "allow_rewrite",
     "apply_rules",
     "budget_exhausted",
+    "eliminate_dead_code",
     "explain",
     "explain_text",
     "find_match",
+    "layout_rules",
     "op",
     "rule",
     "track_rewrites",

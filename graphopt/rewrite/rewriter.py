@@ -10,6 +10,19 @@ before the matched root, where every matched value is already defined::
 ``rw.op.NAME(*operands, name=None, **attrs)`` returns the output value (a tuple for multi-output
 ops); ``rw.constant(array)`` adds a constant. The driver then replaces the root's outputs with the
 returned values (types must be identical) and erases matched nodes that became unused.
+
+Passes that walk the graph themselves (dce, cse, fold-constants) use the same object as an edit
+API: ``rw.edit(rule_name, node)`` opens one individual rewrite (and says False when the rewrite
+budget of ``graphopt.bisect`` is spent), after which ``replace_value``, ``erase_node``,
+``constant`` and ``remove_constant`` are counted under that name, exactly like a rule's::
+
+    rw = Rewriter(graph)
+    for node in reversed(graph.nodes):
+        if is_dead(node):
+            if not rw.edit("dead-node", node):
+                break                    # budget spent: leave the rest as it is
+            rw.erase_node(node)
+    changed = rw.stats.changed
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ from graphopt.errors import RewriteError
 from graphopt.ir.dtypes import DType
 from graphopt.ir.graph import Graph, Node, Value
 from graphopt.ops.registry import PURE
+from graphopt.rewrite.tracking import allow_rewrite
 
 
 @dataclass
@@ -154,6 +168,29 @@ class Rewriter:
     def erase_node(self, node: Node) -> None:
         self.graph.erase_node(node)
         self.stats.rule(self.rule_name).removed += 1
+
+    def remove_constant(self, value: Value) -> None:
+        """Remove an unused graph constant."""
+        self.graph.remove_constant(value)
+        self.stats.rule(self.rule_name).removed += 1
+
+    # ------------------------------------------------------------------------- edit API
+    def edit(self, rule_name: str, where: Node | str, anchor: Node | None = None) -> bool:
+        """Open one individual rewrite named ``rule_name`` at ``where`` (a node, or a label
+        such as ``"const %w"``), for passes that find their rewrites with their own walk.
+
+        Asks ``allow_rewrite`` first, so the rewrite is logged for the pass report and counted
+        against the budget of ``graphopt.bisect``: on False (budget spent) the caller must leave
+        the graph as it is from here on. New nodes go before ``anchor`` (default: ``where``
+        when it is a node, else the end of the graph).
+        """
+        if not allow_rewrite(rule_name, where):
+            return False
+        if anchor is None and isinstance(where, Node):
+            anchor = where
+        self.begin(rule_name, anchor)
+        self.stats.rule(rule_name).applied += 1
+        return True
 
     def erase_if_dead(self, nodes: Sequence[Node], always: Node | None = None) -> list[Node]:
         """Erase nodes of ``nodes`` whose outputs are unused, repeating until none is left.

@@ -1,8 +1,10 @@
 """Rewrite accounting shared by every pass: a per-pass log, a rewrite budget, the current node.
 
 Every individual rewrite a pass performs (a rule application, a CSE merge, a folded node) asks
-``allow_rewrite(rule, node)`` first. Outside a pass manager that is a no-op that always says yes.
-Inside one, the pass manager opens a :class:`RewriteLog` around each pass (``track_rewrites``):
+``allow_rewrite(rule, node)`` first: the rule driver does it for pattern rules, and
+``Rewriter.edit(rule, node)`` for passes that walk the graph themselves. Outside a pass manager
+that is a no-op that always says yes. Inside one, the pass manager opens a :class:`RewriteLog`
+around each pass (``track_rewrites``):
 
 * the log counts rewrites per rule, which the pass report prints;
 * a budget (``max_rewrites=k``) makes ``allow_rewrite`` say no after ``k`` rewrites, which is how
