@@ -30,50 +30,28 @@ the rewriter's escape check refuses such matches).
 
 from __future__ import annotations
 
-import math
-
 from graphopt.ir.graph import Node, Value
+from graphopt.ops.registry import all_ops, get_op
 from graphopt.rewrite import Match, RewritePass, Rule, Var, op
 from graphopt.transform.registry import register_pass
 
-_ACTIVATION_OPS = (
-    "relu",
-    "clamp",
-    "leaky_relu",
-    "gelu",
-    "silu",
-    "sigmoid",
-    "tanh",
-    "hardswish",
-    "hardsigmoid",
-)
+# The ops that declare a fused-epilogue form (OpDef.epilogue): relu, clamp, gelu, silu, ...
+_ACTIVATION_OPS = tuple(name for name, d in all_ops().items() if d.epilogue is not None)
 
 
 def epilogue_of(node: Node) -> tuple[str, tuple[float, ...]] | str:
     """(activation, activation_params) of an activation node, or why it has none."""
-    if node.op == "clamp":
-        lo, hi = node.attrs["min"], node.attrs["max"]
-        if lo is None and hi is None:
-            return "clamp without bounds"
-        if lo == 0 and hi is None:
-            return "relu", ()
-        if lo == 0 and hi == 6:
-            return "relu6", ()
-        return "clamp", (
-            -math.inf if lo is None else float(lo),
-            math.inf if hi is None else float(hi),
-        )
-    if node.op == "gelu":
-        return ("gelu_tanh" if node.attrs["approximate"] == "tanh" else "gelu"), ()
-    if node.op == "leaky_relu":
-        return "leaky_relu", (float(node.attrs["negative_slope"]),)
-    return node.op, ()
+    epilogue = get_op(node.op).epilogue
+    if epilogue is None:
+        return f"{node.op} has no fused-epilogue form"
+    return epilogue(node.attrs)
 
 
 def _split(node: Node) -> tuple[list[Value | None], Value | None, dict]:
     """(x, weight, bias), residual and attributes of a producer, plain or fused."""
     ins = list(node.inputs) + [None] * (4 - len(node.inputs))
-    if node.op == "matmul":
+    spec = get_op(node.op).weights
+    if spec.bias is None:  # plain matmul: no bias slot, no epilogue attrs
         return [ins[0], ins[1], None], None, {}
     return ins[:3], ins[3], dict(node.attrs)
 

@@ -12,8 +12,13 @@ whose value is that zero point is absorbed the same way (QLinearConv pads with i
 from __future__ import annotations
 
 from graphopt.ir.graph import Node
+from graphopt.ops.registry import OUT_IN_SPATIAL, get_op
 
-CONV_OPS = ("conv", "fused_conv", "qconv", "qconv_dynamic")
+
+def is_conv(node: Node) -> bool:
+    """A (fused, quantized) convolution: its weight has the ``[out, in/groups, *k]`` layout."""
+    spec = get_op(node.op).weights
+    return spec is not None and spec.layout == OUT_IN_SPATIAL
 
 
 def _spatial_pads(pad: Node) -> tuple[list[int], list[int]] | None:
@@ -35,8 +40,8 @@ def _pads_real_zero(conv: Node, pad: Node) -> bool:
     """The pad value is what ``conv`` pads with itself: 0, or for ``qconv`` (u8 codes) its
     input zero point, the code of real zero."""
     value = pad.attrs["value"]
-    if conv.op == "qconv":
-        zp = conv.inputs[2]
+    if "x_zp" in conv.opdef.inputs:  # integer input codes: padded with their zero point
+        zp = conv.inputs[conv.opdef.inputs.index("x_zp")]
         return (zp is not None and zp.kind == "const" and zp.data.size == 1
                 and float(zp.data.reshape(-1)[0]) == value)
     return value == 0.0
@@ -47,7 +52,7 @@ def absorbable_pad(pad: Node) -> bool:
     out = pad.outputs[0]
     if out.is_graph_output or not out.uses or _spatial_pads(pad) is None:
         return False
-    return all(node.op in CONV_OPS and slot == 0 and _pads_real_zero(node, pad)
+    return all(is_conv(node) and slot == 0 and _pads_real_zero(node, pad)
                for node, slot in out.uses)
 
 
@@ -55,6 +60,7 @@ def conv_input_pads(conv: Node, symmetric: list[int]) -> list[int]:
     """ONNX ``pads`` (all begins, then all ends) for ``conv``, including an absorbed pad."""
     producer = conv.inputs[0].producer
     begin, end = list(symmetric), list(symmetric)
+    # op-name check: this is about the ``pad`` op's own attrs (pads, mode, value), not a trait
     if producer is not None and producer.op == "pad" and absorbable_pad(producer):
         extra_begin, extra_end = _spatial_pads(producer)
         begin = [a + b for a, b in zip(begin, extra_begin)]

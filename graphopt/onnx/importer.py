@@ -43,12 +43,7 @@ from graphopt.ir.graph import Graph, Node, Value
 from graphopt.ir.types import TensorType
 from graphopt.onnx._common import FROM_ONNX_DTYPE, onnx_dtype_name, tensor_to_array
 from graphopt.onnx.import_context import ImportContext, NeedsStaticValue
-from graphopt.onnx.import_graph import (
-    cancel_synthetic_layout,
-    dead_code_elimination,
-    needs_static_inputs,
-    toposort,
-)
+from graphopt.onnx.import_graph import cancel_synthetic_layout, needs_static_inputs, toposort
 from graphopt.onnx.import_symbolic import evaluate_new_nodes
 from graphopt.onnx.loading import (
     check_model,
@@ -65,6 +60,7 @@ from graphopt.onnx.validation import (
     check_opsets,
     value_type,
 )
+from graphopt.rewrite import eliminate_dead_code, track_rewrites
 
 Converter = Callable[["ImportContext", "OnnxNode"], Any]
 CONVERTERS: dict[tuple[str, str], Converter] = {}
@@ -205,9 +201,12 @@ def _import(model: onnx.ModelProto, callers_proto: bool, folder: str | None, pat
                                   f"{value.dtype}; please report this model")
         outputs.append(value)
     graph.set_outputs(outputs)
-    if ctx.synthetic:
-        cancel_synthetic_layout(graph, ctx.synthetic)
-    dead_code_elimination(graph)
+    # Cleanup with the passes' own rewrites (layout rules, DCE); a log of its own so that an
+    # enclosing pass manager's rewrite budget (bisect) never cuts the import short.
+    with track_rewrites():
+        if ctx.synthetic:
+            cancel_synthetic_layout(graph, ctx.synthetic)
+        eliminate_dead_code(graph)
     graph.verify()
     return graph
 

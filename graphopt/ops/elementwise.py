@@ -61,13 +61,26 @@ _FLOAT_UNARY = {
 }
 
 
+# Cost-model FLOPs per element of the unary ops that take more than one (graphopt/prune/flops.py).
+_UNARY_FLOPS = {"silu": 4, "sigmoid": 4, "tanh": 4, "erf": 4, "exp": 2, "hardswish": 3, "mish": 6}
+# Unary ops that are the parameterless fused activation of the same name (fused.ACTIVATIONS).
+_FUSABLE_UNARY = ("relu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid")
+
+
+def _no_params(activation: str):
+    """The ``epilogue`` of an op that is the fused activation of the same name."""
+    return lambda attrs: (activation, ())
+
+
 def _declare_unary(name, fn, infer):
     def reference(x):
         return fn(x)
 
     reference.__name__ = reference.__qualname__ = name  # importable as a module global
     reference.__doc__ = f"Elementwise {name}(x)."
-    register_op(name, inputs=("x",), traits=ELEMENTWISE_UNARY, infer=infer)(reference)
+    epilogue = _no_params(name) if name in _FUSABLE_UNARY else None
+    register_op(name, inputs=("x",), traits=ELEMENTWISE_UNARY, infer=infer, epilogue=epilogue,
+                flops_per_element=_UNARY_FLOPS.get(name, 1))(reference)
     globals()[name] = reference
 
 
@@ -94,12 +107,20 @@ def isnan(x):
 
 
 # ------------------------------------------------------------------ parameterized activations
+# ``epilogue``: the fused-op activation (graphopt/ops/fused.py) an op becomes when
+# fuse-activation folds it into a conv / linear / matmul, or why it cannot.
+def _gelu_epilogue(attrs):
+    return ("gelu_tanh" if attrs["approximate"] == "tanh" else "gelu"), ()
+
+
 @register_op(
     "gelu",
     inputs=("x",),
     attrs={"approximate": AttrSpec(str, "none", "'none' (erf) or 'tanh'", ("none", "tanh"))},
     traits=ELEMENTWISE_UNARY,
     infer=same_as_input,
+    flops_per_element=8,
+    epilogue=_gelu_epilogue,
 )
 def gelu(x, approximate="none"):
     """Gaussian error linear unit, exact (erf) or tanh approximation."""
@@ -112,12 +133,24 @@ def _clamp_infer(types, attrs):
     return same_as_input(types, attrs)
 
 
+def _clamp_epilogue(attrs):
+    lo, hi = attrs["min"], attrs["max"]
+    if lo is None and hi is None:
+        return "clamp without bounds"
+    if lo == 0 and hi is None:
+        return "relu", ()
+    if lo == 0 and hi == 6:
+        return "relu6", ()
+    return "clamp", (-math.inf if lo is None else float(lo), math.inf if hi is None else float(hi))
+
+
 @register_op(
     "clamp",
     inputs=("x",),
     attrs={"min": AttrSpec((float, int, type(None)), None), "max": AttrSpec((float, int, type(None)), None)},
     traits=ELEMENTWISE_UNARY,
     infer=_clamp_infer,
+    epilogue=_clamp_epilogue,
 )
 def clamp(x, min=None, max=None):
     """Clamp to [min, max]; relu6 and hardtanh are clamps. A None bound is open."""
@@ -130,6 +163,7 @@ def clamp(x, min=None, max=None):
     attrs={"negative_slope": 0.01},
     traits=ELEMENTWISE_UNARY,
     infer=same_as_input,
+    epilogue=lambda attrs: ("leaky_relu", (float(attrs["negative_slope"]),)),
 )
 def leaky_relu(x, negative_slope=0.01):
     """max(x, 0) + negative_slope * min(x, 0)."""
@@ -166,6 +200,7 @@ def softplus(x, beta=1.0, threshold=20.0):
     attrs={"dtype": AttrSpec(DType)},
     traits=ELEMENTWISE_UNARY,
     infer=lambda types, attrs: types[0].with_dtype(attrs["dtype"]),
+    flops_per_element=0,  # counted as data movement
 )
 def cast(x, dtype):
     """Convert to ``dtype`` with torch's rounding/truncation rules."""

@@ -32,9 +32,22 @@ from graphopt.errors import TypeInferenceError
 from graphopt.ir.types import TensorType, dims_equal
 from graphopt.ops._infer import expect_dim
 from graphopt.ops.nn import CONV_ATTRS, _conv_infer, _linear_infer, _matmul_infer
-from graphopt.ops.registry import FUSED, PURE, AttrSpec, register_op
+from graphopt.ops.registry import (
+    EPILOGUE,
+    FUSED,
+    IN_OUT,
+    LAYOUT_SENSITIVE,
+    OUT_IN,
+    OUT_IN_SPATIAL,
+    PRUNABLE,
+    PURE,
+    QUANTIZABLE,
+    AttrSpec,
+    WeightSpec,
+    register_op,
+)
 
-FUSED_TRAITS = frozenset({PURE, FUSED})
+FUSED_TRAITS = frozenset({PURE, FUSED, EPILOGUE})
 
 # activation name -> number of activation_params
 ACTIVATIONS: dict[str, int] = {
@@ -126,7 +139,8 @@ def _fused_conv_infer(types, attrs):
     "fused_conv",
     inputs=("x", "weight", "bias?", "residual?"),
     attrs={**CONV_ATTRS, **EPILOGUE_ATTRS},
-    traits=FUSED_TRAITS,
+    traits=FUSED_TRAITS | {QUANTIZABLE, PRUNABLE, LAYOUT_SENSITIVE},
+    weights=WeightSpec(slot=1, layout=OUT_IN_SPATIAL, bias=2, residual=3),
     infer=_fused_conv_infer,
 )
 def fused_conv(
@@ -157,7 +171,8 @@ def _fused_linear_infer(types, attrs):
     "fused_linear",
     inputs=("x", "weight", "bias?", "residual?"),
     attrs=EPILOGUE_ATTRS,
-    traits=FUSED_TRAITS,
+    traits=FUSED_TRAITS | {QUANTIZABLE, PRUNABLE, LAYOUT_SENSITIVE},
+    weights=WeightSpec(slot=1, layout=OUT_IN, bias=2, residual=3),
     infer=_fused_linear_infer,
 )
 def fused_linear(x, weight, bias=None, residual=None, activation="none", activation_params=()):
@@ -192,7 +207,10 @@ def _fused_matmul_infer(types, attrs):
     "fused_matmul",
     inputs=("a", "b", "bias?", "residual?"),
     attrs={"trans_a": False, "trans_b": False, "alpha": 1.0, **EPILOGUE_ATTRS},
-    traits=FUSED_TRAITS,
+    # not QUANTIZABLE: trans_a and alpha have no quantized (qlinear) form
+    traits=FUSED_TRAITS | {PRUNABLE, LAYOUT_SENSITIVE},
+    weights=WeightSpec(slot=1, layout=IN_OUT, bias=2, residual=3, transpose_attr="trans_b",
+                       lhs_slot=0),
     infer=_fused_matmul_infer,
 )
 def fused_matmul(

@@ -9,7 +9,7 @@ from graphopt.errors import TypeInferenceError
 from graphopt.ir.dtypes import DType
 from graphopt.ir.types import TensorType
 from graphopt.ops._infer import broadcast_shapes, ceildiv, expect_rank, norm_axis
-from graphopt.ops.registry import PURE, AttrSpec, register_op
+from graphopt.ops.registry import PURE, QUANTIZABLE, TABLE, AttrSpec, WeightSpec, register_op
 
 
 def _expect_index(t: TensorType, what: str) -> None:
@@ -24,8 +24,10 @@ def _embedding_infer(types, attrs):
     return TensorType(indices.shape + (weight.shape[1],), weight.dtype)
 
 
+# A gather moves rows: 0 FLOPs in the cost model, like the other gathers below.
 @register_op("embedding", inputs=("weight", "indices"), attrs={"padding_idx": -1},
-             infer=_embedding_infer)
+             traits={PURE, QUANTIZABLE}, weights=WeightSpec(slot=0, layout=TABLE),
+             flops_per_element=0, infer=_embedding_infer)
 def embedding(weight, indices, padding_idx=-1):
     """Rows of ``weight`` picked by ``indices`` (padding_idx only matters for training)."""
     return torch.nn.functional.embedding(indices, weight)
@@ -40,7 +42,8 @@ def _gather_infer(types, attrs):
     return TensorType(index.shape, x.dtype)
 
 
-@register_op("gather", inputs=("x", "index"), attrs={"axis": AttrSpec(int)}, infer=_gather_infer)
+@register_op("gather", inputs=("x", "index"), attrs={"axis": AttrSpec(int)}, flops_per_element=0,
+             infer=_gather_infer)
 def gather(x, index, axis):
     """out[i][j] = x[index[i][j]][j] for axis 0 (torch.gather semantics)."""
     return torch.gather(x, axis, index)
@@ -60,7 +63,7 @@ def _index_select_infer(types, attrs):
 
 
 @register_op("index_select", inputs=("x", "index"), attrs={"axis": AttrSpec(int)},
-             infer=_index_select_infer)
+             flops_per_element=0, infer=_index_select_infer)
 def index_select(x, index, axis):
     """Take entries of ``index`` (1-D, or 0-D which drops the axis) along ``axis``."""
     if index.dim() == 0:
@@ -92,7 +95,7 @@ def _index_infer(types, attrs):
 
 
 @register_op("index", inputs=("x", "indices*"), attrs={"axes": AttrSpec(tuple)},
-             infer=_index_infer)
+             flops_per_element=0, infer=_index_infer)
 def index(x, *indices, axes):
     """Advanced indexing x[..., idx0, ..., idx1, ...]: ``axes[k]`` is where ``indices[k]`` goes."""
     key = [slice(None)] * (max(axes) + 1)
@@ -117,7 +120,7 @@ def _arange_infer(types, attrs):
 @register_op("arange", inputs=(),
              attrs={"start": AttrSpec((int, float), 0), "end": AttrSpec(object),
                     "step": AttrSpec((int, float), 1), "dtype": DType.int64},
-             traits=frozenset({PURE}), infer=_arange_infer)
+             traits=frozenset({PURE}), flops_per_element=0, infer=_arange_infer)
 def arange(start=0, end=None, step=1, dtype=DType.int64):
     """[start, start+step, ...) up to end; kept as an op when ``end`` is a size symbol."""
     return torch.arange(start, end, step, dtype=dtype.torch)
@@ -125,7 +128,7 @@ def arange(start=0, end=None, step=1, dtype=DType.int64):
 
 @register_op("full", inputs=(),
              attrs={"shape": AttrSpec(tuple), "value": AttrSpec(object), "dtype": AttrSpec(DType)},
-             traits=frozenset({PURE}),
+             traits=frozenset({PURE}), flops_per_element=0,
              infer=lambda types, attrs: TensorType(attrs["shape"], attrs["dtype"]))
 def full(shape, value, dtype):
     """A tensor of ``shape`` filled with ``value``; kept as an op when the shape is symbolic."""

@@ -15,7 +15,29 @@ from graphopt.ops._infer import (
     pool_out_dim,
     promote,
 )
-from graphopt.ops.registry import PURE, AttrSpec, register_op
+from graphopt.ops.registry import (
+    IN_OUT,
+    IN_OUT_SPATIAL,
+    LAYOUT_SENSITIVE,
+    NORMALIZATION,
+    OUT_IN,
+    OUT_IN_SPATIAL,
+    PRUNABLE,
+    PURE,
+    QDQ_TRANSPARENT,
+    QUANTIZABLE,
+    AttrSpec,
+    WeightSpec,
+    register_op,
+)
+
+# A constant left operand is a weight too (W @ x): pruning masks it like an [out, in] weight.
+MATMUL_WEIGHTS = WeightSpec(slot=1, layout=IN_OUT, lhs_slot=0)
+LINEAR_WEIGHTS = WeightSpec(slot=1, layout=OUT_IN, bias=2)
+CONV_WEIGHTS = WeightSpec(slot=1, layout=OUT_IN_SPATIAL, bias=2)
+SPATIAL = frozenset({PURE, LAYOUT_SENSITIVE})  # (N, C, *spatial) ops
+NORM = frozenset({PURE, LAYOUT_SENSITIVE, NORMALIZATION})
+
 
 
 def _matmul_infer(types, attrs):
@@ -34,7 +56,9 @@ def _matmul_infer(types, attrs):
     return TensorType(shape, promote(a, b))
 
 
-@register_op("matmul", inputs=("a", "b"), infer=_matmul_infer)
+@register_op("matmul", inputs=("a", "b"), traits={PURE, QUANTIZABLE, PRUNABLE, LAYOUT_SENSITIVE},
+             weights=MATMUL_WEIGHTS,
+             infer=_matmul_infer)
 def matmul(a, b):
     """numpy matmul: batched, broadcasting leading dims, 1-D operands promoted then squeezed."""
     return torch.matmul(a, b)
@@ -50,7 +74,9 @@ def _linear_infer(types, attrs):
     return x.with_shape(x.shape[:-1] + (w.shape[0],))
 
 
-@register_op("linear", inputs=("x", "weight", "bias?"), infer=_linear_infer)
+@register_op("linear", inputs=("x", "weight", "bias?"),
+             traits={PURE, QUANTIZABLE, PRUNABLE, LAYOUT_SENSITIVE},
+             weights=LINEAR_WEIGHTS, infer=_linear_infer)
 def linear(x, weight, bias=None):
     """x @ weight.T + bias, weight [out_features, in_features] (torch.nn.Linear layout)."""
     return F.linear(x, weight, bias)
@@ -82,7 +108,8 @@ def _conv_infer(types, attrs):
 CONV_ATTRS = {"stride": (1,), "padding": (0,), "dilation": (1,), "groups": 1}
 
 
-@register_op("conv", inputs=("x", "weight", "bias?"), attrs=CONV_ATTRS, infer=_conv_infer)
+@register_op("conv", inputs=("x", "weight", "bias?"), attrs=CONV_ATTRS,
+             traits=SPATIAL | {QUANTIZABLE, PRUNABLE}, weights=CONV_WEIGHTS, infer=_conv_infer)
 def conv(x, weight, bias=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
     """N-d cross-correlation (conv1d/2d/3d), symmetric zero padding per spatial dim."""
     fn = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[x.dim()]
@@ -106,7 +133,9 @@ def _conv_transpose_infer(types, attrs):
 
 
 @register_op("conv_transpose", inputs=("x", "weight", "bias?"),
-             attrs={**CONV_ATTRS, "output_padding": (0,)}, infer=_conv_transpose_infer)
+             attrs={**CONV_ATTRS, "output_padding": (0,)}, traits=SPATIAL | {PRUNABLE},
+             weights=WeightSpec(slot=1, layout=IN_OUT_SPATIAL, bias=2),
+             infer=_conv_transpose_infer)
 def conv_transpose(x, weight, bias=None, stride=(1,), padding=(0,), dilation=(1,), groups=1,
                    output_padding=(0,)):
     """Transposed convolution (weight [C_in, C_out/groups, *k])."""
@@ -133,7 +162,9 @@ def _pool_infer(types, attrs):
     return x.with_shape(x.shape[:lead] + tuple(spatial))
 
 
-@register_op("max_pool", inputs=("x",), attrs={**POOL_ATTRS, "dilation": (1,)}, infer=_pool_infer)
+# QDQ_TRANSPARENT: the max of quantized codes is the code of the max (monotonic u8 map).
+@register_op("max_pool", inputs=("x",), attrs={**POOL_ATTRS, "dilation": (1,)},
+             traits=SPATIAL | {QDQ_TRANSPARENT}, infer=_pool_infer)
 def max_pool(x, kernel, stride, padding=(0,), ceil_mode=False, dilation=(1,)):
     """Sliding-window maximum over the trailing len(kernel) dims (padding is -inf)."""
     fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[len(kernel)]
@@ -144,7 +175,7 @@ def max_pool(x, kernel, stride, padding=(0,), ceil_mode=False, dilation=(1,)):
 @register_op("avg_pool", inputs=("x",),
              attrs={**POOL_ATTRS, "count_include_pad": True,
                     "divisor_override": AttrSpec((int, type(None)), None)},
-             infer=_pool_infer)
+             traits=SPATIAL, infer=_pool_infer)
 def avg_pool(x, kernel, stride, padding=(0,), ceil_mode=False, count_include_pad=True,
              divisor_override=None):
     """Sliding-window mean over the trailing len(kernel) dims."""
@@ -166,7 +197,7 @@ def _adaptive_infer(types, attrs):
 
 
 @register_op("adaptive_avg_pool", inputs=("x",), attrs={"output_size": AttrSpec(tuple)},
-             infer=_adaptive_infer)
+             traits=SPATIAL, infer=_adaptive_infer)
 def adaptive_avg_pool(x, output_size):
     """Average over adaptive windows so the trailing dims become ``output_size``."""
     fn = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
@@ -174,7 +205,7 @@ def adaptive_avg_pool(x, output_size):
 
 
 @register_op("adaptive_max_pool", inputs=("x",), attrs={"output_size": AttrSpec(tuple)},
-             infer=_adaptive_infer)
+             traits=SPATIAL, infer=_adaptive_infer)
 def adaptive_max_pool(x, output_size):
     """Maximum over adaptive windows so the trailing dims become ``output_size``."""
     fn = {1: F.adaptive_max_pool1d, 2: F.adaptive_max_pool2d, 3: F.adaptive_max_pool3d}
@@ -193,7 +224,8 @@ def _layer_norm_infer(types, attrs):
 
 
 @register_op("layer_norm", inputs=("x", "weight?", "bias?"),
-             attrs={"normalized_shape": AttrSpec(tuple), "eps": 1e-5}, infer=_layer_norm_infer)
+             attrs={"normalized_shape": AttrSpec(tuple), "eps": 1e-5}, traits=NORM,
+             flops_per_element=8, infer=_layer_norm_infer)
 def layer_norm(x, weight=None, bias=None, normalized_shape=(), eps=1e-5):
     """(x - mean) / sqrt(var + eps) * weight + bias over the trailing normalized_shape dims."""
     return F.layer_norm(x, normalized_shape, weight, bias, eps)
@@ -210,7 +242,7 @@ def _batch_norm_infer(types, attrs):
 
 
 @register_op("batch_norm", inputs=("x", "mean", "var", "weight?", "bias?"), attrs={"eps": 1e-5},
-             infer=_batch_norm_infer)
+             traits=NORM, flops_per_element=2, statistics=(1, 2), infer=_batch_norm_infer)
 def batch_norm(x, mean, var, weight=None, bias=None, eps=1e-5):
     """Inference batch norm with running statistics over channel axis 1."""
     return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
@@ -226,7 +258,8 @@ def _group_norm_infer(types, attrs):
 
 
 @register_op("group_norm", inputs=("x", "weight?", "bias?"),
-             attrs={"groups": AttrSpec(int), "eps": 1e-5}, infer=_group_norm_infer)
+             attrs={"groups": AttrSpec(int), "eps": 1e-5}, traits=NORM, flops_per_element=8,
+             infer=_group_norm_infer)
 def group_norm(x, weight=None, bias=None, groups=1, eps=1e-5):
     """Normalize over (C/groups, *spatial) per sample and group; instance norm is groups=C."""
     return F.group_norm(x, groups, weight, bias, eps)
@@ -245,7 +278,7 @@ def _resize_infer(types, attrs):
                                      "linear", "bilinear", "bicubic", "trilinear", "area")),
                     "align_corners": AttrSpec((bool, type(None)), None),
                     "scales": AttrSpec((tuple, type(None)), None)},
-             infer=_resize_infer)
+             traits=SPATIAL, infer=_resize_infer)
 def resize(x, size, mode="nearest", align_corners=None, scales=None):
     """Interpolate trailing dims to ``size`` (modes nearest, linear, bilinear, bicubic...).
 
@@ -265,7 +298,7 @@ def _pixel_shuffle_infer(types, attrs):
 
 
 @register_op("pixel_shuffle", inputs=("x",), attrs={"factor": AttrSpec(int)},
-             traits={PURE}, infer=_pixel_shuffle_infer)
+             traits=SPATIAL, infer=_pixel_shuffle_infer)
 def pixel_shuffle(x, factor):
     """(N, C*r*r, H, W) -> (N, C, H*r, W*r)."""
     return F.pixel_shuffle(x, factor)

@@ -23,7 +23,15 @@ from graphopt.ops._infer import (
     promote,
     same_as_input,
 )
-from graphopt.ops.registry import ELEMENTWISE_BINARY, ELEMENTWISE_UNARY, AttrSpec, register_op
+from graphopt.ops.registry import (
+    ELEMENTWISE_BINARY,
+    ELEMENTWISE_UNARY,
+    LAYOUT_SENSITIVE,
+    NORMALIZATION,
+    PURE,
+    AttrSpec,
+    register_op,
+)
 
 INDEX_DTYPES = (DType.int32, DType.int64)
 
@@ -41,7 +49,7 @@ def _shape_infer(types, attrs):
 
 
 @register_op("shape", inputs=("x",), attrs={"start": 0, "end": AttrSpec((int, type(None)), None)},
-             infer=_shape_infer)
+             flops_per_element=0, infer=_shape_infer)
 def shape(x, start=0, end=None):
     """x's dims[start:end] as an int64 tensor (ONNX Shape)."""
     return torch.tensor(x.shape[start:end], dtype=torch.int64)
@@ -127,7 +135,7 @@ def hardmax(x, axis):
 
 @register_op("lrn", inputs=("x",),
              attrs={"size": AttrSpec(int), "alpha": 1e-4, "beta": 0.75, "bias": 1.0},
-             infer=same_as_input)
+             traits={PURE, LAYOUT_SENSITIVE}, infer=same_as_input)
 def lrn(x, size, alpha=1e-4, beta=0.75, bias=1.0):
     """x / (bias + alpha/size * sum of x^2 over the channel window)^beta (ONNX LRN).
 
@@ -152,7 +160,7 @@ def _rms_norm_infer(types, attrs):
 
 
 @register_op("rms_norm", inputs=("x", "weight?"), attrs={"axis": -1, "eps": 1e-5},
-             infer=_rms_norm_infer)
+             traits={PURE, NORMALIZATION}, flops_per_element=5, infer=_rms_norm_infer)
 def rms_norm(x, weight=None, axis=-1, eps=1e-5):
     """x / sqrt(mean(x^2 over dims >= axis) + eps) * weight, accumulated in float32."""
     axes = list(range(axis % x.dim(), x.dim()))
@@ -172,7 +180,7 @@ def _gather_elements_infer(types, attrs):
 
 
 @register_op("gather_elements", inputs=("x", "index"), attrs={"axis": AttrSpec(int)},
-             infer=_gather_elements_infer)
+             flops_per_element=0, infer=_gather_elements_infer)
 def gather_elements(x, index, axis):
     """torch.gather that also accepts negative indices (ONNX GatherElements)."""
     return torch.gather(x, axis, _wrap_negative(index.long(), x.shape[axis]))
@@ -188,7 +196,7 @@ def _gather_nd_infer(types, attrs):
 
 
 @register_op("gather_nd", inputs=("x", "indices"), attrs={"batch_dims": 0},
-             infer=_gather_nd_infer)
+             flops_per_element=0, infer=_gather_nd_infer)
 def gather_nd(x, indices, batch_dims=0):
     """ONNX GatherND: index tuples of length k on the last axis of ``indices``."""
     b = batch_dims

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from graphopt.errors import TypeInferenceError
 from graphopt.ir.types import TensorType
-from graphopt.ops.registry import AttrSpec, register_op
+from graphopt.ops.registry import RNN_GATES, AttrSpec, WeightSpec, register_op
 
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 DEFAULT_ACTIVATIONS = {"RNN": ("Tanh",), "GRU": ("Sigmoid", "Tanh"),
@@ -80,6 +80,7 @@ def _rnn_infer(types, attrs):
            "direction": "forward", "activations": (), "activation_alpha": (),
            "activation_beta": (), "clip": AttrSpec((float, type(None)), None),
            "input_forget": False, "linear_before_reset": False, "layout": 0},
+    weights=WeightSpec(slot=1, layout=RNN_GATES, bias=3),  # R (slot 2) has the same layout
     infer=_rnn_infer,
 )
 def onnx_rnn(x, w, r, b=None, sequence_lens=None, initial_h=None, initial_c=None, p=None, *,

@@ -31,17 +31,28 @@ from graphopt.errors import TypeInferenceError
 from graphopt.ir.dtypes import DType
 from graphopt.ir.types import TensorType
 from graphopt.ops.fused import EPILOGUE_ATTRS, _check_epilogue, _epilogue
-from graphopt.ops.registry import PURE, AttrSpec, register_op
+from graphopt.ops.registry import (
+    EPILOGUE,
+    OUT_BLOCKS,
+    OUT_IN,
+    PURE,
+    QDQ_TRANSPARENT,
+    AttrSpec,
+    WeightSpec,
+    ops_with,
+    register_op,
+)
 
 _RANGES = {DType.uint8: (0, 255), DType.int8: (-128, 127)}
 
-# Ops a per-tensor quantize/dequantize pair commutes with: they move or select elements (or take
-# a max of them) without arithmetic, so their output shares their input's scale and zero point.
-# Static quantization's calibration traces observers back through them (graphopt/quant/static.py)
-# and the fold-qdq pass moves Q/DQ through them (passes/fold_qdq.py). Kept here, with the Q/DQ
-# ops, so that both use one list without importing each other; a "qdq-transparent" op trait
-# would replace it.
-QDQ_TRANSPARENT_OPS = ("reshape", "permute", "squeeze", "unsqueeze", "max_pool", "pad")
+
+def __getattr__(name: str):
+    """``QDQ_TRANSPARENT_OPS``: the names of the ops with the QDQ_TRANSPARENT trait (for rule
+    tables built per op, passes/fold_qdq.py). Computed on first use: the registry is complete
+    only once every op module has been imported."""
+    if name == "QDQ_TRANSPARENT_OPS":
+        return ops_with(QDQ_TRANSPARENT)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _pad(types, n: int) -> list:
@@ -170,7 +181,8 @@ def _qlinear_infer(types, attrs):
     inputs=("x", "w_q", "w_scale", "bias?", "residual?"),
     attrs={**EPILOGUE_ATTRS,
            "per_token": AttrSpec(bool, False, "u8 scale / zero point per row of x, not per tensor")},
-    traits=frozenset({PURE}),
+    traits=frozenset({PURE, EPILOGUE}),
+    weights=WeightSpec(slot=1, layout=OUT_IN, bias=3, residual=4),
     infer=_qlinear_infer,
 )
 def qlinear_dynamic(x, w_q, w_scale, bias=None, residual=None, activation="none",
@@ -212,7 +224,8 @@ def _wo_infer(types, attrs):
     "linear_weight_only",
     inputs=("x", "w_q", "scales", "bias?", "residual?"),
     attrs={"bits": 4, "block_size": 32, "k": AttrSpec(int), **EPILOGUE_ATTRS},
-    traits=frozenset({PURE}),
+    traits=frozenset({PURE, EPILOGUE}),
+    weights=WeightSpec(slot=1, layout=OUT_BLOCKS, bias=3, residual=4),
     infer=_wo_infer,
 )
 def linear_weight_only(x, w_q, scales, bias=None, residual=None, bits=4, block_size=32, k=0,

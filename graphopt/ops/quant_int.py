@@ -37,7 +37,16 @@ from graphopt.ir.types import TensorType
 from graphopt.ops.fused import EPILOGUE_ATTRS, _check_epilogue, _epilogue, apply_activation
 from graphopt.ops.nn import CONV_ATTRS, _conv_infer, _spatial
 from graphopt.ops.quant import _RANGES, _pad, dynamic_qparams, quantize_tensor
-from graphopt.ops.registry import PURE, AttrSpec, register_op
+from graphopt.ops.registry import (
+    EPILOGUE,
+    LAYOUT_SENSITIVE,
+    OUT_IN,
+    OUT_IN_SPATIAL,
+    PURE,
+    AttrSpec,
+    WeightSpec,
+    register_op,
+)
 
 _TRAITS = frozenset({PURE})
 
@@ -135,7 +144,8 @@ def _qlinear_infer(types, attrs):
     "qlinear",
     inputs=("x_q", "x_scale", "x_zp", "w_q", "w_scale", "bias?", "y_scale?", "y_zp?"),
     attrs=EPILOGUE_ATTRS,
-    traits=_TRAITS,
+    traits=_TRAITS | {EPILOGUE},
+    weights=WeightSpec(slot=3, layout=OUT_IN, bias=5),
     infer=_qlinear_infer,
 )
 def qlinear(x_q, x_scale, x_zp, w_q, w_scale, bias=None, y_scale=None, y_zp=None,
@@ -165,7 +175,8 @@ def _qconv_infer(types, attrs):
     "qconv",
     inputs=("x_q", "x_scale", "x_zp", "w_q", "w_scale", "bias?", "y_scale?", "y_zp?"),
     attrs=QCONV_ATTRS,
-    traits=_TRAITS,
+    traits=_TRAITS | {EPILOGUE, LAYOUT_SENSITIVE},
+    weights=WeightSpec(slot=3, layout=OUT_IN_SPATIAL, bias=5),
     infer=_qconv_infer,
 )
 def qconv(x_q, x_scale, x_zp, w_q, w_scale, bias=None, y_scale=None, y_zp=None, stride=(1,),
@@ -198,7 +209,8 @@ def _qconv_dynamic_infer(types, attrs):
     "qconv_dynamic",
     inputs=("x", "w_q", "w_scale", "bias?", "residual?"),
     attrs=QCONV_ATTRS,
-    traits=_TRAITS,
+    traits=_TRAITS | {EPILOGUE, LAYOUT_SENSITIVE},
+    weights=WeightSpec(slot=1, layout=OUT_IN_SPATIAL, bias=3, residual=4),
     infer=_qconv_dynamic_infer,
 )
 def qconv_dynamic(x, w_q, w_scale, bias=None, residual=None, stride=(1,), padding=(0,),

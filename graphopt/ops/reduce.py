@@ -131,14 +131,14 @@ def _softmax_infer(types, attrs):
 
 
 @register_op("softmax", inputs=("x",), attrs={"axis": AttrSpec(int)}, traits={PURE},
-             infer=_softmax_infer)
+             flops_per_element=5, infer=_softmax_infer)
 def softmax(x, axis):
     """exp(x - max) / sum(exp(x - max)) along ``axis``."""
     return torch.softmax(x, axis)
 
 
 @register_op("log_softmax", inputs=("x",), attrs={"axis": AttrSpec(int)}, traits={PURE},
-             infer=_softmax_infer)
+             flops_per_element=5, infer=_softmax_infer)
 def log_softmax(x, axis):
     """x - logsumexp(x) along ``axis``."""
     return torch.log_softmax(x, axis)

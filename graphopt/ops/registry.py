@@ -10,6 +10,10 @@ Declaring an op::
     @register_op("relu", inputs=("x",), traits=ELEMENTWISE_UNARY, infer=same_as_input)
     def relu(x):
         return torch.relu(x)
+
+Code above the registry asks an op's traits and metadata, never its name: ``QUANTIZABLE in
+node.opdef.traits``, ``get_op(node.op).weights.slot``, ``opdef.flops_per_element``. A new op
+declares what it is once, here, and every pass, pruning analysis and quantizer picks it up.
 """
 
 from __future__ import annotations
@@ -33,9 +37,69 @@ COMMUTATIVE = "commutative"  # binary op with f(a, b) == f(b, a)
 BROADCAST = "broadcast"  # operands broadcast numpy-style
 SHAPE_ONLY = "shape_only"  # moves data without arithmetic (reshape, permute, slice...)
 FUSED = "fused"  # produced by a fusion pass, not by a frontend
+EPILOGUE = "epilogue"  # carries a fused epilogue: ``activation`` / ``activation_params`` attrs
+QUANTIZABLE = "quantizable"  # quantize-* may replace its float ``weights`` operand by integers
+QDQ_TRANSPARENT = "qdq_transparent"  # Q/DQ commute with it: moves or selects values, so its
+#   output shares its input's quantization parameters (reshape, permute, max_pool, zero pad...)
+LAYOUT_SENSITIVE = "layout_sensitive"  # fixed meaning of axes not named by an attribute
+#   (conv/pool/norm: (N, C, *spatial); linear: features last): a layout change must rewrite it
+NORMALIZATION = "normalization"  # normalizes activations; its weight/bias are affine params
+PRUNABLE = "prunable"  # unstructured pruning may zero entries of its ``weights`` operand
 
 ELEMENTWISE_UNARY = frozenset({PURE, ELEMENTWISE})
 ELEMENTWISE_BINARY = frozenset({PURE, ELEMENTWISE, BROADCAST})
+
+
+# Weight layouts (``WeightSpec.layout``): the meaning of the weight operand's axes.
+OUT_IN = "out_in"  # [out, in]: linear (x @ W.T)
+IN_OUT = "in_out"  # [..., in, out]: the right operand of matmul (x @ W)
+OUT_IN_SPATIAL = "out_in_spatial"  # [out, in/groups, *kernel]: conv
+IN_OUT_SPATIAL = "in_out_spatial"  # [in, out/groups, *kernel]: conv_transpose
+TABLE = "table"  # [rows, dim]: embedding (rows gathered, no contraction)
+OUT_BLOCKS = "out_blocks"  # [out, n_blocks, packed]: block-quantized linear_weight_only codes
+RNN_GATES = "rnn_gates"  # [directions, gates * hidden, in]: ONNX RNN/GRU/LSTM W and R
+
+_CHANNEL_AXIS = {OUT_IN: 0, IN_OUT: -1, OUT_IN_SPATIAL: 0, IN_OUT_SPATIAL: 1, TABLE: 0,
+                 OUT_BLOCKS: 0, RNN_GATES: 1}
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """Where a weight-carrying op keeps its weight, and what the weight's axes mean.
+
+    Attributes:
+        slot: operand index of the weight.
+        layout: one of the layout constants above (OUT_IN, IN_OUT, OUT_IN_SPATIAL, ...).
+        bias: operand index of the bias added per output channel, if the op has one.
+        residual: operand index of the fused residual (skip connection), if any.
+        transpose_attr: bool attribute that swaps the weight's last two axes when set
+            (fused_matmul ``trans_b``: the layout is then OUT_IN).
+        lhs_slot: an operand that may also be a constant weight used as ``[out, in]``
+            (a constant left operand of matmul: ``W @ x``).
+    """
+
+    slot: int
+    layout: str
+    bias: int | None = None
+    residual: int | None = None
+    transpose_attr: str | None = None
+    lhs_slot: int | None = None
+
+    def __post_init__(self):
+        if self.layout not in _CHANNEL_AXIS:
+            raise ValueError(f"unknown weight layout '{self.layout}'")
+
+    @property
+    def channel_axis(self) -> int:
+        """The weight axis indexing output channels (table rows): per-channel quantization
+        scales and structured pruning follow it."""
+        return _CHANNEL_AXIS[self.layout]
+
+    def layout_for(self, attrs: Mapping[str, Any]) -> str:
+        """The layout for a node with ``attrs`` (``transpose_attr`` flips IN_OUT to OUT_IN)."""
+        if self.transpose_attr is not None and attrs.get(self.transpose_attr, False):
+            return {IN_OUT: OUT_IN, OUT_IN: IN_OUT}.get(self.layout, self.layout)
+        return self.layout
 
 
 @dataclass(frozen=True)
@@ -82,6 +146,12 @@ class OpDef:
     reference: Callable[..., Any]
     doc: str = ""
     lowerings: dict[str, Callable] = field(default_factory=dict)
+    # Metadata for the layers above (see the module docstring): ask these, not the op name.
+    weights: WeightSpec | None = None  # the weight operand of a weight-carrying op
+    flops_per_element: int = 1  # cost-model FLOPs per output element (0: data movement)
+    statistics: tuple[int, ...] = ()  # operand slots holding running statistics (never trained)
+    # activation ops: attrs -> (fused ``activation``, ``activation_params``) or why it has none
+    epilogue: Callable[[Mapping[str, Any]], tuple[str, tuple[float, ...]] | str] | None = None
 
     # -------------------------------------------------------------------------------- checks
     @property
@@ -155,10 +225,16 @@ def register_op(
     traits: frozenset[str] | set[str] = frozenset({PURE}),
     infer: Callable,
     doc: str | None = None,
+    weights: WeightSpec | None = None,
+    flops_per_element: int | None = None,
+    statistics: Sequence[int] = (),
+    epilogue: Callable | None = None,
 ):
     """Decorator declaring an op; the decorated function is its reference implementation.
 
     ``attrs`` maps names to ``AttrSpec`` or to a bare default value (kind taken from it).
+    ``weights``, ``flops_per_element`` (default 0 for SHAPE_ONLY ops, else 1), ``statistics``
+    and ``epilogue`` fill the ``OpDef`` fields of the same names.
     """
 
     def decorate(fn: Callable) -> Callable:
@@ -175,6 +251,13 @@ def register_op(
             infer=infer,
             reference=fn,
             doc=(doc or fn.__doc__ or "").strip(),
+            weights=weights,
+            flops_per_element=(
+                (0 if SHAPE_ONLY in traits else 1) if flops_per_element is None
+                else flops_per_element
+            ),
+            statistics=tuple(statistics),
+            epilogue=epilogue,
         )
         return fn
 
@@ -194,6 +277,16 @@ def get_op(name: str) -> OpDef:
 def all_ops() -> dict[str, OpDef]:
     _ensure_loaded()
     return dict(_REGISTRY)
+
+
+def ops_with(trait: str) -> tuple[str, ...]:
+    """Names of the registered ops carrying ``trait``, in declaration order."""
+    return tuple(name for name, d in all_ops().items() if trait in d.traits)
+
+
+def weights_of(op: str) -> WeightSpec | None:
+    """The ``WeightSpec`` of op ``op``, or None when it carries no weight."""
+    return get_op(op).weights
 
 
 def register_lowering(backend: str, op: str):

@@ -9,9 +9,11 @@ import torch.nn.functional as F
 from graphopt.errors import TypeInferenceError
 from graphopt.ir.types import TensorType, dims_equal, normalize_dim
 from graphopt.ops._infer import expect_dim, norm_axes, norm_axis, prod
-from graphopt.ops.registry import PURE, SHAPE_ONLY, AttrSpec, register_op
+from graphopt.ops.registry import PURE, QDQ_TRANSPARENT, SHAPE_ONLY, AttrSpec, register_op
 
 MOVE = frozenset({PURE, SHAPE_ONLY})
+# Q/DQ move through these unchanged (a quantized value reshaped is the reshaped value quantized)
+QDQ_MOVE = MOVE | {QDQ_TRANSPARENT}
 
 
 def _reshape_infer(types, attrs):
@@ -34,7 +36,7 @@ def _reshape_infer(types, attrs):
     return x.with_shape(shape)
 
 
-@register_op("reshape", inputs=("x",), attrs={"shape": AttrSpec(tuple)}, traits=MOVE,
+@register_op("reshape", inputs=("x",), attrs={"shape": AttrSpec(tuple)}, traits=QDQ_MOVE,
              infer=_reshape_infer)
 def reshape(x, shape):
     """Row-major reshape; one -1 dim is inferred."""
@@ -49,7 +51,7 @@ def _permute_infer(types, attrs):
     return x.with_shape([x.shape[p] for p in perm])
 
 
-@register_op("permute", inputs=("x",), attrs={"perm": AttrSpec(tuple)}, traits=MOVE,
+@register_op("permute", inputs=("x",), attrs={"perm": AttrSpec(tuple)}, traits=QDQ_MOVE,
              infer=_permute_infer)
 def permute(x, perm):
     """Reorder axes: out.shape[i] = x.shape[perm[i]] (transpose is a permute)."""
@@ -86,7 +88,7 @@ def _squeeze_infer(types, attrs):
     return x.with_shape([d for i, d in enumerate(x.shape) if not (i in axes and d == 1)])
 
 
-@register_op("squeeze", inputs=("x",), attrs={"axes": AttrSpec(tuple)}, traits=MOVE,
+@register_op("squeeze", inputs=("x",), attrs={"axes": AttrSpec(tuple)}, traits=QDQ_MOVE,
              infer=_squeeze_infer)
 def squeeze(x, axes):
     """Drop the listed axes that have size 1 (others are kept, as in torch)."""
@@ -101,7 +103,7 @@ def _unsqueeze_infer(types, attrs):
     return x.with_shape(shape)
 
 
-@register_op("unsqueeze", inputs=("x",), attrs={"axis": AttrSpec(int)}, traits=MOVE,
+@register_op("unsqueeze", inputs=("x",), attrs={"axis": AttrSpec(int)}, traits=QDQ_MOVE,
              infer=_unsqueeze_infer)
 def unsqueeze(x, axis):
     """Insert a size-1 axis at ``axis``."""
@@ -219,7 +221,7 @@ def _pad_infer(types, attrs):
 @register_op("pad", inputs=("x",),
              attrs={"pads": AttrSpec(tuple, doc="torch order: (last_lo, last_hi, prev_lo, ...)"),
                     "mode": "constant", "value": 0.0},
-             traits=MOVE, infer=_pad_infer)
+             traits=QDQ_MOVE, infer=_pad_infer)
 def pad(x, pads, mode="constant", value=0.0):
     """Pad trailing dims; mode constant/reflect/replicate/circular. Negative pads crop."""
     if mode == "constant":

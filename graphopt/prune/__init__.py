@@ -21,11 +21,9 @@ from typing import Mapping, Sequence
 
 from graphopt.errors import GraphoptError, PruneError, entry_point
 from graphopt.ir.graph import Graph
+from graphopt.prune.config import METHODS, FinetuneConfig, PruneConfig
 from graphopt.prune.flops import FlopCount, count_flops
 from graphopt.prune.report import GroupReport, PruneReport, WeightReport
-
-METHODS = ("channels", "magnitude")
-_ALIASES = {"structured": "channels", "unstructured": "magnitude", "scores": "magnitude"}
 
 
 @entry_point("graphopt.prune")
@@ -45,6 +43,7 @@ def prune(
     max_ratio: float = 0.9,
     round_to: int = 1,
     report: bool = False,
+    config: PruneConfig | None = None,
 ):
     """Prune a copy of ``graph``; the input graph is not modified.
 
@@ -72,7 +71,10 @@ def prune(
             the global ranking).
         round_to: channels: keep a multiple of this many channels (e.g. 8) in groups of at
             least 4x as many, which vectorized kernels prefer.
-        report: also return a ``PruneReport``.
+        report: also return a ``PruneReport`` (its ``config`` holds the options).
+        config: a ``PruneConfig`` holding the options (``method`` to ``round_to``; leave the
+            keywords at their defaults then). ``scores``, ``data`` and ``loss`` are data and
+            stay arguments.
 
     Returns:
         The pruned graph, or ``(graph, PruneReport)`` with ``report=True``.
@@ -84,39 +86,35 @@ def prune(
     """
     if not isinstance(graph, Graph):
         raise PruneError(f"graphopt.prune takes a graphopt Graph, got {type(graph).__name__}")
-    method = _ALIASES.get(method, method) if isinstance(method, str) else method
-    if method not in METHODS:
-        raise PruneError(f"unknown pruning method {method!r}; known: {', '.join(METHODS)}")
-    exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    cfg = PruneConfig.resolve(config, method=method, ratio=ratio, flops=flops,
+                              importance=importance, sparsity=sparsity, scope=scope,
+                              exclude=exclude, max_ratio=max_ratio, round_to=round_to)
     try:
-        return _prune(graph, method, ratio=ratio, flops=flops, importance=importance,
-                      sparsity=sparsity, scope=scope, scores=scores, exclude=exclude, data=data,
-                      loss=loss, max_ratio=max_ratio, round_to=round_to, report=report)
+        out, rep = prune_with_config(graph, cfg, scores=scores, data=data, loss=loss)
     except ValueError as exc:  # option checks deep in the analyses: a typed error, same text
         if isinstance(exc, GraphoptError):
             raise
         raise PruneError(str(exc)) from exc
+    return (out, rep) if report else out
 
 
-def _prune(graph, method, *, ratio, flops, importance, sparsity, scope, scores, exclude, data,
-           loss, max_ratio, round_to, report):
+def prune_with_config(graph: Graph, cfg: PruneConfig, *, scores=None, data=None,
+                      loss=None) -> tuple[Graph, PruneReport]:
+    """``prune`` once its options are checked: a pruned copy of ``graph`` and the report."""
     out = graph.clone()
-    if method == "channels":
+    if cfg.method == "channels":
         from graphopt.prune.structured import prune_channels
 
-        if ratio is None and flops is None:
-            raise PruneError("method='channels' needs ratio= or flops=")
-        rep = prune_channels(out, ratio=ratio, flops=flops, importance=importance,
-                             exclude=exclude, data=data, loss=loss, max_ratio=max_ratio,
-                             round_to=round_to, scope=scope)
+        rep = prune_channels(out, ratio=cfg.ratio, flops=cfg.flops, importance=cfg.importance,
+                             exclude=cfg.exclude, data=data, loss=loss, max_ratio=cfg.max_ratio,
+                             round_to=cfg.round_to, scope=cfg.scope)
     else:
         from graphopt.prune.masks import prune_magnitude
 
-        if sparsity is None:
-            raise PruneError("method='magnitude' needs sparsity=")
-        rep = prune_magnitude(out, sparsity=sparsity, scope=scope, scores=scores,
-                              exclude=exclude)
-    return (out, rep) if report else out
+        rep = prune_magnitude(out, sparsity=cfg.sparsity, scope=cfg.scope, scores=scores,
+                              exclude=cfg.exclude)
+    rep.config = cfg.to_dict()
+    return out, rep
 
 
 def finetune(*args, **kwargs) -> Graph:
@@ -126,5 +124,5 @@ def finetune(*args, **kwargs) -> Graph:
     return _finetune(*args, **kwargs)
 
 
-__all__ = ["FlopCount", "GroupReport", "PruneReport", "WeightReport", "count_flops",
-           "finetune", "prune"]
+__all__ = ["FinetuneConfig", "FlopCount", "GroupReport", "METHODS", "PruneConfig", "PruneReport",
+           "WeightReport", "count_flops", "finetune", "prune", "prune_with_config"]

@@ -20,18 +20,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from graphopt.ir.graph import Graph, Node, Value
+from graphopt.ops.registry import get_op
 
 ShapeFn = Callable[[Value], Sequence[int]]
 _Rule = Callable[[Node, ShapeFn], int]
 _RULES: dict[str, _Rule] = {}
 
-# FLOPs per output element of the ops that are not 1.
-_PER_ELEMENT = {"batch_norm": 2, "layer_norm": 8, "group_norm": 8, "rms_norm": 5,
-                "softmax": 5, "log_softmax": 5, "gelu": 8, "silu": 4, "sigmoid": 4, "tanh": 4,
-                "erf": 4, "exp": 2, "hardswish": 3, "mish": 6}
-_FREE = {"reshape", "permute", "expand", "squeeze", "unsqueeze", "slice", "select", "concat",
-         "split", "pad", "flip", "tile", "roll", "cast", "shape", "full", "arange", "embedding",
-         "gather", "index_select", "index", "gather_elements", "gather_nd"}
 
 
 @dataclass
@@ -102,27 +96,28 @@ def node_flops(node: Node, shape_of: ShapeFn | None = None) -> int:
     rule = _RULES.get(node.op)
     if rule is not None:
         return int(rule(node, shape_of))
-    if node.op in _FREE:
+    # Elementwise ops, reductions and anything else: the op's declared FLOPs per element
+    # (OpDef.flops_per_element, 0 for data movement) times the larger side.
+    per_element = get_op(node.op).flops_per_element
+    if per_element == 0:
         return 0
-    # Elementwise ops, reductions and anything else: a few FLOPs per element of the larger side.
     inputs = [_numel(shape_of(v)) for v in node.inputs if v is not None]
     outputs = [_numel(shape_of(v)) for v in node.outputs]
-    return _PER_ELEMENT.get(node.op, 1) * max(inputs + outputs + [0])
+    return per_element * max(inputs + outputs + [0])
 
 
 def _numel(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
-def _epilogue(node: Node, shape_of: ShapeFn, bias_slot: int | None) -> int:
+def _epilogue(node: Node, shape_of: ShapeFn) -> int:
     """Bias, residual and activation cost of a (fused) conv / linear / matmul."""
     out = _numel(shape_of(node.outputs[0]))
     extra = 0
-    has_bias = bias_slot is not None and len(node.inputs) > bias_slot
-    if has_bias and node.inputs[bias_slot] is not None:
-        extra += out
-    if len(node.inputs) > 3 and node.inputs[3] is not None:  # residual
-        extra += out
+    spec = get_op(node.op).weights
+    for slot in (spec.bias, spec.residual):
+        if slot is not None and len(node.inputs) > slot and node.inputs[slot] is not None:
+            extra += out
     if node.attrs.get("activation", "none") != "none":
         extra += out
     return extra
@@ -131,7 +126,7 @@ def _epilogue(node: Node, shape_of: ShapeFn, bias_slot: int | None) -> int:
 @flop_rule("linear", "fused_linear")
 def _linear(node: Node, shape_of: ShapeFn) -> int:
     x, w = shape_of(node.inputs[0]), shape_of(node.inputs[1])
-    return 2 * _numel(x[:-1]) * w[0] * w[1] + _epilogue(node, shape_of, 2)
+    return 2 * _numel(x[:-1]) * w[0] * w[1] + _epilogue(node, shape_of)
 
 
 @flop_rule("matmul", "fused_matmul")
@@ -141,14 +136,14 @@ def _matmul(node: Node, shape_of: ShapeFn) -> int:
         a[-2], a[-1] = a[-1], a[-2]
     out = shape_of(node.outputs[0])
     k = a[-1]
-    return 2 * _numel(out) * k + (_epilogue(node, shape_of, 2) if node.op == "fused_matmul" else 0)
+    return 2 * _numel(out) * k + _epilogue(node, shape_of)  # 0 for a plain matmul
 
 
 @flop_rule("conv", "fused_conv")
 def _conv(node: Node, shape_of: ShapeFn) -> int:
     w, out = shape_of(node.inputs[1]), shape_of(node.outputs[0])
     per_output = _numel(w[1:])  # (C_in / groups) * kernel
-    return 2 * _numel(out) * per_output + _epilogue(node, shape_of, 2)
+    return 2 * _numel(out) * per_output + _epilogue(node, shape_of)
 
 
 @flop_rule("conv_transpose")

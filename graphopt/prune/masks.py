@@ -7,9 +7,9 @@ reaches ``sparsity``; layers with small weights lose more). ``apply_masks`` mult
 into the constants (the graph stays dense and runs everywhere) and records each weight's CSR
 form (``sparse.attach_sparse``) so a backend can pick a sparse kernel.
 
-Eligible weights: the weight operand of ``linear``/``conv``/``conv_transpose`` (and their fused
-forms) and a constant operand of ``matmul``, floating, rank >= 2. Embeddings, biases and norm
-parameters are never masked.
+Eligible weights: the ``weights`` operand of the ops with the PRUNABLE trait
+(``linear``/``conv``/``conv_transpose``/``matmul`` and their fused forms; for matmul either
+constant operand), floating, rank >= 2. Embeddings, biases and norm parameters are never masked.
 """
 
 from __future__ import annotations
@@ -21,24 +21,25 @@ import numpy as np
 
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph, Value
+from graphopt.ops.registry import IN_OUT, PRUNABLE, get_op
 from graphopt.prune.flops import count_flops
 from graphopt.prune.report import PruneReport, WeightReport
 from graphopt.prune.sparse import attach_sparse
-
-_WEIGHT_SLOT = {"linear": 1, "fused_linear": 1, "conv": 1, "fused_conv": 1, "conv_transpose": 1}
 
 
 def weight_operands(graph: Graph) -> dict[Value, bool]:
     """Eligible weight constants -> whether their CSR is of the transpose (matmul ``[K, N]``)."""
     out: dict[Value, bool] = {}
     for node in graph.nodes:
-        candidates: list[tuple[Value | None, bool]] = []
-        if node.op in _WEIGHT_SLOT:
-            candidates.append((node.inputs[_WEIGHT_SLOT[node.op]], False))
-        elif node.op in ("matmul", "fused_matmul"):
-            trans_b = node.attrs.get("trans_b", False)
-            candidates.append((node.inputs[1], not trans_b))
-            candidates.append((node.inputs[0], False))
+        opdef = get_op(node.op)
+        spec = opdef.weights
+        if PRUNABLE not in opdef.traits or spec is None:
+            continue
+        # An [in, out] weight (matmul's right operand) is stored as the CSR of its transpose.
+        candidates: list[tuple[Value | None, bool]] = [
+            (node.inputs[spec.slot], spec.layout_for(node.attrs) == IN_OUT)]
+        if spec.lhs_slot is not None:
+            candidates.append((node.inputs[spec.lhs_slot], False))
         for value, transposed in candidates:
             if (value is not None and value.is_constant and value.dtype.is_floating
                     and value.data.ndim >= 2 and value.data.size > 1):

@@ -44,6 +44,7 @@ class PruneReport:
     weights: list[WeightReport] = field(default_factory=list)
     target: str = ""
     notes: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)  # PruneConfig.to_dict() of the run
 
     @property
     def flops_reduction(self) -> float:

@@ -192,17 +192,27 @@ def _pad(node: Node, b: AtomBuilder) -> None:
             b.same(x, i, out, i)
 
 
-@coupling("flip", "roll", "cumsum", "triu", "tril")
+@coupling("flip", "roll")
 def _reorder(node: Node, b: AtomBuilder) -> None:
+    rank = node.inputs[0].type.rank
+    _reorder_axes(node, b, {a % rank for a in node.attrs["axes"]})
+
+
+@coupling("cumsum")
+def _cumsum(node: Node, b: AtomBuilder) -> None:
+    _reorder_axes(node, b, {node.attrs["axis"] % node.inputs[0].type.rank})
+
+
+@coupling("triu", "tril")
+def _triangle(node: Node, b: AtomBuilder) -> None:
+    rank = node.inputs[0].type.rank
+    _reorder_axes(node, b, {rank - 2, rank - 1})
+
+
+def _reorder_axes(node: Node, b: AtomBuilder, axes: set[int]) -> None:
+    """Axes in ``axes`` are reordered (frozen on both sides); the others map one to one."""
     x, out = node.inputs[0], node.output
-    rank = x.type.rank
-    if node.op in ("triu", "tril"):
-        axes = {rank - 2, rank - 1}
-    elif node.op == "cumsum":
-        axes = {node.attrs["axis"] % rank}
-    else:
-        axes = {a % rank for a in node.attrs["axes"]}
-    for i in range(rank):
+    for i in range(x.type.rank):
         if i in axes:
             b.freeze(x, i, f"reordered by {short(node)}")
             b.freeze(out, i, f"reordered by {short(node)}")

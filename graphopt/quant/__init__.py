@@ -10,10 +10,12 @@ budget. ``graphopt.quantize(graph, mode=...)`` (graphopt/quant/api.py) is the en
 
 Accuracy control (graphopt/quant/fallback.py) is shared: per-layer sensitivity and fallback of
 the most sensitive layers to float until an ``error_budget`` holds; ``QuantReport`` says what
-was quantized, what fell back and why.
+was quantized, what fell back and why. The options are checked once, as a ``QuantizeConfig``
+(graphopt/quant/config.py), which the report keeps (``QuantReport.config``).
 """
 
-from graphopt.quant.api import MODES, quantize
+from graphopt.quant.api import quantize
+from graphopt.quant.config import MODES, QuantizeConfig
 from graphopt.quant.dynamic import (
     dynamic_candidates,
     embedding_candidates,
@@ -29,6 +31,7 @@ __all__ = [
     "OBSERVERS",
     "LayerRecord",
     "QuantReport",
+    "QuantizeConfig",
     "dynamic_candidates",
     "embedding_candidates",
     "make_observer",

@@ -12,10 +12,43 @@ import torch
 
 from graphopt.ir.dtypes import DType
 from graphopt.ir.graph import Graph, Node
+from graphopt.ops.registry import (
+    EPILOGUE,
+    IN_OUT,
+    OUT_IN,
+    OUT_IN_SPATIAL,
+    QUANTIZABLE,
+    TABLE,
+    WeightSpec,
+    get_op,
+)
 from graphopt.quant.fallback import local_sensitivity, output_error  # noqa: F401  (re-exported)
 from graphopt.quant.report import LayerRecord, QuantReport  # noqa: F401  (re-exported)
 
-_LINEAR_OPS = ("linear", "fused_linear", "matmul")
+
+
+def quantizable_weights(node: Node, *layouts: str) -> WeightSpec | None:
+    """The ``WeightSpec`` of a QUANTIZABLE op whose weight has one of ``layouts``, else None."""
+    opdef = get_op(node.op)
+    spec = opdef.weights
+    if QUANTIZABLE not in opdef.traits or spec is None or spec.layout not in layouts:
+        return None
+    return spec
+
+
+def linear_operands(node: Node, inputs: list) -> tuple:
+    """(bias, residual, epilogue attrs) of a linear-like candidate, from its operand list
+    ``inputs`` (the node's values or tensors): what a quantized linear takes over unchanged."""
+    spec = get_op(node.op).weights
+    ins = list(inputs)
+
+    def slot(i):
+        return ins[i] if i is not None and i < len(ins) else None
+
+    attrs = {}
+    if EPILOGUE in node.opdef.traits:
+        attrs = {k: node.attrs[k] for k in ("activation", "activation_params")}
+    return slot(spec.bias), slot(spec.residual), attrs
 
 
 def quantize_weight_per_channel(w: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -34,14 +67,15 @@ def quantize_weight_per_channel(w: np.ndarray, bits: int = 8) -> tuple[np.ndarra
 
 def _weight_of(node: Node) -> np.ndarray | None:
     """The float weight of a candidate as ``[out, in]``, or None when it is not a candidate."""
-    if node.op not in _LINEAR_OPS or len(node.inputs) < 2:
+    spec = quantizable_weights(node, OUT_IN, IN_OUT)
+    if spec is None or len(node.inputs) <= spec.slot:
         return None
-    w = node.inputs[1]
+    w = node.inputs[spec.slot]
     if w is None or not w.is_constant or w.dtype is not DType.float32 or w.type.rank != 2:
         return None
     if node.inputs[0].dtype is not DType.float32:
         return None
-    return w.data.T if node.op == "matmul" else w.data
+    return w.data.T if spec.layout == IN_OUT else w.data
 
 
 def dynamic_candidates(graph: Graph, exclude: Sequence[str] = ()) -> list[Node]:
@@ -64,11 +98,7 @@ def _rewrite_dynamic(graph: Graph, node: Node, bits: int = 8, per_token: bool = 
     weight = node.inputs[1]
     wq = graph.add_constant(w_q, f"{weight.name}_q")
     ws = graph.add_constant(scale, f"{weight.name}_scale")
-    bias = node.inputs[2] if node.op != "matmul" and len(node.inputs) > 2 else None
-    residual = node.inputs[3] if node.op == "fused_linear" and len(node.inputs) > 3 else None
-    attrs = {}
-    if node.op == "fused_linear":
-        attrs = {k: node.attrs[k] for k in ("activation", "activation_params")}
+    bias, residual, attrs = linear_operands(node, node.inputs)
     if per_token:
         attrs["per_token"] = True
     with graph.inserting_before(node):
@@ -87,7 +117,8 @@ def embedding_candidates(graph: Graph, exclude: Sequence[str] = ()) -> list[Node
     """``embedding`` nodes whose table is a constant f32 2-D weight (not excluded)."""
     out = []
     for node in graph.nodes:
-        w = node.inputs[0] if node.op == "embedding" else None
+        spec = quantizable_weights(node, TABLE)
+        w = node.inputs[spec.slot] if spec is not None else None
         if w is None or not w.is_constant or w.dtype is not DType.float32 or w.type.rank != 2:
             continue
         if any(fnmatch.fnmatch(n, pat) for pat in exclude for n in (node.name, w.name)):
@@ -149,9 +180,10 @@ def conv_candidates(graph: Graph, exclude: Sequence[str] = ()) -> list[Node]:
 
 def _conv_weight_of(node: Node) -> np.ndarray | None:
     """The f32 ``[M, C/groups, kh, kw]`` weight of a 2-D conv candidate, else None."""
-    if node.op not in ("conv", "fused_conv"):
+    spec = quantizable_weights(node, OUT_IN_SPATIAL)
+    if spec is None:
         return None
-    x, w = node.inputs[0], node.inputs[1]
+    x, w = node.inputs[0], node.inputs[spec.slot]
     if x.dtype is not DType.float32 or x.type.rank != 4:
         return None
     if w is None or not w.is_constant or w.dtype is not DType.float32 or w.type.rank != 4:
@@ -173,7 +205,7 @@ def _rewrite_dynamic_conv(graph: Graph, node: Node) -> Node:
     ws = graph.add_constant(scale, f"{weight.name}_scale")
     ins = list(node.inputs) + [None] * (4 - len(node.inputs))
     attrs = {k: node.attrs[k] for k in ("stride", "padding", "dilation", "groups")}
-    if node.op == "fused_conv":
+    if EPILOGUE in node.opdef.traits:
         attrs.update({k: node.attrs[k] for k in ("activation", "activation_params")})
     with graph.inserting_before(node):
         new = graph.create_node("qconv_dynamic", [ins[0], wq, ws, ins[2], ins[3]], attrs,
@@ -201,7 +233,7 @@ def dynamic_forward(node: Node, inputs: list, per_token: bool = False) -> torch.
     from graphopt.ops.quant_int import qconv_dynamic
 
     x = inputs[0]
-    if node.op in ("conv", "fused_conv"):
+    if quantizable_weights(node, OUT_IN_SPATIAL) is not None:
         w_q, scale = quantize_conv_per_channel(_conv_weight_of(node))
         attrs = {k: v for k, v in node.attrs.items()}
         ins = list(inputs) + [None] * (4 - len(inputs))
@@ -210,17 +242,17 @@ def dynamic_forward(node: Node, inputs: list, per_token: bool = False) -> torch.
     w_q, scale = quantize_weight_per_channel(np.ascontiguousarray(_weight_of(node)))
     y = qlinear_dynamic(x, torch.from_numpy(w_q), torch.from_numpy(scale), per_token=per_token)
     # compare the linear part only (bias / epilogue are float in both)
-    return y if node.op == "matmul" else _linear_epilogue(node, y, inputs)
+    return _linear_epilogue(node, y, inputs)
 
 
 def _linear_epilogue(node: Node, y: torch.Tensor, inputs: list) -> torch.Tensor:
     from graphopt.ops.fused import _epilogue
 
-    ins = list(inputs) + [None] * (4 - len(inputs))
-    if ins[2] is not None:
-        y = y + ins[2]
-    if node.op == "fused_linear":
-        return _epilogue(y, ins[3], node.attrs["activation"], node.attrs["activation_params"])
+    bias, residual, attrs = linear_operands(node, inputs)
+    if bias is not None:
+        y = y + bias
+    if attrs:
+        return _epilogue(y, residual, attrs["activation"], attrs["activation_params"])
     return y
 
 

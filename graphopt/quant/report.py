@@ -25,6 +25,7 @@ class QuantReport:
         mode: the mode with its main options (``"static minmax"``, ``"weight-only int4/32"``).
         label: what a quantized layer became (``int8``, ``int4``, ``fp16``...), for printing.
         error: mean ``1 - cosine`` of float vs quantized outputs over the calibration inputs.
+        config: the run's options (``QuantizeConfig.to_dict()``).
     """
 
     mode: str
@@ -36,6 +37,7 @@ class QuantReport:
     bytes_after: int = 0
     seconds: float = 0.0
     label: str = "int8"
+    config: dict = field(default_factory=dict)  # QuantizeConfig.to_dict() of the run
 
     @property
     def quantized(self) -> list[str]:

@@ -8,7 +8,7 @@
    argument tuples; an observer (graphopt/quant/observers.py) per observed value collects its
    range. Observed: every unit's output (after its fused activation) unless it is only a graph
    output, and every unit's input, traced back through data-movement ops and max_pool
-   (``graphopt.ops.quant.QDQ_TRANSPARENT_OPS``) so those share their source's parameters (as
+   (the ops with the ``QDQ_TRANSPARENT`` trait) so those share their source's parameters (as
    onnxruntime does).
 3. **QDQ form.** Each observed value ``v`` gets ``dequantize_linear(quantize_linear(v))``
    (per-tensor u8, asymmetric) right after its definition, and all its users read that; each
@@ -32,24 +32,26 @@ from graphopt.errors import InputMismatchError, QuantizationError
 from graphopt.ir.dtypes import DType
 from graphopt.ir.graph import Graph, Node, Value
 from graphopt.ir.types import QuantInfo, TensorType
-from graphopt.ops.quant import QDQ_TRANSPARENT_OPS
-from graphopt.quant.dynamic import quantize_conv_per_channel, quantize_weight_per_channel
+from graphopt.ops.registry import IN_OUT, OUT_IN, OUT_IN_SPATIAL, QDQ_TRANSPARENT, get_op
+from graphopt.quant.dynamic import (
+    quantizable_weights,
+    quantize_conv_per_channel,
+    quantize_weight_per_channel,
+)
 from graphopt.quant.observers import Observer, make_observer
-
-_CONV = ("conv", "fused_conv")
-_LINEAR = ("linear", "fused_linear", "matmul")
 
 
 # ------------------------------------------------------------------------------------ units
 def _is_unit(node: Node) -> bool:
-    if node.op not in _CONV + _LINEAR or len(node.inputs) < 2:
+    spec = quantizable_weights(node, OUT_IN_SPATIAL, OUT_IN, IN_OUT)
+    if spec is None or len(node.inputs) <= spec.slot:
         return False
-    x, w = node.inputs[0], node.inputs[1]
+    x, w = node.inputs[0], node.inputs[spec.slot]
     if x is None or w is None or x.dtype is not DType.float32 or not w.is_constant:
         return False
     if w.dtype is not DType.float32:
         return False
-    if node.op in _CONV:
+    if spec.layout == OUT_IN_SPATIAL:
         return x.type.rank == 4 and w.type.rank == 4
     return w.type.rank == 2 and x.type.rank >= 1
 
@@ -105,19 +107,23 @@ def prepare(graph: Graph, names: set[str]) -> None:
         if node.name not in names:
             continue
         out = node.outputs[0]
-        if node.op == "matmul":
-            w = node.inputs[1]
+        spec = get_op(node.op).weights
+        residual = (node.inputs[spec.residual]
+                    if spec is not None and spec.residual is not None
+                    and len(node.inputs) > spec.residual else None)
+        if spec is not None and spec.layout == IN_OUT:
+            w = node.inputs[spec.slot]
             wt = graph.add_constant(np.ascontiguousarray(w.data.T), f"{w.name}_t")
             with graph.inserting_before(node):
                 new = graph.create_node("linear", [node.inputs[0], wt, None], name=out.name)
-        elif node.op.startswith("fused_") and len(node.inputs) > 3 and node.inputs[3] is not None:
+        elif residual is not None:
             attrs = dict(node.attrs)
             act, params = attrs.pop("activation"), attrs.pop("activation_params")
             with graph.inserting_before(node):
                 core = graph.create_node(node.op, list(node.inputs[:3]) + [None],
                                          {**attrs, "activation": "none",
                                           "activation_params": ()}, name=out.name)
-                added = graph.create_node("add", [core.outputs[0], node.inputs[3]],
+                added = graph.create_node("add", [core.outputs[0], residual],
                                           name=f"{out.name}_residual")
                 result = activation_nodes(graph, added.outputs[0], act, tuple(params))
             out.replace_all_uses_with(result)
@@ -139,7 +145,7 @@ def prepare(graph: Graph, names: set[str]) -> None:
 def parameter_source(value: Value) -> list[Value]:
     """``value`` and the values it is moved from through transparent ops, source last."""
     chain = [value]
-    while (value.producer is not None and value.producer.op in QDQ_TRANSPARENT_OPS
+    while (value.producer is not None and value.producer.has_trait(QDQ_TRANSPARENT)
            and value.producer.inputs[0].dtype is DType.float32):
         value = value.producer.inputs[0]
         chain.append(value)

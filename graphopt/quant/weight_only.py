@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphopt.ir.graph import Graph, Node
-from graphopt.quant.dynamic import _weight_of
+from graphopt.quant.dynamic import _weight_of, linear_operands
 
 
 def quantize_blocks(w: np.ndarray, bits: int = 4, block_size: int = 32):
@@ -34,11 +34,9 @@ def quantize_weight_only(graph: Graph, nodes: list[Node], bits: int = 4,
         codes, scales = quantize_blocks(_weight_of(node), bits, block_size)
         wq = graph.add_constant(codes, f"{weight.name}_q{bits}")
         ws = graph.add_constant(scales, f"{weight.name}_scales")
-        bias = node.inputs[2] if node.op != "matmul" and len(node.inputs) > 2 else None
-        residual = node.inputs[3] if node.op == "fused_linear" and len(node.inputs) > 3 else None
-        attrs = {"bits": bits, "block_size": block_size, "k": int(_weight_of(node).shape[1])}
-        if node.op == "fused_linear":
-            attrs.update({k: node.attrs[k] for k in ("activation", "activation_params")})
+        bias, residual, epilogue = linear_operands(node, node.inputs)
+        attrs = {"bits": bits, "block_size": block_size, "k": int(_weight_of(node).shape[1]),
+                 **epilogue}
         with graph.inserting_before(node):
             new = graph.create_node("linear_weight_only", [node.inputs[0], wq, ws, bias, residual],
                                     attrs, name=node.outputs[0].name + f"_q{bits}")
@@ -58,13 +56,8 @@ def weight_only_forward(bits: int, block_size: int):
     def forward(node: Node, inputs: list):
         w = _weight_of(node)
         codes, scales = quantize_blocks(w, bits, block_size)
-        ins = list(inputs) + [None] * (4 - len(inputs))
-        bias = ins[2] if node.op != "matmul" else None
-        residual = ins[3] if node.op == "fused_linear" else None
-        attrs = {}
-        if node.op == "fused_linear":
-            attrs = {k: node.attrs[k] for k in ("activation", "activation_params")}
-        return linear_weight_only(ins[0], torch.from_numpy(codes), torch.from_numpy(scales),
+        bias, residual, attrs = linear_operands(node, inputs)
+        return linear_weight_only(inputs[0], torch.from_numpy(codes), torch.from_numpy(scales),
                                   bias, residual, bits, block_size, int(w.shape[1]), **attrs)
 
     return forward

@@ -92,6 +92,7 @@ def lower_attention(ctx) -> None:
     result = node.outputs[0]
     users = result.users
     out = None
+    # op-name check: structure of one op (a permute whose perm keeps the last axis), not a trait
     if (len(users) == 1 and users[0].op == "permute" and not result.is_graph_output
             and len(result.uses) == 1 and users[0].attrs["perm"][-1] == len(out_shape) - 1):
         perm = list(users[0].attrs["perm"])

@@ -14,7 +14,7 @@ side again (rt_conv.cpp); this is where the message can name the node.
 from __future__ import annotations
 
 from graphopt.native.lower._common import activation, require_float32
-from graphopt.ops.registry import register_lowering
+from graphopt.ops.registry import IN_OUT_SPATIAL, get_op, register_lowering
 
 
 def _spatial(ctx, name: str, n: int) -> list[int]:
@@ -75,7 +75,7 @@ def _conv_params(ctx, x_shape=None, extra_pad=(0, 0), w_slot: int = 1):
     a = ctx.attrs
     stride, pad, dil = (_spatial(ctx, k, n) for k in ("stride", "padding", "dilation"))
     _check_conv(ctx, ctx.in_shape(0), w_shape, out_shape, stride, pad, dil,
-                ctx.node.op == "conv_transpose")
+                get_op(ctx.node.op).weights.layout == IN_OUT_SPATIAL)
     kernel = list(w_shape[2:])
     in_sp, out_sp = list(x_shape[2:]), list(out_shape[2:])
     if n == 1:  # conv1d as conv2d over [N, C, 1, L]

@@ -129,6 +129,8 @@ def _fold_into_convs(ctx) -> bool:
             or len(pads) > 2 * (rank - 2) or out.is_graph_output or not out.uses
             or ctx.in_dtype(0) != DType.float32):
         return False
+    # op-name check: a capability of the native conv / fused_conv lowerings (they read the pad
+    # marker), not of the ops: qconv_dynamic shares their traits but its lowering does not.
     if any(node.op not in ("conv", "fused_conv") or slot != 0 for node, slot in out.uses):
         return False
     src = ctx.contiguous(0)
