@@ -25,6 +25,9 @@ data: use ``graphopt.prune``), ``exclude`` (globs of constant names), ``max_rati
 ``scope`` (``layer``: the same ratio in every group; ``global``: all groups' channels ranked
 together by normalized importance and removed from the weakest until the target holds, each
 group keeping at least ``1 - max_ratio``: ``prune-channels{flops=0.5,scope=global}``).
+Removing one group's channels (from its producers and all their consumers) is one rewrite
+(``prune-channel-group``) through the rewriter's edit API, so ``graphopt.bisect`` can stop after
+any one group.
 """
 
 from __future__ import annotations

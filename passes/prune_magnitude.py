@@ -1,6 +1,7 @@
 """prune-magnitude: unstructured magnitude pruning; the zeros are folded into the weights.
 
-Before -> after (``prune-magnitude{sparsity=0.5}``; the IR text does not change, the data does)::
+Before -> after (``prune-magnitude{sparsity=0.5}``; the types do not change, the data does, and
+each pruned constant prints its CSR record, ``sparse(nnz=N)``)::
 
     const %fc.weight: f32[2, 4] = [[0.9, -0.1, 0.3, -0.7],      [[0.9, 0.0, 0.0, -0.7],
                                    [0.2, -0.8, 0.05, 0.6]]       [0.0, -0.8, 0.0, 0.6]]
@@ -11,6 +12,8 @@ uses to pick a sparse kernel. Not numerically exact: the smallest weights become
 with ``scope=layer``, or below one global threshold with ``scope=global``); recover accuracy
 with ``graphopt.finetune``. Weights: linear / conv / conv_transpose / matmul constant operands;
 embeddings, biases and norm parameters are never pruned; ``exclude`` globs skip constants.
+Masking one weight is one rewrite (``mask-weight``) through the rewriter's edit API, so
+``graphopt.bisect`` can stop after any one weight.
 """
 
 from __future__ import annotations

@@ -22,11 +22,16 @@ than fp32, hence off by default). With ``embeddings`` (default) constant
 embedding tables are stored int8 with a per-row scale, dequantized after the gather. For
 sensitivity-driven fallback under an error budget use
 ``graphopt.quantize(graph, calibration=..., error_budget=...)``.
+
+Each layer is one rewrite (``quantize-dynamic-linear``, ``quantize-dynamic-conv``,
+``quantize-embedding``) through the rewriter's edit API: the pass report counts them and
+``graphopt.bisect`` can stop after any one of them (the layers after it stay float).
 """
 
 from __future__ import annotations
 
 from graphopt.ir.graph import Graph
+from graphopt.rewrite.rewriter import Rewriter
 from graphopt.transform.registry import register_pass
 
 
@@ -49,13 +54,14 @@ class QuantizeDynamic:
             quantize_nodes,
         )
 
+        rw = Rewriter(graph)  # one rewrite per layer: counted, bisectable
         names = {n.name for n in dynamic_candidates(graph, self.exclude)}
-        changed = quantize_nodes(graph, names, per_token=self.per_token) > 0
+        quantize_nodes(graph, names, per_token=self.per_token, rw=rw)
         if self.convs:
             convs = {n.name for n in conv_candidates(graph, self.exclude)}
-            changed = quantize_convs(graph, convs) > 0 or changed
+            quantize_convs(graph, convs, rw=rw)
         if self.embeddings:
             for node in embedding_candidates(graph, self.exclude):
-                quantize_embedding(graph, node)
-                changed = True
-        return changed
+                if not quantize_embedding(graph, node, rw=rw):
+                    break
+        return rw.stats.changed

@@ -18,6 +18,10 @@ observer's ranges. Observers: minmax, percentile (``percentile=99.99``), entropy
 ``exclude`` globs keep layers float. For an error budget with automatic float fallback use
 ``graphopt.quantize(graph, "static", calibration=..., error_budget=...)`` or
 ``graphopt quantize --error-budget``.
+
+Every change is one rewrite through the rewriter's edit API (prepare per unit, the Q/DQ of one
+observed activation, one unit's weight, then each ``fold-qdq`` / ``fuse-activation`` / ``dce``
+rewrite; graphopt/quant/static.py), so ``graphopt.bisect`` can stop after any one of them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Literal
 
 from graphopt.errors import PassOptionError
 from graphopt.ir.graph import Graph
+from graphopt.rewrite.rewriter import Rewriter
 from graphopt.transform.registry import register_pass
 
 
@@ -48,4 +53,6 @@ class QuantizeStatic:
                 "along axis 0), or use graphopt.quantize(graph, 'static', calibration=...)")
         options = {"percentile": self.percentile} if self.observer == "percentile" else {}
         data = load_calibration(self.calibration, graph)
-        return quantize_static_in_place(graph, data, self.observer, options, self.exclude) > 0
+        rw = Rewriter(graph)  # every change one rewrite: counted, bisectable
+        quantize_static_in_place(graph, data, self.observer, options, self.exclude, rw=rw)
+        return rw.stats.changed

@@ -11,7 +11,9 @@ Before -> after (``quantize-weights{bits=4,block_size=32}``)::
 
 Not numerically exact: each block of ``block_size`` weights along K is rounded to
 ``bits``-bit symmetric codes with its own scale; activations stay float. Lowers to
-onnxruntime's ``com.microsoft.MatMulNBits``. ``exclude`` globs keep layers float.
+onnxruntime's ``com.microsoft.MatMulNBits``. ``exclude`` globs keep layers float. Each layer is
+one rewrite (``quantize-weight-only``) through the rewriter's edit API, so ``graphopt.bisect``
+can stop after any one of them.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from graphopt.errors import GraphoptError, UnsupportedOpError
 from graphopt.ir.dtypes import DType, torch_to_numpy
 from graphopt.ir.graph import Graph, Value
 from graphopt.ir.types import TensorType, normalize_dim
+from graphopt.rewrite.dce import eliminate_dead_code
 
 Converter = Callable[..., Any]
 SIZE_TYPES = (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)
@@ -195,7 +196,7 @@ def import_exported_program(ep: ExportedProgram, name: str = "main") -> Graph:
         raise UnsupportedOpError(unsupported)
     graph.input_spec = ep.call_spec.in_spec
     graph.output_spec = ep.call_spec.out_spec
-    _drop_unused_constants(graph)
+    eliminate_dead_code(graph, nodes=False)  # weights the converters did not use
     return graph
 
 
@@ -209,12 +210,6 @@ def _check_against_meta(ctx: ConversionContext, node, result, target: str) -> No
             f"graphopt infers {result.type} for {target} at {source_location(node)} but torch "
             f"says {expected}; please report this with the model"
         )
-
-
-def _drop_unused_constants(graph: Graph) -> None:
-    for value in list(graph.constants.values()):
-        if not value.uses and not value.is_graph_output:
-            graph.remove_constant(value)
 
 
 def trace(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,

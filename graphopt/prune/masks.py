@@ -5,7 +5,9 @@ A mask is a boolean array per weight (True = keep). ``magnitude_masks`` keeps th
 reaches ``sparsity``) or with one threshold across all weights (``scope="global"``: the union
 reaches ``sparsity``; layers with small weights lose more). ``apply_masks`` multiplies the masks
 into the constants (the graph stays dense and runs everywhere) and records each weight's CSR
-form (``sparse.attach_sparse``) so a backend can pick a sparse kernel.
+form (``sparse.attach_sparse``) so a backend can pick a sparse kernel. Masking one weight is one
+rewrite (``mask-weight``) through the rewriter's edit API: the pass report counts them and
+``graphopt.bisect`` can stop after any one of them.
 
 Eligible weights: the ``weights`` operand of the ops with the PRUNABLE trait
 (``linear``/``conv``/``conv_transpose``/``matmul`` and their fused forms; for matmul either
@@ -25,6 +27,9 @@ from graphopt.ops.registry import IN_OUT, PRUNABLE, get_op
 from graphopt.prune.flops import count_flops
 from graphopt.prune.report import PruneReport, WeightReport
 from graphopt.prune.sparse import attach_sparse
+from graphopt.rewrite.rewriter import Rewriter
+
+MASK_WEIGHT = "mask-weight"
 
 
 def weight_operands(graph: Graph) -> dict[Value, bool]:
@@ -116,12 +121,18 @@ def _keep_top(score: np.ndarray, sparsity: float) -> np.ndarray:
     return keep
 
 
-def apply_masks(graph: Graph, masks: Mapping[str, np.ndarray]) -> list[WeightReport]:
-    """Fold ``masks`` into the constants (zeros) and record their CSR form; in place."""
+def apply_masks(graph: Graph, masks: Mapping[str, np.ndarray],
+                rw: Rewriter | None = None) -> list[WeightReport]:
+    """Fold ``masks`` into the constants (zeros) and record their CSR form; in place.
+
+    Each weight is one rewrite (``mask-weight``) through ``rw`` (default: a new one on
+    ``graph``); when the rewrite budget is spent the remaining weights stay as they are (the
+    report lists the masked ones)."""
     from graphopt.prune.structured import set_constant_data
 
+    rw = rw if rw is not None else Rewriter(graph)
     transposed = {v.name: t for v, t in weight_operands(graph).items()}
-    out = []
+    checked = []
     for name, mask in masks.items():
         value = graph.constants.get(name)
         if value is None:
@@ -129,6 +140,11 @@ def apply_masks(graph: Graph, masks: Mapping[str, np.ndarray]) -> list[WeightRep
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != value.data.shape:
             raise GraphoptError(f"mask for %{name} has shape {mask.shape}, weight {value.type}")
+        checked.append((name, value, mask))
+    out = []
+    for name, value, mask in checked:  # all masks checked first: no half-applied error
+        if not rw.edit(MASK_WEIGHT, f"const %{name}"):
+            break
         set_constant_data(value, np.where(mask, value.data, np.zeros((), value.data.dtype)))
         sw = attach_sparse(value, transposed.get(name, False))
         out.append(WeightReport(name, tuple(value.data.shape), sw.sparsity))
@@ -141,15 +157,17 @@ def prune_magnitude(
     scope: str = "layer",
     scores: Mapping[str, np.ndarray] | None = None,
     exclude: Sequence[str] = (),
+    rw: Rewriter | None = None,
 ) -> PruneReport:
-    """Unstructured pruning of ``graph`` in place; returns the report."""
+    """Unstructured pruning of ``graph`` in place; returns the report. Each masked weight is
+    one rewrite (``mask-weight``) through ``rw`` (default: a new one on ``graph``)."""
     flops = count_flops(graph).total
     report = PruneReport("magnitude", flops_before=flops, flops_after=flops,
                          target=f"sparsity={sparsity:.0%}, scope={scope}")
     report.params_before = report.params_after = sum(
         v.data.size for v in weight_operands(graph))
     masks = magnitude_masks(graph, sparsity, scope, scores, exclude)
-    report.weights = apply_masks(graph, masks)
+    report.weights = apply_masks(graph, masks, rw)
     report.notes.append("weights stay dense (zeros folded in); FLOPs are dense FLOPs. "
                         "CSR records let a backend pick a sparse kernel.")
     return report

@@ -14,7 +14,9 @@ dense graph:
    channels, so no layer vanishes;
 4. ``remove_channels`` slices every constant of every group, rewrites shape attributes
    (reshape targets, split sizes, conv/group-norm groups, layer-norm shapes), re-infers every
-   changed node's type against the planned shape and verifies the graph.
+   changed node's type against the planned shape and verifies the graph. Each group is one
+   rewrite (``prune-channel-group``) through the rewriter's edit API, so the pass report counts
+   them and ``graphopt.bisect`` can stop after any one group.
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ from graphopt.prune.dependency import ChannelGroup, DependencyGraph, attr_rewrit
 from graphopt.prune.flops import count_flops
 from graphopt.prune.importance import group_scores, taylor_gradients
 from graphopt.prune.report import GroupReport, PruneReport
+from graphopt.rewrite.rewriter import Rewriter
 
 ImportanceFn = Callable[[DependencyGraph, ChannelGroup], np.ndarray]
+
+PRUNE_GROUP = "prune-channel-group"
 
 
 
@@ -46,25 +51,38 @@ def set_constant_data(value: Value, data: np.ndarray) -> None:
     value.type = TensorType(data.shape, value.dtype, value.type.quant)
 
 
-def remove_channels(graph: Graph, analysis: DependencyGraph, removed: np.ndarray) -> int:
+def remove_channels(graph: Graph, analysis: DependencyGraph, removed: np.ndarray,
+                    before: np.ndarray | None = None, verify: bool = True) -> int:
     """Remove the channel ids ``removed`` from every tensor of ``graph``; returns #nodes changed.
 
-    ``analysis`` must have been built from this very graph object.
+    ``analysis`` must have been built from this very graph object. ``before``: channel ids that
+    earlier calls on this graph removed already (its shapes reflect them), so that groups can
+    be removed one call (one rewrite) at a time; the result is the same as removing all of
+    them at once. ``verify``: ``graph.verify()`` at the end.
     """
     removed = np.asarray(removed, dtype=np.int64)
     if not len(removed):
         return 0
-    mask = np.zeros(int(analysis.labels.max()) + 1, dtype=bool)
+    before = np.zeros(0, np.int64) if before is None else np.asarray(before, dtype=np.int64)
+    size = int(analysis.labels.max()) + 1
+    mask, mask_before = np.zeros(size, dtype=bool), np.zeros(size, dtype=bool)
     mask[removed] = True
-    new_shape = analysis.new_shapes(removed)
+    mask_before[before] = True
+    mask_total = mask | mask_before
+    new_shape = analysis.new_shapes(np.flatnonzero(mask_total))
     for value in list(graph.constants.values()):
-        keep = analysis.keep_indices(value, mask)
-        if any(k is not None for k in keep):
-            data = value.data
-            for axis, k in enumerate(keep):
-                if k is not None:
-                    data = np.take(data, k, axis=axis)
-            set_constant_data(value, data)
+        if all(k is None for k in analysis.keep_indices(value, mask)):
+            continue  # no channel of this call in it
+        kept_before = analysis.keep_indices(value, mask_before)
+        keep = analysis.keep_indices(value, mask_total)
+        data = value.data
+        for axis, k in enumerate(keep):
+            if k is not None:
+                # positions (in the current, already pruned axis) of the indices that stay
+                current = kept_before[axis]
+                data = np.take(data, k if current is None else np.searchsorted(current, k),
+                               axis=axis)
+        set_constant_data(value, data)
     changed = 0
     for node in graph.nodes:
         expected = [new_shape(o) for o in node.outputs]
@@ -90,7 +108,8 @@ def remove_channels(graph: Graph, analysis: DependencyGraph, removed: np.ndarray
         for out, t in zip(node.outputs, types):
             out.type = t
         changed += 1
-    graph.verify()
+    if verify:
+        graph.verify()
     return changed
 
 
@@ -159,6 +178,7 @@ def prune_channels(
     max_ratio: float = 0.9,
     round_to: int = 1,
     scope: str = "layer",
+    rw: Rewriter | None = None,
 ) -> PruneReport:
     """Structured pruning of ``graph`` in place; see the module docstring.
 
@@ -175,6 +195,9 @@ def prune_channels(
             ``"global"`` (one ranking of all groups' channels by normalized importance: the
             weakest go first, wherever they are, until ``flops`` or the float ``ratio`` of all
             channels is reached; each group keeps at least ``1 - max_ratio`` of its channels).
+        rw: the rewriter to count into (default: a new one on ``graph``); removing one group's
+            channels is one rewrite (``prune-channel-group``), and when the rewrite budget of
+            ``graphopt.bisect`` is spent the remaining groups stay whole.
 
     Raises:
         PruneError: the FLOPs target cannot be reached, or inconsistent options.
@@ -240,10 +263,21 @@ def prune_channels(
         if flops is not None:
             ratio = _solve_ratio(graph, analysis, order, layer_counts, before, flops, max_ratio)
         counts = layer_counts(ratio)
-    removed = _removed(order, counts)
+    # One rewrite per group (its channels out of every tensor that carries them), through the
+    # rewriter's edit API: counted in the pass report, and bisect can stop after any group.
+    rw = rw if rw is not None else Rewriter(graph)
+    done = np.zeros(0, np.int64)
     for g, k in counts.items():
+        if not k:
+            continue
+        group = analysis.groups[g]
+        if not rw.edit(PRUNE_GROUP, f"group {group.name} (-{k} of {group.size} {group.kind})"):
+            break
+        part = order[g][:k]
+        remove_channels(graph, analysis, part, before=done, verify=False)
+        done = np.concatenate([done, part])
         report.groups[g].removed = k
-    remove_channels(graph, analysis, removed)
+    graph.verify()
     report.flops_after = count_flops(graph).total
     report.params_after = _params(graph)
     if used and any(v != importance for v in used.values()) and isinstance(importance, str):

@@ -1,6 +1,11 @@
 """Dynamic int8 quantization of linear and conv layers (weights int8 per output channel,
 activations u8 per tensor, or per token, quantized at run time). Accuracy control: graphopt/quant/fallback.py;
-the entry point ``graphopt.quantize``: graphopt/quant/api.py."""
+the entry point ``graphopt.quantize``: graphopt/quant/api.py.
+
+Every layer is one rewrite through the rewriter's edit API (``Rewriter.edit``): named
+``quantize-dynamic-linear``, ``quantize-dynamic-conv`` or ``quantize-embedding``, counted in the
+pass report and bisectable one layer at a time (when ``graphopt.bisect``'s budget is spent the
+remaining layers stay float)."""
 
 from __future__ import annotations
 
@@ -24,7 +29,11 @@ from graphopt.ops.registry import (
 )
 from graphopt.quant.fallback import local_sensitivity, output_error  # noqa: F401  (re-exported)
 from graphopt.quant.report import LayerRecord, QuantReport  # noqa: F401  (re-exported)
+from graphopt.rewrite.rewriter import Rewriter
 
+QUANTIZE_LINEAR = "quantize-dynamic-linear"
+QUANTIZE_CONV = "quantize-dynamic-conv"
+QUANTIZE_EMBEDDING = "quantize-embedding"
 
 
 def quantizable_weights(node: Node, *layouts: str) -> WeightSpec | None:
@@ -92,25 +101,27 @@ def dynamic_candidates(graph: Graph, exclude: Sequence[str] = ()) -> list[Node]:
     return out
 
 
-def _rewrite_dynamic(graph: Graph, node: Node, bits: int = 8, per_token: bool = False) -> Node:
-    """Replace ``node`` by ``qlinear_dynamic`` with its weight quantized; returns the new node."""
+def _rewrite_dynamic(rw: Rewriter, node: Node, bits: int = 8, per_token: bool = False) -> Node:
+    """Replace ``node`` by ``qlinear_dynamic`` with its weight quantized, inside the rewrite
+    ``rw`` has open; returns the new node."""
     w_q, scale = quantize_weight_per_channel(_weight_of(node), bits)
     weight = node.inputs[1]
-    wq = graph.add_constant(w_q, f"{weight.name}_q")
-    ws = graph.add_constant(scale, f"{weight.name}_scale")
+    wq = rw.constant(w_q, f"{weight.name}_q")
+    ws = rw.constant(scale, f"{weight.name}_scale")
     bias, residual, attrs = linear_operands(node, node.inputs)
     if per_token:
         attrs["per_token"] = True
-    with graph.inserting_before(node):
-        new = graph.create_node(
-            "qlinear_dynamic", [node.inputs[0], wq, ws, bias, residual], attrs,
-            name=node.outputs[0].name + "_q",
-        )
-    node.outputs[0].replace_all_uses_with(new.outputs[0])
-    graph.erase_node(node)
-    if not weight.uses and not weight.is_graph_output:
-        graph.remove_constant(weight)
+    new = rw.create_node("qlinear_dynamic", [node.inputs[0], wq, ws, bias, residual], attrs,
+                         name=node.outputs[0].name + "_q")
+    rw.replace_value(node.outputs[0], new.outputs[0])
+    rw.erase_node(node)
+    _drop_if_unused(rw, weight)
     return new
+
+
+def _drop_if_unused(rw: Rewriter, weight) -> None:
+    if not weight.uses and not weight.is_graph_output:
+        rw.remove_constant(weight)
 
 
 def embedding_candidates(graph: Graph, exclude: Sequence[str] = ()) -> list[Node]:
@@ -127,40 +138,48 @@ def embedding_candidates(graph: Graph, exclude: Sequence[str] = ()) -> list[Node
     return out
 
 
-def quantize_embedding(graph: Graph, node: Node) -> None:
+def quantize_embedding(graph: Graph, node: Node, rw: Rewriter | None = None) -> bool:
     """Weight-only int8 embedding table, one symmetric scale per row (per token)::
 
         embedding(%W, %ids)  ->  mul(cast(embedding(%W_q, %ids), f32), embedding(%W_scale, %ids))
 
     Rows are gathered in int8 (4x smaller table, Gather in ONNX) and scaled after the gather;
-    the scale table is ``[vocab, 1]``.
+    the scale table is ``[vocab, 1]``. One rewrite (``quantize-embedding``) through ``rw``
+    (default: a new one on ``graph``); False when the rewrite budget is spent (nothing done).
     """
+    rw = rw if rw is not None else Rewriter(graph)
+    if not rw.edit(QUANTIZE_EMBEDDING, node):
+        return False
     weight = node.inputs[0]
     w_q, scale = quantize_weight_per_channel(weight.data)
-    wq = graph.add_constant(w_q, f"{weight.name}_q")
-    ws = graph.add_constant(scale.reshape(-1, 1), f"{weight.name}_scale")
+    wq = rw.constant(w_q, f"{weight.name}_q")
+    ws = rw.constant(scale.reshape(-1, 1), f"{weight.name}_scale")
     ids = node.inputs[1]
     base = node.outputs[0].name
-    with graph.inserting_before(node):
-        rows = graph.create_node("embedding", [wq, ids], dict(node.attrs), name=f"{base}_q")
-        scales = graph.create_node("embedding", [ws, ids], dict(node.attrs), name=f"{base}_s")
-        as_float = graph.create_node("cast", [rows.outputs[0]], {"dtype": DType.float32},
-                                     name=f"{base}_f")
-        out = graph.create_node("mul", [as_float.outputs[0], scales.outputs[0]],
-                                name=f"{base}_dq")
-    node.outputs[0].replace_all_uses_with(out.outputs[0])
-    graph.erase_node(node)
-    if not weight.uses and not weight.is_graph_output:
-        graph.remove_constant(weight)
+    rows = rw.create_node("embedding", [wq, ids], dict(node.attrs), name=f"{base}_q")
+    scales = rw.create_node("embedding", [ws, ids], dict(node.attrs), name=f"{base}_s")
+    as_float = rw.create_node("cast", [rows.outputs[0]], {"dtype": DType.float32},
+                              name=f"{base}_f")
+    out = rw.create_node("mul", [as_float.outputs[0], scales.outputs[0]], name=f"{base}_dq")
+    rw.replace_value(node.outputs[0], out.outputs[0])
+    rw.erase_node(node)
+    _drop_if_unused(rw, weight)
+    return True
 
 
-def quantize_nodes(graph: Graph, names: set[str], bits: int = 8, per_token: bool = False) -> int:
+def quantize_nodes(graph: Graph, names: set[str], bits: int = 8, per_token: bool = False,
+                   rw: Rewriter | None = None) -> int:
     """Quantize the candidates named in ``names`` (node names) in place; returns the count.
-    ``per_token``: activations get a scale / zero point per row (token), not per tensor."""
+    ``per_token``: activations get a scale / zero point per row (token), not per tensor.
+    Each layer is one rewrite (``quantize-dynamic-linear``) through ``rw`` (default: a new
+    one); stops, leaving the rest float, when the rewrite budget is spent."""
+    rw = rw if rw is not None else Rewriter(graph)
     count = 0
     for node in list(graph.nodes):
         if node.name in names and _weight_of(node) is not None:
-            _rewrite_dynamic(graph, node, bits, per_token)
+            if not rw.edit(QUANTIZE_LINEAR, node):
+                break
+            _rewrite_dynamic(rw, node, bits, per_token)
             count += 1
     return count
 
@@ -197,32 +216,36 @@ def quantize_conv_per_channel(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return w_q.reshape(w.shape), scale
 
 
-def _rewrite_dynamic_conv(graph: Graph, node: Node) -> Node:
-    """conv / fused_conv -> ``qconv_dynamic`` with int8 per-channel weights."""
+def _rewrite_dynamic_conv(rw: Rewriter, node: Node) -> Node:
+    """conv / fused_conv -> ``qconv_dynamic`` with int8 per-channel weights, inside the
+    rewrite ``rw`` has open."""
     weight = node.inputs[1]
     w_q, scale = quantize_conv_per_channel(weight.data)
-    wq = graph.add_constant(w_q, f"{weight.name}_q")
-    ws = graph.add_constant(scale, f"{weight.name}_scale")
+    wq = rw.constant(w_q, f"{weight.name}_q")
+    ws = rw.constant(scale, f"{weight.name}_scale")
     ins = list(node.inputs) + [None] * (4 - len(node.inputs))
     attrs = {k: node.attrs[k] for k in ("stride", "padding", "dilation", "groups")}
     if EPILOGUE in node.opdef.traits:
         attrs.update({k: node.attrs[k] for k in ("activation", "activation_params")})
-    with graph.inserting_before(node):
-        new = graph.create_node("qconv_dynamic", [ins[0], wq, ws, ins[2], ins[3]], attrs,
-                                name=node.outputs[0].name + "_q")
-    node.outputs[0].replace_all_uses_with(new.outputs[0])
-    graph.erase_node(node)
-    if not weight.uses and not weight.is_graph_output:
-        graph.remove_constant(weight)
+    new = rw.create_node("qconv_dynamic", [ins[0], wq, ws, ins[2], ins[3]], attrs,
+                         name=node.outputs[0].name + "_q")
+    rw.replace_value(node.outputs[0], new.outputs[0])
+    rw.erase_node(node)
+    _drop_if_unused(rw, weight)
     return new
 
 
-def quantize_convs(graph: Graph, names: set[str]) -> int:
-    """Dynamic int8 for the conv candidates named in ``names``, in place; returns the count."""
+def quantize_convs(graph: Graph, names: set[str], rw: Rewriter | None = None) -> int:
+    """Dynamic int8 for the conv candidates named in ``names``, in place; returns the count.
+    Each conv is one rewrite (``quantize-dynamic-conv``) through ``rw`` (default: a new one);
+    stops, leaving the rest float, when the rewrite budget is spent."""
+    rw = rw if rw is not None else Rewriter(graph)
     count = 0
     for node in list(graph.nodes):
         if node.name in names and _conv_weight_of(node) is not None:
-            _rewrite_dynamic_conv(graph, node)
+            if not rw.edit(QUANTIZE_CONV, node):
+                break
+            _rewrite_dynamic_conv(rw, node)
             count += 1
     return count
 

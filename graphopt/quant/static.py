@@ -17,6 +17,13 @@
    onnxruntime's quantizer would write, and still a float graph ("fake quantization").
 4. **Folding.** ``fold-qdq`` (passes/fold_qdq.py) turns each ``DQ -> unit -> Q`` into
    ``qconv`` / ``qlinear`` and removes the ``Q(DQ(.))`` pairs that the placement created.
+
+Every change is one rewrite through the rewriter (``Rewriter.edit``), so the pass report counts
+them and ``graphopt.bisect`` can stop after any one: ``static-matmul-to-linear`` /
+``static-unfuse-residual`` (``prepare``, per unit), ``static-quantize-activation`` (the Q/DQ of
+one observed value and of the values that share its parameters), ``static-quantize-weight``
+(one unit's weight), then the rules of ``fold-qdq`` / ``fuse-activation`` and the ``dce``
+removals, run by name inside the same rewrite log. Every prefix is a valid, runnable graph.
 """
 
 from __future__ import annotations
@@ -39,6 +46,12 @@ from graphopt.quant.dynamic import (
     quantize_weight_per_channel,
 )
 from graphopt.quant.observers import Observer, make_observer
+from graphopt.rewrite.rewriter import Rewriter
+
+MATMUL_TO_LINEAR = "static-matmul-to-linear"
+UNFUSE_RESIDUAL = "static-unfuse-residual"
+QUANTIZE_ACTIVATION = "static-quantize-activation"
+QUANTIZE_WEIGHT = "static-quantize-weight"
 
 
 # ------------------------------------------------------------------------------------ units
@@ -69,8 +82,11 @@ def static_candidates(graph: Graph, exclude: Sequence[str] = ()) -> list[Node]:
     return out
 
 
-def activation_nodes(graph: Graph, y: Value, activation: str, params: tuple) -> Value:
-    """``activation(y)`` as plain IR ops (the inverse of fuse-activation's ``epilogue_of``)."""
+def activation_nodes(graph: Graph, y: Value, activation: str, params: tuple,
+                     rw: Rewriter | None = None) -> Value:
+    """``activation(y)`` as plain IR ops (the inverse of fuse-activation's ``epilogue_of``);
+    built through ``rw`` when given (inside its open rewrite), else at the graph's insertion
+    point."""
     if activation == "none":
         return y
     attrs: dict = {}
@@ -85,7 +101,8 @@ def activation_nodes(graph: Graph, y: Value, activation: str, params: tuple) -> 
         attrs = {"negative_slope": float(params[0])}
     elif activation in ("gelu", "gelu_tanh"):
         op, attrs = "gelu", {"approximate": "tanh" if activation == "gelu_tanh" else "none"}
-    return graph.create_node(op, [y], attrs, name=f"{y.name}_{activation}").outputs[0]
+    create = rw.create_node if rw is not None else graph.create_node
+    return create(op, [y], attrs, name=f"{y.name}_{activation}").outputs[0]
 
 
 def _take_name(graph: Graph, value: Value, name: str) -> None:
@@ -98,11 +115,14 @@ def _take_name(graph: Graph, value: Value, name: str) -> None:
     graph._names.add(name)
 
 
-def prepare(graph: Graph, names: set[str]) -> None:
+def prepare(graph: Graph, names: set[str], rw: Rewriter | None = None) -> bool:
     """In place, for the named units: residual epilogues moved out of the unit
     (``fused_P(x, w, b, r){act}`` -> ``act(add(fused_P(x, w, b){none}, r))``) and
     ``matmul(x, W)`` by a constant -> ``linear(x, W^T)``. Numerically exact: the same torch
-    ops run in the same order."""
+    ops run in the same order. Each unit is one rewrite through ``rw`` (default: a new one);
+    returns False when the rewrite budget ran out (the remaining units are left as they are).
+    """
+    rw = rw if rw is not None else Rewriter(graph)
     for node in list(graph.nodes):
         if node.name not in names:
             continue
@@ -112,33 +132,36 @@ def prepare(graph: Graph, names: set[str]) -> None:
                     if spec is not None and spec.residual is not None
                     and len(node.inputs) > spec.residual else None)
         if spec is not None and spec.layout == IN_OUT:
+            if not rw.edit(MATMUL_TO_LINEAR, node):
+                return False
             w = node.inputs[spec.slot]
-            wt = graph.add_constant(np.ascontiguousarray(w.data.T), f"{w.name}_t")
-            with graph.inserting_before(node):
-                new = graph.create_node("linear", [node.inputs[0], wt, None], name=out.name)
+            wt = rw.constant(np.ascontiguousarray(w.data.T), f"{w.name}_t")
+            new = rw.create_node("linear", [node.inputs[0], wt, None], name=out.name)
         elif residual is not None:
+            if not rw.edit(UNFUSE_RESIDUAL, node):
+                return False
             attrs = dict(node.attrs)
             act, params = attrs.pop("activation"), attrs.pop("activation_params")
-            with graph.inserting_before(node):
-                core = graph.create_node(node.op, list(node.inputs[:3]) + [None],
-                                         {**attrs, "activation": "none",
-                                          "activation_params": ()}, name=out.name)
-                added = graph.create_node("add", [core.outputs[0], residual],
-                                          name=f"{out.name}_residual")
-                result = activation_nodes(graph, added.outputs[0], act, tuple(params))
-            out.replace_all_uses_with(result)
+            core = rw.create_node(node.op, list(node.inputs[:3]) + [None],
+                                  {**attrs, "activation": "none", "activation_params": ()},
+                                  name=out.name)
+            added = rw.create_node("add", [core.outputs[0], residual],
+                                   name=f"{out.name}_residual")
+            result = activation_nodes(graph, added.outputs[0], act, tuple(params), rw)
             name = out.name
-            graph.erase_node(node)
+            rw.replace_value(out, result)
+            rw.erase_node(node)
             _take_name(graph, core.outputs[0], name)
             continue
         else:
             continue
-        out.replace_all_uses_with(new.outputs[0])
         old_w, name = node.inputs[1], out.name
-        graph.erase_node(node)
+        rw.replace_value(out, new.outputs[0])
+        rw.erase_node(node)
         _take_name(graph, new.outputs[0], name)
         if not old_w.uses and not old_w.is_graph_output:
-            graph.remove_constant(old_w)
+            rw.remove_constant(old_w)
+    return True
 
 
 # ------------------------------------------------------------------------------ calibration
@@ -242,64 +265,84 @@ def _progress(total: int | None, progress: bool | None):
 
 
 # --------------------------------------------------------------------------------- QDQ form
-def _qdq_value(graph: Graph, value: Value, scale: np.float32, zp: int) -> None:
+def _qdq_value(rw: Rewriter, value: Value, scale: np.float32, zp: int) -> None:
+    """``dequantize_linear(quantize_linear(value))`` right after ``value``'s definition, read
+    by all its users (not by the graph outputs); inside the rewrite ``rw`` has open."""
+    graph = rw.graph
     uses = list(value.uses)
     if not uses:
         return
-    s = graph.add_constant(np.array(scale, np.float32), f"{value.name}_scale")
-    z = graph.add_constant(np.array(zp, np.uint8), f"{value.name}_zp")
+    s = rw.constant(np.array(scale, np.float32), f"{value.name}_scale")
+    z = rw.constant(np.array(zp, np.uint8), f"{value.name}_zp")
     anchor = value.producer._next if value.producer is not None else next(iter(graph.nodes))
-    with graph.inserting_before(anchor):
-        q = graph.create_node("quantize_linear", [value, s, z], {"dtype": "u8"},
-                              name=f"{value.name}_q").outputs[0]
-        dq = graph.create_node("dequantize_linear", [q, s, z], name=f"{value.name}_dq")
+    rw.begin(rw.rule_name, anchor)  # insert right after the definition
+    q = rw.create_node("quantize_linear", [value, s, z], {"dtype": "u8"},
+                       name=f"{value.name}_q").outputs[0]
+    dq = rw.create_node("dequantize_linear", [q, s, z], name=f"{value.name}_dq")
     for node, slot in uses:
         node.set_input(slot, dq.outputs[0])
 
 
-def quantized_weight(graph: Graph, weight: Value) -> tuple[Value, Value]:
+def quantized_weight(graph: Graph, weight: Value, rw: Rewriter | None = None
+                     ) -> tuple[Value, Value]:
     """``(w_q, w_scale)`` constants: symmetric int8 per output channel (axis 0); the type of
-    ``w_q`` records the scales as ``QuantInfo``."""
+    ``w_q`` records the scales as ``QuantInfo``. Added through ``rw`` when given."""
     if weight.type.rank == 4:
         w_q, scale = quantize_conv_per_channel(weight.data)
     else:
         w_q, scale = quantize_weight_per_channel(weight.data)
-    wq = graph.add_constant(w_q, f"{weight.name}_q")
+    add = rw.constant if rw is not None else graph.add_constant
+    wq = add(w_q, f"{weight.name}_q")
     wq.type = TensorType(wq.shape, DType.int8, QuantInfo(
         tuple(float(s) for s in scale), (0,) * len(scale), axis=0, bits=8))
-    return wq, graph.add_constant(scale, f"{weight.name}_scale")
+    return wq, add(scale, f"{weight.name}_scale")
 
 
-def _dq_weight(graph: Graph, unit: Node) -> None:
+def _dq_weight(rw: Rewriter, unit: Node) -> None:
     weight = unit.inputs[1]
-    wq, ws = quantized_weight(graph, weight)
-    with graph.inserting_before(unit):
-        dq = graph.create_node("dequantize_linear", [wq, ws, None], {"axis": 0},
-                               name=f"{weight.name}_dq")
+    wq, ws = quantized_weight(rw.graph, weight, rw)
+    dq = rw.create_node("dequantize_linear", [wq, ws, None], {"axis": 0},
+                        name=f"{weight.name}_dq")
     unit.set_input(1, dq.outputs[0])
     if not weight.uses and not weight.is_graph_output:
-        graph.remove_constant(weight)
+        rw.remove_constant(weight)
 
 
-def write_qdq(graph: Graph, names: set[str], qparams: dict[str, tuple[np.float32, int]]
-              ) -> None:
-    """In place: the QDQ form of the named units of a prepared graph (see the module doc)."""
+def write_qdq(graph: Graph, names: set[str], qparams: dict[str, tuple[np.float32, int]],
+              rw: Rewriter | None = None) -> bool:
+    """In place: the QDQ form of the named units of a prepared graph (see the module doc).
+
+    One rewrite per observed value (``static-quantize-activation``: its Q/DQ and those of the
+    values that share its parameters) and per unit weight (``static-quantize-weight``), through
+    ``rw`` (default: a new one); returns False when the rewrite budget ran out (the rest stays
+    float: a valid, partly fake-quantized graph)."""
+    rw = rw if rw is not None else Rewriter(graph)
     units = [n for n in graph.nodes if n.name in names and _is_unit(n)]
     by_name = {v.name: v for v in graph.values()}
     for source, members in observed_values(graph, units).items():
+        value = by_name[source]
+        where = value.producer if value.producer is not None else f"input %{source}"
+        if not rw.edit(QUANTIZE_ACTIVATION, where):
+            return False
         scale, zp = qparams[source]
         for name in members:
-            _qdq_value(graph, by_name[name], scale, zp)
+            _qdq_value(rw, by_name[name], scale, zp)
     for unit in units:
-        _dq_weight(graph, unit)
+        if not rw.edit(QUANTIZE_WEIGHT, unit):
+            return False
+        _dq_weight(rw, unit)
+    return True
 
 
 def fold(graph: Graph, refuse: bool = False) -> None:
-    """``fold-qdq`` then ``dce`` (and ``fuse-activation`` to re-fuse float units' epilogues)."""
-    from graphopt.transform import PassManager
+    """``fold-qdq`` then ``dce`` (and ``fuse-activation`` to re-fuse float units' epilogues).
 
-    pipeline = "fold-qdq,fuse-activation,dce" if refuse else "fold-qdq,dce"
-    PassManager(pipeline).run(graph)
+    The passes run by name inside the caller's rewrite log (not in a pass manager of their
+    own), so their individual rewrites count as the caller's and honour its bisect budget."""
+    from graphopt.transform import create_pass
+
+    for name in ("fold-qdq", "fuse-activation", "dce") if refuse else ("fold-qdq", "dce"):
+        create_pass(name).run(graph)
 
 
 def static_forward(qparams: dict[str, tuple[np.float32, int]], graph: Graph):
@@ -357,16 +400,21 @@ def static_plan(graph: Graph, calibration: list[tuple], exclude: Sequence[str], 
 
 def quantize_static_in_place(graph: Graph, calibration: list[tuple], observer: str = "minmax",
                              observer_options: dict | None = None,
-                             exclude: Sequence[str] = ()) -> int:
+                             exclude: Sequence[str] = (), rw: Rewriter | None = None) -> int:
     """Static quantization of every unit (no error budget), in place; returns the unit count.
-    What the ``quantize-static`` pass runs."""
-    prepare(graph, {n.name for n in static_candidates(graph)})
+    What the ``quantize-static`` pass runs. Every change is one rewrite through ``rw``
+    (default: a new one; see the module doc); when the rewrite budget of ``graphopt.bisect``
+    runs out the graph is left as it is from there on (valid and runnable)."""
+    rw = rw if rw is not None else Rewriter(graph)
+    if not prepare(graph, {n.name for n in static_candidates(graph)}, rw):
+        return 0
     units = static_candidates(graph, exclude)
     if not units:
         return 0
     plan = observed_values(graph, units)
     observers = calibrate(graph, plan, calibration, observer, observer_options or {})
     qparams = {name: obs.qparams() for name, obs in observers.items()}
-    write_qdq(graph, {n.name for n in units}, qparams)
+    if not write_qdq(graph, {n.name for n in units}, qparams, rw):
+        return 0
     fold(graph, refuse=True)
     return len(units)

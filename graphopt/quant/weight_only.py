@@ -1,4 +1,7 @@
-"""Weight-only block-wise int4 / int8 quantization of linear layers (``linear_weight_only``)."""
+"""Weight-only block-wise int4 / int8 quantization of linear layers (``linear_weight_only``).
+
+Every layer is one rewrite (``quantize-weight-only``) through the rewriter's edit API, counted
+in the pass report and bisectable one layer at a time."""
 
 from __future__ import annotations
 
@@ -6,6 +9,9 @@ import numpy as np
 
 from graphopt.ir.graph import Graph, Node
 from graphopt.quant.dynamic import _weight_of, linear_operands
+from graphopt.rewrite.rewriter import Rewriter
+
+QUANTIZE_WEIGHT_ONLY = "quantize-weight-only"
 
 
 def quantize_blocks(w: np.ndarray, bits: int = 4, block_size: int = 32):
@@ -27,24 +33,30 @@ def quantize_blocks(w: np.ndarray, bits: int = 4, block_size: int = 32):
 
 
 def quantize_weight_only(graph: Graph, nodes: list[Node], bits: int = 4,
-                         block_size: int = 32) -> int:
-    """Rewrite ``nodes`` (linear / fused_linear / matmul by a constant) in place."""
+                         block_size: int = 32, rw: Rewriter | None = None) -> int:
+    """Rewrite ``nodes`` (linear / fused_linear / matmul by a constant) in place; returns how
+    many. Each node is one rewrite (``quantize-weight-only``) through ``rw`` (default: a new
+    one on ``graph``); when the rewrite budget is spent the remaining nodes stay float."""
+    rw = rw if rw is not None else Rewriter(graph)
+    count = 0
     for node in nodes:
+        if not rw.edit(QUANTIZE_WEIGHT_ONLY, node):
+            break
         weight = node.inputs[1]
         codes, scales = quantize_blocks(_weight_of(node), bits, block_size)
-        wq = graph.add_constant(codes, f"{weight.name}_q{bits}")
-        ws = graph.add_constant(scales, f"{weight.name}_scales")
+        wq = rw.constant(codes, f"{weight.name}_q{bits}")
+        ws = rw.constant(scales, f"{weight.name}_scales")
         bias, residual, epilogue = linear_operands(node, node.inputs)
         attrs = {"bits": bits, "block_size": block_size, "k": int(_weight_of(node).shape[1]),
                  **epilogue}
-        with graph.inserting_before(node):
-            new = graph.create_node("linear_weight_only", [node.inputs[0], wq, ws, bias, residual],
-                                    attrs, name=node.outputs[0].name + f"_q{bits}")
-        node.outputs[0].replace_all_uses_with(new.outputs[0])
-        graph.erase_node(node)
+        new = rw.create_node("linear_weight_only", [node.inputs[0], wq, ws, bias, residual],
+                             attrs, name=node.outputs[0].name + f"_q{bits}")
+        rw.replace_value(node.outputs[0], new.outputs[0])
+        rw.erase_node(node)
         if not weight.uses and not weight.is_graph_output:
-            graph.remove_constant(weight)
-    return len(nodes)
+            rw.remove_constant(weight)
+        count += 1
+    return count
 
 
 def weight_only_forward(bits: int, block_size: int):

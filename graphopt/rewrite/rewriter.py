@@ -11,7 +11,8 @@ before the matched root, where every matched value is already defined::
 ops); ``rw.constant(array)`` adds a constant. The driver then replaces the root's outputs with the
 returned values (types must be identical) and erases matched nodes that became unused.
 
-Passes that walk the graph themselves (dce, cse, fold-constants) use the same object as an edit
+Passes that walk the graph themselves (dce, cse, fold-constants, and graphopt.quant /
+graphopt.prune behind the quantize-* / prune-* passes) use the same object as an edit
 API: ``rw.edit(rule_name, node)`` opens one individual rewrite (and says False when the rewrite
 budget of ``graphopt.bisect`` is spent), after which ``replace_value``, ``erase_node``,
 ``constant`` and ``remove_constant`` are counted under that name, exactly like a rule's::
