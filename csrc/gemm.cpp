@@ -35,9 +35,7 @@ namespace graphopt {
 
 namespace {
 
-constexpr int64_t kMC = 144;   // A block rows (multiple of kMR): 144 x 256 x 4 B = 144 KiB, in L2
-constexpr int64_t kKC = 256;   // block depth: a B micro-panel is 256 x 16 x 4 B = 16 KiB, in L1
-constexpr int64_t kNC = 4080;  // B block columns (multiple of kNR): 4 MiB at kc=256, in L3
+// Blocking: kGemmMC / kGemmKC / kGemmNC (gemm.h, shared with the runtime's rt_gemm.h).
 
 // Below this many multiply-adds per thread, waking another thread costs more than it saves.
 constexpr double kMinMacsPerThread = 96.0 * 96.0 * 96.0;
@@ -85,8 +83,8 @@ Workspace& thread_workspace() {
 
 const GemmKernels& select_kernels(bool force_portable) { return best_gemm_kernels(force_portable); }
 
-// Splits K into equal blocks of at most kKC (4099 -> 17 blocks of <= 242, not 16 x 256 + 3).
-int64_t k_block_size(int64_t k) { return ceil_div(k, ceil_div(k, kKC)); }
+// Splits K into equal blocks of at most kGemmKC (4099 -> 17 blocks of <= 242, not 16 x 256 + 3).
+int64_t k_block_size(int64_t k) { return ceil_div(k, ceil_div(k, kGemmKC)); }
 
 // Packs `rows` panel rows from a source with element strides s_row (across the panel) and s_k
 // (along k): dst[k * R + r] = src[r * s_row + k * s_k]. Handles every layout the ISA packers do
@@ -143,23 +141,23 @@ void gemm_block(const GemmKernels& kern, const MatrixRef& a, const MatrixRef& b,
                 int64_t ldc, const BlockTask& task, const GemmOptions& opt) {
     const int64_t k_total = a.cols;
     const int64_t kc_max = k_block_size(k_total);
-    const int64_t mc_max = std::min(kMC, round_up(task.m1 - task.m0, kMR));
-    const int64_t nc_max = std::min(kNC, round_up(task.n1 - task.n0, kNR));
+    const int64_t mc_max = std::min(kGemmMC, round_up(task.m1 - task.m0, kMR));
+    const int64_t nc_max = std::min(kGemmNC, round_up(task.n1 - task.n0, kNR));
     Workspace& ws = thread_workspace();
     float* a_pack = ws.a_pack.reserve(mc_max * kc_max);
     float* b_pack = ws.b_pack.reserve(nc_max * kc_max);
     const bool has_epilogue = opt.bias != nullptr || opt.activation != Activation::kNone;
     alignas(64) float edge_tile[kMR * kNR];
 
-    for (int64_t jc = task.n0; jc < task.n1; jc += kNC) {
-        const int64_t nc = std::min(kNC, task.n1 - jc);
+    for (int64_t jc = task.n0; jc < task.n1; jc += kGemmNC) {
+        const int64_t nc = std::min(kGemmNC, task.n1 - jc);
         for (int64_t pc = 0; pc < k_total; pc += kc_max) {
             const int64_t kc = std::min(kc_max, k_total - pc);
             const bool accumulate = pc > 0;
             const bool last_k = pc + kc >= k_total;
             pack_b_block(kern, b, pc, kc, jc, nc, b_pack);
-            for (int64_t ic = task.m0; ic < task.m1; ic += kMC) {
-                const int64_t mc = std::min(kMC, task.m1 - ic);
+            for (int64_t ic = task.m0; ic < task.m1; ic += kGemmMC) {
+                const int64_t mc = std::min(kGemmMC, task.m1 - ic);
                 pack_a_block(kern, a, ic, mc, pc, kc, a_pack);
                 for (int64_t jr = 0; jr < nc; jr += tile_cols(kern)) {
                     const int64_t nr = std::min(tile_cols(kern), nc - jr);
@@ -199,7 +197,7 @@ GemmGrid gemm_grid(int64_t m, int64_t n, int64_t k, int threads, double pack_cos
         // Busiest block: padded compute, plus packing its A block once per NC block and its
         // B block once. (Integer-valued doubles: exact, so the order of the sums is immaterial.)
         const double compute = static_cast<double>(m_chunk) * n_chunk * k;
-        const double pack = pack_cost_a * m_chunk * k * ceil_div(n_chunk, kNC) +
+        const double pack = pack_cost_a * m_chunk * k * ceil_div(n_chunk, kGemmNC) +
                             pack_cost_b * n_chunk * k;
         const double cost = compute + pack;
         if (best_cost < 0.0 || cost < best_cost) {

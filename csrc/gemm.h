@@ -29,6 +29,12 @@ struct GemmOptions {
     bool force_portable = false;  // use the baseline-ISA kernels even when AVX2+FMA is available
 };
 
+// Cache blocking, shared by sgemm (gemm.cpp) and the runtime's gemm_run (rt_gemm.h) so both
+// block -- and round -- alike:
+constexpr int64_t kGemmMC = 144;   // A block rows (multiple of kMR): 144 x 256 x 4 B = 144 KiB, L2
+constexpr int64_t kGemmKC = 256;   // block depth: a B micro-panel is 256 x 16 x 4 B = 16 KiB, L1
+constexpr int64_t kGemmNC = 4080;  // B block columns (multiple of kNR): 4 MiB at kc=256, L3
+
 // Computes C = act(A B + bias) into the row-major c (leading dimension ldc >= N). Requires
 // a.cols == b.rows; shapes are validated by the caller (module.cpp).
 void sgemm(const MatrixRef& a, const MatrixRef& b, float* c, int64_t ldc,
@@ -48,7 +54,7 @@ struct GemmGrid {
 // `threads` blocks and at most one per `min_macs_per_thread` multiply-adds (waking a thread
 // for less costs more than it saves); among the tm x tn = threads' factorisations it takes the
 // one whose busiest block is cheapest: padded compute plus the packing it repeats, its A block
-// once per kNC-column block (pack_cost_a per element, in multiply-add units) and its B block
+// once per kGemmNC-column block (pack_cost_a per element, in multiply-add units) and its B block
 // once (pack_cost_b; 0 for a pre-packed operand).
 GemmGrid gemm_grid(int64_t m, int64_t n, int64_t k, int threads, double pack_cost_a,
                    double pack_cost_b, double min_macs_per_thread);

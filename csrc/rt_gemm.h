@@ -27,9 +27,7 @@
 namespace graphopt {
 namespace rt {
 
-constexpr int64_t kGemmMC = 144;
-constexpr int64_t kGemmKC = 256;
-constexpr int64_t kGemmNC = 4080;
+// Blocking: kGemmMC / kGemmKC / kGemmNC, one definition in gemm.h (shared with sgemm).
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }

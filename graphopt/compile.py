@@ -32,6 +32,12 @@ BACKENDS: dict[str, BackendFactory | str] = {
     "interpreter": "graphopt.compile:_compile_interpreter",
 }
 
+# Backend name -> the key of its lowerings in ``OpDef.lowerings`` (graphopt/native/lower,
+# graphopt/onnx/lower_*): what a backend can run is the ops with a lowering under that key.
+# A backend not listed (the interpreter: every op's reference implementation; one registered
+# by a user) is not checked ahead of compile (e.g. by ``graphopt.quantize(target=...)``).
+LOWERING_KEYS: dict[str, str] = {"onnxruntime": "onnx", "native": "native"}
+
 
 def register_backend(name: str):
     """Decorator registering ``fn(graph, *, threads=None, **options)`` as backend ``name``."""

@@ -32,6 +32,7 @@ from graphopt.ir.attrs import has_symbols
 from graphopt.ir.dtypes import DType, numpy_to_torch, torch_to_numpy
 from graphopt.ir.graph import Graph, Node
 from graphopt.ops.registry import PURE
+from graphopt.rewrite import Var, match_at, op
 from graphopt.rewrite.rewriter import Rewriter
 from graphopt.transform.registry import register_pass
 
@@ -113,9 +114,8 @@ class FoldConstants:
 def _is_storage_cast(node: Node) -> bool:
     """A cast of an f16 / bf16 constant to f32: half-precision weight storage
     (``graphopt.quantize`` modes fp16 / bf16); folding it would double the weights again."""
-    if node.op != "cast" or node.inputs[0].dtype not in (DType.float16, DType.bfloat16):
-        return False
-    return node.outputs[0].dtype is DType.float32
+    half = Var("x", where=lambda v: v.dtype in (DType.float16, DType.bfloat16))
+    return match_at(op.cast(half, dtype=DType.float32), node) is not None
 
 
 def _rename_constant(graph: Graph, value, name: str) -> None:

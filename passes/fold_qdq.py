@@ -47,7 +47,7 @@ import numpy as np
 from graphopt.ir.dtypes import DType
 from graphopt.ir.graph import Value
 from graphopt.ops.quant import QDQ_TRANSPARENT_OPS
-from graphopt.rewrite import Const, Match, RewritePass, Rule, Var, op
+from graphopt.rewrite import Const, Match, RewritePass, Rule, Var, match_at, op
 from graphopt.transform.registry import register_pass
 
 TRANSPARENT_OPS = QDQ_TRANSPARENT_OPS  # the ops Q/DQ moves through (graphopt/ops/quant.py)
@@ -131,7 +131,8 @@ class _FoldUnit(Rule):
             return _check_scalar_const(match["ys"], DType.float32, "y_scale") or \
                 _check_scalar_const(match["yz"], DType.uint8, "y_zp")
         users = out.users
-        if len(users) == 1 and not out.is_graph_output and users[0].op == "quantize_linear":
+        quantized_by = op.quantize_linear(Var("y"), Var("s"), Var("z", optional=True))
+        if len(users) == 1 and not out.is_graph_output and match_at(quantized_by, users[0]):
             return f"%{out.name} is quantized by {users[0].describe()}: qdq-{self.kind} folds it"
         return None
 
@@ -240,15 +241,16 @@ class QdqThrough(Rule):
             return "the DQ and Q around it have different parameters"
         if float(match.const("s1")) <= 0:
             return "non-positive scale: Q and DQ would not be monotone"
-        if self.op_name == "pad" and (inner.attrs["mode"] != "constant"
-                                      or inner.attrs["value"] != 0.0):
+        # an op with a fill ``value`` (pad) writes new cells: on the codes that is the zero point
+        if "value" in inner.attrs and (inner.attrs.get("mode") != "constant"
+                                       or inner.attrs["value"] != 0.0):
             return "only a zero constant pad maps to the codes (padding with the zero point)"
         return None
 
     def rewrite(self, match, rw):
         inner = match.nodes["inner"]
         attrs = dict(inner.attrs)
-        if self.op_name == "pad":
+        if "value" in attrs:  # fill with the code of real zero
             zp = match["z1"]
             attrs["value"] = 0.0 if zp is None else float(zp.data)
         return getattr(rw.op, self.op_name)(match["q"], name=f"{inner.outputs[0].name}_u8",

@@ -94,7 +94,7 @@ def test_bad_inputs_are_one_line(capsys, tmp_path, cnn_file, calib_file):
         assert code == 2, (flags, err)
         assert_one_line_error(code, err, message)
     code, _, err = run_cli(capsys, "quantize", cnn_file, "-o", str(tmp_path / "q.txt"))
-    assert_one_line_error(code, err, "name it .onnx or .graphopt")
+    assert_one_line_error(code, err, "--backend onnx|native|torch", "name it .onnx / .graphopt")
     code, _, err = run_cli(capsys, "quantize", cnn_file, "-o", str(tmp_path / "q.pt"))
     assert code == 2
     assert_one_line_error(code, err, "pickle-free .graphopt", "q.graphopt")

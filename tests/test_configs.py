@@ -258,6 +258,75 @@ def test_target_through_quantize(small, monkeypatch):
         graphopt.quantize(graph, target=Target("interpreter", isa=other))
 
 
+def test_quantize_plans_for_the_target_backend():
+    """target.backend decides whether a plan can run: native has no qconv_dynamic kernel
+    (dynamic convs=True), onnxruntime and the interpreter run it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 2)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    graph = graphopt.optimize(graphopt.trace(model, (x,)), "default")
+    with pytest.raises(QuantizationError) as info:
+        graphopt.quantize(graph, convs=True, target=Target("native"))
+    message = str(info.value)
+    assert "qconv_dynamic" in message and "native backend has no kernel" in message
+    assert "exclude=" in message and "target onnxruntime" in message
+    conv = next(n.name for n in graph.nodes if "conv" in n.op)
+    assert conv in message  # names the layer
+    for backend in ("onnxruntime", "interpreter"):
+        q = graphopt.quantize(graph, convs=True, target=Target(backend))
+        assert q.op_histogram().get("qconv_dynamic") == 1
+    # what the message offers: keep the conv float, or leave convs off (the default)
+    for options in ({"convs": True, "exclude": (conv,)}, {}):
+        q = graphopt.quantize(graph, target=Target("native"), **options)
+        hist = q.op_histogram()
+        assert "qconv_dynamic" not in hist and hist.get("qlinear_dynamic") == 1
+    # the check asks the lowering registry: every op it makes has a native lowering
+    from graphopt.quant.backend import backends_running, unsupported_nodes
+
+    assert unsupported_nodes(q, set(), "native") == []
+    assert backends_running({"qconv_dynamic"}) == ["onnxruntime"]
+    assert unsupported_nodes(q, set(), "interpreter") == []
+
+
+def test_cli_builds_one_target(capsys, tmp_path, monkeypatch):
+    from graphopt.cli import main
+
+    seen = []
+    quantize = graphopt.quantize
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("target"))
+        return quantize(*args, **kwargs)
+
+    monkeypatch.setattr(graphopt, "quantize", spy)
+    mlp = "zoo:mlp?width=16&depth=2"
+    code = main(["quantize", mlp, "-o", str(tmp_path / "m.onnx"), "--threads", "1",
+                 "--isa", "auto", "-q"])
+    assert code == 0, capsys.readouterr().err
+    assert seen == [Target("onnxruntime", "auto", 1)]
+    code = main(["quantize", mlp, "-o", str(tmp_path / "m.graphopt"), "-q"])
+    assert code == 0 and seen[-1] == Target("interpreter")
+    from graphopt._extension import load_or_none
+
+    if load_or_none() is not None:  # planned for, and saved as, a native plan
+        code = main(["quantize", mlp, "-o", str(tmp_path / "m.plan"), "--backend", "native",
+                     "--threads", "1", "-q"])
+        assert code == 0 and seen[-1] == Target("native", "auto", 1)
+        from graphopt.native.artifact import load
+
+        assert load(str(tmp_path / "m.plan")).threads == 1
+    # an ISA this process does not run fails before any work, for each command
+    other = next(isa for isa in ISAS if isa not in ("auto", host_isa()))
+    for argv in (["quantize", mlp, "-o", str(tmp_path / "x.onnx")],
+                 ["optimize", mlp, "-o", str(tmp_path / "x.onnx")],
+                 ["bench", mlp, "--backends", "eager", "--rounds", "1"]):
+        capsys.readouterr()
+        assert main([*argv, "--isa", other]) == 2
+        assert f"target isa '{other}'" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
+
+
 # -------------------------------------------------------------------- function size budget
 ENTRY_MODULES = {
     "graphopt/quant/api.py": None,

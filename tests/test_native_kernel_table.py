@@ -110,9 +110,20 @@ def test_op_sets_name_existing_codes():
 def test_activations_agree_with_the_op_library():
     """graphopt.ops.fused.ACTIVATIONS (name -> parameter count, the IR's attribute check) must
     describe the same activations as the C++ list."""
-    from graphopt.ops.fused import ACTIVATIONS
+    from graphopt.ops.fused import ACTIVATIONS, apply_activation
 
-    assert dict(ACTIVATIONS) == codes.activation_params()
+    native = {name: params for name, _code, params, _epi in _C.native_activations()}
+    assert set(ACTIVATIONS) == set(native), (
+        f"only in graphopt/ops/fused.py: {sorted(set(ACTIVATIONS) - set(native))}; "
+        f"only in csrc/activation.h: {sorted(set(native) - set(ACTIVATIONS))}")
+    counts = {n: (ACTIVATIONS[n], native[n]) for n in native if ACTIVATIONS[n] != native[n]}
+    assert not counts, f"parameter counts (fused.py, activation.h) differ: {counts}"
+    assert codes.activation_params() == native
+    # the reference epilogue computes every listed activation
+    y = torch.linspace(-3, 3, 7)
+    for name, n in ACTIVATIONS.items():
+        params = (-1.0, 1.0) if n == 2 else (0.1,) * n
+        assert apply_activation(y, name, params).shape == y.shape
     epilogue = [name for name, _code, _params, epi in _C.native_activations() if epi]
     assert epilogue == ["none", "relu", "relu6", "gelu", "gelu_tanh", "silu", "sigmoid",
                         "tanh", "hardswish"]

@@ -64,7 +64,7 @@ def f32(*shape):
 
 # ------------------------------------------------------------------------------- registry
 def test_every_registered_op_has_an_onnx_lowering():
-    graphopt.onnx.export._load_lowerings()
+    graphopt.onnx.export.load_lowerings()
     missing = sorted(name for name, d in all_ops().items()
                      if "onnx" not in d.lowerings and not name.startswith("test."))
     assert missing == []

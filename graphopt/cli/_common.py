@@ -36,6 +36,40 @@ def add_model_argument(parser) -> None:
                         "any code the file contains; only for files from a source you trust")
 
 
+# The graphopt.Target backend a saved model runs on, by -o format ("torch": a .graphopt bundle
+# runs each op's torch implementation, as the interpreter does).
+TARGET_BACKENDS = {"onnx": "onnxruntime", "native": "native", "torch": "interpreter"}
+
+
+def add_target_arguments(parser, threads_help: str = "intra-op threads") -> None:
+    """``--threads`` and ``--isa``: with the command's backend, one graphopt.Target
+    (``cli_target``) for compiling, benchmarking and quantizing."""
+    from graphopt.compile import ISAS
+
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help=f"{threads_help} (default: torch's default)")
+    parser.add_argument("--isa", choices=ISAS, default="auto",
+                        help="native kernels' instruction set to plan for, checked against "
+                        "this machine (default: %(default)s: whatever it runs)")
+
+
+def cli_target(opts, backend: str = "onnxruntime"):
+    """The command's one ``graphopt.Target``: ``backend`` with ``--isa`` and ``--threads``,
+    checked before the slow work (a thread count past the budget: ResourceLimitError; an ISA
+    this process does not run: CliError; both exit 2)."""
+    from graphopt.compile import Target
+    from graphopt.limits import check_threads
+
+    if opts.threads is not None:
+        check_threads(opts.threads, "--threads")
+    target = Target(backend, opts.isa, opts.threads)
+    try:
+        target.check_host()
+    except GraphoptError as exc:  # BackendOptionError: an ISA this process does not run
+        raise CliError(f"--isa {opts.isa}: {exc}") from exc
+    return target
+
+
 def load(spec: str, *, trust_pt2: bool = False, need_graph: bool = True, quiet: bool = False):
     """Resolve MODEL; with ``need_graph`` also trace/import it (timed on stderr).
 
@@ -133,8 +167,8 @@ def native_saver():
     except BackendUnavailable as exc:
         raise CliError(f"--backend native is not available: {exc}", code=1) from exc
 
-    def save(graph, path):
-        compiled = factory(graph)
+    def save(graph, path, threads: int | None = None):
+        compiled = factory(graph, threads=threads)
         if not callable(getattr(compiled, "save", None)):
             raise CliError("--backend native is not available: the native backend cannot "
                            "serialize compiled models (no save())", code=1)
@@ -143,7 +177,8 @@ def native_saver():
     return save
 
 
-def save_output(graph, path: str, backend: str, *, opset: int | None = None) -> str:
+def save_output(graph, path: str, backend: str, *, opset: int | None = None,
+                threads: int | None = None) -> str:
     """Save ``graph`` for ``backend`` at ``path``; returns "PATH (SIZE[, + DATA FILE])".
 
     Every file is written atomically (temp file + rename) and never through a symlink
@@ -169,7 +204,7 @@ def save_output(graph, path: str, backend: str, *, opset: int | None = None) -> 
     elif backend == "native":
         save = native_saver()
         with atomic_output_path(path) as temp:  # the native saver writes a named file
-            save(graph, temp)
+            save(graph, temp, threads)
     else:
         raise CliError(f"unknown backend '{backend}' for -o; use onnx, native or torch")
     return f"{path} ({human_size(os.path.getsize(path))}{extra})"
@@ -185,9 +220,11 @@ def prepare_output(path: str, backend: str | None = None, *, flag: bool = True) 
     return backend
 
 
-def write_output(graph, path: str, backend: str, what: str, *, opset: int | None = None) -> None:
-    """Save ``graph`` (``save_output``), print "wrote PATH (SIZE): WHAT" and how to load it."""
-    written = save_output(graph, path, backend, opset=opset)
+def write_output(graph, path: str, backend: str, what: str, *, opset: int | None = None,
+                 threads: int | None = None) -> None:
+    """Save ``graph`` (``save_output``), print "wrote PATH (SIZE): WHAT" and how to load it.
+    ``threads``: the native backend's plan threads."""
+    written = save_output(graph, path, backend, opset=opset, threads=threads)
     print(f"wrote {written}: {what}")
     saved_hint(backend, path)
 

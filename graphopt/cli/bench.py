@@ -7,7 +7,9 @@ import argparse
 from graphopt.cli._common import (
     CliError,
     add_model_argument,
+    add_target_arguments,
     check_pipeline,
+    cli_target,
     ensure_parent,
     info,
     load,
@@ -36,8 +38,7 @@ def add_parser(sub, common) -> None:
     add_model_argument(p)
     p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS), metavar="A,B,...",
                    help="comma-separated backends, timed in this order (default: all)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="intra-op threads for every backend (default: torch's default)")
+    add_target_arguments(p, "intra-op threads for every backend")
     p.add_argument("--pipeline", default="default", metavar="P",
                    help="pipeline for the graphopt-* backends (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=20, metavar="R",
@@ -109,16 +110,13 @@ def run(opts) -> int:
     check_pipeline(opts.pipeline)
     if opts.rounds < 1 or opts.warmup < 0 or (opts.threads is not None and opts.threads < 1):
         raise CliError("--rounds and --threads must be >= 1, --warmup >= 0")
-    if opts.threads is not None:
-        from graphopt.limits import check_threads
-
-        check_threads(opts.threads, "--threads")  # ResourceLimitError (exit 2) past the budget
+    target = cli_target(opts)  # ResourceLimitError (exit 2) past the thread budget
     for path in (opts.json, opts.markdown, opts.plot):
         if path:
             ensure_parent(path)
     loaded = load(opts.model, trust_pt2=opts.trust_pt2, need_graph=False)
     report = graphopt.benchmark(
-        loaded, backends=backends, pipeline=opts.pipeline, threads=opts.threads,
+        loaded, backends=backends, pipeline=opts.pipeline, target=target,
         warmup=opts.warmup, rounds=opts.rounds, max_time_s=opts.max_time,
         per_pass=per_pass or False, backend_options=options,
         progress=False if opts.no_progress else None)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 
 from graphopt.cli._common import (
+    TARGET_BACKENDS,
     add_model_argument,
+    add_target_arguments,
     check_pipeline,
+    cli_target,
     load,
     optimize_with_report,
     paragraph,
@@ -35,12 +38,14 @@ def add_parser(sub, common) -> None:
                    help="what to save (default: from OUT's extension: .onnx -> onnx, "
                    ".graphopt -> torch)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (onnx backend)")
+    add_target_arguments(p, "native backend: the saved plan's threads")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the pass report")
     p.set_defaults(run=run)
 
 
 def run(opts) -> int:
     backend = prepare_output(opts.output, opts.backend)  # fails before the (slow) trace
+    target = cli_target(opts, TARGET_BACKENDS[backend])
     check_pipeline(opts.pipeline)
     loaded = load(opts.model, trust_pt2=opts.trust_pt2)
     graph = loaded.graph()
@@ -49,5 +54,5 @@ def run(opts) -> int:
         print(report)
     write_output(optimized, opts.output, backend,
                  f"{backend}, nodes {len(graph.nodes)} -> {len(optimized.nodes)}",
-                 opset=opts.opset)
+                 opset=opts.opset, threads=target.threads)
     return 0

@@ -6,12 +6,14 @@ import argparse
 import os
 
 from graphopt.cli._common import (
+    TARGET_BACKENDS,
     CliError,
     add_model_argument,
+    add_target_arguments,
     check_pipeline,
+    cli_target,
     load,
     optimize_with_report,
-    output_backend,
     paragraph,
     prepare_output,
     write_output,
@@ -39,11 +41,17 @@ def add_parser(sub, common) -> None:
         "--percentile 99.9 \\\n      --calibration c.npz --error-budget 0.01\n"
         "  graphopt quantize 'zoo:bert?layers=2' -o bert.onnx --mode dynamic\n"
         "  graphopt quantize zoo:minilm -o minilm.int8.onnx --mode dynamic --per-token\n"
-        "  graphopt quantize zoo:mlp -o mlp.onnx --mode weight-only --bits 4",
+        "  graphopt quantize zoo:mlp -o mlp.onnx --mode weight-only --bits 4\n"
+        "  graphopt quantize zoo:mlp -o mlp.native --backend native --threads 2",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_argument(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="where to save it (.onnx, .graphopt)")
+    p.add_argument("--backend", choices=("onnx", "native", "torch"), default=None,
+                   help="what to save, and the backend the quantization is planned for "
+                   "(default: from OUT's extension: .onnx -> onnx, .graphopt -> torch)")
+    add_target_arguments(p, "threads of the calibration and sensitivity runs (and of a "
+                         "native plan)")
     p.add_argument("--mode", choices=_MODES, default="dynamic",
                    help="quantization mode (default: %(default)s)")
     p.add_argument("--observer", choices=_OBSERVERS, default="minmax",
@@ -74,7 +82,8 @@ def add_parser(sub, common) -> None:
 def run(opts) -> int:
     import graphopt
 
-    backend = output_backend(opts.output, flag=False)  # onnx or torch (no --backend)
+    backend = prepare_output(opts.output, opts.backend)  # fails before the (slow) trace
+    target = cli_target(opts, TARGET_BACKENDS[backend])
     if opts.mode == "static" and not opts.calibration:
         raise CliError("--mode static needs --calibration FILE.npz (one array per graph "
                        "input, calibration items along axis 0)")
@@ -89,7 +98,6 @@ def run(opts) -> int:
     if opts.calibration and not os.path.isfile(opts.calibration):
         raise CliError(f"calibration file not found: {opts.calibration}")
     pipeline = None if opts.pipeline == "none" else check_pipeline(opts.pipeline)
-    prepare_output(opts.output, backend, flag=False)
     graph = load(opts.model, trust_pt2=opts.trust_pt2, quiet=opts.quiet).graph()
     if pipeline:
         graph, _ = optimize_with_report(graph, pipeline)
@@ -103,9 +111,10 @@ def run(opts) -> int:
         graph, opts.mode, calibration=calibration, error_budget=opts.error_budget,
         exclude=tuple(opts.exclude), sensitivity=opts.sensitivity, observer=opts.observer,
         observer_options=options, per_token=opts.per_token, bits=opts.bits,
-        block_size=opts.block_size, report=True)
+        block_size=opts.block_size, report=True, target=target)
     if not opts.quiet:
         print(report)
     write_output(quantized, opts.output, backend, f"{report.mode}, "
-                 f"{len(report.quantized)}/{len(report.layers)} layers {report.label}")
+                 f"{len(report.quantized)}/{len(report.layers)} layers {report.label}",
+                 threads=target.threads)
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from graphopt.ir.graph import Node
 from graphopt.ops.registry import OUT_IN_SPATIAL, get_op
+from graphopt.rewrite import Var, match_at, op
 
 
 def is_conv(node: Node) -> bool:
@@ -60,8 +61,7 @@ def conv_input_pads(conv: Node, symmetric: list[int]) -> list[int]:
     """ONNX ``pads`` (all begins, then all ends) for ``conv``, including an absorbed pad."""
     producer = conv.inputs[0].producer
     begin, end = list(symmetric), list(symmetric)
-    # op-name check: this is about the ``pad`` op's own attrs (pads, mode, value), not a trait
-    if producer is not None and producer.op == "pad" and absorbable_pad(producer):
+    if match_at(op.pad(Var("x")), producer) and absorbable_pad(producer):
         extra_begin, extra_end = _spatial_pads(producer)
         begin = [a + b for a, b in zip(begin, extra_begin)]
         end = [a + b for a, b in zip(end, extra_end)]

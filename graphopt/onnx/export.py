@@ -46,7 +46,8 @@ INT64_MIN = -(2**63)
 _LOWERINGS_LOADED = False
 
 
-def _load_lowerings() -> None:
+def load_lowerings() -> None:
+    """Register every op's "onnx" lowering (``OpDef.lowerings``); importing them is deferred."""
     global _LOWERINGS_LOADED
     if not _LOWERINGS_LOADED:
         _LOWERINGS_LOADED = True
@@ -338,7 +339,7 @@ def _lower_graph(graph: Graph, opset: int, contrib: bool
         LoweringError: listing every node whose op has no ONNX lowering or that its lowering
             rejected.
     """
-    _load_lowerings()
+    load_lowerings()
     ctx = OnnxLowering(graph, opset, contrib)
     for value in graph.inputs:
         ctx._names[value] = value.name

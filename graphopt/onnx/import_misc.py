@@ -13,6 +13,7 @@ from graphopt.ir.types import normalize_dim
 from graphopt.limits import check_shape
 from graphopt.onnx._common import MICROSOFT
 from graphopt.onnx.importer import ImportContext, OnnxNode, onnx_converter
+from graphopt.rewrite import Var, match_at, op
 
 
 # --------------------------------------------------------------------- onnxruntime contrib
@@ -96,7 +97,8 @@ def _ms_fused_gemm(ctx, node):
     mapped = fused_activation(name, params)
     y = _gemm(ctx, node)
     linear = y.producer
-    if mapped is not None and linear is not None and linear.op == "linear":
+    if mapped is not None and match_at(op.linear(Var("x"), Var("w"), Var("b", optional=True)),
+                                       linear):
         operands = list(linear.inputs) + [None]
         ctx.graph.erase_node(linear)
         return ctx.emit("fused_linear", operands, {"activation": mapped[0],
@@ -123,7 +125,8 @@ def _ms_fused_conv(ctx, node):
     y = _conv(ctx, node)
     conv = y.producer
     residual = ctx.value(node, 3)
-    if mapped is not None and conv is not None and conv.op == "conv" and (
+    if mapped is not None and match_at(op.conv(Var("x"), Var("w"), Var("b", optional=True)),
+                                       conv) and (
             residual is None or residual.type.same_as(y.type)):
         # one fused_conv node: the conv's operands and attributes plus the epilogue
         operands = list(conv.inputs) + [residual]

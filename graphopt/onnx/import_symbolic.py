@@ -58,6 +58,8 @@ def evaluate_new_nodes(ctx, nodes: list[Node]) -> None:
     for node in nodes:
         if node._erased:
             continue
+        # op-name check: ``shape`` is the one op whose value is known from its operand's type
+        # alone (no operand value); a trait would mark this one op only.
         if node.op == "shape":
             dims = node.inputs[0].shape[node.attrs["start"]:node.attrs["end"]]
             _record(ctx, node, [np.array(dims, dtype=object)])

@@ -23,6 +23,7 @@ from graphopt.onnx._common import MICROSOFT
 from graphopt.onnx.export import OnnxLowering
 from graphopt.onnx.lower_shape import unsqueeze
 from graphopt.ops.registry import register_lowering
+from graphopt.rewrite import Var, match_at, op
 
 
 def _scale(node: Node) -> float:
@@ -70,13 +71,10 @@ def _additive_mask(ctx: OnnxLowering, node: Node, dtype: DType) -> str:
 def merged_heads_source(value) -> Value | None:
     """The (B, S, H*E) tensor that ``value`` (B, H, S, E) was split from by the usual
     ``reshape -> permute(0, 2, 1, 3)``, if so; MultiHeadAttention can read it directly."""
-    permute = value.producer
-    if permute is None or permute.op != "permute" or tuple(permute.attrs["perm"]) != (0, 2, 1, 3):
+    match = match_at(op.permute(op.reshape(Var("source")), perm=(0, 2, 1, 3)), value.producer)
+    if match is None:
         return None
-    reshape = permute.inputs[0].producer
-    if reshape is None or reshape.op != "reshape":
-        return None
-    source = reshape.inputs[0]
+    source = match["source"]
     b, h, s, e = value.shape
     if source.type.rank == 3 and dims_equal(source.shape[0], b) and \
             dims_equal(source.shape[1], s) and dims_equal(source.shape[2], h * e):

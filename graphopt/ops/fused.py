@@ -49,7 +49,11 @@ from graphopt.ops.registry import (
 
 FUSED_TRAITS = frozenset({PURE, FUSED, EPILOGUE})
 
-# activation name -> number of activation_params
+# activation name -> number of activation_params. The C++ list in csrc/activation.h
+# (GRAPHOPT_ACTIVATIONS, exported as _C.native_activations()) is the source of truth; ops may
+# not import graphopt.native / the extension (layer contract), so this copy stays, and
+# tests/test_native_kernel_table.py::test_activations_agree_with_the_op_library fails if the two
+# differ in names or parameter counts. A new activation goes in both (and in apply_activation).
 ACTIVATIONS: dict[str, int] = {
     "none": 0,
     "relu": 0,

@@ -76,8 +76,10 @@ def quantize(
         progress: static mode: a tqdm bar over the calibration data (None: for 32 or more
             items when stderr is a terminal).
         report: also return the ``QuantReport`` (its ``config`` holds the options).
-        target: a ``graphopt.Target`` to plan for: its ``isa`` is checked against this
-            machine and its ``threads`` run the calibration and sensitivity measurements.
+        target: a ``graphopt.Target`` to plan for: its ``backend`` must run every op the
+            quantization makes (else ``QuantizationError`` naming the ops, layers and backend;
+            graphopt/quant/backend.py), its ``isa`` is checked against this machine and its
+            ``threads`` run the calibration and sensitivity measurements.
         config: a ``QuantizeConfig`` holding all the options above (then leave them at their
             defaults); ``mode`` and every option are checked there first.
 
@@ -87,7 +89,8 @@ def quantize(
     Raises:
         QuantizationError: an unknown mode or observer, static mode without calibration data,
             calibration data that does not fit the graph (names the batch and the input),
-            ``error_budget`` without calibration.
+            ``error_budget`` without calibration, a quantization ``target.backend`` cannot
+            run (e.g. ``convs=True`` on "native": it has no ``qconv_dynamic`` kernel).
     """
     if not isinstance(graph, Graph):
         raise QuantizationError(f"graphopt.quantize takes a graphopt Graph, got "
@@ -110,6 +113,7 @@ def quantize_with_config(graph: Graph, cfg: QuantizeConfig,
     calibration = _calibration_for(cfg, calibration)
     with _planning_threads(cfg.target):
         plan = _plan(graph, cfg, calibration)
+        _check_builds_run_on(plan, graph, cfg)
         # Half precision has no per-layer forward: it always ranks end-to-end.
         sensitivity = "end-to-end" if cfg.mode in ("fp16", "bf16") else cfg.sensitivity
         rep = QuantReport(mode=plan.mode, error_budget=cfg.error_budget,
@@ -151,6 +155,24 @@ def _plan(graph: Graph, cfg: QuantizeConfig, calibration: list[tuple] | None) ->
     from graphopt.quant.half import half_plan
 
     return half_plan(graph, cfg.mode, cfg.exclude)
+
+
+def _check_builds_run_on(plan: "Plan", graph: Graph, cfg: QuantizeConfig) -> None:
+    """Make ``plan.build`` check that ``cfg.target.backend`` runs each graph it builds
+    (graphopt/quant/backend.py): the first build, with every chosen layer quantized, fails
+    before the sensitivity measurements; later builds quantize subsets of it."""
+    if cfg.target is None:
+        return
+    from graphopt.quant.backend import check_runs_on
+
+    build = plan.build
+
+    def checked(names: set[str]) -> Graph:
+        out = build(names)
+        check_runs_on(cfg.target, plan.graph, out, cfg.mode)
+        return out
+
+    plan.build = checked
 
 
 @contextlib.contextmanager

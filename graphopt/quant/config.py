@@ -18,6 +18,7 @@ class QuantizeConfig(Config):
     """The options of :func:`graphopt.quantize` (see it for what each one does).
 
     ``target`` (a :class:`graphopt.Target`) is where the quantized graph will run: its
+    ``backend`` must run every op the quantization makes (graphopt/quant/backend.py), its
     ``isa`` is checked against this machine and its ``threads`` run the calibration and
     sensitivity measurements.
     """

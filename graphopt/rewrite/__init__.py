@@ -8,7 +8,7 @@ docs/writing-a-pass.md for a worked example.
 
 Modules:
     pattern   Var, Const, Attr, op (the pattern builder), alternatives with ``|``
-    matcher   structural matching, Match, escape check, failure tracking
+    matcher   structural matching, Match, match_at, escape check, failure tracking
     rewriter  Rewriter (all mutation, counted) and RewriteStats
     rule      Rule base class and the rule() helper
     driver    apply_rules, find_match, RewritePass
@@ -21,7 +21,7 @@ Modules:
 from graphopt.rewrite.dce import eliminate_dead_code
 from graphopt.rewrite.driver import RewritePass, apply_rules, find_match
 from graphopt.rewrite.layout import layout_rules
-from graphopt.rewrite.matcher import Match
+from graphopt.rewrite.matcher import Match, match_at
 from graphopt.rewrite.pattern import AnyOf, Attr, Const, OpPattern, Pattern, Var, op
 from graphopt.rewrite.rewriter import Rewriter, RewriteStats, RuleStats
 from graphopt.rewrite.rule import Rule, rule
@@ -50,6 +50,7 @@ __all__ = [
     "explain_text",
     "find_match",
     "layout_rules",
+    "match_at",
     "op",
     "rule",
     "track_rewrites",

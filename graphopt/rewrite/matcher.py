@@ -113,6 +113,18 @@ def match_pattern(
         yield from _match_root(pattern, root, state, tracker)
 
 
+def match_at(pattern: Pattern, node: Node | None) -> Match | None:
+    """The first structural match of ``pattern`` rooted at ``node`` (None if none, or no node).
+
+    For code that asks whether one node has one op's structure (a ``permute`` with a given
+    ``perm``, the ``pad`` feeding a conv) without a rule: the pattern names the op, so it is
+    checked against the registry and written like the rules' patterns.
+    """
+    if node is None:
+        return None
+    return next(match_pattern(pattern, node), None)
+
+
 def _match_root(
     pattern: Pattern, root: Node, state: Match, tracker: FailureTracker | None
 ) -> Iterator[Match]:

@@ -34,5 +34,20 @@ def activation(ctx, name: str, params=()) -> tuple[int, float, float]:
     return code, p[0], p[1]
 
 
+def reads_pad_marker(lowering):
+    """Mark a native lowering that reads a folded zero pad on its input 0: the pad lowering
+    (lower/shape.py) then emits no copy, only a marker whose ``meta["padded_from"]`` holds the
+    unpadded input and its top / left padding (``pad_top_left``)."""
+    lowering.reads_pad_marker = True
+    return lowering
+
+
+def accepts_padded_input(node, slot: int) -> bool:
+    """Whether ``node``'s native lowering reads a folded pad marker in operand ``slot``: a
+    capability of the lowering, not of the op (qconv_dynamic shares conv's traits, not this)."""
+    lowering = node.opdef.lowerings.get("native")
+    return slot == 0 and getattr(lowering, "reads_pad_marker", False)
+
+
 def norm_axis(axis: int, rank: int) -> int:
     return axis % max(rank, 1)

@@ -14,6 +14,7 @@ import math
 from graphopt.ir.dtypes import DType
 from graphopt.native.lower._common import require_float32
 from graphopt.ops.registry import register_lowering
+from graphopt.rewrite import Var, match_at, op
 
 
 def _inner_contiguous(ctx, i: int):
@@ -92,9 +93,9 @@ def lower_attention(ctx) -> None:
     result = node.outputs[0]
     users = result.users
     out = None
-    # op-name check: structure of one op (a permute whose perm keeps the last axis), not a trait
-    if (len(users) == 1 and users[0].op == "permute" and not result.is_graph_output
-            and len(result.uses) == 1 and users[0].attrs["perm"][-1] == len(out_shape) - 1):
+    keeps_last_axis = op.permute(Var("x"), perm=lambda p: p[-1] == len(out_shape) - 1)
+    if (len(users) == 1 and not result.is_graph_output and len(result.uses) == 1
+            and match_at(keeps_last_axis, users[0])):
         perm = list(users[0].attrs["perm"])
         permuted = users[0].outputs[0]
         target = ctx.builder.new_ref(ctx.builder.shape(permuted), permuted.dtype, permuted.name,

@@ -13,7 +13,7 @@ side again (rt_conv.cpp); this is where the message can name the node.
 
 from __future__ import annotations
 
-from graphopt.native.lower._common import activation, require_float32
+from graphopt.native.lower._common import activation, reads_pad_marker, require_float32
 from graphopt.ops.registry import IN_OUT_SPATIAL, get_op, register_lowering
 
 
@@ -109,11 +109,13 @@ def _conv(ctx, fused: bool) -> None:
 
 
 @register_lowering("native", "conv")
+@reads_pad_marker
 def lower_conv(ctx) -> None:
     _conv(ctx, fused=False)
 
 
 @register_lowering("native", "fused_conv")
+@reads_pad_marker
 def lower_fused_conv(ctx) -> None:
     _conv(ctx, fused=True)
 

@@ -10,7 +10,7 @@ import struct
 
 from graphopt.ir.dtypes import DType
 from graphopt.native import refs as R
-from graphopt.native.lower._common import norm_axis
+from graphopt.native.lower._common import accepts_padded_input, norm_axis
 from graphopt.ops.registry import register_lowering
 
 
@@ -129,9 +129,8 @@ def _fold_into_convs(ctx) -> bool:
             or len(pads) > 2 * (rank - 2) or out.is_graph_output or not out.uses
             or ctx.in_dtype(0) != DType.float32):
         return False
-    # op-name check: a capability of the native conv / fused_conv lowerings (they read the pad
-    # marker), not of the ops: qconv_dynamic shares their traits but its lowering does not.
-    if any(node.op not in ("conv", "fused_conv") or slot != 0 for node, slot in out.uses):
+    # only lowerings that declare it (@reads_pad_marker: conv, fused_conv) read the marker
+    if not all(accepts_padded_input(node, slot) for node, slot in out.uses):
         return False
     src = ctx.contiguous(0)
     if rank == 4:
