@@ -40,7 +40,7 @@ def _first_line(exc: BaseException) -> str:
     return error_summary(exc)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="bert", choices=sorted(zoo.ZOO))
     parser.add_argument("--layers", type=int, default=None,
@@ -51,8 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-compile", action="store_true",
                         help="also benchmark torch.compile (adds 10-60 s of compilation)")
     parser.add_argument("--plot", default=DEFAULT_PLOT, help="where to write the plot")
-    opts = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    opts = _parse_args(argv)
     layers = opts.layers or (4 if opts.model in ("bert", "gpt2") else None)
     kwargs = {"layers": layers} if layers else {}
     model, args = zoo.get(opts.model, **kwargs)
@@ -62,7 +65,34 @@ def main(argv: list[str] | None = None) -> int:
         expected = model(*args)
     demo_start = time.perf_counter()
 
-    _banner(f"1. trace {type(model).__name__} ('zoo:{opts.model}"
+    graph, trace_s = _trace_and_show_ir(model, args, opts.model, layers)
+
+    _banner("4. reference interpreter vs eager PyTorch")
+    start = time.perf_counter()
+    actual = graphopt.run(graph, *args)
+    print(f"graphopt.run: {time.perf_counter() - start:.2f} s, output type "
+          f"{type(actual).__name__}, max |error| = {_max_error(actual, expected):.2e}")
+
+    optimize = getattr(graphopt, "optimize", None)
+    if optimize is None:
+        print("\n(optimization passes are not part of this build yet)")
+        return 0
+    optimized = _optimize_and_show(optimize, graph, args, expected, opts.pipeline)
+
+    _banner("6. lower and verify numerics against eager")
+    _lower_and_verify(optimized, args, expected)
+
+    _benchmark_against_eager(opts, model, args, graph, trace_s)
+    print(f"demo took {time.perf_counter() - demo_start:.0f} s")
+    return 0
+
+
+def _trace_and_show_ir(model, args, model_name: str, layers: int | None):
+    """Steps 1-3: trace and verify the graph, then show its op histogram and first IR lines.
+
+    Returns the graph and the seconds tracing took.
+    """
+    _banner(f"1. trace {type(model).__name__} ('zoo:{model_name}"
             f"{f'?layers={layers}' if layers else ''}') with torch.export")
     start = time.perf_counter()
     graph = graphopt.trace(model, args)
@@ -82,19 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     for line in body[:12]:
         print("  " + (line if len(line) < 150 else line[:147] + "..."))
     print(f"  ... ({len(lines)} lines)")
+    return graph, trace_s
 
-    _banner("4. reference interpreter vs eager PyTorch")
-    start = time.perf_counter()
-    actual = graphopt.run(graph, *args)
-    print(f"graphopt.run: {time.perf_counter() - start:.2f} s, output type "
-          f"{type(actual).__name__}, max |error| = {_max_error(actual, expected):.2e}")
 
-    optimize = getattr(graphopt, "optimize", None)
-    if optimize is None:
-        print("\n(optimization passes are not part of this build yet)")
-        return 0
-    _banner(f"5. optimize with the '{opts.pipeline}' pipeline: what each pass did")
-    optimized, report = optimize(graph, opts.pipeline, report=True)
+def _optimize_and_show(optimize, graph, args, expected, pipeline: str):
+    """Step 5: optimize, showing what each pass did and the error against eager."""
+    _banner(f"5. optimize with the '{pipeline}' pipeline: what each pass did")
+    optimized, report = optimize(graph, pipeline, report=True)
     print(report)
     from graphopt.cli.show import histogram_table
 
@@ -102,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     print(histogram_table(graph, optimized))
     print(f"max |error| of the optimized graph vs eager (interpreter): "
           f"{_max_error(graphopt.run(optimized, *args), expected):.2e}")
+    return optimized
 
-    _banner("6. lower and verify numerics against eager")
-    _lower_and_verify(optimized, args, expected)
 
+def _benchmark_against_eager(opts: argparse.Namespace, model, args, graph, trace_s: float):
+    """Step 7: benchmark the backends, print the table, write the plot and its JSON."""
     _banner("7. benchmark against eager PyTorch (interleaved rounds, same threads)")
     from graphopt.model_loader import LoadedModel
 
@@ -120,8 +145,6 @@ def main(argv: list[str] | None = None) -> int:
     bench.to_json(os.path.splitext(opts.plot)[0] + ".json")
     print(f"\nplot: {os.path.abspath(plot)}")
     print(f"json: {os.path.abspath(os.path.splitext(opts.plot)[0] + '.json')}")
-    print(f"demo took {time.perf_counter() - demo_start:.0f} s")
-    return 0
 
 
 def _lower_and_verify(optimized, args, expected) -> None:

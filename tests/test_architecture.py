@@ -96,3 +96,42 @@ def test_ir_without_an_op_library_says_what_to_do(monkeypatch):
     with pytest.raises(UnknownOpError, match=expected):
         schema.get_op("relu")
     assert schema.all_ops() == {}
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def _function_lengths(path: str) -> list[tuple[int, str, int]]:
+    """(line, name, length) of every function in a file, nested ones included. The length runs
+    from the ``def`` line to the last line of the body, less the docstring: a long docstring is
+    documentation, not code that is hard to follow."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    lengths = []
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        length = node.end_lineno - node.lineno + 1
+        first = node.body[0]
+        if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)):
+            length -= first.end_lineno - first.lineno + 1
+        lengths.append((node.lineno, node.name, length))
+    return lengths
+
+
+def test_no_function_longer_than_60_lines():
+    """Issue #16: a function that does not fit on a screen is split into named steps."""
+    offenders = []
+    for top in ("graphopt", "passes"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, top)):
+            for name in sorted(files):
+                if not name.endswith(".py"):
+                    continue
+                path = os.path.join(dirpath, name)
+                for line, function, length in _function_lengths(path):
+                    if length > MAX_FUNCTION_LINES:
+                        offenders.append(
+                            f"{os.path.relpath(path, ROOT)}:{line} {function} ({length} lines)")
+    assert not offenders, (f"functions longer than {MAX_FUNCTION_LINES} lines (split them into "
+                           "named helpers):\n" + "\n".join(sorted(offenders)))

@@ -72,20 +72,48 @@ def attribute_passes(subject: Subject, backend: str = "graphopt-onnxruntime",
     snap = SnapshotInstrument()
     _optimize_fn()(graph, pipeline, instruments=[snap])
     report = PerPassReport(backend, str(pipeline))
+    stages, graphs = _stages(graph, snap.snapshots, max_stages, report)
+    # keep: the prepared stages stay alive until their timing is done.
+    calls, inner, keep = _prepare_stages(entry, subject, stages, graphs, options, warmup,
+                                         min_sample_s, clock, progress, backend, report)
+    bar = progress_bar(len(calls) * rounds, "per-pass timing", progress)
+    samples, _ = run_interleaved(calls, inner, rounds, clock, max_time_s=max_time_s,
+                                 progress=bar, on_error=lambda name, exc: None)
+    bar.close()
+    _record_latencies(stages, samples)
+    del keep
+    report.stages = stages
+    return report
+
+
+def _stages(graph: Graph, snapshots: list, max_stages: int, report: PerPassReport):
+    """The stages to time (the unoptimized graph, then each group of changing pass runs) and
+    the graph after each; notes merged runs and an unchanged graph in ``report``."""
     stages = [PassStage("unoptimized", [], len(graph.nodes))]
     graphs = [graph]
-    for group in _groups(snap.snapshots, max_stages):
+    for group in _groups(snapshots, max_stages):
         names = [label for label, _, _ in group]
         unique = list(dict.fromkeys(name for _, name, _ in group))
         label = names[0] if len(group) == 1 else "+".join(unique) + f" ({len(group)} runs)"
         stages.append(PassStage(label, names, len(group[-1][2].nodes)))
         graphs.append(group[-1][2])
-    if len(snap.snapshots) > max_stages:
-        report.notes.append(f"{len(snap.snapshots)} changing pass runs merged into "
+    if len(snapshots) > max_stages:
+        report.notes.append(f"{len(snapshots)} changing pass runs merged into "
                             f"{max_stages} stages")
     if len(stages) == 1:
         report.notes.append("no pass changed the graph")
+    return stages, graphs
 
+
+def _prepare_stages(entry, subject: Subject, stages: list[PassStage], graphs: list[Graph],
+                    options: dict | None, warmup: int, min_sample_s: float, clock: Clock,
+                    progress: bool | None, backend: str, report: PerPassReport):
+    """Lower and calibrate every stage's graph, keyed by the stage's index as text.
+
+    Returns ``(calls, inner, keep)``: the callables to time, their calibrated inner loop
+    counts, and the prepared objects (to be kept alive while timing). A stage that cannot
+    run is noted in ``report`` and left out.
+    """
     calls, inner, keep = {}, {}, []
     bar = progress_bar(len(stages), "per-pass setup", progress)
     for i, (stage, g) in enumerate(zip(stages, graphs)):
@@ -101,10 +129,12 @@ def attribute_passes(subject: Subject, backend: str = "graphopt-onnxruntime",
             keep.append(prepared)
         bar.update(1)
     bar.close()
-    bar = progress_bar(len(calls) * rounds, "per-pass timing", progress)
-    samples, _ = run_interleaved(calls, inner, rounds, clock, max_time_s=max_time_s,
-                                 progress=bar, on_error=lambda name, exc: None)
-    bar.close()
+    return calls, inner, keep
+
+
+def _record_latencies(stages: list[PassStage], samples: dict) -> None:
+    """Fill in each timed stage's latency, its speedup over the first timed stage, and the
+    time saved against the previous timed stage."""
     previous = None
     base = None
     for i, stage in enumerate(stages):
@@ -117,9 +147,6 @@ def attribute_passes(subject: Subject, backend: str = "graphopt-onnxruntime",
         if previous is not None:
             stage.saved_ms = previous - stats.p50
         previous = stats.p50
-    del keep
-    report.stages = stages
-    return report
 
 
 def _groups(snapshots: list, max_stages: int) -> list[list]:

@@ -42,7 +42,20 @@ def plot_report(report: BenchmarkReport, path: str) -> str:
     names = [r.backend for r in ok]
     ys = list(range(len(ok)))[::-1]
 
-    ax = axes[0]
+    _plot_latency(axes[0], ok, ys, names)
+    _plot_speedup(axes[1], ok, ys, names)
+    if panels == 3:
+        _plot_per_pass(axes[2], report)
+
+    fig.suptitle(_title(report), fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def _plot_latency(ax, ok, ys: list[int], names: list[str]) -> None:
+    """Panel: p50 latency per backend with the IQR as a bar and p10-p90 as a line."""
     for y, r in zip(ys, ok):
         lat = r.latency
         ax.plot([lat.p10, lat.p90], [y, y], color=_color(r.backend), lw=1.2)
@@ -64,7 +77,9 @@ def plot_report(report: BenchmarkReport, path: str) -> str:
     ax.set_title("latency")
     ax.grid(axis="x", alpha=0.3)
 
-    ax = axes[1]
+
+def _plot_speedup(ax, ok, ys: list[int], names: list[str]) -> None:
+    """Panel: speedup vs eager per backend, 1.0 marked."""
     speed = [(y, r) for y, r in zip(ys, ok) if r.speedup_vs_eager is not None]
     if speed:
         ax.barh([y for y, _ in speed], [r.speedup_vs_eager for _, r in speed],
@@ -82,24 +97,19 @@ def plot_report(report: BenchmarkReport, path: str) -> str:
     ax.set_title("speedup")
     ax.grid(axis="x", alpha=0.3)
 
-    if panels == 3:
-        ax = axes[2]
-        stages = [s for s in report.per_pass.stages if s.p50_ms is not None]
-        xs = list(range(len(stages)))
-        ax.step(xs, [s.p50_ms for s in stages], where="mid", color=_color(report.per_pass.backend))
-        ax.plot(xs, [s.p50_ms for s in stages], "o", color="black", ms=3)
-        ax.set_xticks(xs, [_short(s.label) for s in stages], rotation=60, ha="right",
-                      fontsize=7)
-        ax.set_ylabel("p50 ms")
-        ax.set_ylim(bottom=0)
-        ax.set_title(f"per pass ({report.per_pass.backend})")
-        ax.grid(axis="y", alpha=0.3)
 
-    fig.suptitle(_title(report), fontsize=9)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return path
+def _plot_per_pass(ax, report: BenchmarkReport) -> None:
+    """Panel: p50 latency after each pipeline stage of the per-pass attribution."""
+    stages = [s for s in report.per_pass.stages if s.p50_ms is not None]
+    xs = list(range(len(stages)))
+    ax.step(xs, [s.p50_ms for s in stages], where="mid", color=_color(report.per_pass.backend))
+    ax.plot(xs, [s.p50_ms for s in stages], "o", color="black", ms=3)
+    ax.set_xticks(xs, [_short(s.label) for s in stages], rotation=60, ha="right",
+                  fontsize=7)
+    ax.set_ylabel("p50 ms")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"per pass ({report.per_pass.backend})")
+    ax.grid(axis="y", alpha=0.3)
 
 
 def plot_summary(reports: Sequence[BenchmarkReport], path: str) -> str:

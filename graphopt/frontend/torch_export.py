@@ -138,66 +138,82 @@ def import_exported_program(ep: ExportedProgram, name: str = "main") -> Graph:
     for node in ep.graph.nodes:
         ctx.fx_node = node
         if node.op == "placeholder":
-            spec = kinds[node.name]
-            if spec.kind == InputKind.USER_INPUT:
-                val = node.meta.get("val")
-                if isinstance(val, torch.Tensor):
-                    ttype = TensorType(tuple(normalize_dim(d) for d in val.shape),
-                                       DType.from_torch(val.dtype))
-                    env[node] = graph.add_input(node.name, ttype)
-                else:
-                    env[node] = val  # a specialized non-tensor input
-            else:
-                tensor = state[spec.target]
-                env[node] = ctx.constant(tensor.detach(), name=spec.target)
+            env[node] = _import_placeholder(ctx, node, kinds[node.name], state)
         elif node.op == "call_function":
-            target = str(node.target) if node.target is not operator.getitem else "getitem"
-            if target in IGNORED_TARGETS:
-                continue
-            raw = node.meta.get("val")
-            if target != "getitem" and isinstance(raw, SIZE_TYPES) and target not in DATA_DEPENDENT:
-                # Size arithmetic (sym_size, operator.mul on SymInts...): its value is known
-                # symbolically from export's shape environment, so it needs no IR node.
-                env[node] = _meta_value(node)
-                continue
-            fn = CONVERTERS.get(target)
-            if fn is None:
-                unsupported.append((target, source_location(node)))
-                env[node] = None
-                continue
-            if unsupported:  # keep scanning for more unmapped ops, but build nothing more
-                env[node] = None
-                continue
-            args = torch.fx.node.map_aggregate(node.args, lambda a: env.get(a, a) if isinstance(a, torch.fx.Node) else a)
-            kwargs = torch.fx.node.map_aggregate(node.kwargs, lambda a: env.get(a, a) if isinstance(a, torch.fx.Node) else a)
-            try:
-                result = fn(ctx, *args, **kwargs)
-            except GraphoptError as exc:
-                raise type(exc)(f"{exc}\n  while converting {target} at {source_location(node)}") from exc
-            env[node] = result
-            _check_against_meta(ctx, node, result, target)
+            _import_call(ctx, node, env, unsupported)
         elif node.op == "output":
             if unsupported:
                 raise UnsupportedOpError(unsupported)
-            outputs = []
-            user_outputs = [spec.arg.name for spec in sig.output_specs]
-            flat = torch.fx.node.map_aggregate(node.args[0], lambda a: a)
-            for item in (flat if isinstance(flat, (list, tuple)) else [flat]):
-                value = env.get(item) if isinstance(item, torch.fx.Node) else item
-                if not isinstance(value, Value):
-                    raise GraphoptError(
-                        f"model output {item!r} is not a tensor computed by the graph; "
-                        "graphopt graphs return tensors only"
-                    )
-                outputs.append(value)
-            del user_outputs
-            graph.set_outputs(outputs)
+            graph.set_outputs(_graph_outputs(node, env))
     if unsupported:
         raise UnsupportedOpError(unsupported)
     graph.input_spec = ep.call_spec.in_spec
     graph.output_spec = ep.call_spec.out_spec
     eliminate_dead_code(graph, nodes=False)  # weights the converters did not use
     return graph
+
+
+def _import_placeholder(ctx: ConversionContext, node: torch.fx.Node, spec, state: dict):
+    """A user input becomes a graph input (a non-tensor one stays its specialized value);
+    parameters, buffers and tensor constants become graph constants."""
+    if spec.kind == InputKind.USER_INPUT:
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            ttype = TensorType(tuple(normalize_dim(d) for d in val.shape),
+                               DType.from_torch(val.dtype))
+            return ctx.graph.add_input(node.name, ttype)
+        return val  # a specialized non-tensor input
+    tensor = state[spec.target]
+    return ctx.constant(tensor.detach(), name=spec.target)
+
+
+def _import_call(ctx: ConversionContext, node: torch.fx.Node, env: dict,
+                 unsupported: list[tuple[str, str]]) -> None:
+    """Convert one ``call_function`` node into ``env``; an op without a converter is added to
+    ``unsupported``, and once there is one, nothing more is built."""
+    target = str(node.target) if node.target is not operator.getitem else "getitem"
+    if target in IGNORED_TARGETS:
+        return
+    raw = node.meta.get("val")
+    if target != "getitem" and isinstance(raw, SIZE_TYPES) and target not in DATA_DEPENDENT:
+        # Size arithmetic (sym_size, operator.mul on SymInts...): its value is known
+        # symbolically from export's shape environment, so it needs no IR node.
+        env[node] = _meta_value(node)
+        return
+    fn = CONVERTERS.get(target)
+    if fn is None:
+        unsupported.append((target, source_location(node)))
+        env[node] = None
+        return
+    if unsupported:  # keep scanning for more unmapped ops, but build nothing more
+        env[node] = None
+        return
+    def converted(a):
+        return env.get(a, a) if isinstance(a, torch.fx.Node) else a
+
+    args = torch.fx.node.map_aggregate(node.args, converted)
+    kwargs = torch.fx.node.map_aggregate(node.kwargs, converted)
+    try:
+        result = fn(ctx, *args, **kwargs)
+    except GraphoptError as exc:
+        raise type(exc)(f"{exc}\n  while converting {target} at {source_location(node)}") from exc
+    env[node] = result
+    _check_against_meta(ctx, node, result, target)
+
+
+def _graph_outputs(node: torch.fx.Node, env: dict) -> list[Value]:
+    """The values the fx ``output`` node returns; each must be a tensor the graph computes."""
+    outputs = []
+    flat = torch.fx.node.map_aggregate(node.args[0], lambda a: a)
+    for item in (flat if isinstance(flat, (list, tuple)) else [flat]):
+        value = env.get(item) if isinstance(item, torch.fx.Node) else item
+        if not isinstance(value, Value):
+            raise GraphoptError(
+                f"model output {item!r} is not a tensor computed by the graph; "
+                "graphopt graphs return tensors only"
+            )
+        outputs.append(value)
+    return outputs
 
 
 def _check_against_meta(ctx: ConversionContext, node, result, target: str) -> None:

@@ -120,29 +120,73 @@ def _attention_decomposed(ctx: ImportContext, node: OnnxNode, q, k, v, mask, ran
     check_shape((seq_q, seq_k), 8, f"the attention bias constants ({seq_q}, {seq_k})")
     if hq != hk:
         k, v = _repeat_kv(ctx, k, hq // hk), _repeat_kv(ctx, v, hq // hk)
-    scale = node.attr("scale", None)
-    if head < 1 or (scale is not None and not scale > 0):
-        raise GraphoptError(f"scale {scale} must be > 0 and the head size {head} >= 1")
-    root = math.sqrt(scale if scale is not None else 1.0 / math.sqrt(head))
-    qs = ctx.emit("mul", [q, ctx.scalar(root, dtype)])
-    ks = ctx.emit("mul", [k, ctx.scalar(root, dtype)])
-    scores = ctx.emit("matmul", [qs, ctx.emit("permute", [ks], {"perm": (0, 1, 3, 2)})])
+    scores = _scaled_scores(ctx, node, q, k, head)
     softcap = node.attr("softcap", 0.0)
     if softcap:
         scores = ctx.emit("mul", [ctx.emit("tanh", [ctx.emit("div", [
             scores, ctx.scalar(softcap, dtype)])]), ctx.scalar(softcap, dtype)])
     qk_out = scores
     neg_inf, zero = ctx.scalar(-math.inf, dtype), ctx.scalar(0.0, dtype)
-    bias = None
-    if mask is not None:
-        if mask.shape[-1] != seq_k:  # a short mask is padded with "masked"
-            extra = seq_k - mask.shape[-1]
-            fill = False if mask.dtype is DType.bool else -math.inf
-            mask = ctx.emit("pad", [mask], {"pads": (0, extra), "mode": "constant",
-                                            "value": fill})
-        bias = ctx.emit("where", [mask, zero, neg_inf]) if mask.dtype is DType.bool \
-            else ctx.cast(mask, dtype)
+    bias = _mask_bias(ctx, mask, seq_k, dtype, zero, neg_inf)
     past_len = past_k.shape[2] if past_k is not None else 0
+    bias = _position_bias(ctx, node, bias, seq_q, seq_k, past_len, nonpad, dtype, zero,
+                          neg_inf)
+    if nonpad is not None:  # keys at or past nonpad_kv_seqlen[b] are padding
+        valid = ctx.emit("lt", [ctx.constant(np.arange(seq_k), DType.int64, "keys"),
+                                ctx.emit("reshape", [ctx.cast(nonpad, DType.int64)],
+                                         {"shape": (-1, 1, 1, 1)})])
+        term = ctx.emit("where", [valid, zero, neg_inf])
+        bias = term if bias is None else ctx.emit("add", [bias, term])
+    if bias is not None:
+        scores = ctx.emit("add", [scores, bias])
+        if node.attr("qk_matmul_output_mode", 0) == 2 or (
+                node.attr("qk_matmul_output_mode", 0) == 1 and not softcap):
+            qk_out = scores
+    probs = ctx.emit("softmax", [scores], {"axis": -1})
+    if bias is not None:  # rows with no attendable key give 0, not NaN
+        row_max = ctx.emit("amax", [bias], {"axes": (-1,), "keepdim": True})
+        dead = ctx.emit("eq", [row_max, neg_inf])
+        probs = ctx.emit("where", [dead, zero, probs])
+    if node.attr("qk_matmul_output_mode", 0) == 3:
+        qk_out = probs
+    y = ctx.emit("matmul", [probs, v])
+    if rank == 3:
+        y = _merge_heads(ctx, y)
+    return [y, present_k, present_v, qk_out]
+
+
+def _scaled_scores(ctx: ImportContext, node: OnnxNode, q: Value, k: Value, head: int) -> Value:
+    """Q @ K^T with both operands scaled by sqrt(scale), as the ONNX reference does (the
+    default scale is 1/sqrt(head size))."""
+    dtype = q.dtype
+    scale = node.attr("scale", None)
+    if head < 1 or (scale is not None and not scale > 0):
+        raise GraphoptError(f"scale {scale} must be > 0 and the head size {head} >= 1")
+    root = math.sqrt(scale if scale is not None else 1.0 / math.sqrt(head))
+    qs = ctx.emit("mul", [q, ctx.scalar(root, dtype)])
+    ks = ctx.emit("mul", [k, ctx.scalar(root, dtype)])
+    return ctx.emit("matmul", [qs, ctx.emit("permute", [ks], {"perm": (0, 1, 3, 2)})])
+
+
+def _mask_bias(ctx: ImportContext, mask: Value | None, seq_k: int, dtype: DType, zero: Value,
+               neg_inf: Value) -> Value | None:
+    """The explicit attention mask as an additive bias (None without a mask)."""
+    if mask is None:
+        return None
+    if mask.shape[-1] != seq_k:  # a short mask is padded with "masked"
+        extra = seq_k - mask.shape[-1]
+        fill = False if mask.dtype is DType.bool else -math.inf
+        mask = ctx.emit("pad", [mask], {"pads": (0, extra), "mode": "constant",
+                                        "value": fill})
+    return ctx.emit("where", [mask, zero, neg_inf]) if mask.dtype is DType.bool \
+        else ctx.cast(mask, dtype)
+
+
+def _position_bias(ctx: ImportContext, node: OnnxNode, bias: Value | None, seq_q: int,
+                   seq_k: int, past_len: int, nonpad: Value | None, dtype: DType,
+                   zero: Value, neg_inf: Value) -> Value | None:
+    """``bias`` plus the causal and sliding-window constraints on key position j against
+    query position i (None when there is neither bias nor constraint)."""
     # j <= i + offset (causal) and the window, with offset = past length, or per batch
     # nonpad_kv_seqlen - L for an external cache.
     rel = np.arange(seq_k)[None, :] - np.arange(seq_q)[:, None]  # j - i
@@ -168,28 +212,7 @@ def _attention_decomposed(ctx: ImportContext, node: OnnxNode, q, k, v, mask, ran
             ok = ctx.emit(cmp, [shifted, ctx.scalar(bound, DType.int64)])
             term = ctx.emit("where", [ok, zero, neg_inf])
         bias = term if bias is None else ctx.emit("add", [bias, term])
-    if nonpad is not None:  # keys at or past nonpad_kv_seqlen[b] are padding
-        valid = ctx.emit("lt", [ctx.constant(np.arange(seq_k), DType.int64, "keys"),
-                                ctx.emit("reshape", [ctx.cast(nonpad, DType.int64)],
-                                         {"shape": (-1, 1, 1, 1)})])
-        term = ctx.emit("where", [valid, zero, neg_inf])
-        bias = term if bias is None else ctx.emit("add", [bias, term])
-    if bias is not None:
-        scores = ctx.emit("add", [scores, bias])
-        if node.attr("qk_matmul_output_mode", 0) == 2 or (
-                node.attr("qk_matmul_output_mode", 0) == 1 and not softcap):
-            qk_out = scores
-    probs = ctx.emit("softmax", [scores], {"axis": -1})
-    if bias is not None:  # rows with no attendable key give 0, not NaN
-        row_max = ctx.emit("amax", [bias], {"axes": (-1,), "keepdim": True})
-        dead = ctx.emit("eq", [row_max, neg_inf])
-        probs = ctx.emit("where", [dead, zero, probs])
-    if node.attr("qk_matmul_output_mode", 0) == 3:
-        qk_out = probs
-    y = ctx.emit("matmul", [probs, v])
-    if rank == 3:
-        y = _merge_heads(ctx, y)
-    return [y, present_k, present_v, qk_out]
+    return bias
 
 
 @onnx_converter("MultiHeadAttention", domain=MICROSOFT)

@@ -202,16 +202,8 @@ def prune_channels(
     Raises:
         PruneError: the FLOPs target cannot be reached, or inconsistent options.
     """
-    if (ratio is None) == (flops is None):
-        raise PruneError("give exactly one of ratio= (per group) or flops= (global target)")
-    if scope not in ("layer", "global"):
-        raise PruneError(f"scope='{scope}' must be 'layer' or 'global'")
-    if scope == "global" and isinstance(ratio, Mapping):
-        raise PruneError("scope='global' ranks all groups together: give flops= or one float "
-                         "ratio= (per-pattern ratios need scope='layer')")
+    _check_options(ratio, flops, scope)
     target = flops if flops is not None else ratio
-    if flops is not None and not 0.0 <= flops < 1.0:
-        raise PruneError(f"flops={flops}: the fraction of FLOPs to remove must be in [0, 1)")
     analysis = DependencyGraph(graph)
     before = count_flops(graph).total
     report = PruneReport("channels", flops_before=before, params_before=_params(graph),
@@ -223,6 +215,42 @@ def prune_channels(
         if data is None:
             raise PruneError("importance=taylor needs data=[(inputs, target), ...] (and loss=)")
         grads = taylor_gradients(graph, data, loss)
+    order, ranked_scores, used = _rank_groups(analysis, report, importance, exclude, grads)
+
+    if scope == "global":
+        counts = _solve_global(graph, analysis, order, ranked_scores, before, flops, ratio,
+                               max_ratio, round_to)
+    else:
+        counts = _layer_counts_for_target(graph, analysis, order, before, flops, ratio,
+                                          max_ratio, round_to)
+    _remove_groups(graph, analysis, order, counts, report,
+                   rw if rw is not None else Rewriter(graph))
+    graph.verify()
+    report.flops_after = count_flops(graph).total
+    report.params_after = _params(graph)
+    _note_importance_fallback(report, importance, used)
+    return report
+
+
+def _check_options(ratio, flops: float | None, scope: str) -> None:
+    """Raise PruneError for a combination of ``prune_channels`` options that has no meaning."""
+    if (ratio is None) == (flops is None):
+        raise PruneError("give exactly one of ratio= (per group) or flops= (global target)")
+    if scope not in ("layer", "global"):
+        raise PruneError(f"scope='{scope}' must be 'layer' or 'global'")
+    if scope == "global" and isinstance(ratio, Mapping):
+        raise PruneError("scope='global' ranks all groups together: give flops= or one float "
+                         "ratio= (per-pattern ratios need scope='layer')")
+    if flops is not None and not 0.0 <= flops < 1.0:
+        raise PruneError(f"flops={flops}: the fraction of FLOPs to remove must be in [0, 1)")
+
+
+def _rank_groups(analysis: DependencyGraph, report: PruneReport, importance, exclude, grads):
+    """Report every group, and rank the channels of each one that may be pruned.
+
+    Returns ``(order, ranked_scores, used)`` keyed by group index: the removable channels
+    weakest first, their normalized scores in the same order, and the importance actually used.
+    """
     order: dict[int, np.ndarray] = {}
     ranked_scores: dict[int, np.ndarray] = {}  # normalized, ascending, aligned with order[g]
     used: dict[int, str] = {}
@@ -251,21 +279,25 @@ def prune_channels(
             entry.skipped = ""
             report.notes.append(f"{g.name}: {len(g.frozen_channels)} channels kept "
                                 f"({'; '.join(g.reasons[:2])})")
+    return order, ranked_scores, used
 
-    if scope == "global":
-        counts = _solve_global(graph, analysis, order, ranked_scores, before, flops, ratio,
-                               max_ratio, round_to)
-    else:
-        def layer_counts(r: float | Mapping[str, float]) -> dict[int, int]:
-            return {g.index: _count(g, _group_ratio(g, r), max_ratio, len(order[g.index]),
-                                    round_to) for g in analysis.groups if g.index in order}
 
-        if flops is not None:
-            ratio = _solve_ratio(graph, analysis, order, layer_counts, before, flops, max_ratio)
-        counts = layer_counts(ratio)
+def _layer_counts_for_target(graph, analysis, order, before, flops, ratio, max_ratio,
+                             round_to) -> dict[int, int]:
+    """``scope="layer"``: channels to remove per group, from the ratio or the FLOPs target."""
+    def layer_counts(r: float | Mapping[str, float]) -> dict[int, int]:
+        return {g.index: _count(g, _group_ratio(g, r), max_ratio, len(order[g.index]),
+                                round_to) for g in analysis.groups if g.index in order}
+
+    if flops is not None:
+        ratio = _solve_ratio(graph, analysis, order, layer_counts, before, flops, max_ratio)
+    return layer_counts(ratio)
+
+
+def _remove_groups(graph, analysis, order, counts, report: PruneReport, rw: Rewriter) -> None:
+    """Remove the planned channels group by group, recording each group's count in ``report``."""
     # One rewrite per group (its channels out of every tensor that carries them), through the
     # rewriter's edit API: counted in the pass report, and bisect can stop after any group.
-    rw = rw if rw is not None else Rewriter(graph)
     done = np.zeros(0, np.int64)
     for g, k in counts.items():
         if not k:
@@ -277,14 +309,14 @@ def prune_channels(
         remove_channels(graph, analysis, part, before=done, verify=False)
         done = np.concatenate([done, part])
         report.groups[g].removed = k
-    graph.verify()
-    report.flops_after = count_flops(graph).total
-    report.params_after = _params(graph)
+
+
+def _note_importance_fallback(report: PruneReport, importance, used: Mapping[int, str]) -> None:
+    """Note in ``report`` the groups that could not use the requested importance."""
     if used and any(v != importance for v in used.values()) and isinstance(importance, str):
         fallback = sorted({report.groups[i].name for i, v in used.items() if v != importance})
         report.notes.append(f"{importance} unavailable for {len(fallback)} groups "
                             f"(no batch norm): used l1")
-    return report
 
 
 def _removed(order: Mapping[int, np.ndarray], counts: Mapping[int, int]) -> np.ndarray:

@@ -264,6 +264,29 @@ def _match_node(
                 tracker.fail(state, where, f"'{pattern.name}' binds two different nodes")
             return
         new.nodes[pattern.name] = node
+    if not _attrs_match(pattern, node, state, new, tracker, where):
+        return
+    if not _operand_count_fits(pattern, node, state, tracker, where, base):
+        return
+    inputs = pattern.inputs
+    operands = node.inputs
+    orders = [(0, 1), (1, 0)] if pattern.commutative else [tuple(range(len(inputs)))]
+    for order in orders:
+        yield from _match_operands(
+            pattern, [operands[i] for i in order], inputs, 0, new, tracker, base
+        )
+
+
+def _attrs_match(
+    pattern: OpPattern,
+    node: Node,
+    state: Match,
+    new: Match,
+    tracker: FailureTracker | None,
+    where: str,
+) -> bool:
+    """Whether ``node``'s attributes meet ``pattern``'s constraints; ``Attr`` captures are
+    recorded in ``new``. A failure is reported against ``state``, the match before this node."""
     for key, constraint in pattern.attrs.items():
         actual = node.attrs.get(key)
         if isinstance(constraint, Attr):
@@ -276,7 +299,7 @@ def _match_node(
                         f"attribute {key}={actual!r} of %{node.name} fails {what}",
                         near=True,
                     )
-                return
+                return False
             if constraint.name in new.attrs and new.attrs[constraint.name] != actual:
                 if tracker:
                     tracker.fail(
@@ -285,7 +308,7 @@ def _match_node(
                         f"captured attribute '{constraint.name}' differs: "
                         f"{new.attrs[constraint.name]!r} vs {actual!r}",
                     )
-                return
+                return False
             new.attrs[constraint.name] = actual
         elif callable(constraint):
             if not constraint(actual):
@@ -296,7 +319,7 @@ def _match_node(
                         f"attribute {key}={actual!r} of %{node.name} fails the pattern's predicate",
                         near=True,
                     )
-                return
+                return False
         elif actual != constraint:
             if tracker:
                 tracker.fail(
@@ -305,7 +328,19 @@ def _match_node(
                     f"attribute {key}: expected {constraint!r}, %{node.name} has {actual!r}",
                     near=True,
                 )
-            return
+            return False
+    return True
+
+
+def _operand_count_fits(
+    pattern: OpPattern,
+    node: Node,
+    state: Match,
+    tracker: FailureTracker | None,
+    where: str,
+    base: str,
+) -> bool:
+    """Whether ``node`` has an operand for each of ``pattern``'s, and any beyond are absent."""
     inputs = pattern.inputs
     operands = node.inputs
     if len(inputs) > len(operands):
@@ -315,7 +350,7 @@ def _match_node(
                 where,
                 f"pattern has {len(inputs)} operands, %{node.name} has {len(operands)}",
             )
-        return
+        return False
     extra = [v for v in operands[len(inputs) :] if v is not None]
     if extra:
         if tracker:
@@ -325,12 +360,8 @@ def _match_node(
                 f"{base}.{pattern.operand_name(slot)}",
                 f"expected an absent operand (None), found {describe_value(extra[0])}",
             )
-        return
-    orders = [(0, 1), (1, 0)] if pattern.commutative else [tuple(range(len(inputs)))]
-    for order in orders:
-        yield from _match_operands(
-            pattern, [operands[i] for i in order], inputs, 0, new, tracker, base
-        )
+        return False
+    return True
 
 
 def _match_operands(

@@ -264,6 +264,7 @@ _FALSE = {"false", "0", "no", "off"}
 
 
 def _convert(tp: Any, value: Any) -> Any:
+    """``value`` (pipeline text or a Python value) as type ``tp``; ValueError/TypeError if not."""
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
@@ -273,66 +274,94 @@ def _convert(tp: Any, value: Any) -> Any:
                 return choice
         raise ValueError("not one of the allowed values")
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = typing.get_args(tp)
-        if type(None) in args and (
-            value is None or (isinstance(value, str) and value.strip().lower() == "none")
-        ):
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(arg, value)
-            except (ValueError, TypeError) as exc:
-                errors.append(str(exc))
-        raise ValueError("; ".join(errors))
+        return _convert_union(tp, value)
     if origin is tuple or tp is tuple:
-        items = _split_list(value) if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise TypeError("not a list")
-        args = typing.get_args(tp)
-        if not args:
-            return tuple(items)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v) for v in items)
-        if len(args) != len(items):
-            raise ValueError(f"expected {len(args)} items, got {len(items)}")
-        return tuple(_convert(a, v) for a, v in zip(args, items))
+        return _convert_tuple(tp, value)
     if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise ValueError("not a boolean (true/false)")
+        return _convert_bool(value)
     if tp is int:
-        if isinstance(value, bool):
-            raise TypeError("a bool is not an int")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            return int(value.strip())
-        raise TypeError(f"{type(value).__name__} is not an int")
+        return _convert_int(value)
     if tp is float:
-        if isinstance(value, bool):
-            raise TypeError("a bool is not a float")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            return float(value.strip())
-        raise TypeError(f"{type(value).__name__} is not a float")
+        return _convert_float(value)
     if tp is str:
-        if not isinstance(value, str):
-            raise TypeError(f"{type(value).__name__} is not a str")
-        text = value.strip()
-        if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-            text = text[1:-1]
-        return text
+        return _convert_str(value)
     if isinstance(tp, type):
         if isinstance(value, tp):
             return value
         raise TypeError(f"{type(value).__name__} is not a {tp.__name__}")
     return value
+
+
+def _convert_union(tp: Any, value: Any) -> Any:
+    """The first member of the union that accepts ``value`` ("none" is None for Optional)."""
+    args = typing.get_args(tp)
+    if type(None) in args and (
+        value is None or (isinstance(value, str) and value.strip().lower() == "none")
+    ):
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _convert(arg, value)
+        except (ValueError, TypeError) as exc:
+            errors.append(str(exc))
+    raise ValueError("; ".join(errors))
+
+
+def _convert_tuple(tp: Any, value: Any) -> tuple:
+    """A tuple from a list, a tuple or the text ``[a,b]``, each item converted to its type."""
+    items = _split_list(value) if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise TypeError("not a list")
+    args = typing.get_args(tp)
+    if not args:
+        return tuple(items)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_convert(args[0], v) for v in items)
+    if len(args) != len(items):
+        raise ValueError(f"expected {len(args)} items, got {len(items)}")
+    return tuple(_convert(a, v) for a, v in zip(args, items))
+
+
+def _convert_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError("not a boolean (true/false)")
+
+
+def _convert_int(value: Any) -> int:
+    # bool is a subclass of int, but true for a count is a mistake worth reporting.
+    if isinstance(value, bool):
+        raise TypeError("a bool is not an int")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        return int(value.strip())
+    raise TypeError(f"{type(value).__name__} is not an int")
+
+
+def _convert_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError("a bool is not a float")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        return float(value.strip())
+    raise TypeError(f"{type(value).__name__} is not a float")
+
+
+def _convert_str(value: Any) -> str:
+    """The text, stripped, without one pair of enclosing quotes."""
+    if not isinstance(value, str):
+        raise TypeError(f"{type(value).__name__} is not a str")
+    text = value.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1]
+    return text
 
 
 def _split_list(text: str) -> list[str]:

@@ -74,6 +74,22 @@ def lower_attention(ctx) -> None:
     if scale is None:
         scale = 1.0 / math.sqrt(E)
 
+    mask_kind, m_strides, mask = _mask_operand(ctx, batch, L, S)
+    out = _output_ref(ctx, out_shape)
+    ob, oh = _batch_strides(out, batch, ctx)
+    qb, qh = _batch_strides(q, batch, ctx)
+    kb, kh = kv_strides(k)
+    vb, vh = kv_strides(v)
+    ctx.emit("attention", [out, q, k, v, mask],
+             [B, H, L, S, E, Ev, group,
+              qb, qh, q.strides[-2], kb, kh, k.strides[-2], vb, vh, v.strides[-2],
+              ob, oh, out.strides[-2], mask_kind, *m_strides, int(ctx.attrs["is_causal"])],
+             [scale])
+
+
+def _mask_operand(ctx, batch: tuple[int, ...], L: int, S: int):
+    """``(mask_kind, strides, ref)`` of the mask operand: kind 0 (no mask), 1 (bool, True
+    attends) or 2 (float, added to the scores); the strides are (b, h, row, column)."""
     mask_kind, m_strides, mask = 0, (0, 0, 0, 0), None
     data = ctx.const(3)
     if data is not None and (data.all() if data.dtype == bool else not data.any()):
@@ -87,8 +103,12 @@ def lower_attention(ctx) -> None:
         mask = mask.expanded((*batch, L, S))
         mb, mh = _batch_strides(mask, batch, ctx)
         m_strides = (mb, mh, mask.strides[-2], mask.strides[-1])
+    return mask_kind, m_strides, mask
 
-    # Write straight into the layout of a permute that is the result's only user.
+
+def _output_ref(ctx, out_shape):
+    """Where the kernel writes its result: into the layout of a permute that is the result's
+    only user (the permute then costs nothing), else the node's own output."""
     node = ctx.node
     result = node.outputs[0]
     users = result.users
@@ -106,12 +126,4 @@ def lower_attention(ctx) -> None:
         ctx.set_output(0, out)
     if out is None:
         out = ctx.output(0)
-    ob, oh = _batch_strides(out, batch, ctx)
-    qb, qh = _batch_strides(q, batch, ctx)
-    kb, kh = kv_strides(k)
-    vb, vh = kv_strides(v)
-    ctx.emit("attention", [out, q, k, v, mask],
-             [B, H, L, S, E, Ev, group,
-              qb, qh, q.strides[-2], kb, kh, k.strides[-2], vb, vh, v.strides[-2],
-              ob, oh, out.strides[-2], mask_kind, *m_strides, int(ctx.attrs["is_causal"])],
-             [scale])
+    return out
