@@ -15,6 +15,9 @@ def python_blocks(text: str) -> list[str]:
 def test_writing_a_pass_doc_runs(capsys):
     blocks = python_blocks(DOC.read_text())
     assert len(blocks) >= 5
+    # the promise of the doc: a whole fusion rule, registered as a pass, in <= 20 lines
+    rule_lines = [line for line in blocks[0].splitlines() if line.strip()]
+    assert len(rule_lines) <= 20, f"the fusion-rule example has {len(rule_lines)} lines"
     namespace: dict = {"__name__": "docs_writing_a_pass"}
     for i, block in enumerate(blocks):
         code = compile(block, f"{DOC.name}[python block {i + 1}]", "exec")

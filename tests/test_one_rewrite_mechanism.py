@@ -22,6 +22,7 @@ from graphopt import zoo
 from graphopt.ir.graph import Graph
 from graphopt.rewrite import Rewriter, eliminate_dead_code, layout_rules, track_rewrites
 from graphopt.transform import PassManager, all_passes, create_pass, register_pass
+from test_fold_qdq import BEFORE as QDQ  # the fold-qdq tests' graph: Q/DQ conv, pool, linear
 
 
 def _traced(model: nn.Module, *args: torch.Tensor) -> Graph:
@@ -68,33 +69,6 @@ FOLD = """graph main(%x: i64[1, 8]) {
   %ids: i64[1, 8] = unsqueeze(%pos) {axis=0}
   %y: i64[1, 8] = add(%x, %ids)
   return %y
-}"""
-
-QDQ = """graph main(%x: f32[1, 2, 4, 4]) {
-  const %xs: f32[] = 0.05
-  const %xz: u8[] = 3
-  const %w_q: i8[4, 2, 3, 3]
-  const %w_s: f32[4] = [0.01, 0.02, 0.015, 0.01]
-  const %b: f32[4] = [0.1, -0.2, 0.3, 0.0]
-  const %ys: f32[] = 0.1
-  const %yz: u8[] = 0
-  const %w2_q: i8[3, 16]
-  const %w2_s: f32[3] = [0.01, 0.02, 0.03]
-  %xq: u8[1, 2, 4, 4] = quantize_linear(%x, %xs, %xz) {dtype="u8"}
-  %xd: f32[1, 2, 4, 4] = dequantize_linear(%xq, %xs, %xz)
-  %wd: f32[4, 2, 3, 3] = dequantize_linear(%w_q, %w_s, None) {axis=0}
-  %y: f32[1, 4, 4, 4] = fused_conv(%xd, %wd, %b, None) {activation="relu", padding=[1]}
-  %yq: u8[1, 4, 4, 4] = quantize_linear(%y, %ys, %yz) {dtype="u8"}
-  %yd: f32[1, 4, 4, 4] = dequantize_linear(%yq, %ys, %yz)
-  %p: f32[1, 4, 2, 2] = max_pool(%yd) {kernel=[2, 2], stride=[2, 2]}
-  %pq: u8[1, 4, 2, 2] = quantize_linear(%p, %ys, %yz) {dtype="u8"}
-  %pd: f32[1, 4, 2, 2] = dequantize_linear(%pq, %ys, %yz)
-  %f: f32[1, 16] = reshape(%pd) {shape=[1, 16]}
-  %fq: u8[1, 16] = quantize_linear(%f, %ys, %yz) {dtype="u8"}
-  %fd: f32[1, 16] = dequantize_linear(%fq, %ys, %yz)
-  %wd2: f32[3, 16] = dequantize_linear(%w2_q, %w2_s, None) {axis=0}
-  %o: f32[1, 3] = linear(%fd, %wd2, None)
-  return %o
 }"""
 
 
