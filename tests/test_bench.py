@@ -1,14 +1,12 @@
 """The benchmark harness: report fields, JSON schema, interleaving, failure handling, per-pass.
 
-Everything runs on tiny models (a 2-layer MLP of width 32) with few rounds; torch-compile is
-only checked for being registered (its first call takes 10-60 s here) unless
-GRAPHOPT_SLOW_TESTS=1.
+Everything runs on tiny models (a 2-layer MLP of width 32) with few rounds, torch-compile
+included (its first call, inductor compiling, takes ~20 s here).
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -265,9 +263,9 @@ def test_torch_compile_is_registered():
     assert set(DEFAULT_BACKENDS) <= set(BENCH_BACKENDS)
 
 
-@pytest.mark.skipif(os.environ.get("GRAPHOPT_SLOW_TESTS") != "1",
-                    reason="torch.compile's first call takes 10-60 s here")
-def test_torch_compile_runs(tiny_mlp):  # pragma: no cover - slow
+# torch.compile is the competitor people reach for first: its comparison path runs in every
+# `make test` (~20 s here, inductor compiling a tiny MLP), not only behind a flag.
+def test_torch_compile_runs(tiny_mlp):
     model, args = tiny_mlp
     report = graphopt.benchmark(model, args, backends=["eager", "torch-compile"], **FAST)
     r = report["torch-compile"]
