@@ -143,6 +143,19 @@ def test_normalize_dim_refuses_text():
         normalize_dim("s0 + 1")
 
 
+def test_dim_comparisons_never_parse_text(marker):
+    """dims_equal / dim_expr (shape rules, reshape inference) take numbers and expressions only:
+    text that reached them would have gone through sympify's eval before."""
+    from graphopt.ir.types import dim_expr, dims_equal
+
+    payload = f"__import__('pathlib').Path({marker!r}).touch()"
+    with pytest.raises(TypeError, match="parse_dim"):
+        dims_equal(payload, parse_dim("s0"))
+    with pytest.raises(TypeError, match="not a number"):
+        dim_expr(object())
+    assert dim_expr(np.int64(3)) == 3 and dims_equal(parse_dim("2*s0"), parse_dim("s0 + s0"))
+
+
 def test_tensor_types_reject_negative_and_astronomical_shapes():
     with pytest.raises(TypeInferenceError, match="negative dim"):
         TensorType((2, -1), DType.float32)

@@ -8,6 +8,7 @@ Shape rules use ordinary arithmetic on dims, so the same rule serves static and 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -22,6 +23,25 @@ Dim = Union[int, sympy.Expr]
 MAX_NUMEL = (1 << 63) - 1
 
 
+def dim_expr(dim) -> sympy.Expr:
+    """``dim`` (a Python/numpy number or a sympy expression) as a sympy expression.
+
+    Never parses text: ``sympy.sympify`` would ``eval`` a string, so text dims are refused here
+    and go through the size-expression grammar (``parse_dim``) where files are read.
+    """
+    if isinstance(dim, bool):
+        raise TypeError("a dim cannot be a bool")
+    if isinstance(dim, numbers.Integral):
+        return sympy.Integer(int(dim))
+    if isinstance(dim, numbers.Real):
+        return sympy.Float(float(dim))
+    if isinstance(dim, sympy.Expr):
+        return dim
+    if isinstance(dim, str):
+        raise TypeError(f"dim {dim!r} is text; read it with graphopt.ir.types.parse_dim")
+    raise TypeError(f"dim {dim!r} is not a number or a size expression")
+
+
 def normalize_dim(dim) -> Dim:
     """An int for static dims, a simplified sympy expression for symbolic ones."""
     if isinstance(dim, bool):
@@ -30,9 +50,7 @@ def normalize_dim(dim) -> Dim:
         return dim
     if hasattr(dim, "node") and hasattr(dim.node, "expr"):  # torch.SymInt
         dim = dim.node.expr
-    if isinstance(dim, str):  # sympify would eval it: text goes through parse_dim's grammar
-        raise TypeError(f"dim {dim!r} is text; read it with graphopt.ir.types.parse_dim")
-    expr = sympy.sympify(dim)
+    expr = dim_expr(dim)
     if expr.is_Integer:
         return int(expr)
     if expr.is_Float:  # e.g. numel / known with Python's true division: 12.0 must print as 12
@@ -80,7 +98,7 @@ def dims_equal(a: Dim, b: Dim) -> bool:
         return a == b
     if a == b:  # structurally equal: skip simplify (slow, and the common case)
         return True
-    return sympy.simplify(sympy.sympify(a) - sympy.sympify(b)) == 0
+    return sympy.simplify(dim_expr(a) - dim_expr(b)) == 0
 
 
 @dataclass(frozen=True)

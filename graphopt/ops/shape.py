@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from graphopt.errors import TypeInferenceError
-from graphopt.ir.types import TensorType, dims_equal, normalize_dim
+from graphopt.ir.types import TensorType, dim_expr, dims_equal, normalize_dim
 from graphopt.ops._infer import expect_dim, norm_axes, norm_axis, prod
 from graphopt.ops.registry import PURE, QDQ_TRANSPARENT, SHAPE_ONLY, AttrSpec, register_op
 
@@ -29,7 +29,7 @@ def _reshape_infer(types, attrs):
         elif isinstance(numel, int) and isinstance(known, int):
             inferred = numel // known
         else:
-            inferred = normalize_dim(sympy.simplify(sympy.sympify(numel) / known))
+            inferred = normalize_dim(sympy.simplify(dim_expr(numel) / known))
         shape[shape.index(-1)] = inferred
     if not dims_equal(prod(shape), x.numel):
         raise TypeInferenceError(f"cannot reshape {x} ({x.numel} elements) to {attrs['shape']}")
