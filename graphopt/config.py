@@ -132,4 +132,20 @@ def jsonable(value: Any) -> Any:
     return repr(value)
 
 
-__all__ = ["Config", "jsonable"]
+def string_tuple(value: Any, error: type[GraphoptError], what: str) -> tuple[str, ...]:
+    """``value`` (one string, or an iterable of strings) as a tuple of strings.
+
+    Raises ``error`` with ``what`` (e.g. "graphopt.quantize: exclude must be glob strings")
+    and the offending items when any item is not a string.
+    """
+    try:
+        items = (value,) if isinstance(value, str) else tuple(value)
+    except TypeError:
+        items = (value,)
+    bad = [item for item in items if not isinstance(item, str)]
+    if bad:
+        raise error(f"{what}, got {bad!r}")
+    return items
+
+
+__all__ = ["Config", "jsonable", "string_tuple"]

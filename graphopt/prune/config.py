@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from graphopt.config import Config
+from graphopt.config import Config, string_tuple
 from graphopt.errors import PruneError
 
 METHODS = ("channels", "magnitude")
@@ -111,14 +111,7 @@ class FinetuneConfig(Config):
 
 
 def _globs(value: Any, name: str = "exclude", what: str = "glob strings") -> tuple[str, ...]:
-    try:
-        items = (value,) if isinstance(value, str) else tuple(value)
-    except TypeError:
-        items = (value,)
-    bad = [v for v in items if not isinstance(v, str)]
-    if bad:
-        raise PruneError(f"{name} must be {what}, got {bad!r}")
-    return items
+    return string_tuple(value, PruneError, f"{name} must be {what}")
 
 
 __all__ = ["ALIASES", "METHODS", "SCOPES", "FinetuneConfig", "PruneConfig"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from graphopt.compile import Target
-from graphopt.config import Config
+from graphopt.config import Config, string_tuple
 from graphopt.errors import QuantizationError
 
 MODES = ("dynamic", "static", "weight-only", "fp16", "bf16")
@@ -73,14 +73,8 @@ class QuantizeConfig(Config):
 
 
 def _globs(exclude) -> tuple[str, ...]:
-    try:
-        globs = (exclude,) if isinstance(exclude, str) else tuple(exclude)
-    except TypeError:
-        globs = (exclude,)
-    bad = [g for g in globs if not isinstance(g, str)]
-    if bad:
-        raise QuantizationError(f"graphopt.quantize: exclude must be glob strings, got {bad!r}")
-    return globs
+    return string_tuple(exclude, QuantizationError,
+                        "graphopt.quantize: exclude must be glob strings")
 
 
 __all__ = ["MODES", "SENSITIVITIES", "QuantizeConfig"]
