@@ -33,13 +33,15 @@ CSRC := $(wildcard csrc/*.cpp csrc/*.h)
 ASAN_PRELOAD := $(shell gcc -print-file-name=libasan.so) $(shell gcc -print-file-name=libstdc++.so)
 TSAN_PRELOAD := $(shell gcc -print-file-name=libtsan.so)
 # The native suite: kernels (one op per plan), models (whole plans), the safety tests.
-ASAN_TESTS := tests/test_native_gemm.py tests/test_native_kernels.py tests/test_native_indexing.py \
-	tests/test_native_plan.py tests/test_sparse_gemm.py tests/test_native_sparse.py \
-	tests/test_native_qgemm.py tests/test_native_quant_static.py tests/test_native_models.py \
-	tests/test_native_quant_models.py tests/test_native_safety.py tests/test_native_kernel_table.py \
+ASAN_TESTS := tests/test_native_gemm.py tests/test_native_kernels.py tests/test_native_elementwise.py \
+	tests/test_native_indexing.py tests/test_native_plan.py tests/test_sparse_gemm.py \
+	tests/test_native_sparse.py tests/test_native_qgemm.py tests/test_native_quant_static.py \
+	tests/test_native_models.py tests/test_native_quant_models.py tests/test_native_safety.py \
+	tests/test_native_artifacts.py tests/test_native_kernel_table.py \
 	tests/test_native_activation_extremes.py
 # Tests that run native code on several threads at once (the runtime's pool, concurrent calls).
-TSAN_TESTS := tests/test_native_safety.py tests/test_native_models.py::test_threads_do_not_change_results
+TSAN_TESTS := tests/test_native_safety.py tests/test_native_artifacts.py \
+	tests/test_native_models.py::test_threads_do_not_change_results
 
 .PHONY: venv test demo asan tsan fuzz bench-gemm clean
 

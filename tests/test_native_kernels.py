@@ -6,8 +6,9 @@ torch functions (F.conv2d, F.scaled_dot_product_attention, ...).
 
 Tolerance: |native - torch| <= 1e-5 * max(1, max|torch|) + 1e-4 * |torch| (float32 sums in a
 different order; the scale term covers the rounding of length-K dot products). Integer and
-bool results must be equal. The whole file also runs on the portable (non-AVX2) kernels:
-``test_portable_path`` reruns it with GRAPHOPT_DISABLE_AVX2=1.
+bool results must be equal. The elementwise kernels: tests/test_native_elementwise.py. This
+file and that one also run on the portable (non-AVX2) kernels: ``test_portable_path`` reruns
+them with GRAPHOPT_DISABLE_AVX2=1.
 """
 
 from __future__ import annotations
@@ -195,107 +196,6 @@ def test_softmax_masked_rows():
     check_op("softmax", [x], {"axis": -1})
 
 
-# ------------------------------------------------------------------------------ elementwise
-FLOAT_UNARY = ["neg", "abs", "relu", "floor", "ceil", "round", "sign", "exp", "expm1", "sin",
-               "cos", "tan", "atan", "tanh", "sigmoid", "erf", "silu", "mish", "hardswish",
-               "hardsigmoid", "softsign", "reciprocal", "isnan", "logical_not"]
-
-
-@pytest.mark.parametrize("op", FLOAT_UNARY)
-def test_unary_float(op):
-    x = randn(5, 13) * 3
-    x[0, 0] = 0.0
-    x[0, 1] = 2.5  # round half to even
-    check_op(op, [x])
-
-
-@pytest.mark.parametrize("op", ["log", "log1p", "sqrt", "rsqrt"])
-def test_unary_positive(op):
-    check_op(op, [randn(3, 9).abs() + 0.01])
-
-
-@pytest.mark.parametrize("op,attrs", [("gelu", {"approximate": "none"}),
-                                      ("gelu", {"approximate": "tanh"}),
-                                      ("clamp", {"min": -0.5, "max": None}),
-                                      ("clamp", {"min": 0.0, "max": 6.0}),
-                                      ("leaky_relu", {"negative_slope": 0.07}),
-                                      ("elu", {"alpha": 1.3, "scale": 1.05, "input_scale": 0.9}),
-                                      ("softplus", {"beta": 2.0, "threshold": 3.0})])
-def test_unary_params(op, attrs):
-    check_op(op, [randn(4, 21) * 3], attrs)
-
-
-@pytest.mark.parametrize("op", ["neg", "abs", "sign", "bitwise_not", "relu"])
-def test_unary_int(op):
-    check_op(op, [torch.tensor([[-3, 0, 5, 7], [2, -1, 9, 11]])])
-
-
-def test_unary_int_to_float():
-    check_op("exp", [torch.tensor([0, 1, 2, -1])])
-
-
-BINARY_SHAPES = [((3, 4), (3, 4)), ((3, 4), (4,)), ((2, 1, 5), (3, 1)), ((), (2, 3)),
-                 ((1, 7), (6, 1))]
-
-
-@pytest.mark.parametrize("op", ["add", "sub", "mul", "div", "pow", "maximum", "minimum",
-                                "remainder", "atan2", "eq", "ne", "lt", "le", "gt", "ge",
-                                "logical_and", "logical_or", "logical_xor"])
-@pytest.mark.parametrize("a_shape,b_shape", BINARY_SHAPES)
-def test_binary_float(op, a_shape, b_shape):
-    a, b = randn(*a_shape) * 2, randn(*b_shape, seed=1) * 2
-    if op == "pow":
-        a = a.abs() + 0.1
-    if op in ("eq", "ne", "le", "ge") and a.numel() > 1 and b.numel() > 1:
-        b = b.clone()
-    check_op(op, [a, b], threads=(2,))
-
-
-@pytest.mark.parametrize("op,attrs", [("add", None), ("sub", None), ("mul", None),
-                                      ("div", {"rounding_mode": "floor"}),
-                                      ("div", {"rounding_mode": "trunc"}),
-                                      ("div", {"rounding_mode": None}), ("remainder", None),
-                                      ("pow", None), ("bitwise_and", None), ("bitwise_or", None),
-                                      ("bitwise_xor", None), ("maximum", None), ("lt", None)])
-def test_binary_int(op, attrs):
-    a = torch.tensor([[-7, 7, 0, 5], [9, -9, 3, -4]])
-    b = torch.tensor([3, -3, 2, 5]) if op != "pow" else torch.tensor([0, 1, 2, 3])
-    check_op(op, [a, b], attrs)
-
-
-def test_binary_mixed_dtypes_and_bool():
-    check_op("add", [randn(3, 4), Const(torch.tensor(2))])  # f32 + i64 scalar -> f32
-    check_op("gt", [randn(3, 4), Const(torch.tensor(0))])
-    check_op("mul", [torch.tensor([1, 2, 3]), Const(torch.tensor(0.5))])  # i64 * f32 -> f32
-    m = torch.tensor([[True, False], [False, False]])
-    check_op("bitwise_or", [m, torch.tensor([True, False])])
-    check_op("logical_xor", [m, torch.tensor([1.0, 0.0])])
-
-
-def test_binary_nan_propagation():
-    a = torch.tensor([1.0, float("nan"), 3.0, -1.0] * 3)
-    b = torch.tensor([float("nan"), 2.0, 1.0, -2.0] * 3)
-    check_op("maximum", [a, b])
-    check_op("minimum", [a, b])
-
-
-@pytest.mark.parametrize("c_shape,a_shape,b_shape", [((3, 4), (3, 4), (3, 4)),
-                                                     ((3, 1), (4,), ()), ((4,), (2, 3, 4), (1,))])
-def test_where(c_shape, a_shape, b_shape):
-    cond = randn(*c_shape) > 0
-    check_op("where", [cond, randn(*a_shape, seed=1), randn(*b_shape, seed=2)])
-    check_op("where", [cond, torch.ones(a_shape, dtype=torch.int64), Const(torch.tensor(-1))])
-
-
-@pytest.mark.parametrize("src,dst", [(torch.float32, torch.int64), (torch.int64, torch.float32),
-                                     (torch.bool, torch.float32), (torch.float32, torch.bool),
-                                     (torch.int32, torch.int64), (torch.float32, torch.float64),
-                                     (torch.int64, torch.bool), (torch.float64, torch.float32)])
-def test_cast(src, dst):
-    x = (randn(4, 5) * 5).to(src)
-    check_op("cast", [x], {"dtype": graphopt.DType.from_torch(dst)})
-
-
 # ------------------------------------------------------------------------------- reductions
 REDUCE_CASES = [((3, 5, 4), (2,), False), ((3, 5, 4), (1,), True), ((3, 5, 4), (0, 2), False),
                 ((3, 5, 4), (), False), ((2, 3, 4, 5), (1, 2), True), ((7,), (0,), False)]
@@ -456,6 +356,7 @@ def test_portable_path(env_var, isa):
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
          os.path.join(tests, "test_native_kernels.py"),
+         os.path.join(tests, "test_native_elementwise.py"),
          "-k", ("not portable and (linear or conv or attention or norm or softmax or unary "
                 "or binary_float or reduce_float or pool)")],
         env=env, capture_output=True, text=True, timeout=600, check=False)

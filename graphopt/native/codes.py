@@ -2,9 +2,9 @@
 
 The C++ runtime is the one source of truth: each table here is read from the extension
 (``graphopt._C.native_code_tables()``, registered next to each C++ enum: ``csrc/activation.h``,
-``csrc/rt_dtype.h``, ``csrc/rt_elementwise.cpp``, ``csrc/rt_reduce.cpp``) the first time it is
-used, so importing this module does not need the extension. Without a built extension, using
-a table raises ``ImportError`` saying so.
+``csrc/rt_dtype.h``, ``csrc/rt_elementwise.cpp``, ``csrc/rt_binary.cpp``,
+``csrc/rt_reduce.cpp``) the first time it is used, so importing this module does not need the
+extension. Without a built extension, using a table raises ``ImportError`` saying so.
 
 The sets below (``INT_UNARY``, ``PREDICATES``...) are facts about the ops that the lowerings
 use to choose dtypes; they name codes, and ``tests/test_native_kernel_table.py`` checks that
@@ -79,7 +79,7 @@ UNARY_CODES: Mapping[str, int] = _NativeCodes("unary")
 # Unary ops valid on integer (and bool) inputs.
 INT_UNARY = {"neg", "abs", "relu", "floor", "ceil", "round", "sign", "bitwise_not", "clamp"}
 
-# csrc/rt_elementwise.cpp BinaryOp
+# csrc/rt_binary.cpp BinaryOp
 BINARY_CODES: Mapping[str, int] = _NativeCodes("binary")
 PREDICATES = {"eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_xor"}
 FLOAT_ONLY_BINARY = {"div", "atan2"}

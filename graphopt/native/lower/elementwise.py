@@ -1,4 +1,4 @@
-"""Elementwise ops -> "unary", "binary", "where", "cast" (csrc/rt_elementwise.cpp).
+"""Elementwise ops -> "unary", "binary", "where", "cast" (csrc/rt_elementwise.cpp, rt_binary.cpp).
 
 Operands are converted to one compute dtype first (torch promotion, already resolved by type
 inference: the result dtype for arithmetic, the promoted input dtype for comparisons); constant
