@@ -1,10 +1,12 @@
 """End-to-end latency of the zoo models on every backend, with graphopt.benchmark.
 
-Models (batch 1): mlp (4 x Linear(1024)), mobilenetv2 (224), resnet50 (224), bert (BERT-base,
-seq 128), gpt2 (GPT-2 small, seq 64). Backends: eager, torch-compile, onnxruntime (on
-torch.onnx.export), graphopt-onnxruntime, graphopt-native, graphopt-torch; unavailable ones are
-listed with the reason. Per model: same thread count for all backends, warm-up, interleaved
-rounds (see graphopt/bench/harness.py for the method).
+Models: mlp (4 x Linear(1024)), mobilenetv2 (224), resnet50 (224), bert (BERT-base, seq 128)
+and gpt2 (GPT-2 small, seq 64) with attention masks and right padding, at batch 1 and, as
+bert-b8 / gpt2-b8, batch 8 (rows padded to different lengths). Backends: eager, torch-compile,
+onnxruntime (on torch.onnx.export), graphopt-onnxruntime, graphopt-native, graphopt-torch;
+unavailable ones are listed with the reason. Per model: same thread count for all backends,
+warm-up, 40 samples per backend in rotated blocks with a pause between blocks, onnxruntime at
+the faster of spinning / not spinning (see graphopt/bench/harness.py for the method).
 
 Writes, under --out (default benchmarks/results/):
     models/<model>.json, .md, .png   one report per model (JSON schema graphopt-bench/1)
@@ -13,7 +15,7 @@ Writes, under --out (default benchmarks/results/):
     models/all.json                  {"reports": [...]} with every report
 
 Usage:
-    python benchmarks/bench_models.py                       # everything (~15-25 min on 2 cores)
+    python benchmarks/bench_models.py                       # everything (~40-60 min on 2 cores)
     python benchmarks/bench_models.py --models mlp,mobilenetv2 --rounds 10
     python benchmarks/bench_models.py --quick               # mlp + mobilenetv2, no torch-compile
     python benchmarks/bench_models.py --skip torch-compile --per-pass
@@ -36,12 +38,15 @@ from graphopt.bench import DEFAULT_BACKENDS
 from graphopt.bench.machine import load_text
 from graphopt.bench.plot import plot_summary
 
-MODELS: dict[str, dict] = {
-    "mlp": {},
-    "mobilenetv2": {},
-    "resnet50": {},
-    "bert": {"seq": 128},
-    "gpt2": {"seq": 64},
+# name -> (zoo model, options)
+MODELS: dict[str, tuple[str, dict]] = {
+    "mlp": ("mlp", {}),
+    "mobilenetv2": ("mobilenetv2", {}),
+    "resnet50": ("resnet50", {}),
+    "bert": ("bert", {"seq": 128, "masked": True}),
+    "gpt2": ("gpt2", {"seq": 64, "masked": True}),
+    "bert-b8": ("bert", {"seq": 128, "batch": 8, "masked": True}),
+    "gpt2-b8": ("gpt2", {"seq": 64, "batch": 8, "masked": True}),
 }
 
 
@@ -55,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", default="", help="backends to leave out, comma-separated")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--pipeline", default="default")
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--max-time", type=float, default=150.0,
+    parser.add_argument("--max-time", type=float, default=600.0,
                         help="timing budget per model in seconds (default: %(default)s)")
     parser.add_argument("--per-pass", action="store_true",
                         help="also attribute the speedup to passes (graphopt-onnxruntime)")
@@ -73,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         models, rounds = ["mlp", "mobilenetv2"], min(rounds, 8)
         skip.add("torch-compile")
     backends = [b for b in opts.backends.split(",") if b.strip() and b not in skip]
-    unknown = [m for m in models if m not in zoo.ZOO]
+    unknown = [m for m in models if m not in MODELS]
     if unknown:
-        parser.error(f"unknown zoo model(s): {', '.join(unknown)}")
+        parser.error(f"unknown model(s): {', '.join(unknown)}; known: {', '.join(MODELS)}")
     folder = os.path.join(opts.out, "models")
     os.makedirs(folder, exist_ok=True)
 
@@ -83,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     for name in models:
         print(f"\n=== {name} ===", flush=True)
-        model, args = zoo.get(name, **MODELS.get(name, {}))
+        zoo_name, options = MODELS[name]
+        model, args = zoo.get(zoo_name, **options)
         report = graphopt.benchmark(model, args, backends=backends, pipeline=opts.pipeline,
                                     threads=opts.threads, warmup=opts.warmup, rounds=rounds,
                                     max_time_s=opts.max_time, per_pass=opts.per_pass,

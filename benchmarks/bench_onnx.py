@@ -1,6 +1,8 @@
 """onnxruntime latency of three ONNX exports of the same model, measured interleaved.
 
-Variants per model (batch 1, onnxruntime CPU, ORT_ENABLE_ALL, ``--threads`` intra-op threads):
+Variants per model (batch 1, onnxruntime CPU, ORT_ENABLE_ALL, ``--threads`` intra-op threads;
+each session timed with its thread pool spinning, onnxruntime's default, and not spinning, the
+faster reported):
 
 * ``torch.onnx``: ``torch.onnx.export`` as is (the dynamo exporter, falling back to the legacy
   TorchScript exporter when it fails; the table says which one produced the model);
@@ -8,8 +10,9 @@ Variants per model (batch 1, onnxruntime CPU, ORT_ENABLE_ALL, ``--threads`` intr
 * ``graphopt``: ``graphopt.trace`` -> ``graphopt.optimize`` (default pipeline) ->
   ``graphopt.to_onnx``.
 
-Each round runs every variant once (A B C A B C ...), so machine drift hits all alike; the
-latency is the median over rounds. Node counts are those of the saved ONNX model and, in
+Variants and settings are interleaved in rotated blocks with a pause between blocks
+(``graphopt.bench.timing.FAIR_SCHEDULE``), so machine drift hits all alike and an idle
+spinning pool cannot slow the next variant; the latency is the median over rounds. Node counts are those of the saved ONNX model and, in
 parentheses, after onnxruntime's own graph optimizations.
 
 Usage::
@@ -23,7 +26,6 @@ import argparse
 import contextlib
 import io
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -37,7 +39,9 @@ import torch.utils._pytree as pytree
 
 import graphopt
 from graphopt import zoo
-from graphopt.bench.timing import calibrate, run_interleaved
+from graphopt.backends.onnxruntime_backend import session_options
+from graphopt.bench.backends import ort_sessions
+from graphopt.bench.timing import time_at_best
 
 MODELS = {
     "bert": dict(seq=128),  # BERT-base, 12 layers
@@ -99,15 +103,8 @@ def export_graphopt(model, args, path: str) -> dict:
 
 
 def session(path: str, threads: int, optimized_path: str | None = None):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    # Idle sessions must not spin: with three sessions interleaved on 2 cores, a session's
-    # spinning pool steals the cores from the one being timed next.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    """A session for node counting (saving onnxruntime's optimized model)."""
+    so = session_options(threads)
     if optimized_path:
         so.optimized_model_filepath = optimized_path
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
@@ -147,38 +144,39 @@ def bench_model(name: str, rounds: int, threads: int, exporter: str, folder: str
                         "note": "optimize+to_onnx" if info["optimized"] else "to_onnx",
                         "export_s": info["trace_s"] + info["optimize_s"] + info["lower_s"]}
 
-    calls, per_sample = {}, {}
+    variants = {}
     for variant, row in rows.items():
-        sess = session(row["path"], threads)
-        feeds = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), inputs)}
-        outs = sess.run(None, feeds)
+        sessions = ort_sessions(row["path"], threads)  # spinning (the default) and not
+        feeds = {i.name: t.numpy() for i, t in zip(sessions["spinning"].get_inputs(), inputs)}
+        outs = sessions["spinning"].run(None, feeds)
         row["max_err"] = max(float(np.abs(o - e.numpy()).max()) for o, e in zip(outs, expected))
         row["nodes"] = len(onnx.load(row["path"], load_external_data=False).graph.node)
         row["ort_nodes"] = ort_node_count(row["path"], threads)
-        calls[variant] = (lambda s=sess, f=feeds: s.run(None, f))
-        per_sample[variant] = calibrate(calls[variant], warmup=3, min_sample_s=0.02,
-                                        clock=time.perf_counter)
-    samples, done = run_interleaved(calls, per_sample, rounds, time.perf_counter)
+        variants[variant] = {setting: (lambda s=sess, f=feeds: s.run(None, f))
+                             for setting, sess in sessions.items()}
+    timed = time_at_best(variants, rounds, min_sample_s=0.02)
     base = None
     result = []
     for variant, row in rows.items():
-        p50 = statistics.median(samples[variant]) * 1e3
-        base = base if base is not None else p50
-        result.append({"model": name, "variant": variant, "p50_ms": p50,
-                       "vs_torch": p50 / base, "rounds": done, **row})
+        best = timed[variant]
+        base = base if base is not None else best.p50_ms
+        result.append({"model": name, "variant": variant, "p50_ms": best.p50_ms,
+                       "iqr_ms": best.iqr_ms, "setting": best.setting,
+                       "vs_torch": best.p50_ms / base, "rounds": rounds, **row})
     return result
 
 
 def markdown(rows: list[dict], threads: int) -> str:
     lines = [f"onnxruntime {ort.__version__}, {threads} threads, batch 1, p50 of interleaved "
              "rounds", "",
-             "| model | variant | exported by | nodes (after ORT opt) | p50 ms | vs torch.onnx "
-             "| max abs err vs eager |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | variant | exported by | nodes (after ORT opt) | p50 ms (iqr) | ORT setting "
+             "| vs torch.onnx | max abs err vs eager |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ort_nodes = "?" if r["ort_nodes"] is None else r["ort_nodes"]
         lines.append(f"| {r['model']} | {r['variant']} | {r['note']} | {r['nodes']} "
-                     f"({ort_nodes}) | {r['p50_ms']:.2f} | {r['vs_torch']:.2f}x | "
+                     f"({ort_nodes}) | {r['p50_ms']:.2f} ({r['iqr_ms']:.2f}) | {r['setting']} | "
+                     f"{r['vs_torch']:.2f}x | "
                      f"{r['max_err']:.1e} |")
     return "\n".join(lines)
 

@@ -70,24 +70,83 @@ def reinit_cnn(model: nn.Module, calibration_input: torch.Tensor, batches: int =
 
 
 # ----------------------------------------------------------------------- transformers models
+def padding_mask(batch: int, seq: int) -> torch.Tensor:
+    """int64 (batch, seq) attention mask: 1 for real tokens, 0 for right-padding.
+
+    Row i pads its last ``max(1, seq // 8) + i * seq // (2 * batch)`` positions, so every row
+    (batch 1 too) has some padding and the rows differ in length, as in a real padded batch;
+    every row keeps at least one real token.
+    """
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    for row in range(batch):
+        padded = max(1, seq // 8) + row * seq // (2 * batch)
+        mask[row, max(1, seq - padded):] = 0
+    return mask
+
+
+def token_ids(vocab_size: int, batch: int, seq: int, mask: torch.Tensor | None = None,
+              pad_token_id: int | None = None, seed: int = 0) -> torch.Tensor:
+    """Random int64 token ids from their own seeded generator, pad_token_id where mask is 0.
+
+    The generator is separate from the global RNG so that the inputs do not depend on how many
+    random numbers building the model consumed.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, (batch, seq), generator=generator)
+    if mask is not None:
+        ids = ids.masked_fill(mask == 0, pad_token_id or 0)
+    return ids
+
+
+class AttentionMaskAdapter(nn.Module):
+    """Takes ``(input_ids, attention_mask)`` positionally for a model whose forward does not.
+
+    GPT2Model's second positional parameter is past_key_values, so a positional mask would be
+    misread; tracing, export and the benchmarks pass example args positionally.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+
+
 @register("bert")
-def bert(layers: int = 12, seq: int = 128, batch: int = 1):
-    """BERT-base (BertModel), random weights; ``layers`` trims depth for fast tests."""
+def bert(layers: int = 12, seq: int = 128, batch: int = 1, masked: bool = False):
+    """BERT-base (BertModel), random weights; ``masked`` adds a right-padding attention mask.
+
+    ``layers`` trims depth for fast tests. With ``masked=True`` the args are ``(ids, mask)``
+    (BertModel's second positional parameter is attention_mask) and ids hold pad_token_id at
+    the padded positions; see :func:`padding_mask`.
+    """
     T = _transformers()
     config = T.BertConfig(num_hidden_layers=layers, use_cache=False)
     model = T.BertModel(config, add_pooling_layer=True)
-    ids = torch.randint(0, config.vocab_size, (batch, seq))
-    return model, (ids,)
+    if not masked:
+        return model, (torch.randint(0, config.vocab_size, (batch, seq)),)
+    mask = padding_mask(batch, seq)
+    return model, (token_ids(config.vocab_size, batch, seq, mask, config.pad_token_id), mask)
 
 
 @register("gpt2")
-def gpt2(layers: int = 12, seq: int = 64, batch: int = 1):
-    """GPT-2 small (GPT2Model), random weights."""
+def gpt2(layers: int = 12, seq: int = 64, batch: int = 1, masked: bool = False):
+    """GPT-2 small (GPT2Model), random weights; ``masked`` adds a right-padding attention mask.
+
+    With ``masked=True`` the model is wrapped in :class:`AttentionMaskAdapter` (GPT2Model's
+    second positional parameter is not the mask) and the args are ``(ids, mask)``; GPT-2 has no
+    pad token, so padded positions hold id 0. With right padding the real tokens never attend to
+    the padding (causal attention), so the mask changes only the padded positions' outputs.
+    """
     T = _transformers()
     config = T.GPT2Config(n_layer=layers, use_cache=False)
     model = T.GPT2Model(config)
-    ids = torch.randint(0, config.vocab_size, (batch, seq))
-    return model, (ids,)
+    if not masked:
+        return model, (torch.randint(0, config.vocab_size, (batch, seq)),)
+    mask = padding_mask(batch, seq)
+    ids = token_ids(config.vocab_size, batch, seq, mask, config.pad_token_id)
+    return AttentionMaskAdapter(model), (ids, mask)
 
 
 @register("resnet50")

@@ -62,7 +62,18 @@ def test_report_fields(mlp_report):
     for name in ("onnxruntime", "graphopt-onnxruntime", "graphopt-torch", "eager"):
         assert mlp_report[name].artifact_bytes > 32 * 32 * 4  # at least the weights
     assert "optimize" in mlp_report["graphopt-onnxruntime"].setup_stages
-    assert mlp_report.config["order"] == [r.backend for r in mlp_report.ok_results]
+    timed = []
+    for r in mlp_report.ok_results:
+        timed += [f"{r.backend} @ {k}" for k in r.settings_p50_ms] or [r.backend]
+    assert mlp_report.config["order"] == timed
+    for name in ("onnxruntime", "graphopt-onnxruntime"):  # both settings timed, best reported
+        r = mlp_report[name]
+        assert set(r.settings_p50_ms) == {"spinning", "no spinning"}
+        assert r.latency.p50 == min(r.settings_p50_ms.values())
+        assert r.settings_p50_ms[r.setting] == r.latency.p50
+    assert mlp_report["eager"].setting == "" and not mlp_report["eager"].settings_p50_ms
+    threading = mlp_report.machine["threading"]
+    assert threading["torch_threads"] >= 1 and "environment" in threading
     assert mlp_report.config["threads"] == 1 and mlp_report.config["reference"] == "eager"
 
 
@@ -97,7 +108,7 @@ def test_json_schema(mlp_report, tmp_path):
     result_keys = {"backend", "status", "reason", "latency_ms", "speedup_vs_eager", "setup_s",
                    "first_call_s", "setup_stages", "peak_mem_mib", "resident_mem_mib",
                    "memory_method", "max_abs_err", "max_rel_err", "numerics_ok",
-                   "artifact_bytes", "artifact", "notes"}
+                   "artifact_bytes", "artifact", "notes", "setting", "settings_p50_ms"}
     for r in data["results"]:
         assert set(r) == result_keys
         if r["status"] == "ok":
@@ -149,9 +160,11 @@ def test_rounds_are_interleaved_and_clock_is_used(tiny_mlp):
     backends = [world.backend("A", 0.001), world.backend("B", 0.002),
                 world.backend("C", 0.004)]
     report = graphopt.benchmark(model, args, backends=backends, rounds=4, warmup=2,
-                                min_sample_s=0, clock=world.clock, progress=False)
+                                block=1, pause_s=0, min_sample_s=0, clock=world.clock,
+                                progress=False)
     setup = ["A"] * 3 + ["B"] * 3 + ["C"] * 3  # first call + 2 warm-up calls each, in turn
-    assert world.log == setup + ["A", "B", "C"] * 4
+    # rotated: every backend runs after each of the others, none always first
+    assert world.log == setup + list("ABC" "BCA" "CAB" "ABC")
     assert report.config["order"] == ["A", "B", "C"]
     assert report["A"].latency.p50 == pytest.approx(1.0)
     assert report["C"].latency.p90 == pytest.approx(4.0)
@@ -168,6 +181,62 @@ def test_calls_per_sample_calibration():
     assert calibrate(call, warmup=3, min_sample_s=0.0, clock=world.clock) == 1
     samples, done = run_interleaved({"x": call}, {"x": 100}, 5, world.clock)
     assert done == 5 and samples["x"] == pytest.approx([0.0001] * 5)
+
+
+def test_blocks_pause_between_variants_and_warm_up_first():
+    """Spinning pools: a block of samples after one untimed call, then a pause."""
+    world = FakeWorld()
+    log, pauses = [], []
+
+    def make(name):
+        def call():
+            log.append(name)
+            world.now += 1.0
+        return call
+
+    samples, done = run_interleaved({"a": make("a"), "b": make("b")}, {}, 5, world.clock,
+                                    rotate=True, block=2, pause_s=0.25, block_warmup=1,
+                                    sleep=pauses.append)
+    assert done == 5 and len(samples["a"]) == len(samples["b"]) == 5
+    # passes: a a a | b b b, then rotated b b b | a a a, then the last sample of each
+    assert log == list("aaa" "bbb" "bbb" "aaa" "aa" "bb")
+    assert pauses == [0.25] * 6
+
+
+def test_fastest_setting_is_reported(tiny_mlp):
+    """A backend with settings: each is timed, interleaved; the fastest is its result."""
+    model, args = tiny_mlp
+    world = FakeWorld()
+
+    def prepare(subject, options):
+        def timed(cost):
+            def call():
+                world.log.append(cost)
+                world.now += cost
+                return subject.module(*subject.args)
+            return call
+
+        slow, fast = timed(0.003), timed(0.001)
+        return Prepared(slow, settings=lambda: {"slow": slow, "fast": fast})
+
+    report = graphopt.benchmark(model, args, backends=[BenchBackend("S", prepare, "")],
+                                rounds=4, warmup=1, block=2, pause_s=0, min_sample_s=0,
+                                clock=world.clock, progress=False)
+    r = report["S"]
+    assert r.setting == "fast" and r.latency.p50 == pytest.approx(1.0)
+    assert r.settings_p50_ms == pytest.approx({"slow": 3.0, "fast": 1.0})
+    assert report.config["order"] == ["S @ slow", "S @ fast"]
+    assert "fastest setting 'fast'" in str(report)
+
+
+def test_spinning_option_is_checked(tiny_mlp):
+    model, args = tiny_mlp
+    report = graphopt.benchmark(model, args, backends=["onnxruntime"],
+                                backend_options={"onnxruntime": {"spinning": "off"}}, **FAST)
+    assert report["onnxruntime"].ok and report["onnxruntime"].setting == ""
+    bad = graphopt.benchmark(model, args, backends=["onnxruntime"],
+                             backend_options={"onnxruntime": {"spinning": "sometimes"}}, **FAST)
+    assert bad["onnxruntime"].status == "error" and "spinning" in bad["onnxruntime"].reason
 
 
 def test_max_time_budget_stops_early():

@@ -73,8 +73,10 @@ class OnnxRuntimeModule:
             if value.dtype is DType.bfloat16:
                 raise GraphoptError(f"input %{value.name} is bfloat16, which numpy (and so the "
                                     "onnxruntime Python API) cannot pass")
+        self._session_args = (threads, dict(options))
         so = session_options(threads, **options)
         providers = providers or ["CPUExecutionProvider"]
+        self._providers = providers
         if graph.constant_bytes() > IN_MEMORY_LIMIT:
             # Large weights go through a file: onnx.save moves each initializer's bytes to the
             # data file and drops them from the proto, and the session reads the file, so the
@@ -83,13 +85,28 @@ class OnnxRuntimeModule:
             path = os.path.join(self._tmpdir.name, "model.onnx")
             self.onnx_model = to_onnx(graph, path, opset=opset, contrib_ops=contrib_ops,
                                       external_data=True, check=False)
-            self.session = ort.InferenceSession(path, so, providers=providers)
+            self._source: Any = path
         else:
             self.onnx_model = to_onnx(graph, opset=opset, contrib_ops=contrib_ops, check=False)
-            self.session = ort.InferenceSession(self.onnx_model.SerializeToString(), so,
-                                                providers=providers)
+            self._source = self.onnx_model.SerializeToString()
+        self.session = ort.InferenceSession(self._source, so, providers=providers)
+        self._extra_sessions: list[Any] = []
         self.input_names = [i.name for i in self.onnx_model.graph.input]
         self.output_names = [o.name for o in self.onnx_model.graph.output]
+
+    def new_session(self, session_config: dict[str, str]):
+        """Another onnxruntime session of the same model, with these session config entries
+        on top of this module's (e.g. ``{"session.intra_op.allow_spinning": "0"}``); the
+        module keeps it alive."""
+        import onnxruntime as ort
+
+        threads, options = self._session_args
+        options = dict(options)
+        options["session_config"] = {**(options.get("session_config") or {}), **session_config}
+        session = ort.InferenceSession(self._source, session_options(threads, **options),
+                                       providers=self._providers)
+        self._extra_sessions.append(session)
+        return session
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         tensors = flatten_inputs(self.graph, args, kwargs)

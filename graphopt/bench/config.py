@@ -31,7 +31,9 @@ class BenchmarkConfig(Config):
     pipeline: Any = field(default="default", hash=False)
     threads: int | None = None
     warmup: int = 3
-    rounds: int = 20
+    rounds: int = 40
+    block: int = 4
+    pause_s: float = 0.1
     min_sample_s: float = 0.01
     max_time_s: float | None = None
     rtol: float = 1e-3
@@ -58,6 +60,8 @@ class BenchmarkConfig(Config):
             self._set("target", Target.from_args(self.target, threads=self.threads))
         self._check_int("warmup", 0)
         self._check_int("rounds", 1)
+        self._check_int("block", 1)
+        self._check_number("pause_s", 0.0)
         self._check_number("min_sample_s", 0.0)
         self._check_number("max_time_s", 0.0, optional=True)
         self._check_number("rtol", 0.0)

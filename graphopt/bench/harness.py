@@ -8,9 +8,16 @@ Method:
        compared with the reference), ``warmup`` more calls that also calibrate how many
        back-to-back calls make one sample (``min_sample_s``). Peak and retained memory are
        measured around these steps (see ``BackendResult``).
-    3. Timed rounds, interleaved: every round times each backend once, in the same order
-       (A B C A B C ...), with the garbage collector off; ``max_time_s`` may end them early.
-    4. Per backend: p50/p90/p10/min/mean/IQR over rounds, speedup = eager p50 / p50.
+    3. Timed rounds, interleaved: each visit of a backend takes ``block`` samples after one
+       untimed call, then the harness pauses ``pause_s`` (spinning thread pools go idle, so
+       they cannot steal the cores of the next backend); the visiting order rotates every
+       pass (A B C, B C A, C A B ...); the garbage collector is off; ``max_time_s`` may end
+       the rounds early.
+    4. A backend that offers several settings (onnxruntime: its thread pool spinning, the
+       default, and not spinning) has each setting timed as its own variant, interleaved with
+       the rest; its result is the faster setting (``setting``), the others' p50 beside it
+       (``settings_p50_ms``): every backend is reported at its best.
+    5. Per backend: p50/p90/p10/min/mean/IQR over rounds, speedup = eager p50 / p50.
 
 Backends that are unknown, unavailable here, or that fail are reported with a reason; they
 never stop the run.
@@ -32,6 +39,7 @@ from graphopt.bench.backends import (
     DEFAULT_BACKENDS,
     BackendUnavailable,
     BenchBackend,
+    Prepared,
     Subject,
 )
 from graphopt.bench.config import BenchmarkConfig, backend_names
@@ -50,7 +58,8 @@ from graphopt.compile import Target
 def benchmark(model: Any, args: Sequence[Any] = (), kwargs: dict | None = None, *,
               backends: Sequence[str | BenchBackend] = DEFAULT_BACKENDS,
               pipeline: Any = "default", threads: int | None = None, warmup: int = 3,
-              rounds: int = 20, min_sample_s: float = 0.01, max_time_s: float | None = None,
+              rounds: int = 40, block: int = 4, pause_s: float = 0.1,
+              min_sample_s: float = 0.01, max_time_s: float | None = None,
               rtol: float = 1e-3, atol: float = 1e-4, per_pass: bool | str = False,
               backend_options: dict[str, dict] | None = None, progress: bool | None = None,
               clock: Clock = time.perf_counter, name: str | None = None,
@@ -68,7 +77,10 @@ def benchmark(model: Any, args: Sequence[Any] = (), kwargs: dict | None = None, 
         pipeline: the graphopt pipeline for the ``graphopt-*`` backends.
         threads: intra-op threads for all backends (default: ``torch.get_num_threads()``).
         warmup: untimed calls after the first call.
-        rounds: timed rounds.
+        rounds: timed samples per backend (and per setting of a backend that tries several).
+        block / pause_s: each visit of a backend takes ``block`` samples, after one untimed
+            call, then the harness sleeps ``pause_s`` so that a spinning thread pool goes idle
+            before the next backend runs; the order of the visits rotates.
         min_sample_s: a sample repeats the call until it lasts about this long.
         max_time_s: stop timing after the round that crosses this budget (at least 3 rounds).
         rtol / atol: tolerance of ``numerics_ok`` against the reference outputs.
@@ -97,7 +109,8 @@ def benchmark(model: Any, args: Sequence[Any] = (), kwargs: dict | None = None, 
     """
     cfg = BenchmarkConfig.resolve(
         config, backends=backends, pipeline=pipeline, threads=threads, warmup=warmup,
-        rounds=rounds, min_sample_s=min_sample_s, max_time_s=max_time_s, rtol=rtol, atol=atol,
+        rounds=rounds, block=block, pause_s=pause_s, min_sample_s=min_sample_s,
+        max_time_s=max_time_s, rtol=rtol, atol=atol,
         per_pass=per_pass, backend_options=backend_options, progress=progress, name=name,
         workdir=workdir, target=target)
     return benchmark_with_config(model, args, kwargs, cfg, clock=clock)
@@ -138,17 +151,18 @@ def _run(subject: Subject, cfg: BenchmarkConfig, clock: Clock,
     order = list(calls)
     bar = progress_bar(len(calls) * cfg.rounds, f"bench {subject.name}", cfg.progress)
 
-    def failed(backend: str, exc: BaseException) -> None:
-        result = next(r for r in results if r.backend == backend)
+    def failed(variant: str, exc: BaseException) -> None:
+        result = next(r for r in results if r.backend == variant.split(SETTING_SEP)[0])
         result.status, result.reason = "error", f"failed while timing: {_describe(exc)}"
 
-    samples, rounds_done = run_interleaved(calls, inner, cfg.rounds, clock,
-                                           max_time_s=cfg.max_time_s, progress=bar,
-                                           on_error=failed)
+    samples, rounds_done = run_interleaved(
+        calls, inner, cfg.rounds, clock, max_time_s=cfg.max_time_s, progress=bar,
+        on_error=failed, rotate=True, block=cfg.block, pause_s=cfg.pause_s,
+        block_warmup=1 if cfg.pause_s > 0 else 0)
     bar.close()
     for r in results:
-        if r.ok and samples.get(r.backend):
-            r.latency = LatencyStats.from_samples(samples[r.backend], inner[r.backend])
+        if r.ok:
+            _pick_setting(r, samples, inner)
     _speedups(results)
     config = _report_config(cfg, entries, subject.threads)
     config.update(order=order, rounds_done=rounds_done, reference=reference_name)
@@ -157,6 +171,26 @@ def _run(subject: Subject, cfg: BenchmarkConfig, clock: Clock,
     if cfg.per_pass:
         report.per_pass = _per_pass(subject, cfg, clock)
     return report
+
+
+# A backend's settings are timed as variants named "<backend> @ <setting>".
+SETTING_SEP = " @ "
+
+
+def _pick_setting(result: BackendResult, samples: dict[str, list[float]],
+                  inner: dict[str, int]) -> None:
+    """The result's latency is its fastest setting's (by p50); every setting's p50 is kept."""
+    timed = {name: s for name, s in samples.items()
+             if s and name.split(SETTING_SEP)[0] == result.backend}
+    if not timed:
+        return
+    stats = {name: LatencyStats.from_samples(s, inner[name]) for name, s in timed.items()}
+    best = min(stats, key=lambda name: stats[name].p50)
+    result.latency = stats[best]
+    if SETTING_SEP in best:
+        result.setting = best.split(SETTING_SEP, 1)[1]
+        result.settings_p50_ms = {name.split(SETTING_SEP, 1)[1]: st.p50
+                                  for name, st in stats.items()}
 
 
 def _report_config(cfg: BenchmarkConfig, entries: list, threads: int) -> dict[str, Any]:
@@ -229,8 +263,7 @@ def _resolve(backends: Sequence[str | BenchBackend]) -> list[str | BenchBackend]
 
 
 def _prepare_all(entries, subject, cfg: BenchmarkConfig, reference, clock):
-    backend_options = cfg.backend_options or {}
-    warmup, min_sample_s, rtol, atol = cfg.warmup, cfg.min_sample_s, cfg.rtol, cfg.atol
+    """Set up each backend in turn: results, the calls to time, calls per sample, keepalives."""
     results: list[BackendResult] = []
     calls: dict[str, Any] = {}
     inner: dict[str, int] = {}
@@ -245,39 +278,83 @@ def _prepare_all(entries, subject, cfg: BenchmarkConfig, reference, clock):
         if backend is None:
             result.status = "unknown"
             result.reason = f"no such backend; known: {', '.join(BENCH_BACKENDS)}"
-            bar.update(1)
-            continue
-        probe = MemoryProbe()
-        probe.start()
-        subject.take_reused()
-        step = "setup"
-        try:
-            start = time.perf_counter()
-            prepared = backend.prepare(subject, dict(backend_options.get(label, {})))
-            result.setup_s = time.perf_counter() - start + subject.take_reused()
-            result.setup_stages = dict(prepared.stages)
-            result.notes += prepared.notes
-            step = "first call"
-            start = time.perf_counter()
-            out = prepared.call()
-            result.first_call_s = time.perf_counter() - start
-            _compare(result, leaves(out), reference, rtol, atol)
-            step = "warm-up"
-            inner[label] = calibrate(prepared.call, warmup, min_sample_s, clock)
-        except BackendUnavailable as exc:
-            result.status, result.reason = "unavailable", str(exc)
-        except Exception as exc:
-            result.status, result.reason = "error", f"{step} failed: {_describe(exc)}"
         else:
-            calls[label] = prepared.call
-            keep.append(prepared)
-        result.peak_mem_mib, result.resident_mem_mib = probe.stop()
-        result.memory_method = probe.method
-        if result.ok:
-            _measure_artifact(result, prepared)
+            prepared = _prepare_one(backend, result, subject, cfg, reference, clock, inner)
+            if prepared is not None:
+                calls.update(_variants(result, prepared, cfg, reference, clock, inner))
+                keep.append(prepared)
         bar.update(1)
     bar.close()
     return results, calls, inner, keep
+
+
+def _prepare_one(backend: BenchBackend, result: BackendResult, subject: Subject,
+                 cfg: BenchmarkConfig, reference, clock: Clock,
+                 inner: dict[str, int]) -> Prepared | None:
+    """Setup, first call (checked against the reference) and warm-up of one backend, its
+    time and memory measured; None when it is unavailable or failed (``result`` says why)."""
+    label = result.backend
+    probe = MemoryProbe()
+    probe.start()
+    subject.take_reused()
+    step, prepared = "setup", None
+    try:
+        start = time.perf_counter()
+        prepared = backend.prepare(subject, dict((cfg.backend_options or {}).get(label, {})))
+        result.setup_s = time.perf_counter() - start + subject.take_reused()
+        result.setup_stages = dict(prepared.stages)
+        result.notes += prepared.notes
+        step = "first call"
+        start = time.perf_counter()
+        out = prepared.call()
+        result.first_call_s = time.perf_counter() - start
+        _compare(result, leaves(out), reference, cfg.rtol, cfg.atol)
+        step = "warm-up"
+        inner[label] = calibrate(prepared.call, cfg.warmup, cfg.min_sample_s, clock)
+    except BackendUnavailable as exc:
+        result.status, result.reason, prepared = "unavailable", str(exc), None
+    except Exception as exc:
+        result.status, result.reason = "error", f"{step} failed: {_describe(exc)}"
+        prepared = None
+    result.peak_mem_mib, result.resident_mem_mib = probe.stop()
+    result.memory_method = probe.method
+    if prepared is not None:
+        _measure_artifact(result, prepared)
+    return prepared
+
+
+def _variants(result: BackendResult, prepared: Prepared, cfg: BenchmarkConfig, reference,
+              clock: Clock, inner: dict[str, int]) -> dict[str, Any]:
+    """The calls to time: the backend's call, or each of its settings as its own variant,
+    named ``<backend> @ <setting>``, each checked against the reference and warmed up. A
+    setting that fails is left out with a note (the backend is still timed at the others)."""
+    label = result.backend
+    try:
+        settings = prepared.settings() if prepared.settings is not None else {}
+    except Exception as exc:
+        result.notes.append(f"other settings not timed: {_describe(exc)}")
+        settings = {}
+    if len(settings) < 2:
+        return {label: prepared.call}
+    variants = {}
+    for name, call in settings.items():
+        variant = f"{label}{SETTING_SEP}{name}"
+        try:
+            check = BackendResult(label)
+            _compare(check, leaves(call()), reference, cfg.rtol, cfg.atol)
+            if call is not prepared.call:
+                inner[variant] = calibrate(call, cfg.warmup, cfg.min_sample_s, clock)
+            else:
+                inner[variant] = inner[label]
+        except Exception as exc:
+            result.notes.append(f"setting '{name}' not timed: {_describe(exc)}")
+            continue
+        if check.numerics_ok is False:
+            result.numerics_ok = False
+            result.notes.append(f"setting '{name}': outputs differ from the reference "
+                                f"(max abs err {check.max_abs_err:.1e})")
+        variants[variant] = call
+    return variants or {label: prepared.call}
 
 
 def _measure_artifact(result: BackendResult, prepared) -> None:

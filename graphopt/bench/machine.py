@@ -43,7 +43,41 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "versions": package_versions(),
+        "threading": threading_info(),
     }
+
+
+# Environment variables that change how the timed libraries schedule their threads or pick
+# their kernels: a result is only reproducible with them.
+_THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OMP_PROC_BIND", "OMP_PLACES",
+               "GOMP_SPINCOUNT", "GOMP_CPU_AFFINITY", "KMP_BLOCKTIME", "KMP_AFFINITY",
+               "MKL_NUM_THREADS", "DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "LD_PRELOAD",
+               "GRAPHOPT_NATIVE_SPIN_US", "GRAPHOPT_DISABLE_AVX512", "GRAPHOPT_DISABLE_AVX2",
+               "GRAPHOPT_DISABLE_VNNI")
+
+
+def threading_info() -> dict[str, Any]:
+    """Thread settings of torch and graphopt's native runtime, and the environment variables
+    that change them (only those set)."""
+    import torch
+
+    backend = "unknown"
+    for line in torch.__config__.parallel_info().splitlines():
+        if line.startswith("ATen parallel backend:"):
+            backend = line.split(":", 1)[1].strip()
+    info: dict[str, Any] = {
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "torch_parallel_backend": backend,
+        "environment": {k: os.environ[k] for k in _THREAD_ENV if k in os.environ},
+    }
+    try:
+        from graphopt.compile import host_isa
+
+        info["native_isa"] = host_isa()
+    except Exception:  # the benchmark runs without the extension too
+        info["native_isa"] = None
+    return info
 
 
 def package_versions() -> dict[str, str]:

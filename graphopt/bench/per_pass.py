@@ -77,8 +77,11 @@ def attribute_passes(subject: Subject, backend: str = "graphopt-onnxruntime",
     calls, inner, keep = _prepare_stages(entry, subject, stages, graphs, options, warmup,
                                          min_sample_s, clock, progress, backend, report)
     bar = progress_bar(len(calls) * rounds, "per-pass timing", progress)
+    # The same schedule as graphopt.benchmark's: rotated blocks with a pause, so the spinning
+    # pool of one stage's onnxruntime session cannot slow the next stage down.
     samples, _ = run_interleaved(calls, inner, rounds, clock, max_time_s=max_time_s,
-                                 progress=bar, on_error=lambda name, exc: None)
+                                 progress=bar, on_error=lambda name, exc: None, rotate=True,
+                                 block=4, pause_s=0.1, block_warmup=1)
     bar.close()
     _record_latencies(stages, samples)
     del keep

@@ -10,11 +10,14 @@ JSON schema (``BenchmarkReport.to_dict()``, ``"schema": "graphopt-bench/1"``)::
                plus what the run resolved: threads, order, rounds_done, reference),
      machine: {cpu_model, logical_cpus, usable_cpus, cpu_flags, memory_gib, load_avg_1m,
                competing_cpus (other processes' CPU use at the start), platform, python,
-               versions: {torch, onnxruntime, onnx, numpy, graphopt, transformers, ...}},
+               versions: {torch, onnxruntime, onnx, numpy, graphopt, transformers, ...},
+               threading: {torch_threads, torch_interop_threads, torch_parallel_backend,
+               native_isa, environment: {OMP_NUM_THREADS, OMP_WAIT_POLICY, ...: set ones}}},
      results: [{backend, status, reason, latency_ms: {p50, p90, p10, min, mean, iqr, samples,
                 calls_per_sample} | null, speedup_vs_eager, setup_s, first_call_s,
                 setup_stages: {stage: s}, peak_mem_mib, resident_mem_mib, memory_method,
-                max_abs_err, max_rel_err, numerics_ok, artifact_bytes, artifact, notes}],
+                max_abs_err, max_rel_err, numerics_ok, artifact_bytes, artifact, notes,
+                setting, settings_p50_ms: {setting: p50}}],
      per_pass: null | {backend, pipeline, stages: [{label, passes, nodes, p50_ms, p90_ms,
                 iqr_ms, saved_ms, speedup}]}}
 
@@ -95,6 +98,9 @@ class BackendResult:
         numerics_ok: every output within ``atol + rtol * |ref|``.
         artifact_bytes: size on disk of what this backend would ship (``artifact`` says what).
         notes: anything else worth knowing (exporter used, fallbacks...).
+        setting: for a backend that offers several settings (onnxruntime: "spinning", its
+            default, and "no spinning"), the one whose p50 was lowest: ``latency`` is its.
+        settings_p50_ms: every setting tried, with its p50 (empty for one-setting backends).
     """
 
     backend: str
@@ -114,6 +120,8 @@ class BackendResult:
     artifact_bytes: int | None = None
     artifact: str = ""
     notes: list[str] = field(default_factory=list)
+    setting: str = ""
+    settings_p50_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -228,6 +236,9 @@ class BenchmarkReport:
             lines.append(f"! outputs differ from {self.config.get('reference')} beyond "
                          f"rtol={self.config.get('rtol')}, atol={self.config.get('atol')}")
         lines += footnotes
+        lines += [f"{r.backend}: fastest setting '{r.setting}' of " + ", ".join(
+            f"{k} {_ms(v)}" for k, v in r.settings_p50_ms.items()) + " ms p50"
+            for r in self.results if r.setting]
         if self.per_pass is not None:
             lines += ["", self.per_pass.table()]
         return "\n".join(lines)
@@ -279,6 +290,9 @@ class BenchmarkReport:
                      _size(r.artifact_bytes)]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         notes = [f"- {r.backend}: {n}" for r in self.results for n in r.notes]
+        notes += [f"- {r.backend}: fastest setting '{r.setting}' (p50 " + ", ".join(
+            f"{k} {_ms(v)}" for k, v in r.settings_p50_ms.items()) + " ms)"
+            for r in self.results if r.setting]
         if notes:
             lines += ["", "Notes:", ""] + notes
         if self.per_pass is not None:

@@ -41,8 +41,13 @@ def add_parser(sub, common) -> None:
     add_target_arguments(p, "intra-op threads for every backend")
     p.add_argument("--pipeline", default="default", metavar="P",
                    help="pipeline for the graphopt-* backends (default: %(default)s)")
-    p.add_argument("--rounds", type=int, default=20, metavar="R",
-                   help="timed interleaved rounds (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=40, metavar="R",
+                   help="timed samples per backend, interleaved (default: %(default)s)")
+    p.add_argument("--block", type=int, default=4, metavar="N",
+                   help="samples per visit of a backend, then a pause (default: %(default)s)")
+    p.add_argument("--pause", type=float, default=0.1, metavar="S",
+                   help="seconds between two backends' blocks, so that a spinning thread "
+                   "pool goes idle (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=3, metavar="W",
                    help="untimed calls after the first one (default: %(default)s)")
     p.add_argument("--max-time", type=float, default=None, metavar="S",
@@ -108,8 +113,10 @@ def run(opts) -> int:
     options = _backend_options(opts.backend_option, backends)
     per_pass = _per_pass_backend(opts.per_pass, backends)
     check_pipeline(opts.pipeline)
-    if opts.rounds < 1 or opts.warmup < 0 or (opts.threads is not None and opts.threads < 1):
-        raise CliError("--rounds and --threads must be >= 1, --warmup >= 0")
+    if (opts.rounds < 1 or opts.block < 1 or opts.warmup < 0 or opts.pause < 0
+            or (opts.threads is not None and opts.threads < 1)):
+        raise CliError("--rounds, --block and --threads must be >= 1, --warmup and --pause "
+                       ">= 0")
     target = cli_target(opts)  # ResourceLimitError (exit 2) past the thread budget
     for path in (opts.json, opts.markdown, opts.plot):
         if path:
@@ -117,7 +124,8 @@ def run(opts) -> int:
     loaded = load(opts.model, trust_pt2=opts.trust_pt2, need_graph=False)
     report = graphopt.benchmark(
         loaded, backends=backends, pipeline=opts.pipeline, target=target,
-        warmup=opts.warmup, rounds=opts.rounds, max_time_s=opts.max_time,
+        warmup=opts.warmup, rounds=opts.rounds, block=opts.block, pause_s=opts.pause,
+        max_time_s=opts.max_time,
         per_pass=per_pass or False, backend_options=options,
         progress=False if opts.no_progress else None)
     print(report.table())
