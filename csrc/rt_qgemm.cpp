@@ -44,8 +44,11 @@ bool env_flag(const char* name) {
 const QGemmKernels& qgemm_kernels() {
     static const QGemmKernels& kernels = []() -> const QGemmKernels& {
         if (!cpu_features().use_avx2_fma) return portable_qgemm_kernels();
-        if (cpu_has_avxvnni() && !env_flag("GRAPHOPT_DISABLE_VNNI")) {
-            return avxvnni_qgemm_kernels();
+        if (!env_flag("GRAPHOPT_DISABLE_VNNI")) {
+            // Same tile, same speed: the EVEX form first, so that GRAPHOPT_DISABLE_AVX512=1
+            // reaches the VEX one on CPUs with both (each path stays testable).
+            if (cpu_has_avx512vnni()) return avx512vnni_qgemm_kernels();
+            if (cpu_has_avxvnni()) return avxvnni_qgemm_kernels();
         }
         return avx2_qgemm_kernels();
     }();

@@ -97,9 +97,13 @@ void qdequant_avx2(const int32_t* acc, int64_t rows, int64_t cols, const float* 
 const QGemmKernels& portable_qgemm_kernels();
 const QGemmKernels& avx2_qgemm_kernels();
 const QGemmKernels& avxvnni_qgemm_kernels();
-// AVX-VNNI when available (GRAPHOPT_DISABLE_VNNI=1 skips it), else AVX2, else portable.
+const QGemmKernels& avx512vnni_qgemm_kernels();
+// AVX512-VNNI when available and AVX-512 is allowed, else AVX-VNNI (GRAPHOPT_DISABLE_VNNI=1 skips
+// both), else AVX2, else portable.
 const QGemmKernels& qgemm_kernels();
 bool cpu_has_avxvnni();
+// AVX512_VNNI + AVX512VL, and the AVX-512 kernels are allowed (cpu_features().use_avx512).
+bool cpu_has_avx512vnni();
 
 // A weight W[N, K] (s8, any strides) packed into 16-column panels over the whole K.
 class PackedQWeight {

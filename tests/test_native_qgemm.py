@@ -14,9 +14,9 @@ int8 GEMM) against ``F.conv2d`` on the exact integers.
 Op level (one-op graphs, tests/native_util.py): ``qlinear_dynamic`` and ``linear_weight_only``
 against the ops' reference implementations.
 
-Every kernel set runs: the default one (AVX-VNNI where the CPU has it), then
-``test_other_kernel_sets`` reruns the file with GRAPHOPT_DISABLE_VNNI=1 (AVX2) and
-GRAPHOPT_DISABLE_AVX2=1 (portable).
+Every kernel set runs: the default one (AVX512-VNNI, else AVX-VNNI, where the CPU has it), then
+``test_other_kernel_sets`` reruns the file with GRAPHOPT_DISABLE_AVX512=1 (AVX-VNNI where the
+CPU has it, else AVX2), GRAPHOPT_DISABLE_VNNI=1 (AVX2) and GRAPHOPT_DISABLE_AVX2=1 (portable).
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ SHAPES = [(1, 1, 1), (1, 5, 3), (2, 7, 17), (5, 3, 16), (6, 4, 15), (7, 33, 31),
 
 
 def test_kernel_set_is_reported():
-    assert _C.native_qgemm_isa() in ("avxvnni_quad_u8", "avx2_pair_i16", "portable_pair_i16")
+    assert _C.native_qgemm_isa() in ("avx512vnni_quad_u8", "avxvnni_quad_u8", "avx2_pair_i16",
+                                     "portable_pair_i16")
 
 
 @pytest.mark.parametrize("m,k,n", SHAPES)
@@ -417,9 +418,13 @@ def test_linear_weight_only_epilogue_and_strided_input(m):
 # ------------------------------------------------------------------------ other kernel sets
 @pytest.mark.skipif(os.environ.get("GRAPHOPT_DISABLE_AVX2") not in (None, "", "0"),
                     reason="already on the portable path")
-@pytest.mark.parametrize("env,name", [("GRAPHOPT_DISABLE_VNNI", "avx2_pair_i16"),
-                                      ("GRAPHOPT_DISABLE_AVX2", "portable_pair_i16")])
+@pytest.mark.parametrize("env,name", [
+    ("GRAPHOPT_DISABLE_AVX512", ("avxvnni_quad_u8", "avx2_pair_i16")),
+    ("GRAPHOPT_DISABLE_VNNI", ("avx2_pair_i16",)),
+    ("GRAPHOPT_DISABLE_AVX2", ("portable_pair_i16",))])
 def test_other_kernel_sets(env, name):
+    if env == "GRAPHOPT_DISABLE_AVX512" and _C.native_qgemm_isa() != "avx512vnni_quad_u8":
+        pytest.skip("the default kernels are not the AVX512-VNNI ones: nothing to turn off")
     if env == "GRAPHOPT_DISABLE_VNNI" and (
             os.environ.get(env) not in (None, "", "0") or
             not (_C.cpu_features()["avx2"] and _C.cpu_features()["fma"])):
@@ -429,7 +434,7 @@ def test_other_kernel_sets(env, name):
     code = "from graphopt import _C; print(_C.native_qgemm_isa())"
     out = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True,
                          text=True, check=True)
-    assert out.stdout.strip() == name
+    assert out.stdout.strip() in name
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
          "-k", "not other_kernel_sets"],
