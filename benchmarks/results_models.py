@@ -100,6 +100,19 @@ def _p50(result: dict[str, Any] | None) -> float | None:
     return result["latency_ms"]["p50"]
 
 
+# The issue's bar for fp32: outputs within 1e-4 of eager, relative to the output's scale
+# (max |out - ref| / max |ref|). The harness's elementwise rtol/atol check is stricter on large
+# outputs and flags even onnxruntime's own ResNet-50 export; this is what the table marks.
+REL_TOL = 1e-4
+
+
+def _wrong(result: dict[str, Any]) -> bool:
+    """Outputs too far from the reference: max_rel_err above REL_TOL (numerics_ok without it)."""
+    if result.get("max_rel_err") is not None:
+        return result["max_rel_err"] > REL_TOL
+    return result.get("numerics_ok") is False
+
+
 def _cell(result: dict[str, Any] | None, fastest: float | None) -> str:
     if result is None:
         return "–"
@@ -110,10 +123,10 @@ def _cell(result: dict[str, Any] | None, fastest: float | None) -> str:
     text = sig3(p50)
     if speedup is not None and result["backend"] != "eager":
         text += f" ({speedup:.2f}×)"
-    if result.get("numerics_ok") is False:
+    if _wrong(result):
         text += " †"
     # a result with wrong outputs never counts as the fastest
-    return f"**{text}**" if p50 == fastest and result.get("numerics_ok") is not False else text
+    return f"**{text}**" if p50 == fastest and not _wrong(result) else text
 
 
 @renderer("models")
@@ -125,7 +138,7 @@ def render_models(data: Any) -> str:
              "|---" * (len(backends) + 1) + "|"]
     for rep in reports:
         by_backend = {r["backend"]: r for r in rep["results"]}
-        valid = [_p50(r) for r in rep["results"] if r.get("numerics_ok") is not False]
+        valid = [_p50(r) for r in rep["results"] if not _wrong(r)]
         fastest = min((p for p in valid if p is not None), default=None)
         cells = [_cell(by_backend.get(b), fastest) for b in backends]
         lines.append(f"| {model_label(rep['model'])} | " + " | ".join(cells) + " |")
@@ -183,14 +196,13 @@ def _accuracy(reports: list[dict[str, Any]], backends: list[str]) -> str:
     cells = [f"{BACKEND_LABELS.get(b, b)} {_error(worst[b])}" for b in backends if b in worst]
     text = (f"Max relative error vs {config.get('reference', 'eager')} (worst over models, "
             f"scaled by max |reference|): {', '.join(cells)}.")
-    if any(r.get("numerics_ok") is False for rep in reports for r in rep["results"]):
-        text += (f" † outputs beyond rtol {config.get('rtol')} / atol {config.get('atol')} "
-                 f"of the reference (never bold).")
+    if any(_wrong(r) for rep in reports for r in rep["results"]):
+        text += (f" † max relative error above {REL_TOL:g} (never bold).")
     return text
 
 
 def _error(value: float) -> str:
-    return "0" if value == 0 else f"{value:.1e}"
+    return "0" if value == 0 else f"{value:.2e}"  # two digits: 1.02e-04 is above 1e-4
 
 
 def _settings(reports: list[dict[str, Any]], backends: list[str]) -> str:

@@ -9,6 +9,7 @@ token), and for MiniLM the sentence-embedding cosine (mean and worst sentence).
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from render_results import ResultsFormatError, renderer
@@ -85,7 +86,9 @@ def render_quant(data: Any) -> str:
         f"{machine.get('load_avg_1m')}, other processes {machine.get('competing_cpus')} CPUs "
         f"at the start. onnxruntime variants at the faster of spinning / not spinning: "
         f"{_settings(rows) or 'one setting'}.")
-    return "\n".join(lines) + "\n\n" + caption
+    # prose under 100 columns, as in the rest of the documents
+    return "\n".join(lines) + "\n\n" + textwrap.fill(caption, width=100, break_long_words=False,
+                                                    break_on_hyphens=False)
 
 
 @renderer("quant_minilm")
