@@ -339,6 +339,19 @@ def test_torch_compile_runs(tiny_mlp):
     report = graphopt.benchmark(model, args, backends=["eager", "torch-compile"], **FAST)
     r = report["torch-compile"]
     assert r.status == "ok" and r.numerics_ok and r.first_call_s > 0
+    # at its best: every setting compiled and timed, the fastest reported
+    assert set(r.settings_p50_ms) == {"default", "freezing", "max-autotune+freezing"}
+    assert r.latency.p50 == min(r.settings_p50_ms.values())
+
+
+def test_torch_compile_settings_option(tiny_mlp):
+    model, args = tiny_mlp
+    one = graphopt.benchmark(model, args, backends=["torch-compile"],
+                             backend_options={"torch-compile": {"settings": "freezing"}}, **FAST)
+    assert one["torch-compile"].ok and one["torch-compile"].setting == ""
+    bad = graphopt.benchmark(model, args, backends=["torch-compile"],
+                             backend_options={"torch-compile": {"settings": "turbo"}}, **FAST)
+    assert bad["torch-compile"].status == "error" and "turbo" in bad["torch-compile"].reason
 
 
 def test_percentile_matches_numpy():

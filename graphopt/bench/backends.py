@@ -217,19 +217,68 @@ def prepare_eager(subject: Subject, options: dict) -> Prepared:
                     measure_artifact=lambda: _saved_bytes(module.state_dict()))
 
 
+# torch.compile's settings worth trying on CPU inference (PyTorch's performance tuning guide
+# and inductor's own docs): its default, weight freezing (constant-folds the parameters into
+# the graph, the CPU inference recommendation), and max-autotune on top of freezing (benchmarks
+# GEMM / conv templates at compile time; slow to compile). Each is a torch.compile ``options``
+# dict of inductor config patches, applied while that setting compiles.
+COMPILE_SETTINGS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "freezing": {"freezing": True},
+    "max-autotune+freezing": {"freezing": True, "max_autotune": True},
+}
+
+
+def compile_settings(options: dict) -> dict[str, dict[str, Any]]:
+    """The torch.compile settings to time, from option ``settings``: "best" (all of
+    ``COMPILE_SETTINGS``, the default) or comma-separated names; option ``mode`` (a
+    torch.compile mode) times that one mode alone, as before."""
+    from graphopt.errors import BackendOptionError
+
+    wanted = str(options.get("settings", "best")).strip()
+    if wanted == "best":
+        return dict(COMPILE_SETTINGS)
+    names = [n.strip() for n in wanted.split(",") if n.strip()]
+    unknown = [n for n in names if n not in COMPILE_SETTINGS]
+    if unknown or not names:
+        raise BackendOptionError(f"torch-compile option settings={wanted!r}: use 'best' or "
+                                 f"names among {', '.join(COMPILE_SETTINGS)}")
+    return {n: COMPILE_SETTINGS[n] for n in names}
+
+
 @bench_backend("torch-compile")
 def prepare_torch_compile(subject: Subject, options: dict) -> Prepared:
-    """torch.compile (inductor by default; options: mode, backend); compiles on the first call."""
+    """torch.compile (inductor): its default, freezing and max-autotune + freezing timed, the
+    fastest reported (options: settings, or mode / backend for one setting); compiles on the
+    first call of each."""
     module = subject.require_module("torch-compile")
     import torch._dynamo
 
     torch._dynamo.reset()
-    mode = options.get("mode")
-    compiled = torch.compile(module, backend=options.get("backend", "inductor"), mode=mode,
-                             dynamic=False)
     args, kwargs = subject.args, subject.kwargs
-    notes = [f"mode={mode or 'default'}; compilation happens in the first call"]
-    return Prepared(lambda: compiled(*args, **kwargs), notes=notes, artifact="none")
+    mode = options.get("mode")
+    if mode is not None or options.get("backend") not in (None, "inductor"):
+        compiled = torch.compile(module, backend=options.get("backend", "inductor"), mode=mode,
+                                 dynamic=False)
+        notes = [f"mode={mode or 'default'}; compilation happens in the first call"]
+        return Prepared(lambda: compiled(*args, **kwargs), notes=notes, artifact="none")
+    settings = compile_settings(options)
+    names = list(settings)
+    first = torch.compile(module, dynamic=False, options=dict(settings[names[0]]) or None)
+    first_call = lambda: first(*args, **kwargs)  # noqa: E731
+    notes = [f"settings tried: {', '.join(names)}; each compiles in its first call"]
+
+    def more() -> dict[str, Callable[[], Any]]:
+        calls = {names[0]: first_call}
+        for name in names[1:]:
+            # A separate compile of the same module; dynamo recompiles for the new backend
+            # options instead of reusing the first setting's graph.
+            compiled = torch.compile(module, dynamic=False, options=dict(settings[name]))
+            calls[name] = lambda compiled=compiled: compiled(*args, **kwargs)
+        return calls
+
+    return Prepared(first_call, notes=notes, artifact="none",
+                    settings=more if len(names) > 1 else None)
 
 
 # --------------------------------------------------------------------------- onnxruntime
