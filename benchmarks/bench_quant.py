@@ -32,7 +32,8 @@ spinning pool (onnxruntime's spins ~50 ms after a run) cannot slow the variant t
 CNNs (``--model digits|resnet50|mobilenetv2``, static int8, batch 1): the digits CNN trained
 on scikit-learn's digits (graphopt/models_digits.py; accuracy on its 397 test images, reference
 interpreter and onnxruntime), ResNet-50 / MobileNetV2 from the zoo at 224x224 (random weights,
-batch-norm statistics calibrated by the zoo; cosine of the outputs vs fp32). Variants: ORT fp32,
+batch-norm statistics calibrated by the zoo; cosine of the outputs vs fp32 on 8 random images,
+mean and worst). Variants: ORT fp32,
 graphopt static int8 lowered as QDQ and as QLinearConv/QGemm, onnxruntime's own
 ``quantize_static`` (QDQ, per-channel, MinMax) on the same float export, graphopt dynamic int8
 (``qconv_dynamic``: ConvInteger), fp16 weight storage. Size: the ONNX file on disk.
@@ -252,6 +253,20 @@ def _write(opts, machine: dict, rows: dict, extra: dict) -> None:
         json.dump(data, f, indent=1)
 
 
+def _cnn_cosines(calls: dict, args: tuple, inputs: int = 8):
+    """Cosine of each variant's output vs onnxruntime fp32 on ``inputs`` random images:
+    ({name: mean}, {name: worst})."""
+    gen = torch.Generator().manual_seed(2)
+    images = [(torch.randn(args[0].shape, generator=gen),) for _ in range(inputs)]
+    refs = [_first(_call(calls["ort fp32"])(*x)).flatten().double() for x in images]
+    mean, worst = {}, {}
+    for name, fn in calls.items():
+        cos = [float(torch.nn.functional.cosine_similarity(
+            ref, _first(_call(fn)(*x)).flatten().double(), dim=0)) for x, ref in zip(images, refs)]
+        mean[name], worst[name] = sum(cos) / len(cos), min(cos)
+    return mean, worst
+
+
 def _first(out):
     return out if torch.is_tensor(out) else out[0]
 
@@ -317,7 +332,7 @@ def cnn_main(opts) -> None:
         graphopt.to_onnx(half), f"{tmp}/h.onnx", opts.threads)
     timed = _timed(calls, args, opts.rounds)
     p50 = {name: best.p50_ms for name, best in timed.items()}
-    quality = {}
+    quality, worst = {}, {}
     if opts.model == "digits":
         quality["reference fp32"] = float((graphopt.run(graph, x_test).argmax(-1) == y_test)
                                           .float().mean())
@@ -328,10 +343,7 @@ def cnn_main(opts) -> None:
                                 for i in range(len(x_test))])
             quality[name] = float((logits.argmax(-1) == y_test).float().mean())
     else:
-        ref = _first(_call(calls["ort fp32"])(*args)).flatten().double()
-        for name, fn in calls.items():
-            out = _first(_call(fn)(*args)).flatten().double()
-            quality[name] = float(torch.nn.functional.cosine_similarity(ref, out, dim=0))
+        quality, worst = _cnn_cosines(calls, args)
     metric = "accuracy" if opts.model == "digits" else "cos vs fp32"
     machine = machine_info()
     load = machine["load_avg_1m"]
@@ -342,7 +354,7 @@ def cnn_main(opts) -> None:
     for name in calls:
         rows[name] = {"p50_ms": p50[name], "iqr_ms": timed[name].iqr_ms,
                       "setting": timed[name].setting, "size_mb": sizes[name] / 1e6,
-                      "quality": quality.get(name)}
+                      "quality": quality.get(name), "quality_min": worst.get(name)}
         print(f"{name:32s} {p50[name]:8.3f} {p50[name] / p50['ort fp32']:7.2f}x "
               f"{sizes[name] / 1e6:8.2f} {quality.get(name, float('nan')):12.4f}")
     for name in ("reference fp32", "reference static int8"):
@@ -350,7 +362,8 @@ def cnn_main(opts) -> None:
             print(f"{name:32s} {'':8s} {'':8s} {'':8s} {quality[name]:12.4f}")
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, f"quant_{opts.model}.json"), "w") as f:
-        json.dump({"schema": "graphopt-quant-cnn/2", "machine": machine,
+        json.dump({"schema": "graphopt-quant-cnn/2", "model": opts.model,
+                   "created": time.strftime("%Y-%m-%d"), "machine": machine,
                    "schedule": FAIR_SCHEDULE, "rows": rows, "quality": quality,
                    "metric": metric, "load": load,
                    "threads": opts.threads, "rounds": opts.rounds,

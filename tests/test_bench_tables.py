@@ -273,3 +273,18 @@ def test_quant_table_has_speed_and_accuracy_beside_it():
     assert "`quantize_dynamic(per_channel)` spinning" in " ".join(text.split())
     with pytest.raises(rr.ResultsFormatError, match="graphopt-quant/2"):
         quant.render_quant({"schema": "graphopt-quant/1", "rows": {}})
+
+
+def test_cnn_table_shows_worst_case_beside_the_mean():
+    cnn = sys.modules["results_quant_cnn"]
+    row = dict(iqr_ms=0.1, setting="spinning", size_mb=24.0)
+    data = {"schema": "graphopt-quant-cnn/2", "model": "resnet50", "created": "2026-12-05",
+            "machine": {"cpu_model": "CPU", "cpu_flags": [], "versions": {}}, "threads": 2,
+            "rounds": 40, "observer": "minmax",
+            "rows": {"ort fp32": dict(row, p50_ms=40.0, quality=1.0, quality_min=1.0),
+                     "graphopt static int8 (QDQ)": dict(row, p50_ms=12.0, quality=0.66,
+                                                        quality_min=0.65)}}
+    text = cnn.render_cnn(data)
+    assert "| graphopt static int8 (QDQ) | 12.000 (0.100) | 0.30× | 24.00 | 0.6600 / 0.6500 |" in text
+    with pytest.raises(rr.ResultsFormatError, match="graphopt-quant-cnn/2"):
+        cnn.render_cnn({"schema": "graphopt-quant/2"})
