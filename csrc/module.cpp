@@ -11,6 +11,7 @@
 #include <string>
 
 #include "cpu.h"
+#include "rt_blocked.h"
 #include "epilogue.h"
 #include "gemm.h"
 
@@ -191,6 +192,7 @@ Raises:
             d["fma"] = f.fma;
             d["avx512f"] = f.avx512f;
             d["sgemm_kernel"] = std::string(sgemm_kernel_name(false));
+            d["blocked_conv_kernel"] = std::string(rt::blocked_ops().name);
             return d;
         },
         "CPU features detected at run time and the SGEMM kernel they select "

@@ -12,7 +12,7 @@ from graphopt.native.module import NativeModule
 
 @register_backend("native")
 def compile_native(graph: Graph, *, threads: int | None = None, fallback: str | None = None,
-                   sparse: str = "auto", **options: Any) -> NativeModule:
+                   sparse: str = "auto", layout: str = "auto", **options: Any) -> NativeModule:
     """Backend factory: plan ``graph`` for graphopt's C++ runtime.
 
     Args:
@@ -25,6 +25,9 @@ def compile_native(graph: Graph, *, threads: int | None = None, fallback: str | 
         sparse: "auto" (default): a linear whose weight carries a CSR record
             (``graphopt.prune.sparse``) runs the CSR kernel where the cost model says it beats
             the dense GEMM for its number of rows; "never"; "always" (every constant weight).
+        layout: "auto" (default): 2-D convolutions, their pools and zero pads run in the
+            channel-blocked layout (nChw16c, reorders only where a reader needs NCHW) when the
+            runtime has the AVX-512 blocked kernels; "blocked" always; "nchw" never.
 
     Raises:
         NativeUnsupportedError: nodes without a native kernel (all listed), unless fallback.
@@ -34,6 +37,7 @@ def compile_native(graph: Graph, *, threads: int | None = None, fallback: str | 
         BackendOptionError: an unknown option (GraphoptError: a bad option value).
     """
     if options:
-        raise BackendOptionError(f"the native backend takes threads, fallback and sparse, got "
+        raise BackendOptionError(f"the native backend takes threads, fallback, sparse and layout, "
+                                 f"got "
                                  f"{sorted(options)}")
-    return NativeModule(graph, threads=threads, fallback=fallback, sparse=sparse)
+    return NativeModule(graph, threads=threads, fallback=fallback, sparse=sparse, layout=layout)

@@ -90,14 +90,18 @@ class PlanBuilder:
 
     def __init__(self, graph: Graph, input_shapes: list[tuple[int, ...]],
                  bindings: dict | None = None, fallback: str | None = None, threads: int = 1,
-                 sparse: str = "auto"):
+                 sparse: str = "auto", layout: str = "auto"):
+        from graphopt.native.lower.blocked import LAYOUTS
         from graphopt.native.lower.sparse import SPARSE_MODES
 
         if fallback not in (None, "reference"):
             raise GraphoptError(f"fallback must be None or 'reference', got {fallback!r}")
         if sparse not in SPARSE_MODES:
             raise GraphoptError(f"sparse must be one of {SPARSE_MODES}, got {sparse!r}")
+        if layout not in LAYOUTS:
+            raise GraphoptError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self.sparse = sparse  # CSR kernel choice for sparse weights (native/lower/sparse.py)
+        self.layout = layout  # convolution activation layout (native/lower/blocked.py)
         self.graph = graph
         self.bindings = dict(bindings or {})
         self.fallback = fallback
@@ -110,6 +114,9 @@ class PlanBuilder:
         self.const_arrays: list[np.ndarray] = []  # plan constants, by index
         self._const_buffers: dict[int, Buffer] = {}  # id(array) -> buffer
         self._materialized: dict[Value, TensorRef] = {}
+        # Values held in the channel-blocked layout (native/lower/blocked.py). A value lives
+        # in ``env`` (plain), here, or both: plain_ref() reorders a blocked one on first demand.
+        self.blocked: dict[Value, TensorRef] = {}
         self._shapes: dict[Value, tuple[int, ...]] = {}
         self.last_use: dict[Value, float] = {}
         self.failures: list[tuple[str, str, str]] = []
@@ -180,6 +187,16 @@ class PlanBuilder:
         shape, (ds, ss) = R.collapse_dims(dst.shape, dst.strides, src.strides)
         self.emit("copy", name, [dst, src],
                   [dst.itemsize, len(shape), *shape, *ds, *ss])
+
+    def plain_ref(self, value: Value) -> TensorRef | None:
+        """The plain (strided) view of ``value``; a value computed in the blocked layout is
+        reordered once, here, for the first reader that needs it plain."""
+        ref = self.env.get(value)
+        if ref is None and value in self.blocked:
+            from graphopt.native.lower.blocked import emit_from_blocked
+
+            ref = self.env[value] = emit_from_blocked(self, value, self.blocked[value])
+        return ref
 
     def materialize(self, value: Value, ref: TensorRef, name: str) -> TensorRef:
         """A contiguous copy of view ``ref`` of ``value`` (made once per value)."""
@@ -289,11 +306,13 @@ class PlanBuilder:
         lowering = node.opdef.lowerings.get(BACKEND)
         ctx = LoweringContext(self, node, index)
         materialized_before, env_before = set(self._materialized), set(self.env)
+        blocked_before = set(self.blocked)
         try:
             if lowering is None:
                 raise Unsupported(f"no native kernel for op '{node.op}'")
             lowering(ctx)
-            missing = [v.name for v in node.outputs if v not in self.env and v not in self.consts]
+            missing = [v.name for v in node.outputs
+                       if v not in self.env and v not in self.consts and v not in self.blocked]
             if missing:
                 raise GraphoptError(f"native lowering of {node.op} did not define {missing}")
         except GraphoptError:
@@ -312,6 +331,8 @@ class PlanBuilder:
                 del self._materialized[v]
             for v in set(self.env) - env_before:
                 del self.env[v]
+            for v in set(self.blocked) - blocked_before:
+                del self.blocked[v]
             if self.fallback == "reference":
                 self._reference_step(node, index)
             else:
@@ -324,8 +345,8 @@ class PlanBuilder:
         for v in node.inputs:
             if v is None:
                 inputs.append(None)
-            elif v in self.env:
-                inputs.append(self.env[v])
+            elif v in self.env or v in self.blocked:
+                inputs.append(self.plain_ref(v))
             else:
                 inputs.append(self.const_ref(self.consts[v], v.dtype))
         outputs = [self.new_ref(self.shape(v), v.dtype, v.name, self.last_use.get(v, -1))
@@ -338,7 +359,7 @@ class PlanBuilder:
 
     def _finalize_outputs(self) -> None:
         for value in self.graph.outputs:
-            ref = self.env.get(value)
+            ref = self.plain_ref(value)
             if ref is None:  # a constant (or folded) output
                 ref = self.const_ref(self.consts[value], value.dtype)
             buf = ref.buffer

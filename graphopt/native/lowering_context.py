@@ -94,10 +94,16 @@ class LoweringContext:
         v = self.node.inputs[i] if i < len(self.node.inputs) else None
         if v is None:
             return None
-        ref = self.builder.env.get(v)
+        ref = self.builder.plain_ref(v)
         if ref is None:
             ref = self.builder.const_ref(self.builder.consts[v], v.dtype)
         return ref
+
+    def blocked_ref(self, i: int) -> TensorRef | None:
+        """Input i in the channel-blocked layout when it was computed in it, else None
+        (native/lower/blocked.py)."""
+        v = self.node.inputs[i] if i < len(self.node.inputs) else None
+        return None if v is None else self.builder.blocked.get(v)
 
     def contiguous(self, i: int) -> TensorRef | None:
         """Input i as a contiguous tensor (copied once if it is a non-contiguous view)."""

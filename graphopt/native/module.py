@@ -87,21 +87,28 @@ class NativeModule:
             reference implementation (splits the plan into native segments around them).
         sparse: "auto" (linears with a CSR-recorded weight use the sparse kernel where the
             cost model says it wins), "never" or "always" (see native/lower/sparse.py).
+        layout: convolution activations in the channel-blocked layout: "auto" (where the
+            runtime has AVX-512 blocked kernels), "blocked" or "nchw" (native/lower/blocked.py).
+            A plan-time choice: saved artifacts plan again with "auto".
     """
 
     def __init__(self, graph: Graph, threads: int | None = None, fallback: str | None = None,
-                 device: Device = CPU, sparse: str = "auto"):
+                 device: Device = CPU, sparse: str = "auto", layout: str = "auto"):
+        from graphopt.native.lower.blocked import LAYOUTS
         from graphopt.native.lower.sparse import SPARSE_MODES
 
         if fallback not in (None, "reference"):
             raise GraphoptError(f"fallback must be None or 'reference', got {fallback!r}")
         if sparse not in SPARSE_MODES:
             raise GraphoptError(f"sparse must be one of {SPARSE_MODES}, got {sparse!r}")
+        if layout not in LAYOUTS:
+            raise GraphoptError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self.graph = graph
         self.threads = resolve_threads(threads, "NativeModule(threads=...)")
         check_declared_types(graph)
         self.fallback = fallback
         self.sparse = sparse
+        self.layout = layout
         self.device = device
         self._plans: OrderedDict[tuple, ExecutionPlan] = OrderedDict()
         self._plans_lock = threading.Lock()  # the cache and _last, across calling threads
@@ -118,7 +125,8 @@ class NativeModule:
     def _build(self, shapes: list[tuple[int, ...]], bindings: dict) -> ExecutionPlan:
         """Plans these input shapes and caches the plan (call with ``_plans_lock`` held)."""
         builder = PlanBuilder(self.graph, shapes, bindings, fallback=self.fallback,
-                              threads=self.threads, sparse=self.sparse)
+                              threads=self.threads, sparse=self.sparse,
+                              layout=self.layout)
         plan = builder.build()
         plan.device = self.device
         plan.compile()

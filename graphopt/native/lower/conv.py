@@ -13,6 +13,7 @@ side again (rt_conv.cpp); this is where the message can name the node.
 
 from __future__ import annotations
 
+from graphopt.native.lower import blocked
 from graphopt.native.lower._common import activation, reads_pad_marker, require_float32
 from graphopt.ops.registry import IN_OUT_SPATIAL, get_op, register_lowering
 
@@ -89,6 +90,8 @@ def _conv_params(ctx, x_shape=None, extra_pad=(0, 0), w_slot: int = 1):
 
 def _conv(ctx, fused: bool) -> None:
     require_float32(ctx, 0, 1, 2, 3)
+    if blocked.lower_conv(ctx, fused, _conv_params, activation):
+        return
     x = ctx.ref(0)
     padded_from = x.meta.get("padded_from")
     if padded_from is not None:  # a zero pad folded into this convolution (see lower_pad)
@@ -109,12 +112,14 @@ def _conv(ctx, fused: bool) -> None:
 
 
 @register_lowering("native", "conv")
+@blocked.reads_blocked_layout(blocked.conv_reads)
 @reads_pad_marker
 def lower_conv(ctx) -> None:
     _conv(ctx, fused=False)
 
 
 @register_lowering("native", "fused_conv")
+@blocked.reads_blocked_layout(blocked.conv_reads)
 @reads_pad_marker
 def lower_fused_conv(ctx) -> None:
     _conv(ctx, fused=True)

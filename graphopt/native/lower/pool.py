@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from graphopt.ir.dtypes import DType
 from graphopt.native.codes import DTYPE_CODES
+from graphopt.native.lower import blocked
 from graphopt.native.lower._common import require_float32
 from graphopt.native.refs import numel
 from graphopt.ops.registry import register_lowering
@@ -44,6 +45,8 @@ def _pool(ctx, avg: bool) -> None:
     dil = _spatial(a.get("dilation", (1,)), n)
     if n == 1:
         kernel, stride, pad, dil = [1] + kernel, [1] + stride, [0] + pad, [1] + dil
+    elif not avg and not codes and blocked.lower_max_pool(ctx, kernel, stride, pad, dil):
+        return
     x = ctx.cast(0, DType.float32) if codes else ctx.contiguous(0)
     out = ctx.temp(ctx.out_shape(0), DType.float32, "pooled") if codes else ctx.output(0)
     count_include_pad = int(a.get("count_include_pad", True))
@@ -57,6 +60,7 @@ def _pool(ctx, avg: bool) -> None:
 
 
 @register_lowering("native", "max_pool")
+@blocked.reads_blocked_layout(blocked.max_pool_reads)
 def lower_max_pool(ctx) -> None:
     _pool(ctx, avg=False)
 
@@ -68,6 +72,8 @@ def lower_avg_pool(ctx) -> None:
 
 def _adaptive(ctx, avg: bool) -> None:
     require_float32(ctx, 0)
+    if avg and blocked.lower_global_avg_pool(ctx):
+        return
     planes, in_sp, out_sp = _planes(ctx, len(ctx.attrs["output_size"]))
     x = ctx.contiguous(0)
     out = ctx.output(0)
@@ -75,6 +81,7 @@ def _adaptive(ctx, avg: bool) -> None:
 
 
 @register_lowering("native", "adaptive_avg_pool")
+@blocked.reads_blocked_layout(blocked.global_pool_reads)
 def lower_adaptive_avg_pool(ctx) -> None:
     _adaptive(ctx, avg=True)
 

@@ -10,6 +10,7 @@ import struct
 
 from graphopt.ir.dtypes import DType
 from graphopt.native import refs as R
+from graphopt.native.lower import blocked
 from graphopt.native.lower._common import accepts_padded_input, norm_axis
 from graphopt.ops.registry import register_lowering
 
@@ -132,11 +133,13 @@ def _fold_into_convs(ctx) -> bool:
     # only lowerings that declare it (@reads_pad_marker: conv, fused_conv) read the marker
     if not all(accepts_padded_input(node, slot) for node, slot in out.uses):
         return False
-    src = ctx.contiguous(0)
     if rank == 4:
         top, left = (pads[2] if len(pads) >= 4 else 0), pads[0]
     else:  # conv1d runs as a conv2d of height 1
         top, left = 0, pads[0]
+    if blocked.fold_pad(ctx, top, left):  # a blocked input, read by blocked convolutions
+        return True
+    src = ctx.contiguous(0)
     # The marker stands for the padded tensor; only the convolutions read it (through meta).
     marker = src.with_view(src.offset, ctx.out_shape(0), R.contiguous_strides(ctx.out_shape(0)))
     src_view = src.with_view(src.offset, src.shape, src.strides)
@@ -147,6 +150,7 @@ def _fold_into_convs(ctx) -> bool:
 
 
 @register_lowering("native", "pad")
+@blocked.reads_blocked_layout(blocked.pad_reads)
 def lower_pad(ctx) -> None:
     if ctx.attrs["mode"] != "constant":
         ctx.unsupported(f"pad mode '{ctx.attrs['mode']}' has no native kernel")

@@ -1,0 +1,471 @@
+// Kernels of the channel-blocked layout (rt_blocked.h), float32.
+//
+// "to_blocked"    operands: out [N, ceil(C/16), HW, 16], x [N, C, HW];  ints: N, C, HW
+//                 (channels past C are written as zeros)
+// "from_blocked"  operands: out [N, C, HW], x [N, ceil(C/16), HW, 16];  ints: N, C, HW
+// "conv2d_blocked"  operands: out (blocked [N, Co]), x (blocked, or plain NCHW when x_blocked
+//                 is 0), weight (plan constant [Co, C / groups, kh, kw]), bias?, residual?
+//                 (blocked, like out; may be out itself), scratch? (zero-bordered input copy:
+//                 ceil(C/16) * 16 * Hp * Wp floats, needed when the taps reach outside the
+//                 input, or for a depthwise convolution of a plain input)
+//                 ints: the 16 conv2d shape parameters (groups 1, or C == Co == groups:
+//                 depthwise), act, x_blocked;  floats: act_p0, act_p1
+//                 out = act(conv(x, w) + bias + residual)
+// "max_pool2d_blocked"  operands: out (blocked), x (blocked)
+//                 ints: N, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw
+// "global_avg_pool_blocked"  operands: out [N, C], x (blocked [N, C, HW]); ints: N, C, HW
+//
+// Dense convolutions split the output of an image into tasks of (output block pair, row,
+// 96-pixel chunk); when the packed weights outweigh the input, a thread's consecutive tasks
+// share a block pair (its weights stay in cache) else a pixel chunk (its input does).
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cpu.h"
+#include "rt_blocked.h"
+#include "rt_conv_shape.h"
+#include "rt_parallel.h"
+#include "rt_plan.h"
+
+namespace graphopt {
+namespace rt {
+namespace {
+
+struct PortableBlock {
+    struct V {
+        float v[16];
+    };
+    static V load(const float* p) {
+        V r;
+        std::memcpy(r.v, p, sizeof r.v);
+        return r;
+    }
+    static void store(float* p, const V& a) { std::memcpy(p, a.v, sizeof a.v); }
+    static V set1(float x) {
+        V r;
+        for (float& f : r.v) f = x;
+        return r;
+    }
+    static V zero() { return set1(0.0f); }
+    static V add(const V& a, const V& b) {
+        V r;
+        for (int i = 0; i < 16; ++i) r.v[i] = a.v[i] + b.v[i];
+        return r;
+    }
+    static V fma(const V& a, const V& b, const V& c) {
+        V r;
+        for (int i = 0; i < 16; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i];
+        return r;
+    }
+    static V maxnan(const V& a, const V& b) {
+        V r;
+        for (int i = 0; i < 16; ++i) {
+            const float x = a.v[i], y = b.v[i];
+            r.v[i] = (std::isnan(x) || std::isnan(y)) ? x + y : std::max(x, y);
+        }
+        return r;
+    }
+};
+
+#include "rt_blocked_impl.h"
+
+constexpr int64_t kPixelChunk = 8 * kMaxTile;  // pixels per dense-conv task
+
+int64_t blocked_bytes(int64_t n, int64_t c, int64_t hw, const std::string& what) {
+    return checked_mul(checked_mul(checked_mul(n, channel_blocks(c) * kChannelBlock, what), hw,
+                                   what), 4, what);
+}
+
+int64_t plain_bytes(int64_t n, int64_t c, int64_t hw, const std::string& what) {
+    return checked_mul(checked_mul(checked_mul(n, c, what), hw, what), 4, what);
+}
+
+class ReorderKernel : public Kernel {
+   public:
+    ReorderKernel(const KernelArgs& args, bool to_blocked) : to_blocked_(to_blocked) {
+        IntReader r(args);
+        n_ = r.dim("N");
+        c_ = r.dim("C");
+        hw_ = r.dim("HW");
+        const std::string what = (to_blocked ? "to_blocked " : "from_blocked ") + args.name;
+        const int64_t blocked = blocked_bytes(n_, c_, hw_, what);
+        const int64_t plain = plain_bytes(n_, c_, hw_, what);
+        need(args, 0, to_blocked ? blocked : plain, 4);
+        need(args, 1, to_blocked ? plain : blocked, 4);
+    }
+
+    void run(const ExecContext& ctx) const override {
+        float* out = ctx.get<float>(operands[0]);
+        const float* x = ctx.get<const float>(operands[1]);
+        const int64_t blocks = channel_blocks(c_), hw = hw_;
+        parallel_for(ctx.threads, n_ * blocks, hw * kChannelBlock, [&](int64_t t0, int64_t t1) {
+            for (int64_t t = t0; t < t1; ++t) {
+                const int64_t n = t / blocks, b = t % blocks;
+                const int64_t count = std::min(kChannelBlock, c_ - b * kChannelBlock);
+                const int64_t plain0 = (n * c_ + b * kChannelBlock) * hw;
+                const int64_t blocked0 = t * hw * kChannelBlock;
+                if (to_blocked_) {
+                    float* dst = out + blocked0;
+                    for (int64_t ci = 0; ci < count; ++ci) {
+                        const float* src = x + plain0 + ci * hw;
+                        for (int64_t p = 0; p < hw; ++p) dst[p * kChannelBlock + ci] = src[p];
+                    }
+                    for (int64_t ci = count; ci < kChannelBlock; ++ci) {
+                        for (int64_t p = 0; p < hw; ++p) dst[p * kChannelBlock + ci] = 0.0f;
+                    }
+                } else {
+                    const float* src = x + blocked0;
+                    for (int64_t ci = 0; ci < count; ++ci) {
+                        float* dst = out + plain0 + ci * hw;
+                        for (int64_t p = 0; p < hw; ++p) dst[p] = src[p * kChannelBlock + ci];
+                    }
+                }
+            }
+        });
+    }
+
+   private:
+    bool to_blocked_;
+    int64_t n_ = 0, c_ = 0, hw_ = 0;
+};
+
+class ToBlockedKernel : public ReorderKernel {
+   public:
+    explicit ToBlockedKernel(const KernelArgs& args) : ReorderKernel(args, true) {}
+};
+
+class FromBlockedKernel : public ReorderKernel {
+   public:
+    explicit FromBlockedKernel(const KernelArgs& args) : ReorderKernel(args, false) {}
+};
+
+class BlockedConvKernel : public Kernel {
+   public:
+    explicit BlockedConvKernel(const KernelArgs& args) {
+        IntReader r(args);
+        const std::string what = "conv2d_blocked " + args.name;
+        s_ = ConvShape::read(r, what);
+        act_.act = static_cast<Act>(r.in(0, kMaxActivationCode, "act"));
+        x_blocked_ = r.next() != 0;
+        act_.p0 = static_cast<float>(r.real(0));
+        act_.p1 = static_cast<float>(r.real(1));
+        depthwise_ = s_.groups > 1;
+        if (s_.groups != 1 && !(s_.groups == s_.c && s_.co == s_.c)) {
+            throw PlanError(what + ": groups = " + std::to_string(s_.groups) +
+                            " is neither 1 nor a depthwise convolution (C = Co = groups)");
+        }
+        in_blocks_ = channel_blocks(s_.c);
+        out_blocks_ = channel_blocks(s_.co);
+        const int64_t hw_out = checked_mul(s_.ho, s_.wo, what);
+        const int64_t hw_in = checked_mul(s_.h, s_.w, what);
+        need(args, 0, blocked_bytes(s_.n, s_.co, hw_out, what), 4);
+        need(args, 1, x_blocked_ ? blocked_bytes(s_.n, s_.c, hw_in, what)
+                                 : plain_bytes(s_.n, s_.c, hw_in, what), 4);
+        const int64_t taps = s_.kh * s_.kw;
+        need(args, 2, checked_mul(checked_mul(s_.co, s_.k(), what), 4, what), 4);
+        has_bias_ = need_opt(args, 3, checked_mul(s_.co, 4, what), 4);
+        has_residual_ = need_opt(args, 4, blocked_bytes(s_.n, s_.co, hw_out, what), 4);
+        // The zero-bordered copy the taps read when they reach outside the input.
+        pad_h_ = checked_add(checked_add(checked_mul(std::max<int64_t>(s_.ho - 1, 0), s_.sh, what),
+                                         checked_mul(s_.kh - 1, s_.dh, what), what), 1, what);
+        pad_w_ = checked_add(checked_add(checked_mul(std::max<int64_t>(s_.wo - 1, 0), s_.sw, what),
+                                         checked_mul(s_.kw - 1, s_.dw, what), what), 1, what);
+        const bool inside = s_.ph == 0 && s_.pw == 0 && pad_h_ <= s_.h && pad_w_ <= s_.w;
+        // Depthwise kernels skip the taps outside a blocked input themselves.
+        use_scratch_ = depthwise_ ? !x_blocked_ : !inside;
+        const int64_t scratch_bytes =
+            checked_mul(checked_mul(in_blocks_ * kChannelBlock, checked_mul(pad_h_, pad_w_, what),
+                                    what), 4, what);
+        const bool has_scratch = need_opt(args, 5, scratch_bytes, 4);
+        if (use_scratch_ && !has_scratch) {
+            throw PlanError(what + ": this convolution reads outside its input and needs a " +
+                            std::to_string(scratch_bytes) + "-byte scratch operand");
+        }
+        // A 1x1, stride-1 convolution over the whole input is one long row of pixels.
+        flat_ = !use_scratch_ && s_.kh == 1 && s_.kw == 1 && s_.sh == 1 && s_.sw == 1 &&
+                s_.ho == s_.h && s_.wo == s_.w;
+        pack(reinterpret_cast<const float*>(constant(args, 2)), taps);
+    }
+
+    void run(const ExecContext& ctx) const override {
+        float* out = ctx.get<float>(operands[0]);
+        const float* x = ctx.get<const float>(operands[1]);
+        const float* bias_in = has_bias_ ? ctx.get<const float>(operands[3]) : nullptr;
+        const float* residual = has_residual_ ? ctx.get<const float>(operands[4]) : nullptr;
+        float* scratch = use_scratch_ ? ctx.get<float>(operands[5]) : nullptr;
+        const BlockedOps& ops = blocked_ops();
+        // Bias padded to whole blocks (the operand is a plan value: copied per run, Co floats).
+        std::vector<float> bias;
+        if (bias_in != nullptr) {
+            bias.assign(static_cast<size_t>(out_blocks_ * kChannelBlock), 0.0f);
+            std::copy(bias_in, bias_in + s_.co, bias.begin());
+        }
+        const int64_t hw_in = s_.h * s_.w, hw_out = s_.ho * s_.wo;
+        const int64_t out_image = out_blocks_ * kChannelBlock * hw_out;
+        for (int64_t n = 0; n < s_.n; ++n) {
+            BlockedSource src;
+            if (x_blocked_) {
+                src = {x + n * in_blocks_ * kChannelBlock * hw_in, hw_in * kChannelBlock, 1,
+                       s_.w * kChannelBlock, kChannelBlock};
+            } else {
+                src = {x + n * s_.c * hw_in, kChannelBlock * hw_in, hw_in, s_.w, 1};
+            }
+            if (use_scratch_) {
+                fill_scratch(ctx, src, scratch);
+                src = {scratch, pad_h_ * pad_w_ * kChannelBlock, 1, pad_w_ * kChannelBlock,
+                       kChannelBlock};
+            }
+            BlockedConvJob job;
+            job.c = s_.c;
+            job.in_blocks = in_blocks_;
+            job.out_blocks = out_blocks_;
+            job.kh = s_.kh; job.kw = s_.kw; job.sh = s_.sh; job.sw = s_.sw;
+            job.dh = s_.dh; job.dw = s_.dw;
+            job.ho = flat_ ? 1 : s_.ho;
+            job.wo = flat_ ? hw_out : s_.wo;
+            job.src = src;
+            if (depthwise_ && !use_scratch_) {  // taps outside the input are skipped
+                job.ph = s_.ph;
+                job.pw = s_.pw;
+                job.h = s_.h;
+                job.w = s_.w;
+            } else {  // every tap lies inside the source
+                job.h = use_scratch_ ? pad_h_ : s_.h;
+                job.w = use_scratch_ ? pad_w_ : s_.w;
+            }
+            if (flat_) {  // one row of H * W pixels
+                job.h = 1;
+                job.w = hw_in;
+            }
+            job.weight = packed_.data();
+            job.bias = bias.empty() ? nullptr : bias.data();
+            job.residual = residual != nullptr ? residual + n * out_image : nullptr;
+            job.out = out + n * out_image;
+            job.act = act_;
+            if (depthwise_) {
+                const int64_t rows = out_blocks_ * job.ho;
+                parallel_for(ctx.threads, rows, job.wo * s_.kh * s_.kw * 32,
+                             [&](int64_t t0, int64_t t1) {
+                    for (int64_t t = t0; t < t1; ++t) {
+                        ops.depthwise(job, t / job.ho, t % job.ho, t % job.ho + 1);
+                    }
+                });
+            } else {
+                run_dense(ctx, ops, job);
+            }
+        }
+    }
+
+   private:
+    void run_dense(const ExecContext& ctx, const BlockedOps& ops,
+                   const BlockedConvJob& job) const {
+        const int64_t pairs = (out_blocks_ + 1) / 2;
+        const int64_t chunks = (job.wo + kPixelChunk - 1) / kPixelChunk;
+        const int64_t per_pair = job.ho * chunks;
+        const int64_t weight_bytes = static_cast<int64_t>(packed_.size()) * 4;
+        const int64_t input_bytes = in_blocks_ * kChannelBlock * s_.h * s_.w * 4;
+        const bool pair_major = weight_bytes > input_bytes;
+        const int64_t work = 2 * 2 * kChannelBlock * s_.c * s_.kh * s_.kw *
+                             std::min<int64_t>(job.wo, kPixelChunk);
+        parallel_for(ctx.threads, pairs * per_pair, work, [&](int64_t t0, int64_t t1) {
+            for (int64_t t = t0; t < t1; ++t) {
+                const int64_t pair = pair_major ? t / per_pair : t % pairs;
+                const int64_t rest = pair_major ? t % per_pair : t / pairs;
+                const int64_t oy = rest / chunks, chunk = rest % chunks;
+                const int64_t ob = pair * 2;
+                const int64_t nb = std::min<int64_t>(2, out_blocks_ - ob);
+                const int64_t ox0 = chunk * kPixelChunk;
+                ops.conv(job, ob, nb, oy, oy + 1, ox0, std::min(job.wo, ox0 + kPixelChunk));
+            }
+        });
+    }
+
+    // scratch[b][y][x][16] = source(b * 16 + lane, y - ph, x - pw) inside the input, else 0.
+    void fill_scratch(const ExecContext& ctx, const BlockedSource& src, float* scratch) const {
+        const int64_t rows = in_blocks_ * pad_h_;
+        parallel_for(ctx.threads, rows, pad_w_ * kChannelBlock, [&](int64_t r0, int64_t r1) {
+            for (int64_t row = r0; row < r1; ++row) {
+                const int64_t b = row / pad_h_, y = row % pad_h_;
+                float* dst = scratch + row * pad_w_ * kChannelBlock;
+                const int64_t iy = y - s_.ph;
+                if (iy < 0 || iy >= s_.h) {
+                    std::fill(dst, dst + pad_w_ * kChannelBlock, 0.0f);
+                    continue;
+                }
+                const int64_t count = std::min(kChannelBlock, s_.c - b * kChannelBlock);
+                const float* line = src.base + b * src.block_stride + iy * src.row_stride;
+                for (int64_t xx = 0; xx < pad_w_; ++xx) {
+                    float* d = dst + xx * kChannelBlock;
+                    const int64_t ix = xx - s_.pw;
+                    if (ix < 0 || ix >= s_.w) {
+                        std::fill(d, d + kChannelBlock, 0.0f);
+                    } else if (src.channel_stride == 1) {
+                        std::memcpy(d, line + ix * kChannelBlock, sizeof(float) * kChannelBlock);
+                    } else {
+                        for (int64_t ci = 0; ci < count; ++ci) {
+                            d[ci] = line[ci * src.channel_stride + ix * src.pixel_stride];
+                        }
+                        std::fill(d + count, d + kChannelBlock, 0.0f);
+                    }
+                }
+            }
+        });
+    }
+
+    // Dense: [out_blocks][in_blocks][kh][kw][16 in][16 out]; depthwise: [blocks][kh][kw][16];
+    // zeros past C / Co.
+    void pack(const float* w, int64_t taps) {
+        if (depthwise_) {
+            packed_.assign(static_cast<size_t>(out_blocks_ * taps * kChannelBlock), 0.0f);
+            for (int64_t oc = 0; oc < s_.co; ++oc) {
+                const int64_t b = oc / kChannelBlock, lane = oc % kChannelBlock;
+                for (int64_t t = 0; t < taps; ++t) {
+                    packed_[static_cast<size_t>((b * taps + t) * kChannelBlock + lane)] =
+                        w[oc * taps + t];
+                }
+            }
+            return;
+        }
+        packed_.assign(static_cast<size_t>(out_blocks_ * in_blocks_ * taps * kChannelBlock *
+                                           kChannelBlock), 0.0f);
+        for (int64_t oc = 0; oc < s_.co; ++oc) {
+            const int64_t ob = oc / kChannelBlock, ol = oc % kChannelBlock;
+            for (int64_t ic = 0; ic < s_.c; ++ic) {
+                const int64_t ib = ic / kChannelBlock, il = ic % kChannelBlock;
+                for (int64_t t = 0; t < taps; ++t) {
+                    const int64_t at =
+                        (((ob * in_blocks_ + ib) * taps + t) * kChannelBlock + il) *
+                            kChannelBlock + ol;
+                    packed_[static_cast<size_t>(at)] = w[(oc * s_.c + ic) * taps + t];
+                }
+            }
+        }
+    }
+
+    ConvShape s_;
+    ActSpec act_;
+    bool x_blocked_ = false, depthwise_ = false, has_bias_ = false, has_residual_ = false;
+    bool use_scratch_ = false, flat_ = false;
+    int64_t in_blocks_ = 0, out_blocks_ = 0, pad_h_ = 0, pad_w_ = 0;
+    std::vector<float> packed_;
+};
+
+class BlockedMaxPoolKernel : public Kernel {
+   public:
+    explicit BlockedMaxPoolKernel(const KernelArgs& args) {
+        IntReader r(args);
+        const std::string what = "max_pool2d_blocked " + args.name;
+        n_ = r.dim("N"); c_ = r.dim("C");
+        job_.h = r.dim("H"); job_.w = r.dim("W"); job_.ho = r.dim("Ho"); job_.wo = r.dim("Wo");
+        job_.kh = r.positive("kernel_h"); job_.kw = r.positive("kernel_w");
+        job_.sh = r.positive("stride_h"); job_.sw = r.positive("stride_w");
+        job_.ph = r.dim("pad_h"); job_.pw = r.dim("pad_w");
+        job_.dh = r.positive("dilation_h"); job_.dw = r.positive("dilation_w");
+        for (const auto& [out, stride, k, dil, pad, in] :
+             {std::array<int64_t, 6>{job_.ho, job_.sh, job_.kh, job_.dh, job_.ph, job_.h},
+              std::array<int64_t, 6>{job_.wo, job_.sw, job_.kw, job_.dw, job_.pw, job_.w}}) {
+            const int64_t reach =
+                checked_add(checked_mul(std::max<int64_t>(out - 1, 0), stride, what),
+                            checked_mul(k - 1, dil, what), what);
+            checked_add(checked_add(reach, pad, what), in, what);
+        }
+        need(args, 0, blocked_bytes(n_, c_, checked_mul(job_.ho, job_.wo, what), what), 4);
+        need(args, 1, blocked_bytes(n_, c_, checked_mul(job_.h, job_.w, what), what), 4);
+    }
+
+    void run(const ExecContext& ctx) const override {
+        BlockedPoolJob job = job_;
+        job.x = ctx.get<const float>(operands[1]);
+        job.out = ctx.get<float>(operands[0]);
+        const BlockedOps& ops = blocked_ops();
+        const int64_t blocks = n_ * channel_blocks(c_);
+        parallel_for(ctx.threads, blocks * job.ho, job.wo * job.kh * job.kw * 16,
+                     [&](int64_t t0, int64_t t1) {
+            for (int64_t t = t0; t < t1; ++t) {
+                ops.max_pool(job, t / job.ho, t % job.ho, t % job.ho + 1);
+            }
+        });
+    }
+
+   private:
+    int64_t n_ = 0, c_ = 0;
+    BlockedPoolJob job_;
+};
+
+class BlockedGlobalAvgPoolKernel : public Kernel {
+   public:
+    explicit BlockedGlobalAvgPoolKernel(const KernelArgs& args) {
+        IntReader r(args);
+        const std::string what = "global_avg_pool_blocked " + args.name;
+        n_ = r.dim("N"); c_ = r.dim("C"); hw_ = r.dim("HW");
+        need(args, 0, plain_bytes(n_, c_, 1, what), 4);
+        need(args, 1, blocked_bytes(n_, c_, hw_, what), 4);
+    }
+
+    void run(const ExecContext& ctx) const override {
+        float* out = ctx.get<float>(operands[0]);
+        const float* x = ctx.get<const float>(operands[1]);
+        const int64_t blocks = channel_blocks(c_);
+        const float scale = hw_ > 0 ? 1.0f / static_cast<float>(hw_)
+                                    : std::numeric_limits<float>::quiet_NaN();
+        parallel_for(ctx.threads, n_ * blocks, hw_ * kChannelBlock, [&](int64_t t0, int64_t t1) {
+            for (int64_t t = t0; t < t1; ++t) {
+                const int64_t n = t / blocks, b = t % blocks;
+                float sum[kChannelBlock] = {};
+                const float* xb = x + t * hw_ * kChannelBlock;
+                for (int64_t p = 0; p < hw_; ++p) {
+                    for (int64_t l = 0; l < kChannelBlock; ++l) sum[l] += xb[p * kChannelBlock + l];
+                }
+                const int64_t count = std::min(kChannelBlock, c_ - b * kChannelBlock);
+                for (int64_t l = 0; l < count; ++l) {
+                    out[n * c_ + b * kChannelBlock + l] = sum[l] * scale;
+                }
+            }
+        });
+    }
+
+   private:
+    int64_t n_ = 0, c_ = 0, hw_ = 0;
+};
+
+}  // namespace
+
+const BlockedOps& blocked_ops_portable() {
+    static const BlockedOps ops = make_blocked_ops<PortableBlock>("portable");
+    return ops;
+}
+
+const BlockedOps& blocked_ops() {
+    static const BlockedOps& ops =
+        cpu_features().use_avx512 ? blocked_ops_avx512() : blocked_ops_portable();
+    return ops;
+}
+
+namespace {
+
+GRAPHOPT_RT_KERNEL("to_blocked", ToBlockedKernel, "out, x", "N:dim, C:dim, HW:dim", "");
+GRAPHOPT_RT_KERNEL("from_blocked", FromBlockedKernel, "out, x", "N:dim, C:dim, HW:dim", "");
+GRAPHOPT_RT_KERNEL("conv2d_blocked", BlockedConvKernel,
+                   "out, x, w, bias?, residual?, scratch?",
+                   "N:dim, C:dim, H:dim, W:dim, Co:dim, kernel_h:positive, kernel_w:positive, "
+                   "stride_h:positive, stride_w:positive, pad_h:signed, pad_w:signed, "
+                   "dilation_h:positive, dilation_w:positive, groups:positive, Ho:dim, Wo:dim, "
+                   "act:act, x_blocked:flag",
+                   "p0, p1");
+GRAPHOPT_RT_KERNEL("max_pool2d_blocked", BlockedMaxPoolKernel, "out, x",
+                   "N:dim, C:dim, H:dim, W:dim, Ho:dim, Wo:dim, kernel_h:positive, "
+                   "kernel_w:positive, stride_h:positive, stride_w:positive, pad_h:dim, "
+                   "pad_w:dim, dilation_h:positive, dilation_w:positive",
+                   "");
+GRAPHOPT_RT_KERNEL("global_avg_pool_blocked", BlockedGlobalAvgPoolKernel, "out, x",
+                   "N:dim, C:dim, HW:dim", "");
+
+}  // namespace
+}  // namespace rt
+}  // namespace graphopt
