@@ -63,6 +63,17 @@ struct PortableBlock {
         for (int i = 0; i < 16; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i];
         return r;
     }
+    // As maxps / minps: the second operand where either is NaN.
+    static V max(const V& a, const V& b) {
+        V r;
+        for (int i = 0; i < 16; ++i) r.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i];
+        return r;
+    }
+    static V min(const V& a, const V& b) {
+        V r;
+        for (int i = 0; i < 16; ++i) r.v[i] = a.v[i] < b.v[i] ? a.v[i] : b.v[i];
+        return r;
+    }
     static V maxnan(const V& a, const V& b) {
         V r;
         for (int i = 0; i < 16; ++i) {

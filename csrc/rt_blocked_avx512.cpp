@@ -29,6 +29,9 @@ struct Avx512Block {
     static V zero() { return _mm512_setzero_ps(); }
     static V add(V a, V b) { return _mm512_add_ps(a, b); }
     static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+    // maxps / minps: the second operand where either is NaN.
+    static V max(V a, V b) { return _mm512_max_ps(a, b); }
+    static V min(V a, V b) { return _mm512_min_ps(a, b); }
     // NaN-propagating max: where either is NaN, a + b (a NaN).
     static V maxnan(V a, V b) {
         const __mmask16 unordered = _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q);

@@ -1,5 +1,5 @@
 // The blocked-layout kernels of rt_blocked.h, written once over a 16-float vector type S
-// (S::V, load, store, set1, zero, add, fma, maxnan) and instantiated per ISA:
+// (S::V, load, store, set1, zero, add, fma, max, min, maxnan) and instantiated per ISA:
 // rt_blocked_avx512.cpp (one zmm) and rt_blocked.cpp (portable). Include once per translation
 // unit, inside namespace graphopt::rt and an anonymous namespace.
 //
@@ -12,6 +12,29 @@
 // The including file provides <algorithm>, <array>, <cmath>, <limits> and <utility>.
 
 constexpr int kMaxTile = 12;  // output pixels per tile
+
+// relu, relu6 and clamp run in registers (max(lo, v), min(hi, v): the vector max / min return
+// their second operand when either is NaN, so NaN propagates as in torch); the other
+// activations run on the stored tile through apply_activation.
+struct RegisterAct {
+    bool lower = false, upper = false, later = false;
+    float lo = 0.0f, hi = 0.0f;
+    explicit RegisterAct(const ActSpec& a) {
+        switch (a.act) {
+            case Act::kNone: break;
+            case Act::kRelu: lower = true; break;
+            case Act::kRelu6: lower = upper = true; hi = 6.0f; break;
+            case Act::kClamp: lower = upper = true; lo = a.p0; hi = a.p1; break;
+            default: later = true;
+        }
+    }
+    template <class S>
+    typename S::V apply(typename S::V v) const {
+        if (lower) v = S::max(S::set1(lo), v);
+        if (upper) v = S::min(S::set1(hi), v);
+        return v;
+    }
+};
 
 template <class S, int NB, int UR>
 void conv_tile(const BlockedConvJob& j, int64_t ob, int64_t oy, int64_t ox0) {
@@ -50,12 +73,13 @@ void conv_tile(const BlockedConvJob& j, int64_t ob, int64_t oy, int64_t ox0) {
         float* o = j.out + offset;
         const V bias = j.bias != nullptr ? S::load(j.bias + (ob + b) * kChannelBlock) : S::zero();
         const float* r = j.residual != nullptr ? j.residual + offset : nullptr;
+        const RegisterAct act(j.act);
         for (int u = 0; u < UR; ++u) {
             V v = S::add(acc[b][u], bias);
             if (r != nullptr) v = S::add(v, S::load(r + u * kChannelBlock));  // r may alias o
-            S::store(o + u * kChannelBlock, v);
+            S::store(o + u * kChannelBlock, act.apply<S>(v));
         }
-        if (j.act.act != Act::kNone) {
+        if (act.later) {
             apply_activation(o, UR * kChannelBlock, 1, UR * kChannelBlock, nullptr, j.act);
         }
     }
@@ -67,12 +91,13 @@ void depthwise_store(const BlockedConvJob& j, int64_t b, int64_t oy, int64_t ox0
     const int64_t offset = (b * j.ho + oy) * j.wo * kChannelBlock + ox0 * kChannelBlock;
     float* o = j.out + offset;
     const float* r = j.residual != nullptr ? j.residual + offset : nullptr;
+    const RegisterAct act(j.act);
     for (int u = 0; u < UR; ++u) {
         typename S::V v = acc[u];
         if (r != nullptr) v = S::add(v, S::load(r + u * kChannelBlock));
-        S::store(o + u * kChannelBlock, v);
+        S::store(o + u * kChannelBlock, act.apply<S>(v));
     }
-    if (j.act.act != Act::kNone) {
+    if (act.later) {
         apply_activation(o, UR * kChannelBlock, 1, UR * kChannelBlock, nullptr, j.act);
     }
 }

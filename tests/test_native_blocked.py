@@ -259,3 +259,23 @@ def test_other_kernel_sets():
          "-k", "not other_kernel_sets"],
         env=environ, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("act", [nn.ReLU(), nn.ReLU6(), nn.Hardtanh(-0.5, 0.7)])
+def test_register_activations_match_torch_with_nan(act):
+    """relu / relu6 / clamp run in registers in the blocked epilogue: same values and NaN
+    propagation as torch."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 20, 3, padding=1), act, nn.Conv2d(20, 20, 3, padding=1,
+                          groups=20), act, nn.Conv2d(20, 4, 1)).eval()
+    x = torch.randn(1, 3, 9, 9)
+    x[0, 1, 2, 3] = float("nan")
+    graph = graphopt.optimize(graphopt.trace(model, (x,)), "default")
+    fn = graphopt.compile(graph, backend="native", threads=2, layout="blocked")
+    got = fn(x)
+    with torch.no_grad():
+        want = model(x)
+    assert collections.Counter(s.kernel for s in fn.plan.steps)["conv2d_blocked"] == 3
+    assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.isnan(want).any()
+    finite = ~torch.isnan(want)
+    torch.testing.assert_close(got[finite], want[finite], rtol=1e-4, atol=1e-5)
