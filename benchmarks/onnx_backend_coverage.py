@@ -8,7 +8,14 @@ function) model with inputs and expected outputs. For each case this script:
    case's data (``constant_inputs=``) and counts the case as "frozen";
 2. runs it with the reference interpreter (``graphopt.run``) and compares with the expected
    outputs (the case's rtol/atol);
-3. lowers the imported graph back with ``graphopt.to_onnx`` and runs it in onnxruntime.
+3. lowers the imported graph back with ``graphopt.to_onnx`` and runs it in onnxruntime;
+4. compiles the imported graph with the native runtime (``backend="native"``,
+   ``fallback="error"``: a node without a native kernel fails the case) and runs it;
+5. runs the case's own ONNX model in onnxruntime directly: the yardstick for the native leg
+   (issue #21: native passes >= 95% of what onnxruntime passes).
+
+``--json PATH`` writes the per-leg counts and every failing case with its reason, the report
+committed as ``benchmarks/results/published/onnx_node_coverage.json``.
 
 Usage::
 
@@ -42,8 +49,12 @@ class CaseResult:
     frozen: bool = False
     ran: bool = False  # graphopt.run matched the expected outputs
     ort: bool = False  # to_onnx -> onnxruntime matched the expected outputs
+    native: bool = False  # compile(backend="native") matched the expected outputs
+    ort_direct: bool = False  # the case's own model in onnxruntime matched
     error: str = ""
     ort_error: str = ""
+    native_error: str = ""
+    ort_direct_error: str = ""
 
 
 def load_cases():
@@ -106,7 +117,7 @@ def _flat(out) -> list:
     return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
-def run_case(case, with_ort: bool = True) -> CaseResult:
+def run_case(case, with_ort: bool = True, with_native: bool = False) -> CaseResult:
     result = CaseResult(case.name)
     model = case.model
     inputs, expected = case.data_sets[0]
@@ -144,7 +155,53 @@ def run_case(case, with_ort: bool = True) -> CaseResult:
     if with_ort and result.ran:
         result.ort_error = _run_ort(graph, args, expected, rtol, atol)
         result.ort = not result.ort_error
+    if with_native and result.ran:
+        result.native_error = _run_native(graph, args, expected, rtol, atol)
+        result.native = not result.native_error
     return result
+
+
+def _run_native(graph, args, expected, rtol, atol) -> str:
+    try:
+        fn = graphopt.compile(graph, backend="native", threads=1, fallback="error")
+        out = _flat(fn(*args))
+    except GraphoptError as exc:
+        failures = getattr(exc, "failures", None)
+        if failures:  # LoweringError: name each op and why (the bucket of the report)
+            first = sorted({f"{op}: {re.sub(r'[0-9]+', 'N', why)[:100]}"
+                            for op, _, why in failures})
+            return f"{type(exc).__name__}: " + "; ".join(first)
+        return f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001
+        return f"CRASH native {type(exc).__name__}: {exc}"
+    reason = outputs_match(out, expected, rtol, atol)
+    return f"native mismatch: {reason}" if reason else ""
+
+
+def run_ort_direct(case) -> str:
+    """'' when onnxruntime runs the case's own model to its expected outputs."""
+    import onnxruntime as ort
+
+    model = case.model
+    inputs, expected = case.data_sets[0]
+    inits = {t.name for t in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    try:
+        so = ort.SessionOptions()
+        so.log_severity_level = 4
+        so.intra_op_num_threads = 1
+        session = ort.InferenceSession(model.SerializeToString(), so,
+                                       providers=["CPUExecutionProvider"])
+        feeds = {n: (onnx.numpy_helper.to_array(a) if isinstance(a, onnx.TensorProto) else a)
+                 for n, a in zip(names, inputs)}
+        out = session.run(None, feeds)
+    except Exception as exc:  # noqa: BLE001
+        return f"onnxruntime: {str(exc).splitlines()[0][:200]}"
+    try:
+        reason = outputs_match(out, expected, max(case.rtol, 1e-4), max(case.atol, 1e-6))
+    except (ValueError, TypeError) as exc:  # sequence / optional outputs
+        reason = f"outputs not comparable ({exc})"
+    return f"onnxruntime mismatch: {reason}" if reason else ""
 
 
 def _onnx_dtype(model, name):
@@ -199,12 +256,17 @@ def summarize_error(text: str) -> str:
     return first[:120]
 
 
-def run_all(cases, with_ort: bool = True, progress: bool = False) -> list[CaseResult]:
+def run_all(cases, with_ort: bool = True, progress: bool = False,
+            with_native: bool = False) -> list[CaseResult]:
     results = []
     for i, case in enumerate(cases):
         with warnings.catch_warnings(), redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
-            results.append(run_case(case, with_ort))
+            result = run_case(case, with_ort, with_native)
+            if with_native:
+                result.ort_direct_error = run_ort_direct(case)
+                result.ort_direct = not result.ort_direct_error
+            results.append(result)
         if progress and (i + 1) % 200 == 0:
             print(f"  {i + 1}/{len(cases)}", file=sys.stderr)
     return results
@@ -216,11 +278,15 @@ def main(argv=None) -> int:
     parser.add_argument("--no-ort", action="store_true", help="skip the onnxruntime leg")
     parser.add_argument("--failures", type=int, default=25, help="failure buckets to list")
     parser.add_argument("--list", action="store_true", help="list every failing case")
+    parser.add_argument("--native", action="store_true",
+                        help="add the native leg and onnxruntime on the case models directly")
+    parser.add_argument("--json", default="", help="write the report (implies --native)")
     args = parser.parse_args(argv)
+    args.native = args.native or bool(args.json)
     torch.set_num_threads(1)
     cases = [c for c in load_cases() if args.filter in c.name]
     start = time.perf_counter()
-    results = run_all(cases, with_ort=not args.no_ort, progress=True)
+    results = run_all(cases, with_ort=not args.no_ort, progress=True, with_native=args.native)
     elapsed = time.perf_counter() - start
     n = len(results)
     imported = sum(r.imported for r in results)
@@ -243,13 +309,73 @@ def main(argv=None) -> int:
         print(f"\nonnxruntime leg failures (of {ran - ort_ok}):")
         for reason, count in ort_buckets.most_common(args.failures):
             print(f"  {count:4d}  {reason}")
+    if args.native:
+        _print_native(results, args.failures)
+    if args.json:
+        write_report(results, args.json, elapsed)
     if args.list:
         for r in results:
             if not r.ran:
                 print(f"FAIL {r.name}: {r.error.splitlines()[0] if r.error else ''}")
             elif not args.no_ort and not r.ort:
                 print(f"ORT  {r.name}: {r.ort_error.splitlines()[0]}")
+            if args.native and r.ran and not r.native:
+                print(f"NAT  {r.name}: {r.native_error.splitlines()[0]}")
     return 0
+
+
+def native_summary(results) -> dict:
+    """The native leg against onnxruntime on the same cases (the issue #21 yardstick)."""
+    ort_pass = [r for r in results if r.ort_direct]
+    return {
+        "cases": len(results),
+        "onnxruntime_direct": len(ort_pass),
+        "graphopt_run": sum(r.ran for r in results),
+        "native": sum(r.native for r in results),
+        "native_of_onnxruntime_passes": sum(r.native for r in ort_pass),
+    }
+
+
+def _native_reason(r) -> str:
+    if not r.ran:
+        return "import or reference run fails: " + summarize_error(r.error)
+    first = r.native_error.splitlines()[0] if r.native_error else ""
+    return re.sub(r"max abs err [0-9.e+-]+", "max abs err …", first)[:200]
+
+
+def _print_native(results, top: int) -> None:
+    s = native_summary(results)
+    share = s["native_of_onnxruntime_passes"] / max(1, s["onnxruntime_direct"])
+    print(f"\nNative leg: {s['native']} of {s['cases']} cases; of the {s['onnxruntime_direct']} "
+          f"onnxruntime passes directly, native passes {s['native_of_onnxruntime_passes']} "
+          f"({share:.1%})")
+    buckets = collections.Counter(_native_reason(r) for r in results
+                                  if r.ort_direct and not r.native)
+    print(f"Native failures among onnxruntime passes (of {sum(buckets.values())}):")
+    for reason, count in buckets.most_common(top):
+        print(f"  {count:4d}  {reason}")
+
+
+def write_report(results, path: str, elapsed: float) -> None:
+    import json
+    import platform
+
+    summary = native_summary(results)
+    summary["native_share_of_onnxruntime"] = round(
+        summary["native_of_onnxruntime_passes"] / max(1, summary["onnxruntime_direct"]), 4)
+    failing = {r.name: _native_reason(r) for r in results if r.ort_direct and not r.native}
+    report = {
+        "benchmark": "onnx_node_coverage",
+        "environment": {"onnx": onnx.__version__, "torch": torch.__version__,
+                        "graphopt": graphopt.__version__, "python": platform.python_version(),
+                        "seconds": round(elapsed, 1)},
+        "summary": summary,
+        "native_failures_among_onnxruntime_passes": dict(sorted(failing.items())),
+        "native_failure_reasons": dict(collections.Counter(failing.values()).most_common()),
+    }
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1, sort_keys=False)
+        f.write("\n")
 
 
 if __name__ == "__main__":

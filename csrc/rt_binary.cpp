@@ -34,20 +34,21 @@ namespace {
 #define GRAPHOPT_RT_ENUM_NAME(e, name) name,
 
 // ------------------------------------------------------------------------------------ binary
-// The "binary" kernel's op codes and their Python names (codes.py BINARY_CODES). Predicates
-// (results are bool) come last, from kEq.
+// The "binary" kernel's op codes and their Python names (codes.py BINARY_CODES). Codes only
+// grow at the end; the predicates (results are bool) are the block kEq..kLogicalXor.
 #define GRAPHOPT_BINARY_OPS(X)                                                                \
     X(kAdd, "add") X(kSub, "sub") X(kMul, "mul") X(kDiv, "div") X(kDivFloor, "div_floor")     \
     X(kDivTrunc, "div_trunc") X(kPow, "pow") X(kMaximum, "maximum") X(kMinimum, "minimum")    \
     X(kRemainder, "remainder") X(kAtan2, "atan2") X(kBitwiseAnd, "bitwise_and")               \
     X(kBitwiseOr, "bitwise_or") X(kBitwiseXor, "bitwise_xor") X(kEq, "eq") X(kNe, "ne")       \
     X(kLt, "lt") X(kLe, "le") X(kGt, "gt") X(kGe, "ge") X(kLogicalAnd, "logical_and")         \
-    X(kLogicalOr, "logical_or") X(kLogicalXor, "logical_xor")
+    X(kLogicalOr, "logical_or") X(kLogicalXor, "logical_xor") X(kFmod, "fmod")                \
+    X(kPrelu, "prelu") X(kShiftLeft, "shift_left") X(kShiftRight, "shift_right")
 
 enum class BinaryOp : int32_t { GRAPHOPT_BINARY_OPS(GRAPHOPT_RT_ENUMERATOR) };
 GRAPHOPT_RT_CODE_TABLE("binary", {GRAPHOPT_BINARY_OPS(GRAPHOPT_RT_ENUM_NAME)});
 
-bool is_predicate(BinaryOp op) { return op >= BinaryOp::kEq; }
+bool is_predicate(BinaryOp op) { return op >= BinaryOp::kEq && op <= BinaryOp::kLogicalXor; }
 
 template <typename T>
 T int_pow(T base, T exp) {
@@ -64,6 +65,26 @@ T int_pow(T base, T exp) {
         exp >>= 1;
     }
     return result;
+}
+
+// torch's shifts: a shift by the bit width or more (or by a negative amount) gives 0, or the
+// sign fill for a right shift of a negative value.
+template <typename T>
+T shift(BinaryOp op, T a, T b) {
+    constexpr T kBits = static_cast<T>(8 * sizeof(T));
+    using U = std::make_unsigned_t<T>;
+    const bool out_of_range = [&] {
+        if constexpr (std::is_signed_v<T>) return b < 0 || b >= kBits;
+        return b >= kBits;
+    }();
+    if (op == BinaryOp::kShiftLeft) {
+        return out_of_range ? T(0) : static_cast<T>(static_cast<U>(a) << b);
+    }
+    if (out_of_range) {
+        if constexpr (std::is_signed_v<T>) return a < 0 ? T(-1) : T(0);
+        return T(0);
+    }
+    return static_cast<T>(a >> b);  // arithmetic for signed types (C++20 and gcc)
 }
 
 template <typename T>
@@ -85,6 +106,8 @@ T arith(BinaryOp op, T a, T b) {
                 return m;
             }
             case BinaryOp::kAtan2: return std::atan2(a, b);
+            case BinaryOp::kFmod: return std::fmod(a, b);
+            case BinaryOp::kPrelu: return a < T(0) ? a * b : a;
             default: break;
         }
     } else {
@@ -110,6 +133,16 @@ T arith(BinaryOp op, T a, T b) {
                 }
                 return op == BinaryOp::kRemainder ? r : q;
             }
+            case BinaryOp::kFmod: {  // C's %: the sign of the dividend
+                if (b == 0) throw std::domain_error("integer division by zero");
+                if constexpr (std::is_signed_v<T>) {
+                    if (b == T(-1)) return T(0);
+                }
+                return static_cast<T>(a % b);
+            }
+            case BinaryOp::kPrelu: return a < T(0) ? wrap_mul<T>(a, b) : a;
+            case BinaryOp::kShiftLeft:
+            case BinaryOp::kShiftRight: return shift<T>(op, a, b);
             case BinaryOp::kPow: return int_pow<T>(a, b);
             case BinaryOp::kMaximum: return std::max(a, b);
             case BinaryOp::kMinimum: return std::min(a, b);
@@ -189,7 +222,7 @@ class BinaryKernel : public Kernel {
    public:
     explicit BinaryKernel(const KernelArgs& args) {
         IntReader r(args);
-        op_ = static_cast<BinaryOp>(r.in(0, static_cast<int64_t>(BinaryOp::kLogicalXor), "op"));
+        op_ = static_cast<BinaryOp>(r.in(0, static_cast<int64_t>(BinaryOp::kShiftRight), "op"));
         dtype_ = dtype_from(r.next());
         const int64_t rank = r.rank("rank");
         loop_.shape = r.dims(rank, "shape");
@@ -198,7 +231,8 @@ class BinaryKernel : public Kernel {
         const std::string what = "binary " + args.name;
         const bool is_float = dtype_ == DType::kF32 || dtype_ == DType::kF64;
         const bool bitwise = op_ == BinaryOp::kBitwiseAnd || op_ == BinaryOp::kBitwiseOr ||
-                             op_ == BinaryOp::kBitwiseXor;
+                             op_ == BinaryOp::kBitwiseXor || op_ == BinaryOp::kShiftLeft ||
+                             op_ == BinaryOp::kShiftRight;
         if (is_float ? bitwise : (op_ == BinaryOp::kDiv || op_ == BinaryOp::kAtan2)) {
             throw PlanError(what + ": op " + std::to_string(static_cast<int>(op_)) +
                             " is not defined for this dtype");

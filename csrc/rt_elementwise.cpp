@@ -36,7 +36,12 @@ namespace {
     X(kMish, "mish") X(kHardswish, "hardswish") X(kHardsigmoid, "hardsigmoid")                \
     X(kSoftsign, "softsign") X(kGelu, "gelu") X(kGeluTanh, "gelu_tanh") X(kClamp, "clamp")    \
     X(kLeakyRelu, "leaky_relu") X(kElu, "elu") X(kSoftplus, "softplus")                       \
-    X(kLogicalNot, "logical_not") X(kIsnan, "isnan") X(kRelu6, "relu6")
+    X(kLogicalNot, "logical_not") X(kIsnan, "isnan") X(kRelu6, "relu6") X(kAcos, "acos")        \
+    X(kAsin, "asin") X(kAcosh, "acosh") X(kAsinh, "asinh") X(kAtanh, "atanh") X(kCosh, "cosh") \
+    X(kSinh, "sinh") X(kThresholdedRelu, "thresholded_relu") X(kShrink, "shrink")              \
+    X(kIsinf, "isinf") X(kIsposinf, "isposinf") X(kIsneginf, "isneginf")
+
+constexpr int64_t kLastUnaryOp = 47;  // kIsneginf (checked below)
 
 #define GRAPHOPT_RT_ENUMERATOR(e, name) e,
 #define GRAPHOPT_RT_ENUM_NAME(e, name) name,
@@ -44,6 +49,37 @@ namespace {
 enum class UnaryOp : int32_t { GRAPHOPT_UNARY_OPS(GRAPHOPT_RT_ENUMERATOR) };
 GRAPHOPT_RT_CODE_TABLE("unary", {GRAPHOPT_UNARY_OPS(GRAPHOPT_RT_ENUM_NAME)});
 static_assert(static_cast<int>(UnaryOp::kNeg) == 0);
+static_assert(static_cast<int64_t>(UnaryOp::kIsneginf) == kLastUnaryOp);
+
+// Ops whose result is bool (the input dtype is the compute dtype).
+bool is_unary_predicate(UnaryOp op) {
+    switch (op) {
+        case UnaryOp::kLogicalNot: case UnaryOp::kIsnan: case UnaryOp::kIsinf:
+        case UnaryOp::kIsposinf: case UnaryOp::kIsneginf:
+            return true;
+        default:
+            return false;
+    }
+}
+
+template <typename T>
+bool unary_predicate(UnaryOp op, T x) {
+    switch (op) {
+        case UnaryOp::kIsnan: return x != x;
+        case UnaryOp::kLogicalNot: return x == T(0);
+        default: break;
+    }
+    if constexpr (std::is_floating_point_v<T>) {
+        const T inf = std::numeric_limits<T>::infinity();
+        switch (op) {
+            case UnaryOp::kIsinf: return x == inf || x == -inf;
+            case UnaryOp::kIsposinf: return x == inf;
+            case UnaryOp::kIsneginf: return x == -inf;
+            default: break;
+        }
+    }
+    return false;  // integers are never infinite
+}
 
 // Activations the vectorised GEMM epilogue implements (same formulas as fused ops use).
 bool epilogue_activation(UnaryOp op, Act* act) {
@@ -119,6 +155,16 @@ T unary_float(UnaryOp op, T x, T p0, T p1, T p2) {
         case UnaryOp::kElu:  // p0 alpha, p1 scale, p2 input_scale
             return x > T(0) ? p1 * x : p1 * p0 * std::expm1(x * p2);
         case UnaryOp::kSoftplus: return softplus<T>(x, p0, p1);
+        case UnaryOp::kAcos: return std::acos(x);
+        case UnaryOp::kAsin: return std::asin(x);
+        case UnaryOp::kAcosh: return std::acosh(x);
+        case UnaryOp::kAsinh: return std::asinh(x);
+        case UnaryOp::kAtanh: return std::atanh(x);
+        case UnaryOp::kCosh: return std::cosh(x);
+        case UnaryOp::kSinh: return std::sinh(x);
+        case UnaryOp::kThresholdedRelu: return x > p0 ? x : T(0);  // p0 alpha (NaN -> 0)
+        case UnaryOp::kShrink:  // p0 lambd, p1 bias
+            return x < -p0 ? x + p1 : (x > p0 ? x - p1 : T(0));
         default: break;
     }
     throw std::logic_error("unary: op not valid for floats");
@@ -156,12 +202,12 @@ class UnaryKernel : public Kernel {
    public:
     explicit UnaryKernel(const KernelArgs& args) {
         IntReader r(args);
-        op_ = static_cast<UnaryOp>(r.in(0, static_cast<int64_t>(UnaryOp::kRelu6), "op"));
+        op_ = static_cast<UnaryOp>(r.in(0, kLastUnaryOp, "op"));
         dtype_ = dtype_from(r.next());
         count_ = r.dim("count");
         for (size_t i = 0; i < 3; ++i) p_[i] = i < args.floats.size() ? args.floats[i] : 0.0;
         use_epilogue_ = dtype_ == DType::kF32 && epilogue_activation(op_, &act_);
-        const bool to_bool = op_ == UnaryOp::kLogicalNot || op_ == UnaryOp::kIsnan;
+        const bool to_bool = is_unary_predicate(op_);
         const bool is_float = dtype_ == DType::kF32 || dtype_ == DType::kF64;
         if (!to_bool && (is_float ? op_ == UnaryOp::kBitwiseNot : !valid_for_int(op_))) {
             throw PlanError("unary " + args.name + ": op " + std::to_string(static_cast<int>(op_)) +
@@ -176,14 +222,13 @@ class UnaryKernel : public Kernel {
     void run(const ExecContext& ctx) const override {
         char* out = ctx.ptr(operands[0]);
         const char* x = ctx.ptr(operands[1]);
-        if (op_ == UnaryOp::kLogicalNot || op_ == UnaryOp::kIsnan) {
+        if (is_unary_predicate(op_)) {
             dispatch_dtype(dtype_, [&](auto tag) {
                 using T = decltype(tag);
                 const T* xs = reinterpret_cast<const T*>(x);
                 Bool* ys = reinterpret_cast<Bool*>(out);
-                const bool isnan = op_ == UnaryOp::kIsnan;
                 for (int64_t i = 0; i < count_; ++i) {
-                    ys[i] = static_cast<Bool>(isnan ? xs[i] != xs[i] : xs[i] == T(0));
+                    ys[i] = static_cast<Bool>(unary_predicate<T>(op_, xs[i]));
                 }
             });
             return;

@@ -5,8 +5,9 @@
 //           out[o, j, i] = x[o, index[j], i]  (embedding, index_select, one advanced index)
 // "gather"  operands: out, x, index
 //           ints: rank, index_shape[rank], x_strides[rank], axis, axis_size, index_dtype,
-//                 elem_size
-//           out[p] = x[p with p[axis] replaced by index[p]]  (torch.gather)
+//                 elem_size, allow_negative
+//           out[p] = x[p with p[axis] replaced by index[p]]  (torch.gather; with
+//           allow_negative, a negative index counts from the end: ONNX GatherElements)
 // Out-of-range indices raise IndexError (std::out_of_range) naming the node.
 #include <cstring>
 #include <memory>
@@ -93,6 +94,7 @@ class GatherKernel : public Kernel {
         axis_size_ = r.dim("axis_size");
         index_dtype_ = index_dtype(args, r.next());
         elem_ = r.in(1, 16, "elem_size");
+        allow_negative_ = r.next() != 0;
         const std::string what = "gather " + args.name;
         count_ = checked_numel(shape_, what);
         if (rank == 0) {
@@ -118,7 +120,8 @@ class GatherKernel : public Kernel {
                 rest /= shape_[d];
                 if (d != axis_) off += i * x_strides_[d];
             }
-            const int64_t v = load_index(index, p, index_dtype_);
+            int64_t v = load_index(index, p, index_dtype_);
+            if (v < 0 && allow_negative_) v += axis_size_;
             if (v < 0 || v >= axis_size_) out_of_range(name_, v, axis_size_);
             off += v * x_strides_[axis_];
             std::memcpy(out + p * elem_, x + off * elem_, static_cast<size_t>(elem_));
@@ -130,6 +133,7 @@ class GatherKernel : public Kernel {
     std::vector<int64_t> shape_, x_strides_;
     int64_t axis_, axis_size_, elem_, count_;
     DType index_dtype_;
+    bool allow_negative_ = false;
 };
 
 GRAPHOPT_RT_KERNEL("take", TakeKernel,
@@ -140,7 +144,7 @@ GRAPHOPT_RT_KERNEL("take", TakeKernel,
 GRAPHOPT_RT_KERNEL("gather", GatherKernel,
                    "out, x, index",
                    "rank:rank, index_shape[rank]:dim, x_strides[rank]:signed, axis:dim, "
-                   "axis_size:dim, index_dtype:dtype, elem:elem",
+                   "axis_size:dim, index_dtype:dtype, elem:elem, allow_negative:flag",
                    "");
 
 }  // namespace

@@ -208,6 +208,101 @@ class SoftmaxKernel : public Kernel {
     bool log_;
 };
 
+// x / sqrt(mean(x^2) + eps) * weight over rows of `cols` (the mean accumulated in double).
+class RmsNormKernel : public Kernel {
+   public:
+    explicit RmsNormKernel(const KernelArgs& args) {
+        IntReader r(args);
+        rows_ = r.dim("rows");
+        cols_ = r.dim("cols");
+        eps_ = r.real(0);
+        const std::string what = "rms_norm " + args.name;
+        const int64_t bytes = checked_mul(checked_mul(rows_, cols_, what), 4, what);
+        need(args, 0, bytes, 4);
+        need(args, 1, bytes, 4);
+        need_opt(args, 2, checked_mul(cols_, 4, what), 4);
+    }
+    void run(const ExecContext& ctx) const override {
+        float* out = ctx.get<float>(operands[0]);
+        const float* x = ctx.get<const float>(operands[1]);
+        const float* w = optional(ctx, operands, 2);
+        parallel_for(ctx.threads, rows_, cols_ * 3, [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r) {
+                const float* xr = x + r * cols_;
+                float* yr = out + r * cols_;
+                double sq = 0.0;
+                for (int64_t c = 0; c < cols_; ++c) sq += static_cast<double>(xr[c]) * xr[c];
+                const float inv = static_cast<float>(
+                    1.0 / std::sqrt(sq / static_cast<double>(std::max<int64_t>(cols_, 1)) + eps_));
+                for (int64_t c = 0; c < cols_; ++c) {
+                    const float y = xr[c] * inv;
+                    yr[c] = w != nullptr ? y * w[c] : y;
+                }
+            }
+        });
+    }
+
+   private:
+    int64_t rows_, cols_;
+    double eps_;
+};
+
+// ONNX LRN over the channels of [N, C, inner]: x / (bias + alpha / size * window sum of x^2)^beta
+// with the window [c - lo, c + size - 1 - lo], lo = (size - 1) / 2 (sums in double).
+class LrnKernel : public Kernel {
+   public:
+    explicit LrnKernel(const KernelArgs& args) {
+        IntReader r(args);
+        n_ = r.dim("N");
+        c_ = r.dim("C");
+        inner_ = r.dim("inner");
+        size_ = r.positive("size");
+        alpha_ = r.real(0);
+        beta_ = r.real(1);
+        bias_ = r.real(2);
+        const std::string what = "lrn " + args.name;
+        const int64_t bytes =
+            checked_mul(checked_mul(checked_mul(n_, c_, what), inner_, what), 4, what);
+        need(args, 0, bytes, 4);
+        need(args, 1, bytes, 4);
+    }
+    void run(const ExecContext& ctx) const override {
+        float* out = ctx.get<float>(operands[0]);
+        const float* x = ctx.get<const float>(operands[1]);
+        const int64_t lo = (size_ - 1) / 2, hi = size_ - 1 - lo;
+        const double scale = alpha_ / static_cast<double>(size_);
+        parallel_for(ctx.threads, n_ * c_, inner_ * size_, [&](int64_t t0, int64_t t1) {
+            for (int64_t t = t0; t < t1; ++t) {
+                const int64_t n = t / c_, c = t % c_;
+                const int64_t first = std::max<int64_t>(0, c - lo);
+                const int64_t last = std::min<int64_t>(c_ - 1, c + hi);
+                const float* xn = x + n * c_ * inner_;
+                for (int64_t i = 0; i < inner_; ++i) {
+                    double sq = 0.0;
+                    for (int64_t k = first; k <= last; ++k) {
+                        const double v = xn[k * inner_ + i];
+                        sq += v * v;
+                    }
+                    out[t * inner_ + i] = static_cast<float>(
+                        xn[c * inner_ + i] / std::pow(bias_ + scale * sq, beta_));
+                }
+            }
+        });
+    }
+
+   private:
+    int64_t n_, c_, inner_, size_;
+    double alpha_, beta_, bias_;
+};
+
+GRAPHOPT_RT_KERNEL("rms_norm", RmsNormKernel,
+                   "out, x, weight?",
+                   "rows:dim, cols:dim",
+                   "eps");
+GRAPHOPT_RT_KERNEL("lrn", LrnKernel,
+                   "out, x",  // out must not alias x (a window reads neighbours)
+                   "N:dim, C:dim, inner:dim, size:positive",
+                   "alpha, beta, bias");
 GRAPHOPT_RT_KERNEL("layer_norm", LayerNormKernel,
                    "out, x, weight?, bias?",
                    "rows:dim, cols:dim",

@@ -62,7 +62,9 @@ def assert_same(out, ref, rtol: float = 1e-4, atol: float = 1e-5) -> None:
 
 def check_graph(g: Graph, feeds: list, threads=(1, 2), rtol: float = 1e-4,
                 atol: float = 1e-5, **options):
-    """Native (each thread count) against the reference interpreter; returns the module."""
+    """Native (each thread count) against the reference interpreter; returns the module.
+    Every node must run natively (fallback="error") unless the caller says otherwise."""
+    options.setdefault("fallback", "error")
     ref = graphopt.run(g, *feeds)
     fn = None
     for t in threads:

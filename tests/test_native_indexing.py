@@ -45,7 +45,7 @@ def test_index_with_several_index_tensors_unsupported_cases():
     ]:
         g, _ = op_graph("index", inputs, {"axes": axes})
         with pytest.raises(NativeUnsupportedError, match=reason):
-            graphopt.compile(g, backend="native")
+            graphopt.compile(g, backend="native", fallback="error")
     g, _ = op_graph("index", [x, Const(torch.tensor([0, 2])), Const(torch.tensor([1, 4]))],
                     {"axes": (0, 1)})
     with pytest.raises(IndexError, match="index 4 is out of bounds for axis 1 of size 4"):

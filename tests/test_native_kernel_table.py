@@ -102,9 +102,10 @@ def test_op_sets_name_existing_codes():
     assert codes.INT_UNARY <= set(codes.UNARY_CODES)
     assert codes.PREDICATES | codes.FLOAT_ONLY_BINARY | codes.INT_ONLY_BINARY <= set(
         codes.BINARY_CODES)
-    # Predicates come last in the C++ enum (is_predicate: op >= kEq).
+    # Predicates are one block of the C++ enum (is_predicate: kEq <= op <= kLogicalXor).
     first = min(codes.BINARY_CODES[p] for p in codes.PREDICATES)
-    assert {n for n, c in codes.BINARY_CODES.items() if c >= first} == codes.PREDICATES
+    last = max(codes.BINARY_CODES[p] for p in codes.PREDICATES)
+    assert {n for n, c in codes.BINARY_CODES.items() if first <= c <= last} == codes.PREDICATES
 
 
 def test_activations_agree_with_the_op_library():

@@ -78,32 +78,59 @@ def test_gpt2_causal_attention_plan_has_no_permute_copies():
 
 
 # ------------------------------------------------------------------- unsupported / fallback
-class _Cumsum(torch.nn.Module):
-    def forward(self, x):
-        return torch.relu(torch.cumsum(x * 2.0, dim=1)) + 1.0
+class _RuntimeIndex(torch.nn.Module):
+    """Advanced indexing by two runtime index tensors: the one index form without a native
+    kernel (the lowering needs constant indices for several index tensors)."""
+
+    def forward(self, x, i, j):
+        return torch.relu((x * 2.0)[i, j]) + 1.0
 
 
-def test_unsupported_op_names_op_and_node():
-    x = randn(3, 5)
-    g = graphopt.trace(_Cumsum(), (x,))
+def _runtime_index_case():
+    x, i, j = randn(3, 5), torch.tensor([0, 2]), torch.tensor([1, 4])
+    return graphopt.trace(_RuntimeIndex(), (x, i, j)), (x, i, j)
+
+
+def test_unsupported_node_with_fallback_error_names_op_and_node():
+    g, _ = _runtime_index_case()
     with pytest.raises(NativeUnsupportedError) as info:
-        graphopt.compile(g, backend="native")
+        graphopt.compile(g, backend="native", fallback="error")
     err = info.value
     assert isinstance(err, LoweringError) and isinstance(err, graphopt.GraphoptError)
-    assert [f[0] for f in err.failures] == ["cumsum"]
-    assert "%cumsum" in str(err) and "no native kernel" in str(err)
+    assert [f[0] for f in err.failures] == ["index"]
+    assert "%index" in str(err) and "non-constant index tensors" in str(err)
     assert 'fallback="reference"' in str(err)
+    with pytest.raises(NativeUnsupportedError):  # None: the pre-0.2 spelling of "error"
+        graphopt.compile(g, backend="native", fallback=None)
 
 
-def test_reference_fallback_runs_and_segments():
-    x = randn(3, 5)
-    g = graphopt.trace(_Cumsum(), (x,))
-    fn = graphopt.compile(g, backend="native", fallback="reference")
-    assert_same(fn(x), _Cumsum()(x))
+def test_reference_fallback_is_the_default_and_warns_once_naming_the_op():
+    g, args = _runtime_index_case()
+    with pytest.warns(graphopt.native.NativeFallbackWarning, match=r"op\(s\) index;") as record:
+        fn = graphopt.compile(g, backend="native")
+    assert len(record) == 1 and record[0].filename == __file__  # points at the caller
+    assert_same(fn(*args), _RuntimeIndex()(*args))
     plan = fn.plan
-    assert len(plan.fallback_nodes) == 1 and "cumsum" in plan.fallback_nodes[0]
-    assert plan.num_segments == 3  # native (mul), reference (cumsum), native (relu, add)
+    assert len(plan.fallback_nodes) == 1 and "index" in plan.fallback_nodes[0]
+    assert plan.num_segments == 3  # native (mul), reference (index), native (relu, add)
     check_plan(plan.lifetimes, plan.memory)
+    with pytest.raises(graphopt.GraphoptError, match="fallback must be one of"):
+        graphopt.compile(g, backend="native", fallback="numpy")
+
+
+def test_fallback_warning_for_symbolic_shapes_comes_once():
+    import warnings
+
+    x, i, j = randn(3, 5), torch.tensor([0, 2]), torch.tensor([1, 4])
+    n = torch.export.Dim("n", min=2, max=8)
+    g = graphopt.trace(_RuntimeIndex(), (x, i, j), dynamic_shapes=(None, {0: n}, {0: n}))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        fn = graphopt.compile(g, backend="native")
+        for size in (2, 3, 2):
+            idx = torch.arange(size) % 3
+            assert_same(fn(x, idx, idx), _RuntimeIndex()(x, idx, idx))
+    assert [type(r.message) for r in record] == [graphopt.native.NativeFallbackWarning]
 
 
 # ---------------------------------------------------------------------------- call contract

@@ -92,4 +92,4 @@ def test_non_constant_int8_weight_is_named():
                                     _codes(4, 8, dtype=torch.int8), _w_scale(4), None, None,
                                     None], {"activation": "none", "activation_params": ()})
     with pytest.raises(NativeUnsupportedError, match="qlinear.*not a constant"):
-        graphopt.compile(g, backend="native")
+        graphopt.compile(g, backend="native", fallback="error")

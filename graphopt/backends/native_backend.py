@@ -11,7 +11,8 @@ from graphopt.native.module import NativeModule
 
 
 @register_backend("native")
-def compile_native(graph: Graph, *, threads: int | None = None, fallback: str | None = None,
+def compile_native(graph: Graph, *, threads: int | None = None,
+                   fallback: str | None = "reference",
                    sparse: str = "auto", layout: str = "auto", **options: Any) -> NativeModule:
     """Backend factory: plan ``graph`` for graphopt's C++ runtime.
 
@@ -20,8 +21,9 @@ def compile_native(graph: Graph, *, threads: int | None = None, fallback: str | 
             distinct input shape at call time.
         threads: runtime threads (default ``torch.get_num_threads()``), checked against
             ``graphopt.limits.thread_budget()``.
-        fallback: None (a node without a native kernel raises NativeUnsupportedError) or
-            "reference" (such nodes run through their reference implementation).
+        fallback: "reference" (default: a node without a native kernel runs through its
+            reference implementation, with one NativeFallbackWarning naming the ops) or
+            "error" (such nodes raise NativeUnsupportedError).
         sparse: "auto" (default): a linear whose weight carries a CSR record
             (``graphopt.prune.sparse``) runs the CSR kernel where the cost model says it beats
             the dense GEMM for its number of rows; "never"; "always" (every constant weight).
@@ -30,7 +32,8 @@ def compile_native(graph: Graph, *, threads: int | None = None, fallback: str | 
             runtime has the AVX-512 blocked kernels; "blocked" always; "nchw" never.
 
     Raises:
-        NativeUnsupportedError: nodes without a native kernel (all listed), unless fallback.
+        NativeUnsupportedError: with fallback="error", nodes without a native kernel (all
+            listed).
         LoweringError: a malformed node (e.g. a convolution whose groups do not divide its
             channels), named with its op.
         ResourceLimitError: a thread count, a buffer or the planned arena over the budget.

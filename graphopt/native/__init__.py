@@ -13,7 +13,7 @@
 """
 
 from graphopt.native.artifact import load
-from graphopt.native.builder import NativeUnsupportedError, PlanBuilder
+from graphopt.native.builder import NativeFallbackWarning, NativeUnsupportedError, PlanBuilder
 from graphopt.native.errors import NativeError, NativeIndexError
 from graphopt.native.memory import Lifetime, MemoryPlan, check_plan, plan_memory
 from graphopt.native.module import NativeModule
@@ -21,6 +21,6 @@ from graphopt.native.plan import CPU, CpuDevice, Device, ExecutionPlan
 
 __all__ = [
     "CPU", "CpuDevice", "Device", "ExecutionPlan", "Lifetime", "MemoryPlan", "NativeError",
-    "NativeIndexError", "NativeModule", "NativeUnsupportedError", "PlanBuilder", "check_plan",
-    "load", "plan_memory",
+    "NativeFallbackWarning", "NativeIndexError", "NativeModule", "NativeUnsupportedError",
+    "PlanBuilder", "check_plan", "load", "plan_memory",
 ]

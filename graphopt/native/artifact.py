@@ -10,7 +10,8 @@ Layout (every entry a ``.npy`` member of the zip archive)::
 
     __graph__       0-d unicode array: the IR text
     __meta__        0-d unicode array: JSON {"format": "graphopt-native/1", "threads": int,
-                    "fallback": null | "reference", "sparse": "auto" | "never" | "always",
+                    "fallback": "reference" | "error" (null: "error"),
+                    "sparse": "auto" | "never" | "always",
                     "bf16": [names of bfloat16 constants, stored as their uint16 bits]}
     const/<name>    one array per constant of the graph (its dtype and shape as in the text)
 
@@ -43,7 +44,7 @@ from graphopt.limits import check_bytes, check_threads, numel_of
 
 FORMAT = "graphopt-native/1"
 META_FIELDS = {"format", "threads", "fallback", "sparse", "bf16"}
-FALLBACKS = (None, "reference")
+FALLBACKS = (None, "reference", "error")  # None: "error", as saved before 0.2
 # Array kinds an artifact may hold: bool, ints, floats (constants), unicode (graph, meta).
 _ALLOWED_KINDS = set("biufU")
 # Errors numpy / zipfile raise on truncated, corrupt or non-npz input (RuntimeError: encrypted

@@ -14,9 +14,10 @@ input shapes). For each node it:
 Afterwards graph outputs get buffers of the call's own (the returned tensors), and the arena
 buffers get offsets from :func:`graphopt.native.memory.plan_memory`.
 
-A node without a native kernel raises :class:`NativeUnsupportedError` listing all such nodes;
-with ``fallback="reference"`` it becomes a reference step instead (torch, run from Python),
-which splits the plan into native segments around it.
+A node without a native kernel becomes a reference step with ``fallback="reference"`` (the
+default of ``graphopt.compile``: torch, run from Python, splitting the plan into native segments
+around it); with ``fallback="error"`` it raises :class:`NativeUnsupportedError` listing all such
+nodes.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ from graphopt.native.memory import Lifetime, MemoryPlan, plan_memory
 from graphopt.native.refs import Buffer, TensorRef
 from graphopt.ops.registry import PURE
 
-__all__ = ["BACKEND", "LoweringContext", "NativeUnsupportedError", "OutputSpec", "PlanBuilder",
-           "Step", "Unsupported"]
+__all__ = ["BACKEND", "FALLBACKS", "LoweringContext", "NativeFallbackWarning",
+           "NativeUnsupportedError", "OutputSpec", "PlanBuilder", "Step", "Unsupported",
+           "check_fallback"]
 
 INF = math.inf
 
@@ -49,14 +51,30 @@ INF = math.inf
 class NativeUnsupportedError(LoweringError):
     """The native backend has no kernel for some nodes (each listed with op, node and reason).
 
-    Pass ``fallback="reference"`` to ``graphopt.compile(..., backend="native")`` to run such
-    nodes with their reference implementation instead (slower: it splits the plan).
+    Raised with ``fallback="error"``; the default, ``fallback="reference"``, runs such nodes
+    with their reference implementation instead (slower: it splits the plan) and warns once.
     """
 
     def __init__(self, failures: list[tuple[str, str, str]]):
         super().__init__(BACKEND, failures)
         self.args = (str(self) + "\nPass fallback=\"reference\" to run these nodes with their "
                      "reference implementation.",)
+
+
+FALLBACKS = ("reference", "error")
+
+
+def check_fallback(fallback: str | None) -> str:
+    """``fallback`` as one of FALLBACKS (None, the pre-0.2 spelling of "error", is accepted)."""
+    if fallback is None:
+        return "error"
+    if fallback not in FALLBACKS:
+        raise GraphoptError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+    return fallback
+
+
+class NativeFallbackWarning(UserWarning):
+    """Some nodes have no native kernel and run through their reference implementation."""
 
 
 @dataclass
@@ -89,13 +107,12 @@ class PlanBuilder:
     """Builds one :class:`~graphopt.native.plan.ExecutionPlan` for one set of input shapes."""
 
     def __init__(self, graph: Graph, input_shapes: list[tuple[int, ...]],
-                 bindings: dict | None = None, fallback: str | None = None, threads: int = 1,
+                 bindings: dict | None = None, fallback: str | None = "error", threads: int = 1,
                  sparse: str = "auto", layout: str = "auto"):
         from graphopt.native.lower.blocked import LAYOUTS
         from graphopt.native.lower.sparse import SPARSE_MODES
 
-        if fallback not in (None, "reference"):
-            raise GraphoptError(f"fallback must be None or 'reference', got {fallback!r}")
+        fallback = check_fallback(fallback)
         if sparse not in SPARSE_MODES:
             raise GraphoptError(f"sparse must be one of {SPARSE_MODES}, got {sparse!r}")
         if layout not in LAYOUTS:
@@ -121,6 +138,7 @@ class PlanBuilder:
         self.last_use: dict[Value, float] = {}
         self.failures: list[tuple[str, str, str]] = []
         self.fallback_nodes: list[str] = []
+        self.fallback_ops: list[str] = []
         self.outputs: list[TensorRef] = []
         self.num_output_buffers = 0
 
@@ -354,6 +372,7 @@ class PlanBuilder:
         for v, ref in zip(node.outputs, outputs):
             self.env[v] = ref
         self.fallback_nodes.append(node.describe())
+        self.fallback_ops.append(node.op)
         self.emit("reference", node.name, inputs, node=node, outputs=outputs,
                   attrs=node_attrs(node, self.bindings))
 

@@ -78,12 +78,14 @@ ACTIVATION_CODES: Mapping[str, int] = _NativeCodes("act")
 UNARY_CODES: Mapping[str, int] = _NativeCodes("unary")
 # Unary ops valid on integer (and bool) inputs.
 INT_UNARY = {"neg", "abs", "relu", "floor", "ceil", "round", "sign", "bitwise_not", "clamp"}
+# Unary ops with a bool result (computed in the input's dtype).
+UNARY_PREDICATES = {"logical_not", "isnan", "isinf", "isposinf", "isneginf"}
 
 # csrc/rt_binary.cpp BinaryOp
 BINARY_CODES: Mapping[str, int] = _NativeCodes("binary")
 PREDICATES = {"eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_xor"}
 FLOAT_ONLY_BINARY = {"div", "atan2"}
-INT_ONLY_BINARY = {"bitwise_and", "bitwise_or", "bitwise_xor"}
+INT_ONLY_BINARY = {"bitwise_and", "bitwise_or", "bitwise_xor", "shift_left", "shift_right"}
 
 # csrc/rt_reduce.cpp ReduceOp
 REDUCE_CODES: Mapping[str, int] = _NativeCodes("reduce")

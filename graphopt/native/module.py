@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import operator
+import os
+import sys
 import threading
+import warnings
 from collections import OrderedDict
 from typing import Any
 
@@ -14,7 +17,13 @@ from graphopt.interpreter import bind_symbols, flatten_inputs, unflatten_outputs
 from graphopt.ir.graph import Graph
 from graphopt.ir.types import dims_equal
 from graphopt.limits import check_threads
-from graphopt.native.builder import BACKEND, NativeUnsupportedError, PlanBuilder
+from graphopt.native.builder import (
+    BACKEND,
+    NativeFallbackWarning,
+    NativeUnsupportedError,
+    PlanBuilder,
+    check_fallback,
+)
 from graphopt.native.plan import CPU, Device, ExecutionPlan
 
 # Dynamic-shape graphs keep one plan per distinct input shape; beyond this many the least
@@ -71,6 +80,16 @@ def check_declared_types(graph: Graph) -> None:
         raise LoweringError(BACKEND, failures)
 
 
+def _caller_stacklevel() -> int:
+    """The ``warnings.warn`` stacklevel of the first frame outside the graphopt package, so a
+    warning points at the user's ``compile`` or call line."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 class NativeModule:
     """A graph compiled for graphopt's native C++ runtime; call it like the model.
 
@@ -83,8 +102,10 @@ class NativeModule:
     Attributes:
         graph: the compiled graph (not modified).
         threads: OpenMP threads of the kernels.
-        fallback: None, or "reference" to run nodes without a native kernel through their
-            reference implementation (splits the plan into native segments around them).
+        fallback: "reference" (default): nodes without a native kernel run through their
+            reference implementation (splits the plan into native segments around them), with
+            one NativeFallbackWarning naming their ops; "error": such nodes raise
+            NativeUnsupportedError (None is accepted as "error").
         sparse: "auto" (linears with a CSR-recorded weight use the sparse kernel where the
             cost model says it wins), "never" or "always" (see native/lower/sparse.py).
         layout: convolution activations in the channel-blocked layout: "auto" (where the
@@ -92,13 +113,13 @@ class NativeModule:
             A plan-time choice: saved artifacts plan again with "auto".
     """
 
-    def __init__(self, graph: Graph, threads: int | None = None, fallback: str | None = None,
-                 device: Device = CPU, sparse: str = "auto", layout: str = "auto"):
+    def __init__(self, graph: Graph, threads: int | None = None,
+                 fallback: str | None = "reference", device: Device = CPU, sparse: str = "auto",
+                 layout: str = "auto"):
         from graphopt.native.lower.blocked import LAYOUTS
         from graphopt.native.lower.sparse import SPARSE_MODES
 
-        if fallback not in (None, "reference"):
-            raise GraphoptError(f"fallback must be None or 'reference', got {fallback!r}")
+        fallback = check_fallback(fallback)
         if sparse not in SPARSE_MODES:
             raise GraphoptError(f"sparse must be one of {SPARSE_MODES}, got {sparse!r}")
         if layout not in LAYOUTS:
@@ -114,6 +135,7 @@ class NativeModule:
         self._plans_lock = threading.Lock()  # the cache and _last, across calling threads
         self._last: ExecutionPlan | None = None
         self._num_inputs = len(graph.inputs)
+        self._warned_fallback: set[str] = set()  # ops already named in a warning
         if all(v.type.is_static for v in graph.inputs):
             shapes = [tuple(v.shape) for v in graph.inputs]
             with self._plans_lock:
@@ -128,6 +150,7 @@ class NativeModule:
                               threads=self.threads, sparse=self.sparse,
                               layout=self.layout)
         plan = builder.build()
+        self._warn_fallback(builder.fallback_ops)
         plan.device = self.device
         plan.compile()
         while len(self._plans) >= MAX_CACHED_PLANS:
@@ -143,12 +166,24 @@ class NativeModule:
         """Without static shapes, at least report ops that have no native lowering at all."""
         from graphopt.native import lower  # noqa: F401
 
-        if self.fallback == "reference":
-            return
         missing = [(n.op, n.describe(), f"no native kernel for op '{n.op}'")
                    for n in self.graph.nodes if "native" not in n.opdef.lowerings]
-        if missing:
+        if missing and self.fallback == "reference":
+            self._warn_fallback([op for op, _, _ in missing])
+        elif missing:
             raise NativeUnsupportedError(missing)
+
+    def _warn_fallback(self, ops: list[str]) -> None:
+        """One warning per op that newly runs through its reference implementation."""
+        new = sorted(set(ops) - self._warned_fallback)
+        if not new:
+            return
+        self._warned_fallback.update(new)
+        warnings.warn(NativeFallbackWarning(
+            f"native backend: no native kernel runs these nodes of op(s) {', '.join(new)}; "
+            "they run through their reference implementation (torch, between native "
+            "segments: slower). Pass fallback=\"error\" to fail instead; plan.fallback_nodes "
+            "lists the nodes."), stacklevel=_caller_stacklevel())
 
     @property
     def plan(self) -> ExecutionPlan | None:

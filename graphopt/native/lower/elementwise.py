@@ -19,6 +19,7 @@ from graphopt.native.codes import (
     INT_UNARY,
     PREDICATES,
     UNARY_CODES,
+    UNARY_PREDICATES,
 )
 from graphopt.native.lower._common import dtype_code
 from graphopt.ops._infer import promote
@@ -30,7 +31,7 @@ _FLOAT_DTYPES = (DType.float32, DType.float64)
 # --------------------------------------------------------------------------------------- unary
 def _unary(ctx, kernel_op: str, params=()) -> None:
     out_dtype = ctx.out_dtype(0)
-    predicate = kernel_op in ("logical_not", "isnan")
+    predicate = kernel_op in UNARY_PREDICATES
     compute = ctx.in_dtype(0) if predicate else out_dtype
     if compute not in _FLOAT_DTYPES and kernel_op not in INT_UNARY and not predicate:
         ctx.unsupported(f"{kernel_op} on {compute} has no native kernel")
@@ -49,8 +50,28 @@ def _register_unary(op: str, kernel_op: str | None = None) -> None:
 for _op in ["neg", "abs", "relu", "floor", "ceil", "round", "sign", "bitwise_not", "exp", "log",
             "log1p", "expm1", "sqrt", "rsqrt", "reciprocal", "sin", "cos", "tan", "atan", "tanh",
             "sigmoid", "erf", "silu", "mish", "hardswish", "hardsigmoid", "softsign",
-            "logical_not", "isnan"]:
+            "logical_not", "isnan", "acos", "asin", "acosh", "asinh", "atanh", "cosh", "sinh"]:
     _register_unary(_op)
+
+
+@register_lowering("native", "isinf")
+def lower_isinf(ctx) -> None:
+    pos, neg = ctx.attrs["detect_positive"], ctx.attrs["detect_negative"]
+    if not (pos or neg):  # nothing to detect: all False
+        out = ctx.output(0)
+        ctx.emit("fill", [out], [1, out.numel, 0])
+        return
+    _unary(ctx, "isinf" if pos and neg else ("isposinf" if pos else "isneginf"))
+
+
+@register_lowering("native", "thresholded_relu")
+def lower_thresholded_relu(ctx) -> None:
+    _unary(ctx, "thresholded_relu", (ctx.attrs["alpha"],))
+
+
+@register_lowering("native", "shrink")
+def lower_shrink(ctx) -> None:
+    _unary(ctx, "shrink", (ctx.attrs["lambd"], ctx.attrs["bias"]))
 
 
 @register_lowering("native", "gelu")
@@ -124,8 +145,16 @@ def _binary(ctx, kernel_op: str) -> None:
 
 for _op in ["add", "sub", "mul", "pow", "maximum", "minimum", "remainder", "atan2",
             "bitwise_and", "bitwise_or", "bitwise_xor", "eq", "ne", "lt", "le", "gt", "ge",
-            "logical_and", "logical_or", "logical_xor"]:
+            "logical_and", "logical_or", "logical_xor", "fmod", "prelu"]:
     register_lowering("native", _op)(lambda ctx, _k=_op: _binary(ctx, _k))
+
+
+@register_lowering("native", "bitshift")
+def lower_bitshift(ctx) -> None:
+    direction = ctx.attrs["direction"]
+    if direction not in ("LEFT", "RIGHT"):
+        ctx.invalid(f"bitshift direction {direction!r} is not LEFT or RIGHT")
+    _binary(ctx, "shift_left" if direction == "LEFT" else "shift_right")
 
 
 @register_lowering("native", "div")

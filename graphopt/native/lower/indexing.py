@@ -91,4 +91,4 @@ def lower_gather(ctx) -> None:
         return
     ctx.emit("gather", [out, x, index],
              [len(index.shape), *index.shape, *x.strides, axis, x.shape[axis],
-              dtype_code(ctx, index.dtype), x.itemsize])
+              dtype_code(ctx, index.dtype), x.itemsize, 0])

@@ -76,3 +76,39 @@ def lower_softmax(ctx) -> None:
 @register_lowering("native", "log_softmax")
 def lower_log_softmax(ctx) -> None:
     _softmax(ctx, log=True)
+
+
+@register_lowering("native", "rms_norm")
+def lower_rms_norm(ctx) -> None:
+    require_float32(ctx, 0, 1)
+    x = ctx.contiguous(0)
+    axis = norm_axis(ctx.attrs["axis"], len(x.shape))
+    cols = numel(x.shape[axis:])
+    rows = numel(x.shape[:axis])
+    weight = None
+    if ctx.has(1):
+        if ctx.in_shape(1) != x.shape[axis:]:  # weight broadcast another way: not a row scale
+            ctx.unsupported(f"rms_norm weight of shape {ctx.in_shape(1)} for rows of "
+                            f"{x.shape[axis:]}")
+        weight = ctx.contiguous(1)
+    out = ctx.output(0, inplace=(0,))
+    if out.numel == 0:
+        return
+    ctx.emit("rms_norm", [out, x, weight], [rows, cols], [ctx.attrs["eps"]])
+
+
+@register_lowering("native", "lrn")
+def lower_lrn(ctx) -> None:
+    require_float32(ctx, 0)
+    x = ctx.contiguous(0)
+    if len(x.shape) < 2:
+        ctx.invalid(f"lrn input of rank {len(x.shape)} has no channel axis")
+    size = ctx.attrs["size"]
+    if size < 1:
+        ctx.invalid(f"lrn size {size} is not positive")
+    out = ctx.output(0)  # never in place: each output reads a window of input channels
+    if out.numel == 0:
+        return
+    a = ctx.attrs
+    ctx.emit("lrn", [out, x], [x.shape[0], x.shape[1], numel(x.shape[2:]), size],
+             [a["alpha"], a["beta"], a["bias"]])

@@ -108,6 +108,49 @@ def lower_tile(ctx) -> None:
     ctx.copy(out.with_view(out.offset, big_shape, R.contiguous_strides(tuple(big_shape))), src)
 
 
+@register_lowering("native", "pixel_shuffle")
+def lower_pixel_shuffle(ctx) -> None:
+    """[*, C*r*r, H, W] viewed as [*, C, r, r, H, W], copied as [*, C, H, r, W, r]."""
+    r = ctx.attrs["factor"]
+    x = ctx.ref(0)
+    lead, (crr, h, w) = x.shape[:-3], x.shape[-3:]
+    split = tuple(lead) + (crr // (r * r), r, r, h, w)
+    view = x.reshaped(split)
+    if view is None:
+        view = ctx.contiguous(0).reshaped(split)
+    n = len(lead)
+    src = view.permuted(list(range(n)) + [n, n + 3, n + 1, n + 4, n + 2])
+    out = ctx.output(0)
+    if out.numel:
+        ctx.copy(out.with_view(out.offset, src.shape, R.contiguous_strides(src.shape)), src)
+
+
+@register_lowering("native", "roll")
+def lower_roll(ctx) -> None:
+    """A circular shift is two pieces per rolled axis: out[s:] = x[:d-s], out[:s] = x[d-s:];
+    each of the 2^k combinations over k rolled axes is one strided copy."""
+    x = ctx.ref(0)
+    rank = len(x.shape)
+    shifts: dict[int, int] = {}
+    for shift, axis in zip(ctx.attrs["shifts"], ctx.attrs["axes"]):
+        a = norm_axis(axis, rank)
+        shifts[a] = shifts.get(a, 0) + shift
+    out = ctx.output(0)
+    if out.numel == 0:
+        return
+    pieces = [(out, x)]
+    for axis, shift in shifts.items():
+        d = x.shape[axis]
+        s = shift % d
+        if s == 0:
+            continue
+        pieces = [p for dst, src in pieces for p in (
+            (dst.sliced(axis, s, d - s), src.sliced(axis, 0, d - s)),
+            (dst.sliced(axis, 0, s), src.sliced(axis, d - s, s)))]
+    for dst, src in pieces:
+        ctx.copy(dst, src)
+
+
 def _bit_pattern(value: float, dtype: DType) -> int:
     if dtype == DType.float32:
         return struct.unpack("<I", struct.pack("<f", value))[0]
