@@ -308,6 +308,9 @@ def lower_graphopt_native(graph: Graph, subject: Subject, options: dict,
     """graphopt.compile(graph, "native"); unavailable when the build has no native backend."""
     factory = _native_factory()
     stages = dict(stages or {})
+    # A benchmarked "graphopt-native" is native end to end: a node that would run through its
+    # reference implementation fails the subject instead of timing torch under this label.
+    options = {"fallback": "error", **options}
     with _timed(stages, "lower"):
         fn = factory(graph, threads=subject.threads, **options)
     measure, artifact = None, "none (not serializable)"
