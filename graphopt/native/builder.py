@@ -39,6 +39,7 @@ from graphopt.native.kernel_call import check_call
 from graphopt.native.lowering_context import BACKEND, LoweringContext, Unsupported
 from graphopt.native.memory import Lifetime, MemoryPlan, plan_memory
 from graphopt.native.refs import Buffer, TensorRef
+from graphopt.native.widen import has_half, lower_widened
 from graphopt.ops.registry import PURE
 
 __all__ = ["BACKEND", "FALLBACKS", "LoweringContext", "NativeFallbackWarning",
@@ -343,20 +344,46 @@ class PlanBuilder:
                                            f"malformed node ({type(exc).__name__}: {exc})")]) \
                 from exc
         except Unsupported as exc:
-            # Discard whatever the lowering emitted or defined before giving up.
-            del self.steps[ctx.first_step:]
-            for v in set(self._materialized) - materialized_before:
-                del self._materialized[v]
-            for v in set(self.env) - env_before:
-                del self.env[v]
-            for v in set(self.blocked) - blocked_before:
-                del self.blocked[v]
+            self._rollback(ctx.first_step, materialized_before, env_before, blocked_before)
+            if lowering is not None and has_half(node) and self._lower_widened(node, index,
+                                                                               lowering):
+                return
             if self.fallback == "reference":
                 self._reference_step(node, index)
             else:
                 self.failures.append((node.op, node.describe(), str(exc)))
                 for out in node.outputs:  # placeholders so later nodes can still be checked
                     self.env.setdefault(out, self.new_ref(self.shape(out), out.dtype, out.name))
+
+    def _rollback(self, first_step: int, materialized_before, env_before, blocked_before) -> None:
+        """Discard whatever a lowering emitted or defined before giving up."""
+        del self.steps[first_step:]
+        for v in set(self._materialized) - materialized_before:
+            del self._materialized[v]
+        for v in set(self.env) - env_before:
+            del self.env[v]
+        for v in set(self.blocked) - blocked_before:
+            del self.blocked[v]
+
+    def _lower_widened(self, node: Node, index: int, lowering) -> bool:
+        """float16 / bfloat16 operands computed in float32 (native/widen.py); False (nothing
+        kept) when the float32 form has no kernel either."""
+        first_step = len(self.steps)
+        state = set(self._materialized), set(self.env), set(self.blocked)
+        consts_before = set(self.consts)
+        try:
+            lower_widened(self, node, index, lowering)
+        except (ValueError, IndexError, KeyError, TypeError, ZeroDivisionError,
+                OverflowError) as exc:
+            raise LoweringError(BACKEND, [(node.op, node.describe(),
+                                           f"malformed node ({type(exc).__name__}: {exc})")]) \
+                from exc
+        except Unsupported:
+            self._rollback(first_step, *state)
+            for v in set(self.consts) - consts_before:
+                del self.consts[v]
+            return False
+        return True
 
     def _reference_step(self, node: Node, index: int) -> None:
         inputs = []
