@@ -1,6 +1,6 @@
 // Convolution kernels (NCHW, float32). conv1d runs as conv2d with H = 1.
 //
-// "conv2d"  operands: out, x, weight (plan constant), bias?, residual?
+// "conv2d"  operands: out, x, weight, bias?, residual?
 //           ints: N, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw, groups, Ho, Wo, act,
 //                 residual_in_c;  floats: act_p0, act_p1
 //   out = act(conv(x, w) + bias + residual)
@@ -8,11 +8,13 @@
 //   * Depthwise (groups == C, Co a multiple of C): direct loops per channel plane; stride-1 rows
 //     are vectorised axpys.
 //   * Otherwise implicit GEMM per image and group: out_g[Co/g, Ho*Wo] = W_g[Co/g, K] @ cols,
-//     K = C/g * kh * kw. W_g is packed once at build time (the A operand); the im2col matrix is
-//     never materialised: the B packer gathers each 16-column panel straight from the input.
-//     A 1x1, stride-1, unpadded conv reads the input as B directly.
+//     K = C/g * kh * kw. W_g is packed once at build time (the A operand) when the weight is a
+//     plan constant, else read through its strides on every call (ONNX graphs whose weight is
+//     an input); the im2col matrix is never materialised: the B packer gathers each 16-column
+//     panel straight from the input. A 1x1, stride-1, unpadded conv reads the input as B
+//     directly.
 //
-// "conv_transpose2d"  operands: out, x, weight (plan constant, [C, Co/g, kh, kw]), bias?
+// "conv_transpose2d"  operands: out, x, weight ([C, Co/g, kh, kw]; constant or not), bias?
 //           ints: N, C, H, W, Co, kh, kw, sh, sw, ph, pw, dh, dw, groups, Ho, Wo
 //   Scatter formulation, one task per output channel plane (no write races).
 #include <algorithm>
@@ -120,7 +122,9 @@ class ConvKernel : public Kernel {
         if (residual_in_c_ && !has_residual_) {
             throw PlanError(what + ": in-place residual without a residual");
         }
-        const float* w = reinterpret_cast<const float*>(constant(args, 2));
+        runtime_weight_ = !args.is_const(2);
+        const float* w =
+            runtime_weight_ ? nullptr : reinterpret_cast<const float*>(constant(args, 2));
         depthwise_ = s_.groups == s_.c && s_.co % s_.c == 0 && s_.groups > 1;
         if (depthwise_) {
             // The zero-padded scratch plane of run_depthwise, in floats.
@@ -135,13 +139,13 @@ class ConvKernel : public Kernel {
                                 std::to_string(pad_h) + " x " + std::to_string(pad_w) +
                                 ") is too large");
             }
-            weight_.assign(w, w + s_.co * s_.kh * s_.kw);
+            if (!runtime_weight_) weight_.assign(w, w + s_.co * s_.kh * s_.kw);
             return;
         }
         pointwise_ = s_.kh == 1 && s_.kw == 1 && s_.sh == 1 && s_.sw == 1 && s_.ph == 0 &&
                      s_.pw == 0 && s_.ho == s_.h && s_.wo == s_.w;
         const int64_t k = s_.k(), cog = s_.cog();
-        for (int64_t g = 0; g < s_.groups; ++g) {
+        for (int64_t g = 0; g < s_.groups && !runtime_weight_; ++g) {
             const MatrixRef a{w + g * cog * k, cog, k, k, 1};
             packed_.push_back(std::make_unique<PackedMatrix>(PackedMatrix::pack_a(a)));
         }
@@ -161,8 +165,9 @@ class ConvKernel : public Kernel {
         const float* x = ctx.get<const float>(operands[1]);
         const float* bias = has_bias_ ? ctx.get<const float>(operands[3]) : nullptr;
         const float* residual = has_residual_ ? ctx.get<const float>(operands[4]) : nullptr;
+        const float* w = runtime_weight_ ? ctx.get<const float>(operands[2]) : nullptr;
         if (depthwise_) {
-            run_depthwise(ctx, out, x, bias, residual);
+            run_depthwise(ctx, out, x, runtime_weight_ ? w : weight_.data(), bias, residual);
             return;
         }
         const int64_t P = s_.p(), K = s_.k(), cog = s_.cog();
@@ -176,13 +181,19 @@ class ConvKernel : public Kernel {
                 ep.act = act_;
                 float* c = out + (n * s_.co + g * cog) * P;
                 const float* xg = x + (n * s_.c + g * s_.cig()) * s_.h * s_.w;
-                const PackedSource a{packed_[static_cast<size_t>(g)].get()};
-                if (pointwise_) {
-                    gemm_run(a, StridedB{MatrixRef{xg, K, P, P, 1}}, cog, P, K, c, P, ep,
-                             ctx.threads, 0.0, 2.0);
+                auto run_with = [&](const auto& a) {
+                    if (pointwise_) {
+                        gemm_run(a, StridedB{MatrixRef{xg, K, P, P, 1}}, cog, P, K, c, P, ep,
+                                 ctx.threads, 0.0, 2.0);
+                    } else {
+                        const Im2colB b{xg, &s_, k_offset_.data(), k_dy_.data(), k_dx_.data()};
+                        gemm_run(a, b, cog, P, K, c, P, ep, ctx.threads, 0.0, 6.0);
+                    }
+                };
+                if (runtime_weight_) {
+                    run_with(StridedA{MatrixRef{w + g * cog * K, cog, K, K, 1}});
                 } else {
-                    const Im2colB b{xg, &s_, k_offset_.data(), k_dy_.data(), k_dx_.data()};
-                    gemm_run(a, b, cog, P, K, c, P, ep, ctx.threads, 0.0, 6.0);
+                    run_with(PackedSource{packed_[static_cast<size_t>(g)].get()});
                 }
             }
         }
@@ -192,8 +203,8 @@ class ConvKernel : public Kernel {
     // Depthwise: per channel plane, the input is first copied into a zero-padded scratch
     // plane (so no tap needs a bounds check), then each output row accumulates all kh * kw taps
     // in registers (VecOps::taps_row), then bias / residual / activation.
-    void run_depthwise(const ExecContext& ctx, float* out, const float* x, const float* bias,
-                       const float* residual) const {
+    void run_depthwise(const ExecContext& ctx, float* out, const float* x, const float* weight,
+                       const float* bias, const float* residual) const {
         const VecOps& vec = vec_ops();
         const int64_t mult = s_.co / s_.c;
         const int64_t planes = s_.n * s_.co;
@@ -221,7 +232,7 @@ class ConvKernel : public Kernel {
                     fill_padded(x + input * HW, padded, pad_h, pad_w);
                     last_input = input;
                 }
-                const float* wp = weight_.data() + oc * taps;
+                const float* wp = weight + oc * taps;
                 float* yp = out + plane * P;
                 const float b = bias != nullptr ? bias[oc] : 0.0f;
                 const float* rp = residual != nullptr ? residual + plane * P : nullptr;
@@ -295,6 +306,7 @@ class ConvKernel : public Kernel {
     std::vector<float> weight_;
     std::vector<std::unique_ptr<PackedMatrix>> packed_;
     std::vector<int64_t> k_offset_, k_dy_, k_dx_;
+    bool runtime_weight_ = false;  // the weight is read (and packed) on every call
 };
 
 class ConvTransposeKernel : public Kernel {
@@ -309,8 +321,11 @@ class ConvTransposeKernel : public Kernel {
         need(args, 2, checked_mul(checked_mul(checked_mul(s_.c, s_.cog(), what),
                                               checked_mul(s_.kh, s_.kw, what), what), 4, what), 4);
         has_bias_ = need_opt(args, 3, checked_mul(s_.co, 4, what), 4);
-        const float* w = reinterpret_cast<const float*>(constant(args, 2));
-        weight_.assign(w, w + s_.c * s_.cog() * s_.kh * s_.kw);
+        runtime_weight_ = !args.is_const(2);
+        if (!runtime_weight_) {
+            const float* w = reinterpret_cast<const float*>(constant(args, 2));
+            weight_.assign(w, w + s_.c * s_.cog() * s_.kh * s_.kw);
+        }
     }
 
     void run(const ExecContext& ctx) const override {
@@ -319,6 +334,8 @@ class ConvTransposeKernel : public Kernel {
         const float* bias = has_bias_ ? ctx.get<const float>(operands[3]) : nullptr;
         const int64_t cig = s_.cig(), cog = s_.cog(), P = s_.p(), HW = s_.h * s_.w;
         const int64_t kk = s_.kh * s_.kw;
+        const float* weight =
+            runtime_weight_ ? ctx.get<const float>(operands[2]) : weight_.data();
         parallel_for(ctx.threads, s_.n * s_.co, HW * cig * kk, [&](int64_t p0, int64_t p1) {
             for (int64_t plane = p0; plane < p1; ++plane) {
                 const int64_t n = plane / s_.co, oc = plane % s_.co;
@@ -327,7 +344,7 @@ class ConvTransposeKernel : public Kernel {
                 std::fill(y, y + P, bias != nullptr ? bias[oc] : 0.0f);
                 for (int64_t ci = g * cig; ci < (g + 1) * cig; ++ci) {
                     const float* xp = x + (n * s_.c + ci) * HW;
-                    const float* wp = weight_.data() + (ci * cog + ocg) * kk;
+                    const float* wp = weight + (ci * cog + ocg) * kk;
                     for (int64_t iy = 0; iy < s_.h; ++iy) {
                         for (int64_t ky = 0; ky < s_.kh; ++ky) {
                             const int64_t oy = iy * s_.sh - s_.ph + ky * s_.dh;
@@ -351,6 +368,7 @@ class ConvTransposeKernel : public Kernel {
    private:
     ConvShape s_;
     bool has_bias_ = false;
+    bool runtime_weight_ = false;
     std::vector<float> weight_;
 };
 

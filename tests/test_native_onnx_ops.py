@@ -319,3 +319,35 @@ def test_onnx_resize(mode, ctm, extra, sizes):
     if not extra.get("antialias"):  # antialias weights can land integers on exact .5 ties,
         # which two summation orders may round apart
         check_op("onnx_resize", [(x * 40).round().to(torch.int32)], attrs)
+
+
+# ------------------------------------------------------------------ runtime conv weights
+@pytest.mark.parametrize("groups,kernel,stride,padding", [
+    (1, (3, 3), (1, 1), (1, 1)),
+    (1, (1, 1), (1, 1), (0, 0)),   # pointwise: the input is B directly
+    (2, (3, 2), (2, 1), (0, 1)),   # grouped
+    (4, (3, 3), (1, 1), (1, 1)),   # depthwise
+    (4, (3, 3), (2, 2), (1, 1)),   # depthwise, strided
+])
+def test_conv_with_a_weight_computed_at_run_time(groups, kernel, stride, padding):
+    """ONNX graphs may feed a convolution's weight from an input: read on every call."""
+    x = randn(2, 4, 7, 6)
+    w = randn(8, 4 // groups, *kernel, seed=1)
+    attrs = {"stride": stride, "padding": padding, "dilation": (1, 1), "groups": groups}
+    fn = check_op("conv", [x, w, randn(8, seed=2)], attrs)
+    assert [s.kernel for s in fn.plan.steps] == ["conv2d"]
+    check_op("conv", [x, w, None], attrs)
+    # the same plan, another weight: nothing of the first call's weight is kept
+    w2 = randn(8, 4 // groups, *kernel, seed=3)
+    g, _ = op_graph("conv", [x, w, None], attrs)
+    fn = graphopt.compile(g, backend="native", fallback="error")
+    fn(x, w)
+    torch.testing.assert_close(fn(x, w2), graphopt.run(g, x, w2), rtol=1e-4, atol=1e-5)
+
+
+def test_conv1d_and_conv_transpose_with_runtime_weights():
+    check_op("conv", [randn(2, 3, 9), randn(5, 3, 3, seed=1), None],
+             {"stride": (2,), "padding": (1,), "dilation": (1,), "groups": 1})
+    check_op("conv_transpose", [randn(1, 4, 5, 5), randn(4, 3, 3, 3, seed=1), randn(3, seed=2)],
+             {"stride": (2, 2), "padding": (1, 1), "output_padding": (1, 1), "dilation": (1, 1),
+              "groups": 1})

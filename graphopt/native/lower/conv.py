@@ -65,14 +65,13 @@ def _check_conv(ctx, x_shape, w_shape, out_shape, stride, pad, dil, transpose: b
 
 
 def _conv_params(ctx, x_shape=None, extra_pad=(0, 0), w_slot: int = 1):
-    """The conv kernels' int parameters; the weight is operand ``w_slot`` (a plan constant)."""
+    """The conv kernels' int parameters; the weight is operand ``w_slot`` (a plan constant is
+    packed once; another weight is read on every call)."""
     x_shape = x_shape or ctx.in_shape(0)
     w_shape, out_shape = ctx.in_shape(w_slot), ctx.out_shape(0)
     n = len(x_shape) - 2
     if n not in (1, 2):
         ctx.unsupported(f"{n}-d convolution has no native kernel")
-    if ctx.const(w_slot) is None:
-        ctx.unsupported("the convolution weight is not a constant")
     a = ctx.attrs
     stride, pad, dil = (_spatial(ctx, k, n) for k in ("stride", "padding", "dilation"))
     _check_conv(ctx, ctx.in_shape(0), w_shape, out_shape, stride, pad, dil,
@@ -107,8 +106,14 @@ def _conv(ctx, fused: bool) -> None:
     out = ctx.output(0, inplace=(3,) if residual is not None else ())
     in_place = residual is not None and out.buffer is residual.buffer and \
         out.offset == residual.offset
-    ctx.emit("conv2d", [out, x, ctx.ref(1), bias, residual], [*params, code, int(in_place)],
+    ctx.emit("conv2d", [out, x, _weight(ctx), bias, residual], [*params, code, int(in_place)],
              [p0, p1])
+
+
+def _weight(ctx):
+    """The weight operand: a constant as it is (the kernel packs it once), else contiguous
+    (the kernel reads [Co, C/g * kh * kw] rows from it on every call)."""
+    return ctx.ref(1) if ctx.const(1) is not None else ctx.contiguous(1)
 
 
 @register_lowering("native", "conv")
@@ -132,4 +137,4 @@ def lower_conv_transpose(ctx) -> None:
     params = _conv_params(ctx)
     x = ctx.contiguous(0)
     out = ctx.output(0)
-    ctx.emit("conv_transpose2d", [out, x, ctx.ref(1), ctx.contiguous(2)], params)
+    ctx.emit("conv_transpose2d", [out, x, _weight(ctx), ctx.contiguous(2)], params)
