@@ -4,6 +4,7 @@ broadcasting, ties and NaNs, out-of-range indices), with every node native (fall
 
 from __future__ import annotations
 
+import collections
 import math
 
 import pytest
@@ -351,3 +352,46 @@ def test_conv1d_and_conv_transpose_with_runtime_weights():
     check_op("conv_transpose", [randn(1, 4, 5, 5), randn(4, 3, 3, 3, seed=1), randn(3, seed=2)],
              {"stride": (2, 2), "padding": (1, 1), "output_padding": (1, 1), "dilation": (1, 1),
               "groups": 1})
+
+
+# ------------------------------------------------------------------- spatial transformers
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_grid_sample_2d(mode, padding_mode, align_corners):
+    x = randn(2, 3, 5, 7)
+    grid = torch.rand(2, 4, 6, 2, generator=torch.Generator().manual_seed(1)) * 2.6 - 1.3
+    if padding_mode != "reflection":  # (reflecting 1e30 is rounding noise in any precision)
+        grid[0, 0, 0] = torch.tensor([1e30, -1e30])  # far outside: no overflowing index
+    attrs = {"mode": mode, "padding_mode": padding_mode, "align_corners": align_corners}
+    check_op("grid_sample", [x, grid], attrs)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+def test_grid_sample_3d(mode, padding_mode):
+    x = randn(1, 2, 3, 4, 5)
+    grid = torch.rand(1, 2, 3, 4, 3, generator=torch.Generator().manual_seed(2)) * 2.4 - 1.2
+    check_op("grid_sample", [x, grid], {"mode": mode, "padding_mode": padding_mode,
+                                        "align_corners": False})
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_affine_grid(align_corners):
+    theta = randn(3, 2, 3)
+    check_op("affine_grid", [theta], {"size": (3, 1, 4, 5), "align_corners": align_corners})
+    check_op("affine_grid", [randn(2, 3, 4)], {"size": (2, 1, 2, 3, 4),
+                                               "align_corners": align_corners})
+    check_op("affine_grid", [randn(1, 2, 3)], {"size": (1, 1, 1, 3),
+                                               "align_corners": align_corners})
+
+
+def test_batch_norm_with_statistics_computed_at_run_time():
+    x = randn(2, 3, 4, 5)
+    mean, var = randn(3, seed=1), randn(3, seed=2).abs() + 0.1
+    w, b = randn(3, seed=3), randn(3, seed=4)
+    fn = check_op("batch_norm", [x, mean, var, w, b], {"eps": 1e-3})
+    assert collections.Counter(s.kernel for s in fn.plan.steps)["channel_affine"] == 1
+    check_op("batch_norm", [x, mean, var, None, None], {"eps": 1e-5})
+    check_op("batch_norm", [x, Const(mean), var, Const(w), None], {"eps": 1e-5})
+    check_op("batch_norm", [randn(4, 3), mean, var, w, b], {"eps": 1e-5})

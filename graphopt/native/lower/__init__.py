@@ -25,11 +25,10 @@ from graphopt.native.lower import (  # noqa: F401
     scan,
     scatter,
     shape,
+    vision,
 )
 
 NOT_LOWERED: dict[str, str] = {
-    "grid_sample": "not yet (issue #21): bilinear / nearest / bicubic sampling kernel",
-    "affine_grid": "not yet (issue #21): small batched matmul against a base grid",
     "onnx_rnn": "not yet (issue #21): ONNX RNN / GRU / LSTM cells (per-step GEMMs)",
     "dynamic_quantize_linear": "not yet (issue #21): runtime min / max scale and zero point",
     "qconv_dynamic": "not yet (issue #21): quantize-on-the-fly convolution (static qconv2d is "

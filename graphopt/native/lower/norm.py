@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphopt.ir.dtypes import DType
+from graphopt.native.codes import BINARY_CODES, DTYPE_CODES, UNARY_CODES
 from graphopt.native.lower._common import norm_axis, require_float32
 from graphopt.native.refs import numel
 from graphopt.ops.registry import register_lowering
@@ -36,23 +37,56 @@ def lower_group_norm(ctx) -> None:
 
 @register_lowering("native", "batch_norm")
 def lower_batch_norm(ctx) -> None:
+    """A per-channel affine map: scale = weight / sqrt(var + eps), shift = bias - mean * scale,
+    computed at plan time from constant statistics (in double), else by five small steps on
+    the [C] vectors before the "channel_affine" step."""
     require_float32(ctx, 0, 1, 2, 3, 4)
     stats = [ctx.const(i) for i in range(1, 5)]
-    if stats[0] is None or stats[1] is None or any(
-            ctx.has(i) and stats[i - 1] is None for i in (3, 4)):
-        ctx.unsupported("batch_norm statistics and affine parameters must be constants")
-    mean, var = stats[0].astype(np.float64), stats[1].astype(np.float64)
-    weight = stats[2].astype(np.float64) if stats[2] is not None else 1.0
-    bias = stats[3].astype(np.float64) if stats[3] is not None else 0.0
-    scale = weight / np.sqrt(var + ctx.attrs["eps"])
-    shift = bias - mean * scale
     b = ctx.builder
-    scale_ref = b.const_ref(np.ascontiguousarray(scale, dtype=np.float32), DType.float32)
-    shift_ref = b.const_ref(np.ascontiguousarray(shift, dtype=np.float32), DType.float32)
+    if stats[0] is not None and stats[1] is not None and all(
+            not ctx.has(i) or stats[i - 1] is not None for i in (3, 4)):
+        mean, var = stats[0].astype(np.float64), stats[1].astype(np.float64)
+        weight = stats[2].astype(np.float64) if stats[2] is not None else 1.0
+        bias = stats[3].astype(np.float64) if stats[3] is not None else 0.0
+        scale = weight / np.sqrt(var + ctx.attrs["eps"])
+        shift = bias - mean * scale
+        scale_ref = b.const_ref(np.ascontiguousarray(scale, dtype=np.float32), DType.float32)
+        shift_ref = b.const_ref(np.ascontiguousarray(shift, dtype=np.float32), DType.float32)
+    else:
+        scale_ref, shift_ref = _runtime_affine(ctx)
     x = ctx.contiguous(0)
     out = ctx.output(0, inplace=(0,))
     ctx.emit("channel_affine", [out, x, scale_ref, shift_ref],
              [x.shape[0], x.shape[1], numel(x.shape[2:])])
+
+
+def _runtime_affine(ctx):
+    channels = ctx.in_shape(0)[1]
+    if any(ctx.has(i) and ctx.in_shape(i) != (channels,) for i in range(1, 5)):
+        ctx.invalid(f"batch_norm statistics must have shape ({channels},)")
+    f32 = DTYPE_CODES[DType.float32]
+
+    def vec(label):
+        return ctx.temp((channels,), DType.float32, label)
+
+    def binary(op, out, a, b_):
+        ctx.emit("binary", [out, a, b_], [BINARY_CODES[op], f32, 1, channels, a.strides[0],
+                                          b_.strides[0]])
+
+    eps = ctx.builder.const_ref(np.array([ctx.attrs["eps"]], dtype=np.float32),
+                                DType.float32).expanded((channels,))
+    scale = vec("scale")
+    binary("add", scale, ctx.contiguous(2), eps)
+    ctx.emit("unary", [scale, scale], [UNARY_CODES["rsqrt"], f32, channels], [])
+    if ctx.has(3):
+        binary("mul", scale, scale, ctx.contiguous(3))
+    shift = vec("shift")
+    binary("mul", shift, ctx.contiguous(1), scale)
+    if ctx.has(4):
+        binary("sub", shift, ctx.contiguous(4), shift)
+    else:
+        ctx.emit("unary", [shift, shift], [UNARY_CODES["neg"], f32, channels], [])
+    return scale, shift
 
 
 def _softmax(ctx, log: bool) -> None:
