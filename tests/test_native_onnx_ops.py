@@ -395,3 +395,58 @@ def test_batch_norm_with_statistics_computed_at_run_time():
     check_op("batch_norm", [x, mean, var, None, None], {"eps": 1e-5})
     check_op("batch_norm", [x, Const(mean), var, Const(w), None], {"eps": 1e-5})
     check_op("batch_norm", [randn(4, 3), mean, var, w, b], {"eps": 1e-5})
+
+
+# ----------------------------------------------------------------------- ONNX RNN / GRU / LSTM
+def _rnn_case(cell, direction="forward", layout=0, lens=None, with_state=True, **attrs):
+    gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[cell]
+    dirs = 2 if direction == "bidirectional" else 1
+    seq, batch, inp, hidden = 5, 3, 4, 6
+    x = randn(seq, batch, inp) if layout == 0 else randn(batch, seq, inp)
+    state = (dirs, batch, hidden) if layout == 0 else (batch, dirs, hidden)
+    args = [x, Const(randn(dirs, gates * hidden, inp, seed=1) * 0.5),
+            Const(randn(dirs, gates * hidden, hidden, seed=2) * 0.5),
+            randn(dirs, 2 * gates * hidden, seed=3) * 0.1,
+            None if lens is None else torch.tensor(lens, dtype=torch.int32),
+            randn(*state, seed=4) if with_state else None,
+            randn(*state, seed=5) if with_state and cell == "LSTM" else None,
+            randn(dirs, 3 * hidden, seed=6) * 0.1 if cell == "LSTM" else None]
+    attrs = {"cell": cell, "hidden_size": hidden, "direction": direction, "layout": layout,
+             **attrs}
+    return args, attrs
+
+
+@pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_onnx_rnn(cell, direction, layout):
+    args, attrs = _rnn_case(cell, direction, layout, lens=[5, 2, 0])
+    check_op("onnx_rnn", args, attrs)
+    args, attrs = _rnn_case(cell, direction, layout, with_state=False)
+    check_op("onnx_rnn", args, attrs)
+
+
+@pytest.mark.parametrize("cell,attrs", [
+    ("RNN", {"activations": ("Relu",), "clip": 0.7}),
+    ("RNN", {"activations": ("ScaledTanh",), "activation_alpha": (1.5,),
+             "activation_beta": (0.5,)}),
+    ("GRU", {"linear_before_reset": True}),
+    ("GRU", {"activations": ("HardSigmoid", "LeakyRelu"), "activation_alpha": (0.3, 0.05),
+             "activation_beta": (0.4,)}),
+    ("LSTM", {"input_forget": True, "clip": 1.5}),
+    ("LSTM", {"activations": ("Sigmoid", "Softsign", "Elu"), "activation_alpha": (0.8,)}),
+    ("LSTM", {"direction": "bidirectional",
+              "activations": ("Sigmoid", "Tanh", "Tanh", "HardSigmoid", "Affine", "Softplus"),
+              "activation_alpha": (0.2, 2.0), "activation_beta": (0.5, -1.0)}),
+])
+def test_onnx_rnn_attributes(cell, attrs):
+    direction = attrs.pop("direction", "forward")
+    args, full = _rnn_case(cell, direction, lens=[4, 5, 1], **attrs)
+    check_op("onnx_rnn", args, full)
+
+
+def test_onnx_rnn_rejects_a_sequence_length_past_the_input():
+    args, attrs = _rnn_case("GRU", lens=[5, 6, 1])
+    g, feeds = op_graph("onnx_rnn", args, attrs)
+    with pytest.raises(IndexError, match="sequence length 6"):
+        graphopt.compile(g, backend="native", fallback="error")(*feeds)

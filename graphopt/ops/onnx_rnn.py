@@ -39,18 +39,25 @@ def _activation(name: str, alpha, beta):
     return fns[name]
 
 
-def activation_functions(cell: str, directions: int, names, alphas, betas):
-    """Per direction, the cell's activation callables (ONNX consumes alpha/beta in order)."""
+def activation_specs(cell: str, directions: int, names, alphas, betas):
+    """Per direction, the cell's activations as (name, alpha, beta) (ONNX consumes alpha/beta
+    in order; an activation without a parameter has None there)."""
     names = tuple(names) or DEFAULT_ACTIVATIONS[cell] * directions
     alphas, betas = list(alphas), list(betas)
-    fns = []
+    specs = []
     for name in names:
         count, default_alpha, default_beta = ACTIVATION_PARAMS.get(name, (0, None, None))
         alpha = alphas.pop(0) if count >= 1 and alphas else default_alpha
         beta = betas.pop(0) if count >= 2 and betas else default_beta
-        fns.append(_activation(name, alpha, beta))
-    per = len(fns) // directions
-    return [fns[d * per:(d + 1) * per] for d in range(directions)]
+        specs.append((name, alpha, beta))
+    per = len(specs) // directions
+    return [specs[d * per:(d + 1) * per] for d in range(directions)]
+
+
+def activation_functions(cell: str, directions: int, names, alphas, betas):
+    """Per direction, the cell's activation callables."""
+    return [[_activation(*spec) for spec in per_direction]
+            for per_direction in activation_specs(cell, directions, names, alphas, betas)]
 
 
 def _rnn_infer(types, attrs):

@@ -22,6 +22,7 @@ from graphopt.native.lower import (  # noqa: F401
     quant,
     reduce,
     resample,
+    rnn,
     scan,
     scatter,
     shape,
@@ -29,7 +30,6 @@ from graphopt.native.lower import (  # noqa: F401
 )
 
 NOT_LOWERED: dict[str, str] = {
-    "onnx_rnn": "not yet (issue #21): ONNX RNN / GRU / LSTM cells (per-step GEMMs)",
     "dynamic_quantize_linear": "not yet (issue #21): runtime min / max scale and zero point",
     "qconv_dynamic": "not yet (issue #21): quantize-on-the-fly convolution (static qconv2d is "
                      "lowered)",
