@@ -1,8 +1,8 @@
 // Sampling at grid locations (torch.nn.functional.grid_sample, ONNX GridSample), float32.
 //
 // "grid_sample"  operands: out, x, grid
-//                ints: spatial (2 or 3), N, C, in[spatial] (H, W or D, H, W),
-//                      out[spatial], mode (0 bilinear, 1 nearest, 2 bicubic: 2-D only),
+//                ints: spatial (2 or 3), N, C, in_dims[spatial] (H, W or D, H, W),
+//                      out_dims[spatial], mode (0 bilinear, 1 nearest, 2 bicubic: 2-D only),
 //                      padding (0 zeros, 1 border, 2 reflection), align_corners
 //                x [N, C, *in], grid [N, *out, spatial] holding (x, y[, z]) in [-1, 1];
 //                out [N, C, *out]. torch's formulas: unnormalize, then clip or reflect the
@@ -218,8 +218,8 @@ class GridSampleKernel : public Kernel {
 
 GRAPHOPT_RT_KERNEL("grid_sample", GridSampleKernel,
                    "out, x, grid",
-                   "spatial:rank, N:dim, C:dim, in[spatial]:dim, out[spatial]:dim, mode:mode, "
-                   "padding:mode, align_corners:flag",
+                   "spatial:rank, N:dim, C:dim, in_dims[spatial]:dim, out_dims[spatial]:dim, "
+                   "mode:mode, padding:mode, align_corners:flag",
                    "");
 
 }  // namespace

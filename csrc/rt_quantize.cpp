@@ -18,6 +18,7 @@
 #include "rt_dtype.h"
 #include "rt_parallel.h"
 #include "rt_plan.h"
+#include "rt_qgemm.h"
 
 namespace graphopt {
 namespace rt {
@@ -155,6 +156,36 @@ class DequantizeKernel : public QuantKernelBase {
     QuantParams p_;
 };
 
+// ONNX DynamicQuantizeLinear of a contiguous f32 tensor: q (u8), scale (f32 []), zero point
+// (u8 []), the rule of rt_qgemm.h dynamic_quantize (which the dynamic int8 GEMM uses too).
+class DynamicQuantizeKernel : public Kernel {
+   public:
+    explicit DynamicQuantizeKernel(const KernelArgs& args) {
+        IntReader r(args);
+        count_ = r.dim("count");
+        const std::string what = "dynamic_quantize_linear " + args.name;
+        need(args, 0, count_, 1);
+        need(args, 1, 4, 4);
+        need(args, 2, 1, 1);
+        need(args, 3, checked_mul(count_, 4, what), 4);
+    }
+    void run(const ExecContext& ctx) const override {
+        float scale = 0.0f;
+        int32_t zp = 0;
+        dynamic_quantize(ctx.get<const float>(operands[3]), 1, count_, count_, 1,
+                         ctx.get<uint8_t>(operands[0]), &scale, &zp, ctx.threads);
+        *ctx.get<float>(operands[1]) = scale;
+        *ctx.get<uint8_t>(operands[2]) = static_cast<uint8_t>(zp);
+    }
+
+   private:
+    int64_t count_ = 0;
+};
+
+GRAPHOPT_RT_KERNEL("dynamic_quantize_linear", DynamicQuantizeKernel,
+                   "q, scale, zero_point, x",
+                   "count:dim",
+                   "");
 GRAPHOPT_RT_KERNEL("quantize_linear", QuantizeKernel,
                    "out, x, scale, zero_point?",
                    "count:dim, dtype:dtype, inner:dim, channels:dim",

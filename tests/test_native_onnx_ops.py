@@ -450,3 +450,38 @@ def test_onnx_rnn_rejects_a_sequence_length_past_the_input():
     g, feeds = op_graph("onnx_rnn", args, attrs)
     with pytest.raises(IndexError, match="sequence length 6"):
         graphopt.compile(g, backend="native", fallback="error")(*feeds)
+
+
+# --------------------------------------------------------------- run-time quantization ops
+def test_dynamic_quantize_linear_matches_the_reference_exactly():
+    for x in (randn(3, 7) * 4, randn(5).abs() + 1, -randn(2, 2).abs(), torch.zeros(3)):
+        fn = check_op("dynamic_quantize_linear", [x])
+        assert [s.kernel for s in fn.plan.steps] == ["dynamic_quantize_linear"]
+
+
+@pytest.mark.parametrize("src,dst", [("u8", "u8"), ("u8", "i8"), ("i8", "u8"), ("i8", "i8")])
+def test_requantize_linear(src, dst):
+    dt = {"u8": torch.uint8, "i8": torch.int8}
+    lo, hi = (0, 256) if src == "u8" else (-128, 128)
+    q = torch.randint(lo, hi, (4, 9), generator=torch.Generator().manual_seed(0)).to(dt[src])
+    zp_in = torch.tensor(7 if src == "u8" else -3, dtype=dt[src])
+    zp_out = torch.tensor(120 if dst == "u8" else 5, dtype=dt[dst])
+    args = [q, torch.tensor(0.05), zp_in, torch.tensor(0.07), zp_out]
+    check_op("requantize_linear", args, {"dtype": dst})
+    check_op("requantize_linear", [q, torch.tensor(0.05), None, torch.tensor(0.02), None],
+             {"dtype": dst})
+
+
+@pytest.mark.parametrize("activation,residual", [("none", False), ("relu", False),
+                                                 ("relu", True), ("clamp", True)])
+def test_qconv_dynamic(activation, residual):
+    x = randn(2, 4, 6, 5)
+    w = torch.randint(-127, 128, (6, 2, 3, 3), generator=torch.Generator().manual_seed(1))
+    params = (-0.5, 0.5) if activation == "clamp" else ()
+    attrs = {"stride": (1, 2), "padding": (1, 1), "dilation": (1, 1), "groups": 2,
+             "activation": activation, "activation_params": params}
+    res = randn(2, 6, 6, 3, seed=5) if residual else None
+    fn = check_op("qconv_dynamic", [x, Const(w.to(torch.int8)), Const(randn(6).abs() * 1e-3),
+                                    Const(randn(6, seed=2) * 0.1), res], attrs)
+    kernels = [s.kernel for s in fn.plan.steps]
+    assert kernels[:2] == ["dynamic_quantize_linear", "qconv2d"]
