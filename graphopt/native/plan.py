@@ -69,7 +69,9 @@ def _operand(ref: R.TensorRef | None, separate: dict | None = None):
         return None
     buf = ref.buffer
     if separate is not None and buf.space == R.SPACE_ARENA:
-        return (R.SPACE_CONST, separate[buf.key], ref.offset)
+        # An extra per-call input slot, not a constant: kernels treat constant operands as
+        # plan-time data (a GEMM packs a constant B once at build).
+        return (R.SPACE_INPUT, separate[buf.key], ref.offset)
     offset = ref.offset + (buf.offset if buf.space == R.SPACE_ARENA else 0)
     return (buf.space, max(buf.index, 0), offset)
 
@@ -147,15 +149,17 @@ class ExecutionPlan:
         arena_ptr = arena.data_ptr() + shift
         self._separate: dict[int, int] | None = None
         self._separate_tensors: dict[int, torch.Tensor] = {}
-        extra_consts: list[tuple[int, int]] = []
+        self._separate_ptrs: list[tuple[int, int]] = []
         if os.environ.get(SEPARATE_BUFFERS_ENV, "0") not in ("", "0"):
+            # Each arena buffer its own allocation (so ASan sees an overflow between two of
+            # them), handed to the runtime as extra input slots after the graph's inputs.
             self._separate = {}
             for buf in self.buffers:
                 if buf.space == R.SPACE_ARENA and buf.first is not None:
                     t = torch.empty(buf.nbytes, dtype=torch.uint8)
                     self._separate_tensors[buf.key] = t
-                    self._separate[buf.key] = len(self.constants) + len(extra_consts)
-                    extra_consts.append((t.data_ptr(), buf.nbytes))
+                    self._separate[buf.key] = len(self.input_shapes) + len(self._separate_ptrs)
+                    self._separate_ptrs.append((t.data_ptr(), buf.nbytes))
         segments: list[Any] = []
         current = None
         for step in self.steps:
@@ -168,8 +172,6 @@ class ExecutionPlan:
                 current.set_arena(arena_ptr, self.memory.peak_bytes)
                 for array in self.constants:
                     current.add_constant(array.ctypes.data, array.nbytes)
-                for ptr, nbytes in extra_consts:
-                    current.add_constant(ptr, nbytes)
                 segments.append(current)
             try:
                 current.add_step(step.kernel, step.name,
@@ -188,7 +190,7 @@ class ExecutionPlan:
         """Runs on contiguous CPU tensors (already checked); returns the flat output tensors
         (and, with ``profile``, a list of (step name, kernel, seconds))."""
         self.compile()
-        in_ptrs = [(t.data_ptr(), t.nbytes) for t in inputs]
+        in_ptrs = [(t.data_ptr(), t.nbytes) for t in inputs] + self._separate_ptrs
         out_bufs = [self.device.empty_bytes(b.nbytes) if alloc is None
                     else torch.empty(alloc[0], dtype=alloc[1])
                     for b, alloc in zip(self.output_buffers, self._out_alloc)]
