@@ -166,13 +166,26 @@ class BlockedConvKernel : public Kernel {
         x_blocked_ = r.next() != 0;
         act_.p0 = static_cast<float>(r.real(0));
         act_.p1 = static_cast<float>(r.real(1));
-        depthwise_ = s_.groups > 1;
-        if (s_.groups != 1 && !(s_.groups == s_.c && s_.co == s_.c)) {
-            throw PlanError(what + ": groups = " + std::to_string(s_.groups) +
-                            " is neither 1 nor a depthwise convolution (C = Co = groups)");
-        }
-        in_blocks_ = channel_blocks(s_.c);
+        depthwise_ = s_.groups > 1 && s_.groups == s_.c && s_.co == s_.c;
+        src_blocks_ = channel_blocks(s_.c);
+        in_blocks_ = src_blocks_;
         out_blocks_ = channel_blocks(s_.co);
+        if (s_.groups > 1 && !depthwise_) {
+            // Grouped: every output block reads whole groups from in_blocks_ consecutive input
+            // blocks (its 16 x 16 weight tiles are block-diagonal): either groups of equal
+            // width dividing 16, or group widths that are multiples of 16.
+            const int64_t cig = s_.cig(), cog = s_.cog();
+            if (cig == cog && kChannelBlock % cog == 0) {
+                in_blocks_ = 1;
+            } else if (cig % kChannelBlock == 0 && cog % kChannelBlock == 0) {
+                in_blocks_ = cig / kChannelBlock;
+            } else {
+                throw PlanError(what + ": groups of " + std::to_string(cig) + " -> " +
+                                std::to_string(cog) + " channels do not tile 16-channel blocks");
+            }
+            group_in_ = cig;
+            group_out_ = cog;
+        }
         const int64_t hw_out = checked_mul(s_.ho, s_.wo, what);
         const int64_t hw_in = checked_mul(s_.h, s_.w, what);
         need(args, 0, blocked_bytes(s_.n, s_.co, hw_out, what), 4);
@@ -191,7 +204,7 @@ class BlockedConvKernel : public Kernel {
         // Depthwise kernels skip the taps outside a blocked input themselves.
         use_scratch_ = depthwise_ ? !x_blocked_ : !inside;
         const int64_t scratch_bytes =
-            checked_mul(checked_mul(in_blocks_ * kChannelBlock, checked_mul(pad_h_, pad_w_, what),
+            checked_mul(checked_mul(src_blocks_ * kChannelBlock, checked_mul(pad_h_, pad_w_, what),
                                     what), 4, what);
         const bool has_scratch = need_opt(args, 5, scratch_bytes, 4);
         if (use_scratch_ && !has_scratch) {
@@ -222,7 +235,7 @@ class BlockedConvKernel : public Kernel {
         for (int64_t n = 0; n < s_.n; ++n) {
             BlockedSource src;
             if (x_blocked_) {
-                src = {x + n * in_blocks_ * kChannelBlock * hw_in, hw_in * kChannelBlock, 1,
+                src = {x + n * src_blocks_ * kChannelBlock * hw_in, hw_in * kChannelBlock, 1,
                        s_.w * kChannelBlock, kChannelBlock};
             } else {
                 src = {x + n * s_.c * hw_in, kChannelBlock * hw_in, hw_in, s_.w, 1};
@@ -236,6 +249,8 @@ class BlockedConvKernel : public Kernel {
             job.c = s_.c;
             job.in_blocks = in_blocks_;
             job.out_blocks = out_blocks_;
+            job.group_in = group_in_;
+            job.group_out = group_out_;
             job.kh = s_.kh; job.kw = s_.kw; job.sh = s_.sh; job.sw = s_.sw;
             job.dh = s_.dh; job.dw = s_.dw;
             job.ho = flat_ ? 1 : s_.ho;
@@ -276,7 +291,9 @@ class BlockedConvKernel : public Kernel {
    private:
     void run_dense(const ExecContext& ctx, const BlockedOps& ops,
                    const BlockedConvJob& job) const {
-        const int64_t pairs = (out_blocks_ + 1) / 2;
+        // Two output blocks share each input broadcast; grouped blocks read different inputs.
+        const int64_t width = group_out_ > 0 ? 1 : 2;
+        const int64_t pairs = (out_blocks_ + width - 1) / width;
         const int64_t chunks = (job.wo + kPixelChunk - 1) / kPixelChunk;
         const int64_t per_pair = job.ho * chunks;
         const int64_t weight_bytes = static_cast<int64_t>(packed_.size()) * 4;
@@ -289,8 +306,8 @@ class BlockedConvKernel : public Kernel {
                 const int64_t pair = pair_major ? t / per_pair : t % pairs;
                 const int64_t rest = pair_major ? t % per_pair : t / pairs;
                 const int64_t oy = rest / chunks, chunk = rest % chunks;
-                const int64_t ob = pair * 2;
-                const int64_t nb = std::min<int64_t>(2, out_blocks_ - ob);
+                const int64_t ob = pair * width;
+                const int64_t nb = std::min<int64_t>(width, out_blocks_ - ob);
                 const int64_t ox0 = chunk * kPixelChunk;
                 ops.conv(job, ob, nb, oy, oy + 1, ox0, std::min(job.wo, ox0 + kPixelChunk));
             }
@@ -299,7 +316,7 @@ class BlockedConvKernel : public Kernel {
 
     // scratch[b][y][x][16] = source(b * 16 + lane, y - ph, x - pw) inside the input, else 0.
     void fill_scratch(const ExecContext& ctx, const BlockedSource& src, float* scratch) const {
-        const int64_t rows = in_blocks_ * pad_h_;
+        const int64_t rows = src_blocks_ * pad_h_;
         parallel_for(ctx.threads, rows, pad_w_ * kChannelBlock, [&](int64_t r0, int64_t r1) {
             for (int64_t row = r0; row < r1; ++row) {
                 const int64_t b = row / pad_h_, y = row % pad_h_;
@@ -345,6 +362,24 @@ class BlockedConvKernel : public Kernel {
         }
         packed_.assign(static_cast<size_t>(out_blocks_ * in_blocks_ * taps * kChannelBlock *
                                            kChannelBlock), 0.0f);
+        if (group_out_ > 0) {  // grouped: [ob][its in_blocks_][taps][16 in][16 out]
+            for (int64_t oc = 0; oc < s_.co; ++oc) {
+                const int64_t ob = oc / kChannelBlock, ol = oc % kChannelBlock;
+                const int64_t g = oc / group_out_;
+                const int64_t ib0 = first_input_block(ob, group_in_, group_out_);
+                for (int64_t icl = 0; icl < group_in_; ++icl) {
+                    const int64_t ic = g * group_in_ + icl;
+                    const int64_t ib = ic / kChannelBlock - ib0, il = ic % kChannelBlock;
+                    for (int64_t t = 0; t < taps; ++t) {
+                        const int64_t at =
+                            (((ob * in_blocks_ + ib) * taps + t) * kChannelBlock + il) *
+                                kChannelBlock + ol;
+                        packed_[static_cast<size_t>(at)] = w[(oc * group_in_ + icl) * taps + t];
+                    }
+                }
+            }
+            return;
+        }
         for (int64_t oc = 0; oc < s_.co; ++oc) {
             const int64_t ob = oc / kChannelBlock, ol = oc % kChannelBlock;
             for (int64_t ic = 0; ic < s_.c; ++ic) {
@@ -363,7 +398,10 @@ class BlockedConvKernel : public Kernel {
     ActSpec act_;
     bool x_blocked_ = false, depthwise_ = false, has_bias_ = false, has_residual_ = false;
     bool use_scratch_ = false, flat_ = false;
-    int64_t in_blocks_ = 0, out_blocks_ = 0, pad_h_ = 0, pad_w_ = 0;
+    // in_blocks_: input blocks one output block reads (all of them unless grouped);
+    // src_blocks_: the input's blocks. group_in_ / group_out_: channels per group (grouped).
+    int64_t in_blocks_ = 0, src_blocks_ = 0, out_blocks_ = 0, pad_h_ = 0, pad_w_ = 0;
+    int64_t group_in_ = 0, group_out_ = 0;
     std::vector<float> packed_;
 };
 

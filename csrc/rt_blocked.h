@@ -31,12 +31,20 @@ struct BlockedSource {
 // (oy * sh - ph + ky * dh, ox * sw - pw + kx * dw). Dense convolutions get ph = pw = 0 and a
 // source every tap lies inside (padding materialised into a zero-bordered copy); depthwise ones
 // of a blocked input read it directly and skip the taps outside [0, h) x [0, w).
+// The first input block output block `ob` of a grouped convolution reads (groups of group_in
+// input / group_out output channels; see BlockedConvKernel).
+inline int64_t first_input_block(int64_t ob, int64_t group_in, int64_t group_out) {
+    return (ob * kChannelBlock / group_out) * group_in / kChannelBlock;
+}
+
 struct BlockedConvJob {
     int64_t c = 0, in_blocks = 0, out_blocks = 0;
+    int64_t group_in = 0, group_out = 0;  // grouped: channels per group (0: dense)
     int64_t kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1, ho = 0, wo = 0;
     int64_t ph = 0, pw = 0, h = 0, w = 0;
     BlockedSource src;
-    // Dense: [out_blocks][in_blocks][kh][kw][16 in][16 out]; depthwise: [blocks][kh][kw][16].
+    // Dense: [out_blocks][in_blocks][kh][kw][16 in][16 out] (grouped: in_blocks blocks from
+    // first_input_block(ob)); depthwise: [blocks][kh][kw][16].
     const float* weight = nullptr;
     const float* bias = nullptr;      // [out_blocks * 16], zero past Co
     const float* residual = nullptr;  // blocked [out_blocks][ho][wo][16] or null (may be `out`)

@@ -46,10 +46,11 @@ void conv_tile(const BlockedConvJob& j, int64_t ob, int64_t oy, int64_t ox0) {
     const int64_t block_w = j.in_blocks * j.kh * j.kw * kChannelBlock * kChannelBlock;
     const float* wbase = j.weight + ob * block_w;
     const int64_t px = j.sw * j.src.pixel_stride;  // input step between output pixels
+    const int64_t ib0 = j.group_out > 0 ? first_input_block(ob, j.group_in, j.group_out) : 0;
     for (int64_t ib = 0; ib < j.in_blocks; ++ib) {
-        const int64_t count = std::min<int64_t>(kChannelBlock, j.c - ib * kChannelBlock);
+        const int64_t count = std::min<int64_t>(kChannelBlock, j.c - (ib0 + ib) * kChannelBlock);
         for (int64_t ky = 0; ky < j.kh; ++ky) {
-            const float* xrow = j.src.base + ib * j.src.block_stride +
+            const float* xrow = j.src.base + (ib0 + ib) * j.src.block_stride +
                                 (oy * j.sh + ky * j.dh) * j.src.row_stride + ox0 * px;
             for (int64_t kx = 0; kx < j.kw; ++kx) {
                 const float* xp = xrow + kx * j.dw * j.src.pixel_stride;

@@ -197,6 +197,62 @@ def mlp(width: int = 1024, depth: int = 4, batch: int = 1):
     return MLP(width, depth), (torch.randn(batch, width),)
 
 
+class ResNeXtBlock(nn.Module):
+    """ResNeXt bottleneck: 1x1 reduce, 3x3 grouped (cardinality groups), 1x1 expand, residual."""
+
+    def __init__(self, cin: int, width: int, cout: int, stride: int, groups: int):
+        super().__init__()
+        self.reduce = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.grouped = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.expand = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.reduce(x)))
+        y = F.relu(self.bn2(self.grouped(y)))
+        y = self.bn3(self.expand(y))
+        return F.relu(y + (x if self.shortcut is None else self.shortcut(x)))
+
+
+class ResNeXt(nn.Module):
+    """ResNeXt-50 (32x4d) by default (Xie et al. 2017): stem, four stages of grouped
+    bottlenecks, global average pool, classifier; ``depths`` trims it for tests."""
+
+    def __init__(self, depths=(3, 4, 6, 3), groups: int = 32, width_per_group: int = 4,
+                 classes: int = 1000):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
+                                  nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        blocks, cin = [], 64
+        for stage, depth in enumerate(depths):
+            width = groups * width_per_group * 2 ** stage
+            cout = 256 * 2 ** stage
+            for i in range(depth):
+                stride = 2 if i == 0 and stage > 0 else 1
+                blocks.append(ResNeXtBlock(cin, width, cout, stride, groups))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(cin, classes)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x))
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+@register("resnext50")
+def resnext50(size: int = 224, batch: int = 1, depths: tuple = (3, 4, 6, 3)):
+    """ResNeXt-50 32x4d (own definition, no torchvision), kaiming init + calibrated BatchNorm."""
+    model = ResNeXt(depths)
+    x = torch.randn(batch, 3, size, size)
+    return reinit_cnn(model, x), (x,)
+
+
 class ConvZoo(nn.Module):
     """A CNN covering grouped/depthwise convs, every pooling kind, norms and activations."""
 

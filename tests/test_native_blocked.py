@@ -222,9 +222,42 @@ def test_bad_layout_option_is_refused():
         graphopt.compile(graph, backend="native", layout="nhwc")
 
 
+class GroupedChain(nn.Module):
+    """Grouped convolutions between blocked ones (ResNeXt's bottleneck and wider groups)."""
+
+    def __init__(self, width, groups, stride):
+        super().__init__()
+        self.reduce = nn.Conv2d(8, width, 1)
+        self.grouped = nn.Conv2d(width, width, 3, stride, 1, groups=groups)
+        wide = width % 16 == 0 and width >= 32  # groups of 16 / 32 channels too
+        self.wide = nn.Conv2d(width, 2 * width, 3, 1, 1, groups=width // 16) if wide else None
+        self.expand = nn.Conv2d(2 * width if wide else width, 8, 1)
+
+    def forward(self, x):
+        y = F.relu(self.reduce(x))
+        y = F.relu(self.grouped(y))
+        if self.wide is not None:
+            y = F.relu(self.wide(y))
+        return self.expand(y) + x
+
+
+@pytest.mark.parametrize("width,groups,stride", [(32, 8, 1), (128, 32, 2), (24, 6, 1),
+                                                 (64, 4, 1), (48, 12, 2), (20, 5, 1)])
+def test_grouped_convolutions_run_blocked(width, groups, stride):
+    """Groups of 4 channels (ResNeXt 32x4d), 16-multiples, and a width that is no multiple of
+    16 (the last block is partial) all run as block-diagonal blocked convolutions."""
+    torch.manual_seed(0)
+    model = GroupedChain(width, groups, stride) if stride == 1 else nn.Sequential(
+        nn.Conv2d(8, width, 1), nn.ReLU(), nn.Conv2d(width, width, 3, stride, 1, groups=groups),
+        nn.ReLU(), nn.Conv2d(width, 8, 1))
+    ref, out, kernels = _run(model, torch.randn(2, 8, 11, 9))
+    _assert_close(out, ref)
+    assert "conv2d" not in kernels and kernels["from_blocked"] == 1, kernels
+
+
 @pytest.mark.parametrize("ints,operands,match", [
-    ([1, 4, 3, 3, 4, 1, 1, 1, 1, 0, 0, 1, 1, 2, 3, 3, 0, 1], 3,
-     "neither 1 nor a depthwise"),
+    ([1, 4, 3, 3, 6, 1, 1, 1, 1, 0, 0, 1, 1, 2, 3, 3, 0, 1], 3,
+     "do not tile 16-channel blocks"),
     ([1, 4, 3, 3, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 3, 3, 0, 1], 3, "needs a .*scratch operand"),
 ])
 def test_raw_blocked_conv_misuse_raises(ints, operands, match):

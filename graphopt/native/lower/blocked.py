@@ -84,7 +84,7 @@ def reads_blocked(builder, node, slot: int) -> bool:
 
 def conv_blockable(builder, node) -> bool:
     """A convolution (conv / fused_conv node) the blocked kernel runs: 2-D, float32, constant
-    weight, groups 1 or depthwise (C == Co == groups)."""
+    weight, groups 1, depthwise (C == Co == groups) or groups that tile the blocks."""
     x, w, out = node.inputs[0], node.inputs[1], node.outputs[0]
     if x.dtype != DType.float32 or w.dtype != DType.float32 or out.dtype != DType.float32:
         return False
@@ -94,7 +94,16 @@ def conv_blockable(builder, node) -> bool:
         return False
     groups = node_attrs(node, builder.bindings).get("groups", 1)
     c, co = builder.shape(x)[1], builder.shape(out)[1]
-    return groups == 1 or (groups == c and co == c)
+    return groups == 1 or (groups == c and co == c) or grouped_tiles_blocks(c, co, groups)
+
+
+def grouped_tiles_blocks(c: int, co: int, groups: int) -> bool:
+    """A grouped convolution whose groups tile the 16-channel blocks (csrc/rt_blocked.cpp):
+    equal group widths dividing 16 (ResNeXt's 32 x 4), or widths that are multiples of 16."""
+    if groups <= 1 or c % groups or co % groups:
+        return False
+    cig, cog = c // groups, co // groups
+    return (cig == cog and BLOCK % cog == 0) or (cig % BLOCK == 0 and cog % BLOCK == 0)
 
 
 def conv_reads(builder, node, slot: int) -> bool:
@@ -229,7 +238,8 @@ def lower_conv(ctx, fused: bool, conv_params, activation) -> bool:
     scratch = None
     # Taps outside the input read a zero-bordered copy, except in depthwise convolutions of a
     # blocked input, which skip them (the kernel needs the copy only to block a plain input).
-    if (not x_blocked) if groups > 1 else not inside:
+    depthwise = groups > 1 and groups == c and co == c
+    if (not x_blocked) if depthwise else not inside:
         scratch = ctx.temp((-(-c // BLOCK) * BLOCK * pad_h * pad_w,), DType.float32, "padded")
     ctx.emit("conv2d_blocked", [out, x, ctx.ref(1), ctx.contiguous(2), residual, scratch],
              [*params, code, int(x_blocked)], [p0, p1])
