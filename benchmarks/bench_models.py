@@ -43,6 +43,7 @@ MODELS: dict[str, tuple[str, dict]] = {
     "mlp": ("mlp", {}),
     "mobilenetv2": ("mobilenetv2", {}),
     "resnet50": ("resnet50", {}),
+    "resnext50": ("resnext50", {}),
     "bert": ("bert", {"seq": 128, "masked": True}),
     "gpt2": ("gpt2", {"seq": 64, "masked": True}),
     "bert-b8": ("bert", {"seq": 128, "batch": 8, "masked": True}),

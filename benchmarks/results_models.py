@@ -42,6 +42,7 @@ _MODEL_LABELS: dict[str, Callable[[list[int]], str]] = {
     "mlp": lambda s: f"MLP 4×Linear({s[1] if len(s) > 1 else 1024})",
     "mobilenetv2": lambda s: f"MobileNetV2 {s[-1] if len(s) == 4 else 224}",
     "resnet50": lambda s: f"ResNet-50 {s[-1] if len(s) == 4 else 224}",
+    "resnext50": lambda s: f"ResNeXt-50 32x4d {s[-1] if len(s) == 4 else 224}",
     "bert": lambda s: f"BERT-base, seq {s[1] if len(s) > 1 else 128}",
     "gpt2": lambda s: f"GPT-2 small, seq {s[1] if len(s) > 1 else 64}",
 }

@@ -255,6 +255,14 @@ def test_grouped_convolutions_run_blocked(width, groups, stride):
     assert "conv2d" not in kernels and kernels["from_blocked"] == 1, kernels
 
 
+def test_resnext_blocks_match_torch():
+    """The zoo's ResNeXt (one bottleneck per stage, 64 px): every convolution blocked."""
+    model, (x,) = zoo.get("resnext50", depths=(1, 1, 1, 1), size=64)
+    ref, out, kernels = _run(model, x)
+    _assert_close(out, ref)
+    assert "conv2d" not in kernels and kernels["conv2d_blocked"] == 17, kernels
+
+
 @pytest.mark.parametrize("ints,operands,match", [
     ([1, 4, 3, 3, 6, 1, 1, 1, 1, 0, 0, 1, 1, 2, 3, 3, 0, 1], 3,
      "do not tile 16-channel blocks"),
