@@ -262,14 +262,22 @@ def test_target_through_quantize(small, monkeypatch):
         graphopt.quantize(graph, target=Target("interpreter", isa=other))
 
 
-def test_quantize_plans_for_the_target_backend():
-    """target.backend decides whether a plan can run: native has no qconv_dynamic kernel
-    (dynamic convs=True), onnxruntime and the interpreter run it."""
+def test_quantize_plans_for_the_target_backend(monkeypatch):
+    """target.backend decides whether a plan can run, asked of the lowering registry: with
+    the native qconv_dynamic lowering taken away (every op has one now), dynamic convs=True on
+    native is refused by name; onnxruntime and the interpreter run it."""
+    from graphopt.ops.registry import get_op
+
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(),
                           nn.Linear(4 * 6 * 6, 2)).eval()
     x = torch.randn(1, 3, 8, 8)
     graph = graphopt.optimize(graphopt.trace(model, (x,)), "default")
+    native = graphopt.quantize(graph, convs=True, target=Target("native"))
+    assert native.op_histogram().get("qconv_dynamic") == 1
+    from graphopt.native import lower  # noqa: F401  (registers the native lowerings)
+
+    monkeypatch.delitem(get_op("qconv_dynamic").lowerings, "native")
     with pytest.raises(QuantizationError) as info:
         graphopt.quantize(graph, convs=True, target=Target("native"))
     message = str(info.value)

@@ -90,7 +90,7 @@ def quantize(
         QuantizationError: an unknown mode or observer, static mode without calibration data,
             calibration data that does not fit the graph (names the batch and the input),
             ``error_budget`` without calibration, a quantization ``target.backend`` cannot
-            run (e.g. ``convs=True`` on "native": it has no ``qconv_dynamic`` kernel).
+            run (an op the plan makes that the backend has no lowering for).
     """
     if not isinstance(graph, Graph):
         raise QuantizationError(f"graphopt.quantize takes a graphopt Graph, got "

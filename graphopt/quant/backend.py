@@ -2,10 +2,10 @@
 
 ``graphopt.quantize(..., target=Target(backend))`` checks each graph its plan builds: every node
 whose op the quantization introduced (not in the float graph) must have a lowering for that
-backend (``OpDef.lowerings`` under ``graphopt.compile.LOWERING_KEYS[backend]``). Example: the
-native runtime has no kernel for ``qconv_dynamic`` (dynamic mode with ``convs=True``), while
-onnxruntime has one (ConvInteger). The check runs on the first build, before the sensitivity
-measurements, and names the ops, the layers, the backend and what to do instead.
+backend (``OpDef.lowerings`` under ``graphopt.compile.LOWERING_KEYS[backend]``); a backend
+without a lowering for, say, ``qconv_dynamic`` (dynamic mode with ``convs=True``) is refused.
+The check runs on the first build, before the sensitivity measurements, and names the ops, the
+layers, the backend and what to do instead.
 
 A lowering may still decline one node at compile time (e.g. the native ``qconv`` runs 2-D
 convolutions only); that is reported by ``graphopt.compile`` (``LoweringError``).

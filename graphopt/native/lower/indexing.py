@@ -81,8 +81,9 @@ def _lower_multi_index(ctx) -> None:
              [pre, numel(dims), post, index.numel, dtype_code(ctx, DType.int64), x.itemsize, 0])
 
 
-@register_lowering("native", "gather")
-def lower_gather(ctx) -> None:
+def emit_gather(ctx, allow_negative: bool) -> None:
+    """torch.gather of input 0 at index input 1 along attribute ``axis`` (one "gather" step);
+    with ``allow_negative`` a negative index counts from the end (ONNX GatherElements)."""
     x = ctx.contiguous(0)
     index = _index_ref(ctx, 1)
     axis = norm_axis(ctx.attrs["axis"], len(x.shape))
@@ -91,4 +92,9 @@ def lower_gather(ctx) -> None:
         return
     ctx.emit("gather", [out, x, index],
              [len(index.shape), *index.shape, *x.strides, axis, x.shape[axis],
-              dtype_code(ctx, index.dtype), x.itemsize, 0])
+              dtype_code(ctx, index.dtype), x.itemsize, int(allow_negative)])
+
+
+@register_lowering("native", "gather")
+def lower_gather(ctx) -> None:
+    emit_gather(ctx, allow_negative=False)

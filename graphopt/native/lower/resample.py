@@ -37,22 +37,11 @@ def _taps(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return index, table
 
 
-@register_lowering("native", "onnx_resize")
-def lower_onnx_resize(ctx) -> None:
+def _stages(ctx, shape, sizes, scales):
+    """(axis, index, weight) tap tables of the resized axes, and the mask of outputs inside
+    the tf_crop_and_resize box (None when every output is)."""
     a = ctx.attrs
-    in_dtype, out_dtype = ctx.in_dtype(0), ctx.out_dtype(0)
-    if in_dtype not in DTYPE_CODES or in_dtype == DType.bool:
-        ctx.unsupported(f"onnx_resize of {in_dtype}")
-    compute = in_dtype if in_dtype in (DType.float32, DType.float64) else DType.float64
-    ctm = a["coordinate_transformation_mode"]
-    if ctm == "tf_crop_and_resize" and a["roi"] is None:
-        ctx.invalid("tf_crop_and_resize without a roi")
-    shape = list(ctx.in_shape(0))
-    rank = len(shape)
-    sizes, scales = list(a["sizes"]), list(a["scales"])
-    out = ctx.output(0)
-    if out.numel == 0:
-        return
+    rank, ctm = len(shape), a["coordinate_transformation_mode"]
     matrix_attrs = {k: a[k] for k in _MATRIX_ATTRS}
     stages, keep = [], None
     for axis in range(rank):
@@ -70,6 +59,25 @@ def lower_onnx_resize(ctx) -> None:
         if outside.any():
             inside = (~outside).reshape([out_len if d == axis else 1 for d in range(rank)])
             keep = inside if keep is None else keep & inside
+    return stages, keep
+
+
+@register_lowering("native", "onnx_resize")
+def lower_onnx_resize(ctx) -> None:
+    a = ctx.attrs
+    in_dtype, out_dtype = ctx.in_dtype(0), ctx.out_dtype(0)
+    if in_dtype not in DTYPE_CODES or in_dtype == DType.bool:
+        ctx.unsupported(f"onnx_resize of {in_dtype}")
+    compute = in_dtype if in_dtype in (DType.float32, DType.float64) else DType.float64
+    ctm = a["coordinate_transformation_mode"]
+    if ctm == "tf_crop_and_resize" and a["roi"] is None:
+        ctx.invalid("tf_crop_and_resize without a roi")
+    shape = list(ctx.in_shape(0))
+    sizes, scales = list(a["sizes"]), list(a["scales"])
+    out = ctx.output(0)
+    if out.numel == 0:
+        return
+    stages, keep = _stages(ctx, shape, sizes, scales)
     direct = keep is None and out_dtype == compute  # the last stage can write the output
     cur = ctx.cast(0, compute)
     for k, (axis, index, table) in enumerate(stages):

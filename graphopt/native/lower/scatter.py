@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from graphopt.ir.dtypes import DType
 from graphopt.native.lower._common import dtype_code, norm_axis
+from graphopt.native.lower.indexing import emit_gather
 from graphopt.native.refs import numel
 from graphopt.ops.registry import register_lowering
 
@@ -32,15 +33,7 @@ def _reduction(ctx) -> int:
 
 @register_lowering("native", "gather_elements")
 def lower_gather_elements(ctx) -> None:
-    x = ctx.contiguous(0)
-    index = _index(ctx, 1)
-    axis = norm_axis(ctx.attrs["axis"], len(x.shape))
-    out = ctx.output(0)
-    if out.numel == 0:
-        return
-    ctx.emit("gather", [out, x, index],
-             [len(index.shape), *index.shape, *x.strides, axis, x.shape[axis],
-              dtype_code(ctx, index.dtype), x.itemsize, 1])
+    emit_gather(ctx, allow_negative=True)
 
 
 @register_lowering("native", "gather_nd")
