@@ -10,7 +10,10 @@
 
 #include <cstdint>
 
+#include <string>
+
 #include "rt_gemm.h"
+#include "rt_plan.h"
 
 namespace graphopt {
 namespace rt {
@@ -35,6 +38,16 @@ struct BlockedSource {
 // input / group_out output channels; see BlockedConvKernel).
 inline int64_t first_input_block(int64_t ob, int64_t group_in, int64_t group_out) {
     return (ob * kChannelBlock / group_out) * group_in / kChannelBlock;
+}
+
+// Bytes of a blocked [n][blocks(c)][hw][16] / plain [n][c][hw] float32 tensor (checked).
+inline int64_t blocked_bytes(int64_t n, int64_t c, int64_t hw, const std::string& what) {
+    return checked_mul(checked_mul(checked_mul(n, channel_blocks(c) * kChannelBlock, what), hw,
+                                   what), 4, what);
+}
+
+inline int64_t plain_bytes(int64_t n, int64_t c, int64_t hw, const std::string& what) {
+    return checked_mul(checked_mul(checked_mul(n, c, what), hw, what), 4, what);
 }
 
 struct BlockedConvJob {
