@@ -180,18 +180,12 @@ def _run_native(graph, args, expected, rtol, atol) -> str:
 
 def run_ort_direct(case) -> str:
     """'' when onnxruntime runs the case's own model to its expected outputs."""
-    import onnxruntime as ort
-
     model = case.model
     inputs, expected = case.data_sets[0]
     inits = {t.name for t in model.graph.initializer}
     names = [i.name for i in model.graph.input if i.name not in inits]
     try:
-        so = ort.SessionOptions()
-        so.log_severity_level = 4
-        so.intra_op_num_threads = 1
-        session = ort.InferenceSession(model.SerializeToString(), so,
-                                       providers=["CPUExecutionProvider"])
+        session = _ort_session(model)
         feeds = {n: (onnx.numpy_helper.to_array(a) if isinstance(a, onnx.TensorProto) else a)
                  for n, a in zip(names, inputs)}
         out = session.run(None, feeds)
@@ -219,9 +213,17 @@ def _input_names(graph, onnx_names):
     return [by_clean.get(v.name, v.name) for v in graph.inputs]
 
 
-def _run_ort(graph, args, expected, rtol, atol) -> str:
+def _ort_session(model):
+    """A quiet one-thread onnxruntime CPU session of an ONNX model."""
     import onnxruntime as ort
 
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _run_ort(graph, args, expected, rtol, atol) -> str:
     try:
         model = graphopt.to_onnx(graph)
     except GraphoptError as exc:
@@ -229,11 +231,7 @@ def _run_ort(graph, args, expected, rtol, atol) -> str:
     except Exception as exc:  # noqa: BLE001
         return f"CRASH lowering {type(exc).__name__}: {exc}"
     try:
-        so = ort.SessionOptions()
-        so.log_severity_level = 4
-        so.intra_op_num_threads = 1
-        session = ort.InferenceSession(model.SerializeToString(), so,
-                                       providers=["CPUExecutionProvider"])
+        session = _ort_session(model)
         feeds = {i.name: a.numpy() for i, a in zip(model.graph.input, args)}
         out = session.run(None, feeds)
     except Exception as exc:  # noqa: BLE001
