@@ -191,13 +191,17 @@ Raises:
             d["avx2"] = f.avx2;
             d["fma"] = f.fma;
             d["avx512f"] = f.avx512f;
+            d["avx512bf16"] = f.avx512bf16;
+            d["amx"] = f.amx;
+            d["use_amx"] = f.use_amx;
+            d["bf16_gemm_kernel"] = std::string(f.use_amx ? "amx" : "fp32");
             d["sgemm_kernel"] = std::string(sgemm_kernel_name(false));
             d["blocked_conv_kernel"] = std::string(rt::blocked_ops().name);
             return d;
         },
         "CPU features detected at run time and the SGEMM kernel they select "
         "(GRAPHOPT_DISABLE_AVX2=1 forces the portable kernel, GRAPHOPT_DISABLE_AVX512=1 the AVX2 "
-        "one).");
+        "one, GRAPHOPT_DISABLE_AMX=1 keeps AMX tiles unused).");
 
     m.def(
         "set_num_threads",

@@ -5,14 +5,17 @@
 // Operands: out, a, b, bias?, residual?  (out and residual contiguous [batch..., M, N]; bias [N]).
 // Ints:     batch_rank, batch_shape[batch_rank], a_batch_strides[batch_rank],
 //           b_batch_strides[batch_rank], M, N, K, a_row_stride, a_col_stride, b_row_stride,
-//           b_col_stride, act, residual_in_c
+//           b_col_stride, act, residual_in_c, bf16
 // Floats:   alpha, act_p0, act_p1
 // Strides are in elements. A constant B that does not vary over the batch (a weight) is packed
 // once at build time; matrices with M <= 4 rows against a pre-packed B take the GEMV path.
+// bf16 = 1 computes in bf16 with fp32 accumulation (rt_bf16.h: AMX tiles where present); it
+// needs such a constant B.
 #include <algorithm>
 #include <memory>
 #include <vector>
 
+#include "rt_bf16.h"
 #include "rt_gemm.h"
 #include "rt_gemv.h"
 #include "rt_parallel.h"
@@ -40,6 +43,7 @@ class GemmKernel : public Kernel {
         b_cs_ = r.signed_param("b_col_stride");
         ep_.act.act = static_cast<Act>(r.in(0, kMaxActivationCode, "act"));
         ep_.residual_in_c = r.next() != 0;
+        const bool bf16 = r.next() != 0;
         ep_.alpha = static_cast<float>(r.real(0));
         ep_.act.p0 = static_cast<float>(r.real(1));
         ep_.act.p1 = static_cast<float>(r.real(2));
@@ -70,10 +74,16 @@ class GemmKernel : public Kernel {
         batch_count_ = checked_numel(batch_shape_, what);
         const bool b_shared = std::all_of(b_batch_.begin(), b_batch_.end(),
                                           [](int64_t s) { return s == 0; });
-        if (args.is_const(2) && b_shared && m_ > 0 && n_ > 0 && k_ > 0) {
+        const bool b_packable = args.is_const(2) && b_shared;
+        if (bf16 && !b_packable) {
+            throw PlanError(what + ": bf16 compute needs a constant B shared by the batch");
+        }
+        if (b_packable && m_ > 0 && n_ > 0 && k_ > 0) {
             const float* b = reinterpret_cast<const float*>(constant(args, 2));
             const MatrixRef ref{b, k_, n_, b_rs_, b_cs_};
-            if (m_ <= kGemvMaxRows) {
+            if (bf16) {
+                bf16_ = std::make_unique<PackedBf16Weight>(PackedBf16Weight::pack(ref));
+            } else if (m_ <= kGemvMaxRows) {
                 gemv_ = std::make_unique<PackedGemvB>(PackedGemvB::pack(ref));
             } else {
                 packed_ = std::make_unique<PackedMatrix>(PackedMatrix::pack_b(ref));
@@ -106,7 +116,9 @@ class GemmKernel : public Kernel {
             e.residual = residual != nullptr ? residual + bi * mn : nullptr;
             float* c = out + bi * mn;
             const MatrixRef am{a + a_off, m_, k_, a_rs_, a_cs_};
-            if (gemv_) {
+            if (bf16_) {
+                bf16_gemm_run(am, *bf16_, c, n_, e, inner_threads);
+            } else if (gemv_) {
                 gemv_run(am, *gemv_, c, n_, e, inner_threads);
             } else if (packed_) {
                 gemm_run(StridedA{am}, PackedSource{packed_.get()}, m_, n_, k_, c, n_, e,
@@ -131,6 +143,7 @@ class GemmKernel : public Kernel {
     EpilogueSpec ep_;
     std::unique_ptr<PackedMatrix> packed_;
     std::unique_ptr<PackedGemvB> gemv_;
+    std::unique_ptr<PackedBf16Weight> bf16_;
 };
 
 GRAPHOPT_RT_KERNEL("gemm", GemmKernel,
@@ -138,7 +151,7 @@ GRAPHOPT_RT_KERNEL("gemm", GemmKernel,
                    "batch_rank:rank, batch_shape[batch_rank]:dim, "
                    "a_batch_strides[batch_rank]:signed, b_batch_strides[batch_rank]:signed, "
                    "M:dim, N:dim, K:dim, a_row_stride:signed, a_col_stride:signed, "
-                   "b_row_stride:signed, b_col_stride:signed, act:act, residual_in_c:flag",
+                   "b_row_stride:signed, b_col_stride:signed, act:act, residual_in_c:flag, bf16:flag",
                    "alpha, p0, p1");
 
 }  // namespace

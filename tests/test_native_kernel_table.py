@@ -169,7 +169,7 @@ def test_wrong_int_count_names_node_and_kernel():
 
 def test_valid_calls_pass():
     check_call("copy", [1, 1], [4, 2, 3, 5, 5, 1, 5, 1], [], "t")
-    check_call("gemm", [1, 1, 1], [1, 2, 8, 8, 4, 4, 4, 4, 1, 4, 1, 0, 0], [1.0, 0.0, 0.0], "t")
+    check_call("gemm", [1, 1, 1], [1, 2, 8, 8, 4, 4, 4, 4, 1, 4, 1, 0, 0, 0], [1.0, 0.0, 0.0], "t")
     check_call("unary", [1, 1], [0, 0, 3], [], "t")
     check_call("reduce", [1, 1], [0, 0, 1, 1, 1], [1.0], "t")
 

@@ -13,7 +13,8 @@ from graphopt.native.module import NativeModule
 @register_backend("native")
 def compile_native(graph: Graph, *, threads: int | None = None,
                    fallback: str | None = "reference",
-                   sparse: str = "auto", layout: str = "auto", **options: Any) -> NativeModule:
+                   sparse: str = "auto", layout: str = "auto", precision: str = "fp32",
+                   **options: Any) -> NativeModule:
     """Backend factory: plan ``graph`` for graphopt's C++ runtime.
 
     Args:
@@ -30,6 +31,9 @@ def compile_native(graph: Graph, *, threads: int | None = None,
         layout: "auto" (default): 2-D convolutions, their pools and zero pads run in the
             channel-blocked layout (nChw16c, reorders only where a reader needs NCHW) when the
             runtime has the AVX-512 blocked kernels; "blocked" always; "nchw" never.
+        precision: "fp32" (default) or "bf16": GEMMs against constant weights (linear layers,
+            matmuls by a weight) round both operands to bfloat16 and sum in fp32 — on AMX tiles
+            where the CPU has them; norms, softmax, attention and residual adds stay fp32.
 
     Raises:
         NativeUnsupportedError: with fallback="error", nodes without a native kernel (all
@@ -40,7 +44,7 @@ def compile_native(graph: Graph, *, threads: int | None = None,
         BackendOptionError: an unknown option (GraphoptError: a bad option value).
     """
     if options:
-        raise BackendOptionError(f"the native backend takes threads, fallback, sparse and layout, "
-                                 f"got "
-                                 f"{sorted(options)}")
-    return NativeModule(graph, threads=threads, fallback=fallback, sparse=sparse, layout=layout)
+        raise BackendOptionError("the native backend takes threads, fallback, sparse, layout and "
+                                 f"precision, got {sorted(options)}")
+    return NativeModule(graph, threads=threads, fallback=fallback, sparse=sparse, layout=layout,
+                        precision=precision)

@@ -12,7 +12,8 @@ Layout (every entry a ``.npy`` member of the zip archive)::
     __meta__        0-d unicode array: JSON {"format": "graphopt-native/1", "threads": int,
                     "fallback": "reference" | "error" (null: "error"),
                     "sparse": "auto" | "never" | "always",
-                    "bf16": [names of bfloat16 constants, stored as their uint16 bits]}
+                    "bf16": [names of bfloat16 constants, stored as their uint16 bits],
+                    "precision": "fp32" | "bf16" (optional; absent in older artifacts: fp32)}
     const/<name>    one array per constant of the graph (its dtype and shape as in the text)
 
 An artifact may come from anywhere, so :func:`load` trusts none of it: arrays are read with
@@ -41,9 +42,11 @@ import numpy as np
 from graphopt.errors import ArtifactError, GraphoptError, ParseError, UnsafeInputError, entry_point
 from graphopt.ir.dtypes import DType
 from graphopt.limits import check_bytes, check_threads, numel_of
+from graphopt.native.builder import PRECISIONS
 
 FORMAT = "graphopt-native/1"
 META_FIELDS = {"format", "threads", "fallback", "sparse", "bf16"}
+OPTIONAL_META_FIELDS = {"precision"}  # added after the first artifacts were written
 FALLBACKS = (None, "reference", "error")  # None: "error", as saved before 0.2
 # Array kinds an artifact may hold: bool, ints, floats (constants), unicode (graph, meta).
 _ALLOWED_KINDS = set("biufU")
@@ -69,7 +72,8 @@ def save(module, path: str | os.PathLike) -> None:
     arrays = {f"const/{name}": v.data for name, v in graph.constants.items()}
     meta = {"format": FORMAT, "threads": module.threads, "fallback": module.fallback,
             "sparse": getattr(module, "sparse", "auto"),
-            "bf16": [n for n, v in graph.constants.items() if v.dtype is DType.bfloat16]}
+            "bf16": [n for n, v in graph.constants.items() if v.dtype is DType.bfloat16],
+            "precision": getattr(module, "precision", "fp32")}
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
@@ -115,7 +119,8 @@ def load(path: str | os.PathLike | IO[bytes], threads: int | None = None):
                             f"does not match it: {exc}") from exc
     _check_constants(graph, constants, meta, name)
     return NativeModule(graph, threads=meta["threads"] if threads is None else threads,
-                        fallback=meta["fallback"], sparse=meta["sparse"])
+                        fallback=meta["fallback"], sparse=meta["sparse"],
+                        precision=meta["precision"])
 
 
 # ------------------------------------------------------------------------------ reading
@@ -220,8 +225,9 @@ def _meta(entries: dict[str, np.ndarray], name: str) -> dict[str, Any]:
         raise ArtifactError(f"{where} is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict):
         raise ArtifactError(f"{where} must be a JSON object, got {type(meta).__name__}")
-    if set(meta) != META_FIELDS:
-        missing, extra = sorted(META_FIELDS - set(meta)), sorted(set(meta) - META_FIELDS)
+    if not META_FIELDS <= set(meta) <= META_FIELDS | OPTIONAL_META_FIELDS:
+        missing = sorted(META_FIELDS - set(meta))
+        extra = sorted(set(meta) - META_FIELDS - OPTIONAL_META_FIELDS)
         raise ArtifactError(f"{where}: fields must be {sorted(META_FIELDS)} (missing {missing}, "
                             f"unknown {extra})")
     if meta["format"] != FORMAT:
@@ -235,6 +241,9 @@ def _meta(entries: dict[str, np.ndarray], name: str) -> dict[str, Any]:
         raise ArtifactError(f"{where}: fallback {meta['fallback']!r} is not one of {FALLBACKS}")
     if meta["sparse"] not in SPARSE_MODES:
         raise ArtifactError(f"{where}: sparse {meta['sparse']!r} is not one of {SPARSE_MODES}")
+    meta.setdefault("precision", "fp32")
+    if meta["precision"] not in PRECISIONS:
+        raise ArtifactError(f"{where}: precision {meta['precision']!r} is not one of {PRECISIONS}")
     bf16 = meta["bf16"]
     if not isinstance(bf16, list) or not all(isinstance(n, str) for n in bf16):
         raise ArtifactError(f"{where}: bf16 must be a list of constant names")

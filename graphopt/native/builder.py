@@ -44,7 +44,7 @@ from graphopt.ops.registry import PURE
 
 __all__ = ["BACKEND", "FALLBACKS", "LoweringContext", "NativeFallbackWarning",
            "NativeUnsupportedError", "OutputSpec", "PlanBuilder", "Step", "Unsupported",
-           "check_fallback"]
+           "check_fallback", "PRECISIONS", "check_precision"]
 
 INF = math.inf
 
@@ -63,6 +63,18 @@ class NativeUnsupportedError(LoweringError):
 
 
 FALLBACKS = ("reference", "error")
+
+
+# Compute precision of the GEMMs against constant weights (linear layers, matmuls by a weight):
+# "fp32", or "bf16": operands rounded to bfloat16, products summed in fp32 (AMX tiles where the
+# CPU has them, the fp32 kernels on the rounded values elsewhere). Everything else stays fp32.
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise GraphoptError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
 
 
 def check_fallback(fallback: str | None) -> str:
@@ -109,7 +121,7 @@ class PlanBuilder:
 
     def __init__(self, graph: Graph, input_shapes: list[tuple[int, ...]],
                  bindings: dict | None = None, fallback: str | None = "error", threads: int = 1,
-                 sparse: str = "auto", layout: str = "auto"):
+                 sparse: str = "auto", layout: str = "auto", precision: str = "fp32"):
         from graphopt.native.lower.blocked import LAYOUTS
         from graphopt.native.lower.sparse import SPARSE_MODES
 
@@ -120,6 +132,7 @@ class PlanBuilder:
             raise GraphoptError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self.sparse = sparse  # CSR kernel choice for sparse weights (native/lower/sparse.py)
         self.layout = layout  # convolution activation layout (native/lower/blocked.py)
+        self.precision = check_precision(precision)  # "bf16": weight GEMMs in bf16 (linear.py)
         self.graph = graph
         self.bindings = dict(bindings or {})
         self.fallback = fallback

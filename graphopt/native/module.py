@@ -23,6 +23,7 @@ from graphopt.native.builder import (
     NativeUnsupportedError,
     PlanBuilder,
     check_fallback,
+    check_precision,
 )
 from graphopt.native.plan import CPU, Device, ExecutionPlan
 
@@ -111,11 +112,15 @@ class NativeModule:
         layout: convolution activations in the channel-blocked layout: "auto" (where the
             runtime has AVX-512 blocked kernels), "blocked" or "nchw" (native/lower/blocked.py).
             A plan-time choice: saved artifacts plan again with "auto".
+        precision: "fp32" (default) or "bf16": linear layers and matmuls by a constant weight
+            round both operands to bfloat16 and sum the products in fp32, on AMX tiles where the
+            CPU has them (graphopt.native.cpu_features()["bf16_gemm_kernel"] says which);
+            everything else (norms, softmax, attention, residual adds) stays fp32.
     """
 
     def __init__(self, graph: Graph, threads: int | None = None,
                  fallback: str | None = "reference", device: Device = CPU, sparse: str = "auto",
-                 layout: str = "auto"):
+                 layout: str = "auto", precision: str = "fp32"):
         from graphopt.native.lower.blocked import LAYOUTS
         from graphopt.native.lower.sparse import SPARSE_MODES
 
@@ -130,6 +135,7 @@ class NativeModule:
         self.fallback = fallback
         self.sparse = sparse
         self.layout = layout
+        self.precision = check_precision(precision)
         self.device = device
         self._plans: OrderedDict[tuple, ExecutionPlan] = OrderedDict()
         self._plans_lock = threading.Lock()  # the cache and _last, across calling threads
@@ -148,7 +154,7 @@ class NativeModule:
         """Plans these input shapes and caches the plan (call with ``_plans_lock`` held)."""
         builder = PlanBuilder(self.graph, shapes, bindings, fallback=self.fallback,
                               threads=self.threads, sparse=self.sparse,
-                              layout=self.layout)
+                              layout=self.layout, precision=self.precision)
         plan = builder.build()
         self._warn_fallback(builder.fallback_ops)
         plan.device = self.device

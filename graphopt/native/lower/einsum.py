@@ -111,7 +111,7 @@ def _contract(ctx, a: _Term, b: _Term, needed: str, dest=None, label: str = "") 
     out = dest if dest is not None else ctx.temp(shape, DType.float32, f"{label}.prod")
     ctx.emit("gemm", [out, av, bv, None, None],
              [1, nb, av.strides[0], bv.strides[0], m, n, k, av.strides[1], av.strides[2],
-              bv.strides[1], bv.strides[2], ACTIVATION_CODES["none"], 0], [1.0, 0.0, 0.0])
+              bv.strides[1], bv.strides[2], ACTIVATION_CODES["none"], 0, 0], [1.0, 0.0, 0.0])
     return _Term(out.with_view(out.offset, shape, contiguous_strides(shape)), letters)
 
 

@@ -3,13 +3,16 @@
 A linear whose weight is sparse enough runs the CSR kernel instead (``sparse.py``). A weight
 that is a plan constant is packed once when the plan is built; activations are read in
 place through their strides (a transposed or sliced view needs no copy). A residual that dies
-at this node becomes the output buffer and the product accumulates onto it.
+at this node becomes the output buffer and the product accumulates onto it. With
+``precision="bf16"`` a product whose B is a constant shared by the batch (a weight) computes in
+bf16 with fp32 sums (csrc/rt_bf16.h); products of two activations stay fp32.
 """
 
 from __future__ import annotations
 
 from graphopt.native.lower._common import activation, require_float32
 from graphopt.native.lower.sparse import try_sparse_linear
+from graphopt.native.refs import SPACE_CONST
 from graphopt.ops.registry import register_lowering
 
 
@@ -21,9 +24,10 @@ def _emit_gemm(ctx, a, a_rows_cols, b, b_strides, n, batch, a_batch, b_batch, bi
     in_place = residual is not None and out.buffer is residual.buffer and \
         out.offset == residual.offset
     code, p0, p1 = act
+    bf16 = ctx.builder.precision == "bf16" and b.buffer.space == SPACE_CONST and not any(b_batch)
     ctx.emit("gemm", [out, a, b, bias, residual],
              [len(batch), *batch, *a_batch, *b_batch, m, n, k, a_rs, a_cs, *b_strides, code,
-              int(in_place)],
+              int(in_place), int(bf16)],
              [alpha, p0, p1])
 
 

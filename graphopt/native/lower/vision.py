@@ -65,4 +65,4 @@ def lower_affine_grid(ctx) -> None:
     # A = base [points, k] (every batch), B[k, j] = theta[n, j, k]; C = out[n] [points, spatial]
     ctx.emit("gemm", [out, base, theta, None, None],
              [1, theta.shape[0], 0, spatial * k, points, spatial, k, k, 1, 1, k,
-              ACTIVATION_CODES["none"], 0], [1.0, 0.0, 0.0])
+              ACTIVATION_CODES["none"], 0, 0], [1.0, 0.0, 0.0])
