@@ -50,7 +50,7 @@ def variants(m: int, k: int, n: int, threads: int) -> dict[str, callable]:
     out = np.zeros((m, n), np.float32)
     common = [m, n, k, k, 1]
     calls = {
-        "fp32": KernelCall("gemm", [out, x, w, bias, None], [0, *common, 1, k, NONE, 0],
+        "fp32": KernelCall("gemm", [out, x, w, bias, None], [0, *common, 1, k, NONE, 0, 0],
                            [1.0, 0.0, 0.0], threads, const=(2,)),
         "int8 dyn": KernelCall("qlinear", [out, x, w_q, w_scale, bias, None],
                                [*common, k, 1, 0, NONE, 0, 0], [0.0, 0.0], threads, const=(2,)),

@@ -12,6 +12,7 @@
 
 #include "cpu.h"
 #include "rt_blocked.h"
+#include "rt_qgemm.h"
 #include "epilogue.h"
 #include "gemm.h"
 
@@ -195,6 +196,9 @@ Raises:
             d["amx"] = f.amx;
             d["use_amx"] = f.use_amx;
             d["bf16_gemm_kernel"] = std::string(f.use_amx ? "amx" : "fp32");
+            // The int8 GEMM runs AMX tiles from 8 rows on when its kernel set is VNNI (u8 x s8).
+            d["int8_gemm_tiles"] = std::string(
+                f.use_amx && rt::qgemm_kernels().format == rt::QFormat::kQuadU8 ? "amx" : "none");
             d["sgemm_kernel"] = std::string(sgemm_kernel_name(false));
             d["blocked_conv_kernel"] = std::string(rt::blocked_ops().name);
             return d;

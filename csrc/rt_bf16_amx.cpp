@@ -12,30 +12,12 @@
 #include <cstring>
 
 #include "cpu.h"
+#include "rt_amx.h"
 #include "rt_bf16.h"
 
 namespace graphopt {
 namespace rt {
 namespace {
-
-struct alignas(64) TileConfig {
-    uint8_t palette_id;
-    uint8_t start_row;
-    uint8_t reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-};
-
-GRAPHOPT_TARGET_AMX void load_tile_config() {
-    TileConfig cfg;
-    std::memset(&cfg, 0, sizeof(cfg));
-    cfg.palette_id = 1;
-    for (int t = 0; t < 8; ++t) {
-        cfg.colsb[t] = 64;
-        cfg.rows[t] = 16;
-    }
-    _tile_loadconfig(&cfg);
-}
 
 // Where the four accumulator tiles of a block live while it is computed: C itself where the
 // 16 x 16 tile is entirely inside C, else an edge buffer (copied to and from C around it).
@@ -159,7 +141,7 @@ GRAPHOPT_TARGET_AMX void bf16_pack_rows_amx(const MatrixRef& a, int64_t kp, int6
 
 GRAPHOPT_TARGET_AMX void bf16_amx_blocks(const Bf16AmxProblem& p, int64_t first, int64_t last) {
     if (first >= last) return;
-    load_tile_config();
+    amx_begin();
     alignas(64) float edge[4 * 256];
     const int64_t row_blocks = (p.mp + 31) / 32;
     const int64_t col_tiles = (p.w->n() + 15) / 16;
@@ -187,7 +169,7 @@ GRAPHOPT_TARGET_AMX void bf16_amx_blocks(const Bf16AmxProblem& p, int64_t first,
         }
         finish_block(p, tiles, i0, q0 * 16, rb, cb);
     }
-    _tile_release();
+    amx_end();
 }
 
 }  // namespace rt

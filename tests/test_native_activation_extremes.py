@@ -74,7 +74,7 @@ def test_gemm_epilogue(name, bias):
     out = np.zeros((X.size, 3), np.float32)
     bias_arr = np.zeros(3, np.float32) if bias else None
     KernelCall("gemm", [out, a, b, bias_arr, None],
-               [0, X.size, 3, 1, 1, 1, 3, 1, ACTIVATION_CODES[name], 0], [1.0, 0.0, 0.0],
+               [0, X.size, 3, 1, 1, 1, 3, 1, ACTIVATION_CODES[name], 0, 0], [1.0, 0.0, 0.0],
                validate=True).run()
     for j in range(3):
         _close(out[:, j], X, name)

@@ -453,3 +453,20 @@ def test_other_kernel_sets(env):
          "-k", "not other_kernel_sets"],
         env=environ, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_amx_tiles_and_their_switch():
+    """Where the int8 GEMM runs AMX tiles (from 8 rows on), every test above ran on them; the
+    whole file passes again on the VNNI tiles with GRAPHOPT_DISABLE_AMX=1 (a subprocess)."""
+    environ = dict(os.environ, GRAPHOPT_DISABLE_AMX="1")
+    code = "from graphopt import _C; print(_C.cpu_features()['int8_gemm_tiles'])"
+    out = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "none"
+    if _C.cpu_features()["int8_gemm_tiles"] != "amx":
+        return  # this run is already on the VNNI / AVX2 tiles
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
+         "-k", "not other_kernel_sets and not amx_tiles"],
+        env=environ, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -79,7 +79,7 @@ def test_raw_run_misuse_raises(call, error, match):
      "groups = 2 must divide C = 4 and Co = 3"),
     ("attention", [(0, 0, 0)] * 4, [1, 3, 1, 1, 4, 4, 2] + [0] * 12 + [0] * 5 + [0],
      "kv_group must divide H"),
-    ("gemm", [(0, 0, 0)] * 3, [1, 2**40, 0, 0, 2**40, 2**40, 1, 1, 1, 1, 1, 0, 0],
+    ("gemm", [(0, 0, 0)] * 3, [1, 2**40, 0, 0, 2**40, 2**40, 1, 1, 1, 1, 1, 0, 0, 0],
      "overflows"),
 ], ids=lambda v: v if isinstance(v, str) and " " not in v and len(v) < 12 else None)
 def test_raw_add_step_misuse_raises(kernel, operands, ints, match):

@@ -1,0 +1,30 @@
+// AMX tile state and the int8 tile block shared by the runtime's AMX kernels (rt_amx.cpp).
+//
+// A thread calls amx_begin() before its first tile instruction (loads the one tile
+// configuration every AMX kernel here uses: eight tiles of 16 rows x 64 bytes) and amx_end()
+// after its last (releases the tile state, so context switches stop saving it). Both only after
+// cpu_features().use_amx said yes.
+#pragma once
+
+#include <cstdint>
+
+namespace graphopt {
+namespace rt {
+
+void amx_begin();
+void amx_end();
+
+// int8 block: C (rb x cb tiles of 16 x 16 int32, rb, cb in {1, 2}) = A_u8 @ B_s8 over `groups`
+// K groups of 64. A: row-major u8 rows (a_stride bytes apart; rows 16..31 of the block at
+// a + 16 * a_stride); B: per column tile, a run of [groups][16 steps][16 columns][4] s8 (a
+// kQuadU8 weight panel, rt_qgemm.h). out: tile (r, c) at out + 256 * (2r + c), rows of 16.
+void amx_int8_block(const uint8_t* a, int64_t a_stride, const uint8_t* b0, const uint8_t* b1,
+                    int64_t groups, int rb, int cb, int32_t* out);
+
+// Zero-point correction of a finished 16 x 16 int32 tile (rows of 16): for r < rows, j < cols,
+// tile[r][j] -= zp_r * colsum[j], zp_r = row_zp[r] (per-row quantization) or zp.
+void amx_int8_zero_point(int32_t* tile, int64_t rows, const int32_t* colsum, int64_t cols,
+                         const int32_t* row_zp, int32_t zp);
+
+}  // namespace rt
+}  // namespace graphopt
