@@ -16,7 +16,8 @@ interleaved rounds in one process (medians, ms, ``--threads`` intra-op threads):
   ``graphopt int8 budget``: with ``error_budget`` (sensitive layers kept in float);
 * ``native fp32`` / ``native int8`` / ``native int8 per-token`` / ``native int8 budget``:
   graphopt's native runtime on the fp32 graph and on the three int8 graphs (the int8 GEMM,
-  see docs/native.md); every node runs natively.
+  see docs/native.md); every node runs natively. ``native bf16``: the fp32 graph compiled with
+  ``precision="bf16"`` (weight GEMMs in bf16 with fp32 sums, on AMX tiles where present).
 
 Inputs: MiniLM a real sentence padded to 128 tokens; BERT-base random ids with an attention
 mask (right padding, ``zoo.get("bert", masked=True)``). Accuracy: per-token cosine of the
@@ -129,6 +130,8 @@ def _transformer_variants(model, graph, calib, opts, tmp: str):
               "native int8 budget": q_budget}
     for name, g in native.items():
         calls[name] = graphopt.compile(g, backend="native", threads=opts.threads)
+    calls["native bf16"] = graphopt.compile(graph, backend="native", threads=opts.threads,
+                                            precision="bf16")
     try:
         tq = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         calls["torch.ao int8"] = lambda *a: tq(*a)
@@ -247,7 +250,9 @@ def _write(opts, machine: dict, rows: dict, extra: dict) -> None:
             "config": {"threads": opts.threads, "rounds": opts.rounds,
                        "schedule": FAIR_SCHEDULE, "budget": opts.budget,
                        "observer": opts.observer,
-                       "int8_kernels": _C.native_qgemm_isa()},
+                       "int8_kernels": _C.native_qgemm_isa(),
+                       "int8_tiles": _C.cpu_features()["int8_gemm_tiles"],
+                       "bf16_kernel": _C.cpu_features()["bf16_gemm_kernel"]},
             "rows": rows, **extra}
     with open(os.path.join(RESULTS, f"quant_{opts.model}.json"), "w") as f:
         json.dump(data, f, indent=1)

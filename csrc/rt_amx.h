@@ -18,8 +18,31 @@ void amx_end();
 // K groups of 64. A: row-major u8 rows (a_stride bytes apart; rows 16..31 of the block at
 // a + 16 * a_stride); B: per column tile, a run of [groups][16 steps][16 columns][4] s8 (a
 // kQuadU8 weight panel, rt_qgemm.h). out: tile (r, c) at out + 256 * (2r + c), rows of 16.
+//
+// Prefetch: weights stream from memory once per product (a layer's weight is not in cache when
+// the layer starts), so while a block computes, the kernel prefetches into L2 the weight bytes
+// a later block will read: pf_lines cache lines from `prefetch` on, spread over the K loop
+// (prefetch may be null).
+struct AmxPrefetch {
+    const char* from = nullptr;
+    int64_t lines = 0;
+};
 void amx_int8_block(const uint8_t* a, int64_t a_stride, const uint8_t* b0, const uint8_t* b1,
-                    int64_t groups, int rb, int cb, int32_t* out);
+                    int64_t groups, int rb, int cb, int32_t* out, AmxPrefetch prefetch = {});
+
+// The prefetch share of block `index` of `count` blocks covering [from, from + bytes).
+inline AmxPrefetch amx_prefetch_share(const void* from, int64_t bytes, int64_t index,
+                                      int64_t count) {
+    const int64_t lines = (bytes + 63) / 64;
+    const int64_t first = lines * index / count, last = lines * (index + 1) / count;
+    return {static_cast<const char*>(from) + first * 64, last - first};
+}
+
+// Issues the prefetches of step `step` of `steps` (called once per K step by the kernels).
+inline void amx_prefetch_step(const AmxPrefetch& p, int64_t step, int64_t steps) {
+    const int64_t first = p.lines * step / steps, last = p.lines * (step + 1) / steps;
+    for (int64_t l = first; l < last; ++l) __builtin_prefetch(p.from + l * 64, 0, 2);
+}
 
 // Zero-point correction of a finished 16 x 16 int32 tile (rows of 16): for r < rows, j < cols,
 // tile[r][j] -= zp_r * colsum[j], zp_r = row_zp[r] (per-row quantization) or zp.

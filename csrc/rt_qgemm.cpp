@@ -422,8 +422,16 @@ void qgemm_run_amx(const QGemmArgs& g, const QGemmKernels& kern, const float* co
         for (int64_t b = blocks * t / nt; b < blocks * (t + 1) / nt; ++b) {
             const int64_t i0 = (b % row_blocks) * 32, q0 = (b / row_blocks) * 2;
             const int rb = mp - i0 >= 32 ? 2 : 1, cb = col_tiles - q0 >= 2 ? 2 : 1;
+            // While the row blocks of this column pair run, the next pair's panels stream in.
+            const int64_t ib = b % row_blocks, next_q = q0 + 2;
+            const AmxPrefetch pf =
+                next_q < col_tiles
+                    ? amx_prefetch_share(w.panel(next_q),
+                                         std::min<int64_t>(2, col_tiles - next_q) * kp * 16, ib,
+                                         row_blocks)
+                    : AmxPrefetch{};
             amx_int8_block(a + i0 * kp, kp, w.panel(q0), w.panel(cb == 2 ? q0 + 1 : q0), groups,
-                           rb, cb, acc);
+                           rb, cb, acc, pf);
             for (int r = 0; r < rb; ++r) {
                 for (int c = 0; c < cb; ++c) {
                     const int64_t ti = i0 + 16 * r, tj = (q0 + c) * 16;
