@@ -33,5 +33,8 @@ void epilogue_portable(float* c, int64_t ldc, int64_t rows, int64_t cols, const 
                        Activation act);
 void epilogue_avx2(float* c, int64_t ldc, int64_t rows, int64_t cols, const float* bias,
                    Activation act);
+// The AVX2 epilogue on 16 lanes, the same operations per lane (epilogue_avx512.cpp).
+void epilogue_avx512(float* c, int64_t ldc, int64_t rows, int64_t cols, const float* bias,
+                     Activation act);
 
 }  // namespace graphopt

@@ -6,7 +6,8 @@
 // throughput (4 cycles x 2 pipes). Each C element is still one FMA chain over k in the same
 // order as the AVX2 6x16 kernel, so both give bit-identical results.
 //
-// Packers and the epilogue are the AVX2 ones (memory-bound; wider registers buy little there).
+// Packers are the AVX2 ones (memory-bound; wider registers buy little there); the epilogue is
+// the AVX2 one on 16 lanes (epilogue_avx512.cpp: its transcendentals are compute-bound).
 // Every function carries GRAPHOPT_TARGET_AVX512 and is reached only through run-time dispatch.
 #include <immintrin.h>
 
@@ -79,6 +80,7 @@ const GemmKernels& avx512_gemm_kernels() {
         GemmKernels table = avx2_fma_gemm_kernels();
         table.name = "avx512_6x32";
         table.wide_micro_kernel = micro_kernel_6x32_avx512;
+        table.epilogue = epilogue_avx512;
         return table;
     }();
     return kernels;

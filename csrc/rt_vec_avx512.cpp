@@ -72,7 +72,7 @@ struct Avx512Simd {
 }  // namespace
 
 const VecOps& vec_ops_avx512() {
-    static const VecOps ops = make_vec_ops<Avx512Simd>("avx512", epilogue_avx2);
+    static const VecOps ops = make_vec_ops<Avx512Simd>("avx512", epilogue_avx512);
     return ops;
 }
 

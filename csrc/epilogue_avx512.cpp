@@ -1,0 +1,163 @@
+// AVX-512 epilogue: the AVX2 one (epilogue_avx2.cpp) on 16 lanes.
+//
+// Every lane runs exactly the operations of the AVX2 version (the same polynomials, the same
+// exp of vec_exp_avx512.h, true divisions, selections where the AVX2 code blends), so both give
+// the same bits: a result does not depend on which ISA a machine has or where a tile boundary
+// fell. Tails use masked loads / stores of the same full-vector arithmetic. At AMX speeds the
+// epilogue is a visible share of a GEMM (BERT's gelu over 128 x 3072 per layer); twice the lanes
+// halve it.
+#include <immintrin.h>
+
+#include "cpu.h"
+#include "epilogue.h"
+
+// GCC 12's _mm512_max_ps / _mm512_min_ps pass _mm512_undefined_ps() through, which
+// -Wmaybe-uninitialized reports at every use (GCC bug 105593): a false positive.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include "vec_exp_avx512.h"
+
+namespace graphopt {
+
+namespace {
+
+GRAPHOPT_TARGET_AVX512 inline __m512 exp512(__m512 x) { return vexp::exp_avx512(x); }
+
+GRAPHOPT_TARGET_AVX512 inline __m512 neg512(__m512 x) {
+    return _mm512_sub_ps(_mm512_setzero_ps(), x);
+}
+
+GRAPHOPT_TARGET_AVX512 inline __m512 abs512(__m512 x) {
+    return _mm512_castsi512_ps(
+        _mm512_andnot_si512(_mm512_castps_si512(_mm512_set1_ps(-0.0f)), _mm512_castps_si512(x)));
+}
+
+GRAPHOPT_TARGET_AVX512 inline __m512 sigmoid512(__m512 x) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    return _mm512_div_ps(one, _mm512_add_ps(one, exp512(neg512(x))));
+}
+
+GRAPHOPT_TARGET_AVX512 inline __m512 tanh512(__m512 x) {
+    const __m512 ax = abs512(x);
+    const __m512 z = _mm512_mul_ps(x, x);
+    __m512 p = _mm512_set1_ps(-5.70498872745e-3f);
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(2.06390887954e-2f));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-5.37397155531e-2f));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(1.33314422036e-1f));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-3.33332819422e-1f));
+    const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), x, x);
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512 e = exp512(_mm512_add_ps(ax, ax));
+    const __m512 large_abs =
+        _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, one)));
+    const __m512i sign = _mm512_and_si512(_mm512_castps_si512(x),
+                                          _mm512_castps_si512(_mm512_set1_ps(-0.0f)));
+    const __m512 large = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(large_abs), sign));
+    const __mmask16 use_small = _mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.625f), _CMP_LT_OQ);
+    return _mm512_mask_mov_ps(large, use_small, small);
+}
+
+// erfc(z) for z >= 0 (the coefficients of erfc_nonneg256).
+GRAPHOPT_TARGET_AVX512 inline __m512 erfc_nonneg512(__m512 z) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(_mm512_set1_ps(0.5f), z, one));
+    __m512 p = _mm512_set1_ps(0.17087277f);
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.82215223f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.48851587f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.13520398f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.27886807f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.18628806f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.09678418f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.37409196f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.00002368f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.26551223f));
+    return _mm512_mul_ps(t, exp512(_mm512_fnmadd_ps(z, z, p)));
+}
+
+template <Activation A>
+GRAPHOPT_TARGET_AVX512 inline __m512 activate512(__m512 x) {
+    if constexpr (A == Activation::kNone) {
+        return x;
+    } else if constexpr (A == Activation::kRelu) {
+        return _mm512_max_ps(_mm512_setzero_ps(), x);  // NaN propagates (second operand)
+    } else if constexpr (A == Activation::kRelu6) {
+        return _mm512_min_ps(_mm512_set1_ps(6.0f), _mm512_max_ps(_mm512_setzero_ps(), x));
+    } else if constexpr (A == Activation::kGelu) {
+        const __m512 e = erfc_nonneg512(_mm512_mul_ps(abs512(x),
+                                                      _mm512_set1_ps(0.70710678118654752f)));
+        const __m512 half_xe = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), e);
+        const __m512 pos = _mm512_sub_ps(x, half_xe);
+        const __mmask16 is_neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+        return _mm512_mask_mov_ps(pos, is_neg, half_xe);
+    } else if constexpr (A == Activation::kGeluTanh) {
+        const __m512 x2 = _mm512_mul_ps(x, x);
+        const __m512 inner = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), x2), x, x);
+        const __m512 two_y = _mm512_mul_ps(inner, _mm512_set1_ps(2.0f * 0.79788456080286536f));
+        return _mm512_mul_ps(x, sigmoid512(two_y));
+    } else if constexpr (A == Activation::kSilu) {
+        const __m512 e = exp512(neg512(x));
+        return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    } else if constexpr (A == Activation::kSigmoid) {
+        return sigmoid512(x);
+    } else if constexpr (A == Activation::kTanh) {
+        return tanh512(x);
+    } else {
+        static_assert(A == Activation::kHardswish);
+        const __m512 r6 = _mm512_min_ps(
+            _mm512_set1_ps(6.0f),
+            _mm512_max_ps(_mm512_setzero_ps(), _mm512_add_ps(x, _mm512_set1_ps(3.0f))));
+        return _mm512_div_ps(_mm512_mul_ps(x, r6), _mm512_set1_ps(6.0f));
+    }
+}
+
+template <Activation A>
+GRAPHOPT_TARGET_AVX512 void epilogue_rows_avx512(float* c, int64_t ldc, int64_t rows,
+                                                 int64_t cols, const float* bias) {
+    const bool has_bias = bias != nullptr;
+    const int64_t tail = cols % 16;
+    const __mmask16 tail_mask = static_cast<__mmask16>((1u << tail) - 1u);
+    for (int64_t r = 0; r < rows; ++r) {
+        float* row = c + r * ldc;
+        int64_t j = 0;
+        for (; j + 16 <= cols; j += 16) {
+            __m512 v = _mm512_loadu_ps(row + j);
+            if (has_bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + j));
+            _mm512_storeu_ps(row + j, activate512<A>(v));
+        }
+        if (tail != 0) {  // masked lanes load 0 (as the AVX2 stack buffer) and are not stored
+            __m512 v = _mm512_maskz_loadu_ps(tail_mask, row + j);
+            if (has_bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(tail_mask, bias + j));
+            _mm512_mask_storeu_ps(row + j, tail_mask, activate512<A>(v));
+        }
+    }
+}
+
+}  // namespace
+
+GRAPHOPT_TARGET_AVX512 void epilogue_avx512(float* c, int64_t ldc, int64_t rows, int64_t cols,
+                                            const float* bias, Activation act) {
+    switch (act) {
+        case Activation::kNone:
+            if (bias != nullptr) epilogue_rows_avx512<Activation::kNone>(c, ldc, rows, cols, bias);
+            return;
+        case Activation::kRelu:
+            return epilogue_rows_avx512<Activation::kRelu>(c, ldc, rows, cols, bias);
+        case Activation::kRelu6:
+            return epilogue_rows_avx512<Activation::kRelu6>(c, ldc, rows, cols, bias);
+        case Activation::kGelu:
+            return epilogue_rows_avx512<Activation::kGelu>(c, ldc, rows, cols, bias);
+        case Activation::kGeluTanh:
+            return epilogue_rows_avx512<Activation::kGeluTanh>(c, ldc, rows, cols, bias);
+        case Activation::kSilu:
+            return epilogue_rows_avx512<Activation::kSilu>(c, ldc, rows, cols, bias);
+        case Activation::kSigmoid:
+            return epilogue_rows_avx512<Activation::kSigmoid>(c, ldc, rows, cols, bias);
+        case Activation::kTanh:
+            return epilogue_rows_avx512<Activation::kTanh>(c, ldc, rows, cols, bias);
+        case Activation::kHardswish:
+            return epilogue_rows_avx512<Activation::kHardswish>(c, ldc, rows, cols, bias);
+        default:  // not an epilogue activation (see activation.h)
+            return;
+    }
+}
+
+}  // namespace graphopt
