@@ -31,6 +31,7 @@ LABELS = {
     "native int8": "graphopt int8 → native",
     "native int8 per-token": "graphopt int8 per-token → native",
     "native int8 budget": "graphopt int8 `error_budget` → native",
+    "native bf16": "graphopt → native bf16 (`precision=\"bf16\"`)",
     "torch.ao int8": "torch.ao dynamic qint8",
 }
 MODEL_TITLES = {"minilm": "MiniLM (real weights), seq 128, batch 1",
@@ -67,6 +68,14 @@ def _settings(rows: dict[str, Any]) -> str:
     return "; ".join(chosen)
 
 
+def _tiles(config: dict[str, Any]) -> str:
+    """The AMX use of the native int8 / bf16 GEMMs, for runs that recorded it."""
+    if "int8_tiles" not in config:
+        return ""
+    return (f" (AMX tiles: int8 {config['int8_tiles']}, bf16 GEMM "
+            f"{config.get('bf16_kernel')})")
+
+
 def render_quant(data: Any) -> str:
     data = _check(data)
     rows, machine, config = data["rows"], data["machine"], data["config"]
@@ -82,7 +91,7 @@ def render_quant(data: Any) -> str:
         f"({'/'.join(machine.get('cpu_flags', []))}), torch {versions.get('torch')}, "
         f"onnxruntime {versions.get('onnxruntime')}; {config['threads']} threads, "
         f"{config['rounds']} interleaved rounds, native int8 kernels "
-        f"{config.get('int8_kernels')}; run {data.get('created')}, load "
+        f"{config.get('int8_kernels')}{_tiles(config)}; run {data.get('created')}, load "
         f"{machine.get('load_avg_1m')}, other processes {machine.get('competing_cpus')} CPUs "
         f"at the start. onnxruntime variants at the faster of spinning / not spinning: "
         f"{_settings(rows) or 'one setting'}.")
