@@ -19,7 +19,7 @@ from graphopt.cli._common import (
     write_output,
 )
 
-_MODES = ("dynamic", "static", "weight-only", "fp16", "bf16")
+_MODES = ("dynamic", "static", "weight-only", "fp16", "bf16", "bf16-compute")
 _OBSERVERS = ("minmax", "percentile", "entropy", "mse")
 
 
@@ -42,6 +42,7 @@ def add_parser(sub, common) -> None:
         "  graphopt quantize 'zoo:bert?layers=2' -o bert.onnx --mode dynamic\n"
         "  graphopt quantize zoo:minilm -o minilm.int8.onnx --mode dynamic --per-token\n"
         "  graphopt quantize zoo:mlp -o mlp.onnx --mode weight-only --bits 4\n"
+        "  graphopt quantize zoo:minilm -o minilm.native --mode bf16-compute --backend native\n"
         "  graphopt quantize zoo:mlp -o mlp.native --backend native --threads 2",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_argument(p)

@@ -135,3 +135,26 @@ def _linear_weight_only(ctx, node):
         )
 
     _epilogue(ctx, node, core, adds)
+
+
+@register_lowering("onnx", "linear_bf16")
+def _linear_bf16(ctx, node):
+    """x rounded to bf16 and back (Cast, Cast), times the bf16 weight widened by a Cast, f32
+    MatMul (+ bias); the epilogue as ``fused_linear``. onnxruntime computes it in f32 from the
+    same bf16 values (no bf16 GEMM on its CPU provider): the reference's numbers, not its
+    speed."""
+    w = node.inputs[1]
+    if w.kind != "const":
+        raise ctx.fail("linear_bf16 needs a constant weight")
+    w_t = ctx.const(np.ascontiguousarray(w.data.T), DType.bfloat16, f"{w.name}_t")
+    residual = [ctx.input(node, 3)] if len(node.inputs) > 3 and node.inputs[3] else []
+    f32, bf16 = TO_ONNX_DTYPE[DType.float32], TO_ONNX_DTYPE[DType.bfloat16]
+
+    def core(out):
+        x = ctx.op("Cast", [ctx.op("Cast", [ctx.input(node, 0)], to=bf16)], to=f32)
+        w32 = ctx.op("Cast", [w_t], to=f32)
+        if len(node.inputs) < 3 or node.inputs[2] is None:
+            return ctx.op("MatMul", [x, w32], out=out)
+        return ctx.op("Add", [ctx.op("MatMul", [x, w32]), ctx.input(node, 2)], out=out)
+
+    _epilogue(ctx, node, core, residual)

@@ -237,3 +237,35 @@ def linear_weight_only(x, w_q, scales, bias=None, residual=None, bits=4, block_s
     w = codes * scales.repeat_interleave(block_size, dim=1)[:, :k]
     return _epilogue(torch.nn.functional.linear(x, w, bias), residual, activation,
                      activation_params)
+
+
+# ----------------------------------------------------------------------------- linear_bf16
+def _bf16_infer(types, attrs):
+    x, w, bias, residual = _pad(types, 4)
+    if w.dtype is not DType.bfloat16 or w.rank != 2:
+        raise TypeInferenceError(f"linear_bf16 weight must be bf16 [out, in], got {w}")
+    if x.dtype is not DType.float32 or x.shape[-1] != w.shape[1]:
+        raise TypeInferenceError(f"linear_bf16 input {x} must be f32 [..., {w.shape[1]}]")
+    if bias is not None and (bias.dtype is not DType.float32 or bias.rank != 1
+                             or bias.shape[0] != w.shape[0]):
+        raise TypeInferenceError(f"linear_bf16 bias must be f32 [{w.shape[0]}], got {bias}")
+    out = x.with_shape(x.shape[:-1] + (w.shape[0],))
+    return _check_epilogue(out, residual, attrs)
+
+
+@register_op(
+    "linear_bf16",
+    inputs=("x", "weight", "bias?", "residual?"),
+    attrs=EPILOGUE_ATTRS,
+    traits=frozenset({PURE, EPILOGUE}),
+    weights=WeightSpec(slot=1, layout=OUT_IN, bias=2, residual=3),
+    infer=_bf16_infer,
+)
+def linear_bf16(x, weight, bias=None, residual=None, activation="none", activation_params=()):
+    """bf16 compute linear (``graphopt.quantize(graph, "bf16-compute")``): x rounded to bf16
+    (nearest even), times the bf16 weight ``[out, in]``, products summed in f32; bias, residual
+    and activation in f32 as ``fused_linear``. bf16 x bf16 products are exact in f32, so this
+    is what AMX's TDPBF16PS computes up to the order of the f32 additions."""
+    x16 = x.to(torch.bfloat16).to(torch.float32)
+    y = torch.nn.functional.linear(x16, weight.to(torch.float32), bias)
+    return _epilogue(y, residual, activation, activation_params)

@@ -51,6 +51,9 @@ def quantize(
             graphopt/quant/static.py). ``"weight-only"``: block-wise ``bits``-bit weights,
             float activations (``linear_weight_only``). ``"fp16"`` / ``"bf16"``: constant
             float weights stored in half precision, cast to f32 where used.
+            ``"bf16-compute"``: linears compute in bf16 with f32 sums (``linear_bf16``: bf16
+            weights, input rounded in the op; AMX tiles on the native runtime,
+            graphopt/quant/bf16_compute.py).
         calibration: an iterable of argument tuples (a bare tensor is one argument). Static
             mode calibrates on all of it; with ``error_budget`` it is also where the error is
             measured (so it is materialized as a list).
@@ -152,6 +155,10 @@ def _plan(graph: Graph, cfg: QuantizeConfig, calibration: list[tuple] | None) ->
         from graphopt.quant.weight_only import weight_only_plan
 
         return weight_only_plan(graph, cfg.exclude, cfg.bits, cfg.block_size)
+    if cfg.mode == "bf16-compute":
+        from graphopt.quant.bf16_compute import bf16_compute_plan
+
+        return bf16_compute_plan(graph, cfg.exclude)
     from graphopt.quant.half import half_plan
 
     return half_plan(graph, cfg.mode, cfg.exclude)

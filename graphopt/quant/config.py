@@ -9,7 +9,7 @@ from graphopt.compile import Target
 from graphopt.config import Config, string_tuple
 from graphopt.errors import QuantizationError
 
-MODES = ("dynamic", "static", "weight-only", "fp16", "bf16")
+MODES = ("dynamic", "static", "weight-only", "fp16", "bf16", "bf16-compute")
 SENSITIVITIES = ("local", "end-to-end")
 
 

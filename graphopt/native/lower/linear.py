@@ -5,11 +5,16 @@ that is a plan constant is packed once when the plan is built; activations are r
 place through their strides (a transposed or sliced view needs no copy). A residual that dies
 at this node becomes the output buffer and the product accumulates onto it. With
 ``precision="bf16"`` a product whose B is a constant shared by the batch (a weight) computes in
-bf16 with fp32 sums (csrc/rt_bf16.h); products of two activations stay fp32.
+bf16 with fp32 sums (csrc/rt_bf16.h); products of two activations stay fp32. ``linear_bf16``
+(``graphopt.quantize(graph, "bf16-compute")``) always takes that kernel.
 """
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+
+from graphopt.ir.dtypes import DType, numpy_to_torch
 from graphopt.native.lower._common import activation, require_float32
 from graphopt.native.lower.sparse import try_sparse_linear
 from graphopt.native.refs import SPACE_CONST
@@ -17,14 +22,16 @@ from graphopt.ops.registry import register_lowering
 
 
 def _emit_gemm(ctx, a, a_rows_cols, b, b_strides, n, batch, a_batch, b_batch, bias, residual,
-               act, alpha=1.0):
+               act, alpha=1.0, bf16=None):
     m, k, a_rs, a_cs = a_rows_cols
     slots = (3,) if residual is not None and alpha == 1.0 else ()
     out = ctx.output(0, inplace=slots)
     in_place = residual is not None and out.buffer is residual.buffer and \
         out.offset == residual.offset
     code, p0, p1 = act
-    bf16 = ctx.builder.precision == "bf16" and b.buffer.space == SPACE_CONST and not any(b_batch)
+    if bf16 is None:
+        bf16 = ctx.builder.precision == "bf16" and b.buffer.space == SPACE_CONST and \
+            not any(b_batch)
     ctx.emit("gemm", [out, a, b, bias, residual],
              [len(batch), *batch, *a_batch, *b_batch, m, n, k, a_rs, a_cs, *b_strides, code,
               int(in_place), int(bf16)],
@@ -49,6 +56,29 @@ def _linear(ctx, fused: bool) -> None:
     act = activation(ctx, attrs.get("activation", "none"), attrs.get("activation_params", ()))
     _emit_gemm(ctx, x, (rows, k, a_rs, a_cs), w, (w.strides[1], w.strides[0]), n, [], [], [],
                bias, residual, act)
+
+
+@register_lowering("native", "linear_bf16")
+def lower_linear_bf16(ctx) -> None:
+    """The bf16 GEMM whatever the compile precision: the op itself says bf16 (its weight is
+    widened to f32 at plan time, exactly; the kernel rounds x and repacks the weight)."""
+    require_float32(ctx, 0, 2, 3)
+    bits = ctx.const(1)
+    if bits is None or ctx.in_dtype(1) is not DType.bfloat16:
+        ctx.unsupported("the bf16 weight is not a bf16 constant")
+    wide = numpy_to_torch(bits, DType.bfloat16).to(torch.float32).numpy()
+    w = ctx.builder.const_ref(np.ascontiguousarray(wide), DType.float32)
+    x = ctx.ref(0)
+    mat = x.matrix()
+    if mat is None:
+        x = ctx.contiguous(0)
+        mat = x.matrix()
+    rows, k, a_rs, a_cs = mat
+    residual = ctx.contiguous(3) if ctx.has(3) else None
+    attrs = ctx.attrs
+    act = activation(ctx, attrs.get("activation", "none"), attrs.get("activation_params", ()))
+    _emit_gemm(ctx, x, (rows, k, a_rs, a_cs), w, (w.strides[1], w.strides[0]), w.shape[0], [],
+               [], [], ctx.contiguous(2), residual, act, bf16=True)
 
 
 @register_lowering("native", "linear")
