@@ -49,5 +49,23 @@ inline void amx_prefetch_step(const AmxPrefetch& p, int64_t step, int64_t steps)
 void amx_int8_zero_point(int32_t* tile, int64_t rows, const int32_t* colsum, int64_t cols,
                          const int32_t* row_zp, int32_t zp);
 
+// Attention products in bf16 on AMX tiles (rt_attention_amx.cpp), fp32 sums. Rows are padded
+// to 16 with zeros in the scratch copies; `scores` / `acc` have room for round_up(rows, 16)
+// rows (ld_s, ld_acc multiples of 16).
+//   scores[i, j] = scale * sum_e bf16(q[i, e]) bf16(k[j, e])          i < rows, j < cols
+//   acc[i, c]   += sum_j bf16(p[i, j]) bf16(v[j, c])                 c < ev
+// q / k / v rows at q_rs / k_rs / v_rs floats apart, contiguous along e / c; p = scores.
+struct AttnAmxScratch {
+    uint16_t* a = nullptr;  // rows_p x kp bf16 (the A operand)
+    uint16_t* b = nullptr;  // packed B tiles
+};
+int64_t attn_amx_scratch_elems(int64_t rows, int64_t cols, int64_t e, int64_t ev);
+void attn_amx_scores(const float* q, int64_t q_rs, int64_t rows, int64_t e, const float* k,
+                     int64_t k_rs, int64_t cols, float scale, float* scores, int64_t ld_s,
+                     const AttnAmxScratch& scratch);
+void attn_amx_pv(const float* p, int64_t ld_p, int64_t rows, int64_t cols, const float* v,
+                 int64_t v_rs, int64_t ev, float* acc, int64_t ld_acc,
+                 const AttnAmxScratch& scratch);
+
 }  // namespace rt
 }  // namespace graphopt

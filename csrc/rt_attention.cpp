@@ -4,7 +4,7 @@
 //   ints: B, H, L, S, E, Ev, kv_group,
 //         q strides (b, h, l), k strides (b, h, s), v strides (b, h, s), out strides (b, h, l),
 //         mask kind (0 none, 1 bool: keep where true, 2 float: added),
-//         mask strides (b, h, l, s), is_causal
+//         mask strides (b, h, l, s), is_causal, bf16
 //   floats: scale
 //   Shapes: q [B, H, L, E], k [B, H/kv_group, S, E], v [B, H/kv_group, S, Ev], out [B, H, L, Ev],
 //   each given by its strides (innermost stride 1): permuted or split views are read in place,
@@ -15,13 +15,17 @@
 //   m' = max(m, rowmax), l = l * e^(m - m') + rowsum(e^(s - m')), O = O * e^(m - m') + P V.
 // The full L x S score matrix never exists; memory per thread is O(block * (S_block + Ev)).
 // Causal key blocks entirely above the diagonal are skipped. Rows with every key masked give 0
-// (torch's behaviour).
+// (torch's behaviour). bf16 = 1 (precision="bf16") runs both products on AMX bf16 tiles where
+// the CPU has them (rt_attention_amx.cpp: Q, K, P, V rounded to bf16, f32 sums; the softmax
+// stays f32); elsewhere the f32 products run.
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <memory>
 #include <vector>
 
+#include "cpu.h"
+#include "rt_amx.h"
 #include "rt_dtype.h"
 #include "rt_gemm.h"
 #include "rt_parallel.h"
@@ -36,7 +40,7 @@ constexpr int64_t kQueryBlock = 64;
 constexpr int64_t kKeyBlock = 512;
 
 struct AttnScratch {
-    AlignedFloats scores, acc, stats;
+    AlignedFloats scores, acc, stats, amx;
 };
 
 AttnScratch& attn_scratch() {
@@ -58,6 +62,7 @@ class AttentionKernel : public Kernel {
         mask_kind_ = r.in(0, 2, "mask kind");
         for (int i = 0; i < 4; ++i) m_st_[i] = r.signed_param("mask stride");
         causal_ = r.next() != 0;
+        amx_ = r.next() != 0 && cpu_features().use_amx;
         scale_ = static_cast<float>(r.real(0));
         lb_ = std::min(l_, kQueryBlock);
         sb_ = std::min(s_, kKeyBlock);
@@ -112,12 +117,23 @@ class AttentionKernel : public Kernel {
         const float* vp = v + b * v_st_[0] + kh * v_st_[1];
         AttnScratch& scr = attn_scratch();
         const int64_t ld_s = round_up(sb_, kNR);
-        float* scores = scr.scores.reserve(rows * ld_s);
-        float* acc = scr.acc.reserve(rows * ev_);
+        // AMX tiles write whole 16-row tiles: room for the padded rows and columns.
+        const int64_t rows_p = amx_ ? round_up(rows, 16) : rows;
+        const int64_t ld_acc = amx_ ? round_up(ev_, 16) : ev_;
+        float* scores = scr.scores.reserve(rows_p * ld_s);
+        float* acc = scr.acc.reserve(rows_p * ld_acc);
         float* stats = scr.stats.reserve(2 * rows);
         float* row_max = stats;
         float* row_sum = stats + rows;
-        std::fill(acc, acc + rows * ev_, 0.0f);
+        std::fill(acc, acc + rows_p * ld_acc, 0.0f);
+        AttnAmxScratch tiles;
+        if (amx_) {
+            const int64_t a_elems = round_up(rows_p * std::max(round_up(e_, 32),
+                                                               round_up(sb_, 32)), 32);
+            auto* base = reinterpret_cast<uint16_t*>(
+                scr.amx.reserve(attn_amx_scratch_elems(rows, sb_, e_, ev_) / 2 + 32));
+            tiles = AttnAmxScratch{base, base + a_elems};
+        }
         std::fill(row_max, row_max + rows, -std::numeric_limits<float>::infinity());
         std::fill(row_sum, row_sum + rows, 0.0f);
         const float neg_inf = -std::numeric_limits<float>::infinity();
@@ -126,11 +142,16 @@ class AttentionKernel : public Kernel {
             if (causal_ && s0 > l0 + rows - 1) break;  // every key of this block is in the future
             const int64_t cols = std::min(sb_, s_ - s0);
             // scores[rows, cols] = scale * Q K^T: B(e, s) = K[s, e].
-            EpilogueSpec ep;
-            ep.alpha = scale_;
-            gemm_block(kern, StridedA{MatrixRef{qp, rows, e_, q_st_[2], 1}},
-                       StridedB{MatrixRef{kp + s0 * k_st_[2], e_, cols, 1, k_st_[2]}}, e_, scores,
-                       ld_s, GemmBlock{0, rows, 0, cols}, ep);
+            if (amx_) {
+                attn_amx_scores(qp, q_st_[2], rows, e_, kp + s0 * k_st_[2], k_st_[2], cols,
+                                scale_, scores, ld_s, tiles);
+            } else {
+                EpilogueSpec ep;
+                ep.alpha = scale_;
+                gemm_block(kern, StridedA{MatrixRef{qp, rows, e_, q_st_[2], 1}},
+                           StridedB{MatrixRef{kp + s0 * k_st_[2], e_, cols, 1, k_st_[2]}}, e_,
+                           scores, ld_s, GemmBlock{0, rows, 0, cols}, ep);
+            }
             for (int64_t i = 0; i < rows; ++i) {
                 float* srow = scores + i * ld_s;
                 const int64_t l = l0 + i;
@@ -149,19 +170,24 @@ class AttentionKernel : public Kernel {
                 const float sum = vec.exp_scaled_sum(srow, srow, cols, 1.0f, m_new);
                 row_sum[i] = row_sum[i] * correction + sum;
                 row_max[i] = m_new;
-                if (correction != 1.0f) vec.scale(acc + i * ev_, ev_, correction);
+                if (correction != 1.0f) vec.scale(acc + i * ld_acc, ev_, correction);
             }
             // acc[rows, Ev] += P V_block
-            EpilogueSpec acc_ep;
-            acc_ep.residual_in_c = true;
-            gemm_block(kern, StridedA{MatrixRef{scores, rows, cols, ld_s, 1}},
-                       StridedB{MatrixRef{vp + s0 * v_st_[2], cols, ev_, v_st_[2], 1}}, cols, acc,
-                       ev_, GemmBlock{0, rows, 0, ev_}, acc_ep);
+            if (amx_) {
+                attn_amx_pv(scores, ld_s, rows, cols, vp + s0 * v_st_[2], v_st_[2], ev_, acc,
+                            ld_acc, tiles);
+            } else {
+                EpilogueSpec acc_ep;
+                acc_ep.residual_in_c = true;
+                gemm_block(kern, StridedA{MatrixRef{scores, rows, cols, ld_s, 1}},
+                           StridedB{MatrixRef{vp + s0 * v_st_[2], cols, ev_, v_st_[2], 1}}, cols,
+                           acc, ev_, GemmBlock{0, rows, 0, ev_}, acc_ep);
+            }
         }
         for (int64_t i = 0; i < rows; ++i) {
             float* orow = out + b * o_st_[0] + h * o_st_[1] + (l0 + i) * o_st_[2];
             const float inv = row_sum[i] > 0.0f ? 1.0f / row_sum[i] : 0.0f;
-            const float* arow = acc + i * ev_;
+            const float* arow = acc + i * ld_acc;
             for (int64_t j = 0; j < ev_; ++j) orow[j] = arow[j] * inv;
         }
     }
@@ -184,7 +210,7 @@ class AttentionKernel : public Kernel {
     int64_t b_, h_, l_, s_, e_, ev_, group_, lb_, sb_;
     int64_t q_st_[3], k_st_[3], v_st_[3], o_st_[3], m_st_[4];
     int64_t mask_kind_;
-    bool causal_;
+    bool causal_, amx_ = false;
     float scale_;
 };
 
@@ -192,7 +218,7 @@ GRAPHOPT_RT_KERNEL("attention", AttentionKernel,
                    "out, q, k, v, mask?",
                    "B:dim, H:dim, L:dim, S:dim, E:dim, Ev:dim, kv_group:dim, q_strides[3]:signed, "
                    "k_strides[3]:signed, v_strides[3]:signed, out_strides[3]:signed, "
-                   "mask_kind:mode, mask_strides[4]:signed, causal:flag",
+                   "mask_kind:mode, mask_strides[4]:signed, causal:flag, bf16:flag",
                    "scale");
 
 }  // namespace

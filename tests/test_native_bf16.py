@@ -193,3 +193,32 @@ def test_other_paths(env):
          "-k", "not other_paths"],
         env=environ, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("case", ["plain", "bool_mask", "float_mask", "causal", "gqa"])
+def test_attention_bf16(case):
+    """precision="bf16" also runs attention's two products in bf16 (AMX tiles; the softmax
+    stays f32); where AMX is absent attention stays f32. Odd sizes: rows, keys and head dims
+    past the 16 / 32 tile edges."""
+    b, h, l_, s_, e, ev = 2, 4, 70, 90, 40, 24
+    q, k, v = randn(b, h, l_, e), randn(b, h if case != "gqa" else 2, s_, e, seed=1), \
+        randn(b, h if case != "gqa" else 2, s_, ev, seed=2)
+    mask = None
+    if case == "bool_mask":
+        mask = torch.rand(b, 1, l_, s_, generator=torch.Generator().manual_seed(3)) > 0.3
+    elif case == "float_mask":
+        mask = randn(b, 1, l_, s_, seed=4)
+    attrs = {"scale": None, "is_causal": case == "causal", "enable_gqa": case == "gqa"}
+    g, feeds = op_graph("attention", [q, k, v, mask], attrs)
+    want = graphopt.run(g, *feeds)
+    fn = _compile(g)
+    assert [s.ints[-1] for s in fn.plan.steps if s.kernel == "attention"] == [1]
+    got = fn(*feeds)
+    scale = float(want.abs().max())
+    if _C.cpu_features()["use_amx"]:
+        torch.testing.assert_close(got, want, rtol=0, atol=3e-2 * scale)
+        assert float((got - want).abs().max()) > 1e-6 * scale  # computed in bf16
+        cos = torch.nn.functional.cosine_similarity(got.flatten(0, -2), want.flatten(0, -2), -1)
+        assert float(cos.min()) > 0.999
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * scale)

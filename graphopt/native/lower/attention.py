@@ -83,7 +83,8 @@ def lower_attention(ctx) -> None:
     ctx.emit("attention", [out, q, k, v, mask],
              [B, H, L, S, E, Ev, group,
               qb, qh, q.strides[-2], kb, kh, k.strides[-2], vb, vh, v.strides[-2],
-              ob, oh, out.strides[-2], mask_kind, *m_strides, int(ctx.attrs["is_causal"])],
+              ob, oh, out.strides[-2], mask_kind, *m_strides, int(ctx.attrs["is_causal"]),
+              int(ctx.builder.precision == "bf16")],
              [scale])
 
 

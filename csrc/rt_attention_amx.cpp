@@ -1,0 +1,173 @@
+// Attention's two products on AMX bf16 tiles (rt_amx.h): scale * Q K^T and acc += P V.
+//
+// Per (query block, key block) of the streaming-softmax attention kernel (rt_attention.cpp):
+// the A operand (Q rows, or the probabilities P) is rounded to bf16 into zero-padded rows; the
+// B operand (K, or V) is rounded and packed into the VNNI pair tiles TDPBF16PS reads. K is
+// used transposed: a tile row p holds, for 16 keys, the pair (e = 2p, 2p + 1) of each key, i.e.
+// the transpose of 32-bit pairs, done through a 16 x 16 staging block. V pairs two consecutive
+// keys of the same column: the two rows' bf16 widened to 32-bit lanes and merged. Products are
+// exact in f32 and summed in f32; the softmax between the products stays f32.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "cpu.h"
+#include "rt_amx.h"
+#include "rt_bf16.h"
+
+// GCC 12's avx512fintrin.h seeds some intrinsics with _mm512_undefined_*(), which
+// -Wmaybe-uninitialized reports at every use (GCC bug 105593): a false positive.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace graphopt {
+namespace rt {
+namespace {
+
+inline int64_t up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+// rows x k floats (row stride rs, contiguous) -> bf16 [up(rows, 16)][kp], zero padded.
+GRAPHOPT_TARGET_AMX void pack_rows(const float* x, int64_t rs, int64_t rows, int64_t k,
+                                   int64_t kp, uint16_t* dst) {
+    for (int64_t r = 0; r < up(rows, 16); ++r) {
+        uint16_t* d = dst + r * kp;
+        if (r >= rows) {
+            std::memset(d, 0, static_cast<size_t>(kp) * 2);
+            continue;
+        }
+        const float* s = x + r * rs;
+        int64_t j = 0;
+        for (; j + 16 <= k; j += 16) {
+            const __m256bh v = _mm512_cvtneps_pbh(_mm512_loadu_ps(s + j));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + j), (__m256i)v);
+        }
+        for (; j < k; ++j) d[j] = bf16_bits(s[j]);
+        std::memset(d + k, 0, static_cast<size_t>(kp - k) * 2);
+    }
+}
+
+// 16 floats from src (n valid, the rest 0) as 16 bf16.
+GRAPHOPT_TARGET_AMX inline __m256i bf16_16(const float* src, int64_t n) {
+    const __mmask16 mask = n >= 16 ? static_cast<__mmask16>(0xffff)
+                                   : static_cast<__mmask16>((1u << n) - 1u);
+    return (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, src));
+}
+
+// K block [cols keys, e] (key rows k_rs apart) as B tiles of K^T: tile (key tile q, e step s)
+// row p = the bf16 pairs (e = 32 s + 2p, + 1) of keys 16 q .. 16 q + 15.
+GRAPHOPT_TARGET_AMX void pack_k(const float* k, int64_t k_rs, int64_t cols, int64_t e,
+                                uint16_t* dst) {
+    const int64_t steps = up(e, 32) / 32;
+    alignas(64) uint32_t stage[16 * 16];  // [key c][pair p]
+    for (int64_t q = 0; q * 16 < cols; ++q) {
+        for (int64_t s = 0; s < steps; ++s) {
+            for (int64_t c = 0; c < 16; ++c) {
+                const int64_t key = q * 16 + c, e0 = s * 32;
+                __m512i pairs = _mm512_setzero_si512();
+                if (key < cols) {
+                    const float* row = k + key * k_rs + e0;
+                    const int64_t n = std::min<int64_t>(32, e - e0);
+                    const __m256i lo = bf16_16(row, std::min<int64_t>(16, n));
+                    const __m256i hi = n > 16 ? bf16_16(row + 16, n - 16) : _mm256_setzero_si256();
+                    pairs = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                }
+                _mm512_store_si512(reinterpret_cast<__m512i*>(stage + c * 16), pairs);
+            }
+            auto* tile = reinterpret_cast<uint32_t*>(dst + (q * steps + s) * kBf16TileElems);
+            for (int64_t p = 0; p < 16; ++p) {
+                for (int64_t c = 0; c < 16; ++c) tile[p * 16 + c] = stage[c * 16 + p];
+            }
+        }
+    }
+}
+
+// V block [cols keys, ev] (rows v_rs apart) as B tiles: tile (column tile q, key step s) row p
+// = (V[32 s + 2p, c], V[32 s + 2p + 1, c]) for the 16 columns c of tile q.
+GRAPHOPT_TARGET_AMX void pack_v(const float* v, int64_t v_rs, int64_t cols, int64_t ev,
+                                uint16_t* dst) {
+    const int64_t steps = up(cols, 32) / 32;
+    for (int64_t q = 0; q * 16 < ev; ++q) {
+        const int64_t n = std::min<int64_t>(16, ev - q * 16);
+        for (int64_t s = 0; s < steps; ++s) {
+            auto* tile = reinterpret_cast<__m512i*>(dst + (q * steps + s) * kBf16TileElems);
+            for (int64_t p = 0; p < 16; ++p) {
+                const int64_t j0 = s * 32 + 2 * p;
+                const __m256i r0 = j0 < cols ? bf16_16(v + j0 * v_rs + q * 16, n)
+                                             : _mm256_setzero_si256();
+                const __m256i r1 = j0 + 1 < cols ? bf16_16(v + (j0 + 1) * v_rs + q * 16, n)
+                                                 : _mm256_setzero_si256();
+                const __m512i pair = _mm512_or_si512(
+                    _mm512_cvtepu16_epi32(r0), _mm512_slli_epi32(_mm512_cvtepu16_epi32(r1), 16));
+                _mm512_store_si512(tile + p, pair);
+            }
+        }
+    }
+}
+
+// C tile (it, jt) over `steps` K steps: C = (accumulate ? C : 0) + A(it) . B(jt).
+GRAPHOPT_TARGET_AMX void tile_product(const uint16_t* a, int64_t a_stride_bytes,
+                                      const uint16_t* b, int64_t steps, float* c,
+                                      int64_t c_stride_bytes, bool accumulate) {
+    if (accumulate) {
+        _tile_loadd(0, c, c_stride_bytes);
+    } else {
+        _tile_zero(0);
+    }
+    for (int64_t s = 0; s < steps; ++s) {
+        _tile_loadd(4, a + s * kBf16TileK, a_stride_bytes);
+        _tile_loadd(6, b + s * kBf16TileElems, 64);
+        _tile_dpbf16ps(0, 4, 6);
+    }
+    _tile_stored(0, c, c_stride_bytes);
+}
+
+}  // namespace
+
+int64_t attn_amx_scratch_elems(int64_t rows, int64_t cols, int64_t e, int64_t ev) {
+    const int64_t a = up(rows, 16) * std::max(up(e, 32), up(cols, 32));
+    const int64_t b = std::max(up(e, 32) * up(cols, 16), up(cols, 32) * up(ev, 16));
+    return a + b + 32;  // the B tiles start 64-byte aligned after A (see attn_amx_split)
+}
+
+GRAPHOPT_TARGET_AMX void attn_amx_scores(const float* q, int64_t q_rs, int64_t rows, int64_t e,
+                                         const float* k, int64_t k_rs, int64_t cols, float scale,
+                                         float* scores, int64_t ld_s,
+                                         const AttnAmxScratch& scratch) {
+    const int64_t ep = up(e, 32), steps = ep / 32;
+    pack_rows(q, q_rs, rows, e, ep, scratch.a);
+    pack_k(k, k_rs, cols, e, scratch.b);
+    amx_begin();
+    for (int64_t it = 0; it * 16 < rows; ++it) {
+        for (int64_t jt = 0; jt * 16 < cols; ++jt) {
+            tile_product(scratch.a + it * 16 * ep, ep * 2, scratch.b + jt * steps * kBf16TileElems,
+                         steps, scores + it * 16 * ld_s + jt * 16, ld_s * 4, false);
+        }
+    }
+    amx_end();
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int64_t i = 0; i < rows; ++i) {
+        float* row = scores + i * ld_s;
+        for (int64_t j = 0; j < up(cols, 16); j += 16) {
+            _mm512_store_ps(row + j, _mm512_mul_ps(_mm512_load_ps(row + j), sc));
+        }
+    }
+}
+
+GRAPHOPT_TARGET_AMX void attn_amx_pv(const float* p, int64_t ld_p, int64_t rows, int64_t cols,
+                                     const float* v, int64_t v_rs, int64_t ev, float* acc,
+                                     int64_t ld_acc, const AttnAmxScratch& scratch) {
+    const int64_t kp = up(cols, 32), steps = kp / 32;
+    pack_rows(p, ld_p, rows, cols, kp, scratch.a);
+    pack_v(v, v_rs, cols, ev, scratch.b);
+    amx_begin();
+    for (int64_t it = 0; it * 16 < rows; ++it) {
+        for (int64_t qt = 0; qt * 16 < ev; ++qt) {
+            tile_product(scratch.a + it * 16 * kp, kp * 2, scratch.b + qt * steps * kBf16TileElems,
+                         steps, acc + it * 16 * ld_acc + qt * 16, ld_acc * 4, true);
+        }
+    }
+    amx_end();
+}
+
+}  // namespace rt
+}  // namespace graphopt
