@@ -17,7 +17,9 @@ interleaved rounds in one process (medians, ms, ``--threads`` intra-op threads):
 * ``native fp32`` / ``native int8`` / ``native int8 per-token`` / ``native int8 budget``:
   graphopt's native runtime on the fp32 graph and on the three int8 graphs (the int8 GEMM,
   see docs/native.md); every node runs natively. ``native bf16``: the fp32 graph compiled with
-  ``precision="bf16"`` (weight GEMMs in bf16 with fp32 sums, on AMX tiles where present).
+  ``precision="bf16"`` (weight GEMMs and attention in bf16 with fp32 sums, on AMX tiles where
+  present); ``native int8 + bf16 attention``: the int8 graph compiled the same way (its int8
+  linears unchanged, attention's products in bf16).
 
 Inputs: MiniLM a real sentence padded to 128 tokens; BERT-base random ids with an attention
 mask (right padding, ``zoo.get("bert", masked=True)``). Accuracy: per-token cosine of the
@@ -132,6 +134,8 @@ def _transformer_variants(model, graph, calib, opts, tmp: str):
         calls[name] = graphopt.compile(g, backend="native", threads=opts.threads)
     calls["native bf16"] = graphopt.compile(graph, backend="native", threads=opts.threads,
                                             precision="bf16")
+    calls["native int8 + bf16 attention"] = graphopt.compile(
+        q_all, backend="native", threads=opts.threads, precision="bf16")
     try:
         tq = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         calls["torch.ao int8"] = lambda *a: tq(*a)

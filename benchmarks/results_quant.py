@@ -32,6 +32,7 @@ LABELS = {
     "native int8 per-token": "graphopt int8 per-token → native",
     "native int8 budget": "graphopt int8 `error_budget` → native",
     "native bf16": "graphopt → native bf16 (`precision=\"bf16\"`)",
+    "native int8 + bf16 attention": "graphopt int8 → native, bf16 attention",
     "torch.ao int8": "torch.ao dynamic qint8",
 }
 MODEL_TITLES = {"minilm": "MiniLM (real weights), seq 128, batch 1",
