@@ -30,6 +30,7 @@ import statistics
 import numpy as np
 import torch
 from bench_gemm import quiet_sample
+from bench_qgemm import operands
 
 from graphopt import _C
 from graphopt.bench.machine import machine_info
@@ -45,12 +46,7 @@ NAMES = ["native fp32", "native bf16", "native int8", "native int8 dyn", "torch 
 
 
 def variants(m: int, k: int, n: int, threads: int) -> dict[str, callable]:
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((m, k), dtype=np.float32)
-    xq = rng.integers(0, 256, (m, k), dtype=np.uint8)
-    w = rng.standard_normal((n, k), dtype=np.float32) * 0.05
-    w_scale = (np.abs(w).max(1) / 127).astype(np.float32)
-    w_q = np.clip(np.rint(w / w_scale[:, None]), -127, 127).astype(np.int8)
+    x, xq, w, w_scale, w_q = operands(m, k, n)
     out = np.zeros((m, n), np.float32)
     dims = [m, n, k, k, 1]
 

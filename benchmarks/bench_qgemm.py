@@ -39,13 +39,21 @@ SHAPES = [("attn-out", 768, 768), ("ffn-up", 768, 3072), ("ffn-down", 3072, 768)
 NONE = ACTIVATION_CODES["none"]
 
 
-def variants(m: int, k: int, n: int, threads: int) -> dict[str, callable]:
+def operands(m: int, k: int, n: int):
+    """Seeded (x f32 [M, K], x_q u8 [M, K], w f32 [N, K], w_scale f32 [N], w_q i8 [N, K]) with
+    w ~= w_q * w_scale (symmetric per output channel)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((m, k), dtype=np.float32)
     xq = rng.integers(0, 256, (m, k), dtype=np.uint8)
     w = rng.standard_normal((n, k), dtype=np.float32) * 0.05
     w_scale = (np.abs(w).max(1) / 127).astype(np.float32)
     w_q = np.clip(np.rint(w / w_scale[:, None]), -127, 127).astype(np.int8)
+    return x, xq, w, w_scale, w_q
+
+
+def variants(m: int, k: int, n: int, threads: int) -> dict[str, callable]:
+    x, xq, w, w_scale, w_q = operands(m, k, n)
+    rng = np.random.default_rng(1)
     bias = rng.standard_normal(n, dtype=np.float32)
     out = np.zeros((m, n), np.float32)
     common = [m, n, k, k, 1]

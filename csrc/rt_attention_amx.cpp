@@ -104,21 +104,31 @@ GRAPHOPT_TARGET_AMX void pack_v(const float* v, int64_t v_rs, int64_t cols, int6
     }
 }
 
-// C tile (it, jt) over `steps` K steps: C = (accumulate ? C : 0) + A(it) . B(jt).
-GRAPHOPT_TARGET_AMX void tile_product(const uint16_t* a, int64_t a_stride_bytes,
-                                      const uint16_t* b, int64_t steps, float* c,
-                                      int64_t c_stride_bytes, bool accumulate) {
-    if (accumulate) {
-        _tile_loadd(0, c, c_stride_bytes);
-    } else {
-        _tile_zero(0);
+// C[rows, cols] (row stride ldc floats) = (accumulate ? C : 0) + A B over `steps` K steps: A
+// packed rows of kp bf16 (16-row tiles), B the packed tiles of 16-column tile q at q * steps.
+GRAPHOPT_TARGET_AMX void tile_products(const uint16_t* a, int64_t kp, int64_t rows,
+                                       const uint16_t* b, int64_t steps, int64_t cols, float* c,
+                                       int64_t ldc, bool accumulate) {
+    amx_begin();
+    for (int64_t it = 0; it * 16 < rows; ++it) {
+        for (int64_t jt = 0; jt * 16 < cols; ++jt) {
+            float* ct = c + it * 16 * ldc + jt * 16;
+            if (accumulate) {
+                _tile_loadd(0, ct, ldc * 4);
+            } else {
+                _tile_zero(0);
+            }
+            const uint16_t* at = a + it * 16 * kp;
+            const uint16_t* bt = b + jt * steps * kBf16TileElems;
+            for (int64_t s = 0; s < steps; ++s) {
+                _tile_loadd(4, at + s * kBf16TileK, kp * 2);
+                _tile_loadd(6, bt + s * kBf16TileElems, 64);
+                _tile_dpbf16ps(0, 4, 6);
+            }
+            _tile_stored(0, ct, ldc * 4);
+        }
     }
-    for (int64_t s = 0; s < steps; ++s) {
-        _tile_loadd(4, a + s * kBf16TileK, a_stride_bytes);
-        _tile_loadd(6, b + s * kBf16TileElems, 64);
-        _tile_dpbf16ps(0, 4, 6);
-    }
-    _tile_stored(0, c, c_stride_bytes);
+    amx_end();
 }
 
 }  // namespace
@@ -126,7 +136,7 @@ GRAPHOPT_TARGET_AMX void tile_product(const uint16_t* a, int64_t a_stride_bytes,
 int64_t attn_amx_scratch_elems(int64_t rows, int64_t cols, int64_t e, int64_t ev) {
     const int64_t a = up(rows, 16) * std::max(up(e, 32), up(cols, 32));
     const int64_t b = std::max(up(e, 32) * up(cols, 16), up(cols, 32) * up(ev, 16));
-    return a + b + 32;  // the B tiles start 64-byte aligned after A (see attn_amx_split)
+    return a + b + 32;  // the caller starts the B tiles 64-byte aligned after A
 }
 
 GRAPHOPT_TARGET_AMX void attn_amx_scores(const float* q, int64_t q_rs, int64_t rows, int64_t e,
@@ -136,14 +146,7 @@ GRAPHOPT_TARGET_AMX void attn_amx_scores(const float* q, int64_t q_rs, int64_t r
     const int64_t ep = up(e, 32), steps = ep / 32;
     pack_rows(q, q_rs, rows, e, ep, scratch.a);
     pack_k(k, k_rs, cols, e, scratch.b);
-    amx_begin();
-    for (int64_t it = 0; it * 16 < rows; ++it) {
-        for (int64_t jt = 0; jt * 16 < cols; ++jt) {
-            tile_product(scratch.a + it * 16 * ep, ep * 2, scratch.b + jt * steps * kBf16TileElems,
-                         steps, scores + it * 16 * ld_s + jt * 16, ld_s * 4, false);
-        }
-    }
-    amx_end();
+    tile_products(scratch.a, ep, rows, scratch.b, steps, cols, scores, ld_s, false);
     const __m512 sc = _mm512_set1_ps(scale);
     for (int64_t i = 0; i < rows; ++i) {
         float* row = scores + i * ld_s;
@@ -159,14 +162,7 @@ GRAPHOPT_TARGET_AMX void attn_amx_pv(const float* p, int64_t ld_p, int64_t rows,
     const int64_t kp = up(cols, 32), steps = kp / 32;
     pack_rows(p, ld_p, rows, cols, kp, scratch.a);
     pack_v(v, v_rs, cols, ev, scratch.b);
-    amx_begin();
-    for (int64_t it = 0; it * 16 < rows; ++it) {
-        for (int64_t qt = 0; qt * 16 < ev; ++qt) {
-            tile_product(scratch.a + it * 16 * kp, kp * 2, scratch.b + qt * steps * kBf16TileElems,
-                         steps, acc + it * 16 * ld_acc + qt * 16, ld_acc * 4, true);
-        }
-    }
-    amx_end();
+    tile_products(scratch.a, kp, rows, scratch.b, steps, ev, acc, ld_acc, true);
 }
 
 }  // namespace rt

@@ -42,12 +42,7 @@ def _linear(ctx, fused: bool) -> None:
     require_float32(ctx, 0, 1, 2, 3)
     if try_sparse_linear(ctx, fused):  # a sparse weight the cost model sends to CSR
         return
-    x = ctx.ref(0)
-    mat = x.matrix()
-    if mat is None:
-        x = ctx.contiguous(0)
-        mat = x.matrix()
-    rows, k, a_rs, a_cs = mat
+    x, (rows, k, a_rs, a_cs) = _input_matrix(ctx)
     w = ctx.ref(1)  # [N, K]: B(k, n) = W[n, k]
     n = w.shape[0]
     bias = ctx.contiguous(2)
@@ -56,6 +51,17 @@ def _linear(ctx, fused: bool) -> None:
     act = activation(ctx, attrs.get("activation", "none"), attrs.get("activation_params", ()))
     _emit_gemm(ctx, x, (rows, k, a_rs, a_cs), w, (w.strides[1], w.strides[0]), n, [], [], [],
                bias, residual, act)
+
+
+def _input_matrix(ctx):
+    """Input 0 read in place as a (rows, K) matrix view, else a contiguous copy of it:
+    (ref, (rows, k, row_stride, col_stride))."""
+    x = ctx.ref(0)
+    mat = x.matrix()
+    if mat is None:
+        x = ctx.contiguous(0)
+        mat = x.matrix()
+    return x, mat
 
 
 @register_lowering("native", "linear_bf16")
@@ -68,12 +74,7 @@ def lower_linear_bf16(ctx) -> None:
         ctx.unsupported("the bf16 weight is not a bf16 constant")
     wide = numpy_to_torch(bits, DType.bfloat16).to(torch.float32).numpy()
     w = ctx.builder.const_ref(np.ascontiguousarray(wide), DType.float32)
-    x = ctx.ref(0)
-    mat = x.matrix()
-    if mat is None:
-        x = ctx.contiguous(0)
-        mat = x.matrix()
-    rows, k, a_rs, a_cs = mat
+    x, (rows, k, a_rs, a_cs) = _input_matrix(ctx)
     residual = ctx.contiguous(3) if ctx.has(3) else None
     attrs = ctx.attrs
     act = activation(ctx, attrs.get("activation", "none"), attrs.get("activation_params", ()))
