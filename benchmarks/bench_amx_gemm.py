@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 import numpy as np
 import torch
-from bench_gemm import quiet_sample
-from bench_qgemm import operands
+from bench_qgemm import interleaved_rates, operands
 
 from graphopt import _C
 from graphopt.bench.machine import machine_info
@@ -76,18 +74,7 @@ def variants(m: int, k: int, n: int, threads: int) -> dict[str, callable]:
 
 
 def measure(m: int, k: int, n: int, opts) -> dict[str, float]:
-    fns = variants(m, k, n, opts.threads)
-    for fn in fns.values():  # warm-up: packing scratch, pool threads, oneDNN primitives
-        fn()
-    times = {name: [] for name in fns}
-    for r in range(opts.rounds):
-        order = list(fns.items())
-        if r % 2:
-            order.reverse()
-        for name, fn in order:
-            secs, _ = quiet_sample(fn, opts.min_time, 0.3, 3)
-            times[name].append(secs)
-    return {name: 2.0 * m * n * k / statistics.median(t) / 1e9 for name, t in times.items()}
+    return interleaved_rates(variants(m, k, n, opts.threads), 2.0 * m * n * k, opts)
 
 
 def main() -> None:
@@ -95,6 +82,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--min-time", type=float, default=0.1)
+    p.add_argument("--max-foreign-load", type=float, default=0.3)
+    p.add_argument("--retries", type=int, default=3)
     p.add_argument("--json", default=None)
     opts = p.parse_args()
     torch.set_num_threads(opts.threads)

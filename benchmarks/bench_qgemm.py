@@ -77,6 +77,24 @@ def variants(m: int, k: int, n: int, threads: int) -> dict[str, callable]:
     return fns
 
 
+def interleaved_rates(fns: dict, ops: float, opts) -> dict[str, float]:
+    """G(FL)OP/s of each call in ``fns`` doing ``ops`` operations: one warm-up call each
+    (packing scratch, pool threads), then ``opts.rounds`` rounds, the order reversed every
+    other round, medians (samples from ``quiet_sample`` with ``opts.min_time``,
+    ``opts.max_foreign_load``, ``opts.retries``)."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for r in range(opts.rounds):
+        order = list(fns.items())
+        if r % 2:
+            order.reverse()
+        for name, fn in order:
+            secs, _ = quiet_sample(fn, opts.min_time, opts.max_foreign_load, opts.retries)
+            times[name].append(secs)
+    return {name: ops / statistics.median(t) / 1e9 for name, t in times.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
@@ -96,20 +114,7 @@ def main() -> None:
     rows = []
     for m in (128, 1):
         for label, k, n in SHAPES:
-            fns = variants(m, k, n, opts.threads)
-            for fn in fns.values():  # warm-up: packing scratch, pool threads
-                fn()
-            times = {name: [] for name in fns}
-            for r in range(opts.rounds):
-                order = list(fns.items())
-                if r % 2:
-                    order.reverse()
-                for name, fn in order:
-                    secs, _ = quiet_sample(fn, opts.min_time, opts.max_foreign_load,
-                                           opts.retries)
-                    times[name].append(secs)
-            gops = {name: 2.0 * m * n * k / statistics.median(t) / 1e9
-                    for name, t in times.items()}
+            gops = interleaved_rates(variants(m, k, n, opts.threads), 2.0 * m * n * k, opts)
             rows.append({"shape": label, "m": m, "k": k, "n": n, "gops": gops})
             print(f"{label:<10} {m:>4} {k:>5} {n:>5} "
                   + " ".join(f"{gops[n_]:>11.1f}" for n_ in names)

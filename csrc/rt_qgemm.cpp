@@ -13,7 +13,6 @@
 #include <string>
 
 #include "cpu.h"
-#include "rt_amx.h"
 #include "rt_parallel.h"
 #include "rt_plan.h"
 
@@ -327,8 +326,10 @@ void dequant_tile(const QGemmKernels& kern, const QGemmArgs& g, const float* col
     }
 }
 
-void finish_tile(const QGemmKernels& kern, const QGemmArgs& g, const float* col_scale,
-                 int32_t* acc, int64_t i0, int64_t j0, int64_t rows, int64_t nr) {
+}  // namespace
+
+void qgemm_finish_tile(const QGemmKernels& kern, const QGemmArgs& g, const float* col_scale,
+                       int32_t* acc, int64_t i0, int64_t j0, int64_t rows, int64_t nr) {
     if (g.w->format() == QFormat::kQuadU8 && (g.a_zp != 0 || g.a_row_zp != nullptr)) {
         const int32_t* colsum = g.w->colsum() + j0;
         for (int64_t r = 0; r < rows; ++r) {
@@ -376,88 +377,6 @@ void finish_tile(const QGemmKernels& kern, const QGemmArgs& g, const float* col_
     }
 }
 
-}  // namespace
-
-namespace {
-
-// A [M, K] u8 copied into zero-padded rows of kp bytes for the AMX tiles (rows past M zero).
-void pack_a_rows_amx(const QMatrixRef& a, int64_t kp, int64_t r0, int64_t r1, uint8_t* dst) {
-    for (int64_t r = r0; r < r1; ++r) {
-        uint8_t* row = dst + r * kp;
-        std::memset(row, 0, static_cast<size_t>(kp));
-        if (r >= a.rows) continue;
-        const uint8_t* src = a.data + r * a.row_stride;
-        if (a.col_stride == 1) {
-            std::memcpy(row, src, static_cast<size_t>(a.cols));
-        } else {
-            for (int64_t kk = 0; kk < a.cols; ++kk) row[kk] = src[kk * a.col_stride];
-        }
-    }
-}
-
-// The int8 GEMM on AMX tiles: 32 x 32 blocks of exact int32 sums (TDPBUSD: u8 x s8, the
-// kQuadU8 arithmetic), each finished by the same zero-point correction and epilogue as the
-// VNNI tiles, so the results are identical.
-void qgemm_run_amx(const QGemmArgs& g, const QGemmKernels& kern, const float* col_scale,
-                   int threads) {
-    const PackedQWeight& w = *g.w;
-    const int64_t m = g.a.rows, n = w.n(), kp = w.steps() * 4, groups = w.steps() / 16;
-    const int64_t mp = round_up(m, 16);
-    auto* a = reinterpret_cast<uint8_t*>(qgemm_scratch().packed.reserve(ceil_div(mp * kp, 4)));
-    parallel_for(threads, mp, kp, [&](int64_t r0, int64_t r1) {
-        pack_a_rows_amx(g.a, kp, r0, r1, a);
-    });
-    const int64_t row_blocks = ceil_div(mp, 32), col_tiles = ceil_div(n, 16);
-    const int64_t blocks = row_blocks * ceil_div(col_tiles, 2);
-    const int nt = static_cast<int>(std::min<int64_t>(
-        blocks, threads_for(threads, blocks * 32 * 32 * kp / 16)));
-    // The zero-point correction runs vectorised on the tiles; finish_tile skips its own.
-    const bool zero_point = g.a_zp != 0 || g.a_row_zp != nullptr;
-    QGemmArgs corrected = g;
-    corrected.a_zp = 0;
-    corrected.a_row_zp = nullptr;
-    parallel_tasks(nt, nt, [&](int64_t t) {
-        alignas(64) int32_t acc[4 * 256];
-        amx_begin();
-        for (int64_t b = blocks * t / nt; b < blocks * (t + 1) / nt; ++b) {
-            const int64_t i0 = (b % row_blocks) * 32, q0 = (b / row_blocks) * 2;
-            const int rb = mp - i0 >= 32 ? 2 : 1, cb = col_tiles - q0 >= 2 ? 2 : 1;
-            // While the row blocks of this column pair run, the next pair's panels stream in.
-            const int64_t ib = b % row_blocks, next_q = q0 + 2;
-            const AmxPrefetch pf =
-                next_q < col_tiles
-                    ? amx_prefetch_share(w.panel(next_q),
-                                         std::min<int64_t>(2, col_tiles - next_q) * kp * 16, ib,
-                                         row_blocks)
-                    : AmxPrefetch{};
-            amx_int8_block(a + i0 * kp, kp, w.panel(q0), w.panel(cb == 2 ? q0 + 1 : q0), groups,
-                           rb, cb, acc, pf);
-            for (int r = 0; r < rb; ++r) {
-                for (int c = 0; c < cb; ++c) {
-                    const int64_t ti = i0 + 16 * r, tj = (q0 + c) * 16;
-                    const int64_t rows = std::min<int64_t>(16, m - ti), nr = std::min(kQNR, n - tj);
-                    if (rows <= 0) continue;
-                    int32_t* tile = acc + 256 * (2 * r + c);
-                    if (zero_point) {
-                        amx_int8_zero_point(tile, rows, w.colsum() + tj, nr,
-                                            g.a_row_zp != nullptr ? g.a_row_zp + ti : nullptr,
-                                            g.a_zp);
-                    }
-                    // The f32 epilogue takes any number of rows; the others work in 6-row tiles.
-                    const int64_t chunk = g.c_u8 == nullptr && g.c_cs == 1 ? 16 : kQMR;
-                    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-                        finish_tile(kern, corrected, col_scale, tile + r0 * kQNR, ti + r0, tj,
-                                    std::min(chunk, rows - r0), nr);
-                    }
-                }
-            }
-        }
-        amx_end();
-    });
-}
-
-}  // namespace
-
 void qgemm_run(const QGemmArgs& g, int threads) {
     const QGemmKernels& kern = qgemm_kernels();
     const PackedQWeight& w = *g.w;
@@ -502,7 +421,7 @@ void qgemm_run(const QGemmArgs& g, int threads) {
             const int64_t i0 = p * kQMR, j0 = q * kQNR;
             const int64_t rows = std::min(kQMR, m - i0), nr = std::min(kQNR, n - j0);
             kern.tile(rows, steps, packed + p * panel_bytes, w.panel(q), acc);
-            finish_tile(kern, g, col_scale, acc, i0, j0, rows, nr);
+            qgemm_finish_tile(kern, g, col_scale, acc, i0, j0, rows, nr);
         }
     });
 }

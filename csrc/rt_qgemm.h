@@ -157,6 +157,15 @@ struct QGemmArgs {
 // The whole product over up to `threads` threads (the runtime's pool).
 void qgemm_run(const QGemmArgs& args, int threads);
 
+// Pieces of qgemm_run shared with its AMX driver (rt_qgemm_amx.cpp). qgemm_finish_tile turns
+// one int32 tile (rows of kQNR; at most kQMR rows unless the output is contiguous f32) into the
+// output: zero-point correction (kQuadU8), dequantize, bias, residual, activation, requantize.
+// col_scale: a_scale * w_scale[n] (per-tensor activations; unused with per-row scales).
+void qgemm_finish_tile(const QGemmKernels& kern, const QGemmArgs& g, const float* col_scale,
+                       int32_t* acc, int64_t i0, int64_t j0, int64_t rows, int64_t nr);
+void qgemm_run_amx(const QGemmArgs& g, const QGemmKernels& kern, const float* col_scale,
+                   int threads);
+
 // ONNX DynamicQuantizeLinear of rows x cols floats x (row stride rs, column stride cs) into the
 // contiguous u8 matrix q [rows, cols]; returns (scale, zero point) through the pointers:
 //   lo = min(0, min x), hi = max(0, max x), scale = (hi - lo) / 255,
