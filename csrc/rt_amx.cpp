@@ -25,7 +25,7 @@ struct alignas(64) TileConfig {
 template <int RB, int CB>
 GRAPHOPT_TARGET_AMX void int8_block(const uint8_t* a, int64_t a_stride, const uint8_t* b0,
                                     const uint8_t* b1, int64_t groups, int32_t* out,
-                                    const AmxPrefetch& pf) {
+                                    const AmxPrefetch& pf, const AmxStepHook& hook) {
     _tile_zero(0);
     if (CB == 2) _tile_zero(1);
     if (RB == 2) _tile_zero(2);
@@ -34,6 +34,7 @@ GRAPHOPT_TARGET_AMX void int8_block(const uint8_t* a, int64_t a_stride, const ui
     constexpr int64_t kGroupBytes = 16 * 64;  // one B tile: 16 steps of 16 columns x 4
     for (int64_t g = 0; g < groups; ++g) {
         amx_prefetch_step(pf, g, groups);
+        if (hook.fn != nullptr) hook.fn(hook.ctx, g, groups);
         _tile_loadd(4, a + g * 64, a_stride);
         _tile_loadd(6, b0 + g * kGroupBytes, 64);
         if (CB == 2) _tile_loadd(7, b1 + g * kGroupBytes, 64);
@@ -70,15 +71,16 @@ GRAPHOPT_TARGET_AMX void amx_begin() {
 GRAPHOPT_TARGET_AMX void amx_end() { _tile_release(); }
 
 void amx_int8_block(const uint8_t* a, int64_t a_stride, const uint8_t* b0, const uint8_t* b1,
-                    int64_t groups, int rb, int cb, int32_t* out, AmxPrefetch prefetch) {
+                    int64_t groups, int rb, int cb, int32_t* out, AmxPrefetch prefetch,
+                    AmxStepHook hook) {
     if (rb == 2 && cb == 2) {
-        int8_block<2, 2>(a, a_stride, b0, b1, groups, out, prefetch);
+        int8_block<2, 2>(a, a_stride, b0, b1, groups, out, prefetch, hook);
     } else if (rb == 2) {
-        int8_block<2, 1>(a, a_stride, b0, b1, groups, out, prefetch);
+        int8_block<2, 1>(a, a_stride, b0, b1, groups, out, prefetch, hook);
     } else if (cb == 2) {
-        int8_block<1, 2>(a, a_stride, b0, b1, groups, out, prefetch);
+        int8_block<1, 2>(a, a_stride, b0, b1, groups, out, prefetch, hook);
     } else {
-        int8_block<1, 1>(a, a_stride, b0, b1, groups, out, prefetch);
+        int8_block<1, 1>(a, a_stride, b0, b1, groups, out, prefetch, hook);
     }
 }
 

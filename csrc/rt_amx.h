@@ -27,8 +27,17 @@ struct AmxPrefetch {
     const char* from = nullptr;
     int64_t lines = 0;
 };
+//
+// Step hook: vector work run between the tile instructions, once per K group (the finish of the
+// previous block: TMUL and the vector units run side by side, so an epilogue hidden this way
+// costs little; rt_qgemm_amx.cpp). fn(ctx, group, groups); fn may be null.
+struct AmxStepHook {
+    void (*fn)(void* ctx, int64_t step, int64_t steps) = nullptr;
+    void* ctx = nullptr;
+};
 void amx_int8_block(const uint8_t* a, int64_t a_stride, const uint8_t* b0, const uint8_t* b1,
-                    int64_t groups, int rb, int cb, int32_t* out, AmxPrefetch prefetch = {});
+                    int64_t groups, int rb, int cb, int32_t* out, AmxPrefetch prefetch = {},
+                    AmxStepHook hook = {});
 
 // The prefetch share of block `index` of `count` blocks covering [from, from + bytes).
 inline AmxPrefetch amx_prefetch_share(const void* from, int64_t bytes, int64_t index,

@@ -36,7 +36,7 @@ namespace graphopt {
 namespace rt {
 namespace {
 
-constexpr int64_t kQueryBlock = 64;
+constexpr int64_t kQueryBlock = 128;
 constexpr int64_t kKeyBlock = 512;
 
 struct AttnScratch {
@@ -196,14 +196,23 @@ class AttentionKernel : public Kernel {
                     int64_t cols) const {
         const int64_t base = b * m_st_[0] + h * m_st_[1] + l * m_st_[2] + s0 * m_st_[3];
         const float neg_inf = -std::numeric_limits<float>::infinity();
+        const int64_t step = m_st_[3];
         if (mask_kind_ == 1) {
             const Bool* mk = reinterpret_cast<const Bool*>(mask) + base;
-            for (int64_t j = 0; j < cols; ++j) {
-                if (!mk[j * m_st_[3]]) srow[j] = neg_inf;
+            if (step == 1) {  // the usual layout: a loop the compiler vectorises
+                for (int64_t j = 0; j < cols; ++j) srow[j] = mk[j] ? srow[j] : neg_inf;
+            } else {
+                for (int64_t j = 0; j < cols; ++j) {
+                    if (!mk[j * step]) srow[j] = neg_inf;
+                }
             }
         } else {
             const float* mk = reinterpret_cast<const float*>(mask) + base;
-            for (int64_t j = 0; j < cols; ++j) srow[j] += mk[j * m_st_[3]];
+            if (step == 0 || step == 1) {
+                vec_ops().binary(FloatBinary::kAdd, srow, 1, mk, step, srow, cols);
+            } else {
+                for (int64_t j = 0; j < cols; ++j) srow[j] += mk[j * step];
+            }
         }
     }
 

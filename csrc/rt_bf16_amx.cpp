@@ -26,12 +26,32 @@ struct BlockTiles {
     int64_t stride_bytes[4];
 };
 
+// The epilogue (bias, activation, ...) of the block finished last, run in row slices while
+// the next block's tile products execute: the vector units are idle during TDPBF16PS, and an
+// erf-GELU over a 32 x 32 block costs about as much as the block's products at K = 768.
+struct DeferredEpilogue {
+    const Bf16AmxProblem* p = nullptr;
+    int64_t i0 = 0, j0 = 0, rows = 0, cols = 0, done = 0;
+
+    // Runs rows [done, target) of the pending block.
+    void run_to(int64_t target) {
+        if (target <= done) return;
+        gemm_tile_epilogue(gemm_kernels(), p->c + (i0 + done) * p->ldc + j0, p->ldc, i0 + done,
+                           j0, target - done, cols, *p->ep);
+        done = target;
+    }
+    // The share of step `s` of `steps`.
+    void step(int64_t s, int64_t steps) { run_to(rows * (s + 1) / steps); }
+    void finish() { run_to(rows); }
+};
+
 // One 32 x 32 (RB x CB tiles of 16 x 16) block over all K steps. The accumulators start from
 // the tiles' memory when `accumulate` (C holds a residual), else from zero, and end there.
 template <int RB, int CB>
 GRAPHOPT_TARGET_AMX void block_kernel(const uint16_t* a, int64_t a_stride_bytes,
                                       int64_t a_tile_rows, const uint16_t* b0, const uint16_t* b1,
-                                      int64_t steps, const BlockTiles& c, bool accumulate) {
+                                      int64_t steps, const BlockTiles& c, bool accumulate,
+                                      const AmxPrefetch& prefetch, DeferredEpilogue& pending) {
     if (accumulate) {
         _tile_loadd(0, c.ptr[0], c.stride_bytes[0]);
         if (CB == 2) _tile_loadd(1, c.ptr[1], c.stride_bytes[1]);
@@ -45,6 +65,8 @@ GRAPHOPT_TARGET_AMX void block_kernel(const uint16_t* a, int64_t a_stride_bytes,
     }
     const uint16_t* a1 = a + a_tile_rows;
     for (int64_t s = 0; s < steps; ++s) {
+        amx_prefetch_step(prefetch, s, steps);
+        pending.step(s, steps);
         _tile_loadd(4, a + s * kBf16TileK, a_stride_bytes);
         _tile_loadd(6, b0 + s * kBf16TileElems, 64);
         if (CB == 2) _tile_loadd(7, b1 + s * kBf16TileElems, 64);
@@ -97,9 +119,10 @@ BlockTiles place_tiles(const Bf16AmxProblem& p, int64_t i0, int64_t j0, float* e
     return t;
 }
 
-// Copies the edge tiles back to C and applies the epilogue to the block's valid part.
+// Copies the edge tiles back to C; the epilogue of the block's valid part becomes `pending`
+// (the previous pending one must have finished).
 void finish_block(const Bf16AmxProblem& p, const BlockTiles& t, int64_t i0, int64_t j0,
-                  int rb, int cb) {
+                  int rb, int cb, DeferredEpilogue& pending) {
     for (int idx = 0; idx < 4; ++idx) {
         const int r = idx / 2, c = idx % 2;
         if (r >= rb || c >= cb || t.stride_bytes[idx] != 64) continue;
@@ -111,8 +134,8 @@ void finish_block(const Bf16AmxProblem& p, const BlockTiles& t, int64_t i0, int6
     }
     const int64_t rows = std::min<int64_t>(rb * 16, p.m - i0);
     const int64_t cols = std::min<int64_t>(cb * 16, p.w->n() - j0);
-    if (rows > 0) gemm_tile_epilogue(gemm_kernels(), p.c + i0 * p.ldc + j0, p.ldc, i0, j0, rows,
-                                     cols, *p.ep);
+    pending.finish();
+    pending = DeferredEpilogue{&p, i0, j0, std::max<int64_t>(rows, 0), cols, 0};
 }
 
 }  // namespace
@@ -148,6 +171,7 @@ GRAPHOPT_TARGET_AMX void bf16_amx_blocks(const Bf16AmxProblem& p, int64_t first,
     const int64_t steps = p.w->k_steps();
     const int64_t stride_bytes = p.kp * 2;
     const bool acc = p.ep->residual_in_c;
+    DeferredEpilogue pending;
     for (int64_t t = first; t < last; ++t) {
         const int64_t jb = t / row_blocks, ib = t % row_blocks;
         const int64_t i0 = ib * 32, q0 = jb * 2;
@@ -158,17 +182,32 @@ GRAPHOPT_TARGET_AMX void bf16_amx_blocks(const Bf16AmxProblem& p, int64_t first,
         const uint16_t* b1 = cb == 2 ? p.w->tile(q0 + 1, 0) : b0;
         const int64_t a_tile = 16 * p.kp;
         const BlockTiles tiles = place_tiles(p, i0, q0 * 16, edge);
+        // While the row blocks of this column pair run, the next pair's tiles stream into L2
+        // (a layer's weight is not in cache when the layer starts; rt_amx.h).
+        const int64_t next_q = q0 + 2;
+        const AmxPrefetch pf =
+            next_q < col_tiles
+                ? amx_prefetch_share(p.w->tile(next_q, 0),
+                                     std::min<int64_t>(2, col_tiles - next_q) * steps *
+                                         kBf16TileElems * 2,
+                                     ib, row_blocks)
+                : AmxPrefetch{};
         if (rb == 2 && cb == 2) {
-            block_kernel<2, 2>(a, stride_bytes, a_tile, b0, b1, steps, tiles, acc);
+            block_kernel<2, 2>(a, stride_bytes, a_tile, b0, b1, steps, tiles, acc, pf,
+                               pending);
         } else if (rb == 2) {
-            block_kernel<2, 1>(a, stride_bytes, a_tile, b0, b1, steps, tiles, acc);
+            block_kernel<2, 1>(a, stride_bytes, a_tile, b0, b1, steps, tiles, acc, pf,
+                               pending);
         } else if (cb == 2) {
-            block_kernel<1, 2>(a, stride_bytes, a_tile, b0, b1, steps, tiles, acc);
+            block_kernel<1, 2>(a, stride_bytes, a_tile, b0, b1, steps, tiles, acc, pf,
+                               pending);
         } else {
-            block_kernel<1, 1>(a, stride_bytes, a_tile, b0, b1, steps, tiles, acc);
+            block_kernel<1, 1>(a, stride_bytes, a_tile, b0, b1, steps, tiles, acc, pf,
+                               pending);
         }
-        finish_block(p, tiles, i0, q0 * 16, rb, cb);
+        finish_block(p, tiles, i0, q0 * 16, rb, cb, pending);
     }
+    pending.finish();
     amx_end();
 }
 

@@ -29,11 +29,50 @@ void pack_a_rows_amx(const QMatrixRef& a, int64_t kp, int64_t r0, int64_t r1, ui
     }
 }
 
+// The finish of one computed block (zero-point correction, dequantize, bias, activation...,
+// the same steps as the VNNI tiles), run in pieces while the next block's tiles compute
+// (AmxStepHook): a piece is `chunk` rows of one 16 x 16 tile.
+struct PendingBlock {
+    const QGemmArgs* g = nullptr;  // with the zero point removed: corrected here, vectorised
+    const QGemmArgs* original = nullptr;
+    const QGemmKernels* kern = nullptr;
+    const float* col_scale = nullptr;
+    int32_t* acc = nullptr;
+    int64_t i0 = 0, q0 = 0, chunk = 16, pieces = 0, done = 0;
+    int rb = 0, cb = 0;
+
+    int64_t chunks_per_tile() const { return ceil_div(16, chunk); }
+
+    void run_piece(int64_t piece) const {
+        const int64_t tile_index = piece / chunks_per_tile(), r0 = (piece % chunks_per_tile()) * chunk;
+        const int r = static_cast<int>(tile_index / cb), c = static_cast<int>(tile_index % cb);
+        const int64_t ti = i0 + 16 * r, tj = (q0 + c) * 16, m = g->a.rows;
+        const int64_t rows = std::min<int64_t>({chunk, 16 - r0, m - ti - r0});
+        if (rows <= 0) return;
+        const int64_t nr = std::min(kQNR, g->w->n() - tj);
+        int32_t* rows_at = acc + 256 * (2 * r + c) + r0 * kQNR;
+        const QGemmArgs& o = *original;
+        if (o.a_zp != 0 || o.a_row_zp != nullptr) {
+            amx_int8_zero_point(rows_at, rows, g->w->colsum() + tj, nr,
+                                o.a_row_zp != nullptr ? o.a_row_zp + ti + r0 : nullptr, o.a_zp);
+        }
+        qgemm_finish_tile(*kern, *g, col_scale, rows_at, ti + r0, tj, rows, nr);
+    }
+    void run_to(int64_t target) {
+        for (; done < target; ++done) run_piece(done);
+    }
+    static void step(void* self, int64_t s, int64_t steps) {
+        auto* p = static_cast<PendingBlock*>(self);
+        p->run_to(p->pieces * (s + 1) / steps);
+    }
+};
+
 }  // namespace
 
 // The int8 GEMM on AMX tiles: 32 x 32 blocks of exact int32 sums (TDPBUSD: u8 x s8, the
 // kQuadU8 arithmetic), each finished by the same zero-point correction and epilogue as the
-// VNNI tiles, so the results are identical.
+// VNNI tiles, so the results are identical. A block's finish runs while the next block
+// computes (PendingBlock), so its accumulators alternate between two buffers.
 void qgemm_run_amx(const QGemmArgs& g, const QGemmKernels& kern, const float* col_scale,
                    int threads) {
     const PackedQWeight& w = *g.w;
@@ -48,12 +87,14 @@ void qgemm_run_amx(const QGemmArgs& g, const QGemmKernels& kern, const float* co
     const int nt = static_cast<int>(std::min<int64_t>(
         blocks, threads_for(threads, blocks * 32 * 32 * kp / 16)));
     // The zero-point correction runs vectorised on the tiles; finish_tile skips its own.
-    const bool zero_point = g.a_zp != 0 || g.a_row_zp != nullptr;
     QGemmArgs corrected = g;
     corrected.a_zp = 0;
     corrected.a_row_zp = nullptr;
+    // The f32 epilogue takes any number of rows; the others work in 6-row tiles.
+    const int64_t chunk = g.c_u8 == nullptr && g.c_cs == 1 ? 16 : kQMR;
     parallel_tasks(nt, nt, [&](int64_t t) {
-        alignas(64) int32_t acc[4 * 256];
+        alignas(64) int32_t acc[2][4 * 256];
+        PendingBlock pending{&corrected, &g, &kern, col_scale};
         amx_begin();
         for (int64_t b = blocks * t / nt; b < blocks * (t + 1) / nt; ++b) {
             const int64_t i0 = (b % row_blocks) * 32, q0 = (b / row_blocks) * 2;
@@ -66,28 +107,20 @@ void qgemm_run_amx(const QGemmArgs& g, const QGemmKernels& kern, const float* co
                                          std::min<int64_t>(2, col_tiles - next_q) * kp * 16, ib,
                                          row_blocks)
                     : AmxPrefetch{};
+            int32_t* out = acc[b % 2];
             amx_int8_block(a + i0 * kp, kp, w.panel(q0), w.panel(cb == 2 ? q0 + 1 : q0), groups,
-                           rb, cb, acc, pf);
-            for (int r = 0; r < rb; ++r) {
-                for (int c = 0; c < cb; ++c) {
-                    const int64_t ti = i0 + 16 * r, tj = (q0 + c) * 16;
-                    const int64_t rows = std::min<int64_t>(16, m - ti), nr = std::min(kQNR, n - tj);
-                    if (rows <= 0) continue;
-                    int32_t* tile = acc + 256 * (2 * r + c);
-                    if (zero_point) {
-                        amx_int8_zero_point(tile, rows, w.colsum() + tj, nr,
-                                            g.a_row_zp != nullptr ? g.a_row_zp + ti : nullptr,
-                                            g.a_zp);
-                    }
-                    // The f32 epilogue takes any number of rows; the others work in 6-row tiles.
-                    const int64_t chunk = g.c_u8 == nullptr && g.c_cs == 1 ? 16 : kQMR;
-                    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-                        qgemm_finish_tile(kern, corrected, col_scale, tile + r0 * kQNR, ti + r0, tj,
-                                    std::min(chunk, rows - r0), nr);
-                    }
-                }
-            }
+                           rb, cb, out, pf, AmxStepHook{&PendingBlock::step, &pending});
+            pending.run_to(pending.pieces);
+            pending.acc = out;
+            pending.i0 = i0;
+            pending.q0 = q0;
+            pending.rb = rb;
+            pending.cb = cb;
+            pending.chunk = chunk;
+            pending.pieces = rb * cb * pending.chunks_per_tile();
+            pending.done = 0;
         }
+        pending.run_to(pending.pieces);
         amx_end();
     });
 }

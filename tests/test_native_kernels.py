@@ -290,10 +290,13 @@ def test_attention(b, h, l, s, e, ev, causal):
 
 
 @pytest.mark.parametrize("kind", ["bool", "float"])
-@pytest.mark.parametrize("mask_shape", [(5, 9), (2, 1, 1, 9), (1, 3, 5, 9)])
+@pytest.mark.parametrize("mask_shape", [(5, 9), (2, 1, 1, 9), (1, 3, 5, 9), (2, 1, 5, 1),
+                                        "transposed"])
 def test_attention_masks(kind, mask_shape):
+    """Masks of every layout the kernel reads: contiguous rows, rows broadcast along the keys
+    (stride 0) and a transposed view (stride > 1 along the keys)."""
     q, k, v = _attention_args(2, 3, 5, 9, 8, 8)
-    m = randn(*mask_shape, seed=9)
+    m = randn(9, 5, seed=9).t() if mask_shape == "transposed" else randn(*mask_shape, seed=9)
     mask = m > -0.5 if kind == "bool" else m
     if kind == "bool":
         mask[..., 0, :] = False  # a fully masked row -> zeros
