@@ -186,6 +186,8 @@ def compile(graph: Graph, backend: str = "onnxruntime", threads: int | None = No
         BackendOptionError: ``target`` contradicts ``backend`` / ``threads``, or its ``isa`` is
             not the one this process's native kernels use.
         LoweringError: the backend cannot express some node (all such nodes are listed).
+        StaleConstantError: weights the graph borrowed from the traced model were changed in
+            place since the trace.
 
     Example::
 
@@ -206,6 +208,7 @@ def compile(graph: Graph, backend: str = "onnxruntime", threads: int | None = No
         target = Target.from_args(target, backend=None if backend == "onnxruntime" else backend,
                                   threads=threads)
     target.check_host()
+    graph.check_borrowed_constants()
     return get_backend(target.backend)(graph, threads=target.threads, **options)
 
 

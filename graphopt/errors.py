@@ -35,6 +35,11 @@ class InputMismatchError(GraphoptError):
     """The inputs given to run/compile do not match the graph's inputs."""
 
 
+class StaleConstantError(GraphoptError):
+    """A constant that shares memory with a model's parameter (``graphopt.trace`` does not copy
+    weights) was changed in place after the trace: the graph would mix old and new weights."""
+
+
 class UnsupportedOpError(GraphoptError):
     """The frontend met ops it cannot map; lists every one of them at once.
 

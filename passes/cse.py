@@ -14,40 +14,18 @@ Before -> after::
 Sound because a PURE node's outputs depend only on its op, operands and attributes: two nodes
 equal in all three (``Attrs`` hashes floats by repr, so 0.0 and -0.0 stay distinct) produce
 equal outputs, and the later one is replaced by the earlier one, which dominates it (the graph is
-in topological order). Constants merge only when dtype, shape and raw bytes are identical (the
-bytes are hashed, then compared), so -0.0 vs 0.0 or NaN payloads never merge by accident.
+in topological order). Constants merge only when dtype, shape and raw bytes are identical (a
+sample of the bytes is hashed to find candidates, whose whole bytes are then compared), so -0.0
+vs 0.0 or NaN payloads never merge by accident.
 """
 
 from __future__ import annotations
 
-import hashlib
-import weakref
-
-import numpy as np
-
+from graphopt.ir.array_identity import same_bytes, sample_digest
 from graphopt.ir.graph import Graph, Node, Value
 from graphopt.ops.registry import PURE
 from graphopt.rewrite.rewriter import Rewriter
 from graphopt.transform.registry import register_pass
-
-# Digest per constant array (arrays are read-only and shared between graph clones, so pipelines
-# that run cse repeatedly hash each weight once). Keyed by id, validated by a weak reference.
-_DIGESTS: dict[int, tuple[weakref.ref, bytes]] = {}
-
-
-def _digest(data: np.ndarray) -> bytes:
-    entry = _DIGESTS.get(id(data))
-    if entry is not None and entry[0]() is data:
-        return entry[1]
-    contiguous = np.ascontiguousarray(data)
-    # memoryview.cast refuses shapes with a zero; an empty array's bytes are empty anyway
-    raw = memoryview(contiguous).cast("B") if contiguous.size else b""
-    digest = hashlib.blake2b(raw, digest_size=16).digest()
-    if len(_DIGESTS) > 100_000:
-        _DIGESTS.clear()
-    _DIGESTS[id(data)] = (weakref.ref(data), digest)
-    return digest
-
 
 def _merge_constants(graph: Graph, rw: Rewriter) -> bool:
     """Merge identical constants; returns False when the rewrite budget ran out."""
@@ -58,11 +36,13 @@ def _merge_constants(graph: Graph, rw: Rewriter) -> bool:
     for values in groups.values():
         if len(values) < 2:
             continue  # a constant with a unique type/shape has no duplicate: skip hashing it
-        seen: dict[bytes, Value] = {}
+        seen: dict[bytes, list[Value]] = {}
         for value in values:
-            first = seen.setdefault(_digest(value.data), value)
-            if first is value or first.data.tobytes() != value.data.tobytes():
-                continue  # (a digest collision: keep both)
+            candidates = seen.setdefault(sample_digest(value.data), [])
+            first = next((c for c in candidates if same_bytes(c.data, value.data)), None)
+            if first is None:  # new bytes (or only the sample matched: keep both)
+                candidates.append(value)
+                continue
             if not rw.edit("merge-constants", f"const %{value.name}"):
                 return False
             rw.replace_value(value, first)

@@ -109,6 +109,29 @@ def test_cse_does_not_merge_constants_of_different_dtype_or_shape():
     assert optimized(text, "cse") == golden(text)
 
 
+def test_cse_large_constants_compare_all_bytes_not_the_hashed_sample():
+    """cse hashes a sample of a large constant's elements to find candidates: constants that
+    differ only between sampled elements must stay apart; equal ones (and a third equal to
+    the second of two that differ) merge."""
+    from graphopt.ir.dtypes import DType
+    from graphopt.ir.graph import Graph
+    from graphopt.ir.types import TensorType
+    from graphopt.ir.array_identity import SAMPLE
+
+    base = np.arange(SAMPLE * 8, dtype=np.float32)
+    differ = base.copy()
+    differ[1] += 0.5  # between two sampled elements (the stride is 8)
+    g = Graph("main")
+    x = g.add_input("x", TensorType((SAMPLE * 8,), DType.float32))
+    consts = [g.add_constant(a.copy(), n) for a, n in
+              ((base, "a"), (differ, "b"), (differ, "c"), (base, "d"))]
+    g.set_outputs([g.create_node("add", [x, c]).outputs[0] for c in consts])
+    out = graphopt.optimize(g, "cse")
+    assert sorted(out.constants) == ["a", "b"]
+    adds = [o.producer for o in out.outputs]
+    assert [n.inputs[1].name for n in adds] == ["a", "b", "b", "a"]
+
+
 # ------------------------------------------------------------------------- fold-constants
 def test_fold_constants_golden_shape_arithmetic_chain():
     before = """graph main(%x: i64[1, 8]) {

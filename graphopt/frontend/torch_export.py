@@ -64,9 +64,10 @@ def source_location(node: torch.fx.Node) -> str:
 class ConversionContext:
     """What converters see: the graph under construction plus helpers to emit IR."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, copy_weights: bool = True):
         self.graph = graph
         self.fx_node: torch.fx.Node | None = None
+        self.copy_weights = copy_weights  # False: parameters become borrowed constants
 
     @property
     def source(self) -> str | None:
@@ -122,12 +123,14 @@ def _meta_value(node: torch.fx.Node):
     return val
 
 
-def import_exported_program(ep: ExportedProgram, name: str = "main") -> Graph:
-    """Translate an ExportedProgram (already functional) into a Graph."""
+def import_exported_program(ep: ExportedProgram, name: str = "main",
+                            copy_weights: bool = True) -> Graph:
+    """Translate an ExportedProgram (already functional) into a Graph; with
+    ``copy_weights=False`` its parameters and buffers become zero-copy constants."""
     from graphopt.frontend import aten  # noqa: F401  (registers the converters)
 
     graph = Graph(name)
-    ctx = ConversionContext(graph)
+    ctx = ConversionContext(graph, copy_weights)
     sig = ep.graph_signature
     kinds = {spec.arg.name: spec for spec in sig.input_specs}
     env: dict[torch.fx.Node, Any] = {}
@@ -164,7 +167,29 @@ def _import_placeholder(ctx: ConversionContext, node: torch.fx.Node, spec, state
             return ctx.graph.add_input(node.name, ttype)
         return val  # a specialized non-tensor input
     tensor = state[spec.target]
-    return ctx.constant(tensor.detach(), name=spec.target)
+    if ctx.copy_weights or tensor.device.type != "cpu" or not tensor.is_contiguous():
+        return ctx.constant(tensor.detach(), name=spec.target)
+    array, dtype = torch_to_numpy(tensor, copy=False)  # zero-copy: the graph borrows it
+    return ctx.graph.add_constant(array, spec.target, dtype,
+                                  owner=ParameterOwner(tensor, spec.target))
+
+
+class ParameterOwner:
+    """What a borrowed constant shares memory with: a model's parameter / buffer, and its
+    version counter at trace time (torch bumps it on every in-place change made through the
+    tensor; changes through ``.data`` bypass it and go unnoticed)."""
+
+    __slots__ = ("tensor", "version", "name")
+
+    def __init__(self, tensor: torch.Tensor, name: str):
+        self.tensor = tensor
+        self.version = tensor._version
+        self.name = name
+
+    def changed(self) -> str | None:
+        if self.tensor._version != self.version:
+            return f"model tensor {self.name}"
+        return None
 
 
 def _import_call(ctx: ConversionContext, node: torch.fx.Node, env: dict,
@@ -229,7 +254,7 @@ def _check_against_meta(ctx: ConversionContext, node, result, target: str) -> No
 
 
 def trace(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
-          dynamic_shapes: Any = None) -> Graph:
+          dynamic_shapes: Any = None, copy_weights: bool = False) -> Graph:
     """Trace ``model`` with ``torch.export`` (non-strict) into graphopt IR.
 
     Args:
@@ -237,6 +262,10 @@ def trace(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
         args: example positional inputs (a tuple).
         kwargs: example keyword inputs.
         dynamic_shapes: passed to ``torch.export.export``; dynamic dims become size symbols.
+        copy_weights: snapshot the weights. By default the graph's constants share memory
+            with the model's (contiguous CPU) parameters and buffers, so tracing a large
+            model costs no second copy of it; changing those weights in place afterwards
+            makes lowering the graph raise :class:`StaleConstantError` (re-trace instead).
 
     Returns:
         The graph; weights (parameters, buffers, tensor constants) are graph constants.
@@ -252,4 +281,4 @@ def trace(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
         ep = torch.export.export(model, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes,
                                  strict=False)
         ep = ep.run_decompositions({})
-    return import_exported_program(ep, name=type(model).__name__)
+    return import_exported_program(ep, name=type(model).__name__, copy_weights=copy_weights)

@@ -35,6 +35,7 @@ def clone_graph_with_map(graph: Graph) -> tuple[Graph, dict[Value, Value]]:
         value = Value(new, old.name, old.type, old.kind)
         value.index = old.index
         value.data = old.data  # read-only array (add_constant), safe to share
+        value.owner = old.owner
         mapping[old] = value
         return value
 

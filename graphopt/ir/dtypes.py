@@ -113,10 +113,12 @@ def numpy_to_torch(array: np.ndarray, dtype: DType) -> torch.Tensor:
     return tensor
 
 
-def torch_to_numpy(tensor: torch.Tensor) -> tuple[np.ndarray, DType]:
-    """Copy a tensor into numpy storage, returning the array and its IR dtype."""
+def torch_to_numpy(tensor: torch.Tensor, copy: bool = True) -> tuple[np.ndarray, DType]:
+    """A tensor as a numpy array and its IR dtype: a copy, or with ``copy=False`` a view of
+    the tensor's memory where it is a contiguous CPU tensor (else a copy all the same)."""
     dtype = DType.from_torch(tensor.dtype)
     tensor = tensor.detach().cpu().contiguous()
     if dtype is DType.bfloat16:
-        return tensor.view(torch.uint16).numpy().copy(), dtype
-    return tensor.numpy().copy(), dtype
+        tensor = tensor.view(torch.uint16)
+    array = tensor.numpy()
+    return (array.copy() if copy else array), dtype

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from graphopt.errors import GraphoptError
+from graphopt.errors import GraphoptError, StaleConstantError
 from graphopt.ir.attrs import Attrs
 from graphopt.ir.dtypes import DType
 from graphopt.ir.schema import get_op
@@ -30,7 +30,7 @@ _NAME_RE = re.compile(r"[^A-Za-z0-9_.]")
 class Value:
     """An SSA value. ``kind`` is ``"input"``, ``"const"`` or ``"node"``."""
 
-    __slots__ = ("name", "type", "producer", "index", "uses", "graph", "kind", "data")
+    __slots__ = ("name", "type", "producer", "index", "uses", "graph", "kind", "data", "owner")
 
     def __init__(self, graph: "Graph", name: str, type: TensorType, kind: str):
         self.graph = graph
@@ -41,6 +41,11 @@ class Value:
         self.index = 0  # position among the producer's outputs
         self.uses: list[tuple[Node, int]] = []
         self.data: np.ndarray | None = None  # constants only
+        # A constant whose array is a view of memory owned outside the graph (a traced model's
+        # parameter): an object with ``changed() -> str | None`` saying whether, and how, the
+        # owner has been modified since (see ``Graph.check_borrowed_constants``). None: the
+        # graph's own array.
+        self.owner = None
 
     @property
     def shape(self):
@@ -220,20 +225,58 @@ class Graph:
         return value
 
     def add_constant(
-        self, data: np.ndarray, name: str = "const", dtype: DType | None = None
+        self, data: np.ndarray, name: str = "const", dtype: DType | None = None, owner=None,
+        transposed_view: bool = False,
     ) -> Value:
-        """Register a constant (weights). ``dtype`` is required only for bfloat16 bit arrays."""
+        """Register a constant (weights). ``dtype`` is required only for bfloat16 bit arrays.
+
+        Constants are C-ordered arrays (copied into C order when needed), with one exception:
+        ``transposed_view=True`` keeps a 2-D array that is the transpose of a C-ordered one
+        (``w.T``, Fortran order) as it is, so a pass that needs a weight transposed does not
+        copy it (consumers that need C order copy at use: ``np.ascontiguousarray``).
+
+        ``owner``: ``data`` is a zero-copy view of memory owned outside the graph (a model's
+        parameter), kept as is; ``owner.changed()`` reports a later modification
+        (:meth:`check_borrowed_constants`).
+        """
         data = np.asarray(data)
         if dtype is None:
             dtype = DType.from_numpy(data.dtype)
         elif data.dtype != dtype.numpy:
             data = data.astype(dtype.numpy)
-        data = np.require(data, requirements="C")  # keeps 0-d arrays 0-d
+            owner = None  # a converted copy no longer shares the owner's memory
+        keep = transposed_view and data.ndim == 2 and data.T.flags.c_contiguous
+        if not keep:
+            shared = data
+            data = np.require(data, requirements="C")  # keeps 0-d arrays 0-d
+            if data is not shared:
+                owner = None
         data.flags.writeable = False
         value = Value(self, self.unique_name(name), TensorType(data.shape, dtype), "const")
         value.data = data
+        value.owner = owner
         self.constants[value.name] = value
         return value
+
+    def check_borrowed_constants(self) -> None:
+        """Raise :class:`StaleConstantError` if the owner of a borrowed constant (a traced
+        model's parameter) was modified in place after the graph was built from it.
+
+        Lowering (``compile``, ``to_onnx``, saving) calls this: a graph whose weights changed
+        under it would mix old (folded, transposed, quantized) and new values.
+        """
+        stale = []
+        for value in self.constants.values():
+            reason = value.owner.changed() if value.owner is not None else None
+            if reason:
+                stale.append(f"%{value.name} ({reason})")
+        if stale:
+            shown = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
+            raise StaleConstantError(
+                f"graph {self.name}: {len(stale)} constant(s) share memory with model parameters "
+                f"that were modified in place after the trace: {shown}. Trace the model again "
+                "after changing its weights (or trace with copy_weights=True to snapshot them)."
+            )
 
     def remove_constant(self, value: Value) -> None:
         if value.uses or value.is_graph_output:

@@ -185,17 +185,26 @@ class PlanBuilder:
         buf.pending_end = pending_end
         return TensorRef(buf, 0, shape, R.contiguous_strides(shape), dtype)
 
-    def const_ref(self, array: np.ndarray, dtype: DType) -> TensorRef:
-        """A view of a plan constant (registered on first use)."""
-        array = np.require(array, requirements="C")
+    def const_ref(self, array: np.ndarray, dtype: DType, strided: bool = False) -> TensorRef:
+        """A view of a plan constant (registered on first use): contiguous, unless ``strided``
+        and the array is a transposed view (``Graph.add_constant(transposed_view=True)``),
+        which is then registered without a copy and read through its strides."""
+        shape = tuple(array.shape)
+        if strided and array.ndim == 2 and not array.flags.c_contiguous \
+                and array.T.flags.c_contiguous:
+            buf = self._register_const(array.T)
+            return TensorRef(buf, 0, shape, (1, shape[0]), dtype)
+        buf = self._register_const(np.require(array, requirements="C"))
+        return TensorRef(buf, 0, shape, R.contiguous_strides(shape), dtype)
+
+    def _register_const(self, array: np.ndarray):
         buf = self._const_buffers.get(id(array))
         if buf is None:
             buf = self.new_buffer(array.nbytes, "const", R.SPACE_CONST, len(self.const_arrays))
             buf.pending_end = INF
             self.const_arrays.append(array)
             self._const_buffers[id(array)] = buf
-        shape = tuple(array.shape)
-        return TensorRef(buf, 0, shape, R.contiguous_strides(shape), dtype)
+        return buf
 
     def emit(self, kernel: str, name: str, operands, ints=(), floats=(), **extra) -> Step:
         step = Step(kernel, name, list(operands), [int(i) for i in ints],

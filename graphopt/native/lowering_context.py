@@ -99,6 +99,15 @@ class LoweringContext:
             ref = self.builder.const_ref(self.builder.consts[v], v.dtype)
         return ref
 
+    def weight_ref(self, i: int) -> TensorRef | None:
+        """Input i for a kernel that reads it through its strides: like :meth:`ref`, but a
+        constant stored as a transposed view (a [in, out] weight used as [out, in]) is read in
+        place instead of copied into C order."""
+        v = self.node.inputs[i] if i < len(self.node.inputs) else None
+        if v is None or v not in self.builder.consts or self.builder.plain_ref(v) is not None:
+            return self.ref(i)
+        return self.builder.const_ref(self.builder.consts[v], v.dtype, strided=True)
+
     def blocked_ref(self, i: int) -> TensorRef | None:
         """Input i in the channel-blocked layout when it was computed in it, else None
         (native/lower/blocked.py)."""

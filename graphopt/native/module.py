@@ -152,6 +152,7 @@ class NativeModule:
     # ------------------------------------------------------------------------------- plans
     def _build(self, shapes: list[tuple[int, ...]], bindings: dict) -> ExecutionPlan:
         """Plans these input shapes and caches the plan (call with ``_plans_lock`` held)."""
+        self.graph.check_borrowed_constants()  # a new plan packs the weights again
         builder = PlanBuilder(self.graph, shapes, bindings, fallback=self.fallback,
                               threads=self.threads, sparse=self.sparse,
                               layout=self.layout, precision=self.precision)

@@ -289,8 +289,11 @@ def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int | No
         LoweringError: ops without an ONNX lowering (all of them are listed).
         UnsafeInputError: ``path`` or ``<path>.data`` is a symlink (files are written
             atomically and never through a link; see ``graphopt.fileio``).
+        StaleConstantError: weights the graph borrowed from the traced model were changed in
+            place since the trace.
     """
     opset = DEFAULT_OPSET if opset is None else int(opset)
+    graph.check_borrowed_constants()
     if path is not None:
         path = safe_output_path(path)  # refuse a symlinked target before the (slow) lowering
     onnx_graph, domains, data = _lower_graph(graph, opset, contrib_ops)

@@ -7,7 +7,6 @@ re-exports this class.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -16,6 +15,7 @@ import sympy
 from onnx import helper
 
 from graphopt.errors import GraphoptError, LoweringError
+from graphopt.ir.array_identity import same_bytes, sample_digest
 from graphopt.ir.dtypes import DType
 from graphopt.ir.graph import Graph, Node, Value
 from graphopt.ir.types import Dim
@@ -41,7 +41,7 @@ class OnnxLowering:
         self.current: Node | None = None
         self._names: dict[Value, str] = {}
         self._used: set[str] = {v.name for v in graph.values()}
-        self._init_by_key: dict[tuple, str] = {}
+        self._init_by_key: dict[tuple, list[tuple[np.ndarray, str]]] = {}
         self._dim_cache: dict[Any, str] = {}
         self._node_count = 0
         self._temp_count = 0
@@ -129,7 +129,7 @@ class OnnxLowering:
         if dtype is None:
             dtype = DType.from_numpy(array.dtype)
         elif dtype is not DType.bfloat16:
-            array = array.astype(dtype.numpy)
+            array = array.astype(dtype.numpy, copy=False)  # a weight is not copied
         return self._add_initializer(array, dtype, hint)
 
     def scalar(self, value, dtype: DType) -> str:
@@ -241,16 +241,16 @@ class OnnxLowering:
 
     # ------------------------------------------------------------------------------ internals
     def _add_initializer(self, array: np.ndarray, dtype: DType, hint: str) -> str:
-        array = np.require(array, requirements="C")
-        # No copy of the weights while lowering: the key hashes the array's own buffer, and the
-        # bytes are written once at the end (_fill_initializers), in place or to the data file.
-        key = (dtype, array.shape, array.dtype.str,
-               hashlib.sha1(memoryview(array.reshape(-1).view(np.uint8))).digest())
-        name = self._init_by_key.get(key)
-        if name is None:
-            name = hint if hint not in self._used else self.fresh(hint)
-            self._used.add(name)
-            self._init_by_key[key] = name
-            self.initializers.append(array_to_tensor(array, dtype, name, data=False))
-            self.initializer_data[name] = (array, dtype)
+        # No copy of the weights while lowering: equal arrays are found by a sampled digest
+        # and a byte comparison (graphopt.ir.array_identity), and the bytes are written once
+        # at the end (_fill_initializers), in place or to the data file, in C order.
+        candidates = self._init_by_key.setdefault((dtype, sample_digest(array)), [])
+        for known, name in candidates:
+            if same_bytes(known, array):
+                return name
+        name = hint if hint not in self._used else self.fresh(hint)
+        self._used.add(name)
+        candidates.append((array, name))
+        self.initializers.append(array_to_tensor(array, dtype, name, data=False))
+        self.initializer_data[name] = (array, dtype)
         return name

@@ -41,13 +41,12 @@ ImportanceFn = Callable[[DependencyGraph, ChannelGroup], np.ndarray]
 PRUNE_GROUP = "prune-channel-group"
 
 
-
-
 def set_constant_data(value: Value, data: np.ndarray) -> None:
     """Replace a constant's array (and its type's shape); the old array is left untouched."""
     data = np.require(np.asarray(data, dtype=value.data.dtype), requirements="C")
     data.flags.writeable = False
     value.data = data
+    value.owner = None  # the graph's own array now
     value.type = TensorType(data.shape, value.dtype, value.type.quant)
 
 

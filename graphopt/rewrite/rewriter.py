@@ -144,13 +144,25 @@ class Rewriter:
         return node
 
     def constant(
-        self, data: np.ndarray | float, name: str = "const", dtype: DType | None = None
+        self, data: np.ndarray | float, name: str = "const", dtype: DType | None = None,
+        like: Value | None = None,
     ) -> Value:
-        """Add a graph constant (``dtype`` converts the data, e.g. a Python float to f32)."""
+        """Add a graph constant (``dtype`` converts the data, e.g. a Python float to f32).
+
+        ``like``: ``data`` is a zero-copy view of constant ``like``'s array (``w.data.T``): it is
+        kept as that view (``Graph.add_constant(transposed_view=True)``) and borrows from the
+        same owner, so a transposed weight costs no memory.
+        """
         array = np.asarray(data)
         if dtype is not None and dtype is not DType.bfloat16:
-            array = array.astype(dtype.numpy)
-        value = self.graph.add_constant(array, name=name, dtype=dtype)
+            array = array.astype(dtype.numpy, copy=False)  # no second copy of a weight
+        if like is not None:
+            view = like.data is not None and np.shares_memory(array, like.data)
+            value = self.graph.add_constant(array, name=name, dtype=dtype,
+                                            owner=like.owner if view else None,
+                                            transposed_view=True)
+        else:
+            value = self.graph.add_constant(array, name=name, dtype=dtype)
         self.created_constants.append(value)
         return value
 

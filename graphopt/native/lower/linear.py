@@ -43,7 +43,7 @@ def _linear(ctx, fused: bool) -> None:
     if try_sparse_linear(ctx, fused):  # a sparse weight the cost model sends to CSR
         return
     x, (rows, k, a_rs, a_cs) = _input_matrix(ctx)
-    w = ctx.ref(1)  # [N, K]: B(k, n) = W[n, k]
+    w = ctx.weight_ref(1)  # [N, K]: B(k, n) = W[n, k], any strides (the GEMM packs it)
     n = w.shape[0]
     bias = ctx.contiguous(2)
     residual = ctx.contiguous(3) if fused and ctx.has(3) else None

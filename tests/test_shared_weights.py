@@ -1,0 +1,147 @@
+"""Weights are shared, not copied: ``graphopt.trace`` borrows the model's parameters (zero-copy
+constants), ``optimize`` keeps sharing what it does not change, and a parameter changed in place
+after the trace makes lowering refuse the graph instead of mixing old and new weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import graphopt
+from graphopt.errors import StaleConstantError
+
+
+class Block(torch.nn.Module):
+    """A linear, a layer norm and a Conv1D-style matmul by a [in, out] weight (GPT-2's layout),
+    which fuse-matmul-add turns into a linear with a transposed copy."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(16, 32)
+        self.norm = torch.nn.LayerNorm(32)
+        self.w_in_out = torch.nn.Parameter(torch.randn(32, 8))
+        self.b = torch.nn.Parameter(torch.randn(8))
+
+    def forward(self, x):
+        return torch.addmm(self.b, self.norm(self.fc(x)), self.w_in_out)
+
+
+def _param_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {name: p.detach().numpy() for name, p in model.named_parameters()}
+
+
+def _sharing(graph, model) -> dict[str, bool]:
+    arrays = _param_arrays(model)
+    return {name: any(np.shares_memory(v.data, arr) for v in graph.constants.values())
+            for name, arr in arrays.items()}
+
+
+@pytest.fixture()
+def model_and_input():
+    return Block().eval(), torch.randn(4, 16)
+
+
+def test_trace_borrows_every_parameter(model_and_input):
+    model, x = model_and_input
+    graph = graphopt.trace(model, (x,))
+    assert all(_sharing(graph, model).values()), _sharing(graph, model)
+    assert all(not v.data.flags.writeable for v in graph.constants.values())
+    assert model.fc.weight.detach().numpy().flags.writeable  # the model's own view untouched
+    torch.testing.assert_close(graphopt.run(graph, x), model(x))
+    copied = graphopt.trace(model, (x,), copy_weights=True)
+    assert not any(_sharing(copied, model).values())
+    assert all(v.owner is None for v in copied.constants.values())
+
+
+def test_optimize_shares_every_weight_even_transposed(model_and_input):
+    """fuse-matmul-add's W^T is a Fortran-order view of the model's [in, out] weight."""
+    model, x = model_and_input
+    graph = graphopt.trace(model, (x,))
+    optimized = graphopt.optimize(graph, "default")
+    assert all(_sharing(optimized, model).values()), _sharing(optimized, model)
+    linears = [n for n in optimized.nodes if n.op == "linear"]
+    assert len(linears) == 2
+    transposed = linears[1].inputs[1]
+    np.testing.assert_array_equal(transposed.data, model.w_in_out.detach().numpy().T)
+    assert transposed.data.flags.f_contiguous and not transposed.data.flags.c_contiguous
+    assert not transposed.data.flags.writeable and transposed.owner is not None
+    torch.testing.assert_close(graphopt.run(optimized, x), model(x))
+
+
+@pytest.mark.parametrize("backend", ["native", "native-bf16", "native-int8", "onnxruntime",
+                                     "torch", "native-artifact"])
+def test_transposed_view_weights_run_everywhere(model_and_input, backend, tmp_path):
+    """Every consumer of a transposed-view constant reads it as the logical [out, in] array
+    (the native GEMM through strides, the others after a copy to C order)."""
+    model, x = model_and_input
+    optimized = graphopt.optimize(graphopt.trace(model, (x,)), "default")
+    want = model(x).detach()
+    tolerance = {"atol": 1e-5, "rtol": 1e-5}
+    if backend == "native-bf16":
+        fn, tolerance = (graphopt.compile(optimized, backend="native", precision="bf16"),
+                         {"atol": 0.05, "rtol": 0.05})
+    elif backend == "native-int8":
+        fn, tolerance = (graphopt.compile(graphopt.quantize(optimized), backend="native"),
+                         {"atol": 0.1, "rtol": 0.1})
+    elif backend == "torch":
+        fn = graphopt.to_torch(optimized)
+    elif backend == "native-artifact":
+        graphopt.compile(optimized, backend="native").save(tmp_path / "m.npz")
+        fn = graphopt.native.load(tmp_path / "m.npz")
+    else:
+        fn = graphopt.compile(optimized, backend=backend)
+    got = fn(x)
+    torch.testing.assert_close(got.detach() if isinstance(got, torch.Tensor) else got, want,
+                               **tolerance)
+    assert float(want.abs().mean()) > 0.1  # not a vacuous comparison
+
+
+@pytest.mark.parametrize("lower", ["native", "onnx", "optimized-native", "transposed"])
+def test_in_place_change_after_trace_is_refused(model_and_input, lower, tmp_path):
+    model, x = model_and_input
+    graph = graphopt.trace(model, (x,))
+    snapshot = graphopt.trace(model, (x,), copy_weights=True)
+    want = model(x).detach()
+    changed = model.w_in_out if lower == "transposed" else model.norm.weight
+    with torch.no_grad():
+        changed.mul_(2.0)
+    name = "w_in_out" if lower == "transposed" else r"norm\.weight"
+    with pytest.raises(StaleConstantError, match=name + r".*Trace the model again"):
+        if lower == "native":
+            graphopt.compile(graph, backend="native")
+        elif lower == "onnx":
+            graphopt.to_onnx(graph, tmp_path / "m.onnx")
+        elif lower == "transposed":  # only the transposed view is left of w_in_out
+            optimized = graphopt.optimize(graph)
+            assert "w_in_out" not in optimized.constants
+            graphopt.compile(optimized, backend="native")
+        else:
+            graphopt.compile(graphopt.optimize(graph), backend="native")
+    # The snapshot is independent of the model; a new trace sees the new weights.
+    torch.testing.assert_close(graphopt.compile(snapshot, backend="native")(x), want)
+    retraced = graphopt.trace(model, (x,))
+    torch.testing.assert_close(graphopt.compile(retraced, backend="native")(x), model(x))
+
+
+def test_native_module_refuses_new_plan_after_change(model_and_input):
+    """A compiled native module plans each new input shape from the graph's weights: a change
+    after compile is caught when the next plan is built."""
+    model, x = model_and_input
+    fn = graphopt.compile(graphopt.trace(model, (x,), dynamic_shapes=({0: torch.export.Dim(
+        "n", min=2, max=64)},)), backend="native")
+    torch.testing.assert_close(fn(x), model(x))
+    with torch.no_grad():
+        model.fc.bias.add_(1.0)
+    with pytest.raises(StaleConstantError, match=r"fc\.bias"):
+        fn(torch.randn(7, 16))
+
+
+def test_bfloat16_parameters_are_borrowed_too():
+    model = torch.nn.Linear(8, 4).to(torch.bfloat16).eval()
+    x = torch.randn(2, 8, dtype=torch.bfloat16)
+    graph = graphopt.trace(model, (x,))
+    bits = model.weight.detach().view(torch.uint16).numpy()
+    assert any(np.shares_memory(v.data, bits) for v in graph.constants.values())
+    torch.testing.assert_close(graphopt.run(graph, x), model(x))
