@@ -63,7 +63,10 @@ def render_memory(data: Any) -> str:
     machine = data.get("machine", {})
     caption = (f"Each cell: seconds / peak GiB above the built model (GiB still held after the "
                f"stage), one process, stages in order on the previous stage's result; "
-               f"sequence length {data.get('seq')}. {machine.get('cpu_model', 'unknown CPU')}, "
+               f"sequence length {data.get('seq')}. "
+               + ("Second table: the optimized graph quantized (dynamic int8) and compiled "
+                  "natively, after the fp32 native module was released. " if int8 else "")
+               + f"{machine.get('cpu_model', 'unknown CPU')}, "
                f"run {data.get('created')}.")
     return "\n".join(lines) + "\n\n" + textwrap.fill(caption, width=100,
                                                      break_long_words=False,

@@ -12,6 +12,7 @@
 
 #include "cpu.h"
 #include "rt_blocked.h"
+#include "rt_pack_cache.h"
 #include "rt_qgemm.h"
 #include "epilogue.h"
 #include "gemm.h"
@@ -206,6 +207,19 @@ Raises:
         "CPU features detected at run time and the SGEMM kernel they select "
         "(GRAPHOPT_DISABLE_AVX2=1 forces the portable kernel, GRAPHOPT_DISABLE_AVX512=1 the AVX2 "
         "one, GRAPHOPT_DISABLE_AMX=1 keeps AMX tiles unused).");
+
+    m.def(
+        "pack_cache_stats",
+        []() {
+            const rt::PackCache::Stats s = rt::PackCache::stats();
+            py::dict d;
+            d["packs"] = s.packs;
+            d["hits"] = s.hits;
+            d["live"] = s.live;
+            return d;
+        },
+        "Packed-weight sharing of the native runtime (csrc/rt_pack_cache.h): packings made, "
+        "requests served by an existing packing, packings still held by some plan.");
 
     m.def(
         "set_num_threads",

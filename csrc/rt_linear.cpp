@@ -18,6 +18,7 @@
 #include "rt_bf16.h"
 #include "rt_gemm.h"
 #include "rt_gemv.h"
+#include "rt_pack_cache.h"
 #include "rt_parallel.h"
 #include "rt_plan.h"
 
@@ -81,12 +82,17 @@ class GemmKernel : public Kernel {
         if (b_packable && m_ > 0 && n_ > 0 && k_ > 0) {
             const float* b = reinterpret_cast<const float*>(constant(args, 2));
             const MatrixRef ref{b, k_, n_, b_rs_, b_cs_};
+            // One packing per weight and layout, shared by every plan (rt_pack_cache.h).
+            const std::vector<int64_t> layout{k_, n_, b_rs_, b_cs_};
             if (bf16) {
-                bf16_ = std::make_unique<PackedBf16Weight>(PackedBf16Weight::pack(ref));
+                bf16_ = PackCache::get<PackedBf16Weight>(
+                    "gemm.bf16", b, layout, [&] { return PackedBf16Weight::pack(ref); });
             } else if (m_ <= kGemvMaxRows) {
-                gemv_ = std::make_unique<PackedGemvB>(PackedGemvB::pack(ref));
+                gemv_ = PackCache::get<PackedGemvB>("gemm.gemv", b, layout,
+                                                    [&] { return PackedGemvB::pack(ref); });
             } else {
-                packed_ = std::make_unique<PackedMatrix>(PackedMatrix::pack_b(ref));
+                packed_ = PackCache::get<PackedMatrix>("gemm.f32", b, layout,
+                                                       [&] { return PackedMatrix::pack_b(ref); });
             }
         }
     }
@@ -141,9 +147,9 @@ class GemmKernel : public Kernel {
     int64_t m_ = 0, n_ = 0, k_ = 0, a_rs_ = 0, a_cs_ = 0, b_rs_ = 0, b_cs_ = 0;
     bool has_bias_ = false, has_residual_ = false;
     EpilogueSpec ep_;
-    std::unique_ptr<PackedMatrix> packed_;
-    std::unique_ptr<PackedGemvB> gemv_;
-    std::unique_ptr<PackedBf16Weight> bf16_;
+    std::shared_ptr<const PackedMatrix> packed_;
+    std::shared_ptr<const PackedGemvB> gemv_;
+    std::shared_ptr<const PackedBf16Weight> bf16_;
 };
 
 GRAPHOPT_RT_KERNEL("gemm", GemmKernel,

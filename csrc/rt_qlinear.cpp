@@ -21,6 +21,7 @@
 #include <memory>
 #include <string>
 
+#include "rt_pack_cache.h"
 #include "rt_plan.h"
 #include "rt_qgemm.h"
 
@@ -87,8 +88,10 @@ class QLinearKernel : public Kernel {
         checked_mul(m_, k_, what);
         const auto* w = reinterpret_cast<const int8_t*>(constant(args, kW));
         try {
-            weight_ = std::make_unique<PackedQWeight>(
-                PackedQWeight::pack(w, n_, k_, w_rs, w_cs, qgemm_kernels().format));
+            const auto format = qgemm_kernels().format;
+            weight_ = PackCache::get<PackedQWeight>(  // shared by every plan (rt_pack_cache.h)
+                "qlinear", w, {n_, k_, w_rs, w_cs, static_cast<int64_t>(format)},
+                [&] { return PackedQWeight::pack(w, n_, k_, w_rs, w_cs, format); });
         } catch (const PlanError& e) {
             throw PlanError("qlinear " + name_ + ": " + e.what());
         }
@@ -142,7 +145,7 @@ class QLinearKernel : public Kernel {
     bool static_ = false, requant_ = false, has_bias_ = false, has_residual_ = false;
     bool residual_in_c_ = false, per_row_ = false;
     ActSpec act_;
-    std::unique_ptr<PackedQWeight> weight_;
+    std::shared_ptr<const PackedQWeight> weight_;
 };
 
 GRAPHOPT_RT_KERNEL("qlinear", QLinearKernel,

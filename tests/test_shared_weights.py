@@ -145,3 +145,39 @@ def test_bfloat16_parameters_are_borrowed_too():
     bits = model.weight.detach().view(torch.uint16).numpy()
     assert any(np.shares_memory(v.data, bits) for v in graph.constants.values())
     torch.testing.assert_close(graphopt.run(graph, x), model(x))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_native_plans_share_packed_weights(model_and_input, precision):
+    """Each new input shape gets its own native plan, but a weight is packed once: the second
+    plan's GEMMs reuse the first plan's packings (csrc/rt_pack_cache.h), and the packings go
+    away with the last plan holding them."""
+    from graphopt import _C
+
+    model, _ = model_and_input
+    x = torch.randn(40, 16)
+    graph = graphopt.optimize(graphopt.trace(
+        model, (x,), dynamic_shapes=({0: torch.export.Dim("n", min=2, max=256)},)))
+    if precision == "int8":
+        graph = graphopt.quantize(graph)
+    fn = graphopt.compile(graph, backend="native",
+                          precision="bf16" if precision == "bf16" else "fp32")
+    start = _C.pack_cache_stats()
+    first = fn(x)
+    after_first = _C.pack_cache_stats()
+    second = fn(torch.randn(48, 16))
+    after_second = _C.pack_cache_stats()
+    assert after_first["packs"] - start["packs"] == 2  # the two linear weights
+    assert after_second["packs"] == after_first["packs"]
+    assert after_second["hits"] - after_first["hits"] == 2
+    assert fn.num_cached_plans == 2
+    want = model(x).detach()
+    tolerance = {"fp32": 1e-5, "bf16": 0.02, "int8": 0.05}[precision] * float(want.abs().max())
+    torch.testing.assert_close(first, want, atol=tolerance, rtol=0)
+    assert second.shape == (48, 8)
+    live = after_second["live"]
+    del fn
+    import gc
+
+    gc.collect()
+    assert _C.pack_cache_stats()["live"] <= live - 2
