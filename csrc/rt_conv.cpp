@@ -26,6 +26,7 @@
 
 #include "rt_conv_shape.h"
 #include "rt_gemm.h"
+#include "rt_pack_cache.h"
 #include "rt_parallel.h"
 #include "rt_plan.h"
 #include "rt_vec.h"
@@ -147,7 +148,8 @@ class ConvKernel : public Kernel {
         const int64_t k = s_.k(), cog = s_.cog();
         for (int64_t g = 0; g < s_.groups && !runtime_weight_; ++g) {
             const MatrixRef a{w + g * cog * k, cog, k, k, 1};
-            packed_.push_back(std::make_unique<PackedMatrix>(PackedMatrix::pack_a(a)));
+            packed_.push_back(PackCache::get<PackedMatrix>(  // shared by every plan
+                "conv.f32", a.data, {cog, k}, [&] { return PackedMatrix::pack_a(a); }));
         }
         for (int64_t ci = 0; ci < s_.cig(); ++ci) {
             for (int64_t ky = 0; ky < s_.kh; ++ky) {
@@ -304,7 +306,7 @@ class ConvKernel : public Kernel {
     bool residual_in_c_ = false, has_bias_ = false, has_residual_ = false;
     bool depthwise_ = false, pointwise_ = false;
     std::vector<float> weight_;
-    std::vector<std::unique_ptr<PackedMatrix>> packed_;
+    std::vector<std::shared_ptr<const PackedMatrix>> packed_;
     std::vector<int64_t> k_offset_, k_dy_, k_dx_;
     bool runtime_weight_ = false;  // the weight is read (and packed) on every call
 };

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "rt_pack_cache.h"
 #include "rt_parallel.h"
 #include "rt_plan.h"
 #include "rt_qgemm.h"
@@ -118,9 +119,12 @@ class QConvKernel : public Kernel {
         checked_mul(p, k, what);  // the im2col scratch
         const auto* w = reinterpret_cast<const int8_t*>(constant(args, 2));
         try {
-            for (int64_t g = 0; g < s_.groups; ++g) {
-                weights_.push_back(std::make_unique<PackedQWeight>(PackedQWeight::pack(
-                    w + g * cog * k, cog, k, k, 1, qgemm_kernels().format)));
+            const auto format = qgemm_kernels().format;
+            for (int64_t g = 0; g < s_.groups; ++g) {  // packings shared by every plan
+                const int8_t* wg = w + g * cog * k;
+                weights_.push_back(PackCache::get<PackedQWeight>(
+                    "qlinear", wg, {cog, k, k, 1, static_cast<int64_t>(format)},
+                    [&] { return PackedQWeight::pack(wg, cog, k, k, 1, format); }));
             }
         } catch (const PlanError& e) {
             throw PlanError("qconv2d " + name_ + ": " + e.what());
@@ -181,7 +185,7 @@ class QConvKernel : public Kernel {
     ActSpec act_;
     bool has_bias_ = false, has_xzp_ = false, requant_ = false, has_yzp_ = false;
     bool pointwise_ = false;
-    std::vector<std::unique_ptr<PackedQWeight>> weights_;
+    std::vector<std::shared_ptr<const PackedQWeight>> weights_;
 };
 
 GRAPHOPT_RT_KERNEL("qconv2d", QConvKernel,

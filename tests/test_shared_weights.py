@@ -181,3 +181,29 @@ def test_native_plans_share_packed_weights(model_and_input, precision):
 
     gc.collect()
     assert _C.pack_cache_stats()["live"] <= live - 2
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_native_modules_share_conv_packings(int8):
+    """Two modules compiled from one graph pack each convolution weight once (fp32 im2col
+    convolution in the plain layout, static int8 convolution)."""
+    from graphopt import _C
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 4, 3, groups=2)).eval()
+    x = torch.randn(1, 3, 12, 12)
+    graph = graphopt.optimize(graphopt.trace(model, (x,)))
+    if int8:
+        graph = graphopt.quantize(graph, "static", calibration=[(x,)])
+    options = {} if int8 else {"layout": "nchw"}
+    start = _C.pack_cache_stats()
+    first = graphopt.compile(graph, backend="native", **options)
+    want = first(x)
+    packed = _C.pack_cache_stats()["packs"] - start["packs"]
+    assert packed == 3  # one conv + two groups of the second
+    second = graphopt.compile(graph, backend="native", **options)
+    torch.testing.assert_close(second(x), want)
+    assert _C.pack_cache_stats()["packs"] - start["packs"] == packed
+    if not int8:
+        torch.testing.assert_close(want, model(x).detach(), atol=1e-4, rtol=1e-4)
