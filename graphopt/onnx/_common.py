@@ -132,6 +132,23 @@ def check_tensor_data(tensor: TensorProto, what: str) -> int:
     return nbytes
 
 
+def external_to_array(tensor: TensorProto, raw: np.ndarray, what: str | None = None
+                      ) -> tuple[np.ndarray, DType]:
+    """An initializer whose external data was read into ``raw`` (a uint8 array of exactly its
+    byte size, ``loading.read_external_bytes``) as an array viewing those bytes: no copy."""
+    what = what or f"tensor '{tensor.name}'"
+    nbytes = tensor_nbytes(tensor, what)
+    if raw.nbytes != nbytes:
+        raise OnnxImportError(f"{what} has {raw.nbytes} bytes of external data, but its dims "
+                              f"{list(tensor.dims)} need {nbytes}")
+    dtype = FROM_ONNX_DTYPE[tensor.data_type]
+    if dtype is DType.bool:
+        return (raw != 0).reshape(tuple(tensor.dims)), dtype
+    stored = np.dtype(dtype.numpy).newbyteorder("<")
+    array = raw.view(stored).astype(dtype.numpy, copy=False)  # no copy on little-endian hosts
+    return array.reshape(tuple(tensor.dims)), dtype
+
+
 def tensor_to_array(tensor: TensorProto, what: str | None = None) -> tuple[np.ndarray, DType]:
     """Numpy data and IR dtype of an initializer (external data must be loaded already).
 

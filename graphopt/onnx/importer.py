@@ -41,7 +41,8 @@ from graphopt.errors import GraphoptError, OnnxImportError, ResourceLimitError
 from graphopt.ir.dtypes import torch_to_numpy
 from graphopt.ir.graph import Graph, Node, Value
 from graphopt.ir.types import TensorType
-from graphopt.onnx._common import FROM_ONNX_DTYPE, onnx_dtype_name, tensor_to_array
+from graphopt.onnx._common import (FROM_ONNX_DTYPE, external_to_array, onnx_dtype_name,
+                                   tensor_to_array)
 from graphopt.onnx.import_context import ImportContext, NeedsStaticValue
 from graphopt.onnx.import_graph import cancel_synthetic_layout, needs_static_inputs, toposort
 from graphopt.onnx.import_symbolic import evaluate_new_nodes
@@ -50,6 +51,7 @@ from graphopt.onnx.loading import (
     has_external_data,
     load_model,
     read_external,
+    read_external_bytes,
     resolve_external,
     tensors_of,
 )
@@ -171,7 +173,7 @@ def from_onnx(model_or_path, *, base_dir: str | os.PathLike | None = None,
 def _import(model: onnx.ModelProto, callers_proto: bool, folder: str | None, path: str | None,
             constant_inputs, fold_constants: bool, check: bool, name: str | None) -> Graph:
     """from_onnx on a decoded model: external data, checks, graph inputs, nodes, outputs."""
-    model = _with_external_data(model, callers_proto, folder, path, check)
+    model, preloaded = _with_external_data(model, callers_proto, folder, path, check)
     opsets = {o.domain: int(o.version) for o in model.opset_import}
     check_opsets(opsets, "the model")
     opset = opsets.get("", opsets.get("ai.onnx", 1))
@@ -179,7 +181,8 @@ def _import(model: onnx.ModelProto, callers_proto: bool, folder: str | None, pat
 
     graph = Graph(name or model.graph.name or "main")
     ctx = ImportContext(graph, fold_constants)
-    _add_graph_inputs(ctx, model, dict(constant_inputs or {}))
+    _add_graph_inputs(ctx, model, dict(constant_inputs or {}), preloaded)
+    del preloaded  # the constants hold the arrays now
     consumed = {i for n in model.graph.node for i in n.input} | {o.name for o in
                                                                 model.graph.output}
     for proto in toposort(model.graph.node, set(ctx.env)):
@@ -212,10 +215,14 @@ def _import(model: onnx.ModelProto, callers_proto: bool, folder: str | None, pat
 
 
 def _with_external_data(model: onnx.ModelProto, callers_proto: bool, folder: str | None,
-                        path: str | None, check: bool) -> onnx.ModelProto:
+                        path: str | None, check: bool
+                        ) -> tuple[onnx.ModelProto, dict[int, np.ndarray]]:
     """Validate every external reference (confinement, length, budget) before reading any,
     run the checker (on the file when the data lies next to it, so the checker sees it), then
-    read the data; returns the model with its data inline (a copy of the caller's proto)."""
+    read the data. Returns the model and the external bytes of its initializers by index,
+    read straight into arrays (the graph's constants view them: one copy of the weights);
+    attribute tensors, and every tensor when the checker must see the data inline (model and
+    data in different folders), get their data inline (in a copy of the caller's proto)."""
     externals, total = [], 0
     for t in tensors_of(model):
         if has_external_data(t):
@@ -227,18 +234,31 @@ def _with_external_data(model: onnx.ModelProto, callers_proto: bool, folder: str
     if check and (not externals or same_folder):
         check_model(model, "the model", path if externals else None)
     if not externals:
-        return model
+        return model, {}
+    inline_all = check and not same_folder
+    refs = iter(externals)
+    preloaded: dict[int, np.ndarray] = {}
+    for index, t in enumerate(model.graph.initializer):
+        if has_external_data(t):
+            ref = next(refs)
+            if not inline_all:
+                preloaded[index] = read_external_bytes(t, ref)
+    rest = list(refs)  # attribute tensors (and, with inline_all, nothing was read yet)
+    if not rest and not inline_all:
+        return model, preloaded
     if callers_proto:  # do not fill the caller's proto with weight bytes
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         model = copy
     refs = iter(externals)
-    for t in tensors_of(model):
+    for i, t in enumerate(tensors_of(model)):
         if has_external_data(t):
-            read_external(t, next(refs))
-    if check and not same_folder:
+            ref = next(refs)
+            if i >= len(model.graph.initializer) or i not in preloaded:
+                read_external(t, ref)
+    if inline_all:
         check_model(model, "the model")
-    return model
+    return model, preloaded
 
 
 def _check_supported(model: onnx.ModelProto) -> None:
@@ -256,12 +276,18 @@ def _check_supported(model: onnx.ModelProto) -> None:
                               f"({distinct}):\n{listing}", unsupported=unsupported)
 
 
-def _add_graph_inputs(ctx: ImportContext, model: onnx.ModelProto, frozen: dict) -> None:
-    """Initializers become constants (validated against their dims and the budget); graph
-    inputs become IR inputs (known dtypes, dims >= 0), or constants when frozen."""
+def _add_graph_inputs(ctx: ImportContext, model: onnx.ModelProto, frozen: dict,
+                      preloaded: dict[int, np.ndarray]) -> None:
+    """Initializers become constants (validated against their dims and the budget; those with
+    external data view the bytes in ``preloaded``); graph inputs become IR inputs (known
+    dtypes, dims >= 0), or constants when frozen."""
     graph, symbols = ctx.graph, {}
-    for init in model.graph.initializer:
-        array, dtype = tensor_to_array(init, f"initializer '{init.name}'")
+    for index, init in enumerate(model.graph.initializer):
+        what = f"initializer '{init.name}'"
+        if index in preloaded:
+            array, dtype = external_to_array(init, preloaded[index], what)
+        else:
+            array, dtype = tensor_to_array(init, what)
         ctx.env[init.name] = graph.add_constant(array, init.name, dtype)
     for info in model.graph.input:
         if info.name in ctx.env:

@@ -16,6 +16,7 @@ import re
 import stat
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
@@ -211,6 +212,14 @@ def resolve_external(tensor: TensorProto, base_dir: str | None, budget_used: int
 def read_external(tensor: TensorProto, ref: ExternalRef) -> None:
     """Read validated external data into ``raw_data`` (the file must still be a regular file
     inside the folder: the final component is opened without following symlinks)."""
+    tensor.raw_data = read_external_bytes(tensor, ref).tobytes()
+    tensor.data_location = TensorProto.DEFAULT
+    del tensor.external_data[:]
+
+
+def read_external_bytes(tensor: TensorProto, ref: ExternalRef) -> np.ndarray:
+    """Validated external data as a new uint8 array, read straight from the file (never through
+    the proto: protobuf keeps bytes put into a message until the whole message dies)."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(ref.path, flags)
@@ -222,10 +231,9 @@ def read_external(tensor: TensorProto, ref: ExternalRef) -> None:
             raise OnnxImportError(f"tensor '{tensor.name}': external data '{ref.location}' is "
                                   "not a regular file")
         f.seek(ref.offset)
-        data = f.read(ref.length)
-    if len(data) != ref.length:
+        data = np.empty(ref.length, dtype=np.uint8)
+        got = f.readinto(memoryview(data)) if ref.length else 0
+    if got != ref.length:
         raise OnnxImportError(f"tensor '{tensor.name}': external data '{ref.location}' "
                               "changed while it was read (short read)")
-    tensor.raw_data = data
-    tensor.data_location = TensorProto.DEFAULT
-    del tensor.external_data[:]
+    return data
