@@ -28,11 +28,15 @@ def sample_digest(data: np.ndarray) -> bytes:
     entry = _DIGESTS.get(id(data))
     if entry is not None and entry[0]() is data:
         return entry[1]
-    flat = data.reshape(-1)  # a copy only for a non-C-ordered view (a transposed weight)
+    # Memory order: a view for every contiguous array (a transposed weight too, which
+    # reshape(-1) would copy whole). The layout is part of the digest, so equal arrays in
+    # different layouts only miss a merge, never merge wrongly.
+    flat = np.ravel(data, order="K")
     if flat.size > SAMPLE:
         flat = np.concatenate([flat[:: flat.size // SAMPLE], flat[-1:]])
     sample = np.ascontiguousarray(flat)
-    h = hashlib.blake2b(f"{data.dtype.str}{data.shape}".encode(), digest_size=16)
+    order = "C" if data.flags.c_contiguous else "F" if data.flags.f_contiguous else "?"
+    h = hashlib.blake2b(f"{data.dtype.str}{data.shape}{order}".encode(), digest_size=16)
     # memoryview.cast refuses shapes with a zero; an empty array's bytes are empty anyway
     h.update(memoryview(sample).cast("B") if sample.size else b"")
     digest = h.digest()

@@ -157,7 +157,7 @@ class Rewriter:
         if dtype is not None and dtype is not DType.bfloat16:
             array = array.astype(dtype.numpy, copy=False)  # no second copy of a weight
         if like is not None:
-            view = like.data is not None and np.shares_memory(array, like.data)
+            view = like.data is not None and np.may_share_memory(array, like.data)
             value = self.graph.add_constant(array, name=name, dtype=dtype,
                                             owner=like.owner if view else None,
                                             transposed_view=True)
