@@ -21,6 +21,12 @@ already registered with ``torch.utils._pytree`` (torch's own ``treespec_loads`` 
 module named in the file). Any inconsistency raises :class:`~graphopt.errors.ArtifactError`
 naming the file and the entry; a declared size over the memory budget raises
 :class:`~graphopt.errors.ResourceLimitError`.
+
+Loading a bundle from a path memory-maps it (:mod:`graphopt.filemap`): the graph's constants
+and the loaded module's weights are copy-on-write views of the file's pages, so a load reads
+nothing up front and several processes loading one bundle share its pages. Every tensor is
+aligned to its element size in the files :func:`save_bundle` writes (widest first, 8-byte
+padded header); a misaligned tensor from another writer, or a file object, is read instead.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import torch.utils._pytree as pytree
 
 from graphopt.errors import ArtifactError, GraphoptError, ParseError, entry_point
 from graphopt.fileio import atomic_write
+from graphopt.filemap import map_region, view_of
 from graphopt.ir.dtypes import DType, torch_to_numpy
 from graphopt.ir.graph import Graph
 from graphopt.limits import check_bytes, numel_of
@@ -91,7 +98,7 @@ def load_module(path: str | os.PathLike | BinaryIO):
     """
     from graphopt.backends.torch_module import to_torch  # it imports this module
 
-    return to_torch(load_graph(path))
+    return to_torch(load_graph(path), share_mapped_weights=True)
 
 
 def module_ir_text(graph: Graph, used: set[str]) -> str:
@@ -218,8 +225,14 @@ def load_graph(source: str | os.PathLike | BinaryIO) -> Graph:
         size = f.seek(0, os.SEEK_END)
         f.seek(0)
         metadata, entries, data_start = _read_header(f, where, size)
-        arrays = {name: _read_tensor(f, where, name, entry, data_start)
-                  for name, entry in entries.items()}
+        # A path is memory-mapped (graphopt.filemap): tensors are views of the file's pages.
+        region = None if hasattr(source, "read") else \
+            map_region(where, data_start, size - data_start)
+        arrays = {}
+        for name, entry in entries.items():
+            mapped = None if region is None else _mapped_tensor(region, where, name, entry)
+            arrays[name] = mapped if mapped is not None else \
+                _read_tensor(f, where, name, entry, data_start)
     try:
         graph = parse_graph(metadata["graph"], arrays)
     except ParseError as exc:
@@ -328,6 +341,20 @@ def _is_count(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
+def _mapped_tensor(region: np.ndarray, where: str, name: str, entry: dict) -> np.ndarray | None:
+    """The entry as a view of the mapped data region; None where it is not aligned."""
+    dtype = _FROM_ST[entry["dtype"]]
+    array = view_of(region, entry["data_offsets"][0], tuple(entry["shape"]), dtype.numpy)
+    if array is not None:
+        _check_bool(array, dtype, where, name)
+    return array
+
+
+def _check_bool(array: np.ndarray, dtype: DType, where: str, name: str) -> None:
+    if dtype is DType.bool and array.size and array.view(np.uint8).max() > 1:
+        raise ArtifactError(f"{where}: entry '{name}' is BOOL but holds bytes other than 0/1")
+
+
 def _read_tensor(f, where: str, name: str, entry: dict, data_start: int) -> np.ndarray:
     dtype = _FROM_ST[entry["dtype"]]
     array = np.empty(tuple(entry["shape"]), dtype=dtype.numpy)
@@ -336,8 +363,7 @@ def _read_tensor(f, where: str, name: str, entry: dict, data_start: int) -> np.n
         if f.readinto(memoryview(array.reshape(-1).view(np.uint8))) != array.nbytes:
             raise ArtifactError(f"{where}: entry '{name}' is cut short (the file changed or is "
                                 "truncated)")
-    if dtype is DType.bool and array.size and array.view(np.uint8).max() > 1:
-        raise ArtifactError(f"{where}: entry '{name}' is BOOL but holds bytes other than 0/1")
+    _check_bool(array, dtype, where, name)
     return array
 
 

@@ -53,6 +53,7 @@ from graphopt.backends.torch_names import attribute_paths  # noqa: F401  (public
 from graphopt.backends.torch_names import _argument_name
 from graphopt.errors import GraphoptError, InputMismatchError, ParseError
 from graphopt.ir.attrs import has_symbols
+from graphopt.filemap import is_file_mapped
 from graphopt.ir.dtypes import numpy_to_torch
 from graphopt.interpreter import reorder_kwargs
 from graphopt.ir.graph import Graph, Node, Value
@@ -241,11 +242,15 @@ class _SpecText:
             return spec
 
 
-def to_torch(graph: Graph) -> TorchModule:
+def to_torch(graph: Graph, *, share_mapped_weights: bool = False) -> TorchModule:
     """Lower ``graph`` to a ``torch.nn.Module`` with generated code (see the module docstring).
 
     Args:
         graph: the graph to lower; it is not modified, and the module shares nothing with it.
+        share_mapped_weights: constants that are copy-on-write maps of a file (a graph from
+            ``load_graph``) become the module's weights without a copy; training the module
+            then changes those constants of ``graph`` too (never the file). What
+            ``load_module`` does, as its graph is its own.
 
     Returns:
         A ``TorchModule``: call it like the traced model; ``print(module.code)`` shows the code.
@@ -254,7 +259,7 @@ def to_torch(graph: Graph) -> TorchModule:
         GraphoptError: an op has no torch implementation that generated code can import (naming
             the op and the node), or an attribute uses a size symbol no graph input defines.
     """
-    lowering = _Lowering(graph)
+    lowering = _Lowering(graph, share_mapped_weights)
     graph_module = lowering.run()
     paths = {name: path for name, path in lowering.paths.items() if path in lowering.weights}
     return TorchModule(
@@ -290,8 +295,9 @@ def _parse_size_expr(expr: str) -> sympy.Expr:
 class _Lowering:
     """Builds the fx graph of one IR graph, node by node, in the IR's order."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, share_mapped_weights: bool = False):
         self.graph = graph
+        self.share_mapped_weights = share_mapped_weights
         self.fx = torch.fx.Graph()
         self.env: dict[int, torch.fx.Node] = {}  # id(Value) -> fx node holding it
         self.weights: dict[str, torch.Tensor] = {}  # attribute path -> Parameter or buffer
@@ -337,7 +343,7 @@ class _Lowering:
                 raise GraphoptError(f"%{value.name} is used before it is defined")
             # Constants are fetched at their first use, which keeps the code readable.
             path = self.paths[value.name]
-            self.weights[path] = _weight(value)
+            self.weights[path] = _weight(value, self.share_mapped_weights)
             node = self.fx.create_node("get_attr", path, name=value.name)
             self.env[id(value)] = node
         return node
@@ -442,6 +448,19 @@ def _importable(fn: Callable) -> bool:
     return getattr(module, name, None) is fn
 
 
+def _writable_mapped_view(data: np.ndarray) -> np.ndarray | None:
+    """A writable view of a copy-on-write file map (IR constants are read-only views; the
+    map below them is private to this process, so writing it is safe); None otherwise."""
+    if not (is_file_mapped(data) and data.flags.c_contiguous):
+        return None
+    view = data.view()
+    try:
+        view.flags.writeable = True
+    except ValueError:  # a read-only map (not one of graphopt.filemap's)
+        return None
+    return view
+
+
 # Operand slots that hold statistics, not weights: gradients must not flow into them (torch's
 # batch_norm rejects running statistics that require grad), so they become buffers.
 STATISTICS_OPERANDS = {("batch_norm", 1), ("batch_norm", 2)}
@@ -453,8 +472,11 @@ def _is_trainable(value: Value) -> bool:
     return not any((node.op, slot) in STATISTICS_OPERANDS for node, slot in value.uses)
 
 
-def _weight(value: Value) -> torch.Tensor:
-    tensor = numpy_to_torch(value.data.copy(), value.dtype)  # owned, writable storage
+def _weight(value: Value, share_mapped: bool = False) -> torch.Tensor:
+    data = _writable_mapped_view(value.data) if share_mapped else None
+    if data is None:
+        data = value.data.copy()  # owned, writable storage
+    tensor = numpy_to_torch(data, value.dtype)
     if _is_trainable(value):
         return torch.nn.Parameter(tensor, requires_grad=True)
     return tensor

@@ -197,7 +197,9 @@ class _Parser(Lexer):
                 f"parse_graph(text, constants={{'{name}': array, ...}})",
                 pos,
             )
-        value = self.graph.add_constant(data, name, dtype=type_.dtype)
+        # A given 2-D array may be a transposed view (a saved transposed weight, memory-mapped
+        # in Fortran order): kept as it is rather than copied to C order.
+        value = self.graph.add_constant(data, name, dtype=type_.dtype, transposed_view=True)
         if type_.quant is not None:
             value.type = type_
         if sparse is not None:

@@ -23,6 +23,12 @@ above with valid values, nothing else may be in the archive, and every constant 
 declaration in the graph text. Any violation raises :class:`~graphopt.errors.ArtifactError`
 naming the file and the entry. :func:`save` writes atomically (a temporary file in the same
 folder, then ``os.replace``) and refuses to write through a symbolic link.
+
+The archive is a plain uncompressed zip that ``numpy.load`` reads, but :func:`save` places every
+array's data at a multiple of 64 bytes of the file (padding in each member's local header), and
+:func:`load` of a path memory-maps the file (:mod:`graphopt.filemap`): the graph's constants are
+copy-on-write views of its pages, so loading reads nothing up front, the runtime packs weights
+straight from the map, and processes that load one artifact share its pages.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import contextlib
 import io
 import json
 import os
+import struct
 import tempfile
 import tokenize
 import zipfile
@@ -40,6 +47,7 @@ from typing import IO, Any
 import numpy as np
 
 from graphopt.errors import ArtifactError, GraphoptError, ParseError, UnsafeInputError, entry_point
+from graphopt.filemap import map_region, view_of
 from graphopt.ir.dtypes import DType
 from graphopt.limits import check_bytes, check_threads, numel_of
 from graphopt.native.builder import PRECISIONS
@@ -48,6 +56,7 @@ FORMAT = "graphopt-native/1"
 META_FIELDS = {"format", "threads", "fallback", "sparse", "bf16"}
 OPTIONAL_META_FIELDS = {"precision"}  # added after the first artifacts were written
 FALLBACKS = (None, "reference", "error")  # None: "error", as saved before 0.2
+_ALIGN = 64  # where save() puts every array's data in the file (load() maps aligned arrays)
 # Array kinds an artifact may hold: bool, ints, floats (constants), unicode (graph, meta).
 _ALLOWED_KINDS = set("biufU")
 # Errors numpy / zipfile raise on truncated, corrupt or non-npz input (RuntimeError: encrypted
@@ -78,8 +87,8 @@ def save(module, path: str | os.PathLike) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, __graph__=np.array(str(graph)), __meta__=np.array(json.dumps(meta)),
-                     **arrays)
+            _write_aligned_npz(f, {"__graph__": np.array(str(graph)),
+                                   "__meta__": np.array(json.dumps(meta)), **arrays})
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would not
@@ -88,6 +97,38 @@ def save(module, path: str | os.PathLike) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _write_aligned_npz(f: IO[bytes], arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` with every array's data at a multiple of 64 bytes in the file, so that
+    :func:`load` can map it: each member is stored uncompressed, and its local header's extra
+    field carries padding (a zipalign-style block, id 0xD935) that zip readers skip."""
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, array in arrays.items():
+            if not (array.flags.c_contiguous or array.flags.f_contiguous):
+                array = np.ascontiguousarray(array)
+            header = io.BytesIO()
+            fields = np.lib.format.header_data_from_array_1_0(array)
+            try:
+                np.lib.format.write_array_header_1_0(header, fields)
+            except ValueError:  # a header over 64 KiB (a very long shape)
+                header = io.BytesIO()
+                np.lib.format.write_array_header_2_0(header, fields)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_STORED
+            info.file_size = header.tell() + array.nbytes
+            zip64 = info.file_size * 1.05 > zipfile.ZIP64_LIMIT  # as zipfile decides it
+            try:
+                name_bytes = len(info.filename.encode("ascii"))
+            except UnicodeEncodeError:
+                name_bytes = len(info.filename.encode("utf-8"))
+            fixed = 30 + name_bytes + 4 + (20 if zip64 else 0)  # local header without padding
+            pad = -(f.tell() + fixed) % _ALIGN  # the .npy header is a multiple of 64 itself
+            info.extra = struct.pack("<HH", 0xD935, pad) + bytes(pad)
+            with archive.open(info, "w", force_zip64=zip64) as member:
+                member.write(header.getvalue())
+                if array.size:
+                    member.write(memoryview(np.ravel(array, order="K").view(np.uint8)))
 
 
 @entry_point("graphopt.native.load")
@@ -143,12 +184,17 @@ def _read_entries(path, name: str) -> dict[str, np.ndarray]:
     with npz:
         infos = npz.zip.infolist()
         check_bytes(sum(info.file_size for info in infos), f"{name}: the artifact's contents")
+        mapper = _MemberMapper(path)
         entries: dict[str, np.ndarray] = {}
         for info in infos:
             key = _entry_key(info.filename, name)
             if key in entries:
                 raise ArtifactError(f"{name}: entry {key} appears twice")
-            _check_header(npz.zip, info, key, name)
+            layout = _check_header(npz.zip, info, key, name)
+            mapped = mapper.view(info, layout) if key.startswith("const/") else None
+            if mapped is not None:
+                entries[key] = mapped
+                continue
             try:
                 entries[key] = npz[key]
             except _READ_ERRORS as exc:
@@ -170,17 +216,49 @@ def _entry_key(filename: str, name: str) -> str:
     return key
 
 
-def _check_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, name: str) -> None:
+class _MemberMapper:
+    """Copy-on-write views of the arrays of an uncompressed archive on disk
+    (:mod:`graphopt.filemap`): a loaded artifact's constants read the file's pages, shared
+    with every process that loads it, instead of a private copy. Members that are compressed,
+    encrypted or misaligned (or a file object source) are read by numpy as before.
+    Mapped members skip the zip CRC check: their bytes become weights, never code or sizes."""
+
+    def __init__(self, path: Any) -> None:
+        self.path = None if hasattr(path, "read") else os.fspath(path)
+        self.region = None
+        self.size = 0
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.size = os.path.getsize(self.path)
+            self.region = map_region(self.path, 0, self.size)
+
+    def view(self, info: zipfile.ZipInfo, layout: tuple) -> np.ndarray | None:
+        shape, fortran_order, dtype, header_bytes = layout
+        if self.region is None or info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 1:
+            return None
+        local = bytes(self.region[info.header_offset:info.header_offset + 30])
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            return None
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        start = info.header_offset + 30 + name_length + extra_length
+        if start + info.file_size > self.size:
+            return None
+        return view_of(self.region, start + header_bytes, tuple(shape), dtype, fortran_order)
+
+
+def _check_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str,
+                  name: str) -> tuple:
     """Reads the .npy header of one member: known format version, no Python objects, a dtype
-    of the allowed kinds, and a size within the budget and within the member's stored size."""
+    of the allowed kinds, and a size within the budget and within the member's stored size.
+    Returns ``(shape, fortran_order, dtype, header bytes)``."""
     where = f"{name}: entry {key}"
     try:
         with archive.open(info) as fp:
             version = np.lib.format.read_magic(fp)
             if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(fp)
             elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(fp)
             else:
                 raise ArtifactError(f"{where}: unsupported .npy format version {version}")
             header_bytes = fp.tell()
@@ -199,6 +277,7 @@ def _check_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, nam
     if nbytes > info.file_size - header_bytes:
         raise ArtifactError(f"{where}: declares {list(shape)} {dtype} ({nbytes} bytes) but "
                             f"stores {max(info.file_size - header_bytes, 0)} bytes")
+    return shape, fortran_order, dtype, header_bytes
 
 
 def _text(entries: dict[str, np.ndarray], key: str, name: str) -> str:
