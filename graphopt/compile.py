@@ -23,6 +23,7 @@ from typing import Any, Callable
 from graphopt.config import Config
 from graphopt.errors import BackendOptionError, GraphoptError, UnknownBackendError, entry_point
 from graphopt.ir.graph import Graph
+from graphopt.stagereport import reports_stage
 
 BackendFactory = Callable[..., Callable[..., Any]]
 
@@ -166,6 +167,12 @@ def host_isa() -> str:
     return next((isa for isa in ("avx512", "avx2") if kernel.startswith(isa)), "portable")
 
 
+def _stage_name(graph: Any = None, backend: str = "onnxruntime", *args: Any,
+                target: Target | None = None, **options: Any) -> str:
+    return f"compile {target.backend if target is not None else backend}"
+
+
+@reports_stage(_stage_name)
 @entry_point("graphopt.compile")
 def compile(graph: Graph, backend: str = "onnxruntime", threads: int | None = None,
             *, target: Target | None = None, **options: Any) -> Callable[..., Any]:
@@ -180,6 +187,8 @@ def compile(graph: Graph, backend: str = "onnxruntime", threads: int | None = No
         **options: backend options; for onnxruntime any ``onnxruntime.SessionOptions``
             attribute (e.g. ``graph_optimization_level="basic"``) plus ``opset``,
             ``contrib_ops`` and ``providers``.
+        report: also return a :class:`~graphopt.stagereport.StageReport` (time, peak RSS):
+            ``(fn, report)``.
 
     Raises:
         UnknownBackendError: ``backend`` is not registered.

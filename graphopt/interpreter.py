@@ -6,7 +6,7 @@ exact torch semantics over speed (it is still fast: the references are torch ker
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import sympy
@@ -90,31 +90,65 @@ def node_attrs(node: Node, bindings: dict) -> dict[str, Any]:
     return attrs
 
 
-def run_flat(graph: Graph, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Run on flat torch inputs; returns the flat list of outputs (graph.outputs order)."""
+def run_flat(graph: Graph, tensors: Sequence[torch.Tensor],
+             observe: Callable[[Value, torch.Tensor], None] | None = None) -> list[torch.Tensor]:
+    """Run on flat torch inputs; returns the flat list of outputs (graph.outputs order).
+
+    Each intermediate tensor is released after its last use, so a run holds the live set of
+    the forward pass, not every activation (what makes calibrating a large model one layer's
+    activations at a time possible). ``observe(value, tensor)`` is called for each graph input
+    and each node output as it is computed (before it can be released): calibration
+    statistics stream through it without keeping the tensors.
+    """
     bindings = bind_symbols(graph, tensors)
+    last_use = _last_uses(graph)
+    kept = {id(v) for v in graph.outputs} | {id(v) for v in graph.constants.values()}
     env: dict[int, torch.Tensor] = {}
     for value, tensor in zip(graph.inputs, tensors):
         env[id(value)] = tensor
+        if observe is not None:
+            observe(value, tensor)
     for value in graph.constants.values():
         env[id(value)] = numpy_to_torch(value.data, value.dtype)
     with torch.no_grad():
-        for node in graph.nodes:
+        for index, node in enumerate(graph.nodes):
             args = [None if v is None else env[id(v)] for v in node.inputs]
-            try:
-                result = node.opdef.reference(*args, **node_attrs(node, bindings))
-            except GraphoptError:
-                raise
-            except Exception as exc:
-                shapes = ", ".join("None" if a is None else str(tuple(a.shape)) for a in args)
-                raise GraphoptError(
-                    f"reference implementation failed at {node.describe()} on inputs "
-                    f"({shapes}): {type(exc).__name__}: {exc}"
-                ) from exc
+            result = _call_reference(node, args, bindings)
             results = result if isinstance(result, (tuple, list)) else (result,)
+            del args, result
             for out, tensor in zip(node.outputs, results):
-                env[id(out)] = tensor
+                if observe is not None:
+                    observe(out, tensor)
+                if last_use.get(id(out), -1) > index or id(out) in kept:
+                    env[id(out)] = tensor
+            for value in node.inputs:
+                if value is not None and last_use.get(id(value)) == index \
+                        and id(value) not in kept:
+                    env.pop(id(value), None)
     return [env[id(v)] for v in graph.outputs]
+
+
+def _last_uses(graph: Graph) -> dict[int, int]:
+    """id(value) -> index of the last node reading it."""
+    last: dict[int, int] = {}
+    for index, node in enumerate(graph.nodes):
+        for value in node.inputs:
+            if value is not None:
+                last[id(value)] = index
+    return last
+
+
+def _call_reference(node: Node, args: list, bindings: dict) -> Any:
+    try:
+        return node.opdef.reference(*args, **node_attrs(node, bindings))
+    except GraphoptError:
+        raise
+    except Exception as exc:
+        shapes = ", ".join("None" if a is None else str(tuple(a.shape)) for a in args)
+        raise GraphoptError(
+            f"reference implementation failed at {node.describe()} on inputs "
+            f"({shapes}): {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def unflatten_outputs(graph: Graph, outputs: list[torch.Tensor]) -> Any:

@@ -47,6 +47,7 @@ from graphopt.filemap import map_region, view_of
 from graphopt.ir.dtypes import DType, torch_to_numpy
 from graphopt.ir.graph import Graph
 from graphopt.limits import check_bytes, numel_of
+from graphopt.stagereport import reports_stage
 
 FORMAT = "graphopt-torch/1"
 SUFFIX = ".graphopt"
@@ -82,6 +83,7 @@ def save_module(module_or_graph: Any, path: str | os.PathLike) -> None:
     save_bundle(graph, path)
 
 
+@reports_stage("load bundle")
 @entry_point("loading a .graphopt bundle")
 def load_module(path: str | os.PathLike | BinaryIO):
     """Rebuild the module saved by :func:`save_module`: parse the IR, lower it with ``to_torch``.
@@ -90,7 +92,8 @@ def load_module(path: str | os.PathLike | BinaryIO):
     declared tensor sizes are checked against ``graphopt.limits`` before reading.
 
     Returns:
-        A ``graphopt.backends.torch_module.TorchModule``.
+        A ``graphopt.backends.torch_module.TorchModule``; with ``report=True``, it and a
+        :class:`~graphopt.stagereport.StageReport` (time, peak RSS).
 
     Raises:
         ArtifactError: not a bundle, truncated, or inconsistent (names the file and the entry).

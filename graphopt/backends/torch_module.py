@@ -58,6 +58,7 @@ from graphopt.ir.dtypes import numpy_to_torch
 from graphopt.interpreter import reorder_kwargs
 from graphopt.ir.graph import Graph, Node, Value
 from graphopt.ir.symexpr import parse_size_expr
+from graphopt.stagereport import reports_stage
 
 BACKEND = "torch"  # key of an op's own lowering in ``OpDef.lowerings`` (default: its reference)
 
@@ -242,6 +243,7 @@ class _SpecText:
             return spec
 
 
+@reports_stage("to_torch")
 def to_torch(graph: Graph, *, share_mapped_weights: bool = False) -> TorchModule:
     """Lower ``graph`` to a ``torch.nn.Module`` with generated code (see the module docstring).
 
@@ -251,6 +253,7 @@ def to_torch(graph: Graph, *, share_mapped_weights: bool = False) -> TorchModule
             ``load_graph``) become the module's weights without a copy; training the module
             then changes those constants of ``graph`` too (never the file). What
             ``load_module`` does, as its graph is its own.
+        report: also return a :class:`~graphopt.stagereport.StageReport` (time, peak RSS).
 
     Returns:
         A ``TorchModule``: call it like the traced model; ``print(module.code)`` shows the code.

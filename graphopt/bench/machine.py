@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import resource
 import sys
 import time
 from typing import Any
+
+from graphopt.stagereport import PeakMeter
 
 _FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "neon")
 _PACKAGES = ("torch", "onnxruntime", "onnx", "onnxscript", "numpy", "transformers", "graphopt")
@@ -159,67 +160,6 @@ def _total_memory_gib() -> float | None:
     return None
 
 
-class MemoryProbe:
-    """Peak and retained RSS of a code section, in MiB.
-
-    On Linux the kernel's peak-RSS counter (VmHWM) is reset by writing "5" to
-    /proc/self/clear_refs, so each section gets its own peak ("proc-hwm"). Elsewhere the
-    process-wide ``ru_maxrss`` is used ("ru_maxrss"): a section only shows growth beyond every
-    earlier peak, so later backends may read 0.
-    """
-
-    def __init__(self) -> None:
-        self.method = "proc-hwm" if _can_reset_hwm() else "ru_maxrss"
-        self.rss_before = 0.0
-        self.peak_before = 0.0
-
-    def start(self) -> None:
-        if self.method == "proc-hwm":
-            _reset_hwm()
-        self.rss_before = rss_mib()
-        self.peak_before = self._peak()
-
-    def stop(self) -> tuple[float, float]:
-        """(peak increase, retained increase) over the RSS at ``start``."""
-        peak = self._peak()
-        if self.method == "ru_maxrss":
-            peak_delta = max(0.0, peak - max(self.peak_before, self.rss_before))
-        else:
-            peak_delta = max(0.0, peak - self.rss_before)
-        return peak_delta, rss_mib() - self.rss_before
-
-    def _peak(self) -> float:
-        if self.method == "proc-hwm":
-            return _status_mib("VmHWM")
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def rss_mib() -> float:
-    value = _status_mib("VmRSS")
-    if value:
-        return value
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _status_mib(key: str) -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _can_reset_hwm() -> bool:
-    return _status_mib("VmHWM") > 0 and _reset_hwm()
+# The peak-RSS probe of a backend's setup is graphopt.stagereport's meter: stages measured
+# inside it (trace, optimize with report=True) nest without hiding its peak.
+MemoryProbe = PeakMeter

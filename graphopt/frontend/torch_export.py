@@ -23,6 +23,7 @@ from graphopt.ir.dtypes import DType, torch_to_numpy
 from graphopt.ir.graph import Graph, Value
 from graphopt.ir.types import TensorType, normalize_dim
 from graphopt.rewrite.dce import eliminate_dead_code
+from graphopt.stagereport import reports_stage
 
 Converter = Callable[..., Any]
 SIZE_TYPES = (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)
@@ -253,6 +254,7 @@ def _check_against_meta(ctx: ConversionContext, node, result, target: str) -> No
         )
 
 
+@reports_stage("trace")
 def trace(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
           dynamic_shapes: Any = None, copy_weights: bool = False) -> Graph:
     """Trace ``model`` with ``torch.export`` (non-strict) into graphopt IR.
@@ -266,9 +268,11 @@ def trace(model: torch.nn.Module, args: tuple, kwargs: dict | None = None,
             with the model's (contiguous CPU) parameters and buffers, so tracing a large
             model costs no second copy of it; changing those weights in place afterwards
             makes lowering the graph raise :class:`StaleConstantError` (re-trace instead).
+        report: also return a :class:`~graphopt.stagereport.StageReport` (time, peak RSS).
 
     Returns:
         The graph; weights (parameters, buffers, tensor constants) are graph constants.
+        ``(graph, StageReport)`` with ``report=True``.
 
     Raises:
         UnsupportedOpError: listing every ATen op that has no converter, with source lines.

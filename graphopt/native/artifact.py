@@ -51,6 +51,7 @@ from graphopt.filemap import map_region, view_of
 from graphopt.ir.dtypes import DType
 from graphopt.limits import check_bytes, check_threads, numel_of
 from graphopt.native.builder import PRECISIONS
+from graphopt.stagereport import reports_stage
 
 FORMAT = "graphopt-native/1"
 META_FIELDS = {"format", "threads", "fallback", "sparse", "bf16"}
@@ -131,6 +132,7 @@ def _write_aligned_npz(f: IO[bytes], arrays: dict[str, np.ndarray]) -> None:
                     member.write(memoryview(np.ravel(array, order="K").view(np.uint8)))
 
 
+@reports_stage("load native")
 @entry_point("graphopt.native.load")
 def load(path: str | os.PathLike | IO[bytes], threads: int | None = None):
     """Load an artifact written by ``NativeModule.save``; returns a NativeModule.
@@ -138,6 +140,7 @@ def load(path: str | os.PathLike | IO[bytes], threads: int | None = None):
     Args:
         path: the file (or a binary file object, e.g. ``io.BytesIO``).
         threads: runtime threads; default: the count stored in the artifact.
+        report: also return a :class:`~graphopt.stagereport.StageReport` (time, peak RSS).
 
     Raises:
         ArtifactError: the file is not a valid artifact (message: the file and the entry).

@@ -35,6 +35,7 @@ from graphopt.ir.graph import Graph, Node
 from graphopt.ir.types import Dim, TensorType
 from graphopt.onnx._common import DEFAULT_OPSET, TO_ONNX_DTYPE, tensor_buffer
 from graphopt.onnx.lowering_context import OnnxLowering
+from graphopt.stagereport import reports_stage
 
 __all__ = ["OnnxLowering", "lower_graph", "to_onnx", "load_lowerings", "external_data_location",
            "onnx_dim", "value_info", "EXTERNAL_DATA_THRESHOLD", "EXTERNAL_MIN_BYTES",
@@ -266,6 +267,7 @@ def _live_nodes(graph: Graph) -> set[Node]:
     return live
 
 
+@reports_stage("to_onnx")
 def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int | None = None, *,
             contrib_ops: bool = True, external_data: bool | None = None,
             check: bool = True) -> onnx.ModelProto:
@@ -280,10 +282,11 @@ def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int | No
         external_data: store weights in an external file (None: only when they exceed 2 GB,
             which needs ``path``).
         check: run ``onnx.checker.check_model(full_check=True)`` on the result.
+        report: also return a :class:`~graphopt.stagereport.StageReport` (time, peak RSS).
 
     Returns:
         The model. With external data, its initializers point at the file written next to
-        ``path``.
+        ``path``. ``(model, StageReport)`` with ``report=True``.
 
     Raises:
         LoweringError: ops without an ONNX lowering (all of them are listed).

@@ -63,6 +63,7 @@ from graphopt.onnx.validation import (
     value_type,
 )
 from graphopt.rewrite import eliminate_dead_code, track_rewrites
+from graphopt.stagereport import reports_stage
 
 Converter = Callable[["ImportContext", "OnnxNode"], Any]
 CONVERTERS: dict[tuple[str, str], Converter] = {}
@@ -120,6 +121,7 @@ def _rename(graph: Graph, value: Value, name: str) -> None:
 
 
 # ------------------------------------------------------------------------------ public API
+@reports_stage("from_onnx")
 def from_onnx(model_or_path, *, base_dir: str | os.PathLike | None = None,
               constant_inputs: dict[str, Any] | None = None, fold_constants: bool = True,
               check: bool = True, name: str | None = None) -> Graph:
@@ -138,10 +140,12 @@ def from_onnx(model_or_path, *, base_dir: str | os.PathLike | None = None,
         fold_constants: evaluate nodes whose operands are all constants at import time.
         check: run ``onnx.checker.check_model`` first (malformed models raise).
         name: the graph's name (default: the ONNX graph's name).
+        report: also return a :class:`~graphopt.stagereport.StageReport` (time, peak RSS).
 
     Returns:
         The graph; its inputs are the ONNX graph inputs that are neither initializers nor
-        frozen, in order; its outputs are the ONNX outputs.
+        frozen, in order; its outputs are the ONNX outputs. ``(graph, StageReport)`` with
+        ``report=True``.
 
     Raises:
         OnnxImportError: malformed file, unsafe external data, unsupported element types, ops

@@ -17,6 +17,7 @@ Entry points: ``graphopt.prune(graph, method=...)`` and ``graphopt.finetune(...)
 
 from __future__ import annotations
 
+import contextlib
 from typing import Mapping, Sequence
 
 from graphopt.errors import GraphoptError, PruneError, entry_point
@@ -24,6 +25,7 @@ from graphopt.ir.graph import Graph
 from graphopt.prune.config import METHODS, FinetuneConfig, PruneConfig
 from graphopt.prune.flops import FlopCount, count_flops
 from graphopt.prune.report import GroupReport, PruneReport, WeightReport
+from graphopt.stagereport import measure
 
 
 @entry_point("graphopt.prune")
@@ -71,7 +73,8 @@ def prune(
             the global ranking).
         round_to: channels: keep a multiple of this many channels (e.g. 8) in groups of at
             least 4x as many, which vectorized kernels prefer.
-        report: also return a ``PruneReport`` (its ``config`` holds the options).
+        report: also return a ``PruneReport`` (its ``config`` holds the options; its
+            ``stage`` the run's time and peak memory, a ``graphopt.stagereport.StageReport``).
         config: a ``PruneConfig`` holding the options (``method`` to ``round_to``; leave the
             keywords at their defaults then). ``scores``, ``data`` and ``loss`` are data and
             stay arguments.
@@ -90,11 +93,13 @@ def prune(
                               importance=importance, sparsity=sparsity, scope=scope,
                               exclude=exclude, max_ratio=max_ratio, round_to=round_to)
     try:
-        out, rep = prune_with_config(graph, cfg, scores=scores, data=data, loss=loss)
+        with measure(f"prune {cfg.method}") if report else contextlib.nullcontext() as stage:
+            out, rep = prune_with_config(graph, cfg, scores=scores, data=data, loss=loss)
     except ValueError as exc:  # option checks deep in the analyses: a typed error, same text
         if isinstance(exc, GraphoptError):
             raise
         raise PruneError(str(exc)) from exc
+    rep.stage = stage
     return (out, rep) if report else out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -45,6 +46,7 @@ class PruneReport:
     target: str = ""
     notes: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)  # PruneConfig.to_dict() of the run
+    stage: Any = None  # the run's StageReport (time, peak memory; graphopt.stagereport)
 
     @property
     def flops_reduction(self) -> float:
@@ -92,6 +94,8 @@ class PruneReport:
             for g in skipped:
                 lines.append(f"    {g.name:<50} {g.kind:<11} {g.size:>5}: {g.skipped}")
         lines += [f"  note: {n}" for n in self.notes]
+        if self.stage is not None:
+            lines.append(f"  {self.stage}")
         return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ from graphopt.errors import QuantizationError, entry_point
 from graphopt.ir.graph import Graph
 from graphopt.quant.config import MODES, QuantizeConfig  # noqa: F401  (MODES: re-exported)
 from graphopt.quant.report import LayerRecord, QuantReport
+from graphopt.stagereport import measure
 
 
 @entry_point("graphopt.quantize")
@@ -78,7 +79,8 @@ def quantize(
         bits, block_size: weight-only mode: 4 or 8 bits, blocks of ``block_size`` along K.
         progress: static mode: a tqdm bar over the calibration data (None: for 32 or more
             items when stderr is a terminal).
-        report: also return the ``QuantReport`` (its ``config`` holds the options).
+        report: also return the ``QuantReport`` (its ``config`` holds the options; its
+            ``stage`` the run's time and peak memory, a ``graphopt.stagereport.StageReport``).
         target: a ``graphopt.Target`` to plan for: its ``backend`` must run every op the
             quantization makes (else ``QuantizationError`` naming the ops, layers and backend;
             graphopt/quant/backend.py), its ``isa`` is checked against this machine and its
@@ -103,8 +105,12 @@ def quantize(
         observer=observer, observer_options=observer_options, embeddings=embeddings,
         convs=convs, per_token=per_token, bits=bits, block_size=block_size, progress=progress,
         target=target)
-    out, rep = quantize_with_config(graph, cfg, calibration)
-    return (out, rep) if report else out
+    if not report:
+        return quantize_with_config(graph, cfg, calibration)[0]
+    with measure(f"quantize {cfg.mode}") as stage:
+        out, rep = quantize_with_config(graph, cfg, calibration)
+    rep.stage = stage
+    return out, rep
 
 
 def quantize_with_config(graph: Graph, cfg: QuantizeConfig,

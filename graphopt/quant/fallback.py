@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from graphopt.ir.dtypes import numpy_to_torch
-from graphopt.ir.graph import Graph, Node
+from graphopt.ir.graph import Graph, Node, Value
 from graphopt.quant.report import LayerRecord
 
 QuantizedForward = Callable[[Node, list], torch.Tensor]
@@ -46,30 +46,47 @@ def local_sensitivity(graph: Graph, names: Sequence[str], calibration: Sequence[
                       quantized_forward: QuantizedForward) -> dict[str, float]:
     """Per layer ``||y - y_q||^2 / ||y||^2`` summed over calibration, where ``y`` is the
     layer's float output and ``y_q`` = ``quantized_forward(node, inputs)`` on the same real
-    inputs (captured by one run of a copy of ``graph`` whose outputs are those inputs)."""
-    from graphopt.interpreter import flatten_inputs, node_attrs, run_flat
+    inputs. Streamed: one run of ``graph`` per item, each layer measured as its output is
+    computed, and its captured inputs dropped once every measured layer reading them ran."""
+    from graphopt.interpreter import flatten_inputs, run_flat
 
-    probe = graph.clone()
     wanted = set(names)
-    nodes = [n for n in probe.nodes if n.name in wanted]
-    slots = [[i for i, v in enumerate(n.inputs) if v is not None and v.kind != "const"]
-             for n in nodes]
-    probe.set_outputs([n.inputs[i] for n, s in zip(nodes, slots) for i in s])
+    nodes = [n for n in graph.nodes if n.name in wanted]
     num = {n.name: 0.0 for n in nodes}
     den = {n.name: 0.0 for n in nodes}
+    feeds: dict[int, int] = {}  # id(value) -> how many measured layers read it
+    for node in nodes:
+        for v in {id(v): v for v in node.inputs if v is not None and v.kind != "const"}.values():
+            feeds[id(v)] = feeds.get(id(v), 0) + 1
     for args in calibration:
-        captured = iter(run_flat(probe, flatten_inputs(probe, tuple(args), {})))
-        for node, used in zip(nodes, slots):
-            inputs = [None if v is None else numpy_to_torch(v.data, v.dtype)
-                      if v.kind == "const" else None for v in node.inputs]
-            for i in used:
-                inputs[i] = next(captured)
-            with torch.no_grad():
-                y = node.opdef.reference(*inputs, **node_attrs(node, {}))
-                yq = quantized_forward(node, inputs)
-            num[node.name] += float(((y - yq).double() ** 2).sum())
-            den[node.name] += float((y.double() ** 2).sum())
+        captured: dict[int, torch.Tensor] = {}
+        pending = dict(feeds)
+
+        def observe(value: Value, tensor: torch.Tensor) -> None:
+            if id(value) in feeds:
+                captured[id(value)] = tensor
+            node = value.producer
+            if node is None or node.name not in num or value is not node.outputs[0]:
+                return
+            yq = _measured_layer(node, captured, quantized_forward)
+            num[node.name] += float(((tensor - yq).double() ** 2).sum())
+            den[node.name] += float((tensor.double() ** 2).sum())
+            for v in node.inputs:
+                if v is not None and id(v) in pending:
+                    pending[id(v)] -= 1
+                    if pending[id(v)] == 0:
+                        captured.pop(id(v), None)
+
+        run_flat(graph, flatten_inputs(graph, tuple(args), {}), observe=observe)
     return {k: num[k] / max(den[k], 1e-30) for k in num}
+
+
+def _measured_layer(node: Node, captured: dict[int, torch.Tensor],
+                    quantized_forward: QuantizedForward) -> torch.Tensor:
+    inputs = [None if v is None else numpy_to_torch(v.data, v.dtype) if v.kind == "const"
+              else captured[id(v)] for v in node.inputs]
+    with torch.no_grad():
+        return quantized_forward(node, inputs)
 
 
 def fit_error_budget(

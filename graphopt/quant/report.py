@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -38,6 +39,7 @@ class QuantReport:
     seconds: float = 0.0
     label: str = "int8"
     config: dict = field(default_factory=dict)  # QuantizeConfig.to_dict() of the run
+    stage: Any = None  # the run's StageReport (time, peak memory; graphopt.stagereport)
 
     @property
     def quantized(self) -> list[str]:
@@ -64,4 +66,6 @@ class QuantReport:
             state = self.label if r.quantized else "float"
             lines.append(f"  {state:<{width}} {r.node} ({r.weight} {list(r.shape)}){sens}  "
                          f"{r.reason}".rstrip())
+        if self.stage is not None:
+            lines.append(f"  {self.stage}")
         return "\n".join(lines)

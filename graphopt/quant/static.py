@@ -212,6 +212,11 @@ def calibrate(
 ) -> dict[str, Observer]:
     """Run ``graph`` over ``calibration`` and feed each named value to its own observer.
 
+    Streams: items are read one at a time from ``calibration`` (any iterable, e.g. a
+    generator reading batches from disk) and each value's statistics are updated as the
+    interpreter computes it, so memory holds one item's live activations, not every observed
+    tensor.
+
     Raises:
         QuantizationError: empty data, an item that does not fit the graph's inputs (arity,
             shape, dtype; the message names the batch and the input), non-finite values
@@ -220,29 +225,24 @@ def calibrate(
     from graphopt.interpreter import flatten_inputs, run_flat
 
     names = list(names)
+    unknown = sorted(set(names) - {v.name for v in graph.values()})
+    if unknown:
+        raise QuantizationError(f"cannot observe %{unknown[0]}: no such value in the graph")
     make_observer(observer, **(observer_options or {}))  # unknown name/option: fail early
-    probe = graph.clone()
-    by_name = {v.name: v for v in probe.values()}
-    values = [by_name[n] for n in names]
-    probe.set_outputs(values)
     observers = {n: make_observer(observer, **(observer_options or {})) for n in names}
     total = len(calibration) if hasattr(calibration, "__len__") else None
     bar = _progress(total, progress)
     seen = 0
     for index, item in enumerate(calibration):
         args = as_arguments(item, index)
+        # Statistics stream from the interpreter as each value is computed; the run releases
+        # every activation after its last use (one layer's activations live at a time).
         try:
-            outputs = run_flat(probe, flatten_inputs(probe, args, {}))
+            run_flat(graph, flatten_inputs(graph, args, {}),
+                     observe=_observer_feed(observers, index))
         except InputMismatchError as exc:
             raise QuantizationError(
                 f"calibration item {index} does not fit the graph: {exc}") from None
-        for value, tensor in zip(values, outputs):
-            try:
-                observers[value.name].update(tensor)
-            except QuantizationError as exc:
-                where = value.producer.describe() if value.producer is not None else "an input"
-                raise QuantizationError(
-                    f"calibration item {index}: %{value.name} ({where}): {exc}") from None
         seen += 1
         if bar is not None:
             bar.update(1)
@@ -252,6 +252,23 @@ def calibrate(
         raise QuantizationError("calibration data is empty: static quantization needs at "
                                 "least one argument tuple")
     return observers
+
+
+def _observer_feed(observers: dict[str, Observer], index: int):
+    """The interpreter's ``observe`` hook: feeds each observed value to its observer."""
+
+    def observe(value: Value, tensor: torch.Tensor) -> None:
+        target = observers.get(value.name)
+        if target is None:
+            return
+        try:
+            target.update(tensor)
+        except QuantizationError as exc:
+            where = value.producer.describe() if value.producer is not None else "an input"
+            raise QuantizationError(
+                f"calibration item {index}: %{value.name} ({where}): {exc}") from None
+
+    return observe
 
 
 def _progress(total: int | None, progress: bool | None):

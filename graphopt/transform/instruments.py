@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from graphopt.errors import GraphoptError, NumericDriftError
 from graphopt.ir.graph import Graph
+from graphopt.stagereport import PeakMeter
 from graphopt.transform.numeric import compare_outputs, run_outputs
 from graphopt.transform.report import PassRecord, PassReport
 
@@ -89,6 +90,24 @@ class TimingInstrument(Instrument):
         for name, secs in sorted(self.timings.items(), key=lambda kv: -kv[1]):
             lines.append(f"{name:<{width}}  {self.calls[name]:>5}  {secs * 1000:.2f} ms")
         return "\n".join(lines)
+
+
+class MemoryInstrument(Instrument):
+    """Records each pass's peak resident memory above its start in ``record.peak_mib``
+    (``graphopt.stagereport``): which pass of a pipeline holds the most memory on a large
+    model. ``optimize(report=True)`` adds it."""
+
+    def __init__(self) -> None:
+        self._meter: PeakMeter | None = None
+
+    def before_pass(self, record: PassRecord, graph: Graph) -> None:
+        self._meter = PeakMeter()
+        self._meter.start()
+
+    def after_pass(self, record: PassRecord, graph: Graph) -> None:
+        if self._meter is not None:
+            record.peak_mib, _ = self._meter.stop()
+            self._meter = None
 
 
 class NodeCountInstrument(Instrument):

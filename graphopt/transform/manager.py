@@ -26,7 +26,13 @@ from typing import Any
 from graphopt.errors import GraphoptError, PassError
 from graphopt.ir.graph import Graph
 from graphopt.rewrite.tracking import track_rewrites
-from graphopt.transform.instruments import Instrument, StopPipeline, VerifyInstrument
+from graphopt.stagereport import measure
+from graphopt.transform.instruments import (
+    Instrument,
+    MemoryInstrument,
+    StopPipeline,
+    VerifyInstrument,
+)
 from graphopt.transform.pipeline import Fixpoint, PassStep, Pipeline, Repeat
 from graphopt.transform.registry import pass_name, pass_options
 from graphopt.transform.report import PassRecord, PassReport
@@ -200,7 +206,9 @@ def optimize(
             list of passes.
         verify: verify after every pass (None: on under pytest / ``GRAPHOPT_VERIFY=1``).
         instruments: extra instruments (``NumericCheckInstrument(args)``, ...).
-        report: also return the :class:`PassReport`.
+        report: also return the :class:`PassReport`, with each pass's peak memory
+            (``peak_mib``) and the whole run's time and peak memory (``report.stage``, a
+            :class:`~graphopt.stagereport.StageReport`).
         **options: per-pass option overrides by pass name in snake_case, applied to every
             occurrence of that pass, e.g. ``fold_constants={"max_growth": 4.0}``.
 
@@ -210,6 +218,13 @@ def optimize(
     pipe = Pipeline.from_any(pipeline)
     if options:
         pipe = pipe.with_options(options)
-    result = graph.clone()
-    run_report = PassManager(pipe, instruments, verify=verify).run(result)
-    return (result, run_report) if report else result
+    if not report:
+        result = graph.clone()
+        PassManager(pipe, instruments, verify=verify).run(result)
+        return result
+    with measure("optimize") as stage:
+        result = graph.clone()
+        run_report = PassManager(pipe, [*instruments, MemoryInstrument()], verify=verify).run(
+            result)
+    run_report.stage = stage
+    return result, run_report

@@ -18,6 +18,8 @@ class PassRecord:
         seconds: wall time of ``run`` (instruments excluded).
         nodes_before / nodes_after: node counts around the pass.
         rewrites: rule name -> individual rewrites (for passes that report them).
+        peak_mib: peak resident memory above the pass's start, in MiB (with
+            ``optimize(report=True)``; None when not measured).
         passes_before: names of the passes that ran before this one.
         pass_: the pass instance itself.
     """
@@ -31,6 +33,7 @@ class PassRecord:
     nodes_before: int = 0
     nodes_after: int = 0
     rewrites: dict[str, int] = field(default_factory=dict)
+    peak_mib: float | None = None
     passes_before: list[str] = field(default_factory=list)
     pass_: Any = field(default=None, repr=False)  # the pass instance that ran
 
@@ -60,6 +63,7 @@ class PassReport:
     nodes_after: int = 0
     seconds: float = 0.0
     stopped: bool = False  # an instrument stopped the run early (StopPipeline)
+    stage: Any = None  # optimize(report=True): the run's StageReport (time, peak memory)
 
     @property
     def changed(self) -> bool:
@@ -81,22 +85,17 @@ class PassReport:
         return out
 
     def __str__(self) -> str:
-        header = ("#", "pass", "where", "changed", "nodes", "time", "rewrites")
+        memory = any(r.peak_mib is not None for r in self.records)
+        header = ("#", "pass", "where", "changed", "nodes", "time") + \
+            (("peak",) if memory else ()) + ("rewrites",)
         rows = []
         for r in self.records:
             by_count = sorted(r.rewrites.items(), key=lambda kv: -kv[1])
             rw = ", ".join(f"{k} x{v}" for k, v in by_count)
-            rows.append(
-                (
-                    str(r.index),
-                    r.label,
-                    r.path or "-",
-                    "yes" if r.changed else "no",
-                    f"{r.nodes_before} -> {r.nodes_after}",
-                    _fmt_seconds(r.seconds),
-                    _clip(rw, 60),
-                )
-            )
+            peak = (_fmt_mib(r.peak_mib),) if memory else ()
+            rows.append((str(r.index), r.label, r.path or "-", "yes" if r.changed else "no",
+                         f"{r.nodes_before} -> {r.nodes_after}", _fmt_seconds(r.seconds),
+                         *peak, _clip(rw, 60)))
         widths = [
             max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
             for i, h in enumerate(header)
@@ -111,11 +110,19 @@ class PassReport:
             f"{self.nodes_after}, {_fmt_seconds(self.seconds)}"
             + (" (stopped early)" if self.stopped else "")
         )
+        if self.stage is not None:
+            lines.append(str(self.stage))
         return "\n".join(lines)
 
 
 def _fmt_seconds(s: float) -> str:
     return f"{s * 1000:.1f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def _fmt_mib(mib: float | None) -> str:
+    if mib is None:
+        return "-"
+    return f"+{mib:.0f} MiB" if mib < 1024 else f"+{mib / 1024:.2f} GiB"
 
 
 def _clip(text: str, width: int) -> str:
