@@ -62,6 +62,10 @@ def test_report_fields(mlp_report):
     for name in ("onnxruntime", "graphopt-onnxruntime", "graphopt-torch", "eager"):
         assert mlp_report[name].artifact_bytes > 32 * 32 * 4  # at least the weights
     assert "optimize" in mlp_report["graphopt-onnxruntime"].setup_stages
+    peaks = mlp_report["graphopt-onnxruntime"].setup_stage_peaks_mib
+    assert set(peaks) == set(mlp_report["graphopt-onnxruntime"].setup_stages)
+    assert all(p >= 0 for p in peaks.values())
+    assert "graphopt-onnxruntime setup: trace" in mlp_report.table()
     timed = []
     for r in mlp_report.ok_results:
         timed += [f"{r.backend} @ {k}" for k in r.settings_p50_ms] or [r.backend]
@@ -106,8 +110,8 @@ def test_json_schema(mlp_report, tmp_path):
                       ("pipeline", str), ("order", list), ("backends", list)):
         assert isinstance(data["config"][key], kind), key
     result_keys = {"backend", "status", "reason", "latency_ms", "speedup_vs_eager", "setup_s",
-                   "first_call_s", "setup_stages", "peak_mem_mib", "resident_mem_mib",
-                   "memory_method", "max_abs_err", "max_rel_err", "numerics_ok",
+                   "first_call_s", "setup_stages", "setup_stage_peaks_mib", "peak_mem_mib",
+                   "resident_mem_mib", "memory_method", "max_abs_err", "max_rel_err", "numerics_ok",
                    "artifact_bytes", "artifact", "notes", "setting", "settings_p50_ms"}
     for r in data["results"]:
         assert set(r) == result_keys

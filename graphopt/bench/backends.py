@@ -14,6 +14,7 @@ backends; the two onnxruntime backends are in ``graphopt.bench.onnxruntime_backe
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import time
@@ -24,6 +25,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from graphopt.ir.graph import Graph
+from graphopt.stagereport import measure
 
 
 class BackendUnavailable(Exception):
@@ -36,7 +38,8 @@ class Prepared:
 
     Attributes:
         call: runs the model once on the example inputs, returns its outputs.
-        stages: setup seconds by stage (trace, optimize, export, lower, session...).
+        stages: setup seconds by stage (trace, optimize, export, lower, session...); a
+            :class:`StageTimes` also holds each stage's peak memory.
         artifact_bytes / artifact: size on disk of what the backend ships, and what that is.
         measure_artifact: when the artifact is not written during setup, a function that
             writes it and returns its size (run outside the timed and memory-probed setup).
@@ -50,7 +53,7 @@ class Prepared:
     """
 
     call: Callable[[], Any]
-    stages: dict[str, float] = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=lambda: StageTimes())
     artifact_bytes: int | None = None
     artifact: str = ""
     notes: list[str] = field(default_factory=list)
@@ -112,8 +115,10 @@ class Subject:
         self.workdir = workdir
         self._graph = graph
         self._graph_s = graph_s or 0.0
+        self._graph_peak = 0.0  # MiB above the start of the trace (0: given, not traced)
         self._optimized: Graph | None = None
         self._optimize_s = 0.0
+        self._optimize_peak = 0.0
         self.pass_report = None
         self._errors: dict[str, BaseException] = {}
         self.reused_s = 0.0  # shared-stage seconds reused from cache since the last take
@@ -128,16 +133,16 @@ class Subject:
                 raise BackendUnavailable("no graph and no PyTorch module to trace")
             import graphopt
 
-            start = time.perf_counter()
             try:
-                self._graph = graphopt.trace(self.module, self.args, self.kwargs or None)
+                with measure("trace") as cost:
+                    self._graph = graphopt.trace(self.module, self.args, self.kwargs or None)
             except Exception as exc:
                 self._errors["trace"] = exc
                 raise
-            self._graph_s = time.perf_counter() - start
+            self._graph_s, self._graph_peak = cost.seconds, cost.peak_increase_mib
         else:
             self.reused_s += self._graph_s
-        return self._graph, {"trace": self._graph_s}
+        return self._graph, StageTimes({"trace": self._graph_s}, {"trace": self._graph_peak})
 
     def optimized(self) -> tuple[Graph, dict[str, float]]:
         """The graph after the pipeline and ``{"trace": s, "optimize": s}``."""
@@ -146,16 +151,17 @@ class Subject:
         graph, stages = self.graph()
         if self._optimized is None:
             optimize = _optimize_fn()
-            start = time.perf_counter()
             try:
                 self._optimized, self.pass_report = optimize(graph, self.pipeline, report=True)
             except Exception as exc:
                 self._errors["optimize"] = exc
                 raise
-            self._optimize_s = time.perf_counter() - start
+            cost = self.pass_report.stage
+            self._optimize_s, self._optimize_peak = cost.seconds, cost.peak_increase_mib
         else:
             self.reused_s += self._optimize_s
-        return self._optimized, {**stages, "optimize": self._optimize_s}
+        return self._optimized, StageTimes({**stages, "optimize": self._optimize_s},
+                                           {**stages.peaks, "optimize": self._optimize_peak})
 
     def take_reused(self) -> float:
         value, self.reused_s = self.reused_s, 0.0
@@ -193,15 +199,26 @@ def folder_bytes(folder: str) -> int:
     return total
 
 
+class StageTimes(dict):
+    """Setup seconds by stage (a plain dict), with each stage's peak resident memory above
+    its start in ``peaks`` (MiB): the bench's per-stage setup columns."""
+
+    def __init__(self, stages: dict[str, float] | None = None,
+                 peaks: dict[str, float] | None = None) -> None:
+        super().__init__(stages or {})
+        self.peaks: dict[str, float] = {**getattr(stages, "peaks", {}), **(peaks or {})}
+
+
+@contextlib.contextmanager
 def _timed(stages: dict[str, float], key: str):
-    class _Timer:
-        def __enter__(self):
-            self.start = time.perf_counter()
-
-        def __exit__(self, *exc):
-            stages[key] = stages.get(key, 0.0) + time.perf_counter() - self.start
-
-    return _Timer()
+    """Add the block's seconds to ``stages[key]`` and, for :class:`StageTimes`, its peak
+    memory to ``stages.peaks[key]`` (graphopt.stagereport: nested inside the harness's
+    probe of the whole setup without hiding its peak)."""
+    with measure(key) as cost:
+        yield
+    stages[key] = stages.get(key, 0.0) + cost.seconds
+    if isinstance(stages, StageTimes):
+        stages.peaks[key] = max(stages.peaks.get(key, 0.0), cost.peak_increase_mib)
 
 
 # -------------------------------------------------------------------------------- PyTorch
@@ -307,7 +324,7 @@ def lower_graphopt_native(graph: Graph, subject: Subject, options: dict,
                           stages: dict[str, float] | None = None) -> Prepared:
     """graphopt.compile(graph, "native"); unavailable when the build has no native backend."""
     factory = _native_factory()
-    stages = dict(stages or {})
+    stages = StageTimes(stages)
     # A benchmarked "graphopt-native" is native end to end: a node that would run through its
     # reference implementation fails the subject instead of timing torch under this label.
     options = {"fallback": "error", **options}
@@ -340,7 +357,7 @@ def lower_graphopt_torch(graph: Graph, subject: Subject, options: dict,
     """graphopt.to_torch(graph): a regular nn.Module, called with torch.no_grad."""
     import graphopt
 
-    stages = dict(stages or {})
+    stages = StageTimes(stages)
     with _timed(stages, "lower"):
         module = graphopt.to_torch(graph)
     prepared = Prepared(lambda: module(*subject.args, **subject.kwargs), stages,

@@ -303,6 +303,7 @@ def _prepare_one(backend: BenchBackend, result: BackendResult, subject: Subject,
         prepared = backend.prepare(subject, dict((cfg.backend_options or {}).get(label, {})))
         result.setup_s = time.perf_counter() - start + subject.take_reused()
         result.setup_stages = dict(prepared.stages)
+        result.setup_stage_peaks_mib = dict(getattr(prepared.stages, "peaks", {}))
         result.notes += prepared.notes
         step = "first call"
         start = time.perf_counter()

@@ -19,6 +19,7 @@ import torch
 from graphopt.bench.backends import (
     BackendUnavailable,
     Prepared,
+    StageTimes,
     Subject,
     _first_line,
     _timed,
@@ -132,7 +133,7 @@ def _export_onnx(module, subject: Subject, path: str, exporter: str, opset: int 
 @bench_backend("onnxruntime")
 def prepare_onnxruntime(subject: Subject, options: dict) -> Prepared:
     """onnxruntime on torch.onnx.export's model (dynamo exporter, else the TorchScript one)."""
-    stages: dict[str, float] = {}
+    stages = StageTimes()
     notes: list[str] = []
     tensors = subject.flat_inputs()
     _import_ort()  # one-time import costs are not the backend's setup
@@ -194,7 +195,7 @@ def lower_graphopt_onnxruntime(graph: Graph, subject: Subject, options: dict,
     import graphopt
     from graphopt.interpreter import flatten_inputs
 
-    stages = dict(stages or {})
+    stages = StageTimes(stages)
     _import_ort()
     options = dict(options)
     spins = spin_settings(options)
