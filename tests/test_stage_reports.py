@@ -127,3 +127,24 @@ def test_calibration_streams_from_any_iterable(mlp):
         assert from_list[name].range() == from_generator[name].range()
         lo, hi = from_list[name].range()
         assert lo < hi
+
+
+def test_static_quantization_streams_a_generator(mlp):
+    """A generator is read once, item by item (never held as a list): the same quantized
+    graph as from a list, and no output error (nothing left to measure it on)."""
+    model, x = mlp
+    graph = graphopt.optimize(graphopt.trace(model, (x,)))
+    batches = [(torch.randn(8, 32),) for _ in range(4)]
+    read = []
+
+    def reader():
+        for batch in batches:
+            read.append(len(read))
+            yield batch
+
+    from_list, rep_list = graphopt.quantize(graph, "static", calibration=batches, report=True)
+    streamed, rep_stream = graphopt.quantize(graph, "static", calibration=reader(), report=True)
+    assert read == [0, 1, 2, 3]
+    assert rep_list.error is not None and rep_stream.error is None
+    assert len(rep_stream.quantized) == len(rep_list.quantized) > 0
+    torch.testing.assert_close(graphopt.run(streamed, x), graphopt.run(from_list, x))

@@ -7,6 +7,7 @@ is quantized; graphopt/quant/fallback.py does the rest (error, sensitivity, fall
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import functools
 import time
@@ -57,7 +58,9 @@ def quantize(
             graphopt/quant/bf16_compute.py).
         calibration: an iterable of argument tuples (a bare tensor is one argument). Static
             mode calibrates on all of it; with ``error_budget`` it is also where the error is
-            measured (so it is materialized as a list).
+            measured (so it is materialized as a list). A one-pass iterator (a generator
+            reading batches from disk) in static mode without ``error_budget`` is streamed:
+            each item is read, observed and dropped, and the report's ``error`` is None.
         error_budget: the largest allowed mean ``1 - cosine`` between float and quantized
             outputs over ``calibration``; the most sensitive layers fall back to float, one by
             one, until the error fits.
@@ -129,18 +132,22 @@ def quantize_with_config(graph: Graph, cfg: QuantizeConfig,
                           bytes_before=graph.constant_bytes(), label=plan.label,
                           layers=plan.records, embeddings=plan.embeddings,
                           config=cfg.to_dict())
-        out, rep.error = fit_error_budget(rep.layers, plan.build, plan.graph, calibration or [],
+        measured = calibration if isinstance(calibration, list) else []  # (streamed: used up)
+        out, rep.error = fit_error_budget(rep.layers, plan.build, plan.graph, measured,
                                           cfg.error_budget, sensitivity, plan.forward)
     rep.bytes_after = out.constant_bytes()
     rep.seconds = time.perf_counter() - start
     return out, rep
 
 
-def _calibration_for(cfg: QuantizeConfig, calibration: Iterable | None) -> list[tuple] | None:
+def _calibration_for(cfg: QuantizeConfig, calibration: Iterable | None) -> Iterable[tuple] | None:
     """The calibration data as a list of argument tuples; checks what the mode needs."""
     if cfg.mode == "static" and calibration is None:
         raise QuantizationError("mode='static' needs calibration data (an iterable of "
                                 "argument tuples) to choose activation ranges")
+    if (cfg.mode == "static" and cfg.error_budget is None
+            and isinstance(calibration, collections.abc.Iterator)):
+        return _streamed(calibration)  # one pass: statistics only, no output error measured
     if calibration is not None:
         calibration = _materialize(calibration)
     if cfg.error_budget is not None and not calibration:
@@ -148,7 +155,7 @@ def _calibration_for(cfg: QuantizeConfig, calibration: Iterable | None) -> list[
     return calibration
 
 
-def _plan(graph: Graph, cfg: QuantizeConfig, calibration: list[tuple] | None) -> "Plan":
+def _plan(graph: Graph, cfg: QuantizeConfig, calibration: Iterable[tuple] | None) -> "Plan":
     """The mode's ``Plan``: candidate layers and how to build the graph with some quantized."""
     if cfg.mode == "dynamic":
         return _dynamic_plan(graph, cfg.exclude, cfg.embeddings, cfg.convs, cfg.per_token)
@@ -206,6 +213,13 @@ def _planning_threads(target: Target | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(saved)
+
+
+def _streamed(calibration: Iterator) -> Iterator[tuple]:
+    """A one-pass iterable of items as argument tuples, read as calibration consumes it."""
+    from graphopt.quant.static import as_arguments
+
+    return (as_arguments(item, i) for i, item in enumerate(calibration))
 
 
 def _materialize(calibration: Iterable) -> list[tuple]:

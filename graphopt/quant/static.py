@@ -387,7 +387,7 @@ def static_forward(qparams: dict[str, tuple[np.float32, int]], graph: Graph):
 
     return forward
 
-def static_plan(graph: Graph, calibration: list[tuple], exclude: Sequence[str], observer: str,
+def static_plan(graph: Graph, calibration: Iterable, exclude: Sequence[str], observer: str,
                 observer_options: dict, progress: bool | None):
     """The static mode's plan for ``graphopt.quantize``: prepare a copy, calibrate once on it,
     then ``build(names)`` writes the QDQ form of the named units and folds it."""
