@@ -17,6 +17,8 @@ and the passes that ran before it.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import re
 import time
@@ -189,6 +191,29 @@ class PassManager:
         return PassError("\n".join(lines), record.name, record.passes_before, node)
 
 
+@contextlib.contextmanager
+def _older_objects_frozen():
+    """Keep Python's cyclic GC off the objects that existed before the block.
+
+    A full (oldest-generation) collection scans every tracked object, and a pipeline run on a
+    large model triggers several: with the model and its graph in memory, their cost grew
+    with the heap, which made optimize super-linear in the model's size (GPT-2, 48 layers:
+    0.78 s, of which 0.42 s collections; 0.36 s without). ``gc.freeze()`` moves the existing
+    objects to the permanent generation, so collections during the block scan only the
+    objects it creates (its own garbage is still collected); ``gc.unfreeze()`` puts them
+    back. Skipped when something else already froze objects (a server freezing before fork
+    must keep its frozen set).
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def optimize(
     graph: Graph,
     pipeline: Any = "default",
@@ -219,10 +244,11 @@ def optimize(
     if options:
         pipe = pipe.with_options(options)
     if not report:
-        result = graph.clone()
-        PassManager(pipe, instruments, verify=verify).run(result)
+        with _older_objects_frozen():
+            result = graph.clone()
+            PassManager(pipe, instruments, verify=verify).run(result)
         return result
-    with measure("optimize") as stage:
+    with measure("optimize") as stage, _older_objects_frozen():
         result = graph.clone()
         run_report = PassManager(pipe, [*instruments, MemoryInstrument()], verify=verify).run(
             result)
