@@ -85,8 +85,8 @@ def stage(rows: list, name: str, base: int, fn):
            "peak_above_model_gib": round((peak_bytes() - base) / GIB, 3),
            "retained_above_model_gib": round((rss_bytes() - base) / GIB, 3)}
     rows.append(row)
-    print(f"  {name:12s} {seconds:7.1f} s   peak +{row['peak_above_model_gib']:.2f} GiB   "
-          f"held +{row['retained_above_model_gib']:.2f} GiB", flush=True)
+    print(f"  {name:12s} {seconds:7.1f} s   peak {row['peak_above_model_gib']:+.2f} GiB   "
+          f"held {row['retained_above_model_gib']:+.2f} GiB", flush=True)
     return out
 
 
@@ -161,7 +161,12 @@ def save_for_loading(model, optimized, compiled, folder: str) -> dict[str, str]:
 
 
 def load_in_child(kind: str, path: str, size: str, seq: int) -> dict:
-    """Load ``path`` in a fresh process (this script with --child): its time and memory."""
+    """Load ``path`` in a fresh process (this script with --child): its time and memory.
+    The file is read once first, so every kind loads from a warm page cache (the files of
+    the XL chain together exceed memory: the one read last would otherwise be cold)."""
+    with open(path, "rb") as f:
+        while f.read(64 << 20):
+            pass
     out = subprocess.run([sys.executable, __file__, "--child", kind, path, "--models", size,
                           "--seq", str(seq)], check=True, capture_output=True, text=True)
     row = json.loads(out.stdout.strip().splitlines()[-1])

@@ -27,21 +27,25 @@ from __future__ import annotations
 
 import mmap
 import os
+from typing import IO
 
 import numpy as np
 
 
-def map_region(path: str | os.PathLike, offset: int, length: int) -> np.ndarray | None:
-    """A copy-on-write ``uint8`` memory map of ``length`` bytes of ``path`` from ``offset``.
+def map_region(source: str | os.PathLike | IO[bytes], offset: int,
+               length: int) -> np.ndarray | None:
+    """A copy-on-write ``uint8`` memory map of ``length`` bytes of a file from ``offset``.
 
-    Returns None where the region is empty or the file cannot be mapped (the caller reads it
-    instead). The caller has checked that ``offset + length`` lies inside the file.
+    ``source`` is a path, or a binary file object opened on a regular file (mapping the
+    already opened and checked file, not a path that could be swapped in between). Returns
+    None where the region is empty or the file cannot be mapped (the caller reads it instead).
+    The caller has checked that ``offset + length`` lies inside the file.
     """
     if length <= 0:
         return None
+    target = source if hasattr(source, "fileno") else os.fspath(source)
     try:
-        return np.memmap(os.fspath(path), dtype=np.uint8, mode="c", offset=offset,
-                         shape=(length,))
+        return np.memmap(target, dtype=np.uint8, mode="c", offset=offset, shape=(length,))
     except (OSError, ValueError):  # a special file, a file system without mmap
         return None
 

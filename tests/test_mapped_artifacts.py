@@ -198,3 +198,30 @@ def _status_reader():
         raise KeyError(field)
 
     return read
+
+
+def test_onnx_external_data_maps_when_aligned_and_reads_otherwise(tmp_path):
+    """from_onnx maps external initializers at 8-byte aligned offsets (as to_onnx writes them)
+    and reads the others (another writer's packed file), with the same values."""
+    from onnx import TensorProto, helper
+
+    weight = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    for offset, expect_mapped in ((0, True), (3, False)):
+        (tmp_path / "w.bin").write_bytes(b"\0" * offset + weight.tobytes())
+        init = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[64, 64])
+        init.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", "w.bin"), ("offset", str(offset)),
+                           ("length", str(weight.nbytes))):
+            entry = init.external_data.add()
+            entry.key, entry.value = key, value
+        graph = helper.make_graph(
+            [helper.make_node("Add", ["x", "w"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 64])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 64])], [init])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        path = tmp_path / f"m{offset}.onnx"
+        path.write_bytes(model.SerializeToString())
+        imported = graphopt.from_onnx(path)
+        (const,) = imported.constants.values()
+        np.testing.assert_array_equal(const.data, weight)
+        assert is_file_mapped(const.data) is expect_mapped

@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError
 from onnx import AttributeProto, TensorProto
 
 from graphopt.errors import OnnxImportError
+from graphopt.filemap import map_region
 from graphopt.limits import check_bytes
 from graphopt.onnx._common import tensor_nbytes
 
@@ -218,8 +219,10 @@ def read_external(tensor: TensorProto, ref: ExternalRef) -> None:
 
 
 def read_external_bytes(tensor: TensorProto, ref: ExternalRef) -> np.ndarray:
-    """Validated external data as a new uint8 array, read straight from the file (never through
-    the proto: protobuf keeps bytes put into a message until the whole message dies)."""
+    """Validated external data as a uint8 array, never through the proto (protobuf keeps bytes
+    put into a message until the whole message dies): a copy-on-write map of the file
+    (``graphopt.filemap``: nothing read up front, pages shared between processes) where the
+    offset is 8-byte aligned, as ``to_onnx`` writes it, else read into a new array."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(ref.path, flags)
@@ -230,6 +233,11 @@ def read_external_bytes(tensor: TensorProto, ref: ExternalRef) -> np.ndarray:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise OnnxImportError(f"tensor '{tensor.name}': external data '{ref.location}' is "
                                   "not a regular file")
+        size = os.fstat(f.fileno()).st_size
+        mapped = map_region(f, ref.offset, ref.length) \
+            if ref.offset % 8 == 0 and ref.offset + ref.length <= size else None
+        if mapped is not None:
+            return mapped
         f.seek(ref.offset)
         data = np.empty(ref.length, dtype=np.uint8)
         got = f.readinto(memoryview(data)) if ref.length else 0
