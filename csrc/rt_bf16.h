@@ -74,8 +74,7 @@ void bf16_gemm_run(const MatrixRef& a, const PackedBf16Weight& w, float* c, int6
                    const EpilogueSpec& ep, int threads);
 
 // The AMX part (rt_bf16_amx.cpp): computes the 32 x 32 blocks [first, last) of C, column-block
-// major, from the packed activation a16: [mp, kp] bf16 (kp = k_steps * 32) stored tile-major,
-// the 16 x 32 tile (row tile t, K step s) at a16 + (t * k_steps + s) * 512, rows 64 B apart.
+// major, from the packed activation a16 ([mp, kp] bf16, kp = k_steps * 32).
 struct Bf16AmxProblem {
     const uint16_t* a16;
     int64_t m, mp, kp;
@@ -85,7 +84,7 @@ struct Bf16AmxProblem {
     const EpilogueSpec* ep;
 };
 void bf16_amx_blocks(const Bf16AmxProblem& p, int64_t first, int64_t last);
-// Rounds rows [r0, r1) of A into the packed tile-major bf16 buffer (zero padding past K).
+// Rounds rows [r0, r1) of A into the packed [mp, kp] bf16 buffer (zero padding past K).
 void bf16_pack_rows_amx(const MatrixRef& a, int64_t kp, int64_t r0, int64_t r1, uint16_t* out);
 
 }  // namespace rt

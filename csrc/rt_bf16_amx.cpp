@@ -67,13 +67,13 @@ GRAPHOPT_TARGET_AMX void block_kernel(const uint16_t* a, int64_t a_stride_bytes,
     for (int64_t s = 0; s < steps; ++s) {
         amx_prefetch_step(prefetch, s, steps);
         pending.step(s, steps);
-        _tile_loadd(4, a + s * kBf16TileElems, a_stride_bytes);
+        _tile_loadd(4, a + s * kBf16TileK, a_stride_bytes);
         _tile_loadd(6, b0 + s * kBf16TileElems, 64);
         if (CB == 2) _tile_loadd(7, b1 + s * kBf16TileElems, 64);
         _tile_dpbf16ps(0, 4, 6);
         if (CB == 2) _tile_dpbf16ps(1, 4, 7);
         if (RB == 2) {
-            _tile_loadd(5, a1 + s * kBf16TileElems, a_stride_bytes);
+            _tile_loadd(5, a1 + s * kBf16TileK, a_stride_bytes);
             _tile_dpbf16ps(2, 5, 6);
             if (CB == 2) _tile_dpbf16ps(3, 5, 7);
         }
@@ -140,32 +140,25 @@ void finish_block(const Bf16AmxProblem& p, const BlockTiles& t, int64_t i0, int6
 
 }  // namespace
 
-// A is stored tile-major (rt_bf16.h): each 16 x 32 tile is 1 KiB of consecutive memory, so
-// a tile load reads one sequential KiB instead of 16 rows kp * 2 bytes apart, and the tiles
-// of a row block stream through the caches in the order the kernel uses them.
 GRAPHOPT_TARGET_AMX void bf16_pack_rows_amx(const MatrixRef& a, int64_t kp, int64_t r0,
                                             int64_t r1, uint16_t* out) {
     const int64_t k = a.cols;
     for (int64_t r = r0; r < r1; ++r) {
-        // Row r of the band of row tile r / 16: 32 values of each K step, 1 KiB apart.
-        uint16_t* row = out + (r / kBf16TileRows) * kBf16TileRows * kp +
-                        (r % kBf16TileRows) * kBf16TileK;
-        auto at = [row](int64_t j) { return row + (j / kBf16TileK) * kBf16TileElems +
-                                            j % kBf16TileK; };
+        uint16_t* dst = out + r * kp;
         if (r >= a.rows) {
-            for (int64_t s = 0; s < kp; s += kBf16TileK) std::memset(at(s), 0, kBf16TileK * 2);
+            std::memset(dst, 0, static_cast<size_t>(kp) * 2);
             continue;
         }
         const float* src = a.data + r * a.row_stride;
         int64_t j = 0;
         if (a.col_stride == 1) {
-            for (; j + 16 <= k; j += 16) {  // 16 never straddles a K step (32)
+            for (; j + 16 <= k; j += 16) {
                 const __m256bh v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src + j));
-                _mm256_storeu_si256(reinterpret_cast<__m256i*>(at(j)), (__m256i)v);
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + j), (__m256i)v);
             }
         }
-        for (; j < k; ++j) *at(j) = bf16_bits(src[j * a.col_stride]);
-        for (; j < kp; ++j) *at(j) = 0;
+        for (; j < k; ++j) dst[j] = bf16_bits(src[j * a.col_stride]);
+        std::memset(dst + k, 0, static_cast<size_t>(kp - k) * 2);
     }
 }
 
@@ -176,7 +169,7 @@ GRAPHOPT_TARGET_AMX void bf16_amx_blocks(const Bf16AmxProblem& p, int64_t first,
     const int64_t row_blocks = (p.mp + 31) / 32;
     const int64_t col_tiles = (p.w->n() + 15) / 16;
     const int64_t steps = p.w->k_steps();
-    const int64_t stride_bytes = kBf16TileK * 2;  // tile-major A: rows 64 B apart
+    const int64_t stride_bytes = p.kp * 2;
     const bool acc = p.ep->residual_in_c;
     DeferredEpilogue pending;
     for (int64_t t = first; t < last; ++t) {
