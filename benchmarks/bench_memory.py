@@ -222,7 +222,9 @@ def child_load(kind: str, path: str, size: str, seq: int) -> None:
                       "first_call_s": round(first_call_s, 3),
                       "anon_gib": round(anon * 1024 / GIB, 3),
                       "file_gib": round(file * 1024 / GIB, 3),
-                      "file_gib_on_disk": round(os.path.getsize(path) / GIB, 3)}))
+                      "file_gib_on_disk": round(sum(os.path.getsize(name) for name in
+                                                    (path, path + ".data")
+                                                    if os.path.exists(name)) / GIB, 3)}))
 
 
 # ------------------------------------------------------------------------------ scaling

@@ -90,7 +90,9 @@ def _load_lines(data: dict[str, Any]) -> list[str]:
              "|---|---|---:|---:|---:|---:|---:|"]
     for run in runs:
         for row in run["loads"]:
-            lines.append(f"| {run['model']} | {row['kind']} | {row['file_gib_on_disk']:.2f} GiB "
+            disk = row.get("file_gib_on_disk")  # (absent: not recorded by that run)
+            disk = "-" if disk is None else f"{disk:.2f} GiB"
+            lines.append(f"| {run['model']} | {row['kind']} | {disk} "
                          f"| {row['load_s']:.2f} s | {row['first_call_s']:.2f} s "
                          f"| {row['anon_gib']:+.2f} GiB | {row['file_gib']:+.2f} GiB |")
     return lines
