@@ -247,6 +247,22 @@ void row_minmax(const float* x, int64_t rows, int64_t cols, int64_t rs, int64_t 
     });
 }
 
+// The range of one row (as row_minmax computes it for each row).
+void row_range(const QGemmKernels& kern, const float* x, int64_t cols, int64_t cs, float* lo,
+               float* hi) {
+    if (cs == 1) {
+        kern.minmax(x, 1, cols, cols, lo, hi);
+        return;
+    }
+    float l = cols > 0 ? x[0] : 0.0f, h = l;
+    for (int64_t j = 1; j < cols; ++j) {
+        l = std::min(l, x[j * cs]);
+        h = std::max(h, x[j * cs]);
+    }
+    *lo = l;
+    *hi = h;
+}
+
 // DynamicQuantizeLinear's (scale, zero point) of the range [lo, hi] widened to include zero.
 void range_qparams(float lo, float hi, float* scale, float* safe, float* zp) {
     lo = std::min(lo, 0.0f);
@@ -268,7 +284,9 @@ void quantize_row(const QGemmKernels& kern, const float* x, int64_t cols, int64_
 }  // namespace
 
 void dynamic_quantize(const float* x, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
-                      uint8_t* q, float* scale_out, int32_t* zp_out, int threads) {
+                      uint8_t* q, float* scale_out, int32_t* zp_out, int threads,
+                      int64_t q_stride) {
+    if (q_stride < 0) q_stride = cols;
     const QGemmKernels& kern = qgemm_kernels();
     QGemmScratch& s = qgemm_scratch();
     row_minmax(x, rows, cols, rs, cs, s, threads);
@@ -285,7 +303,7 @@ void dynamic_quantize(const float* x, int64_t rows, int64_t cols, int64_t rs, in
     range_qparams(lo, hi, &scale, &safe, &zp);
     parallel_for(threads, rows, cols * 2, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
-            quantize_row(kern, x + r * rs, cols, cs, safe, zp, q + r * cols);
+            quantize_row(kern, x + r * rs, cols, cs, safe, zp, q + r * q_stride);
         }
     });
     *scale_out = scale;
@@ -293,17 +311,17 @@ void dynamic_quantize(const float* x, int64_t rows, int64_t cols, int64_t rs, in
 }
 
 void dynamic_quantize_rows(const float* x, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
-                           uint8_t* q, float* scales, int32_t* zps, int threads) {
+                           uint8_t* q, float* scales, int32_t* zps, int threads,
+                           int64_t q_stride) {
+    if (q_stride < 0) q_stride = cols;
     const QGemmKernels& kern = qgemm_kernels();
-    QGemmScratch& s = qgemm_scratch();
-    row_minmax(x, rows, cols, rs, cs, s, threads);
-    const float* lo_rows = s.lo.data();
-    const float* hi_rows = s.hi.data();
-    parallel_for(threads, rows, cols * 2, [&](int64_t r0, int64_t r1) {
+    parallel_for(threads, rows, cols * 3, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
+            float lo = 0.0f, hi = 0.0f;
+            row_range(kern, x + r * rs, cols, cs, &lo, &hi);
             float scale = 0.0f, safe = 1.0f, zp = 0.0f;
-            if (cols > 0) range_qparams(lo_rows[r], hi_rows[r], &scale, &safe, &zp);
-            quantize_row(kern, x + r * rs, cols, cs, safe, zp, q + r * cols);
+            if (cols > 0) range_qparams(lo, hi, &scale, &safe, &zp);
+            quantize_row(kern, x + r * rs, cols, cs, safe, zp, q + r * q_stride);
             scales[r] = scale;
             zps[r] = static_cast<int32_t>(zp);
         }
@@ -377,16 +395,20 @@ void qgemm_finish_tile(const QGemmKernels& kern, const QGemmArgs& g, const float
     }
 }
 
+bool qgemm_uses_amx(const PackedQWeight& w, int64_t m) {
+    // AMX from this many rows on; below, the VNNI tiles (a GEMV is bound by the weight reads).
+    constexpr int64_t kAmxMinRows = 8;
+    return w.format() == QFormat::kQuadU8 && w.steps() % 16 == 0 && m >= kAmxMinRows &&
+           cpu_features().use_amx;
+}
+
 void qgemm_run(const QGemmArgs& g, int threads) {
     const QGemmKernels& kern = qgemm_kernels();
     const PackedQWeight& w = *g.w;
     if (w.format() != kern.format) throw PlanError("int8 GEMM: weight packed for another ISA");
     const int64_t m = g.a.rows, n = w.n(), steps = w.steps();
     if (m <= 0 || n <= 0) return;
-    // AMX from this many rows on; below, the VNNI tiles (a GEMV is bound by the weight reads).
-    constexpr int64_t kAmxMinRows = 8;
-    if (w.format() == QFormat::kQuadU8 && steps % 16 == 0 && m >= kAmxMinRows &&
-        cpu_features().use_amx) {
+    if (qgemm_uses_amx(w, m)) {
         std::vector<float>& cs = qgemm_scratch().col_scale;
         cs.resize(static_cast<size_t>(n));
         if (g.a_row_scale == nullptr) {

@@ -152,7 +152,14 @@ struct QGemmArgs {
     int64_t ldc = 0, c_cs = 1;
     float y_scale = 1.0f;
     int32_t y_zp = 0;
+    // A is already in the AMX driver's layout: round_up(M, 16) rows of w->steps() * 4 bytes
+    // (a.row_stride), zero past K and past M (qgemm_uses_amx said yes; the dynamic path
+    // quantizes straight into it, so the driver does not copy A once more).
+    bool a_amx_rows = false;
 };
+
+// Whether qgemm_run takes the AMX tiles for M rows against w (else the VNNI tiles).
+bool qgemm_uses_amx(const PackedQWeight& w, int64_t m);
 
 // The whole product over up to `threads` threads (the runtime's pool).
 void qgemm_run(const QGemmArgs& args, int threads);
@@ -170,12 +177,16 @@ void qgemm_run_amx(const QGemmArgs& g, const QGemmKernels& kern, const float* co
 // contiguous u8 matrix q [rows, cols]; returns (scale, zero point) through the pointers:
 //   lo = min(0, min x), hi = max(0, max x), scale = (hi - lo) / 255,
 //   zp = clamp(round(-lo / scale), 0, 255), q = clamp(round(x / scale) + zp, 0, 255)
-// (scale 0 -> divides by 1, as the reference does; round = half to even).
+// (scale 0 -> divides by 1, as the reference does; round = half to even). Row r of q starts at
+// q + r * q_stride (q_stride >= cols; -1: cols).
 void dynamic_quantize(const float* x, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
-                      uint8_t* q, float* scale, int32_t* zp, int threads);
-// The same rule applied to every row on its own (per-token): scales[r], zps[r] for row r.
+                      uint8_t* q, float* scale, int32_t* zp, int threads,
+                      int64_t q_stride = -1);
+// The same rule applied to every row on its own (per-token): scales[r], zps[r] for row r. One
+// pass: each row's range and its quantization run while the row is in L1.
 void dynamic_quantize_rows(const float* x, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
-                           uint8_t* q, float* scales, int32_t* zps, int threads);
+                           uint8_t* q, float* scales, int32_t* zps, int threads,
+                           int64_t q_stride = -1);
 
 // y_f -> u8: saturate(round_half_even(y / y_scale) + y_zp) for n contiguous floats.
 void requantize_u8(const float* y, int64_t n, float y_scale, int32_t y_zp, uint8_t* out);

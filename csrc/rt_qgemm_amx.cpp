@@ -78,10 +78,15 @@ void qgemm_run_amx(const QGemmArgs& g, const QGemmKernels& kern, const float* co
     const PackedQWeight& w = *g.w;
     const int64_t m = g.a.rows, n = w.n(), kp = w.steps() * 4, groups = w.steps() / 16;
     const int64_t mp = round_up(m, 16);
-    auto* a = reinterpret_cast<uint8_t*>(qgemm_scratch().packed.reserve(ceil_div(mp * kp, 4)));
-    parallel_for(threads, mp, kp, [&](int64_t r0, int64_t r1) {
-        pack_a_rows_amx(g.a, kp, r0, r1, a);
-    });
+    const uint8_t* a = g.a.data;  // already in this layout (the dynamic path quantizes into it)
+    if (!(g.a_amx_rows && g.a.row_stride == kp && g.a.col_stride == 1)) {
+        auto* packed =
+            reinterpret_cast<uint8_t*>(qgemm_scratch().packed.reserve(ceil_div(mp * kp, 4)));
+        parallel_for(threads, mp, kp, [&](int64_t r0, int64_t r1) {
+            pack_a_rows_amx(g.a, kp, r0, r1, packed);
+        });
+        a = packed;
+    }
     const int64_t row_blocks = ceil_div(mp, 32), col_tiles = ceil_div(n, 16);
     const int64_t blocks = row_blocks * ceil_div(col_tiles, 2);
     const int nt = static_cast<int>(std::min<int64_t>(

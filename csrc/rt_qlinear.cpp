@@ -18,6 +18,7 @@
 // computed by earlier steps; only the weight must be constant (it is packed at build time).
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 
@@ -122,24 +123,42 @@ class QLinearKernel : public Kernel {
                          ? *ctx.get<const uint8_t>(operands[kXZp]) : 0;
         } else {
             QGemmScratch& s = qgemm_scratch();
-            auto* q = reinterpret_cast<uint8_t*>(s.qa.reserve(ceil_div(m_ * k_ + 64, 4)));
+            // On AMX, quantized straight into the tile driver's row layout (rows of kp bytes,
+            // zero padding), which it then reads in place.
+            const bool amx = qgemm_uses_amx(*weight_, m_);
+            const int64_t stride = amx ? weight_->steps() * 4 : k_;
+            const int64_t rows = amx ? round_up(m_, 16) : m_;
+            auto* q = reinterpret_cast<uint8_t*>(s.qa.reserve(ceil_div(rows * stride + 64, 4)));
+            if (amx) zero_amx_padding(q, m_, rows, k_, stride);
             const float* x = ctx.get<const float>(operands[kX]);
             if (per_row_) {
                 s.row_scale.resize(static_cast<size_t>(std::max<int64_t>(m_, 1)));
                 s.row_zp.resize(static_cast<size_t>(std::max<int64_t>(m_, 1)));
                 dynamic_quantize_rows(x, m_, k_, x_rs_, x_cs_, q, s.row_scale.data(),
-                                      s.row_zp.data(), ctx.threads);
+                                      s.row_zp.data(), ctx.threads, stride);
                 g.a_row_scale = s.row_scale.data();
                 g.a_row_zp = s.row_zp.data();
             } else {
-                dynamic_quantize(x, m_, k_, x_rs_, x_cs_, q, &g.a_scale, &g.a_zp, ctx.threads);
+                dynamic_quantize(x, m_, k_, x_rs_, x_cs_, q, &g.a_scale, &g.a_zp, ctx.threads,
+                                 stride);
             }
-            g.a = QMatrixRef{q, m_, k_, k_, 1};
+            g.a = QMatrixRef{q, m_, k_, stride, 1};
+            g.a_amx_rows = amx;
         }
         qgemm_run(g, ctx.threads);
     }
 
    private:
+    // Zero bytes of the AMX row layout that quantization does not write: columns [k, stride)
+    // of the m rows, and the rows [m, rows) (the tiles read whole 16-row, 64-byte groups).
+    static void zero_amx_padding(uint8_t* q, int64_t m, int64_t rows, int64_t k,
+                                 int64_t stride) {
+        if (stride > k) {
+            for (int64_t r = 0; r < m; ++r) std::memset(q + r * stride + k, 0, stride - k);
+        }
+        std::memset(q + m * stride, 0, static_cast<size_t>((rows - m) * stride));
+    }
+
     std::string name_;
     int64_t m_ = 0, n_ = 0, k_ = 0, x_rs_ = 0, x_cs_ = 0;
     bool static_ = false, requant_ = false, has_bias_ = false, has_residual_ = false;

@@ -5,6 +5,7 @@ statistics are fed as values are computed (from any iterable)."""
 
 from __future__ import annotations
 
+import mmap
 import weakref
 
 import numpy as np
@@ -80,8 +81,11 @@ def test_without_report_the_results_are_plain(mlp):
 def test_a_nested_stage_does_not_hide_the_outer_peak():
     outer = PeakMeter()
     outer.start()
-    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
-    del block
+    # 64 MiB of fresh pages (an anonymous map, not the heap, whose free memory may already be
+    # resident), every page touched, then unmapped: RSS rises by 64 MiB and falls back.
+    block = mmap.mmap(-1, 64 * 2**20)
+    block.write(b"\1" * len(block))
+    block.close()
     with measure("inner") as inner:  # resets the kernel's counter
         pass
     peak, _ = outer.stop()
