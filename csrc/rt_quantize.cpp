@@ -172,8 +172,18 @@ class DynamicQuantizeKernel : public Kernel {
     void run(const ExecContext& ctx) const override {
         float scale = 0.0f;
         int32_t zp = 0;
-        dynamic_quantize(ctx.get<const float>(operands[3]), 1, count_, count_, 1,
-                         ctx.get<uint8_t>(operands[0]), &scale, &zp, ctx.threads);
+        // One range over the whole tensor, computed and applied in rows so that the threads
+        // share the work (the result does not depend on the split).
+        int64_t cols = count_;
+        for (const int64_t c : {1024, 512, 256, 128, 64}) {
+            if (count_ % c == 0 && count_ / c >= 2) {
+                cols = c;
+                break;
+            }
+        }
+        dynamic_quantize(ctx.get<const float>(operands[3]), count_ / std::max<int64_t>(cols, 1),
+                         cols, cols, 1, ctx.get<uint8_t>(operands[0]), &scale, &zp,
+                         ctx.threads);
         *ctx.get<float>(operands[1]) = scale;
         *ctx.get<uint8_t>(operands[2]) = static_cast<uint8_t>(zp);
     }

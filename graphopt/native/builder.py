@@ -155,6 +155,9 @@ class PlanBuilder:
         self.fallback_ops: list[str] = []
         self.outputs: list[TensorRef] = []
         self.num_output_buffers = 0
+        # id(value) -> (codes, scale, zero point) of an input several qlinear_dynamic nodes
+        # share (native/lower/quant.py: quantized once).
+        self.quantized_inputs: dict[int, tuple] = {}
 
     # ------------------------------------------------------------------------------ shapes
     def shape(self, value: Value) -> tuple[int, ...]:

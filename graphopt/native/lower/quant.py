@@ -101,11 +101,45 @@ def lower_qlinear_dynamic(ctx) -> None:
     residual = ctx.contiguous(4)
     attrs = ctx.attrs
     act = activation(ctx, attrs.get("activation", "none"), attrs.get("activation_params", ()))
+    per_row = bool(attrs.get("per_token", False))
+    shared = None if per_row else _shared_quantized_input(ctx)
     out = ctx.output(0, inplace=(4,) if residual is not None else ())
     in_place = residual is not None and out.buffer is residual.buffer and \
         out.offset == residual.offset
+    if shared is not None:
+        q, x_scale, x_zp = shared
+        try:
+            emit_qlinear(ctx, out, q, (mat[0], mat[1], mat[1], 1), w, ctx.contiguous(2), bias,
+                         residual, act, x_scale=x_scale, x_zp=x_zp, in_place=in_place)
+        except BaseException:  # the node is rolled back, its quantize step with it
+            ctx.builder.quantized_inputs.pop(id(ctx.node.inputs[0]), None)
+            raise
+        return
     emit_qlinear(ctx, out, x, mat, w, ctx.contiguous(2), bias, residual, act,
-                 in_place=in_place, per_row=bool(attrs.get("per_token", False)))
+                 in_place=in_place, per_row=per_row)
+
+
+def _shared_quantized_input(ctx):
+    """``(q, scale, zero point)`` of this node's input when several per-tensor
+    ``qlinear_dynamic`` nodes read it (attention's Q, K and V projections): the first of them
+    quantizes it once ("dynamic_quantize_linear", the rule the kernel applies inside) and every
+    one runs the static kernel on the codes, which gives the same bits as quantizing in each.
+    None for an input read by one such node."""
+    x_value = ctx.node.inputs[0]
+    readers = {id(node) for node, slot in x_value.uses
+               if node.op == "qlinear_dynamic" and slot == 0
+               and not node.attrs.get("per_token", False)}
+    if len(readers) < 2:
+        return None
+    memo = ctx.builder.quantized_inputs
+    if id(x_value) not in memo:
+        x = ctx.contiguous(0)
+        q = ctx.temp(x.shape, DType.uint8, "q")
+        scale = ctx.temp((), DType.float32, "scale")
+        zp = ctx.temp((), DType.uint8, "zp")
+        ctx.emit("dynamic_quantize_linear", [q, scale, zp, x], [x.numel])
+        memo[id(x_value)] = (q, scale, zp)
+    return memo[id(x_value)]
 
 
 @register_lowering("native", "linear_weight_only")
