@@ -126,6 +126,7 @@ def _shared_quantized_input(ctx):
     one runs the static kernel on the codes, which gives the same bits as quantizing in each.
     None for an input read by one such node."""
     x_value = ctx.node.inputs[0]
+    # op-name check: sharing is between nodes of this very lowering's op (same kernel contract)
     readers = {id(node) for node, slot in x_value.uses
                if node.op == "qlinear_dynamic" and slot == 0
                and not node.attrs.get("per_token", False)}
