@@ -42,6 +42,7 @@ import torch
 
 import graphopt
 from graphopt.bench.machine import machine_info
+from graphopt.stagereport import measure, rss_mib, status_mib
 
 SIZES = {
     "small": {"n_embd": 768, "n_layer": 12, "n_head": 12},
@@ -53,37 +54,22 @@ GIB = 2.0**30
 
 
 def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {key}")
+    return round(status_mib(key) * 1024)
 
 
 def rss_bytes() -> int:
-    return _status_kib("VmRSS") * 1024
-
-
-def reset_peak() -> None:
-    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def peak_bytes() -> int:
-    return _status_kib("VmHWM") * 1024
+    return round(rss_mib() * 2**20)
 
 
 def stage(rows: list, name: str, base: int, fn):
     """Runs fn, records seconds, peak and retained memory above ``base``; returns fn's value."""
     gc.collect()
-    reset_peak()
-    start = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - start
+    with measure(name) as cost:  # graphopt.stagereport: VmHWM reset at the start
+        out = fn()
+    seconds = cost.seconds
     gc.collect()
     row = {"stage": name, "seconds": round(seconds, 2),
-           "peak_above_model_gib": round((peak_bytes() - base) / GIB, 3),
+           "peak_above_model_gib": round((cost.peak_mib * 2**20 - base) / GIB, 3),
            "retained_above_model_gib": round((rss_bytes() - base) / GIB, 3)}
     rows.append(row)
     print(f"  {name:12s} {seconds:7.1f} s   peak {row['peak_above_model_gib']:+.2f} GiB   "

@@ -171,7 +171,8 @@ def test_loading_a_large_bundle_reads_nothing_up_front(tmp_path):
     not grow by the weights' size (it would by 64 MiB for a copy)."""
     status = _status_reader()
     if status is None:
-        pytest.skip("needs /proc/self/status (Linux)")
+        pytest.skip("anonymous vs file-backed memory is read from /proc/self/status, which "
+                    "only Linux provides")
     model = torch.nn.Sequential(*[torch.nn.Linear(2048, 2048, bias=False) for _ in range(4)])
     graph = graphopt.trace(model.eval(), (torch.randn(1, 2048),))
     path = tmp_path / "big.graphopt"
