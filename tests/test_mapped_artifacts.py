@@ -21,6 +21,7 @@ from graphopt.backends.torch_bundle import load_graph, load_module, save_module
 from graphopt.backends.torch_module import to_torch
 from graphopt.filemap import is_file_mapped
 from graphopt.native import load
+from graphopt.stagereport import status_mib
 
 
 class Block(torch.nn.Module):
@@ -169,8 +170,7 @@ def test_misaligned_bundle_from_another_writer_is_read(block, tmp_path):
 def test_loading_a_large_bundle_reads_nothing_up_front(tmp_path):
     """64 MiB of weights: loading the graph maps them, so the process's anonymous memory does
     not grow by the weights' size (it would by 64 MiB for a copy)."""
-    status = _status_reader()
-    if status is None:
+    if not status_mib("RssAnon"):
         pytest.skip("anonymous vs file-backed memory is read from /proc/self/status, which "
                     "only Linux provides")
     model = torch.nn.Sequential(*[torch.nn.Linear(2048, 2048, bias=False) for _ in range(4)])
@@ -178,27 +178,11 @@ def test_loading_a_large_bundle_reads_nothing_up_front(tmp_path):
     path = tmp_path / "big.graphopt"
     save_module(graph, path)
     del graph, model
-    before = status("RssAnon")
+    before = status_mib("RssAnon")
     loaded = load_graph(path)
-    grown = status("RssAnon") - before
+    grown = (status_mib("RssAnon") - before) * 2**20
     assert all(_mapped(loaded).values())
     assert grown < 16 * 2**20, f"anonymous memory grew by {grown / 2**20:.1f} MiB"
-
-
-def _status_reader():
-    try:
-        open("/proc/self/status").close()
-    except OSError:
-        return None
-
-    def read(field: str) -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-        raise KeyError(field)
-
-    return read
 
 
 def test_onnx_external_data_maps_when_aligned_and_reads_otherwise(tmp_path):
