@@ -1,13 +1,14 @@
 // Kernels of the channel-blocked layout (rt_blocked.h), float32.
 //
-// "to_blocked"    operands: out [N, ceil(C/16), HW, 16], x [N, C, HW];  ints: N, C, HW
-//                 (channels past C are written as zeros)
-// "from_blocked"  operands: out [N, C, HW], x [N, ceil(C/16), HW, 16];  ints: N, C, HW
+// (reorders "to_blocked" / "from_blocked": rt_blocked_reorder.cpp)
 // "conv2d_blocked"  operands: out (blocked [N, Co]), x (blocked, or plain NCHW when x_blocked
 //                 is 0), weight (plan constant [Co, C / groups, kh, kw]), bias?, residual?
 //                 (blocked, like out; may be out itself), scratch? (zero-bordered input copy:
-//                 ceil(C/16) * 16 * Hp * Wp floats, needed when the taps reach outside the
-//                 input, or for a depthwise convolution of a plain input)
+//                 ceil(C/16) * 16 * Hp * Wp floats, C * Hp * Wp for a dense convolution of a
+//                 plain input, needed when the taps reach outside the input, or for a
+//                 depthwise convolution of a plain input; or the subsampled input of a strided
+//                 1x1 convolution of a blocked input, ceil(C/16) * 16 * Ho * Wo), workspace?
+//                 (given: Winograd F(2x2, 3x3), rt_winograd.h; WinogradConv::workspace_floats)
 //                 ints: the 16 conv2d shape parameters (groups 1, or C == Co == groups:
 //                 depthwise), act, x_blocked;  floats: act_p0, act_p1
 //                 out = act(conv(x, w) + bias + residual)
@@ -23,6 +24,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -32,6 +34,7 @@
 #include "rt_conv_shape.h"
 #include "rt_parallel.h"
 #include "rt_plan.h"
+#include "rt_winograd.h"
 
 namespace graphopt {
 namespace rt {
@@ -56,6 +59,11 @@ struct PortableBlock {
     static V add(const V& a, const V& b) {
         V r;
         for (int i = 0; i < 16; ++i) r.v[i] = a.v[i] + b.v[i];
+        return r;
+    }
+    static V sub(const V& a, const V& b) {
+        V r;
+        for (int i = 0; i < 16; ++i) r.v[i] = a.v[i] - b.v[i];
         return r;
     }
     static V fma(const V& a, const V& b, const V& c) {
@@ -87,65 +95,6 @@ struct PortableBlock {
 #include "rt_blocked_impl.h"
 
 constexpr int64_t kPixelChunk = 8 * kMaxTile;  // pixels per dense-conv task
-
-class ReorderKernel : public Kernel {
-   public:
-    ReorderKernel(const KernelArgs& args, bool to_blocked) : to_blocked_(to_blocked) {
-        IntReader r(args);
-        n_ = r.dim("N");
-        c_ = r.dim("C");
-        hw_ = r.dim("HW");
-        const std::string what = (to_blocked ? "to_blocked " : "from_blocked ") + args.name;
-        const int64_t blocked = blocked_bytes(n_, c_, hw_, what);
-        const int64_t plain = plain_bytes(n_, c_, hw_, what);
-        need(args, 0, to_blocked ? blocked : plain, 4);
-        need(args, 1, to_blocked ? plain : blocked, 4);
-    }
-
-    void run(const ExecContext& ctx) const override {
-        float* out = ctx.get<float>(operands[0]);
-        const float* x = ctx.get<const float>(operands[1]);
-        const int64_t blocks = channel_blocks(c_), hw = hw_;
-        parallel_for(ctx.threads, n_ * blocks, hw * kChannelBlock, [&](int64_t t0, int64_t t1) {
-            for (int64_t t = t0; t < t1; ++t) {
-                const int64_t n = t / blocks, b = t % blocks;
-                const int64_t count = std::min(kChannelBlock, c_ - b * kChannelBlock);
-                const int64_t plain0 = (n * c_ + b * kChannelBlock) * hw;
-                const int64_t blocked0 = t * hw * kChannelBlock;
-                if (to_blocked_) {
-                    float* dst = out + blocked0;
-                    for (int64_t ci = 0; ci < count; ++ci) {
-                        const float* src = x + plain0 + ci * hw;
-                        for (int64_t p = 0; p < hw; ++p) dst[p * kChannelBlock + ci] = src[p];
-                    }
-                    for (int64_t ci = count; ci < kChannelBlock; ++ci) {
-                        for (int64_t p = 0; p < hw; ++p) dst[p * kChannelBlock + ci] = 0.0f;
-                    }
-                } else {
-                    const float* src = x + blocked0;
-                    for (int64_t ci = 0; ci < count; ++ci) {
-                        float* dst = out + plain0 + ci * hw;
-                        for (int64_t p = 0; p < hw; ++p) dst[p] = src[p * kChannelBlock + ci];
-                    }
-                }
-            }
-        });
-    }
-
-   private:
-    bool to_blocked_;
-    int64_t n_ = 0, c_ = 0, hw_ = 0;
-};
-
-class ToBlockedKernel : public ReorderKernel {
-   public:
-    explicit ToBlockedKernel(const KernelArgs& args) : ReorderKernel(args, true) {}
-};
-
-class FromBlockedKernel : public ReorderKernel {
-   public:
-    explicit FromBlockedKernel(const KernelArgs& args) : ReorderKernel(args, false) {}
-};
 
 class BlockedConvKernel : public Kernel {
    public:
@@ -192,20 +141,13 @@ class BlockedConvKernel : public Kernel {
         pad_w_ = checked_add(checked_add(checked_mul(std::max<int64_t>(s_.wo - 1, 0), s_.sw, what),
                                          checked_mul(s_.kw - 1, s_.dw, what), what), 1, what);
         const bool inside = s_.ph == 0 && s_.pw == 0 && pad_h_ <= s_.h && pad_w_ <= s_.w;
-        // Depthwise kernels skip the taps outside a blocked input themselves.
-        use_scratch_ = depthwise_ ? !x_blocked_ : !inside;
-        const int64_t scratch_bytes =
-            checked_mul(checked_mul(src_blocks_ * kChannelBlock, checked_mul(pad_h_, pad_w_, what),
-                                    what), 4, what);
-        const bool has_scratch = need_opt(args, 5, scratch_bytes, 4);
-        if (use_scratch_ && !has_scratch) {
-            throw PlanError(what + ": this convolution reads outside its input and needs a " +
-                            std::to_string(scratch_bytes) + "-byte scratch operand");
+        plan_scratch(args, inside, what);
+        const auto* weight = reinterpret_cast<const float*>(constant(args, 2));
+        if (args.has(6)) {
+            winograd_ = std::make_unique<WinogradConv>(s_, weight);
+        } else {
+            pack(weight, taps);
         }
-        // A 1x1, stride-1 convolution over the whole input is one long row of pixels.
-        flat_ = !use_scratch_ && s_.kh == 1 && s_.kw == 1 && s_.sh == 1 && s_.sw == 1 &&
-                s_.ho == s_.h && s_.wo == s_.w;
-        pack(reinterpret_cast<const float*>(constant(args, 2)), taps);
     }
 
     void run(const ExecContext& ctx) const override {
@@ -213,7 +155,8 @@ class BlockedConvKernel : public Kernel {
         const float* x = ctx.get<const float>(operands[1]);
         const float* bias_in = has_bias_ ? ctx.get<const float>(operands[3]) : nullptr;
         const float* residual = has_residual_ ? ctx.get<const float>(operands[4]) : nullptr;
-        float* scratch = use_scratch_ ? ctx.get<float>(operands[5]) : nullptr;
+        float* scratch = use_scratch_ || subsample_ ? ctx.get<float>(operands[5]) : nullptr;
+        float* workspace = winograd_ ? ctx.get<float>(operands[6]) : nullptr;
         const BlockedOps& ops = blocked_ops();
         // Bias padded to whole blocks (the operand is a plan value: copied per run, Co floats).
         std::vector<float> bias;
@@ -231,10 +174,22 @@ class BlockedConvKernel : public Kernel {
             } else {
                 src = {x + n * s_.c * hw_in, kChannelBlock * hw_in, hw_in, s_.w, 1};
             }
-            if (use_scratch_) {
+            if (plain_scratch_) {
+                fill_plain_scratch(ctx, src.base, scratch);
+                src = {scratch, kChannelBlock * pad_h_ * pad_w_, pad_h_ * pad_w_, pad_w_, 1};
+            } else if (use_scratch_) {
                 fill_scratch(ctx, src, scratch);
                 src = {scratch, pad_h_ * pad_w_ * kChannelBlock, 1, pad_w_ * kChannelBlock,
                        kChannelBlock};
+            } else if (subsample_) {
+                fill_subsampled(ctx, src, scratch);
+                src = {scratch, hw_out * kChannelBlock, 1, s_.wo * kChannelBlock, kChannelBlock};
+            }
+            if (winograd_) {
+                winograd_->run(ctx, ops, src, bias.empty() ? nullptr : bias.data(),
+                               residual != nullptr ? residual + n * out_image : nullptr,
+                               out + n * out_image, act_, workspace);
+                continue;
             }
             BlockedConvJob job;
             job.c = s_.c;
@@ -242,7 +197,9 @@ class BlockedConvKernel : public Kernel {
             job.out_blocks = out_blocks_;
             job.group_in = group_in_;
             job.group_out = group_out_;
-            job.kh = s_.kh; job.kw = s_.kw; job.sh = s_.sh; job.sw = s_.sw;
+            job.kh = s_.kh; job.kw = s_.kw;
+            job.sh = subsample_ ? 1 : s_.sh;
+            job.sw = subsample_ ? 1 : s_.sw;
             job.dh = s_.dh; job.dw = s_.dw;
             job.ho = flat_ ? 1 : s_.ho;
             job.wo = flat_ ? hw_out : s_.wo;
@@ -256,9 +213,9 @@ class BlockedConvKernel : public Kernel {
                 job.h = use_scratch_ ? pad_h_ : s_.h;
                 job.w = use_scratch_ ? pad_w_ : s_.w;
             }
-            if (flat_) {  // one row of H * W pixels
+            if (flat_) {  // one row of Ho * Wo pixels (= H * W, or the subsampled copy)
                 job.h = 1;
-                job.w = hw_in;
+                job.w = hw_out;
             }
             job.weight = packed_.data();
             job.bias = bias.empty() ? nullptr : bias.data();
@@ -305,6 +262,48 @@ class BlockedConvKernel : public Kernel {
         });
     }
 
+    // Which copy of the input the convolution reads, and the operand that holds it: a Winograd
+    // workspace (slot 6), a zero-bordered copy when taps reach outside the input, or the
+    // subsampled input of a strided 1x1 convolution (slot 5, "scratch").
+    void plan_scratch(const KernelArgs& args, bool inside, const std::string& what) {
+        // Winograd (rt_winograd.h) when the plan gave its workspace; its input transform
+        // reads the blocked input itself (zeros outside), like the depthwise kernels.
+        if (args.has(6)) {
+            if (!x_blocked_ || !WinogradConv::eligible(s_)) {
+                throw PlanError(what + ": a Winograd workspace was given, but Winograd runs only "
+                                "3x3, stride-1, undilated, ungrouped convolutions of a blocked "
+                                "input with padding 0..2");
+            }
+            need(args, 6, checked_mul(WinogradConv::workspace_floats(s_, what), 4, what), 4);
+        }
+        // Depthwise kernels skip the taps outside a blocked input themselves.
+        use_scratch_ = args.has(6) ? false : depthwise_ ? !x_blocked_ : !inside;
+        // A dense convolution of a plain input keeps the copy plain ([C][Hp][Wp]): an image's
+        // stem has 1-4 channels, and a 16-lane blocked copy would be 4-16x larger, mostly zeros.
+        plain_scratch_ = use_scratch_ && !x_blocked_ && !depthwise_;
+        // A strided 1x1 convolution of a blocked input reads a compact copy of the pixels it
+        // uses and runs as one long row (rows of 7-28 pixels make narrow tiles).
+        subsample_ = !use_scratch_ && !args.has(6) && x_blocked_ && !depthwise_ &&
+                     group_out_ == 0 && s_.kh == 1 && s_.kw == 1 && (s_.sh > 1 || s_.sw > 1) &&
+                     s_.ph == 0 && s_.pw == 0;
+        const int64_t scratch_channels = plain_scratch_ ? s_.c : src_blocks_ * kChannelBlock;
+        const int64_t scratch_pixels = subsample_ ? checked_mul(s_.ho, s_.wo, what)
+                                                  : checked_mul(pad_h_, pad_w_, what);
+        const int64_t scratch_bytes =
+            checked_mul(checked_mul(scratch_channels, scratch_pixels, what), 4, what);
+        const bool has_scratch = need_opt(args, 5, scratch_bytes, 4);
+        if ((use_scratch_ || subsample_) && !has_scratch) {
+            throw PlanError(what + ": this convolution reads " +
+                            (subsample_ ? "a subsampled copy of its input"
+                                        : "outside its input") +
+                            " and needs a " + std::to_string(scratch_bytes) +
+                            "-byte scratch operand");
+        }
+        // A 1x1, stride-1 convolution over the whole input is one long row of pixels.
+        flat_ = subsample_ || (!use_scratch_ && s_.kh == 1 && s_.kw == 1 && s_.sh == 1 &&
+                               s_.sw == 1 && s_.ho == s_.h && s_.wo == s_.w);
+    }
+
     // scratch[b][y][x][16] = source(b * 16 + lane, y - ph, x - pw) inside the input, else 0.
     void fill_scratch(const ExecContext& ctx, const BlockedSource& src, float* scratch) const {
         const int64_t rows = src_blocks_ * pad_h_;
@@ -333,6 +332,43 @@ class BlockedConvKernel : public Kernel {
                         std::fill(d + count, d + kChannelBlock, 0.0f);
                     }
                 }
+            }
+        });
+    }
+
+    // scratch[b][oy][ox][16] = source[b][oy * sh][ox * sw][16] (a strided 1x1 convolution).
+    void fill_subsampled(const ExecContext& ctx, const BlockedSource& src, float* scratch) const {
+        parallel_for(ctx.threads, src_blocks_ * s_.ho, s_.wo * kChannelBlock,
+                     [&](int64_t r0, int64_t r1) {
+            for (int64_t row = r0; row < r1; ++row) {
+                const int64_t b = row / s_.ho, oy = row % s_.ho;
+                const float* line = src.base + b * src.block_stride + oy * s_.sh * src.row_stride;
+                float* dst = scratch + row * s_.wo * kChannelBlock;
+                for (int64_t ox = 0; ox < s_.wo; ++ox) {
+                    std::memcpy(dst + ox * kChannelBlock, line + ox * s_.sw * kChannelBlock,
+                                sizeof(float) * kChannelBlock);
+                }
+            }
+        });
+    }
+
+    // scratch[c][y][x] = x(c, y - ph, x - pw) inside the input, else 0 (plain NCHW image).
+    void fill_plain_scratch(const ExecContext& ctx, const float* x, float* scratch) const {
+        parallel_for(ctx.threads, s_.c * pad_h_, pad_w_, [&](int64_t r0, int64_t r1) {
+            for (int64_t row = r0; row < r1; ++row) {
+                const int64_t c = row / pad_h_, iy = row % pad_h_ - s_.ph;
+                float* dst = scratch + row * pad_w_;
+                if (iy < 0 || iy >= s_.h) {
+                    std::fill(dst, dst + pad_w_, 0.0f);
+                    continue;
+                }
+                // Columns [x0, x1) of the copy come from the input row; the rest are zeros.
+                const int64_t x0 = std::min(std::max<int64_t>(s_.pw, 0), pad_w_);
+                const int64_t x1 = std::max(x0, std::min(pad_w_, s_.pw + s_.w));
+                const float* line = x + (c * s_.h + iy) * s_.w;
+                std::fill(dst, dst + x0, 0.0f);
+                std::copy(line + (x0 - s_.pw), line + (x1 - s_.pw), dst + x0);
+                std::fill(dst + x1, dst + pad_w_, 0.0f);
             }
         });
     }
@@ -388,12 +424,13 @@ class BlockedConvKernel : public Kernel {
     ConvShape s_;
     ActSpec act_;
     bool x_blocked_ = false, depthwise_ = false, has_bias_ = false, has_residual_ = false;
-    bool use_scratch_ = false, flat_ = false;
+    bool use_scratch_ = false, plain_scratch_ = false, subsample_ = false, flat_ = false;
     // in_blocks_: input blocks one output block reads (all of them unless grouped);
     // src_blocks_: the input's blocks. group_in_ / group_out_: channels per group (grouped).
     int64_t in_blocks_ = 0, src_blocks_ = 0, out_blocks_ = 0, pad_h_ = 0, pad_w_ = 0;
     int64_t group_in_ = 0, group_out_ = 0;
     std::vector<float> packed_;
+    std::unique_ptr<WinogradConv> winograd_;  // set: Winograd instead of packed_
 };
 
 }  // namespace
@@ -411,10 +448,8 @@ const BlockedOps& blocked_ops() {
 
 namespace {
 
-GRAPHOPT_RT_KERNEL("to_blocked", ToBlockedKernel, "out, x", "N:dim, C:dim, HW:dim", "");
-GRAPHOPT_RT_KERNEL("from_blocked", FromBlockedKernel, "out, x", "N:dim, C:dim, HW:dim", "");
 GRAPHOPT_RT_KERNEL("conv2d_blocked", BlockedConvKernel,
-                   "out, x, w, bias?, residual?, scratch?",
+                   "out, x, w, bias?, residual?, scratch?, workspace?",
                    "N:dim, C:dim, H:dim, W:dim, Co:dim, kernel_h:positive, kernel_w:positive, "
                    "stride_h:positive, stride_w:positive, pad_h:signed, pad_w:signed, "
                    "dilation_h:positive, dilation_w:positive, groups:positive, Ho:dim, Wo:dim, "

@@ -73,6 +73,21 @@ struct BlockedPoolJob {
     float* out = nullptr;      // [blocks][ho][wo][16]
 };
 
+// One image of a Winograd F(2x2, 3x3) convolution (rt_winograd.cpp): a tile is 2 x 2 output
+// pixels and reads the 4 x 4 input patch at (2 ty - ph, 2 tx - pw). 16 transformed positions
+// ("xi") per tile; V and M are [16 xi][blocks][tiles][16 lanes].
+struct WinogradJob {
+    int64_t h = 0, w = 0, ph = 0, pw = 0, ho = 0, wo = 0, tiles_h = 0, tiles_w = 0;
+    int64_t in_blocks = 0, out_blocks = 0;
+    BlockedSource src;            // blocked input (channel_stride 1, pixel_stride 16)
+    float* v = nullptr;           // transformed input
+    const float* m = nullptr;     // transformed output (V times the transformed weights)
+    const float* bias = nullptr;  // [out_blocks * 16]
+    const float* residual = nullptr;
+    float* out = nullptr;         // blocked [out_blocks][ho][wo][16]
+    ActSpec act;
+};
+
 struct BlockedOps {
     const char* name;
     // Output rows [oy0, oy1), columns [ox0, ox1) of output blocks [ob, ob + nb), nb in {1, 2}.
@@ -83,6 +98,9 @@ struct BlockedOps {
     void (*depthwise)(const BlockedConvJob& job, int64_t b, int64_t oy0, int64_t oy1);
     // Rows [oy0, oy1) of block `b`.
     void (*max_pool)(const BlockedPoolJob& job, int64_t b, int64_t oy0, int64_t oy1);
+    // Winograd transforms of tile rows [ty0, ty1): input block b -> V; M -> output block ob.
+    void (*winograd_input)(const WinogradJob& job, int64_t b, int64_t ty0, int64_t ty1);
+    void (*winograd_output)(const WinogradJob& job, int64_t ob, int64_t ty0, int64_t ty1);
 };
 
 // AVX-512 where the CPU has it (and GRAPHOPT_DISABLE_AVX512 / _AVX2 are unset), else portable.

@@ -28,6 +28,7 @@ struct Avx512Block {
     static V set1(float x) { return _mm512_set1_ps(x); }
     static V zero() { return _mm512_setzero_ps(); }
     static V add(V a, V b) { return _mm512_add_ps(a, b); }
+    static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
     static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
     // maxps / minps: the second operand where either is NaN.
     static V max(V a, V b) { return _mm512_max_ps(a, b); }

@@ -1,5 +1,5 @@
 // The blocked-layout kernels of rt_blocked.h, written once over a 16-float vector type S
-// (S::V, load, store, set1, zero, add, fma, max, min, maxnan) and instantiated per ISA:
+// (S::V, load, store, set1, zero, add, sub, fma, max, min, maxnan) and instantiated per ISA:
 // rt_blocked_avx512.cpp (one zmm) and rt_blocked.cpp (portable). Include once per translation
 // unit, inside namespace graphopt::rt and an anonymous namespace.
 //
@@ -241,7 +241,97 @@ void max_pool_rows(const BlockedPoolJob& j, int64_t b, int64_t oy0, int64_t oy1)
     }
 }
 
+// Winograd F(2x2, 3x3) input transform of tile rows [ty0, ty1) of input block b:
+// V[xi = 4i + k] = (B^T d B)[i][k] for the 4x4 input patch d at (2 ty - ph, 2 tx - pw), zeros
+// outside the input, with B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] (adds only: exact up to
+// the rounding of each add).
+template <class S>
+void winograd_input_rows(const WinogradJob& j, int64_t b, int64_t ty0, int64_t ty1) {
+    using V = typename S::V;
+    const int64_t tiles = j.tiles_h * j.tiles_w;
+    const int64_t xi_stride = j.in_blocks * tiles * kChannelBlock;
+    const float* base = j.src.base + b * j.src.block_stride;
+    float* vb = j.v + b * tiles * kChannelBlock;
+    for (int64_t ty = ty0; ty < ty1; ++ty) {
+        const int64_t iy0 = 2 * ty - j.ph;
+        const bool rows_inside = iy0 >= 0 && iy0 + 4 <= j.h;
+        for (int64_t tx = 0; tx < j.tiles_w; ++tx) {
+            const int64_t ix0 = 2 * tx - j.pw;
+            const bool inside = rows_inside && ix0 >= 0 && ix0 + 4 <= j.w;
+            V d[4][4];
+            for (int r = 0; r < 4; ++r) {
+                const int64_t iy = iy0 + r;
+                for (int c = 0; c < 4; ++c) {
+                    const int64_t ix = ix0 + c;
+                    d[r][c] = inside || (iy >= 0 && iy < j.h && ix >= 0 && ix < j.w)
+                                  ? S::load(base + iy * j.src.row_stride + ix * kChannelBlock)
+                                  : S::zero();
+                }
+            }
+            V t[4][4];  // B^T d
+            for (int c = 0; c < 4; ++c) {
+                t[0][c] = S::sub(d[0][c], d[2][c]);
+                t[1][c] = S::add(d[1][c], d[2][c]);
+                t[2][c] = S::sub(d[2][c], d[1][c]);
+                t[3][c] = S::sub(d[1][c], d[3][c]);
+            }
+            float* out = vb + (ty * j.tiles_w + tx) * kChannelBlock;
+            for (int r = 0; r < 4; ++r) {  // (B^T d) B
+                S::store(out + (4 * r + 0) * xi_stride, S::sub(t[r][0], t[r][2]));
+                S::store(out + (4 * r + 1) * xi_stride, S::add(t[r][1], t[r][2]));
+                S::store(out + (4 * r + 2) * xi_stride, S::sub(t[r][2], t[r][1]));
+                S::store(out + (4 * r + 3) * xi_stride, S::sub(t[r][1], t[r][3]));
+            }
+        }
+    }
+}
+
+// Output transform of tile rows [ty0, ty1) of output block ob: Y = A^T M A with
+// A^T = [1 1 1 0; 0 1 -1 -1], then bias, residual and activation as the direct kernel does;
+// pixels past Ho / Wo (odd sizes) are not stored.
+template <class S>
+void winograd_output_rows(const WinogradJob& j, int64_t ob, int64_t ty0, int64_t ty1) {
+    using V = typename S::V;
+    const int64_t tiles = j.tiles_h * j.tiles_w;
+    const int64_t xi_stride = j.out_blocks * tiles * kChannelBlock;
+    const float* mb = j.m + ob * tiles * kChannelBlock;
+    const V bias = j.bias != nullptr ? S::load(j.bias + ob * kChannelBlock) : S::zero();
+    const RegisterAct act(j.act);
+    for (int64_t ty = ty0; ty < ty1; ++ty) {
+        for (int64_t tx = 0; tx < j.tiles_w; ++tx) {
+            const float* in = mb + (ty * j.tiles_w + tx) * kChannelBlock;
+            V s[2][4];  // A^T M
+            for (int c = 0; c < 4; ++c) {
+                const V m0 = S::load(in + c * xi_stride), m1 = S::load(in + (4 + c) * xi_stride);
+                const V m2 = S::load(in + (8 + c) * xi_stride);
+                const V m3 = S::load(in + (12 + c) * xi_stride);
+                s[0][c] = S::add(S::add(m0, m1), m2);
+                s[1][c] = S::sub(S::sub(m1, m2), m3);
+            }
+            for (int r = 0; r < 2; ++r) {
+                const int64_t oy = 2 * ty + r;
+                if (oy >= j.ho) break;
+                for (int c = 0; c < 2; ++c) {
+                    const int64_t ox = 2 * tx + c;
+                    if (ox >= j.wo) break;
+                    V y = c == 0 ? S::add(S::add(s[r][0], s[r][1]), s[r][2])
+                                 : S::sub(S::sub(s[r][1], s[r][2]), s[r][3]);
+                    y = S::add(y, bias);
+                    const int64_t at = ((ob * j.ho + oy) * j.wo + ox) * kChannelBlock;
+                    if (j.residual != nullptr) y = S::add(y, S::load(j.residual + at));
+                    S::store(j.out + at, act.apply<S>(y));
+                    if (act.later) {
+                        apply_activation(j.out + at, kChannelBlock, 1, kChannelBlock, nullptr,
+                                         j.act);
+                    }
+                }
+            }
+        }
+    }
+}
+
 template <class S>
 BlockedOps make_blocked_ops(const char* name) {
-    return BlockedOps{name, &conv_rows<S>, &depthwise_rows<S>, &max_pool_rows<S>};
+    return BlockedOps{name, &conv_rows<S>, &depthwise_rows<S>, &max_pool_rows<S>,
+                      &winograd_input_rows<S>, &winograd_output_rows<S>};
 }

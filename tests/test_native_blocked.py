@@ -69,6 +69,7 @@ class Chain(nn.Module):
     (8, 17, 1, 1, 0, 1, nn.GELU, 7),        # 1x1 everywhere: the flat path
     (4, 40, 7, 2, 3, 1, nn.Hardswish, 23),  # 7x7 stride 2, rows wider than one tile
     (2, 16, 3, 1, 0, 1, nn.Tanh, 30),       # no padding: taps stay inside, no scratch
+    (20, 16, 3, 2, 1, 1, nn.ReLU, 12),      # plain padded input over two channel blocks
 ])
 def test_conv_chains_match_torch(c_in, mid, k, stride, pad, dil, act, size):
     torch.manual_seed(0)
@@ -320,3 +321,39 @@ def test_register_activations_match_torch_with_nan(act):
     assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.isnan(want).any()
     finite = ~torch.isnan(want)
     torch.testing.assert_close(got[finite], want[finite], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride,size,residual", [
+    (2, 14, True),        # ResNet's downsampling projection
+    (2, 7, False),        # odd size: the last row/column of the input is not read
+    ((2, 1), 9, False),   # stride along one axis only
+    (3, 10, True),
+])
+def test_strided_1x1_reads_a_subsampled_copy(stride, size, residual):
+    """A strided 1x1 convolution of a blocked input copies the pixels it reads into a compact
+    scratch and runs as one long row: same values as torch, the scratch in the step."""
+
+    class Down(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 40, 3, padding=1)
+            self.down = nn.Conv2d(40, 24, 1, stride=stride)
+            self.main = nn.Conv2d(40, 24, 1, stride=stride)
+
+        def forward(self, x):
+            y = F.relu(self.a(x))
+            out = self.main(y)
+            return F.relu(out + self.down(y)) if residual else out
+
+    torch.manual_seed(0)
+    model, x = Down().eval(), torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        ref = model(x)
+    fn = graphopt.compile(graphopt.optimize(graphopt.trace(model, (x,)), "default"),
+                          backend="native", threads=2, layout="blocked")
+    _assert_close(fn(x), ref)
+    # ints: N C H W Co kh kw sh sw ...; operand 5: the scratch
+    strided = [s for s in fn.plan.steps if s.kernel == "conv2d_blocked"
+               and s.ints[5:7] == [1, 1] and s.ints[7:9] != [1, 1]]
+    assert len(strided) == (2 if residual else 1)
+    assert all(s.operands[5] is not None for s in strided)

@@ -25,6 +25,8 @@ AVX-512 blocked kernels, else NCHW: on AVX2 machines the NCHW GEMM path is the f
 
 from __future__ import annotations
 
+import os
+
 from graphopt.errors import InternalError
 from graphopt.interpreter import node_attrs
 from graphopt.ir.dtypes import DType
@@ -33,6 +35,9 @@ from graphopt.native.refs import TensorRef
 
 LAYOUTS = ("auto", "blocked", "nchw")
 BLOCK = 16
+# "auto": Winograd F(2x2, 3x3) for the 3x3 convolutions where it pays (winograd_pays); "0":
+# never; "1": wherever the kernel can run it (tests use it to cover small shapes).
+WINOGRAD_ENV = "GRAPHOPT_NATIVE_WINOGRAD"
 
 
 def _kernel_name() -> str:
@@ -239,11 +244,43 @@ def lower_conv(ctx, fused: bool, conv_params, activation) -> bool:
     # Taps outside the input read a zero-bordered copy, except in depthwise convolutions of a
     # blocked input, which skip them (the kernel needs the copy only to block a plain input).
     depthwise = groups > 1 and groups == c and co == c
-    if (not x_blocked) if depthwise else not inside:
-        scratch = ctx.temp((-(-c // BLOCK) * BLOCK * pad_h * pad_w,), DType.float32, "padded")
-    ctx.emit("conv2d_blocked", [out, x, ctx.ref(1), ctx.contiguous(2), residual, scratch],
+    workspace = None
+    if x_blocked and winograd_wanted(params):
+        tiles = -(-ho // 2) * -(-wo // 2)
+        floats = 16 * BLOCK * tiles * (-(-c // BLOCK) + -(-co // BLOCK))
+        workspace = ctx.temp((floats,), DType.float32, "winograd")
+    elif x_blocked and kh == kw == 1 and (sh > 1 or sw > 1) and ph == pw == 0 and groups == 1:
+        # A strided 1x1 convolution reads a compact copy of the pixels it uses.
+        scratch = ctx.temp((-(-c // BLOCK) * BLOCK * ho * wo,), DType.float32, "subsampled")
+    elif (not x_blocked) if depthwise else not inside:
+        # A dense convolution of a plain input keeps its copy plain ([C][Hp][Wp]).
+        channels = c if not x_blocked and not depthwise else -(-c // BLOCK) * BLOCK
+        scratch = ctx.temp((channels * pad_h * pad_w,), DType.float32, "padded")
+    ctx.emit("conv2d_blocked",
+             [out, x, ctx.ref(1), ctx.contiguous(2), residual, scratch, workspace],
              [*params, code, int(x_blocked)], [p0, p1])
     return True
+
+
+def winograd_wanted(params) -> bool:
+    """Whether a convolution of a blocked input runs Winograd F(2x2, 3x3) (csrc/rt_winograd.h):
+    3x3, stride 1, no dilation, groups 1, padding 0..2, and (under "auto") enough channels
+    that 2.25x fewer multiply-adds outweigh the transforms and the 16/9 larger weights."""
+    (_n, c, _h, _w, co, kh, kw, sh, sw, ph, pw, dh, dw, groups, ho, wo) = params
+    if not (groups == 1 and kh == kw == 3 and sh == sw == dh == dw == 1
+            and 0 <= ph <= 2 and 0 <= pw <= 2 and ho > 0 and wo > 0):
+        return False
+    mode = os.environ.get(WINOGRAD_ENV, "auto")
+    if mode in ("0", "1"):
+        return mode == "1"
+    return winograd_pays(c, co)
+
+
+def winograd_pays(c: int, co: int) -> bool:
+    """Measured on AVX-512 (benchmarks/bench_winograd.py, 2 threads): 1.3-1.8x from 32
+    channels up at every image size down to 7x7; at 16 channels the layer is bound by memory
+    and the two paths tie."""
+    return c >= 32 and co >= 32
 
 
 def lower_max_pool(ctx, kernel, stride, pad, dil) -> bool:
