@@ -49,6 +49,11 @@ void conv_tile(const BlockedConvJob& j, int64_t ob, int64_t oy, int64_t ox0) {
     const int64_t ib0 = j.group_out > 0 ? first_input_block(ob, j.group_in, j.group_out) : 0;
     for (int64_t ib = 0; ib < j.in_blocks; ++ib) {
         const int64_t count = std::min<int64_t>(kChannelBlock, j.c - (ib0 + ib) * kChannelBlock);
+        if (ib + 1 < j.in_blocks) {  // the next block's pixels are another page: fetch early
+            const float* next = j.src.base + (ib0 + ib + 1) * j.src.block_stride +
+                                oy * j.sh * j.src.row_stride + ox0 * px;
+            for (int u = 0; u < UR; ++u) __builtin_prefetch(next + u * px);
+        }
         for (int64_t ky = 0; ky < j.kh; ++ky) {
             const float* xrow = j.src.base + (ib0 + ib) * j.src.block_stride +
                                 (oy * j.sh + ky * j.dh) * j.src.row_stride + ox0 * px;
