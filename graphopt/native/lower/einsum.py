@@ -1,4 +1,4 @@
-"""einsum -> views, "copy", "reduce" and batched "gemm" steps (no einsum kernel).
+"""einsum -> views, "copy", "reduce" and batched "gemm" steps ("matmul_wide" in float64).
 
 Each operand becomes a view with one axis per distinct letter (an ellipsis becomes placeholder
 letters aligned from the right; a repeated letter, a diagonal, is one axis whose stride is the
@@ -108,18 +108,24 @@ def _contract(ctx, a: _Term, b: _Term, needed: str, dest=None, label: str = "") 
     letters = batch + free_a + free_b
     sizes = {c: d for t in (a, b) for c, d in zip(t.letters, t.ref.shape)}
     shape = tuple(sizes[c] for c in letters)
-    out = dest if dest is not None else ctx.temp(shape, DType.float32, f"{label}.prod")
-    ctx.emit("gemm", [out, av, bv, None, None],
-             [1, nb, av.strides[0], bv.strides[0], m, n, k, av.strides[1], av.strides[2],
-              bv.strides[1], bv.strides[2], ACTIVATION_CODES["none"], 0, 0], [1.0, 0.0, 0.0])
+    dtype = av.dtype
+    out = dest if dest is not None else ctx.temp(shape, dtype, f"{label}.prod")
+    layout = [1, nb, av.strides[0], bv.strides[0], m, n, k, av.strides[1], av.strides[2],
+              bv.strides[1], bv.strides[2]]
+    if dtype == DType.float64:  # exact float64 sums (csrc/rt_wide.cpp)
+        ctx.emit("matmul_wide", [out, av, bv], [DTYPE_CODES[dtype], *layout])
+    else:
+        ctx.emit("gemm", [out, av, bv, None, None],
+                 [*layout, ACTIVATION_CODES["none"], 0, 0], [1.0, 0.0, 0.0])
     return _Term(out.with_view(out.offset, shape, contiguous_strides(shape)), letters)
 
 
 @register_lowering("native", "einsum")
 def lower_einsum(ctx) -> None:
-    if ctx.out_dtype(0) != DType.float32 or any(
-            ctx.in_dtype(i) != DType.float32 for i in range(ctx.num_inputs)):
-        ctx.unsupported("einsum in a dtype other than float32")
+    dtype = ctx.out_dtype(0)
+    if dtype not in (DType.float32, DType.float64) or any(
+            ctx.in_dtype(i) != dtype for i in range(ctx.num_inputs)):
+        ctx.unsupported("einsum in a dtype other than float32 or float64")
     ranks = [len(ctx.in_shape(i)) for i in range(ctx.num_inputs)]
     terms, rhs = _parse_einsum(ctx.attrs["equation"], ranks)
     terms, rhs = _expand_ellipsis(terms, rhs, ranks)

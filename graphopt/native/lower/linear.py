@@ -1,4 +1,5 @@
-"""linear / fused_linear / matmul / fused_matmul -> the "gemm" kernel (csrc/rt_linear.cpp).
+"""linear / fused_linear / matmul / fused_matmul -> the "gemm" kernel (csrc/rt_linear.cpp);
+a float64 or integer matmul -> "matmul_wide" (csrc/rt_wide.cpp).
 
 A linear whose weight is sparse enough runs the CSR kernel instead (``sparse.py``). A weight
 that is a plan constant is packed once when the plan is built; activations are read in
@@ -15,10 +16,16 @@ import numpy as np
 import torch
 
 from graphopt.ir.dtypes import DType, numpy_to_torch
-from graphopt.native.lower._common import activation, require_float32
+from graphopt.native.lower._common import activation, dtype_code, require_float32
 from graphopt.native.lower.sparse import try_sparse_linear
 from graphopt.native.refs import SPACE_CONST
 from graphopt.ops.registry import register_lowering
+
+
+# matmul outside float32: the "matmul_wide" kernel (csrc/rt_wide.cpp), exact sums in
+# double for float64, products wrapping like numpy / torch for the integers.
+WIDE_MATMUL_DTYPES = (DType.float64, DType.int64, DType.int32, DType.int16, DType.int8,
+                      DType.uint8)
 
 
 def _emit_gemm(ctx, a, a_rows_cols, b, b_strides, n, batch, a_batch, b_batch, bias, residual,
@@ -108,7 +115,11 @@ def _batch_strides(ref, batch_rank: int, batch_shape) -> list[int]:
 
 
 def _matmul(ctx, fused: bool) -> None:
-    require_float32(ctx, 0, 1, 2, 3)
+    wide = not fused and ctx.out_dtype(0) in WIDE_MATMUL_DTYPES
+    if wide and not ctx.in_dtype(0) == ctx.in_dtype(1) == ctx.out_dtype(0):
+        ctx.unsupported(f"matmul of {ctx.in_dtype(0)} and {ctx.in_dtype(1)}")
+    if not wide:
+        require_float32(ctx, 0, 1, 2, 3)
     a, b = ctx.ref(0), ctx.ref(1)
     if a.numel == 0 or b.numel == 0:
         ctx.unsupported("empty matmul operands")
@@ -128,6 +139,12 @@ def _matmul(ctx, fused: bool) -> None:
         da = a.shape[i - (rank - (len(a.shape) - 2))] if i >= rank - (len(a.shape) - 2) else 1
         db = b.shape[i - (rank - (len(b.shape) - 2))] if i >= rank - (len(b.shape) - 2) else 1
         batch.append(max(da, db))
+    if wide:
+        ctx.emit("matmul_wide", [ctx.output(0), a, b],
+                 [dtype_code(ctx, ctx.out_dtype(0)), len(batch), *batch,
+                  *_batch_strides(a, rank, batch), *_batch_strides(b, rank, batch), m, n, k,
+                  a.strides[-2], a.strides[-1], b.strides[-2], b.strides[-1]])
+        return
     bias = ctx.contiguous(2) if fused else None
     residual = ctx.contiguous(3) if fused and ctx.has(3) else None
     attrs = ctx.attrs

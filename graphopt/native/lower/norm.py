@@ -90,16 +90,22 @@ def _runtime_affine(ctx):
 
 
 def _softmax(ctx, log: bool) -> None:
-    if ctx.in_dtype(0) != DType.float32:
+    """float32 -> "softmax" (vectorized); float64 -> "softmax_f64" (csrc/rt_wide.cpp)."""
+    f64 = ctx.in_dtype(0) == DType.float64 and ctx.out_dtype(0) == DType.float64
+    if not f64 and ctx.in_dtype(0) != DType.float32:
         ctx.unsupported(f"softmax of {ctx.in_dtype(0)}")
-    require_float32(ctx, 0)
+    if not f64:
+        require_float32(ctx, 0)
     x = ctx.contiguous(0)
     shape = x.shape or (1,)
     axis = norm_axis(ctx.attrs["axis"], len(shape))
     # log_softmax reads its input after writing exp values: not in place.
     out = ctx.output(0, inplace=() if log else (0,))
-    ctx.emit("softmax", [out, x],
-             [numel(shape[:axis]), shape[axis], numel(shape[axis + 1:]), int(log)])
+    around = [numel(shape[:axis]), shape[axis], numel(shape[axis + 1:]), int(log)]
+    if f64:
+        ctx.emit("softmax_f64", [out, x], around)
+    else:
+        ctx.emit("softmax", [out, x], around)
 
 
 @register_lowering("native", "softmax")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import struct
 
+import torch
+
 from graphopt.ir.dtypes import DType
 from graphopt.native import refs as R
 from graphopt.native.lower import blocked
@@ -156,6 +158,9 @@ def _bit_pattern(value: float, dtype: DType) -> int:
         return struct.unpack("<I", struct.pack("<f", value))[0]
     if dtype == DType.float64:
         return struct.unpack("<q", struct.pack("<d", value))[0]
+    if dtype in (DType.float16, DType.bfloat16):  # rounded as torch rounds the fill value
+        bits = torch.tensor(float(value)).to(dtype.torch).view(torch.int16).item()
+        return bits & 0xFFFF
     if dtype == DType.bool:
         return int(bool(value))
     v = int(value)
@@ -195,17 +200,21 @@ def _fold_into_convs(ctx) -> bool:
 @register_lowering("native", "pad")
 @blocked.reads_blocked_layout(blocked.pad_reads)
 def lower_pad(ctx) -> None:
-    if ctx.attrs["mode"] != "constant":
-        ctx.unsupported(f"pad mode '{ctx.attrs['mode']}' has no native kernel")
-    if _fold_into_convs(ctx):
+    mode, pads = ctx.attrs["mode"], ctx.attrs["pads"]
+    if mode not in ("constant",) + tuple(_BORDER_SOURCE):
+        ctx.unsupported(f"pad mode '{mode}' has no native kernel")
+    if mode != "constant" and any(p < 0 for p in pads):
+        ctx.unsupported(f"negative pads (crops) in pad mode '{mode}'")
+    if mode == "constant" and _fold_into_convs(ctx):
         return
     x = ctx.ref(0)
     out = ctx.output(0)
-    pads = ctx.attrs["pads"]
     dtype = ctx.out_dtype(0)
     if out.numel == 0:
         return
-    ctx.emit("fill", [out], [out.itemsize, out.numel, _bit_pattern(ctx.attrs["value"], dtype)])
+    if mode == "constant":
+        ctx.emit("fill", [out],
+                 [out.itemsize, out.numel, _bit_pattern(ctx.attrs["value"], dtype)])
     # Interior: out[lo:lo+n] = x[...] along each padded axis (negative pads crop x instead).
     src, dst = x, out
     for i in range(len(pads) // 2):
@@ -217,3 +226,40 @@ def lower_pad(ctx) -> None:
         src = src.sliced(axis, max(-lo, 0), keep)
         dst = dst.sliced(axis, max(lo, 0), keep)
     ctx.copy(dst, src)
+    if mode != "constant":
+        _fill_borders(ctx, out, x.shape, pads, mode)
+
+
+# Where each border element of a non-constant pad reads, in the padded output's coordinates
+# along one axis (n: the input's size, lo / hi: the pads, w: the border's width):
+# (source start, step) of the low border, then of the high border.
+_BORDER_SOURCE = {
+    # padded[lo - 1 - k] = x[k + 1]; padded[lo + n + k] = x[n - 2 - k]
+    "reflect": lambda n, lo: ((2 * lo, -1), (lo + n - 2, -1)),
+    # padded[k] = x[0] for k < lo; padded[lo + n + k] = x[n - 1]
+    "replicate": lambda n, lo: ((lo, 0), (lo + n - 1, 0)),
+    # padded[k] = x[n - lo + k]; padded[lo + n + k] = x[k]
+    "circular": lambda n, lo: ((n, 1), (lo, 1)),
+}
+
+
+def _fill_borders(ctx, out, shape, pads, mode: str) -> None:
+    """The borders of a reflect / replicate / circular pad, copied from the interior already
+    in ``out``, one axis at a time. Each axis's copies span the other axes' full padded extent,
+    so a corner becomes the composition of both axes' rules (as torch computes it)."""
+    limit = {"reflect": lambda n: n - 1, "replicate": lambda n: None, "circular": lambda n: n}
+    for i in range(len(pads) // 2):
+        axis = len(shape) - 1 - i
+        lo, hi, n = pads[2 * i], pads[2 * i + 1], shape[axis]
+        most = limit[mode](n)
+        if (most is not None and max(lo, hi) > most) or (n == 0 and lo + hi > 0):
+            ctx.invalid(f"pad {lo}, {hi} of axis {axis} (size {n}) is too wide for mode "
+                        f"'{mode}' (at most {most})")
+        for (start, step), at, width in zip(_BORDER_SOURCE[mode](n, lo), (0, lo + n), (lo, hi)):
+            if width == 0:
+                continue
+            src = out.sliced(axis, start, width, step) if step else out.sliced(axis, start, 1)
+            if step == 0:  # replicate: the edge plane broadcast over the border
+                src = src.with_view(src.offset, out.sliced(axis, at, width).shape,
+                                    [0 if a == axis else st for a, st in enumerate(src.strides)])
+            ctx.copy(out.sliced(axis, at, width), src)

@@ -1,0 +1,108 @@
+"""Native kernels outside float32 and the non-constant pads (issue #21): float64 / integer
+matmul ("matmul_wide"), float64 einsum and softmax ("softmax_f64"), reflect / replicate /
+circular pads and a float16 pad value the integer path could not hold (an infinity). Each
+against the op's reference implementation, every node native (fallback="error")."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from native_util import Const, check_op, randn
+
+import graphopt
+from graphopt.native import NativeUnsupportedError
+
+INF, NAN = math.inf, math.nan
+
+
+def _kernels(fn) -> list[str]:
+    return [s.kernel for s in fn.plan.steps]
+
+
+# ----------------------------------------------------------------------------- matmul
+@pytest.mark.parametrize("a_shape,b_shape", [
+    ((3, 5), (5, 4)), ((5,), (5, 4)), ((3, 5), (5,)), ((2, 3, 5), (5, 4)),
+    ((2, 1, 3, 5), (4, 5, 6)), ((1, 7), (7, 1)), ((4, 0), (0, 3))])
+def test_float64_matmul_broadcasts_like_torch(a_shape, b_shape):
+    a, b = randn(*a_shape).double(), randn(*b_shape, seed=1).double()
+    if a.numel() == 0:
+        with pytest.raises(NativeUnsupportedError, match="empty matmul"):
+            check_op("matmul", [a, b])
+        return
+    fn = check_op("matmul", [a, b], rtol=1e-12, atol=1e-12)
+    assert "matmul_wide" in _kernels(fn)
+
+
+def test_float64_matmul_sums_exactly_in_double():
+    # float32 sums would lose the 1.0 next to 1e17; double keeps what numpy keeps.
+    a = torch.tensor([[1e17, 1.0, -1e17]], dtype=torch.float64)
+    b = torch.ones(3, 2, dtype=torch.float64)
+    check_op("matmul", [a, b], rtol=0.0, atol=0.0)
+    check_op("matmul", [a, Const(b)], rtol=0.0, atol=0.0)  # a constant B is read in place
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16, torch.int8,
+                                   torch.uint8])
+def test_integer_matmul_wraps_like_torch(dtype):
+    info = torch.iinfo(dtype)
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randint(info.min, info.max, (2, 3, 6), generator=gen, dtype=torch.int64).to(dtype)
+    b = torch.randint(info.min, info.max, (6, 5), generator=gen, dtype=torch.int64).to(dtype)
+    check_op("matmul", [a, b])
+    check_op("matmul", [a, b.t().contiguous().t()])  # a transposed view of B: strided reads
+
+
+def test_mixed_dtype_matmul_is_refused():
+    # The IR refuses it (or native names it): never a silently converted product.
+    with pytest.raises(graphopt.GraphoptError):
+        check_op("matmul", [randn(2, 3).double(), randn(3, 2)])
+
+
+# ----------------------------------------------------------------------------- einsum
+@pytest.mark.parametrize("equation,shapes", [
+    ("ij,jk->ik", [(3, 4), (4, 5)]), ("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)]),
+    ("i,i->", [(7,), (7,)]), ("ii->i", [(4, 4)]), ("bii->bi", [(2, 3, 3)]),
+    ("ij->ji", [(3, 5)]), ("ij->", [(3, 5)]), ("...ij,...jk->...ik", [(2, 3, 4), (4, 2)])])
+def test_float64_einsum(equation, shapes):
+    args = [randn(*s, seed=i).double() for i, s in enumerate(shapes)]
+    fn = check_op("einsum", args, {"equation": equation}, rtol=1e-12, atol=1e-12)
+    assert "gemm" not in _kernels(fn)  # float64 never goes through the float32 GEMM
+
+
+# ---------------------------------------------------------------------------- softmax
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+def test_float64_softmax(op, axis):
+    x = randn(3, 4, 5).double() * 30.0  # large logits: a float32 exp would lose digits
+    x[0, 0, :] = -INF  # a row of -inf: NaN, as torch
+    x[1, 2, 3] = NAN
+    x[2, 1, :] = torch.tensor([INF, 0.0, 1.0, -INF, 2.0], dtype=torch.float64)
+    fn = check_op(op, [x], {"axis": axis}, rtol=1e-12, atol=1e-12)
+    assert _kernels(fn) == ["softmax_f64"]
+
+
+# ------------------------------------------------------------------------------- pads
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("shape,pads", [((2, 4, 5), (1, 2)), ((2, 3, 4, 5), (2, 0, 1, 3)),
+                                        ((1, 3, 4, 5), (0, 1, 2, 2, 1, 0))])
+def test_border_pads_match_torch(mode, shape, pads):
+    x = randn(*shape)
+    fn = check_op("pad", [x], {"pads": pads, "mode": mode, "value": 0.0})
+    assert "fill" not in _kernels(fn)  # every element is a copy of the input
+    check_op("pad", [x.double()], {"pads": pads, "mode": mode, "value": 0.0})
+
+
+def test_border_pad_wider_than_the_input_is_refused():
+    with pytest.raises(Exception, match="too wide|reflect|pad"):
+        check_op("pad", [randn(1, 2, 3)], {"pads": (3, 3), "mode": "reflect", "value": 0.0})
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_pad_fills_infinity(dtype):
+    x = randn(2, 3).to(dtype)
+    check_op("pad", [x], {"pads": (1, 2, 0, 1), "mode": "constant", "value": -INF})
+    big = 1e10 if dtype is torch.bfloat16 else 65504.0  # the largest finite float16
+    check_op("pad", [x], {"pads": (1, 1), "mode": "constant", "value": big})
+    check_op("pad", [x], {"pads": (1, 1), "mode": "constant", "value": 0.1})  # rounded once
