@@ -106,3 +106,67 @@ def test_half_pad_fills_infinity(dtype):
     big = 1e10 if dtype is torch.bfloat16 else 65504.0  # the largest finite float16
     check_op("pad", [x], {"pads": (1, 1), "mode": "constant", "value": big})
     check_op("pad", [x], {"pads": (1, 1), "mode": "constant", "value": 0.1})  # rounded once
+
+
+# ----------------------------------------------------------------------- bicubic resize
+@pytest.mark.parametrize("size,scales,align", [
+    ((9, 7), None, False), ((9, 7), None, True), ((3, 2), None, False), ((5, 5), None, False),
+    ((10, 10), (2.0, 2.5), False), ((2, 1), (0.5, 0.25), False)])
+def test_bicubic_resize_matches_torch(size, scales, align):
+    x = randn(2, 3, 5, 4) * 4.0
+    attrs = {"size": size, "mode": "bicubic", "align_corners": align, "scales": scales}
+    fn = check_op("resize", [x], attrs)
+    kernels = _kernels(fn)
+    assert set(kernels) <= {"resample_axis", "copy"} and kernels, kernels
+
+
+# ------------------------------------------------------------------------ volumetric (3-D)
+@pytest.mark.parametrize("kernel,stride,pad,dil,ceil", [
+    ((2, 2, 2), (2, 2, 2), (0, 0, 0), (1, 1, 1), False),
+    ((3, 2, 3), (1, 2, 2), (1, 1, 1), (1, 1, 1), True),
+    ((2, 3, 2), (2, 1, 2), (1, 1, 0), (2, 1, 2), False)])
+def test_max_pool3d(kernel, stride, pad, dil, ceil):
+    x = randn(2, 3, 6, 7, 5)
+    x[0, 1, 2, 3, 1] = NAN  # NaN wins its windows
+    fn = check_op("max_pool", [x], {"kernel": kernel, "stride": stride, "padding": pad,
+                                    "dilation": dil, "ceil_mode": ceil})
+    assert _kernels(fn) == ["pool3d"]
+
+
+@pytest.mark.parametrize("include_pad", [True, False])
+@pytest.mark.parametrize("ceil", [True, False])
+@pytest.mark.parametrize("divisor", [None, 5])
+def test_avg_pool3d(include_pad, ceil, divisor):
+    x = randn(1, 2, 5, 6, 7)
+    fn = check_op("avg_pool", [x], {"kernel": (3, 2, 3), "stride": (2, 2, 2),
+                                    "padding": (1, 1, 1), "ceil_mode": ceil,
+                                    "count_include_pad": include_pad,
+                                    "divisor_override": divisor})
+    assert _kernels(fn) == ["pool3d"]
+
+
+@pytest.mark.parametrize("groups,stride,pad,dil", [(1, (1, 1, 1), (0, 0, 0), (1, 1, 1)),
+                                                   (2, (2, 1, 2), (1, 2, 0), (1, 2, 1)),
+                                                   (4, (1, 2, 1), (1, 1, 1), (2, 1, 1))])
+@pytest.mark.parametrize("const_weight", [True, False])
+def test_conv3d(groups, stride, pad, dil, const_weight):
+    x = randn(2, 4, 5, 6, 7)
+    w = randn(8, 4 // groups, 3, 2, 3, seed=1)
+    b = randn(8, seed=2)
+    attrs = {"stride": stride, "padding": pad, "dilation": dil, "groups": groups}
+    fn = check_op("conv", [x, Const(w) if const_weight else w, Const(b)], attrs)
+    assert _kernels(fn) == ["conv3d"]
+    check_op("conv", [x, Const(w), None], attrs)  # no bias
+
+
+@pytest.mark.parametrize("groups,stride,pad,dil,outpad", [
+    (1, (1, 1, 1), (0, 0, 0), (1, 1, 1), (0, 0, 0)),
+    (2, (2, 1, 2), (1, 0, 1), (1, 2, 1), (1, 0, 1)),
+    (4, (3, 2, 1), (0, 1, 0), (2, 1, 1), (2, 1, 0))])
+def test_conv_transpose3d(groups, stride, pad, dil, outpad):
+    x = randn(2, 4, 3, 4, 5)
+    w = randn(4, 8 // groups, 2, 3, 2, seed=1)
+    attrs = {"stride": stride, "padding": pad, "dilation": dil, "groups": groups,
+             "output_padding": outpad}
+    fn = check_op("conv_transpose", [x, Const(w), Const(randn(8, seed=2))], attrs)
+    assert _kernels(fn) == ["conv_transpose3d"]

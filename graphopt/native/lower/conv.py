@@ -1,6 +1,7 @@
 """conv / fused_conv / conv_transpose -> "conv2d" / "conv_transpose2d" (csrc/rt_conv.cpp).
 
-1-D convolutions run as 2-D ones with a height of 1. The weight must be a plan constant (it is
+1-D convolutions run as 2-D ones with a height of 1; 3-D ones run "conv3d" /
+"conv_transpose3d" (csrc/rt_volume.cpp: direct loops, coverage rather than speed). The weight must be a plan constant (it is
 packed for the GEMM, or copied for the depthwise path, when the plan is built).
 
 A malformed convolution (from a crafted file or a hand-built graph that bypassed type
@@ -87,8 +88,34 @@ def _conv_params(ctx, x_shape=None, extra_pad=(0, 0), w_slot: int = 1):
     return [x_shape[0], x_shape[1], *in_sp, co, *kernel, *stride, *pad, *dil, a["groups"], *out_sp]
 
 
+def _conv3d(ctx, kernel: str) -> None:
+    """A 3-D convolution (or transposed one): "conv3d" / "conv_transpose3d", direct loops
+    (csrc/rt_volume.cpp). A fused residual or activation is not taken: such a node is refused
+    by name (and runs through the reference fallback by default)."""
+    if ctx.node.op == "fused_conv" and (
+            ctx.has(3) or ctx.attrs.get("activation", "none") != "none"):
+        ctx.unsupported("a 3-D convolution with a fused residual or activation")
+    x_shape, w_shape, out_shape = ctx.in_shape(0), ctx.in_shape(1), ctx.out_shape(0)
+    stride, pad, dil = (_spatial(ctx, k, 3) for k in ("stride", "padding", "dilation"))
+    _check_conv(ctx, x_shape, w_shape, out_shape, stride, pad, dil,
+                kernel == "conv_transpose3d")
+    out = ctx.output(0)
+    if out.numel == 0:
+        return
+    params = [x_shape[0], x_shape[1], *x_shape[2:], out_shape[1], *w_shape[2:], *stride, *pad,
+              *dil, ctx.attrs["groups"], *out_shape[2:]]
+    operands = [out, ctx.contiguous(0), ctx.contiguous(1), ctx.contiguous(2)]
+    if kernel == "conv3d":
+        ctx.emit("conv3d", operands, params)
+    else:
+        ctx.emit("conv_transpose3d", operands, params)
+
+
 def _conv(ctx, fused: bool) -> None:
     require_float32(ctx, 0, 1, 2, 3)
+    if len(ctx.in_shape(0)) == 5:
+        _conv3d(ctx, "conv3d")
+        return
     if blocked.lower_conv(ctx, fused, _conv_params, activation):
         return
     x = ctx.ref(0)
@@ -133,6 +160,9 @@ def lower_fused_conv(ctx) -> None:
 @register_lowering("native", "conv_transpose")
 def lower_conv_transpose(ctx) -> None:
     require_float32(ctx, 0, 1, 2)
+    if len(ctx.in_shape(0)) == 5:
+        _conv3d(ctx, "conv_transpose3d")
+        return
     # output_padding only changes the output size, which the params carry already.
     params = _conv_params(ctx)
     x = ctx.contiguous(0)

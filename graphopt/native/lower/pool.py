@@ -1,4 +1,6 @@
-"""Pooling and resize -> "pool2d", "adaptive_pool2d", "resize2d" (csrc/rt_pool.cpp).
+"""Pooling and resize -> "pool2d", "adaptive_pool2d", "resize2d" (csrc/rt_pool.cpp); bicubic
+resize -> "resample_axis" steps (resample.py); 3-D max / avg pooling -> "pool3d"
+(csrc/rt_volume.cpp).
 
 The kernels work on [planes, H, W]: every leading dim folds into planes and 1-D ops use H = 1.
 """
@@ -9,6 +11,7 @@ from graphopt.ir.dtypes import DType
 from graphopt.native.codes import DTYPE_CODES
 from graphopt.native.lower import blocked
 from graphopt.native.lower._common import require_float32
+from graphopt.native.lower.resample import bicubic_taps, resample_axes
 from graphopt.native.refs import numel
 from graphopt.ops.registry import register_lowering
 
@@ -21,7 +24,7 @@ def _spatial(value, n: int) -> list[int]:
 def _planes(ctx, n: int):
     x_shape, out_shape = ctx.in_shape(0), ctx.out_shape(0)
     if n not in (1, 2):
-        ctx.unsupported(f"{n}-d pooling has no native kernel")
+        ctx.unsupported(f"{n}-d {ctx.node.op} has no native kernel")
     planes = numel(x_shape[: len(x_shape) - n])
     in_sp, out_sp = list(x_shape[-n:]), list(out_shape[-n:])
     if n == 1:
@@ -38,11 +41,14 @@ def _pool(ctx, avg: bool) -> None:
         require_float32(ctx, 0)
     a = ctx.attrs
     n = len(a["kernel"])
-    planes, in_sp, out_sp = _planes(ctx, n)
     kernel = list(a["kernel"])
     stride = _spatial(a["stride"] or kernel, n)
     pad = _spatial(a["padding"], n)
     dil = _spatial(a.get("dilation", (1,)), n)
+    if n == 3 and not codes:
+        _pool3d(ctx, avg, kernel, stride, pad, dil)
+        return
+    planes, in_sp, out_sp = _planes(ctx, n)
     if n == 1:
         kernel, stride, pad, dil = [1] + kernel, [1] + stride, [0] + pad, [1] + dil
     elif not avg and not codes and blocked.lower_max_pool(ctx, kernel, stride, pad, dil):
@@ -57,6 +63,19 @@ def _pool(ctx, avg: bool) -> None:
         result = ctx.output(0)
         ctx.emit("cast", [result, out], [DTYPE_CODES[DType.float32],
                                          DTYPE_CODES[ctx.in_dtype(0)], out.numel])
+
+
+def _pool3d(ctx, avg: bool, kernel, stride, pad, dil) -> None:
+    """Volumetric pooling: "pool3d" (csrc/rt_volume.cpp), direct loops."""
+    x_shape, out_shape = ctx.in_shape(0), ctx.out_shape(0)
+    out = ctx.output(0)
+    if out.numel == 0:
+        return
+    a = ctx.attrs
+    ctx.emit("pool3d", [out, ctx.contiguous(0)],
+             [int(avg), numel(x_shape[:-3]), *x_shape[-3:], *out_shape[-3:], *kernel, *stride,
+              *pad, *dil, int(a.get("count_include_pad", True)),
+              a.get("divisor_override") or 0])
 
 
 @register_lowering("native", "max_pool")
@@ -99,14 +118,14 @@ def lower_resize(ctx) -> None:
     require_float32(ctx, 0)
     a = ctx.attrs
     mode = _RESIZE_MODES.get(a["mode"])
-    if mode is None:
+    if mode is None and a["mode"] != "bicubic":
         ctx.unsupported(f"resize mode '{a['mode']}' has no native kernel")
     n = len(a["size"])
     planes, in_sp, out_sp = _planes(ctx, n)
     scales = list(a["scales"]) if a["scales"] is not None else [None] * n
     if n == 1:
         scales = [None] + scales
-    align = bool(a["align_corners"]) if mode == 1 else False
+    align = bool(a["align_corners"]) if mode in (1, None) else False
     ratios = []
     for size_in, size_out, scale in zip(in_sp, out_sp, scales):
         # torch's area_pixel_compute_scale: the source-index ratio.
@@ -116,6 +135,26 @@ def lower_resize(ctx) -> None:
             ratios.append(1.0 / scale)
         else:
             ratios.append(size_in / size_out)
+    if mode is None:  # bicubic: separable 4-tap stages ("resample_axis")
+        _bicubic(ctx, in_sp, out_sp, ratios, align)
+        return
     x = ctx.contiguous(0)
     out = ctx.output(0)
     ctx.emit("resize2d", [out, x], [mode, planes, *in_sp, *out_sp, int(align)], ratios)
+
+
+def _bicubic(ctx, in_sp, out_sp, ratios, align: bool) -> None:
+    if len(ctx.attrs["size"]) != 2:
+        ctx.unsupported(f"bicubic resize of {len(ctx.attrs['size'])} spatial dims (torch: 2)")
+    shape = list(ctx.in_shape(0))
+    lead = len(shape) - 2
+    sizes = list(ctx.out_shape(0))
+    stages = [(lead + i, *bicubic_taps(in_sp[i], out_sp[i], ratios[i], align))
+              for i in range(2) if in_sp[i] != out_sp[i] or ratios[i] != 1.0]
+    out = ctx.output(0)
+    if out.numel == 0:
+        return
+    if not stages:
+        ctx.copy(out, ctx.ref(0))
+        return
+    resample_axes(ctx, ctx.contiguous(0), out, shape, sizes, stages, DType.float32)

@@ -1,5 +1,6 @@
 """ONNX Resize (``onnx_resize``) -> one "resample_axis" step per resized axis
 (csrc/rt_resample.cpp), then the extrapolation mask ("where") and, for integer tensors, rounding.
+torch's bicubic ``resize`` uses the same steps (``bicubic_taps``, called from pool.py).
 
 Resizing is separable: the reference (graphopt/ops/onnx_resize.py) builds one [out, in]
 interpolation matrix per axis from the ONNX formulas; the plan reuses that very function and
@@ -62,6 +63,45 @@ def _stages(ctx, shape, sizes, scales):
     return stages, keep
 
 
+def resample_axes(ctx, cur, out, shape: list, sizes, stages, compute: DType):
+    """One "resample_axis" step per (axis, index, weight) stage; ``shape`` is updated to the
+    resized shape. The last stage writes ``out`` when given (else a temporary)."""
+    for k, (axis, index, table) in enumerate(stages):
+        in_len = shape[axis]
+        shape[axis] = sizes[axis]
+        last = k == len(stages) - 1
+        nxt = out if last and out is not None else ctx.temp(tuple(shape), compute,
+                                                              f"axis{axis}")
+        ctx.emit("resample_axis", [nxt, cur, ctx.builder.const_ref(index, DType.int64),
+                                   ctx.builder.const_ref(table, DType.float64)],
+                 [dtype_code(ctx, compute), numel(shape[:axis]), in_len,
+                  numel(shape[axis + 1:]), sizes[axis], index.shape[1]])
+        cur = nxt
+    return cur
+
+
+def bicubic_taps(in_len: int, out_len: int, ratio: float, align_corners: bool):
+    """torch's bicubic interpolation along one axis (upsample_bicubic2d: A = -0.75, source
+    index ratio * (dst + 0.5) - 0.5 unclamped, or ratio * dst with align_corners; the four
+    taps floor(src) - 1 .. + 2 clamped to the axis) as an (index, weight) tap table."""
+    a = -0.75
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    weights = np.zeros((out_len, in_len), dtype=np.float64)
+    for dst in range(out_len):
+        src = ratio * dst if align_corners else ratio * (dst + 0.5) - 0.5
+        base = int(np.floor(src))
+        t = src - base
+        for k, w in enumerate((far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t))):
+            weights[dst, min(max(base - 1 + k, 0), in_len - 1)] += w
+    return _taps(weights)
+
+
 @register_lowering("native", "onnx_resize")
 def lower_onnx_resize(ctx) -> None:
     a = ctx.attrs
@@ -79,17 +119,8 @@ def lower_onnx_resize(ctx) -> None:
         return
     stages, keep = _stages(ctx, shape, sizes, scales)
     direct = keep is None and out_dtype == compute  # the last stage can write the output
-    cur = ctx.cast(0, compute)
-    for k, (axis, index, table) in enumerate(stages):
-        in_len = shape[axis]
-        shape[axis] = sizes[axis]
-        last = k == len(stages) - 1
-        nxt = out if last and direct else ctx.temp(tuple(shape), compute, f"axis{axis}")
-        ctx.emit("resample_axis", [nxt, cur, ctx.builder.const_ref(index, DType.int64),
-                                   ctx.builder.const_ref(table, DType.float64)],
-                 [dtype_code(ctx, compute), numel(shape[:axis]), in_len,
-                  numel(shape[axis + 1:]), sizes[axis], index.shape[1]])
-        cur = nxt
+    cur = resample_axes(ctx, ctx.cast(0, compute), out if direct else None, shape, sizes,
+                        stages, compute)
     if direct and stages:
         return
     if keep is not None:
