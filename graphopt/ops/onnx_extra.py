@@ -81,7 +81,8 @@ def fmod(a, b):
     return torch.fmod(a, b)
 
 
-@register_op("bitshift", inputs=("a", "b"), attrs={"direction": AttrSpec(str)},
+@register_op("bitshift", inputs=("a", "b"),
+             attrs={"direction": AttrSpec(str, choices=("LEFT", "RIGHT"))},
              traits=ELEMENTWISE_BINARY, infer=broadcast_binary)
 def bitshift(a, b, direction):
     """a << b ("LEFT") or a >> b ("RIGHT") on unsigned integers."""

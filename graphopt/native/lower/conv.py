@@ -60,7 +60,8 @@ def _check_conv(ctx, x_shape, w_shape, out_shape, stride, pad, dil, transpose: b
             want = (x_shape[2 + i] - 1) * stride[i] - 2 * pad[i] + span + outpad[i]
         else:
             want = (x_shape[2 + i] + 2 * pad[i] - span) // stride[i] + 1
-        if out_shape[2 + i] < 1 or out_shape[2 + i] != want:
+        # A transposed convolution may compute an empty output (torch returns one).
+        if out_shape[2 + i] < (0 if transpose else 1) or out_shape[2 + i] != want:
             ctx.invalid(f"output spatial dim {i} is {out_shape[2 + i]}, the attributes give "
                         f"{max(want, 0)}")
 
@@ -165,6 +166,8 @@ def lower_conv_transpose(ctx) -> None:
         return
     # output_padding only changes the output size, which the params carry already.
     params = _conv_params(ctx)
-    x = ctx.contiguous(0)
     out = ctx.output(0)
+    if out.numel == 0:
+        return
+    x = ctx.contiguous(0)
     ctx.emit("conv_transpose2d", [out, x, _weight(ctx), ctx.contiguous(2)], params)
