@@ -45,6 +45,12 @@ class ImportContext:
         # Layout nodes a converter added only to reach the IR's layout (e.g. head split/merge
         # around contrib attention); they cancel against the model's own inverse layout ops.
         self.synthetic: set[Node] = set()
+        # The model and its opsets (converters of control flow import bodies through
+        # importer.run_subgraph), and how many body nodes unrolling has added so far.
+        self.model = None
+        self.opsets: dict[str, int] = {}
+        self.opset = 1
+        self.unrolled_nodes = 0
 
     def mark_synthetic(self, value: Value) -> Value:
         """Record that ``value``'s producer is an adapter reshape/permute (see synthetic)."""

@@ -93,6 +93,7 @@ def _load_converters() -> None:
         _CONVERTERS_LOADED = True
         from graphopt.onnx import (  # noqa: F401  (registers the converters)
             import_attention,
+            import_control,
             import_creation,
             import_elementwise,
             import_indexing,
@@ -185,15 +186,12 @@ def _import(model: onnx.ModelProto, callers_proto: bool, folder: str | None, pat
 
     graph = Graph(name or model.graph.name or "main")
     ctx = ImportContext(graph, fold_constants)
+    ctx.model, ctx.opsets, ctx.opset = model, opsets, opset
     _add_graph_inputs(ctx, model, dict(constant_inputs or {}), preloaded)
     del preloaded  # the constants hold the arrays now
     consumed = {i for n in model.graph.node for i in n.input} | {o.name for o in
                                                                 model.graph.output}
-    for proto in toposort(model.graph.node, set(ctx.env)):
-        domain = "" if proto.domain in _DEFAULT_DOMAINS else proto.domain
-        node = OnnxNode(proto, opsets.get(proto.domain, opset) if domain else opset)
-        ctx.node = node
-        _convert_node(ctx, model, node, domain, consumed)
+    _convert_nodes(ctx, model.graph.node, consumed)
     ctx.node = None
 
     outputs = []
@@ -265,10 +263,60 @@ def _with_external_data(model: onnx.ModelProto, callers_proto: bool, folder: str
     return model, preloaded
 
 
+def _convert_nodes(ctx: ImportContext, nodes, consumed: set[str]) -> None:
+    for proto in toposort(nodes, set(ctx.env)):
+        domain = "" if proto.domain in _DEFAULT_DOMAINS else proto.domain
+        node = OnnxNode(proto, ctx.opsets.get(proto.domain, ctx.opset) if domain else ctx.opset)
+        ctx.node = node
+        _convert_node(ctx, ctx.model, node, domain, consumed)
+
+
+# Nodes that unrolling control flow (Scan bodies, once per iteration) may add to one import: a
+# crafted trip count must not make the import run for hours or fill the memory with nodes.
+MAX_UNROLLED_NODES = 100_000
+
+
+def run_subgraph(ctx: ImportContext, body: onnx.GraphProto, bindings: dict[str, Value],
+                 what: str) -> list[Value]:
+    """Converts a control-flow body once, its inputs bound to ``bindings`` (the names of the
+    enclosing graphs stay visible, as ONNX scoping says); returns the values of its outputs.
+    ``what`` names the node for errors. Counts against MAX_UNROLLED_NODES."""
+    ctx.unrolled_nodes += len(body.node)
+    if ctx.unrolled_nodes > MAX_UNROLLED_NODES:
+        raise ResourceLimitError(f"{what}: unrolled loop bodies", ctx.unrolled_nodes,
+                                 MAX_UNROLLED_NODES, "nodes")
+    for init in body.initializer:
+        array, dtype = tensor_to_array(init, f"initializer '{init.name}' of the body")
+        ctx.env[init.name] = ctx.graph.add_constant(array, init.name, dtype)
+    ctx.env.update(bindings)
+    consumed = {i for n in body.node for i in n.input} | {o.name for o in body.output}
+    outer = ctx.node
+    try:
+        _convert_nodes(ctx, body.node, consumed)
+    finally:
+        ctx.node = outer
+    missing = [o.name for o in body.output if o.name not in ctx.env]
+    if missing:
+        raise OnnxImportError(f"{what}: its body does not compute output(s) {missing}")
+    return [ctx.env[o.name] for o in body.output]
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+
+
 def _check_supported(model: onnx.ModelProto) -> None:
-    """Every node must have a converter; lists all that do not, at once."""
-    unsupported = []
-    for n in model.graph.node:
+    """Every node (loop bodies included) must have a converter; lists all that do not, at
+    once."""
+    unsupported, stack = [], [model.graph]
+    nodes = []
+    while stack:
+        g = stack.pop()
+        for n in g.node:
+            nodes.append(n)
+            if (("" if n.domain in _DEFAULT_DOMAINS else n.domain), n.op_type) in CONVERTERS:
+                stack.extend(_subgraphs(n))
+    for n in nodes:
         domain = "" if n.domain in _DEFAULT_DOMAINS else n.domain
         if (domain, n.op_type) not in CONVERTERS:
             label = n.op_type if not domain else f"{domain}.{n.op_type}"

@@ -119,6 +119,13 @@ class OnnxNode:
                             f"{AttributeProto.AttributeType.Name(t) if t in _ALL_TYPES else t},"
                             " which graphopt does not import")
 
+    def graph_attr(self, name: str) -> onnx.GraphProto:
+        """A GRAPH attribute (a control-flow body)."""
+        a = self._attrs.get(name)
+        if a is None or a.type != AttributeProto.GRAPH:
+            raise GraphoptError(f"attribute '{name}' must be a graph (the loop body)")
+        return a.g
+
     def describe(self) -> str:
         return f"{self.op_type} node '{self.name}'"
 
