@@ -155,3 +155,43 @@ def test_malformed_scan_attributes():
                    [_info("final", [3]), _info("ys", [4, 3])])
     with pytest.raises(OnnxImportError, match="scan_input_directions"):
         graphopt.from_onnx(model, check=False)
+
+
+def _if_model(cond_input: bool, then_value, else_value, shape=(3,)):
+    def branch(name, value):
+        t = helper.make_tensor(f"{name}_v", F, list(np.shape(value)),
+                               np.asarray(value, np.float32).ravel().tolist())
+        return helper.make_graph([helper.make_node("Constant", [], [f"{name}_out"], value=t),
+                                  helper.make_node("Add", [f"{name}_out", "x"], [f"{name}_y"])],
+                                 name, [], [_info(f"{name}_y", list(np.shape(value)))])
+    nodes = [helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", then_value),
+                              else_branch=branch("else", else_value))]
+    inputs = [_info("x", list(shape))]
+    inits = []
+    if cond_input:
+        inputs.append(helper.make_tensor_value_info("cond", TensorProto.BOOL, []))
+    else:
+        inits.append(helper.make_tensor("cond", TensorProto.BOOL, [], [False]))
+    graph = helper.make_graph(nodes, "if", inputs, [_info("y", list(np.shape(then_value)))],
+                              initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_if_with_a_known_condition_imports_the_taken_branch_only():
+    model = _if_model(False, [1.0, 2.0, 3.0], [10.0, 20.0, 30.0])
+    g = _check(model, {"x": np.arange(3, dtype=np.float32)})
+    assert not any(n.op == "where" for n in g.nodes)
+    assert sum(n.op == "add" for n in g.nodes) == 1
+
+
+@pytest.mark.parametrize("cond", [True, False])
+def test_if_with_a_run_time_condition_selects(cond):
+    model = _if_model(True, [1.0, 2.0, 3.0], [10.0, 20.0, 30.0])
+    g = _check(model, {"x": np.arange(3, dtype=np.float32), "cond": np.array(cond)})
+    assert sum(n.op == "where" for n in g.nodes) == 1
+
+
+def test_if_with_a_run_time_condition_and_different_branch_types_is_refused():
+    model = _if_model(True, [1.0, 2.0, 3.0], [[10.0, 20.0, 30.0]] * 2)
+    with pytest.raises(OnnxImportError, match="same types.*constant_inputs"):
+        graphopt.from_onnx(model)

@@ -1,4 +1,4 @@
-"""Converter of ONNX control flow: Scan, unrolled at import time.
+"""Converters of ONNX control flow: Scan, unrolled at import time, and If.
 
 The IR has no loops, but a Scan's trip count is the length of its scan inputs along their scan
 axes, which static shapes fix. The body is imported once per iteration (importer.run_subgraph):
@@ -10,6 +10,8 @@ trip count that would unroll past importer.MAX_UNROLLED_NODES is refused.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from graphopt.errors import GraphoptError
 from graphopt.onnx.importer import ImportContext, OnnxNode, onnx_converter, run_subgraph
@@ -114,3 +116,34 @@ def _stack(ctx: ImportContext, node: OnnxNode, pieces: list, axis: int, reverse:
         pieces = pieces[::-1]
     grown = [ctx.emit("unsqueeze", [p], {"axis": axis}) for p in pieces]
     return grown[0] if len(grown) == 1 else ctx.emit("concat", grown, {"axis": axis})
+
+
+@onnx_converter("If")
+def _if(ctx: ImportContext, node: OnnxNode):
+    """A condition known at import (shapes, constants: most If nodes of exported functions)
+    imports the taken branch only. A run-time condition imports both branches and selects
+    with ``where``: sound because ONNX branches have no side effects, and only when both give
+    the same types; note that the untaken branch is computed too (and raises if it fails)."""
+    cond = ctx.value(node, 0)
+    if cond is None or cond.type.numel != 1:
+        raise GraphoptError(f"the condition must hold one element, got {cond and cond.type}")
+    branches = (node.graph_attr("then_branch"), node.graph_attr("else_branch"))
+    for branch in branches:
+        if len(branch.output) != len(node.outputs):
+            raise GraphoptError(f"a branch gives {len(branch.output)} outputs for the node's "
+                                f"{len(node.outputs)}")
+    known = ctx.known_value(cond)
+    if known is not None:
+        taken = branches[0] if bool(np.asarray(known).reshape(-1)[0]) else branches[1]
+        return run_subgraph(ctx, taken, {}, node.describe())
+    then_out, else_out = (run_subgraph(ctx, b, {}, node.describe()) for b in branches)
+    flag = cond if cond.type.rank == 0 else ctx.emit("reshape", [cond], {"shape": ()})
+    results = []
+    for slot, (a, b) in enumerate(zip(then_out, else_out)):
+        if a.type != b.type:
+            raise GraphoptError(f"output {slot} is {a.type} in then_branch and {b.type} in "
+                                "else_branch; with a condition known only at run time both "
+                                "branches must give the same types (freeze the inputs the "
+                                "condition depends on with constant_inputs=)")
+        results.append(ctx.emit("where", [flag, a, b]))
+    return results

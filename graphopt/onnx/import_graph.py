@@ -72,9 +72,29 @@ def cancel_synthetic_layout(graph: Graph, synthetic: set[Node]) -> None:
             value.name = graph.unique_name(name)
 
 
+def _nodes_with_bodies(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """Every node of ``graph`` and of its control-flow bodies (at any depth)."""
+    out, stack = [], [graph]
+    while stack:
+        g = stack.pop()
+        for n in g.node:
+            out.append(n)
+            stack.extend(a.g for a in n.attribute if a.type == onnx.AttributeProto.GRAPH)
+    return out
+
+
+def _reads(node: onnx.NodeProto) -> list[str]:
+    """The names a node reads: its inputs and, for control flow, what its bodies read."""
+    names = [i for i in node.input if i]
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            names.extend(i for n in _nodes_with_bodies(a.g) for i in n.input if i)
+    return names
+
+
 def needs_static_inputs(model: onnx.ModelProto, tensor: str) -> list[str]:
-    """The graph inputs that ``tensor`` depends on."""
-    producers = {o: n for n in model.graph.node for o in n.output}
+    """The graph inputs that ``tensor`` depends on (a tensor of a loop body included)."""
+    producers = {o: n for n in _nodes_with_bodies(model.graph) for o in n.output}
     inits = {t.name for t in model.graph.initializer}
     inputs = [i.name for i in model.graph.input if i.name not in inits]
     found, stack, seen = [], [tensor], set()
@@ -86,7 +106,7 @@ def needs_static_inputs(model: onnx.ModelProto, tensor: str) -> list[str]:
         if name in inputs:
             found.append(name)
         elif name in producers:
-            stack.extend(i for i in producers[name].input if i)
+            stack.extend(_reads(producers[name]))
     return sorted(found, key=inputs.index)
 
 
