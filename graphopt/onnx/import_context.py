@@ -51,6 +51,7 @@ class ImportContext:
         self.opsets: dict[str, int] = {}
         self.opset = 1
         self.unrolled_nodes = 0
+        self.function_depth = 0  # schema function bodies being expanded (import_function)
 
     def mark_synthetic(self, value: Value) -> Value:
         """Record that ``value``'s producer is an adapter reshape/permute (see synthetic)."""

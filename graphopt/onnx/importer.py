@@ -32,36 +32,19 @@ import os
 import re
 from typing import Any, Callable
 
-import numpy as np
 import onnx
 import sympy
-import torch
 
 from graphopt.errors import GraphoptError, OnnxImportError, ResourceLimitError
-from graphopt.ir.dtypes import torch_to_numpy
 from graphopt.ir.graph import Graph, Node, Value
-from graphopt.ir.types import TensorType
-from graphopt.onnx._common import (FROM_ONNX_DTYPE, external_to_array, onnx_dtype_name,
-                                   tensor_to_array)
+from graphopt.onnx._common import FROM_ONNX_DTYPE, onnx_dtype_name, tensor_to_array
 from graphopt.onnx.import_context import ImportContext, NeedsStaticValue
+from graphopt.onnx.import_function import expanded_body, has_function_body
 from graphopt.onnx.import_graph import cancel_synthetic_layout, needs_static_inputs, toposort
+from graphopt.onnx.import_inputs import add_graph_inputs, with_external_data
 from graphopt.onnx.import_symbolic import evaluate_new_nodes
-from graphopt.onnx.loading import (
-    check_model,
-    has_external_data,
-    load_model,
-    read_external,
-    read_external_bytes,
-    resolve_external,
-    tensors_of,
-)
-from graphopt.onnx.validation import (
-    REQUIRED,
-    OnnxNode,
-    check_node_schema,
-    check_opsets,
-    value_type,
-)
+from graphopt.onnx.loading import load_model
+from graphopt.onnx.validation import REQUIRED, OnnxNode, check_node_schema, check_opsets
 from graphopt.rewrite import eliminate_dead_code, track_rewrites
 from graphopt.stagereport import reports_stage
 
@@ -178,16 +161,16 @@ def from_onnx(model_or_path, *, base_dir: str | os.PathLike | None = None,
 def _import(model: onnx.ModelProto, callers_proto: bool, folder: str | None, path: str | None,
             constant_inputs, fold_constants: bool, check: bool, name: str | None) -> Graph:
     """from_onnx on a decoded model: external data, checks, graph inputs, nodes, outputs."""
-    model, preloaded = _with_external_data(model, callers_proto, folder, path, check)
+    model, preloaded = with_external_data(model, callers_proto, folder, path, check)
     opsets = {o.domain: int(o.version) for o in model.opset_import}
     check_opsets(opsets, "the model")
     opset = opsets.get("", opsets.get("ai.onnx", 1))
-    _check_supported(model)
+    _check_supported(model, opset)
 
     graph = Graph(name or model.graph.name or "main")
     ctx = ImportContext(graph, fold_constants)
     ctx.model, ctx.opsets, ctx.opset = model, opsets, opset
-    _add_graph_inputs(ctx, model, dict(constant_inputs or {}), preloaded)
+    add_graph_inputs(ctx, model, dict(constant_inputs or {}), preloaded)
     del preloaded  # the constants hold the arrays now
     consumed = {i for n in model.graph.node for i in n.input} | {o.name for o in
                                                                 model.graph.output}
@@ -214,53 +197,6 @@ def _import(model: onnx.ModelProto, callers_proto: bool, folder: str | None, pat
         eliminate_dead_code(graph)
     graph.verify()
     return graph
-
-
-def _with_external_data(model: onnx.ModelProto, callers_proto: bool, folder: str | None,
-                        path: str | None, check: bool
-                        ) -> tuple[onnx.ModelProto, dict[int, np.ndarray]]:
-    """Validate every external reference (confinement, length, budget) before reading any,
-    run the checker (on the file when the data lies next to it, so the checker sees it), then
-    read the data. Returns the model and the external bytes of its initializers by index,
-    read straight into arrays (the graph's constants view them: one copy of the weights);
-    attribute tensors, and every tensor when the checker must see the data inline (model and
-    data in different folders), get their data inline (in a copy of the caller's proto)."""
-    externals, total = [], 0
-    for t in tensors_of(model):
-        if has_external_data(t):
-            ref = resolve_external(t, folder, total)
-            total += ref.length
-            externals.append(ref)
-    same_folder = path is not None and folder is not None and os.path.realpath(
-        folder) == os.path.realpath(os.path.dirname(os.path.abspath(path)))
-    if check and (not externals or same_folder):
-        check_model(model, "the model", path if externals else None)
-    if not externals:
-        return model, {}
-    inline_all = check and not same_folder
-    refs = iter(externals)
-    preloaded: dict[int, np.ndarray] = {}
-    for index, t in enumerate(model.graph.initializer):
-        if has_external_data(t):
-            ref = next(refs)
-            if not inline_all:
-                preloaded[index] = read_external_bytes(t, ref)
-    rest = list(refs)  # attribute tensors (and, with inline_all, nothing was read yet)
-    if not rest and not inline_all:
-        return model, preloaded
-    if callers_proto:  # do not fill the caller's proto with weight bytes
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        model = copy
-    refs = iter(externals)
-    for i, t in enumerate(tensors_of(model)):
-        if has_external_data(t):
-            ref = next(refs)
-            if i >= len(model.graph.initializer) or i not in preloaded:
-                read_external(t, ref)
-    if inline_all:
-        check_model(model, "the model")
-    return model, preloaded
 
 
 def _convert_nodes(ctx: ImportContext, nodes, consumed: set[str]) -> None:
@@ -301,13 +237,24 @@ def run_subgraph(ctx: ImportContext, body: onnx.GraphProto, bindings: dict[str, 
     return [ctx.env[o.name] for o in body.output]
 
 
+def _expand_function(ctx: ImportContext, node: OnnxNode, domain: str) -> list[Value]:
+    """A node without a converter whose schema defines it as a function (import_function)."""
+    operands = [ctx.value(node, i) for i in range(len(node.inputs))]
+    body, bindings = expanded_body(node, operands, node.opset, domain, ctx.function_depth)
+    ctx.function_depth += 1
+    try:
+        return run_subgraph(ctx, body, bindings, node.describe())
+    finally:
+        ctx.function_depth -= 1
+
+
 def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
     return [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
 
 
-def _check_supported(model: onnx.ModelProto) -> None:
-    """Every node (loop bodies included) must have a converter; lists all that do not, at
-    once."""
+def _check_supported(model: onnx.ModelProto, opset: int) -> None:
+    """Every node (loop bodies included) must have a converter or a schema function body
+    (import_function); lists all that have neither, at once."""
     unsupported, stack = [], [model.graph]
     nodes = []
     while stack:
@@ -318,7 +265,8 @@ def _check_supported(model: onnx.ModelProto) -> None:
                 stack.extend(_subgraphs(n))
     for n in nodes:
         domain = "" if n.domain in _DEFAULT_DOMAINS else n.domain
-        if (domain, n.op_type) not in CONVERTERS:
+        if (domain, n.op_type) not in CONVERTERS and not (
+                not domain and has_function_body(n.op_type, opset, domain)):
             label = n.op_type if not domain else f"{domain}.{n.op_type}"
             unsupported.append((label, n.name or (n.output[0] if n.output else "?")))
     if unsupported:
@@ -326,49 +274,6 @@ def _check_supported(model: onnx.ModelProto) -> None:
         distinct = ", ".join(sorted({op for op, _ in unsupported}))
         raise OnnxImportError(f"{len(unsupported)} node(s) use ops graphopt cannot import "
                               f"({distinct}):\n{listing}", unsupported=unsupported)
-
-
-def _add_graph_inputs(ctx: ImportContext, model: onnx.ModelProto, frozen: dict,
-                      preloaded: dict[int, np.ndarray]) -> None:
-    """Initializers become constants (validated against their dims and the budget; those with
-    external data view the bytes in ``preloaded``); graph inputs become IR inputs (known
-    dtypes, dims >= 0), or constants when frozen."""
-    graph, symbols = ctx.graph, {}
-    for index, init in enumerate(model.graph.initializer):
-        what = f"initializer '{init.name}'"
-        if index in preloaded:
-            array, dtype = external_to_array(init, preloaded[index], what)
-        else:
-            array, dtype = tensor_to_array(init, what)
-        ctx.env[init.name] = graph.add_constant(array, init.name, dtype)
-    for info in model.graph.input:
-        if info.name in ctx.env:
-            continue  # an initializer listed as input (IR version < 4): a constant
-        t = value_type(info, symbols, "input")
-        if info.name in frozen:
-            array = _frozen_array(info.name, frozen.pop(info.name), t)
-            ctx.env[info.name] = graph.add_constant(array, info.name, t.dtype)
-        else:
-            ctx.env[info.name] = graph.add_input(info.name, t)
-    if frozen:
-        raise OnnxImportError(f"constant_inputs names no graph input: {sorted(frozen)}")
-
-
-def _frozen_array(name: str, data, t: TensorType) -> np.ndarray:
-    """A ``constant_inputs`` entry as an array of the input's declared dtype and shape."""
-    if isinstance(data, torch.Tensor):
-        array, _ = torch_to_numpy(data.detach().to(t.dtype.torch))
-    else:
-        try:
-            array = np.asarray(data).astype(t.dtype.numpy)
-        except (TypeError, ValueError) as exc:
-            raise OnnxImportError(f"constant_inputs['{name}'] is not a {t.dtype} array: "
-                                  f"{exc}") from exc
-    if array.ndim != t.rank or any(isinstance(d, int) and d != s
-                                   for d, s in zip(t.shape, array.shape)):
-        raise OnnxImportError(f"constant_inputs['{name}'] has shape {tuple(array.shape)}, but "
-                              f"input '{name}' is declared {t}")
-    return array
 
 
 # Symbolic sizes nested deeper than this are refused: each conv/pool over a symbolic length adds
@@ -405,7 +310,9 @@ def _convert_node(ctx: ImportContext, model: onnx.ModelProto, node: OnnxNode, do
     before = graph._root._prev
     try:
         check_node_schema(node.proto, node.opset, domain)
-        result = CONVERTERS[(domain, node.op_type)](ctx, node)
+        converter = CONVERTERS.get((domain, node.op_type))
+        result = converter(ctx, node) if converter is not None else _expand_function(ctx, node,
+                                                                                     domain)
         results = list(result) if isinstance(result, (tuple, list)) else [result]
         if any(r is not None and not isinstance(r, Value) for r in results):
             raise OnnxInternalError(f"the {node.op_type} converter returned {results!r}")
