@@ -13,21 +13,27 @@ namespace rt {
 
 enum class DType : int32_t {
     kF32 = 0, kF64 = 1, kI32 = 2, kI64 = 3, kBool = 4, kU8 = 5, kI8 = 6, kI16 = 7,
+    kU16 = 8, kU32 = 9, kU64 = 10,
 };
+constexpr int64_t kDTypeCount = 11;
 // Names by code (graphopt.ir.dtypes.DType member names).
-inline constexpr const char* kDTypeNames[] = {"float32", "float64", "int32", "int64",
-                                              "bool",    "uint8",   "int8",  "int16"};
-static_assert(sizeof(kDTypeNames) / sizeof(kDTypeNames[0]) == 8);
+inline constexpr const char* kDTypeNames[] = {"float32", "float64", "int32",  "int64",
+                                              "bool",    "uint8",   "int8",   "int16",
+                                              "uint16",  "uint32",  "uint64"};
+static_assert(sizeof(kDTypeNames) / sizeof(kDTypeNames[0]) == kDTypeCount);
 
 inline int64_t dtype_size(DType t) {
     switch (t) {
         case DType::kF64:
         case DType::kI64:
+        case DType::kU64:
             return 8;
         case DType::kF32:
         case DType::kI32:
+        case DType::kU32:
             return 4;
         case DType::kI16:
+        case DType::kU16:
             return 2;
         default:
             return 1;
@@ -49,12 +55,17 @@ decltype(auto) dispatch_dtype(DType t, F&& f) {
         case DType::kU8: return f(uint8_t{});
         case DType::kI8: return f(int8_t{});
         case DType::kI16: return f(int16_t{});
+        case DType::kU16: return f(uint16_t{});
+        case DType::kU32: return f(uint32_t{});
+        case DType::kU64: return f(uint64_t{});
     }
     throw PlanError("unknown dtype code " + std::to_string(static_cast<int>(t)));
 }
 
 inline DType dtype_from(int64_t code) {
-    if (code < 0 || code > 7) throw PlanError("unknown dtype code " + std::to_string(code));
+    if (code < 0 || code >= kDTypeCount) {
+        throw PlanError("unknown dtype code " + std::to_string(code));
+    }
     return static_cast<DType>(code);
 }
 

@@ -1,17 +1,21 @@
 """Native kernels outside float32 and the non-constant pads (issue #21): float64 / integer
 matmul ("matmul_wide"), float64 einsum and softmax ("softmax_f64"), reflect / replicate /
-circular pads and a float16 pad value the integer path could not hold (an infinity). Each
+circular pads, a float16 pad value the integer path could not hold (an infinity), bicubic
+resize, 3-D pooling and convolutions, and uint16 / uint32 / uint64 elementwise ops. Each
 against the op's reference implementation, every node native (fallback="error")."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from native_util import Const, check_op, randn
 
 import graphopt
+import graphopt.errors
+from graphopt.ir.dtypes import DType
 from graphopt.native import NativeUnsupportedError
 
 INF, NAN = math.inf, math.nan
@@ -170,3 +174,66 @@ def test_conv_transpose3d(groups, stride, pad, dil, outpad):
              "output_padding": outpad}
     fn = check_op("conv_transpose", [x, Const(w), Const(randn(8, seed=2))], attrs)
     assert _kernels(fn) == ["conv_transpose3d"]
+
+
+# ------------------------------------------------------------------ uint16 / uint32 / uint64
+_UNSIGNED = [torch.uint16, torch.uint32, torch.uint64]
+
+
+def _unsigned(dtype, seed=0, big=True):
+    """Values across the whole range (the top bit set included) and small ones."""
+    info = torch.iinfo(dtype)
+    gen = np.random.default_rng(seed)
+    np_dtype = {torch.uint16: np.uint16, torch.uint32: np.uint32, torch.uint64: np.uint64}[dtype]
+    top = int(info.max) if big else 50
+    values = gen.integers(0, top, size=(3, 8), dtype=np.uint64, endpoint=True).astype(np_dtype)
+    values[0, :3] = [0, 1, top]
+    return torch.from_numpy(values)
+
+
+@pytest.mark.parametrize("dtype", _UNSIGNED)
+@pytest.mark.parametrize("op,attrs", [
+    ("add", {}), ("sub", {}), ("mul", {}), ("maximum", {}), ("minimum", {}), ("eq", {}),
+    ("lt", {}), ("ge", {}), ("bitwise_and", {}), ("bitwise_or", {}), ("bitwise_xor", {}),
+    ("div", {"rounding_mode": "trunc"}), ("div", {"rounding_mode": "floor"}),
+    ("remainder", {})])
+def test_unsigned_binary_ops_wrap_and_compare_unsigned(dtype, op, attrs):
+    a, b = _unsigned(dtype), _unsigned(dtype, seed=1)
+    if op in ("div", "remainder"):
+        nonzero = b.numpy().copy()
+        nonzero[nonzero == 0] = 7  # (torch has no masked_fill for these dtypes)
+        b = torch.from_numpy(nonzero)
+    fn = check_op(op, [a, b], attrs)
+    assert fn.plan.steps  # ran natively (check_op uses fallback="error")
+    # The reference itself agrees with numpy's unsigned semantics (what ONNX specifies).
+    expected = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "maximum": np.maximum,
+                "minimum": np.minimum, "eq": np.equal, "lt": np.less, "ge": np.greater_equal,
+                "bitwise_and": np.bitwise_and, "bitwise_or": np.bitwise_or,
+                "bitwise_xor": np.bitwise_xor, "div": np.floor_divide,
+                "remainder": np.remainder}[op](a.numpy(), b.numpy())
+    np.testing.assert_array_equal(fn(a, b).numpy(), expected)
+
+
+@pytest.mark.parametrize("dtype", _UNSIGNED)
+@pytest.mark.parametrize("direction", ["LEFT", "RIGHT"])
+def test_unsigned_shifts(dtype, direction):
+    a = _unsigned(dtype)
+    bits = torch.iinfo(dtype).bits
+    shift = torch.from_numpy(np.array([0, 1, 3, bits - 1, bits, bits + 5, 2, 7],
+                                      dtype=a.numpy().dtype))
+    check_op("bitshift", [a, shift], {"direction": direction})
+    check_op("bitwise_not", [a])
+
+
+@pytest.mark.parametrize("dtype", _UNSIGNED)
+def test_unsigned_cast_and_data_movement(dtype):
+    a = _unsigned(dtype, big=False)
+    check_op("cast", [a], {"dtype": DType.float32})
+    check_op("cast", [a], {"dtype": DType.int64})
+    check_op("concat", [a, a], {"axis": 0})
+    check_op("permute", [a], {"perm": (1, 0)})
+
+
+def test_mixed_unsigned_promotion_is_a_type_error():
+    with pytest.raises(graphopt.errors.TypeInferenceError, match="do not promote"):
+        check_op("add", [_unsigned(torch.uint32), torch.ones(3, 8, dtype=torch.int64)])

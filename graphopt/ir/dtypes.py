@@ -29,6 +29,9 @@ class DType(enum.Enum):
     int16 = "i16"
     int32 = "i32"
     int64 = "i64"
+    uint16 = "u16"
+    uint32 = "u32"
+    uint64 = "u64"
     bool = "bool"
 
     def __str__(self) -> str:
@@ -83,16 +86,22 @@ class DType(enum.Enum):
 
 
 _FLOATING = {DType.float32, DType.float16, DType.bfloat16, DType.float64}
-_INTEGER = {DType.int8, DType.uint8, DType.int16, DType.int32, DType.int64}
+_INTEGER = {DType.int8, DType.uint8, DType.int16, DType.int32, DType.int64, DType.uint16,
+            DType.uint32, DType.uint64}
+# torch has these as storage types with few kernels; the reference interpreter computes their
+# arithmetic through numpy (graphopt/ops/unsigned.py).
+WIDE_UNSIGNED = (DType.uint16, DType.uint32, DType.uint64)
 _ITEMSIZE = {
     DType.float32: 4, DType.float16: 2, DType.bfloat16: 2, DType.float64: 8, DType.int8: 1,
     DType.uint8: 1, DType.int16: 2, DType.int32: 4, DType.int64: 8, DType.bool: 1,
+    DType.uint16: 2, DType.uint32: 4, DType.uint64: 8,
 }
 _TO_TORCH = {
     DType.float32: torch.float32, DType.float16: torch.float16, DType.bfloat16: torch.bfloat16,
     DType.float64: torch.float64, DType.int8: torch.int8, DType.uint8: torch.uint8,
     DType.int16: torch.int16, DType.int32: torch.int32, DType.int64: torch.int64,
-    DType.bool: torch.bool,
+    DType.bool: torch.bool, DType.uint16: torch.uint16, DType.uint32: torch.uint32,
+    DType.uint64: torch.uint64,
 }
 _FROM_TORCH = {v: k for k, v in _TO_TORCH.items()}
 _TO_NUMPY = {
@@ -101,6 +110,8 @@ _TO_NUMPY = {
     DType.int8: np.dtype(np.int8), DType.uint8: np.dtype(np.uint8),
     DType.int16: np.dtype(np.int16), DType.int32: np.dtype(np.int32),
     DType.int64: np.dtype(np.int64), DType.bool: np.dtype(np.bool_),
+    DType.uint16: np.dtype(np.uint16), DType.uint32: np.dtype(np.uint32),
+    DType.uint64: np.dtype(np.uint64),
 }
 _FROM_NUMPY = {v: k for k, v in _TO_NUMPY.items() if k is not DType.bfloat16}
 

@@ -26,6 +26,9 @@ TO_ONNX_DTYPE: dict[DType, int] = {
     DType.int32: TensorProto.INT32,
     DType.int64: TensorProto.INT64,
     DType.bool: TensorProto.BOOL,
+    DType.uint16: TensorProto.UINT16,
+    DType.uint32: TensorProto.UINT32,
+    DType.uint64: TensorProto.UINT64,
 }
 FROM_ONNX_DTYPE: dict[int, DType] = {v: k for k, v in TO_ONNX_DTYPE.items()}
 

@@ -54,7 +54,11 @@ def promote(*types: TensorType) -> DType:
     result = probes[0]
     dtype = result.dtype
     for probe in probes[1:]:
-        dtype = torch.result_type(result, probe)
+        try:
+            dtype = torch.result_type(result, probe)
+        except RuntimeError as exc:  # uint16/32/64 promote only with themselves and floats
+            raise TypeInferenceError(f"dtypes {', '.join(str(t.dtype) for t in types)} do not "
+                                     f"promote: {exc}") from None
         # keep rank information: the promoted probe is 0-d only if both were.
         result = torch.empty((1,) * max(result.dim(), probe.dim()), dtype=dtype)
     return DType.from_torch(dtype)

@@ -93,8 +93,7 @@ def _conv3d(ctx, kernel: str) -> None:
     """A 3-D convolution (or transposed one): "conv3d" / "conv_transpose3d", direct loops
     (csrc/rt_volume.cpp). A fused residual or activation is not taken: such a node is refused
     by name (and runs through the reference fallback by default)."""
-    if ctx.node.op == "fused_conv" and (
-            ctx.has(3) or ctx.attrs.get("activation", "none") != "none"):
+    if ctx.has(3) or ctx.attrs.get("activation", "none") != "none":  # fused_conv's epilogue
         ctx.unsupported("a 3-D convolution with a fused residual or activation")
     x_shape, w_shape, out_shape = ctx.in_shape(0), ctx.in_shape(1), ctx.out_shape(0)
     stride, pad, dil = (_spatial(ctx, k, 3) for k in ("stride", "padding", "dilation"))
