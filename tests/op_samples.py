@@ -122,6 +122,7 @@ _ACT = {"activation": "relu", "activation_params": ()}
 SAMPLES: dict[str, Sample] = {
     # -------------------------------------------------------------------- elementwise + attrs
     "cast": Sample([randn(2, 3) * 5], {"dtype": DType.int32}),
+    "bitcast": Sample([randn(2, 3)], {"dtype": DType.int32}),
     "clamp": Sample([randn(2, 3, 4)], {"min": -0.5, "max": 0.7}),
     "bitshift": Sample([ints(2, 3, lo=0, hi=100), ints(3, lo=0, hi=5, seed=1)],
                        {"direction": "LEFT"}),

@@ -237,3 +237,31 @@ def test_unsigned_cast_and_data_movement(dtype):
 def test_mixed_unsigned_promotion_is_a_type_error():
     with pytest.raises(graphopt.errors.TypeInferenceError, match="do not promote"):
         check_op("add", [_unsigned(torch.uint32), torch.ones(3, 8, dtype=torch.int64)])
+
+
+# ---------------------------------------------------------------------------------- bitcast
+@pytest.mark.parametrize("src,dst", [
+    (torch.float32, DType.int32), (torch.float32, DType.uint32), (torch.int64, DType.float64),
+    (torch.float64, DType.uint64), (torch.int16, DType.float16), (torch.float16, DType.uint16),
+    (torch.uint8, DType.int8), (torch.bool, DType.uint8)])
+def test_bitcast_keeps_the_bits(src, dst):
+    x = (randn(3, 4) * 100).to(src) if src is not torch.bool else randn(3, 4) > 0
+    fn = check_op("bitcast", [x], {"dtype": dst})
+    got = fn(x)
+    assert got.dtype == dst.torch and got.shape == x.shape
+    assert got.numpy().tobytes() == x.numpy().tobytes()
+    assert [s.kernel for s in fn.plan.steps] in ([], ["copy"])  # a view (or the output copy)
+
+
+def test_bitcast_between_sizes_is_a_type_error():
+    with pytest.raises(graphopt.errors.TypeInferenceError, match="element sizes differ"):
+        check_op("bitcast", [randn(2, 3)], {"dtype": DType.int64})
+
+
+def test_onnx_bitcast_exports_only_at_opset_26():
+    from native_util import op_graph
+    g, _ = op_graph("bitcast", [randn(2, 3)], {"dtype": DType.int32})
+    with pytest.raises(graphopt.errors.LoweringError, match="opset 26"):
+        graphopt.to_onnx(g)
+    model = graphopt.to_onnx(g, opset=26)
+    assert [n.op_type for n in model.graph.node] == ["BitCast"]

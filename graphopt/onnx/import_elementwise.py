@@ -260,3 +260,10 @@ def _cast(ctx, node):
 @onnx_converter("CastLike")
 def _cast_like(ctx, node):
     return ctx.cast(ctx.value(node, 0), ctx.value(node, 1).dtype)
+
+
+@onnx_converter("BitCast")
+def _bitcast(ctx, node):
+    x = ctx.value(node, 0)
+    dtype = ir_dtype(node.attr("to"), "the BitCast target type")
+    return x if dtype is x.dtype else ctx.emit("bitcast", [x], {"dtype": dtype})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from graphopt.ir.dtypes import DType
 from graphopt.ir.graph import Node
+from graphopt.onnx._common import TO_ONNX_DTYPE
 from graphopt.onnx.export import OnnxLowering
 from graphopt.onnx.lower_reduce import reduce
 from graphopt.ops.registry import register_lowering
@@ -41,7 +42,7 @@ _direct("fmod", "Mod", fmod=1)
 
 @register_lowering("onnx", "bitshift")
 def _bitshift(ctx, node):
-    if node.inputs[0].dtype is not DType.uint8:
+    if node.inputs[0].dtype not in (DType.uint8, DType.uint16, DType.uint32, DType.uint64):
         raise ctx.fail(f"ONNX BitShift is defined for unsigned types, not "
                        f"{node.inputs[0].dtype}")
     ctx.op("BitShift", [ctx.input(node, 0), ctx.input(node, 1)], out=ctx.output(node),
@@ -217,3 +218,12 @@ def _onnx_rnn(ctx, node):
     ctx.op("Transpose", [temps[0]], out=outs[0], perm=[2, 0, 1, 3])
     for temp, out in zip(temps[1:], outs[1:]):
         ctx.op("Transpose", [temp], out=out, perm=[1, 0, 2])
+
+
+@register_lowering("onnx", "bitcast")
+def _bitcast(ctx, node):
+    if ctx.opset < 26:
+        raise ctx.fail(f"ONNX BitCast needs opset 26 or later; this export targets opset "
+                       f"{ctx.opset} (pass opset=26 to to_onnx)")
+    ctx.op("BitCast", [ctx.input(node, 0)], out=ctx.output(node),
+           to=TO_ONNX_DTYPE[node.attrs["dtype"]])

@@ -385,3 +385,20 @@ def _affine_grid_infer(types, attrs):
 def affine_grid(theta, size, align_corners=False):
     """Sampling grid (N, *spatial, n) of the affine maps ``theta`` (N, n, n+1)."""
     return F.affine_grid(theta, list(size), align_corners=align_corners)
+
+
+def _bitcast_infer(types, attrs):
+    x, to = types[0], attrs["dtype"]
+    if to.itemsize != x.dtype.itemsize:
+        raise TypeInferenceError(f"bitcast from {x.dtype} to {to}: the element sizes differ "
+                                 f"({x.dtype.itemsize} vs {to.itemsize} bytes); a bitcast keeps "
+                                 "the shape and needs equal sizes")
+    return x.with_dtype(to)
+
+
+@register_op("bitcast", inputs=("x",), attrs={"dtype": AttrSpec(DType)}, infer=_bitcast_infer,
+             flops_per_element=0)
+def bitcast(x, dtype):
+    """The bits of ``x`` read as ``dtype`` of the same element size (ONNX BitCast-26): no value
+    conversion, the shape kept."""
+    return x.contiguous().view(dtype.torch)

@@ -30,6 +30,13 @@ for _op in ("squeeze", "unsqueeze"):
     register_lowering("native", _op)(lower_reshape)
 
 
+@register_lowering("native", "bitcast")
+def lower_bitcast(ctx) -> None:
+    """A view of the same bytes with the other dtype (equal element sizes: no copy)."""
+    x = ctx.contiguous(0)
+    ctx.set_output(0, R.TensorRef(x.buffer, x.offset, x.shape, x.strides, ctx.out_dtype(0)))
+
+
 @register_lowering("native", "permute")
 def lower_permute(ctx) -> None:
     if ctx.node.outputs[0] in ctx.builder.env:
