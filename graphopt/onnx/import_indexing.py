@@ -89,3 +89,96 @@ def _scatter_nd(ctx, node):
                             f"and indices {index.type}")
     return ctx.emit("scatter_nd", [x, index, updates],
                     {"reduction": node.choice("reduction", "none", _REDUCTIONS)})
+
+
+@onnx_converter("ReverseSequence")
+def _reverse_sequence(ctx, node):
+    """Each batch element's first sequence_lens[b] steps reversed, the rest kept: a
+    gather_elements along the time axis whose index is lens - 1 - t where t < lens, else t
+    (built from arange / where; a constant when the lengths are)."""
+    x, lens = ctx.value(node, 0), ctx.value(node, 1)
+    _index_operand(lens, "sequence_lens")
+    rank = x.type.rank
+    if rank < 2:
+        raise GraphoptError(f"the input must have rank >= 2, got {rank}")
+    batch_axis = node.axis_attr("batch_axis", 1, rank)
+    time_axis = node.axis_attr("time_axis", 0, rank)
+    if {batch_axis, time_axis} != {0, 1} or lens.type.rank != 1 or \
+            lens.shape[0] != x.shape[batch_axis]:
+        raise GraphoptError(f"batch_axis {batch_axis} and time_axis {time_axis} must be 0 and "
+                            f"1, and sequence_lens {list(lens.shape)} hold one length per batch "
+                            f"element ({x.shape[batch_axis]})")
+    steps = x.shape[time_axis]
+    if not isinstance(steps, int):
+        raise GraphoptError("ReverseSequence over a symbolic time dim")
+
+    def along(v: Value, axis: int, size):
+        return ctx.emit("reshape", [v], {"shape": tuple(size if a == axis else 1
+                                                         for a in range(rank))})
+
+    t = along(ctx.emit("arange", [], {"start": 0, "end": steps, "step": 1,
+                                      "dtype": DType.int64}), time_axis, steps)
+    n = along(ctx.cast(lens, DType.int64), batch_axis, lens.shape[0])
+    reversed_t = ctx.emit("sub", [ctx.emit("sub", [n, ctx.scalar(1, DType.int64)]), t])
+    index = ctx.emit("where", [ctx.emit("lt", [t, n]), reversed_t, t])
+    index = ctx.emit("expand", [index], {"shape": tuple(x.shape)})
+    return ctx.emit("gather_elements", [x, index], {"axis": time_axis})
+
+
+@onnx_converter("TensorScatter")
+def _tensor_scatter(ctx, node):
+    """The update written into the cache along ``axis`` from write_indices[b] on (modulo the
+    cache length in "circular" mode): a scatter_elements whose index is write_indices[b] + i
+    along the axis (an index past the cache in "linear" mode is an error at run time)."""
+    cache, update = ctx.value(node, 0), ctx.value(node, 1)
+    rank = cache.type.rank
+    axis = node.axis_attr("axis", -2, rank)
+    mode = node.attr("mode", "linear")
+    if mode not in ("linear", "circular") or axis == 0 or update.type.rank != rank or any(
+            a != axis and cache.shape[a] != update.shape[a] for a in range(rank)):
+        raise GraphoptError(f"mode '{mode}' (linear or circular), axis {axis} (not the batch "
+                            f"axis) and update {list(update.shape)} must fit the cache "
+                            f"{list(cache.shape)} outside the axis")
+    steps, length = update.shape[axis], cache.shape[axis]
+    if not isinstance(steps, int) or not isinstance(length, int) or steps > length:
+        raise GraphoptError(f"the update's {steps} steps must be a static size <= the cache's "
+                            f"{length}")
+
+    def along(v: Value, a: int, size):
+        return ctx.emit("reshape", [v], {"shape": tuple(size if d == a else 1
+                                                         for d in range(rank))})
+
+    i = along(ctx.emit("arange", [], {"start": 0, "end": steps, "step": 1,
+                                      "dtype": DType.int64}), axis, steps)
+    if node.has_input(2):
+        start = ctx.value(node, 2)
+        _index_operand(start, "write_indices")
+        i = ctx.emit("add", [i, along(ctx.cast(start, DType.int64), 0, cache.shape[0])])
+    if mode == "circular":
+        i = ctx.emit("remainder", [i, ctx.scalar(length, DType.int64)])
+    index = ctx.emit("expand", [i], {"shape": tuple(update.shape)})
+    return ctx.emit("scatter_elements", [cache, index, update], {"axis": axis,
+                                                                 "reduction": "none"})
+
+
+# ---------------------------------------------------------------------------- ai.onnx.ml
+@onnx_converter("ArrayFeatureExtractor", domain="ai.onnx.ml")
+def _array_feature_extractor(ctx, node):
+    """X[..., indices] (a 1-D X gives [1, len(indices)])."""
+    x, index = ctx.value(node, 0), ctx.value(node, 1)
+    _index_operand(index, "Y (indices)")
+    if x.type.rank == 0:
+        raise GraphoptError("ArrayFeatureExtractor of a 0-d tensor")
+    flat = index if index.type.rank == 1 else ctx.emit("reshape", [index],
+                                                       {"shape": (index.type.numel,)})
+    if x.type.rank == 1:
+        x = ctx.emit("reshape", [x], {"shape": (1, x.shape[0])})
+    return ctx.emit("index", [x, flat], {"axes": (x.type.rank - 1,)})
+
+
+@onnx_converter("Binarizer", domain="ai.onnx.ml")
+def _binarizer(ctx, node):
+    """1 where x > threshold, else 0, in x's dtype."""
+    x = ctx.value(node, 0)
+    above = ctx.emit("gt", [x, ctx.scalar(node.attr("threshold", 0.0), x.dtype)])
+    return ctx.cast(above, x.dtype)

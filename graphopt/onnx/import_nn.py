@@ -153,9 +153,9 @@ def _conv_transpose(ctx, node):
         for i in range(n):
             total = (strides[i] * (x.shape[2 + i] - 1) + output_padding[i]
                      + (kernel[i] - 1) * dilations[i] + 1 - output_shape[i])
-            if not isinstance(total, int) or total < 0:
-                raise GraphoptError(f"ConvTranspose output_shape {output_shape} is larger than "
-                                    "the full transposed convolution")
+            if not isinstance(total, int):
+                raise GraphoptError(f"ConvTranspose output_shape {output_shape} with symbolic "
+                                    "input sizes")
             if auto_pad == "SAME_UPPER":
                 lo = total // 2
             else:
@@ -167,6 +167,8 @@ def _conv_transpose(ctx, node):
     else:
         pads = node.ints("pads", [0] * (2 * n), length=2 * n, minimum=0)
         begins, ends = list(pads[:n]), list(pads[n:])
+    if min(begins + ends) < 0:  # output_shape past the full result: bias-only borders
+        return _grown_conv_transpose(ctx, node, x, w, b, begins, ends, output_padding)
     symmetric = begins == ends
     y = ctx.emit("conv_transpose", [x, w, b], {
         "stride": tuple(strides), "padding": tuple(begins if symmetric else [0] * n),
@@ -179,6 +181,29 @@ def _conv_transpose(ctx, node):
             y = ctx.emit("slice", [y], {"axis": axis, "start": begins[i],
                                         "end": normalize_dim(size - ends[i])})
     return y
+
+
+def _grown_conv_transpose(ctx, node, x, w, b, begins, ends, output_padding):
+    """A ConvTranspose whose output_shape exceeds the full result (negative total padding):
+    the full result without bias, cropped where the padding is positive and zero-extended
+    where it is negative, then the bias added everywhere (the borders hold the bias only)."""
+    n = len(begins)
+    attrs = {"stride": tuple(node.ints("strides", [1] * n, length=n, minimum=1)),
+             "padding": (0,) * n, "groups": node.attr("group", 1),
+             "dilation": tuple(node.ints("dilations", [1] * n, length=n, minimum=1)),
+             "output_padding": tuple(output_padding)}
+    y = ctx.emit("conv_transpose", [x, w, None], attrs)
+    for i in range(n):
+        axis, lo, hi = 2 + i, begins[i], ends[i]
+        if lo > 0 or hi > 0:
+            y = ctx.emit("slice", [y], {"axis": axis, "start": max(lo, 0),
+                                        "end": normalize_dim(y.shape[axis] - max(hi, 0))})
+        if lo < 0 or hi < 0:
+            extra = [0, 0] * (n - 1 - i) + [max(-lo, 0), max(-hi, 0)]  # last dim first
+            y = ctx.emit("pad", [y], {"pads": tuple(extra), "mode": "constant", "value": 0.0})
+    if b is None:
+        return y
+    return ctx.emit("add", [y, ctx.emit("reshape", [b], {"shape": (b.shape[0],) + (1,) * n})])
 
 
 # --------------------------------------------------------------------------- normalization
@@ -349,4 +374,5 @@ def _topk(ctx, node):
         "k": k, "axis": axis,
         "largest": bool(node.attr("largest", 1)), "sorted": bool(node.attr("sorted", 1))})
     return [values, indices]
+
 

@@ -1,4 +1,5 @@
-"""Converters of the ONNX pooling ops: Max/Average/Lp pooling and their global forms.
+"""Converters of the ONNX pooling ops: Max/Average/Lp pooling and their global forms, and
+Col2Im (the inverse of a pooling window's gather).
 
 Kernel shapes, strides, dilations and pads are checked against the input's rank (and pads
 against the window) before anything is emitted; a general AveragePool's window-count constant
@@ -129,10 +130,66 @@ def _lp_pool(ctx, node):
     else:
         kernel, strides, dilations, begins, ends = _pool_params(node, x)
         if any(d != 1 for d in dilations):
-            raise GraphoptError("LpPool with dilations")
+            # Window sums = the mean over the whole (zero-padded) window times its size; a
+            # ceil_mode window past the padding would be averaged over fewer positions.
+            if node.attr("ceil_mode", 0):
+                raise GraphoptError("LpPool with dilations and ceil_mode")
+            mean = avg_pool_by_conv(ctx, powered, kernel, strides, dilations, begins, ends,
+                                    True, False)
+            summed = ctx.emit("mul", [mean, ctx.scalar(float(np.prod(kernel)), x.dtype)])
+            return ctx.emit("pow", [summed, ctx.scalar(1.0 / p, x.dtype)])
         padded = pad_spatial(ctx, powered, begins, ends, 0.0)
         mean = ctx.emit("avg_pool", [padded], {"kernel": tuple(kernel), "stride": tuple(strides),
                                                "ceil_mode": bool(node.attr("ceil_mode", 0)),
                                                "count_include_pad": True})
         summed = ctx.emit("mul", [mean, ctx.scalar(float(np.prod(kernel)), x.dtype)])
     return ctx.emit("pow", [summed, ctx.scalar(1.0 / p, x.dtype)])
+
+
+@onnx_converter("Col2Im")
+def _col2im(ctx, node):
+    """Col2Im (fold) as a transposed convolution whose weight scatters each of the K block
+    positions of a channel back to its place: input [N, C*K, L] viewed as [N, C*K, *L_dims],
+    weight [C*K, 1, *block] one-hot per block position, groups C. The sums of overlapping
+    blocks are the convolution's own sums; asymmetric pads crop the full result."""
+    x = ctx.value(node, 0)
+    image = ctx.ints(node, 1, "image_shape")
+    block = ctx.ints(node, 2, "block_shape")
+    n = len(image)
+    if n not in (1, 2, 3) or len(block) != n or any(v < 1 for v in (*image, *block)):
+        raise GraphoptError(f"image_shape {image} and block_shape {block} must be 1-3 "
+                            "positive sizes each")
+    dil = node.attr("dilations", [1] * n)
+    stride = node.attr("strides", [1] * n)
+    pads = node.attr("pads", [0] * (2 * n))
+    if len(dil) != n or len(stride) != n or len(pads) != 2 * n or min(*dil, *stride) < 1 \
+            or min(pads) < 0:
+        raise GraphoptError(f"dilations {dil}, strides {stride}, pads {pads} do not fit "
+                            f"{n} spatial dims")
+    k = math.prod(block)
+    spans = [d * (b - 1) + 1 for d, b in zip(dil, block)]
+    blocks = [(i + pads[a] + pads[a + n] - s) // st + 1
+              for a, (i, s, st) in enumerate(zip(image, spans, stride))]
+    expect_rank(x, 3, "Col2Im input")
+    c = x.shape[1] // k if isinstance(x.shape[1], int) and x.shape[1] % k == 0 else None
+    if c is None or x.shape[2] != math.prod(blocks) or min(blocks) < 1:
+        raise GraphoptError(f"input {list(x.shape)} does not hold C x {k} block values at "
+                            f"{math.prod(blocks)} block positions ({blocks})")
+    grid = ctx.emit("reshape", [x], {"shape": (x.shape[0], c * k, *blocks)})
+    check_shape((c * k, k), x.dtype.itemsize, "Col2Im's scatter weight")
+    eye = np.eye(k, dtype=x.dtype.numpy).reshape(k, 1, *block)
+    weight = ctx.constant(np.ascontiguousarray(np.tile(eye, (c, 1) + (1,) * n)), x.dtype)
+    full = ctx.emit("conv_transpose", [grid, weight, None],
+                    {"stride": tuple(stride), "padding": (0,) * n, "dilation": tuple(dil),
+                     "groups": c, "output_padding": (0,) * n})
+    out = full
+    for a in range(n):
+        have, begin = full.shape[2 + a], pads[a]
+        if have < begin + image[a]:  # blocks end before the padded image does: zeros
+            extra = [0, 0] * (n - 1 - a) + [0, begin + image[a] - have]  # last dim first
+            out = ctx.emit("pad", [out], {"pads": tuple(extra), "mode": "constant",
+                                          "value": 0.0})
+        if begin or out.shape[2 + a] != image[a]:
+            out = ctx.emit("slice", [out], {"axis": 2 + a, "start": begin,
+                                            "end": begin + image[a], "step": 1})
+    return out
