@@ -18,7 +18,6 @@ from graphopt.ir.attrs import has_symbols, substitute_symbols
 from graphopt.ir.dtypes import DType, numpy_to_torch
 from graphopt.ir.graph import Graph, Node, Value
 from graphopt.ir.types import dims_equal
-from graphopt.ops import unsigned
 
 
 def reorder_kwargs(kwargs: dict, spec: Any) -> dict:
@@ -141,8 +140,6 @@ def _last_uses(graph: Graph) -> dict[int, int]:
 
 def _call_reference(node: Node, args: list, bindings: dict) -> Any:
     try:
-        if unsigned.reads_wide_unsigned(args):  # torch lacks their kernels: numpy's semantics
-            return unsigned.call(node.op, node.opdef.reference, args, node_attrs(node, bindings))
         return node.opdef.reference(*args, **node_attrs(node, bindings))
     except GraphoptError:
         raise

@@ -18,6 +18,7 @@ declares what it is once, here, and every pass, pruning analysis and quantizer p
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -27,6 +28,7 @@ from graphopt.errors import AttrError, TypeInferenceError, UnknownOpError
 from graphopt.ir.attrs import Attrs
 from graphopt.ir.schema import install_op_library
 from graphopt.ir.types import TensorType
+from graphopt.ops import unsigned
 
 REQUIRED = object()  # sentinel default: the attribute must be given
 
@@ -249,7 +251,7 @@ def register_op(
             attrs=specs,
             traits=frozenset(traits),
             infer=infer,
-            reference=fn,
+            reference=_with_wide_unsigned(name, fn),
             doc=(doc or fn.__doc__ or "").strip(),
             weights=weights,
             flops_per_element=(
@@ -262,6 +264,19 @@ def register_op(
         return fn
 
     return decorate
+
+
+def _with_wide_unsigned(name: str, fn: Callable) -> Callable:
+    """The reference as called: operands of uint16/32/64 (torch has almost no kernels for
+    them) go through numpy's unsigned semantics (graphopt/ops/unsigned.py)."""
+
+    @functools.wraps(fn)
+    def reference(*args, **attrs):
+        if unsigned.reads_wide_unsigned(args):
+            return unsigned.call(name, fn, list(args), attrs)
+        return fn(*args, **attrs)
+
+    return reference
 
 
 def get_op(name: str) -> OpDef:
