@@ -169,6 +169,12 @@ class ArtifactError(GraphoptError):
     of another format or version, or inconsistent; the message names the file and the entry."""
 
 
+class CompressionError(GraphoptError, ValueError):
+    """Weight compression cannot encode as asked (bits out of range, a code that would exceed
+    its length limit), or an encoded stream is corrupt or truncated; the message names the
+    stream or section and what is wrong."""
+
+
 class UnsafeInputError(GraphoptError):
     """Loading the input would run code or leave the folder it was given (pickled ``.pt2``,
     symlinked or path-traversing external data); the message says how to opt in if trusted."""

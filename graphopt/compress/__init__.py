@@ -1,0 +1,20 @@
+"""Deep Compression encodings of weights (Han et al., 2016), as plain array codecs.
+
+* ``share_weights`` (codebook.py): a per-layer codebook of 2**bits shared values (k-means over
+  the weights, linear initialization over their range, as the paper finds best), the weight
+  stored as indices into it. Pruned zeros stay exactly zero outside the codebook.
+* ``encode_sparse`` (sparse_index.py): the non-zeros of a pruned weight with the run of zeros
+  before each stored in a fixed small width, a filler entry when a run overflows it.
+* ``HuffmanCode`` (huffman.py): canonical, length-limited Huffman coding of the index streams.
+
+The codecs know arrays only (no IR, no files): the layers above build the compressed model
+format and the IR tensor encoding on them. Every decode is bit-exact, and a corrupt stream
+raises ``CompressionError`` naming what is wrong.
+"""
+
+from graphopt.compress.codebook import Codebook, share_weights
+from graphopt.compress.huffman import HuffmanCode
+from graphopt.compress.sparse_index import SparseCode, decode_sparse, encode_sparse
+
+__all__ = ["Codebook", "HuffmanCode", "SparseCode", "decode_sparse", "encode_sparse",
+           "share_weights"]

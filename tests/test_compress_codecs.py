@@ -1,0 +1,190 @@
+"""Deep Compression codecs (graphopt/compress, issue #17): weight sharing, sparse index coding
+and canonical Huffman coding. Round trips are bit-exact; corrupt or truncated streams raise
+CompressionError; the encodings reach the sizes the method promises on pruned, clustered
+weights of a trained-looking (Laplacian) distribution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from graphopt.compress import (HuffmanCode, decode_sparse, encode_sparse, share_weights)
+from graphopt.compress.codebook import centroid_gradients
+from graphopt.errors import CompressionError
+
+
+def _weights(*shape, seed=0):
+    return np.random.default_rng(seed).laplace(0.0, 0.05, size=shape).astype(np.float32)
+
+
+def _pruned(w, keep=0.1):
+    threshold = np.quantile(np.abs(w), 1.0 - keep)
+    return np.abs(w) >= threshold
+
+
+# ----------------------------------------------------------------------------- codebooks
+@pytest.mark.parametrize("bits", [1, 2, 5, 8, 10])
+def test_codebook_decodes_to_its_centroids(bits):
+    w = _weights(40, 30)
+    cb = share_weights(w, bits)
+    assert cb.centroids.shape == (2 ** bits,) and cb.centroids.dtype == np.float32
+    assert cb.indices.dtype == (np.uint8 if bits <= 8 else np.uint16)
+    np.testing.assert_array_equal(cb.decode(), cb.centroids[cb.indices])
+    # every weight went to its nearest centroid
+    nearest = np.abs(w[..., None] - cb.centroids).min(axis=-1)
+    np.testing.assert_allclose(np.abs(w - cb.decode()), nearest, atol=1e-7)
+
+
+def test_kmeans_beats_its_linear_start_and_more_bits_beat_fewer():
+    w = _weights(200, 100)
+    errors = []
+    for bits in (2, 4, 6):
+        start = share_weights(w, bits, iterations=0)
+        fitted = share_weights(w, bits)
+        e0 = float(np.square(w - start.decode()).mean())
+        e1 = float(np.square(w - fitted.decode()).mean())
+        assert e1 < e0
+        errors.append(e1)
+    assert errors[0] > errors[1] > errors[2]
+    # linear initialization keeps the extremes represented (the paper's reason to use it)
+    cb = share_weights(w, 4)
+    assert cb.centroids[0] < np.quantile(w, 0.001) and cb.centroids[-1] > np.quantile(w, 0.999)
+
+
+def test_pruned_weights_stay_exactly_zero():
+    w = _weights(64, 64)
+    keep = _pruned(w, 0.2)
+    cb = share_weights(w, 4, mask=keep)
+    decoded = cb.decode()
+    assert (decoded[~keep] == 0.0).all()
+    assert (decoded[keep] != 0.0).all()
+    assert cb.stored_bits == int(keep.sum()) * 4 + 16 * 32
+
+
+def test_centroid_gradients_sum_per_cluster():
+    w = _weights(10, 8)
+    keep = _pruned(w, 0.5)
+    cb = share_weights(w, 3, mask=keep)
+    grad = np.random.default_rng(1).standard_normal(w.shape).astype(np.float32)
+    got = centroid_gradients(cb, grad)
+    for c in range(8):
+        want = grad[keep & (cb.indices == c)].sum()
+        assert got[c] == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0, 17, 2.5])
+def test_codebook_refuses_bad_bits(bad):
+    with pytest.raises(CompressionError, match="bits"):
+        share_weights(_weights(3, 3), bad)
+
+
+def test_codebook_refuses_non_finite_weights():
+    w = _weights(3, 3)
+    w[1, 1] = np.nan
+    with pytest.raises(CompressionError, match="NaN"):
+        share_weights(w, 4)
+
+
+# ------------------------------------------------------------------------------ sparse
+@pytest.mark.parametrize("index_bits", [1, 3, 5, 8])
+@pytest.mark.parametrize("keep", [0.0, 0.01, 0.1, 0.9, 1.0])
+def test_sparse_round_trip(index_bits, keep):
+    w = _weights(7, 301, seed=2)
+    kept = _pruned(w, keep) if 0 < keep < 1 else np.full(w.shape, keep == 1.0)
+    code = encode_sparse(w, kept, index_bits)
+    assert code.gaps.max(initial=0) <= (1 << index_bits) - 1
+    decoded = decode_sparse(code).reshape(w.shape)
+    np.testing.assert_array_equal(decoded, np.where(kept, w, 0.0))
+    fillers = code.values.size - int(kept.sum())
+    assert fillers >= 0 and (code.values[code.gaps == (1 << index_bits) - 1].size >= fillers)
+
+
+def test_sparse_fillers_cover_long_gaps():
+    values = np.zeros(100, dtype=np.float32)
+    values[[0, 40, 99]] = [1.0, 2.0, 3.0]
+    code = encode_sparse(values, values != 0, 3)  # gaps of 39 and 58 zeros, 7 per entry
+    # gap 39 -> 39 // 8 = 4 fillers + gap 7; gap 58 -> 7 fillers + gap 2
+    assert code.values.size == 3 + 4 + 7
+    np.testing.assert_array_equal(decode_sparse(code), values)
+
+
+def test_corrupt_sparse_code_is_refused():
+    values = np.arange(1, 11, dtype=np.float32)
+    code = encode_sparse(values, values > 5, 4)
+    broken = type(code)(code.gaps, code.values, 3, code.index_bits)  # announces 3 elements
+    with pytest.raises(CompressionError, match="past the weight"):
+        decode_sparse(broken)
+    with pytest.raises(CompressionError, match="gaps for"):
+        decode_sparse(type(code)(code.gaps[:-1], code.values, 10, 4))
+
+
+# ----------------------------------------------------------------------------- Huffman
+@pytest.mark.parametrize("distribution", ["skewed", "uniform", "single", "two"])
+def test_huffman_round_trip(distribution):
+    rng = np.random.default_rng(3)
+    symbols = {"skewed": np.minimum(rng.geometric(0.3, 5000) - 1, 31),
+               "uniform": rng.integers(0, 32, 5000),
+               "single": np.full(700, 5),
+               "two": rng.integers(3, 5, 999)}[distribution]
+    code = HuffmanCode.for_symbols(symbols, 32)
+    data, bits = code.encode(symbols)
+    assert bits == code.encoded_bits(symbols) and len(data) == (bits + 7) // 8
+    np.testing.assert_array_equal(code.decode(data, symbols.size, bits), symbols)
+    if distribution == "uniform":
+        assert bits <= symbols.size * 5 + 64
+    if distribution == "skewed":
+        entropy = -sum(p * np.log2(p) for p in np.bincount(symbols) / symbols.size if p > 0)
+        assert bits / symbols.size < entropy + 1.0 and bits < symbols.size * 5 * 0.7
+
+
+def test_huffman_codes_are_canonical_and_prefix_free():
+    code = HuffmanCode.from_frequencies([40, 1, 1, 2, 4, 8, 16, 0])
+    codes, lengths = code.codes(), code.lengths.astype(int)
+    words = [format(int(c), f"0{n}b") for c, n in zip(codes, lengths) if n]
+    assert not any(a != b and b.startswith(a) for a in words for b in words)
+    assert lengths[7] == 0 and lengths[0] == 1
+    order = sorted(np.flatnonzero(lengths), key=lambda s: (lengths[s], s))
+    assert [int(codes[s]) << (lengths.max() - lengths[s]) for s in order] == sorted(
+        int(codes[s]) << (lengths.max() - lengths[s]) for s in order)
+
+
+def test_huffman_lengths_are_limited():
+    freqs = [2 ** i for i in range(30)]  # an unlimited code would be 29 bits deep
+    code = HuffmanCode.from_frequencies(freqs, max_length=12)
+    assert int(code.lengths.max()) <= 12
+    assert sum(2.0 ** -int(n) for n in code.lengths if n) <= 1.0
+    symbols = np.repeat(np.arange(30), 3)
+    data, bits = code.encode(symbols)
+    np.testing.assert_array_equal(code.decode(data, symbols.size, bits), symbols)
+
+
+def test_corrupt_huffman_streams_are_refused():
+    symbols = np.random.default_rng(4).integers(0, 16, 400)
+    code = HuffmanCode.for_symbols(symbols, 16)
+    data, bits = code.encode(symbols)
+    with pytest.raises(CompressionError, match="truncated"):
+        code.decode(data[: len(data) // 2], symbols.size, bits)
+    with pytest.raises(CompressionError):
+        code.decode(data, symbols.size + 5, bits)
+    with pytest.raises(CompressionError, match="no code"):
+        code.encode(np.array([16]))
+    bad = HuffmanCode(np.full(16, 1, dtype=np.uint8))  # 16 one-bit codes: not a code
+    with pytest.raises(CompressionError, match="Kraft"):
+        bad.codes()
+
+
+def test_deep_compression_stages_shrink_a_pruned_layer():
+    # A 300x784 layer (LeNet-300-100's first) pruned to 8%, shared at 5 bits, coded: the
+    # paper's pipeline reaches tens of times smaller than float32.
+    w = _weights(300, 784, seed=5)
+    kept = _pruned(w, 0.08)
+    cb = share_weights(w, 5, mask=kept)
+    sparse = encode_sparse(cb.indices, kept, 5)
+    index_code = HuffmanCode.for_symbols(sparse.values, 32)
+    gap_code = HuffmanCode.for_symbols(sparse.gaps, 32)
+    total_bits = (index_code.encoded_bits(sparse.values) + gap_code.encoded_bits(sparse.gaps)
+                  + 32 * 32 + 2 * 32 * 8)
+    ratio = w.size * 32 / total_bits
+    assert ratio > 25, ratio
+    decoded = decode_sparse(type(sparse)(sparse.gaps, sparse.values, w.size, 5))
+    np.testing.assert_array_equal(decoded.reshape(w.shape), np.where(kept, cb.indices, 0))
