@@ -188,3 +188,59 @@ def test_deep_compression_stages_shrink_a_pruned_layer():
     assert ratio > 25, ratio
     decoded = decode_sparse(type(sparse)(sparse.gaps, sparse.values, w.size, 5))
     np.testing.assert_array_equal(decoded.reshape(w.shape), np.where(kept, cb.indices, 0))
+
+
+# -------------------------------------------------------------------------- .gcm weights
+def _layers():
+    fc1, fc2 = _weights(300, 784, seed=6), _weights(100, 300, seed=7)
+    fc1[~_pruned(fc1, 0.08)] = 0.0
+    fc2[~_pruned(fc2, 0.09)] = 0.0
+    return {"fc1": fc1, "fc2": fc2, "bias": _weights(100, seed=8)}
+
+
+def test_weights_file_round_trip_is_exact(tmp_path):
+    from graphopt.compress import load_weights, save_weights
+
+    layers = _layers()
+    path = tmp_path / "m.gcm"
+    reports = save_weights(path, layers, bits={"fc1": 5, "fc2": 5}, index_bits=5)
+    loaded = load_weights(path)
+    assert set(loaded) == set(layers)
+    np.testing.assert_array_equal(loaded["bias"], layers["bias"])  # dense: as written
+    for name in ("fc1", "fc2"):
+        want = share_weights(layers[name], 5, mask=layers[name] != 0).decode()
+        np.testing.assert_array_equal(loaded[name], want)
+        assert (loaded[name][layers[name] == 0] == 0).all()
+    by_name = {r.name: r for r in reports}
+    assert by_name["fc1"].ratio > 30 and by_name["bias"].ratio == 1.0
+    total_dense = sum(w.size * 4 for w in layers.values())
+    assert total_dense / path.stat().st_size > 25
+
+
+def test_corrupt_or_truncated_weights_files_are_refused(tmp_path):
+    from graphopt.compress import load_weights, save_weights
+
+    path = tmp_path / "m.gcm"
+    save_weights(path, _layers(), bits=4)
+    good = path.read_bytes()
+    reference = load_weights(path)
+    rng = np.random.default_rng(9)
+    for offset in [0, 5, 10, 14, 20, 200, *rng.integers(0, len(good), 40)]:
+        bad = bytearray(good)
+        bad[int(offset)] ^= 0x5A
+        path.write_bytes(bytes(bad))
+        try:
+            load_weights(path)
+        except CompressionError:
+            continue
+        # a flip in alignment padding changes nothing that is read: the data must be intact
+        loaded = load_weights(path)
+        for name, array in reference.items():
+            np.testing.assert_array_equal(loaded[name], array)
+    for cut in (3, 16, 100, len(good) // 2, len(good) - 9):
+        path.write_bytes(good[:cut])
+        with pytest.raises(CompressionError):
+            load_weights(path)
+    path.write_bytes(b"PK\x03\x04" + good[4:])
+    with pytest.raises(CompressionError, match="not a graphopt compressed model"):
+        load_weights(path)

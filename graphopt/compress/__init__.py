@@ -7,14 +7,18 @@
   before each stored in a fixed small width, a filler entry when a run overflows it.
 * ``HuffmanCode`` (huffman.py): canonical, length-limited Huffman coding of the index streams.
 
-The codecs know arrays only (no IR, no files): the layers above build the compressed model
-format and the IR tensor encoding on them. Every decode is bit-exact, and a corrupt stream
-raises ``CompressionError`` naming what is wrong.
+* ``save_weights`` / ``load_weights`` (weights_file.py over container.py): named weights in a
+  ``.gcm`` file (versioned header, JSON directory, CRC-32 per section, no pickle).
+
+The codecs know arrays only (no IR): the layers above build the compressed model and the IR
+tensor encoding on them. Every decode is bit-exact, and a corrupt stream or file raises
+``CompressionError`` naming what is wrong.
 """
 
 from graphopt.compress.codebook import Codebook, share_weights
 from graphopt.compress.huffman import HuffmanCode
 from graphopt.compress.sparse_index import SparseCode, decode_sparse, encode_sparse
+from graphopt.compress.weights_file import WeightReport, load_weights, save_weights
 
-__all__ = ["Codebook", "HuffmanCode", "SparseCode", "decode_sparse", "encode_sparse",
-           "share_weights"]
+__all__ = ["Codebook", "HuffmanCode", "SparseCode", "WeightReport", "decode_sparse",
+           "encode_sparse", "load_weights", "save_weights", "share_weights"]
