@@ -140,7 +140,7 @@ def _last_uses(graph: Graph) -> dict[int, int]:
 
 def _call_reference(node: Node, args: list, bindings: dict) -> Any:
     try:
-        return node.opdef.reference(*args, **node_attrs(node, bindings))
+        return node.opdef.call_reference(args, node_attrs(node, bindings))
     except GraphoptError:
         raise
     except Exception as exc:

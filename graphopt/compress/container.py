@@ -7,9 +7,9 @@ Layout (little endian)::
     0   magic      4 bytes  b"GCM\\0"
     4   version    u16      FORMAT_VERSION
     6   flags      u16      0 (reserved)
-    8   dir_len    u32      bytes of the directory
-    12  dir_crc    u32      CRC-32 of the directory
-    16  directory  dir_len bytes of UTF-8 JSON:
+    8   dir_len    u32      bytes of the (zlib-compressed) directory
+    12  dir_crc    u32      CRC-32 of those bytes
+    16  directory  dir_len bytes: zlib of UTF-8 JSON (at most MAX_DIRECTORY_BYTES inflated)
                    {"meta": {...}, "sections": [{"name", "offset", "length", "crc32"}, ...]}
     ..  sections   each at its offset (8-byte aligned, in directory order)
 
@@ -48,8 +48,8 @@ def write_container(path: str | os.PathLike, sections: dict[str, bytes], meta: d
                           "crc32": zlib.crc32(payload)})
         offset = _aligned(offset + len(payload))
     # Offsets are relative to the end of the directory, so the directory can be sized first.
-    text = json.dumps({"meta": meta, "sections": directory}, separators=(",", ":"),
-                      sort_keys=True).encode("utf-8")
+    text = zlib.compress(json.dumps({"meta": meta, "sections": directory},
+                                    separators=(",", ":"), sort_keys=True).encode("utf-8"), 9)
     start = _aligned(_HEADER.size + len(text))
     with open(path, "wb") as f:
         f.write(_HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(text), zlib.crc32(text)))
@@ -82,11 +82,16 @@ def read_container(path: str | os.PathLike) -> tuple[dict, dict[str, bytes]]:
         if zlib.crc32(text) != dir_crc:
             raise CompressionError(f"{where}: the directory's checksum does not match (corrupt)")
         try:
-            directory = json.loads(text.decode("utf-8"))
+            inflate = zlib.decompressobj()
+            plain = inflate.decompress(text, MAX_DIRECTORY_BYTES)
+            if inflate.unconsumed_tail or not inflate.eof:
+                raise ValueError(f"the directory inflates past {MAX_DIRECTORY_BYTES} bytes or "
+                                 "is cut short")
+            directory = json.loads(plain.decode("utf-8"))
             meta, entries = directory["meta"], directory["sections"]
             if not isinstance(meta, dict) or not isinstance(entries, list):
                 raise TypeError("meta must be an object and sections a list")
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, zlib.error) as exc:
             raise CompressionError(f"{where}: malformed directory: {exc}") from None
         start = _aligned(_HEADER.size + dir_len)
         sections = _read_sections(f, where, entries, start, size)

@@ -306,7 +306,7 @@ class PlanBuilder:
                 for v in node.inputs]
         try:
             with torch.no_grad():
-                result = node.opdef.reference(*args, **node_attrs(node, self.bindings))
+                result = node.opdef.call_reference(args, node_attrs(node, self.bindings))
         except Exception:  # noqa: BLE001  (any failure of the reference: lower it instead)
             return False
         results = result if isinstance(result, (tuple, list)) else (result,)

@@ -234,7 +234,7 @@ class ExecutionPlan:
     def _run_reference(self, step, inputs, out_bufs) -> None:
         args = [None if r is None else self._view(r, inputs, out_bufs) for r in step.operands]
         with torch.no_grad():
-            result = step.node.opdef.reference(*args, **step.attrs)
+            result = step.node.opdef.call_reference(args, step.attrs)
         results = result if isinstance(result, (tuple, list)) else (result,)
         for ref, value in zip(step.outputs, results):
             self._view(ref, inputs, out_bufs).copy_(value)

@@ -89,7 +89,7 @@ def evaluate_new_nodes(ctx, nodes: list[Node]) -> None:
                 for v in node.inputs]
         try:
             with torch.no_grad():
-                result = node.opdef.reference(*args, **node_attrs(node, {}))
+                result = node.opdef.call_reference(args, node_attrs(node, {}))
         except Exception:  # noqa: BLE001  (leave it to run time; the interpreter will report)
             continue
         results = result if isinstance(result, (tuple, list)) else (result,)

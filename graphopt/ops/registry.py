@@ -18,7 +18,6 @@ declares what it is once, here, and every pass, pruning analysis and quantizer p
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -155,6 +154,13 @@ class OpDef:
     # activation ops: attrs -> (fused ``activation``, ``activation_params``) or why it has none
     epilogue: Callable[[Mapping[str, Any]], tuple[str, tuple[float, ...]] | str] | None = None
 
+    def call_reference(self, args: Sequence[Any], attrs: Mapping[str, Any]) -> Any:
+        """The reference on ``args``: operands of uint16/32/64, for which torch has almost no
+        kernels, go through numpy's unsigned semantics (graphopt/ops/unsigned.py)."""
+        if unsigned.reads_wide_unsigned(args):
+            return unsigned.call(self.name, self.reference, list(args), dict(attrs))
+        return self.reference(*args, **attrs)
+
     # -------------------------------------------------------------------------------- checks
     @property
     def min_inputs(self) -> int:
@@ -213,7 +219,7 @@ class OpDef:
         return [out] if isinstance(out, TensorType) else list(out)
 
     def run(self, *args, **attrs):
-        return self.reference(*args, **attrs)
+        return self.call_reference(args, attrs)
 
 
 _REGISTRY: dict[str, OpDef] = {}
@@ -251,7 +257,7 @@ def register_op(
             attrs=specs,
             traits=frozenset(traits),
             infer=infer,
-            reference=_with_wide_unsigned(name, fn),
+            reference=fn,
             doc=(doc or fn.__doc__ or "").strip(),
             weights=weights,
             flops_per_element=(
@@ -264,19 +270,6 @@ def register_op(
         return fn
 
     return decorate
-
-
-def _with_wide_unsigned(name: str, fn: Callable) -> Callable:
-    """The reference as called: operands of uint16/32/64 (torch has almost no kernels for
-    them) go through numpy's unsigned semantics (graphopt/ops/unsigned.py)."""
-
-    @functools.wraps(fn)
-    def reference(*args, **attrs):
-        if unsigned.reads_wide_unsigned(args):
-            return unsigned.call(name, fn, list(args), attrs)
-        return fn(*args, **attrs)
-
-    return reference
 
 
 def get_op(name: str) -> OpDef:

@@ -5,8 +5,8 @@ reference interpreter computes the elementwise ops on them with numpy, whose uns
 arithmetic is the one ONNX specifies: wrapping add / sub / mul, floor division (= truncation:
 no negative values), remainder, shifts, bitwise ops, comparisons. Data-movement ops (reshape,
 concat, slice, gather, cast...) have torch kernels for these dtypes and run through the op's
-own reference. ``call`` is what every op's registered reference does when an operand is a wide
-unsigned tensor (registry._with_wide_unsigned).
+own reference. ``call`` is what ``OpDef.call_reference`` (the interpreter's entry) does when an
+operand is a wide unsigned tensor.
 """
 
 from __future__ import annotations
