@@ -52,11 +52,13 @@ bool is_predicate(BinaryOp op) { return op >= BinaryOp::kEq && op <= BinaryOp::k
 
 template <typename T>
 T int_pow(T base, T exp) {
-    if (exp < 0) {
-        // torch raises for negative integer powers of integers except base 1 / -1.
-        if (base == 1) return 1;
-        if (base == -1) return (exp % 2 == 0) ? 1 : -1;
-        throw std::domain_error("integers to negative integer powers are not allowed");
+    if constexpr (std::is_signed_v<T>) {
+        if (exp < 0) {
+            // torch raises for negative integer powers of integers except base 1 / -1.
+            if (base == 1) return 1;
+            if (base == -1) return (exp % 2 == 0) ? 1 : -1;
+            throw std::domain_error("integers to negative integer powers are not allowed");
+        }
     }
     T result = 1;
     while (exp > 0) {

@@ -18,6 +18,7 @@
 #include "rt_bf16.h"
 #include "rt_gemm.h"
 #include "rt_gemv.h"
+#include "rt_matmul_layout.h"
 #include "rt_pack_cache.h"
 #include "rt_parallel.h"
 #include "rt_plan.h"
@@ -26,46 +27,29 @@ namespace graphopt {
 namespace rt {
 namespace {
 
-class GemmKernel : public Kernel {
+class GemmKernel : public MatmulKernelBase {
    public:
     explicit GemmKernel(const KernelArgs& args) {
         IntReader r(args);
         const std::string what = "gemm " + args.name;
-        const int64_t rank = r.rank("batch_rank");
-        batch_shape_ = r.dims(rank, "batch_shape");
-        a_batch_ = r.strides(rank, "a_batch_strides");
-        b_batch_ = r.strides(rank, "b_batch_strides");
-        m_ = r.dim("M");
-        n_ = r.dim("N");
-        k_ = r.dim("K");
-        a_rs_ = r.signed_param("a_row_stride");
-        a_cs_ = r.signed_param("a_col_stride");
-        b_rs_ = r.signed_param("b_row_stride");
-        b_cs_ = r.signed_param("b_col_stride");
+        // out / residual [batch..., M, N] contiguous; a and b through their strides; bias [N].
+        const int64_t out_bytes = read_layout(r, args, 4, what);
+        batch_shape_ = layout_.batch_shape;
+        a_batch_ = layout_.a_batch;
+        b_batch_ = layout_.b_batch;
+        m_ = layout_.m;
+        n_ = layout_.n;
+        k_ = layout_.k;
+        a_rs_ = layout_.a_rs;
+        a_cs_ = layout_.a_cs;
+        b_rs_ = layout_.b_rs;
+        b_cs_ = layout_.b_cs;
         ep_.act.act = static_cast<Act>(r.in(0, kMaxActivationCode, "act"));
         ep_.residual_in_c = r.next() != 0;
         const bool bf16 = r.next() != 0;
         ep_.alpha = static_cast<float>(r.real(0));
         ep_.act.p0 = static_cast<float>(r.real(1));
         ep_.act.p1 = static_cast<float>(r.real(2));
-        // out / residual [batch..., M, N] contiguous; a [batch..., M, K] and b [batch..., K, N]
-        // through their strides; bias [N].
-        const int64_t mn = checked_mul(m_, n_, what);
-        const int64_t out_bytes =
-            checked_mul(checked_mul(checked_numel(batch_shape_, what), mn, what), 4, what);
-        need(args, 0, out_bytes, 4);
-        std::vector<int64_t> a_shape = batch_shape_, a_strides = a_batch_;
-        std::vector<int64_t> b_shape = batch_shape_, b_strides = b_batch_;
-        a_shape.insert(a_shape.end(), {m_, k_});
-        a_strides.insert(a_strides.end(), {a_rs_, a_cs_});
-        b_shape.insert(b_shape.end(), {k_, n_});
-        b_strides.insert(b_strides.end(), {b_rs_, b_cs_});
-        if (mn == 0) {  // nothing computed: nothing of a or b is read
-            a_shape.back() = 0;
-            b_shape.back() = 0;
-        }
-        need_strided(args, 1, a_shape, a_strides, 4);
-        need_strided(args, 2, b_shape, b_strides, 4);
         has_bias_ = need_opt(args, 3, checked_mul(n_, 4, what), 4);
         has_residual_ = need_opt(args, 4, out_bytes, 4);
         if (ep_.residual_in_c && (!has_residual_ || ep_.alpha != 1.0f)) {

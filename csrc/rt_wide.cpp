@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "rt_dtype.h"
+#include "rt_matmul_layout.h"
 #include "rt_parallel.h"
 #include "rt_plan.h"
 
@@ -33,7 +34,7 @@ namespace {
 template <typename T>
 using WideAcc = std::conditional_t<std::is_floating_point_v<T>, double, uint64_t>;
 
-class MatmulWideKernel : public Kernel {
+class MatmulWideKernel : public MatmulKernelBase {
    public:
     explicit MatmulWideKernel(const KernelArgs& args) {
         IntReader r(args);
@@ -43,33 +44,7 @@ class MatmulWideKernel : public Kernel {
             throw PlanError(what + ": dtype " + kDTypeNames[static_cast<int>(dtype_)] +
                             " is not a wide matmul type (float32 runs the gemm kernel)");
         }
-        const int64_t rank = r.rank("batch_rank");
-        batch_shape_ = r.dims(rank, "batch_shape");
-        a_batch_ = r.strides(rank, "a_batch_strides");
-        b_batch_ = r.strides(rank, "b_batch_strides");
-        m_ = r.dim("M");
-        n_ = r.dim("N");
-        k_ = r.dim("K");
-        a_rs_ = r.signed_param("a_row_stride");
-        a_cs_ = r.signed_param("a_col_stride");
-        b_rs_ = r.signed_param("b_row_stride");
-        b_cs_ = r.signed_param("b_col_stride");
-        const int64_t elem = dtype_size(dtype_);
-        batch_count_ = checked_numel(batch_shape_, what);
-        const int64_t mn = checked_mul(m_, n_, what);
-        need(args, 0, checked_mul(checked_mul(batch_count_, mn, what), elem, what), elem);
-        std::vector<int64_t> a_shape = batch_shape_, a_strides = a_batch_;
-        std::vector<int64_t> b_shape = batch_shape_, b_strides = b_batch_;
-        a_shape.insert(a_shape.end(), {m_, k_});
-        a_strides.insert(a_strides.end(), {a_rs_, a_cs_});
-        b_shape.insert(b_shape.end(), {k_, n_});
-        b_strides.insert(b_strides.end(), {b_rs_, b_cs_});
-        if (mn == 0) {  // nothing computed: nothing of a or b is read
-            a_shape.back() = 0;
-            b_shape.back() = 0;
-        }
-        need_strided(args, 1, a_shape, a_strides, elem);
-        need_strided(args, 2, b_shape, b_strides, elem);
+        read_layout(r, args, dtype_size(dtype_), what);
     }
 
     void run(const ExecContext& ctx) const override {
@@ -87,38 +62,36 @@ class MatmulWideKernel : public Kernel {
         T* out = reinterpret_cast<T*>(ctx.ptr(operands[0]));
         const T* a = reinterpret_cast<const T*>(ctx.ptr(operands[1]));
         const T* b = reinterpret_cast<const T*>(ctx.ptr(operands[2]));
-        const int64_t rows = batch_count_ * m_;
-        parallel_for(ctx.threads, rows, std::max<int64_t>(1, n_ * k_), [&](int64_t r0,
-                                                                            int64_t r1) {
-            std::vector<A> acc(static_cast<size_t>(n_));
+        const MatmulLayout& l = layout_;
+        const int64_t rows = l.batch_count * l.m;
+        parallel_for(ctx.threads, rows, std::max<int64_t>(1, l.n * l.k), [&](int64_t r0,
+                                                                              int64_t r1) {
+            std::vector<A> acc(static_cast<size_t>(l.n));
             for (int64_t row = r0; row < r1; ++row) {
-                const int64_t bi = row / std::max<int64_t>(m_, 1), i = row % m_;
+                const int64_t bi = row / std::max<int64_t>(l.m, 1), i = row % l.m;
                 int64_t a_off = 0, b_off = 0, rest = bi;
-                for (int64_t d = static_cast<int64_t>(batch_shape_.size()) - 1; d >= 0; --d) {
-                    const int64_t idx = rest % batch_shape_[d];
-                    rest /= batch_shape_[d];
-                    a_off += idx * a_batch_[d];
-                    b_off += idx * b_batch_[d];
+                for (int64_t d = static_cast<int64_t>(l.batch_shape.size()) - 1; d >= 0; --d) {
+                    const int64_t idx = rest % l.batch_shape[d];
+                    rest /= l.batch_shape[d];
+                    a_off += idx * l.a_batch[d];
+                    b_off += idx * l.b_batch[d];
                 }
                 std::fill(acc.begin(), acc.end(), A(0));
-                const T* arow = a + a_off + i * a_rs_;
-                for (int64_t kk = 0; kk < k_; ++kk) {
-                    const A av = static_cast<A>(arow[kk * a_cs_]);
-                    const T* brow = b + b_off + kk * b_rs_;
-                    for (int64_t j = 0; j < n_; ++j) {
-                        acc[j] = static_cast<A>(acc[j] + av * static_cast<A>(brow[j * b_cs_]));
+                const T* arow = a + a_off + i * l.a_rs;
+                for (int64_t kk = 0; kk < l.k; ++kk) {
+                    const A av = static_cast<A>(arow[kk * l.a_cs]);
+                    const T* brow = b + b_off + kk * l.b_rs;
+                    for (int64_t j = 0; j < l.n; ++j) {
+                        acc[j] = static_cast<A>(acc[j] + av * static_cast<A>(brow[j * l.b_cs]));
                     }
                 }
-                T* orow = out + row * n_;
-                for (int64_t j = 0; j < n_; ++j) orow[j] = static_cast<T>(acc[j]);
+                T* orow = out + row * l.n;
+                for (int64_t j = 0; j < l.n; ++j) orow[j] = static_cast<T>(acc[j]);
             }
         });
     }
 
     DType dtype_;
-    std::vector<int64_t> batch_shape_, a_batch_, b_batch_;
-    int64_t batch_count_ = 0, m_ = 0, n_ = 0, k_ = 0;
-    int64_t a_rs_ = 0, a_cs_ = 0, b_rs_ = 0, b_cs_ = 0;
 };
 
 GRAPHOPT_RT_KERNEL("matmul_wide", MatmulWideKernel,

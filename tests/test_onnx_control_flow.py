@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-import onnxruntime as ort
 from onnx import TensorProto, helper
+from ort_util import matches_onnxruntime
 
 import graphopt
 from graphopt.errors import GraphoptError, OnnxImportError, ResourceLimitError
@@ -37,21 +36,8 @@ def _model(scan_node, inputs, outputs, opset=17, initializers=()):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
-def _check(model, feeds: dict, rtol=1e-6):
-    # onnxruntime is the oracle: onnx's reference evaluator lacks Scan's axes and directions
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    expected = session.run(None, feeds)
-    g = graphopt.from_onnx(model)
-    args = [torch.from_numpy(feeds[v.name]) for v in g.inputs]
-    for backend in ("reference", "native"):
-        if backend == "reference":
-            got = graphopt.run(g, *args)
-        else:
-            got = graphopt.compile(g, backend="native", fallback="error")(*args)
-        got = list(got) if isinstance(got, (list, tuple)) else [got]
-        for e, o in zip(expected, got, strict=True):
-            np.testing.assert_allclose(o.numpy(), e, rtol=rtol, atol=1e-6)
-    return g
+def _check(model, feeds: dict):
+    return matches_onnxruntime(model, feeds, rtol=1e-6, atol=1e-6, reference=True)
 
 
 @pytest.mark.parametrize("in_dir,out_dir,in_axis,out_axis", [

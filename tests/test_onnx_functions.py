@@ -6,10 +6,9 @@ listed as unsupported."""
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
-import torch
 from onnx import TensorProto, helper
+from ort_util import matches_onnxruntime
 
 import graphopt
 from graphopt.errors import OnnxImportError
@@ -20,18 +19,6 @@ OPSET = 27  # CausalConvWithState and LinearAttention arrived in opset 27
 
 def _info(name, shape):
     return helper.make_tensor_value_info(name, F, shape)
-
-
-def _run_both(model, feeds):
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    expected = session.run(None, feeds)
-    g = graphopt.from_onnx(model)
-    fn = graphopt.compile(g, backend="native", fallback="error")
-    got = fn(*[torch.from_numpy(feeds[v.name]) for v in g.inputs])
-    got = list(got) if isinstance(got, (list, tuple)) else [got]
-    for e, o in zip(expected, got, strict=True):
-        np.testing.assert_allclose(o.numpy(), e, rtol=1e-5, atol=1e-5)
-    return g
 
 
 @pytest.mark.parametrize("activation", [None, "silu"])
@@ -49,7 +36,7 @@ def test_two_causal_convs_expand_without_sharing_names(activation):
     feeds = {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in
              [("x", (2, 4, 8)), ("w1", (4, 1, 3)), ("b1", (4,)), ("w2", (4, 1, 4)),
               ("past", (2, 4, 3))]}
-    g = _run_both(model, feeds)
+    g = matches_onnxruntime(model, feeds)
     assert not any(n.op == "CausalConvWithState" for n in g.nodes)
 
 
@@ -63,7 +50,7 @@ def test_linear_attention_expands():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     rng = np.random.default_rng(1)
     feeds = {n: rng.standard_normal((1, 5, 8), dtype=np.float32) * 0.5 for n in "qkv"}
-    _run_both(model, feeds)
+    matches_onnxruntime(model, feeds)
 
 
 def test_op_without_converter_or_body_is_still_listed():

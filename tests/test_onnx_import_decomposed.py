@@ -6,10 +6,9 @@ ai.onnx.ml Binarizer / ArrayFeatureExtractor. Each against onnxruntime, natively
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
-import torch
 from onnx import TensorProto, helper
+from ort_util import matches_onnxruntime
 
 import graphopt
 from graphopt.errors import OnnxImportError
@@ -21,19 +20,6 @@ def _model(nodes, inputs, outputs, opset=24, inits=(), extra_opsets=()):
     graph = helper.make_graph(nodes, "m", inputs, outputs, initializer=list(inits))
     opsets = [helper.make_opsetid("", opset), *extra_opsets]
     return helper.make_model(graph, opset_imports=opsets)
-
-
-def _vs_ort(model, feeds, rtol=1e-5):
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    expected = session.run(None, feeds)
-    g = graphopt.from_onnx(model)
-    fn = graphopt.compile(g, backend="native", fallback="error")
-    got = fn(*[torch.from_numpy(feeds[v.name]) for v in g.inputs])
-    got = list(got) if isinstance(got, (list, tuple)) else [got]
-    for e, o in zip(expected, got, strict=True):
-        assert o.numpy().dtype == e.dtype
-        np.testing.assert_allclose(o.numpy(), e, rtol=rtol, atol=1e-5)
-    return g
 
 
 def _randn(*shape, seed=0):
@@ -56,7 +42,7 @@ def test_col2im(image, block, dil, pads, strides):
              helper.make_tensor("block", I64, [n], list(block))]
     model = _model([node], [helper.make_tensor_value_info("x", F, list(x.shape))],
                    [helper.make_tensor_value_info("y", F, [2, 3, *image])], inits=inits)
-    g = _vs_ort(model, {"x": x})
+    g = matches_onnxruntime(model, {"x": x})
     assert any(n.op == "conv_transpose" for n in g.nodes)
 
 
@@ -65,7 +51,7 @@ def test_lp_pool_with_dilations():
                             pads=[1, 0, 0, 1], p=3)
     model = _model([node], [helper.make_tensor_value_info("x", F, [1, 2, 6, 5])],
                    [helper.make_tensor_value_info("y", F, [1, 2, 5, 5])])
-    _vs_ort(model, {"x": _randn(1, 2, 6, 5)}, rtol=1e-4)
+    matches_onnxruntime(model, {"x": _randn(1, 2, 6, 5)}, rtol=1e-4)
 
 
 @pytest.mark.parametrize("batch_axis,time_axis", [(1, 0), (0, 1)])
@@ -76,7 +62,7 @@ def test_reverse_sequence(batch_axis, time_axis):
     model = _model([node], [helper.make_tensor_value_info("x", F, shape),
                             helper.make_tensor_value_info("lens", I64, [3])],
                    [helper.make_tensor_value_info("y", F, shape)])
-    _vs_ort(model, {"x": _randn(*shape), "lens": np.array([5, 1, 3], np.int64)})
+    matches_onnxruntime(model, {"x": _randn(*shape), "lens": np.array([5, 1, 3], np.int64)})
 
 
 @pytest.mark.parametrize("mode", ["linear", "circular"])
@@ -88,7 +74,7 @@ def test_tensor_scatter(mode):
                             helper.make_tensor_value_info("at", I64, [2])],
                    [helper.make_tensor_value_info("out", F, [2, 3, 6, 4])])
     at = np.array([1, 5] if mode == "circular" else [0, 4], np.int64)
-    _vs_ort(model, {"cache": _randn(2, 3, 6, 4), "update": _randn(2, 3, 2, 4, seed=1),
+    matches_onnxruntime(model, {"cache": _randn(2, 3, 6, 4), "update": _randn(2, 3, 2, 4, seed=1),
                     "at": at})
 
 
@@ -99,14 +85,14 @@ def test_conv_transpose_output_shape_past_the_full_result():
              helper.make_tensor("b", F, [2], [0.5, -1.0])]
     model = _model([node], [helper.make_tensor_value_info("x", F, [1, 1, 3, 3])],
                    [helper.make_tensor_value_info("y", F, [1, 2, 10, 8])], inits=inits)
-    _vs_ort(model, {"x": _randn(1, 1, 3, 3)})
+    matches_onnxruntime(model, {"x": _randn(1, 1, 3, 3)})
 
 
 def test_bitcast_import():
     node = helper.make_node("BitCast", ["x"], ["y"], to=TensorProto.INT32)
     model = _model([node], [helper.make_tensor_value_info("x", F, [3, 4])],
                    [helper.make_tensor_value_info("y", TensorProto.INT32, [3, 4])], opset=26)
-    _vs_ort(model, {"x": _randn(3, 4)})
+    matches_onnxruntime(model, {"x": _randn(3, 4)})
 
 
 def test_onnx_ml_binarizer_and_array_feature_extractor():
@@ -118,7 +104,7 @@ def test_onnx_ml_binarizer_and_array_feature_extractor():
                            helper.make_tensor_value_info("idx", I64, [3])],
                    [helper.make_tensor_value_info("b", F, [3, 5]),
                     helper.make_tensor_value_info("f", F, [3, 3])], opset=21, extra_opsets=ml)
-    _vs_ort(model, {"x": _randn(3, 5), "idx": np.array([4, 0, 4], np.int64)})
+    matches_onnxruntime(model, {"x": _randn(3, 5), "idx": np.array([4, 0, 4], np.int64)})
 
 
 def test_reverse_sequence_rejects_lengths_that_do_not_fit():
