@@ -2,6 +2,7 @@
 // rt_binary.cpp binary).
 #pragma once
 
+#include <cstdint>
 #include <type_traits>
 
 namespace graphopt {
@@ -30,6 +31,11 @@ template <typename T>
 T wrap_neg(T a) {
     return wrap_sub<T>(T(0), a);
 }
+
+// The accumulator of sums and products over T: double for floating types (as torch's CPU
+// reductions), uint64_t for integers (wraps modulo 2^64; cast back, modulo T's width).
+template <typename T>
+using WideAcc = std::conditional_t<std::is_floating_point_v<T>, double, uint64_t>;
 
 }  // namespace rt
 }  // namespace graphopt

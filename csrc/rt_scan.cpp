@@ -16,15 +16,13 @@
 #include <vector>
 
 #include "rt_dtype.h"
+#include "rt_int_wrap.h"
 #include "rt_parallel.h"
 #include "rt_plan.h"
 
 namespace graphopt {
 namespace rt {
 namespace {
-
-template <typename T>
-using ScanAcc = std::conditional_t<std::is_floating_point_v<T>, double, uint64_t>;
 
 class ScanKernel : public Kernel {
    public:
@@ -48,7 +46,7 @@ class ScanKernel : public Kernel {
         const char* x = ctx.ptr(operands[1]);
         dispatch_dtype(dtype_, [&](auto tag) {
             using T = decltype(tag);
-            using A = ScanAcc<T>;
+            using A = WideAcc<T>;
             const T* xs = reinterpret_cast<const T*>(x);
             T* ys = reinterpret_cast<T*>(out);
             parallel_for(ctx.threads, outer_ * inner_, axis_, [&](int64_t t0, int64_t t1) {

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "rt_dtype.h"
+#include "rt_int_wrap.h"
 #include "rt_matmul_layout.h"
 #include "rt_parallel.h"
 #include "rt_plan.h"
@@ -30,9 +31,6 @@
 namespace graphopt {
 namespace rt {
 namespace {
-
-template <typename T>
-using WideAcc = std::conditional_t<std::is_floating_point_v<T>, double, uint64_t>;
 
 class MatmulWideKernel : public MatmulKernelBase {
    public:
