@@ -10,7 +10,7 @@ Stages, each through graphopt and measured on the 397 held-out digits:
    accuracy of the shared weights - then centroid fine-tuning (each centroid's gradient is the
    sum of its weights' gradients; ``--centroid-epochs``);
 4. encoding: sparse index coding (5-bit gaps) and Huffman coding into a ``.gcm`` file
-   (``graphopt.compress.save_weights``); the file is decoded again (``load_weights``) and the
+   (``graphopt.codec.save_weights``); the file is decoded again (``load_weights``) and the
    decoded model is what the last accuracy is measured on.
 
 Prints the per-layer and total table (bytes and ratio after each stage) and writes JSON with
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 import graphopt
 from graphopt.bench.machine import machine_info
-from graphopt.compress import load_weights, save_weights, share_weights
+from graphopt.codec import load_weights, save_weights, share_weights
 from graphopt.models_digits import batches, load_digits_split, train
 from graphopt.prune.structured import set_constant_data
 

@@ -1,4 +1,4 @@
-"""Deep Compression codecs (graphopt/compress, issue #17): weight sharing, sparse index coding
+"""Deep Compression codecs (graphopt/codec, issue #17): weight sharing, sparse index coding
 and canonical Huffman coding. Round trips are bit-exact; corrupt or truncated streams raise
 CompressionError; the encodings reach the sizes the method promises on pruned, clustered
 weights of a trained-looking (Laplacian) distribution."""
@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphopt.compress import (HuffmanCode, decode_sparse, encode_sparse, share_weights)
-from graphopt.compress.codebook import centroid_gradients
+from graphopt.codec import (HuffmanCode, decode_sparse, encode_sparse, share_weights)
+from graphopt.codec.codebook import centroid_gradients
 from graphopt.errors import CompressionError
 
 
@@ -199,7 +199,7 @@ def _layers():
 
 
 def test_weights_file_round_trip_is_exact(tmp_path):
-    from graphopt.compress import load_weights, save_weights
+    from graphopt.codec import load_weights, save_weights
 
     layers = _layers()
     path = tmp_path / "m.gcm"
@@ -218,7 +218,7 @@ def test_weights_file_round_trip_is_exact(tmp_path):
 
 
 def test_corrupt_or_truncated_weights_files_are_refused(tmp_path):
-    from graphopt.compress import load_weights, save_weights
+    from graphopt.codec import load_weights, save_weights
 
     path = tmp_path / "m.gcm"
     save_weights(path, _layers(), bits=4)

@@ -15,10 +15,10 @@ tensor encoding on them. Every decode is bit-exact, and a corrupt stream or file
 ``CompressionError`` naming what is wrong.
 """
 
-from graphopt.compress.codebook import Codebook, share_weights
-from graphopt.compress.huffman import HuffmanCode
-from graphopt.compress.sparse_index import SparseCode, decode_sparse, encode_sparse
-from graphopt.compress.weights_file import WeightReport, load_weights, save_weights
+from graphopt.codec.codebook import Codebook, share_weights
+from graphopt.codec.huffman import HuffmanCode
+from graphopt.codec.sparse_index import SparseCode, decode_sparse, encode_sparse
+from graphopt.codec.weights_file import WeightReport, load_weights, save_weights
 
 __all__ = ["Codebook", "HuffmanCode", "SparseCode", "WeightReport", "decode_sparse",
            "encode_sparse", "load_weights", "save_weights", "share_weights"]

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graphopt.compress.codebook import share_weights
-from graphopt.compress.container import read_container, write_container
-from graphopt.compress.huffman import HuffmanCode
-from graphopt.compress.sparse_index import SparseCode, decode_sparse, encode_sparse
+from graphopt.codec.codebook import share_weights
+from graphopt.codec.container import read_container, write_container
+from graphopt.codec.huffman import HuffmanCode
+from graphopt.codec.sparse_index import SparseCode, decode_sparse, encode_sparse
 from graphopt.errors import CompressionError
 from graphopt.limits import check_shape
 
