@@ -114,3 +114,21 @@ def test_reverse_sequence_rejects_lengths_that_do_not_fit():
                    [helper.make_tensor_value_info("y", F, [5, 3])])
     with pytest.raises(OnnxImportError, match="one length per batch"):
         graphopt.from_onnx(model, check=False)
+
+
+@pytest.mark.parametrize("kernel,strides,pads,dilations,ceil,order", [
+    ((2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0, 0),
+    ((3, 3), (1, 2), (1, 1, 1, 1), (1, 1), 0, 1),
+    ((3, 2), (2, 1), (1, 0, 0, 1), (1, 2), 0, 0),
+    ((2, 3), (2, 2), (0, 1, 0, 1), (1, 1), 1, 0)])
+def test_max_pool_indices(kernel, strides, pads, dilations, ceil, order):
+    node = helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=list(kernel),
+                            strides=list(strides), pads=list(pads), dilations=list(dilations),
+                            ceil_mode=ceil, storage_order=order)
+    x = _randn(2, 3, 7, 8)
+    model = _model([node], [helper.make_tensor_value_info("x", F, [2, 3, 7, 8])],
+                   [helper.make_tensor_value_info("y", F, ["n", "c", "ho", "wo"]),
+                    helper.make_tensor_value_info("i", I64, ["n", "c", "ho", "wo"])],
+                   opset=12)
+    g = matches_onnxruntime(model, {"x": x})
+    assert any(n.op == "argmax" for n in g.nodes)

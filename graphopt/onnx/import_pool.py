@@ -45,7 +45,51 @@ def _max_pool(ctx, node):
     y = ctx.emit("max_pool", [x], {"kernel": tuple(kernel), "stride": tuple(strides),
                                    "padding": tuple(padding), "dilation": tuple(dilations),
                                    "ceil_mode": bool(node.attr("ceil_mode", 0))})
-    return [y, None]
+    if len(node.outputs) < 2 or not node.outputs[1]:
+        return [y, None]
+    source = ctx.value(node, 0)
+    return [y, _max_pool_indices(ctx, node, source, kernel, strides, dilations, begins, ends,
+                                 y.shape)]
+
+
+def _max_pool_indices(ctx, node, x, kernel, strides, dilations, begins, ends, out_shape):
+    """MaxPool's Indices output (2-D): each window's taps as strided slices of the -inf padded
+    input, stacked; argmax over the taps (the first maximum, as onnxruntime) picks the tap, and
+    the same slices of a constant table of flat positions (row-major, or column-major with
+    storage_order=1, -1 in the padding) turn it into the index, offset by (n * C + c) * H * W."""
+    if x.type.rank != 4 or not all(isinstance(d, int) for d in (*x.shape, *out_shape)):
+        raise GraphoptError("MaxPool's Indices output is supported for 2-D pooling of static "
+                            "sizes")
+    n, c, h, w = x.shape
+    order = node.attr("storage_order", 0)
+    outs = out_shape[2:]
+    need = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(outs, strides, kernel,
+                                                                 dilations)]
+    ends = [max(e, nd - b - size) for e, nd, b, size in zip(ends, need, begins, (h, w))]
+    padded = pad_spatial(ctx, x, begins, ends, -math.inf)
+    hp, wp = h + begins[0] + ends[0], w + begins[1] + ends[1]
+    check_shape((hp, wp), 8, "MaxPool's index table")
+    iy, ix = np.meshgrid(np.arange(hp) - begins[0], np.arange(wp) - begins[1], indexing="ij")
+    flat = np.where((iy >= 0) & (iy < h) & (ix >= 0) & (ix < w),
+                    iy * w + ix if order == 0 else ix * h + iy, -1)
+    table = ctx.constant(flat.reshape(1, 1, hp, wp).astype(np.int64))
+
+    def window(v: Value, ky: int, kx: int) -> Value:
+        for axis, start, o, s in ((2, ky * dilations[0], outs[0], strides[0]),
+                                  (3, kx * dilations[1], outs[1], strides[1])):
+            v = ctx.emit("slice", [v], {"axis": axis, "start": start,
+                                        "end": start + (o - 1) * s + 1, "step": s})
+        return ctx.emit("unsqueeze", [v], {"axis": 0})
+
+    taps = [(ky, kx) for ky in range(kernel[0]) for kx in range(kernel[1])]
+    values = ctx.emit("concat", [window(padded, *t) for t in taps], {"axis": 0})
+    best = ctx.emit("argmax", [values], {"axis": 0, "keepdim": True})
+    places = ctx.emit("concat", [window(table, *t) for t in taps], {"axis": 0})
+    places = ctx.emit("expand", [places], {"shape": (len(taps), n, c, *outs)})
+    within = ctx.emit("gather_elements", [places, best], {"axis": 0})
+    within = ctx.emit("reshape", [within], {"shape": (n, c, *outs)})
+    plane = ctx.constant((np.arange(n * c, dtype=np.int64) * (h * w)).reshape(n, c, 1, 1))
+    return ctx.emit("add", [within, plane])
 
 
 @onnx_converter("AveragePool")
