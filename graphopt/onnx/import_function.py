@@ -18,22 +18,16 @@ from onnx import AttributeProto, helper
 
 from graphopt.errors import GraphoptError
 from graphopt.onnx._common import TO_ONNX_DTYPE
+from graphopt.onnx.validation import op_schema
 
 # Function bodies may use other function ops; a schema cycle (none exists today) or a crafted
 # chain must end.
 MAX_FUNCTION_DEPTH = 8
 
 
-def _schema(op_type: str, opset: int, domain: str):
-    try:
-        return onnx.defs.get_schema(op_type, opset, domain)
-    except onnx.defs.SchemaError:
-        return None
-
-
 def has_function_body(op_type: str, opset: int, domain: str) -> bool:
     """Whether the schema of ``op_type`` at ``opset`` defines it by a function body."""
-    schema = _schema(op_type, opset, domain)
+    schema = op_schema(op_type, opset, domain)
     return schema is not None and (schema.has_function or
                                    schema.has_context_dependent_function)
 
@@ -54,7 +48,7 @@ def _type_proto(value) -> onnx.TypeProto:
 
 def function_proto(node, operands: list, opset: int, domain: str) -> onnx.FunctionProto:
     """The FunctionProto that defines ``node`` (an OnnxNode) for its operands' types."""
-    schema = _schema(node.op_type, opset, domain)
+    schema = op_schema(node.op_type, opset, domain)
     if schema is None:
         raise GraphoptError(f"{node.op_type} has no schema at opset {opset}")
     fp = onnx.FunctionProto()

@@ -91,6 +91,18 @@ def _scatter_nd(ctx, node):
                     {"reduction": node.choice("reduction", "none", _REDUCTIONS)})
 
 
+def _along(ctx, v: Value, axis: int, rank: int) -> Value:
+    """A 1-D ``v`` as a rank-``rank`` tensor whose only non-1 dim is ``axis`` (to broadcast)."""
+    return ctx.emit("reshape", [v], {"shape": tuple(v.shape[0] if a == axis else 1
+                                                     for a in range(rank))})
+
+
+def _steps_along(ctx, steps: int, axis: int, rank: int) -> Value:
+    """0 .. steps - 1 (int64) laid along ``axis``."""
+    return _along(ctx, ctx.emit("arange", [], {"start": 0, "end": steps, "step": 1,
+                                               "dtype": DType.int64}), axis, rank)
+
+
 @onnx_converter("ReverseSequence")
 def _reverse_sequence(ctx, node):
     """Each batch element's first sequence_lens[b] steps reversed, the rest kept: a
@@ -112,13 +124,8 @@ def _reverse_sequence(ctx, node):
     if not isinstance(steps, int):
         raise GraphoptError("ReverseSequence over a symbolic time dim")
 
-    def along(v: Value, axis: int, size):
-        return ctx.emit("reshape", [v], {"shape": tuple(size if a == axis else 1
-                                                         for a in range(rank))})
-
-    t = along(ctx.emit("arange", [], {"start": 0, "end": steps, "step": 1,
-                                      "dtype": DType.int64}), time_axis, steps)
-    n = along(ctx.cast(lens, DType.int64), batch_axis, lens.shape[0])
+    t = _steps_along(ctx, steps, time_axis, rank)
+    n = _along(ctx, ctx.cast(lens, DType.int64), batch_axis, rank)
     reversed_t = ctx.emit("sub", [ctx.emit("sub", [n, ctx.scalar(1, DType.int64)]), t])
     index = ctx.emit("where", [ctx.emit("lt", [t, n]), reversed_t, t])
     index = ctx.emit("expand", [index], {"shape": tuple(x.shape)})
@@ -144,16 +151,11 @@ def _tensor_scatter(ctx, node):
         raise GraphoptError(f"the update's {steps} steps must be a static size <= the cache's "
                             f"{length}")
 
-    def along(v: Value, a: int, size):
-        return ctx.emit("reshape", [v], {"shape": tuple(size if d == a else 1
-                                                         for d in range(rank))})
-
-    i = along(ctx.emit("arange", [], {"start": 0, "end": steps, "step": 1,
-                                      "dtype": DType.int64}), axis, steps)
+    i = _steps_along(ctx, steps, axis, rank)
     if node.has_input(2):
         start = ctx.value(node, 2)
         _index_operand(start, "write_indices")
-        i = ctx.emit("add", [i, along(ctx.cast(start, DType.int64), 0, cache.shape[0])])
+        i = ctx.emit("add", [i, _along(ctx, ctx.cast(start, DType.int64), 0, rank)])
     if mode == "circular":
         i = ctx.emit("remainder", [i, ctx.scalar(length, DType.int64)])
     index = ctx.emit("expand", [i], {"shape": tuple(update.shape)})

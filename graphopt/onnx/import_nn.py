@@ -167,13 +167,13 @@ def _conv_transpose(ctx, node):
     else:
         pads = node.ints("pads", [0] * (2 * n), length=2 * n, minimum=0)
         begins, ends = list(pads[:n]), list(pads[n:])
+    attrs = {"stride": tuple(strides), "dilation": tuple(dilations),
+             "groups": node.attr("group", 1), "output_padding": tuple(output_padding)}
     if min(begins + ends) < 0:  # output_shape past the full result: bias-only borders
-        return _grown_conv_transpose(ctx, node, x, w, b, begins, ends, output_padding)
+        return _grown_conv_transpose(ctx, x, w, b, attrs, begins, ends)
     symmetric = begins == ends
-    y = ctx.emit("conv_transpose", [x, w, b], {
-        "stride": tuple(strides), "padding": tuple(begins if symmetric else [0] * n),
-        "dilation": tuple(dilations), "groups": node.attr("group", 1),
-        "output_padding": tuple(output_padding)})
+    y = ctx.emit("conv_transpose", [x, w, b],
+                 {**attrs, "padding": tuple(begins if symmetric else [0] * n)})
     if not symmetric:
         for i in range(n):
             axis = 2 + i
@@ -183,24 +183,18 @@ def _conv_transpose(ctx, node):
     return y
 
 
-def _grown_conv_transpose(ctx, node, x, w, b, begins, ends, output_padding):
+def _grown_conv_transpose(ctx, x, w, b, attrs: dict, begins, ends):
     """A ConvTranspose whose output_shape exceeds the full result (negative total padding):
     the full result without bias, cropped where the padding is positive and zero-extended
     where it is negative, then the bias added everywhere (the borders hold the bias only)."""
     n = len(begins)
-    attrs = {"stride": tuple(node.ints("strides", [1] * n, length=n, minimum=1)),
-             "padding": (0,) * n, "groups": node.attr("group", 1),
-             "dilation": tuple(node.ints("dilations", [1] * n, length=n, minimum=1)),
-             "output_padding": tuple(output_padding)}
-    y = ctx.emit("conv_transpose", [x, w, None], attrs)
+    y = ctx.emit("conv_transpose", [x, w, None], {**attrs, "padding": (0,) * n})
     for i in range(n):
         axis, lo, hi = 2 + i, begins[i], ends[i]
         if lo > 0 or hi > 0:
             y = ctx.emit("slice", [y], {"axis": axis, "start": max(lo, 0),
                                         "end": normalize_dim(y.shape[axis] - max(hi, 0))})
-        if lo < 0 or hi < 0:
-            extra = [0, 0] * (n - 1 - i) + [max(-lo, 0), max(-hi, 0)]  # last dim first
-            y = ctx.emit("pad", [y], {"pads": tuple(extra), "mode": "constant", "value": 0.0})
+    y = pad_spatial(ctx, y, [max(-lo, 0) for lo in begins], [max(-hi, 0) for hi in ends], 0.0)
     if b is None:
         return y
     return ctx.emit("add", [y, ctx.emit("reshape", [b], {"shape": (b.shape[0],) + (1,) * n})])

@@ -230,9 +230,8 @@ def _col2im(ctx, node):
     for a in range(n):
         have, begin = full.shape[2 + a], pads[a]
         if have < begin + image[a]:  # blocks end before the padded image does: zeros
-            extra = [0, 0] * (n - 1 - a) + [0, begin + image[a] - have]  # last dim first
-            out = ctx.emit("pad", [out], {"pads": tuple(extra), "mode": "constant",
-                                          "value": 0.0})
+            out = pad_spatial(ctx, out, [0] * n, [begin + image[a] - have if d == a else 0
+                                                  for d in range(n)], 0.0)
         if begin or out.shape[2 + a] != image[a]:
             out = ctx.emit("slice", [out], {"axis": 2 + a, "start": begin,
                                             "end": begin + image[a], "step": 1})

@@ -194,7 +194,7 @@ _CONTRIB_ATTR_TYPES = {"num_heads": AttributeProto.INT, "activation": AttributeP
 
 
 @lru_cache(maxsize=4096)
-def _schema(op_type: str, opset: int, domain: str):
+def op_schema(op_type: str, opset: int, domain: str):
     try:
         return onnx.defs.get_schema(op_type, opset, domain)
     except onnx.defs.SchemaError:
@@ -221,9 +221,9 @@ def check_node_schema(proto: onnx.NodeProto, opset: int, domain: str) -> None:
                 raise OnnxImportError(f"{what}: attribute '{a.name}' is of type "
                                       f"{_KINDS.get(a.type, a.type)}, expected {_KINDS[want]}")
         return
-    schema = _schema(proto.op_type, int(opset), domain)
+    schema = op_schema(proto.op_type, int(opset), domain)
     if schema is None:
-        if domain or _schema(proto.op_type, onnx.defs.onnx_opset_version(), domain) is None:
+        if domain or op_schema(proto.op_type, onnx.defs.onnx_opset_version(), domain) is None:
             return  # unknown to this onnx version: the converter reads what it needs
         raise OnnxImportError(f"{what}: {proto.op_type} does not exist at opset {opset} of the "
                               "default domain (it was added in a later opset); fix the model's "
