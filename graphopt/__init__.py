@@ -60,6 +60,54 @@ def quantize(graph: Graph, mode: str = "dynamic", **options):
     return _quantize(graph, mode, **options)
 
 
+def compress(graph: Graph, path, *, bits: int | None = None, conv_bits: int = 8, exclude=(),
+             calibration=None, error_budget: float | None = None):
+    """Write ``graph`` to ``path`` as a compressed model file (``.gcm``); returns the
+    per-constant size report (``graphopt.backends.compressed_model.CompressedFile``).
+
+    A graph without codebooks is first quantized with ``graphopt.quantize(graph, "codebook",
+    bits=, conv_bits=, exclude=, calibration=, error_budget=)`` (Deep Compression weight
+    sharing; prune first, with ``graphopt.prune``, for the zeros that sparse coding drops). A
+    graph that already has them (quantized, then fine-tuned with ``graphopt.finetune``) is
+    written as it is. Codebook indices are stored sparse + Huffman coded, other constants
+    raw or deflated; ``graphopt.load(path)`` reads the graph back. See docs/compression.md."""
+    from graphopt.backends.compressed_model import save_compressed
+    from graphopt.ops.registry import CODEBOOK
+
+    if not any(node.has_trait(CODEBOOK) for node in graph.nodes):
+        graph = quantize(graph, "codebook", bits=bits, conv_bits=conv_bits, exclude=exclude,
+                         calibration=calibration, error_budget=error_budget)
+    return save_compressed(graph, path)
+
+
+def load(path) -> Graph:
+    """Read a graph from a file: a compressed model (``.gcm``, ``graphopt.compress``), a torch
+    bundle (``.graphopt``, ``graphopt.backends.torch_bundle``) or an ONNX model (``.onnx``)."""
+    import os
+
+    from graphopt.codec.container import MAGIC
+
+    where = os.fspath(path)
+    try:
+        with open(where, "rb") as f:
+            head = f.read(len(MAGIC))
+    except OSError as exc:
+        raise GraphoptError(f"{where}: cannot read the file ({exc.strerror or exc})") from None
+    if head == MAGIC or where.endswith(".gcm"):
+        from graphopt.backends.compressed_model import load_compressed
+
+        return load_compressed(where)
+    if where.endswith(".graphopt"):
+        from graphopt.backends.torch_bundle import load_graph
+
+        return load_graph(where)
+    if where.endswith(".onnx"):
+        return from_onnx(where)
+    raise GraphoptError(f"{where}: not a graphopt file graphopt.load reads (a .gcm compressed "
+                        "model, a .graphopt bundle or an .onnx model); a native artifact "
+                        "(.npz) loads with graphopt.native.load")
+
+
 def benchmark(model, args=(), kwargs=None, **options):
     """Benchmark ``model`` on several backends (eager, torch-compile, onnxruntime, graphopt-*);
     returns a ``BenchmarkReport``. See ``graphopt.bench.harness.benchmark`` for the options."""
@@ -96,7 +144,7 @@ __all__ = [
     "TypeInferenceError", "UnsupportedOpError", "Value", "VerificationError", "parse", "run",
     "to_torch", "trace", "optimize", "benchmark", "bisect", "PassManager", "register_pass",
     "prune", "finetune", "quantize", "Target", "QuantizeConfig", "PruneConfig",
-    "FinetuneConfig", "BenchmarkConfig",
+    "FinetuneConfig", "BenchmarkConfig", "compress", "load",
 ]
 
 # Register the built-in passes (graphopt.passes; mapped from passes/ in a source checkout).

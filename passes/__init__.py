@@ -22,4 +22,5 @@ from . import (  # noqa: F401  (registers the passes)
     quantize_dynamic,
     quantize_static,
     quantize_weights,
+    share_weights,
 )

@@ -21,7 +21,8 @@ computed by the op's reference implementation, which is the definition of the op
 the node's declared type. Size guard: a node whose output is much larger than its operands
 (``expand`` of a scalar to a big tensor, ``full``) is kept unless the output is small, so that
 folding never blows up the model size. Casts of f16 / bf16 constants to f32 (half-precision
-weight storage, ``graphopt.quantize(graph, "fp16")``) and nodes reading quantized constants stay.
+weight storage, ``graphopt.quantize(graph, "fp16")``), weight decoders (``WEIGHT_STORAGE``: a
+codebook lookup of shared weights) and nodes reading quantized constants stay.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 from graphopt.ir.attrs import has_symbols
 from graphopt.ir.dtypes import DType, numpy_to_torch, torch_to_numpy
 from graphopt.ir.graph import Graph, Node
-from graphopt.ops.registry import PURE
+from graphopt.ops.registry import PURE, WEIGHT_STORAGE
 from graphopt.rewrite import Var, match_at, op
 from graphopt.rewrite.rewriter import Rewriter
 from graphopt.transform.registry import register_pass
@@ -83,7 +84,7 @@ class FoldConstants:
             return False
         if any(v is not None and v.type.quant is not None for v in node.inputs):
             return False
-        if _is_storage_cast(node):
+        if _is_storage_cast(node) or WEIGHT_STORAGE in node.opdef.traits:
             return False
         out_elems = sum(int(o.type.numel) for o in node.outputs)
         in_elems = sum(int(v.data.size) for v in node.inputs if v is not None)

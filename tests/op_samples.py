@@ -172,6 +172,8 @@ SAMPLES: dict[str, Sample] = {
     "index_select": Sample([randn(4, 5, 3), torch.tensor([4, 0, 0, 2])], {"axis": 1}),
     "embedding": Sample([Const(randn(11, 4)), torch.tensor([[0, 10, 3], [3, 3, 1]])],
                         {"padding_idx": -1}),
+    # Run-time indices (the lookup step); constant ones decode at plan time.
+    "codebook_decode": Sample([ints(4, 6, lo=0, hi=9, dtype=torch.uint8), randn(8, seed=1)]),
     "scatter_elements": Sample([randn(3, 4), ints(3, 2, lo=0, hi=4), randn(3, 2, seed=1)],
                                {"axis": 1, "reduction": "add"}),
     "scatter_nd": Sample([randn(4, 3), torch.tensor([[1], [3]]), randn(2, 3, seed=1)],

@@ -1,4 +1,5 @@
-"""The ``graphopt`` command line: optimize, bench, show, passes, explain, prune, quantize.
+"""The ``graphopt`` command line: optimize, bench, show, passes, explain, prune, quantize,
+compress, inspect.
 
 ``main(argv)`` returns the exit status (the console script ``graphopt = graphopt.cli:main``
 passes it to ``sys.exit``). Errors a user can cause (missing file, corrupt ONNX or artifact,
@@ -39,6 +40,7 @@ examples:
   graphopt explain zoo:mlp --rule mul-one
   graphopt quantize zoo:resnet50 -o r50.onnx --mode static --calibration calib.npz
   graphopt optimize zoo:mlp -o mlp.graphopt   (torch: load_module('mlp.graphopt'), no pickle)
+  graphopt compress zoo:mlp -o mlp.gcm --sparsity 0.9   (graphopt.load('mlp.gcm'))
 
 Run `graphopt COMMAND --help` for a command's options."""
 
@@ -47,7 +49,7 @@ Run `graphopt COMMAND --help` for a command's options."""
 # folder, or one asking for more memory/threads than the budget.
 _BAD_INPUT = ("ModelSpecError", "UnknownPassError", "PipelineError", "PassOptionError",
               "UnknownBackendError", "OnnxImportError", "QuantizationError", "ArtifactError",
-              "UnsafeInputError", "ResourceLimitError", "ParseError")
+              "UnsafeInputError", "ResourceLimitError", "ParseError", "CompressionError")
 # OS errors that are the user's input (a path) rather than the machine failing.
 _BAD_PATH = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
              FileExistsError)
@@ -62,7 +64,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     import graphopt
-    from graphopt.cli import bench, optimize, passes, prune, quantize, show
+    from graphopt.cli import bench, compress, optimize, passes, prune, quantize, show
 
     parser = _Parser(prog="graphopt", description=_DESCRIPTION, epilog=_EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     passes.add_explain_parser(sub, common)
     prune.add_parser(sub, common)
     quantize.add_parser(sub, common)
+    compress.add_parsers(sub, common)
     return parser
 
 

@@ -19,7 +19,7 @@ from graphopt.cli._common import (
     write_output,
 )
 
-_MODES = ("dynamic", "static", "weight-only", "fp16", "bf16", "bf16-compute")
+_MODES = ("dynamic", "static", "weight-only", "fp16", "bf16", "bf16-compute", "codebook")
 _OBSERVERS = ("minmax", "percentile", "entropy", "mse")
 
 
@@ -70,8 +70,9 @@ def add_parser(sub, common) -> None:
     p.add_argument("--per-token", action="store_true",
                    help="dynamic: one activation scale / zero point per token (row), not per "
                         "tensor (more accurate on transformers)")
-    p.add_argument("--bits", type=int, choices=(4, 8), default=4,
-                   help="weight-only: bits (default: %(default)s)")
+    p.add_argument("--bits", type=int, default=None, metavar="B",
+                   help="weight-only: 4 (default) or 8 bits; codebook: bits of fully connected "
+                   "weights, 1-12 (default 5; convolutions take 8)")
     p.add_argument("--block-size", type=int, default=32, metavar="B",
                    help="weight-only: block size along K (default: %(default)s)")
     p.add_argument("--pipeline", default="default", metavar="P",

@@ -27,6 +27,7 @@ import struct
 import zlib
 
 from graphopt.errors import CompressionError
+from graphopt.fileio import atomic_write
 from graphopt.limits import check_bytes
 
 MAGIC = b"GCM\x00"
@@ -51,19 +52,27 @@ def write_container(path: str | os.PathLike, sections: dict[str, bytes], meta: d
     text = zlib.compress(json.dumps({"meta": meta, "sections": directory},
                                     separators=(",", ":"), sort_keys=True).encode("utf-8"), 9)
     start = _aligned(_HEADER.size + len(text))
-    with open(path, "wb") as f:
+    with atomic_write(path) as f:  # a reader never sees half a file; no symlink is followed
         f.write(_HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(text), zlib.crc32(text)))
         f.write(text)
         f.write(b"\0" * (start - _HEADER.size - len(text)))
-        for entry, payload in zip(directory, sections.values()):
+        for i, payload in enumerate(sections.values()):
             f.write(payload)
-            f.write(b"\0" * (_aligned(len(payload)) - len(payload)))
+            if i + 1 < len(sections):  # no padding after the last: any cut loses data
+                f.write(b"\0" * (_aligned(len(payload)) - len(payload)))
         return f.tell()
 
 
 def read_container(path: str | os.PathLike) -> tuple[dict, dict[str, bytes]]:
     """(meta, sections) of a container file, every check passed (see the module doc)."""
     where = os.fspath(path)
+    try:
+        return _read_file(where)
+    except OSError as exc:
+        raise CompressionError(f"{where}: cannot read the file ({exc.strerror or exc})") from None
+
+
+def _read_file(where: str) -> tuple[dict, dict[str, bytes]]:
     size = os.path.getsize(where)
     with open(where, "rb") as f:
         head = f.read(_HEADER.size)

@@ -1,9 +1,9 @@
 """Named weights in a ``.gcm`` container (container.py), each dense or Deep-Compression coded.
 
-A coded weight ("shared") is stored as five sections: the codebook (float32), the Huffman code
-lengths of the index and gap streams (one byte per symbol), and the two Huffman streams. The
-stream symbols are the codebook index + 1, 0 standing for a zero (a filler of the sparse coding,
-or a pruned weight), so fillers decode to exactly 0.0. A dense weight is its float32 bytes.
+A coded weight ("shared") is stored as its codebook (float32) and its indices as an index stream
+(``index_stream.py``: sparse index coding + Huffman, four sections). The stream symbols are the
+codebook index + 1, 0 standing for a zero (a filler of the sparse coding, or a pruned weight),
+so fillers decode to exactly 0.0. A dense weight is its float32 bytes.
 
 ``save_weights`` writes and returns a per-weight size report; ``load_weights`` decodes every
 weight back (bit-exact: the decoded array is ``Codebook.decode()`` of what was written).
@@ -18,8 +18,7 @@ import numpy as np
 
 from graphopt.codec.codebook import share_weights
 from graphopt.codec.container import read_container, write_container
-from graphopt.codec.huffman import HuffmanCode
-from graphopt.codec.sparse_index import SparseCode, decode_sparse, encode_sparse
+from graphopt.codec.index_stream import decode_indices, encode_indices
 from graphopt.errors import CompressionError
 from graphopt.limits import check_shape
 
@@ -37,31 +36,23 @@ class WeightReport:
         return self.dense_bytes / max(self.stored_bytes, 1)
 
 
-def _encode_shared(name: str, w: np.ndarray, bits: int, index_bits: int):
+def _encode_shared(name: str, w: np.ndarray, bits: int, index_bits: int | None):
     kept = w != 0
     book = share_weights(w, bits, mask=kept)
-    symbols = book.indices.astype(np.int64) + 1  # 0 is reserved for zeros
-    sparse = encode_sparse(symbols, kept, index_bits, filler=0)
-    index_code = HuffmanCode.for_symbols(sparse.values, (1 << bits) + 1)
-    gap_code = HuffmanCode.for_symbols(sparse.gaps, 1 << index_bits)
-    index_data, index_nbits = index_code.encode(sparse.values)
-    gap_data, gap_nbits = gap_code.encode(sparse.gaps)
-    sections = {f"{name}/centroids": book.centroids.astype("<f4").tobytes(),
-                f"{name}/index_lengths": index_code.lengths.tobytes(),
-                f"{name}/gap_lengths": gap_code.lengths.tobytes(),
-                f"{name}/indices": index_data, f"{name}/gaps": gap_data}
-    meta = {"kind": "shared", "shape": list(w.shape), "bits": bits, "index_bits": index_bits,
-            "entries": int(sparse.values.size), "index_nbits": index_nbits,
-            "gap_nbits": gap_nbits}
+    symbols = np.where(kept, book.indices.astype(np.int64) + 1, 0)  # 0 is reserved for zeros
+    entry, sections = encode_indices(name, symbols, (1 << bits) + 1, index_bits)
+    sections[f"{name}/centroids"] = book.centroids.astype("<f4").tobytes()
+    meta = {"kind": "shared", "shape": list(w.shape), "bits": bits, **entry}
     return meta, sections, int(kept.sum())
 
 
 def save_weights(path: str | os.PathLike, weights: dict[str, np.ndarray],
                  bits: dict[str, int] | int | None = None,
-                 index_bits: int = 5) -> list[WeightReport]:
+                 index_bits: int | None = None) -> list[WeightReport]:
     """Write ``weights`` to ``path``. ``bits``: codebook bits per weight name (or one value for
     all; a weight without bits is stored dense). Zeros are what pruning removed: they are not
-    clustered and cost only their share of the gap stream."""
+    clustered and cost only their share of the gap stream. ``index_bits``: the sparse gap
+    width (None: the smallest file per weight, ``graphopt.codec.index_stream``)."""
     sections, meta, reports = {}, {}, []
     for name, weight in weights.items():
         if "/" in name or not name:
@@ -118,22 +109,12 @@ def _decode(name: str, entry: dict, sections: dict) -> np.ndarray:
         return np.frombuffer(data, dtype="<f4").astype(np.float32).reshape(shape)
     if entry["kind"] != "shared":
         raise CompressionError(f"unknown kind {entry['kind']!r}")
-    bits, index_bits = int(entry["bits"]), int(entry["index_bits"])
-    if not 1 <= bits <= 16 or not 1 <= index_bits <= 16:
-        raise CompressionError(f"bits {bits} / index_bits {index_bits} out of range")
+    bits = int(entry["bits"])
+    if not 1 <= bits <= 16:
+        raise CompressionError(f"bits {bits} out of range")
     centroids = np.frombuffer(_section(sections, f"{name}/centroids"), dtype="<f4")
-    index_lengths = np.frombuffer(_section(sections, f"{name}/index_lengths"), dtype=np.uint8)
-    gap_lengths = np.frombuffer(_section(sections, f"{name}/gap_lengths"), dtype=np.uint8)
-    if centroids.size != 1 << bits or index_lengths.size != (1 << bits) + 1 or \
-            gap_lengths.size != 1 << index_bits:
-        raise CompressionError("codebook or code tables do not match the bit widths")
-    entries = int(entry["entries"])
-    if not 0 <= entries <= count:
-        raise CompressionError(f"{entries} stored entries for {count} weights")
-    symbols = HuffmanCode(index_lengths.copy()).decode(
-        _section(sections, f"{name}/indices"), entries, int(entry["index_nbits"]))
-    gaps = HuffmanCode(gap_lengths.copy()).decode(
-        _section(sections, f"{name}/gaps"), entries, int(entry["gap_nbits"]))
-    flat = decode_sparse(SparseCode(gaps, symbols, count, index_bits), zero=0)
+    if centroids.size != 1 << bits or int(entry["alphabet"]) != (1 << bits) + 1:
+        raise CompressionError("the codebook does not match the bit width")
+    flat = decode_indices(name, entry, sections, count)
     table = np.concatenate([np.zeros(1, np.float32), centroids.astype(np.float32)])
     return table[flat].reshape(shape)

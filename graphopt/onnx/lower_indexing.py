@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from graphopt.ir.dtypes import DType
 from graphopt.ir.types import dims_equal
 from graphopt.onnx._common import TO_ONNX_DTYPE, array_to_tensor
@@ -129,3 +131,14 @@ def _declare_trilu(ir_op: str, upper: int) -> None:
 
 _declare_trilu("triu", 1)
 _declare_trilu("tril", 0)
+
+
+@register_lowering("onnx", "codebook_decode")
+def _codebook_decode(ctx, node):
+    """Gather from the codebook with a 0.0 entry in front (index 0 is a pruned weight); the
+    indices stay uint8/uint16 initializers, cast to int32 for Gather."""
+    centroids_type = node.inputs[1].type
+    zero = ctx.const(np.zeros(1), centroids_type.dtype, "codebook_zero")
+    table = ctx.op("Concat", [zero, ctx.input(node, 1)], axis=0)
+    indices = ctx.input_as(node, 0, DType.int32)
+    ctx.op("Gather", [table, indices], out=ctx.output(node), axis=0)

@@ -2,6 +2,7 @@
 
 from graphopt.ops import (  # noqa: F401
     attention,
+    codebook,
     elementwise,
     fused,
     indexing,

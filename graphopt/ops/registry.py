@@ -46,6 +46,10 @@ LAYOUT_SENSITIVE = "layout_sensitive"  # fixed meaning of axes not named by an a
 #   (conv/pool/norm: (N, C, *spatial); linear: features last): a layout change must rewrite it
 NORMALIZATION = "normalization"  # normalizes activations; its weight/bias are affine params
 PRUNABLE = "prunable"  # unstructured pruning may zero entries of its ``weights`` operand
+WEIGHT_STORAGE = "weight_storage"  # expands a compressed weight encoding (codebook indices):
+#   constant folding keeps it, since folding would store the weight expanded again
+CODEBOOK = "codebook"  # a WEIGHT_STORAGE op reading operand 0 (small integer indices, 0 = an
+#   exact zero) through the table of operand 1: the compressed file Huffman-codes operand 0
 
 ELEMENTWISE_UNARY = frozenset({PURE, ELEMENTWISE})
 ELEMENTWISE_BINARY = frozenset({PURE, ELEMENTWISE, BROADCAST})

@@ -35,7 +35,8 @@ def quantize(
     embeddings: bool = True,
     convs: bool = False,
     per_token: bool = False,
-    bits: int = 4,
+    bits: int | None = None,
+    conv_bits: int = 8,
     block_size: int = 32,
     progress: bool | None = None,
     report: bool = False,
@@ -55,7 +56,10 @@ def quantize(
             float weights stored in half precision, cast to f32 where used.
             ``"bf16-compute"``: linears compute in bf16 with f32 sums (``linear_bf16``: bf16
             weights, input rounded in the op; AMX tiles on the native runtime,
-            graphopt/quant/bf16_compute.py).
+            graphopt/quant/bf16_compute.py). ``"codebook"``: Deep Compression weight sharing:
+            each weight becomes indices into its own k-means codebook of ``2**bits`` values
+            (``codebook_decode``; pruned zeros stay exact zeros), graphopt/quant/codebook.py;
+            ``graphopt.compress`` then writes it Huffman-coded.
         calibration: an iterable of argument tuples (a bare tensor is one argument). Static
             mode calibrates on all of it; with ``error_budget`` it is also where the error is
             measured (so it is materialized as a list). A one-pass iterator (a generator
@@ -79,7 +83,9 @@ def quantize(
             0.992, docs/quantization.md); the native kernel runs it at the same speed, the
             onnxruntime lowering needs a longer op chain (no contrib op takes row scales).
             Convs stay per tensor.
-        bits, block_size: weight-only mode: 4 or 8 bits, blocks of ``block_size`` along K.
+        bits, block_size: weight-only mode: 4 (default) or 8 bits, blocks of ``block_size``
+            along K. Codebook mode: ``bits`` (default 5) for fully connected weights,
+            ``conv_bits`` (default 8) for convolutions; 1 to 12 each.
         progress: static mode: a tqdm bar over the calibration data (None: for 32 or more
             items when stderr is a terminal).
         report: also return the ``QuantReport`` (its ``config`` holds the options; its
@@ -106,8 +112,8 @@ def quantize(
     cfg = QuantizeConfig.resolve(
         config, mode=mode, error_budget=error_budget, exclude=exclude, sensitivity=sensitivity,
         observer=observer, observer_options=observer_options, embeddings=embeddings,
-        convs=convs, per_token=per_token, bits=bits, block_size=block_size, progress=progress,
-        target=target)
+        convs=convs, per_token=per_token, bits=bits, conv_bits=conv_bits, block_size=block_size,
+        progress=progress, target=target)
     if not report:
         return quantize_with_config(graph, cfg, calibration)[0]
     with measure(f"quantize {cfg.mode}") as stage:
@@ -126,8 +132,9 @@ def quantize_with_config(graph: Graph, cfg: QuantizeConfig,
     with _planning_threads(cfg.target):
         plan = _plan(graph, cfg, calibration)
         _check_builds_run_on(plan, graph, cfg)
-        # Half precision has no per-layer forward: it always ranks end-to-end.
-        sensitivity = "end-to-end" if cfg.mode in ("fp16", "bf16") else cfg.sensitivity
+        # Half precision and codebooks have no per-layer forward: they rank end-to-end.
+        sensitivity = ("end-to-end" if cfg.mode in ("fp16", "bf16", "codebook")
+                       else cfg.sensitivity)
         rep = QuantReport(mode=plan.mode, error_budget=cfg.error_budget,
                           bytes_before=graph.constant_bytes(), label=plan.label,
                           layers=plan.records, embeddings=plan.embeddings,
@@ -168,6 +175,10 @@ def _plan(graph: Graph, cfg: QuantizeConfig, calibration: Iterable[tuple] | None
         from graphopt.quant.weight_only import weight_only_plan
 
         return weight_only_plan(graph, cfg.exclude, cfg.bits, cfg.block_size)
+    if cfg.mode == "codebook":
+        from graphopt.quant.codebook import codebook_plan
+
+        return codebook_plan(graph, cfg.exclude, cfg.bits, cfg.conv_bits)
     if cfg.mode == "bf16-compute":
         from graphopt.quant.bf16_compute import bf16_compute_plan
 

@@ -9,7 +9,7 @@ from graphopt.compile import Target
 from graphopt.config import Config, string_tuple
 from graphopt.errors import QuantizationError
 
-MODES = ("dynamic", "static", "weight-only", "fp16", "bf16", "bf16-compute")
+MODES = ("dynamic", "static", "weight-only", "fp16", "bf16", "bf16-compute", "codebook")
 SENSITIVITIES = ("local", "end-to-end")
 
 
@@ -32,7 +32,8 @@ class QuantizeConfig(Config):
     embeddings: bool = True
     convs: bool = False
     per_token: bool = False
-    bits: int = 4
+    bits: int | None = None  # weight-only: 4 (or 8); codebook: 5 (fully connected layers)
+    conv_bits: int = 8  # codebook: bits of convolution weights
     block_size: int = 32
     progress: bool | None = None
     target: Target | None = None
@@ -45,7 +46,7 @@ class QuantizeConfig(Config):
             raise QuantizationError(f"unknown quantize mode {self.mode!r}; known: "
                                     f"{', '.join(MODES)}")
         self._set("exclude", _globs(self.exclude))
-        self._check_int("bits", 4, allowed=(4, 8))
+        self._check_bits()
         self._check_int("block_size", 1)
         self._check_number("error_budget", 0.0, optional=True)
         self._check_choice("sensitivity", SENSITIVITIES)
@@ -59,6 +60,18 @@ class QuantizeConfig(Config):
                                     f"ranges), not to mode='{self.mode}'")
         if self.target is not None and not isinstance(self.target, Target):
             self._fail("target", self.target, "a graphopt.Target or None")
+
+    def _check_bits(self) -> None:
+        if self.mode == "codebook":
+            # Deep Compression's defaults: 5-bit codebooks for fully connected layers, 8-bit for
+            # convolutions (index 0 is the pruned zero, so 8 bits take uint16 indices).
+            self._set("bits", 5 if self.bits is None else self.bits)
+            for name in ("bits", "conv_bits"):
+                self._check_int(name, 1, allowed=tuple(range(1, 13)))
+            return
+        self._set("bits", 4 if self.bits is None else self.bits)
+        self._check_int("bits", 4, allowed=(4, 8))
+        self._check_int("conv_bits", 1)
 
     def _check_observer(self) -> None:
         from graphopt.quant.observers import OBSERVERS

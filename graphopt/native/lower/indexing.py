@@ -3,6 +3,7 @@
 embedding, index_select and advanced indexing with one index tensor are all "take" along one
 axis; several constant index tensors on adjacent axes are one "take" along those axes flattened.
 torch.gather is "gather". Index tensors may be int32 or int64 (no conversion).
+codebook_decode (a shared weight) is "codebook_decode" (csrc/rt_codebook.cpp).
 """
 
 from __future__ import annotations
@@ -98,3 +99,18 @@ def emit_gather(ctx, allow_negative: bool) -> None:
 @register_lowering("native", "gather")
 def lower_gather(ctx) -> None:
     emit_gather(ctx, allow_negative=False)
+
+
+@register_lowering("native", "codebook_decode")
+def lower_codebook_decode(ctx) -> None:
+    """A shared weight read through its codebook (one "codebook_decode" step). With constant
+    indices and codebook (the usual case) the builder decodes it once at plan time instead."""
+    if ctx.in_dtype(1) != DType.float32:
+        ctx.unsupported(f"codebook_decode with {ctx.in_dtype(1).name} centroids (float32 only)")
+    indices = ctx.contiguous(0)
+    centroids = ctx.contiguous(1)
+    out = ctx.output(0)
+    if out.numel == 0:
+        return
+    ctx.emit("codebook_decode", [out, indices, centroids],
+             [out.numel, dtype_code(ctx, ctx.in_dtype(0)), centroids.numel])
