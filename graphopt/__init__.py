@@ -60,14 +60,15 @@ def quantize(graph: Graph, mode: str = "dynamic", **options):
     return _quantize(graph, mode, **options)
 
 
-def compress(graph: Graph, path, *, bits: int | None = None, conv_bits: int = 8, exclude=(),
-             calibration=None, error_budget: float | None = None):
+def compress(graph: Graph, path, *, bits: int | None = None, conv_bits: int = 8,
+             bias_bits: int | None = None, exclude=(), calibration=None,
+             error_budget: float | None = None):
     """Write ``graph`` to ``path`` as a compressed model file (``.gcm``); returns the
     per-constant size report (``graphopt.backends.compressed_model.CompressedFile``).
 
     A graph without codebooks is first quantized with ``graphopt.quantize(graph, "codebook",
-    bits=, conv_bits=, exclude=, calibration=, error_budget=)`` (Deep Compression weight
-    sharing; prune first, with ``graphopt.prune``, for the zeros that sparse coding drops). A
+    bits=, conv_bits=, bias_bits=, exclude=, calibration=, error_budget=)`` (Deep Compression
+    weight sharing; prune first, with ``graphopt.prune``, for the zeros that sparse coding drops). A
     graph that already has them (quantized, then fine-tuned with ``graphopt.finetune``) is
     written as it is. Codebook indices are stored sparse + Huffman coded, other constants
     raw or deflated; ``graphopt.load(path)`` reads the graph back. See docs/compression.md."""
@@ -75,8 +76,8 @@ def compress(graph: Graph, path, *, bits: int | None = None, conv_bits: int = 8,
     from graphopt.ops.registry import CODEBOOK
 
     if not any(node.has_trait(CODEBOOK) for node in graph.nodes):
-        graph = quantize(graph, "codebook", bits=bits, conv_bits=conv_bits, exclude=exclude,
-                         calibration=calibration, error_budget=error_budget)
+        graph = quantize(graph, "codebook", bits=bits, conv_bits=conv_bits, bias_bits=bias_bits,
+                         exclude=exclude, calibration=calibration, error_budget=error_budget)
     return save_compressed(graph, path)
 
 

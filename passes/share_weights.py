@@ -11,7 +11,8 @@ Before -> after (``share-weights{bits=5,conv_bits=8}``)::
     %y: f32[1, 300] = linear(%x, %fc.weight.shared, %fc.bias)
 
 Not numerically exact: each weight moves to the nearest of ``2**bits`` k-means centroids
-(linear initialization over the weight's range; ``conv_bits`` for convolutions). Zeros left by
+(linear initialization over the weight's range; ``conv_bits`` for convolutions; biases too with
+``bias_bits``). Zeros left by
 pruning are not clustered and stay exact. ``graphopt.finetune`` then trains the centroids (the
 gradients of the weights sharing one are summed) and ``graphopt.compress`` stores the indices
 sparse + Huffman coded. The same rewrite as ``graphopt.quantize(graph, "codebook")``, without
@@ -32,15 +33,18 @@ class ShareWeights:
 
     bits: int = 5
     conv_bits: int = 8
+    bias_bits: int | None = None
     exclude: tuple[str, ...] = ()
 
     def run(self, graph: Graph) -> bool:
         from graphopt.errors import QuantizationError
         from graphopt.quant.codebook import codebook_candidates, share_constants
 
-        for name in ("bits", "conv_bits"):
+        for name in ("bits", "conv_bits", "bias_bits"):
             value = getattr(self, name)
+            if value is None and name == "bias_bits":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 12:
                 raise QuantizationError(f"share-weights: {name}={value!r} must be 1 to 12")
         names = {v.name for v in codebook_candidates(graph, self.exclude)}
-        return bool(share_constants(graph, names, self.bits, self.conv_bits))
+        return bool(share_constants(graph, names, self.bits, self.conv_bits, self.bias_bits))

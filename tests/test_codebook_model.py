@@ -196,6 +196,16 @@ def test_compress_and_load_round_trip_bit_exact(shared_cnn, tmp_path, digits_dat
         assert record.stored_bytes * 8 < node.inputs[0].data.size * 8
         assert record.dense_bytes == node.inputs[0].data.size * 4
     assert written.ratio > 8
+    # the paper's per-stage table: each stage shrinks every (70% pruned) layer
+    stages = written.stages()
+    assert sorted(r.name for r in stages) == sorted(n.inputs[0].name[: -len(".indices")]
+                                                    for n in _decode_nodes(shared))
+    for row in stages:  # (Huffman's code tables can outweigh its gain on a tiny layer)
+        assert row.shared_bytes < row.pruned_bytes < row.dense_bytes
+        if row.weights >= 10000:
+            assert row.huffman_bytes < row.shared_bytes
+        assert row.bits in (4, 6) and 1 <= row.gap_bits <= 8
+    assert "huffman" in str(written) and "total" in str(written)
     report = inspect_compressed(path)
     assert report.file_bytes == written.file_bytes and report.decode_seconds > 0
 
@@ -304,3 +314,17 @@ def test_cli_compress_and_inspect(tmp_path, capsys):
     assert "truncated" in capsys.readouterr().err
     assert main(["compress", "zoo:mlp", "-o", str(tmp_path / "x.onnx")]) == 2
     assert main(["compress", "zoo:mlp", "-o", str(out), "--bits", "13"]) == 2
+
+
+def test_biases_share_codebooks_only_when_asked(cnn_graph):
+    from graphopt.errors import QuantizationError
+
+    plain = graphopt.quantize(cnn_graph, "codebook")
+    assert all(n.inputs[0].type.rank >= 2 for n in _decode_nodes(plain))
+    with_biases = graphopt.quantize(cnn_graph, "codebook", bias_bits=4)
+    biases = [n for n in _decode_nodes(with_biases) if n.inputs[0].type.rank == 1]
+    assert len(biases) == 4  # conv (32, 64 channels) and linear (64, 10) biases
+    for node in biases:  # a small bias gets a smaller codebook, never one larger than itself
+        assert node.inputs[1].data.size * 2 < node.inputs[0].data.size
+    with pytest.raises(QuantizationError, match="bias_bits"):
+        graphopt.quantize(cnn_graph, "dynamic", bias_bits=4)

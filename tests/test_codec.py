@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from graphopt.codec import (HuffmanCode, decode_sparse, encode_sparse, share_weights)
 from graphopt.codec.codebook import centroid_gradients
@@ -244,3 +246,40 @@ def test_corrupt_or_truncated_weights_files_are_refused(tmp_path):
     path.write_bytes(b"PK\x03\x04" + good[4:])
     with pytest.raises(CompressionError, match="not a graphopt compressed model"):
         load_weights(path)
+
+
+# --------------------------------------------------------------------------- index streams
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_index_streams_round_trip_bit_exact(data):
+    from graphopt.codec.index_stream import decode_indices, encode_indices
+
+    alphabet = data.draw(st.integers(1, 300), label="alphabet")
+    size = data.draw(st.integers(0, 3000), label="size")
+    density = data.draw(st.floats(0.0, 1.0), label="density")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    symbols = np.where(rng.random(size) < density, rng.integers(0, alphabet, size), 0)
+    width = data.draw(st.one_of(st.none(), st.integers(1, 8)), label="index_bits")
+    entry, sections = encode_indices("w", symbols, alphabet, width)
+    assert list(sections) == ["w"]
+    np.testing.assert_array_equal(decode_indices("w", entry, sections, size), symbols)
+    if width is None:  # the automatic gap width is the smallest of all widths
+        best = min(len(encode_indices("w", symbols, alphabet, b)[1]["w"]) for b in range(1, 9))
+        assert len(sections["w"]) == best
+
+
+def test_index_stream_entries_that_disagree_with_the_section_are_refused():
+    from graphopt.codec.index_stream import decode_indices, encode_indices
+
+    symbols = np.array([0, 0, 3, 1, 0, 0, 0, 2] * 50)
+    entry, sections = encode_indices("w", symbols, 4)
+    for key, value in [("entries", 10**6), ("symbol_nbits", -1), ("alphabet", 0),
+                       ("index_bits", 40), ("gap_nbits", entry["gap_nbits"] + 64)]:
+        with pytest.raises(CompressionError):
+            decode_indices("w", {**entry, key: value}, sections, symbols.size)
+    with pytest.raises(CompressionError, match="missing"):
+        decode_indices("w", entry, {}, symbols.size)
+    with pytest.raises(CompressionError):
+        decode_indices("w", entry, {"w": sections["w"][:-1]}, symbols.size)
+    with pytest.raises(CompressionError):
+        encode_indices("w", np.array([5]), 4)

@@ -27,10 +27,10 @@ from __future__ import annotations
 import os
 import time
 import zlib
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from graphopt.backends.compressed_report import CompressedFile, ConstantRecord
 from graphopt.backends.torch_bundle import decode_spec, encode_spec
 from graphopt.codec.container import read_container, write_container
 from graphopt.codec.index_stream import decode_indices, encode_indices
@@ -51,58 +51,6 @@ FORMAT = "graphopt-model"
 SUFFIX = ".gcm"
 _INDEX_DTYPES = (DType.uint8, DType.uint16)
 _DEFLATE_GAIN = 0.875  # deflate only where it saves at least 1/8
-
-
-@dataclass(frozen=True)
-class ConstantRecord:
-    """How one constant is stored: ``dense_bytes`` as it is in memory (for a codebook's indices,
-    as the float32 weight they stand for), ``stored_bytes`` in the file."""
-
-    name: str
-    encoding: str  # indices, deflate, raw or inline
-    shape: tuple[int, ...]
-    dtype: str
-    dense_bytes: int
-    stored_bytes: int
-    kept: int  # non-zero elements
-    entries: int = 0  # indices: stored entries of the sparse coding (kept + fillers)
-    gap_bits: int = 0  # indices: the sparse coding's gap width
-
-
-@dataclass
-class CompressedFile:
-    """What ``save_compressed`` wrote (or ``inspect_compressed`` read): per constant and total.
-
-    ``ratio`` is the float32 size of the model's parameters over the whole file's size (header,
-    directory and IR text included)."""
-
-    path: str
-    file_bytes: int
-    constants: list[ConstantRecord] = field(default_factory=list)
-    decode_seconds: float | None = None
-
-    @property
-    def dense_bytes(self) -> int:
-        return sum(c.dense_bytes for c in self.constants)
-
-    @property
-    def ratio(self) -> float:
-        return self.dense_bytes / max(self.file_bytes, 1)
-
-    def __str__(self) -> str:
-        lines = [f"{self.path}: {self.file_bytes:,} bytes, {self.dense_bytes:,} bytes of "
-                 f"parameters as float32 ({self.ratio:.1f}x)"]
-        width = max([len(c.name) for c in self.constants] + [8])
-        lines.append(f"  {'constant':<{width}}  {'encoding':<8}  {'kept':>8}  "
-                     f"{'dense':>10}  {'stored':>9}  {'ratio':>6}")
-        for c in sorted(self.constants, key=lambda c: -c.dense_bytes):
-            ratio = (f"{c.dense_bytes / c.stored_bytes:>5.1f}x" if c.dense_bytes and
-                     c.stored_bytes else f"{'-':>6}")
-            lines.append(f"  {c.name:<{width}}  {c.encoding:<8}  {c.kept:>8}  "
-                         f"{c.dense_bytes:>10,}  {c.stored_bytes:>9,}  {ratio}")
-        if self.decode_seconds is not None:
-            lines.append(f"  decoded in {self.decode_seconds * 1e3:.1f} ms")
-        return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------- write
@@ -133,7 +81,7 @@ def _encode_constant(value: Value, table: Value | None, is_codebook: bool):
         packed = zlib.compress(raw, 9)
         deflate = len(packed) <= _DEFLATE_GAIN * len(raw)
         entry["encoding"] = "deflate" if deflate else "raw"
-        sections = {f"{value.name}/data": packed if deflate else raw}
+        sections = {value.name: packed if deflate else raw}
     stored = sum(len(s) for s in sections.values())
     return entry, sections, _record(value, entry, stored, table, is_codebook)
 
@@ -148,7 +96,8 @@ def _record(value: Value, entry: dict | None, stored: int, table: Value | None,
     entry = entry or {"encoding": "inline"}
     return ConstantRecord(value.name, entry["encoding"], tuple(int(d) for d in data.shape),
                           str(value.dtype), dense, stored, int(np.count_nonzero(data)),
-                          int(entry.get("entries", 0)), int(entry.get("index_bits", 0)))
+                          int(entry.get("entries", 0)), int(entry.get("index_bits", 0)),
+                          table.name if table is not None else None)
 
 
 @entry_point("writing a compressed model (.gcm)")
@@ -162,9 +111,6 @@ def save_compressed(graph: Graph, path: str | os.PathLike) -> CompressedFile:
     codebooks = set(tables.values())
     entries, sections, records = {}, {}, []
     for name, value in graph.constants.items():
-        if "/" in name:
-            raise CompressionError(f"saving {where}: constant %{name}: a name with '/' cannot "
-                                   "name a section; rename it")
         if value.data.size <= INLINE_LIMIT:  # printed with its data in the IR text
             records.append(_record(value, None, 0, tables.get(value), value in codebooks))
             continue
@@ -202,7 +148,7 @@ def _decode_constant(name: str, entry: dict, sections: dict) -> np.ndarray:
         return flat.astype(dtype.numpy).reshape(shape)
     if encoding not in ("raw", "deflate"):
         raise CompressionError(f"unknown encoding {encoding!r}")
-    key = f"{name}/data"
+    key = name
     if key not in sections:
         raise CompressionError(f"section '{key}' is missing")
     nbytes = count * dtype.itemsize
@@ -276,7 +222,7 @@ def _records(where: str, graph: Graph, entries: dict, sections: dict) -> Compres
     records = []
     for name, value in graph.constants.items():
         entry = entries.get(name)
-        stored = sum(len(p) for k, p in sections.items() if k.startswith(f"{name}/"))
+        stored = len(sections.get(name, b""))
         records.append(_record(value, entry, stored, tables.get(value), value in codebooks))
     return CompressedFile(where, os.path.getsize(where), records)
 

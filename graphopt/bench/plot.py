@@ -3,7 +3,8 @@
 ``plot_report``: left, p50 latency per backend with a p10-p90 whisker and the IQR as a thicker
 bar; right, speedup vs eager (1.0 marked). With a per-pass attribution a third panel shows the
 latency after each pipeline stage. ``plot_summary``: speedup vs eager of several reports
-(models) grouped by backend.
+(models) grouped by backend. ``plot_stages``: a compression chain stage by stage (file size,
+latency, accuracy; examples/compress_vgg.py).
 """
 
 from __future__ import annotations
@@ -142,6 +143,28 @@ def plot_summary(reports: Sequence[BenchmarkReport], path: str) -> str:
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
+    return path
+
+
+def plot_stages(rows: Sequence[dict], path: str, title: str) -> str:
+    """File size, batch-1 latency and accuracy per stage (``rows``: dicts with ``stage``,
+    ``file_bytes``, ``native_ms``, ``accuracy``), one bar chart each; returns the path."""
+    plt = _pyplot()
+    names = [r["stage"].split(" (")[0] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    panels = [("file size (KiB)", [r["file_bytes"] / 1024 for r in rows]),
+              ("native latency, batch 1 (ms)", [r["native_ms"] for r in rows]),
+              ("test accuracy (%)", [r["accuracy"] for r in rows])]
+    for i, (ax, (label, values)) in enumerate(zip(axes, panels)):
+        ax.barh(range(len(rows)), values, color=_color("graphopt-native"))
+        ax.set_yticks(range(len(rows)), names if i == 0 else [""] * len(rows))
+        ax.invert_yaxis()
+        ax.set_title(label)
+        if i == 2:
+            ax.set_xlim(max(0.0, min(values) - 5), 100)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
     return path
 
 

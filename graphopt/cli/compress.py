@@ -50,6 +50,8 @@ def add_parsers(sub, common) -> None:
                    help="codebook bits of fully connected weights, 1-12 (default: %(default)s)")
     p.add_argument("--conv-bits", type=int, default=8, metavar="B",
                    help="codebook bits of convolution weights, 1-12 (default: %(default)s)")
+    p.add_argument("--bias-bits", type=int, default=None, metavar="B",
+                   help="share the biases too, at this many bits (default: keep them float)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="keep weights whose node or constant name matches GLOB float "
                    "(repeatable)")
@@ -79,8 +81,8 @@ def add_parsers(sub, common) -> None:
 def _check(opts) -> None:
     if opts.sparsity is not None and not 0.0 <= opts.sparsity < 1.0:
         raise CliError(f"--sparsity {opts.sparsity}: expected a fraction in [0, 1)")
-    for flag in ("bits", "conv_bits"):
-        if not 1 <= getattr(opts, flag) <= 12:
+    for flag in ("bits", "conv_bits", "bias_bits"):
+        if getattr(opts, flag) is not None and not 1 <= getattr(opts, flag) <= 12:
             raise CliError(f"--{flag.replace('_', '-')} {getattr(opts, flag)}: expected 1 to 12")
     if opts.error_budget is not None and not opts.data:
         raise CliError("--error-budget needs --data FILE.npz")
@@ -110,7 +112,8 @@ def run_compress(opts) -> int:
 
         data = load_calibration(opts.data, graph)
     shared, report = graphopt.quantize(graph, "codebook", bits=opts.bits,
-                                       conv_bits=opts.conv_bits, exclude=tuple(opts.exclude),
+                                       conv_bits=opts.conv_bits, bias_bits=opts.bias_bits,
+                                       exclude=tuple(opts.exclude),
                                        calibration=data, error_budget=opts.error_budget,
                                        report=True)
     if not opts.quiet:

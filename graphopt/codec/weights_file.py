@@ -1,7 +1,7 @@
 """Named weights in a ``.gcm`` container (container.py), each dense or Deep-Compression coded.
 
 A coded weight ("shared") is stored as its codebook (float32) and its indices as an index stream
-(``index_stream.py``: sparse index coding + Huffman, four sections). The stream symbols are the
+(``index_stream.py``: sparse index coding + Huffman, one section). The stream symbols are the
 codebook index + 1, 0 standing for a zero (a filler of the sparse coding, or a pruned weight),
 so fillers decode to exactly 0.0. A dense weight is its float32 bytes.
 
@@ -40,7 +40,7 @@ def _encode_shared(name: str, w: np.ndarray, bits: int, index_bits: int | None):
     kept = w != 0
     book = share_weights(w, bits, mask=kept)
     symbols = np.where(kept, book.indices.astype(np.int64) + 1, 0)  # 0 is reserved for zeros
-    entry, sections = encode_indices(name, symbols, (1 << bits) + 1, index_bits)
+    entry, sections = encode_indices(f"{name}/indices", symbols, (1 << bits) + 1, index_bits)
     sections[f"{name}/centroids"] = book.centroids.astype("<f4").tobytes()
     meta = {"kind": "shared", "shape": list(w.shape), "bits": bits, **entry}
     return meta, sections, int(kept.sum())
@@ -115,6 +115,6 @@ def _decode(name: str, entry: dict, sections: dict) -> np.ndarray:
     centroids = np.frombuffer(_section(sections, f"{name}/centroids"), dtype="<f4")
     if centroids.size != 1 << bits or int(entry["alphabet"]) != (1 << bits) + 1:
         raise CompressionError("the codebook does not match the bit width")
-    flat = decode_indices(name, entry, sections, count)
+    flat = decode_indices(f"{name}/indices", entry, sections, count)
     table = np.concatenate([np.zeros(1, np.float32), centroids.astype(np.float32)])
     return table[flat].reshape(shape)

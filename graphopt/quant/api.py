@@ -37,6 +37,7 @@ def quantize(
     per_token: bool = False,
     bits: int | None = None,
     conv_bits: int = 8,
+    bias_bits: int | None = None,
     block_size: int = 32,
     progress: bool | None = None,
     report: bool = False,
@@ -85,7 +86,8 @@ def quantize(
             Convs stay per tensor.
         bits, block_size: weight-only mode: 4 (default) or 8 bits, blocks of ``block_size``
             along K. Codebook mode: ``bits`` (default 5) for fully connected weights,
-            ``conv_bits`` (default 8) for convolutions; 1 to 12 each.
+            ``conv_bits`` (default 8) for convolutions, ``bias_bits`` (default None: float)
+            for the biases of those layers; 1 to 12 each.
         progress: static mode: a tqdm bar over the calibration data (None: for 32 or more
             items when stderr is a terminal).
         report: also return the ``QuantReport`` (its ``config`` holds the options; its
@@ -112,8 +114,8 @@ def quantize(
     cfg = QuantizeConfig.resolve(
         config, mode=mode, error_budget=error_budget, exclude=exclude, sensitivity=sensitivity,
         observer=observer, observer_options=observer_options, embeddings=embeddings,
-        convs=convs, per_token=per_token, bits=bits, conv_bits=conv_bits, block_size=block_size,
-        progress=progress, target=target)
+        convs=convs, per_token=per_token, bits=bits, conv_bits=conv_bits, bias_bits=bias_bits,
+        block_size=block_size, progress=progress, target=target)
     if not report:
         return quantize_with_config(graph, cfg, calibration)[0]
     with measure(f"quantize {cfg.mode}") as stage:
@@ -178,7 +180,7 @@ def _plan(graph: Graph, cfg: QuantizeConfig, calibration: Iterable[tuple] | None
     if cfg.mode == "codebook":
         from graphopt.quant.codebook import codebook_plan
 
-        return codebook_plan(graph, cfg.exclude, cfg.bits, cfg.conv_bits)
+        return codebook_plan(graph, cfg.exclude, cfg.bits, cfg.conv_bits, cfg.bias_bits)
     if cfg.mode == "bf16-compute":
         from graphopt.quant.bf16_compute import bf16_compute_plan
 

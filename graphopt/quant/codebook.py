@@ -18,9 +18,11 @@ uint8 up to 7 bits (255 centroids + the zero) and uint16 above.
 
 Which weights: the ``weights`` operand of weight-carrying ops (linear, matmul, conv,
 conv_transpose and their fused forms; a matmul's constant left operand too), floating, rank >= 2,
-with more elements than twice the codebook (a smaller weight would not shrink). Convolutions
+with more elements than twice the codebook (a smaller weight gets fewer bits). Convolutions
 (``OUT_IN_SPATIAL`` / ``IN_OUT_SPATIAL`` layouts) take ``conv_bits``, the rest ``bits``: the
-paper's 8 and 5. Not numerically exact: each weight moves to its nearest centroid.
+paper's 8 and 5. Biases keep float unless ``bias_bits`` is given (the paper leaves them; in a
+small pruned model they can be a fifth of the file). Not numerically exact: each weight moves
+to its nearest centroid.
 """
 
 from __future__ import annotations
@@ -40,32 +42,47 @@ SHARE_WEIGHT = "share-weight"
 _CONV_LAYOUTS = (OUT_IN_SPATIAL, IN_OUT_SPATIAL)
 
 
-def codebook_candidates(graph: Graph, exclude: Sequence[str] = ()) -> dict[Value, bool]:
-    """Weight constants that can share a codebook -> whether they are convolution weights.
+FC, CONV, BIAS = "fc", "conv", "bias"
 
-    ``exclude`` globs match the weight's name or the name of a node that reads it."""
-    out: dict[Value, bool] = {}
+
+def codebook_candidates(graph: Graph, exclude: Sequence[str] = ()) -> dict[Value, str]:
+    """Constants that can share a codebook -> their kind: ``"conv"`` (a convolution weight),
+    ``"fc"`` (any other weight) or ``"bias"`` (the bias operand of a weight-carrying op).
+
+    ``exclude`` globs match the constant's name or the name of a node that reads it."""
+    out: dict[Value, str | None] = {}
     for node in graph.nodes:
         spec = get_op(node.op).weights
         if spec is None:
             continue
-        slots = [spec.slot] + ([spec.lhs_slot] if spec.lhs_slot is not None else [])
-        for slot in slots:
+        weight_kind = CONV if spec.layout_for(node.attrs) in _CONV_LAYOUTS else FC
+        slots = [(spec.slot, weight_kind)] + ([(spec.lhs_slot, FC)] if spec.lhs_slot is not None
+                                              else [])
+        if spec.bias is not None:
+            slots.append((spec.bias, BIAS))
+        for slot, kind in slots:
             value = node.inputs[slot] if slot < len(node.inputs) else None
             if (value is None or not value.is_constant or value.dtype is not DType.float32
-                    or value.data.ndim < 2):
+                    or value.data.ndim < (1 if kind == BIAS else 2)):
                 continue
-            names = (node.name, value.name)
-            if any(fnmatch.fnmatch(n, pat) for pat in exclude for n in names):
+            if any(fnmatch.fnmatch(n, pat) for pat in exclude for n in (node.name, value.name)):
                 out[value] = None  # excluded by one reader: excluded for all
                 continue
-            out.setdefault(value, spec.layout_for(node.attrs) in _CONV_LAYOUTS)
-    return {v: conv for v, conv in out.items() if conv is not None}
+            out.setdefault(value, kind)
+    return {v: kind for v, kind in out.items() if kind is not None}
 
 
-def bits_for(value: Value, conv: bool, bits: int, conv_bits: int) -> int | None:
-    """The codebook bits of ``value``, or None when its codebook would outweigh it."""
-    chosen = conv_bits if conv else bits
+def bits_for(value: Value, kind: str, bits: int, conv_bits: int,
+             bias_bits: int | None = None) -> int | None:
+    """The codebook bits of ``value``: its kind's bits, fewer for a constant smaller than twice
+    that codebook (a codebook must not outweigh its weight: 500 weights of a first conv take 7
+    bits, not 8), None when it keeps float (a bias without ``bias_bits``, or a constant of at
+    most 4 elements)."""
+    chosen = {FC: bits, CONV: conv_bits, BIAS: bias_bits}[kind]
+    if chosen is None:
+        return None
+    while chosen > 1 and value.data.size <= 2 * (1 << chosen):
+        chosen -= 1
     return chosen if value.data.size > 2 * (1 << chosen) else None
 
 
@@ -79,19 +96,19 @@ def shared_weight(data: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def share_constants(graph: Graph, names: set[str] | None, bits: int, conv_bits: int,
-                    rw: Rewriter | None = None) -> list[str]:
+                    bias_bits: int | None = None, rw: Rewriter | None = None) -> list[str]:
     """In place: each named candidate weight (None: every candidate) replaced by a
     ``codebook_decode`` of its indices and codebook (inserted before its first reader);
     returns the names shared. Each weight is one rewrite (``share-weight``) through ``rw``
     (default: a new one on ``graph``), so ``graphopt.bisect`` can stop after any of them."""
     rw = rw if rw is not None else Rewriter(graph)
-    candidates = {v.name: (v, conv) for v, conv in codebook_candidates(graph).items()}
+    candidates = {v.name: (v, kind) for v, kind in codebook_candidates(graph).items()}
     done = []
     for name in sorted(candidates if names is None else names):
         if name not in candidates:
             continue
-        value, conv = candidates[name]
-        chosen = bits_for(value, conv, bits, conv_bits)
+        value, kind = candidates[name]
+        chosen = bits_for(value, kind, bits, conv_bits, bias_bits)
         if chosen is None:
             continue
         if not rw.edit(SHARE_WEIGHT, f"const %{name}"):
@@ -120,23 +137,27 @@ def replace_with_codebook(graph: Graph, value: Value, bits: int) -> Value:
     return decode.outputs[0]
 
 
-def codebook_plan(graph: Graph, exclude: Sequence[str], bits: int, conv_bits: int):
-    """The codebook mode's plan for ``graphopt.quantize`` (layers = weight constants)."""
+def codebook_plan(graph: Graph, exclude: Sequence[str], bits: int, conv_bits: int,
+                  bias_bits: int | None = None):
+    """The codebook mode's plan for ``graphopt.quantize`` (layers = weight constants; biases
+    too with ``bias_bits``)."""
     from graphopt.quant.api import Plan
     from graphopt.quant.report import LayerRecord
 
     every = codebook_candidates(graph)
     chosen = codebook_candidates(graph, exclude)
     records = []
-    for value, conv in every.items():
-        use = value in chosen and bits_for(value, conv, bits, conv_bits) is not None
-        reason = "" if use else ("excluded" if value not in chosen else "smaller than its codebook")
+    for value, kind in every.items():
+        if kind == BIAS and bias_bits is None:
+            continue  # biases are candidates only when asked for
+        use = value in chosen and bits_for(value, kind, bits, conv_bits, bias_bits) is not None
+        reason = "" if use else ("excluded" if value not in chosen else "too small to share")
         records.append(LayerRecord(value.name, value.name, tuple(int(d) for d in value.shape),
                                    use, reason=reason))
 
     def build(names: set[str]) -> Graph:
         g = graph.clone()
-        share_constants(g, names, bits, conv_bits)
+        share_constants(g, names, bits, conv_bits, bias_bits)
         return g
 
     label = f"codebook {bits}-bit" + (f" ({conv_bits}-bit convs)" if conv_bits != bits else "")

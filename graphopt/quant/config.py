@@ -34,6 +34,7 @@ class QuantizeConfig(Config):
     per_token: bool = False
     bits: int | None = None  # weight-only: 4 (or 8); codebook: 5 (fully connected layers)
     conv_bits: int = 8  # codebook: bits of convolution weights
+    bias_bits: int | None = None  # codebook: share biases too, at this many bits
     block_size: int = 32
     progress: bool | None = None
     target: Target | None = None
@@ -68,7 +69,12 @@ class QuantizeConfig(Config):
             self._set("bits", 5 if self.bits is None else self.bits)
             for name in ("bits", "conv_bits"):
                 self._check_int(name, 1, allowed=tuple(range(1, 13)))
+            if self.bias_bits is not None:
+                self._check_int("bias_bits", 1, allowed=tuple(range(1, 13)))
             return
+        if self.bias_bits is not None:
+            raise QuantizationError(f"bias_bits applies to mode='codebook', not to "
+                                    f"mode='{self.mode}'")
         self._set("bits", 4 if self.bits is None else self.bits)
         self._check_int("bits", 4, allowed=(4, 8))
         self._check_int("conv_bits", 1)
