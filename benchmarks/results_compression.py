@@ -106,3 +106,19 @@ def plot_compress_vgg(data: Any, path) -> None:
 
     plot_stages(_check_walkthrough(data)["stages"], str(path),
                 "VGG-16-layout CNN on digits: Deep Compression stage by stage")
+
+
+@renderer("codebook_gemv")
+def render_codebook_gemv(data: Any) -> str:
+    """Native linear layers on shared weights: decoded vs read through the codebook."""
+    if not isinstance(data, dict) or data.get("schema") != "graphopt-codebook-gemv/1":
+        raise ResultsFormatError("expected schema graphopt-codebook-gemv/1")
+    lines = ["| weight | rows | decoded (float32 GEMM) | lookup (linear_codebook) | speed-up | "
+             "weight memory | max error |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in data["results"]:
+        error = max(r["decode_max_error"], r["lookup_max_error"])
+        lines.append(f"| {r['size']} x {r['size']} | {r['rows']} | {r['decode_ms']:.3f} ms | "
+                     f"{r['lookup_ms']:.3f} ms | {r['speedup']:.2f}x | "
+                     f"{r['decode_weight_bytes'] / 2**20:.1f} -> "
+                     f"{r['lookup_weight_bytes'] / 2**20:.1f} MiB | {error:.1e} |")
+    return "\n".join(lines)

@@ -155,6 +155,30 @@ def test_residual_accumulates_in_place():
     assert gemm.operands[0].buffer is gemm.operands[4].buffer
 
 
+@pytest.mark.parametrize("rows", [1, 10])  # the GEMV (batch 1) and the GEMM
+def test_a_residual_that_is_also_the_input_is_not_overwritten_in_place(rows):
+    """relu(W x + x): the residual dies at the fused linear but is also its input; writing the
+    product into its buffer would corrupt what the product still reads (a bug found by the
+    codebook tests: fused_linear with residual == input, after a GELU)."""
+    class SelfResidual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first = torch.nn.Linear(16, 48)
+            self.lin = torch.nn.Linear(48, 48)
+
+        def forward(self, x):
+            h = torch.nn.functional.gelu(self.first(x))
+            return torch.relu(self.lin(h) + h)
+
+    x = randn(rows, 16)
+    g = graphopt.optimize(graphopt.trace(SelfResidual().eval(), (x,)), "default")
+    fused = [n for n in g.nodes if n.op == "fused_linear" and n.inputs[3] is n.inputs[0]]
+    assert fused, "the residual should be fused with the product of the same input"
+    fn = check_graph(g, [x])
+    gemm = next(s for s in fn.plan.steps if s.kernel == "gemm" and s.operands[4] is not None)
+    assert gemm.operands[0].buffer is not gemm.operands[1].buffer
+
+
 @pytest.mark.parametrize("name,options", [("mlp", {}), ("convzoo", {}), ("tensorops", {}),
                                           ("bert", {"layers": 2, "seq": 32})])
 def test_model_plans_are_overlap_free(name, options):

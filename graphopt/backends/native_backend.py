@@ -14,7 +14,7 @@ from graphopt.native.module import NativeModule
 def compile_native(graph: Graph, *, threads: int | None = None,
                    fallback: str | None = "reference",
                    sparse: str = "auto", layout: str = "auto", precision: str = "fp32",
-                   **options: Any) -> NativeModule:
+                   codebook: str = "auto", **options: Any) -> NativeModule:
     """Backend factory: plan ``graph`` for graphopt's C++ runtime.
 
     Args:
@@ -34,6 +34,11 @@ def compile_native(graph: Graph, *, threads: int | None = None,
         precision: "fp32" (default) or "bf16": GEMMs against constant weights (linear layers,
             matmuls by a weight) round both operands to bfloat16 and sum in fp32 — on AMX tiles
             where the CPU has them; norms, softmax, attention and residual adds stay fp32.
+        codebook: "auto" (default), "decode" or "lookup": codebook-shared weights
+            (``graphopt.quantize(graph, "codebook")``) decoded to float32 when the plan is
+            built, or read by linear layers through the codebook inside the product (a quarter
+            of the weight memory, faster beyond the caches); "auto": the lookup for weights of
+            8 MiB or more at up to 16 rows.
 
     Raises:
         NativeUnsupportedError: with fallback="error", nodes without a native kernel (all
@@ -44,7 +49,7 @@ def compile_native(graph: Graph, *, threads: int | None = None,
         BackendOptionError: an unknown option (GraphoptError: a bad option value).
     """
     if options:
-        raise BackendOptionError("the native backend takes threads, fallback, sparse, layout and "
-                                 f"precision, got {sorted(options)}")
+        raise BackendOptionError("the native backend takes threads, fallback, sparse, layout, "
+                                 f"precision and codebook, got {sorted(options)}")
     return NativeModule(graph, threads=threads, fallback=fallback, sparse=sparse, layout=layout,
-                        precision=precision)
+                        precision=precision, codebook=codebook)

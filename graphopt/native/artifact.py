@@ -13,7 +13,8 @@ Layout (every entry a ``.npy`` member of the zip archive)::
                     "fallback": "reference" | "error" (null: "error"),
                     "sparse": "auto" | "never" | "always",
                     "bf16": [names of bfloat16 constants, stored as their uint16 bits],
-                    "precision": "fp32" | "bf16" (optional; absent in older artifacts: fp32)}
+                    "precision": "fp32" | "bf16" (optional; absent in older artifacts: fp32),
+                    "codebook": "auto" | "decode" | "lookup" (optional; absent: auto)}
     const/<name>    one array per constant of the graph (its dtype and shape as in the text)
 
 An artifact may come from anywhere, so :func:`load` trusts none of it: arrays are read with
@@ -55,7 +56,7 @@ from graphopt.stagereport import reports_stage
 
 FORMAT = "graphopt-native/1"
 META_FIELDS = {"format", "threads", "fallback", "sparse", "bf16"}
-OPTIONAL_META_FIELDS = {"precision"}  # added after the first artifacts were written
+OPTIONAL_META_FIELDS = {"precision", "codebook"}  # added after the first artifacts
 FALLBACKS = (None, "reference", "error")  # None: "error", as saved before 0.2
 _ALIGN = 64  # where save() puts every array's data in the file (load() maps aligned arrays)
 # Array kinds an artifact may hold: bool, ints, floats (constants), unicode (graph, meta).
@@ -83,7 +84,8 @@ def save(module, path: str | os.PathLike) -> None:
     meta = {"format": FORMAT, "threads": module.threads, "fallback": module.fallback,
             "sparse": getattr(module, "sparse", "auto"),
             "bf16": [n for n, v in graph.constants.items() if v.dtype is DType.bfloat16],
-            "precision": getattr(module, "precision", "fp32")}
+            "precision": getattr(module, "precision", "fp32"),
+            "codebook": getattr(module, "codebook", "auto")}
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
@@ -164,7 +166,7 @@ def load(path: str | os.PathLike | IO[bytes], threads: int | None = None):
     _check_constants(graph, constants, meta, name)
     return NativeModule(graph, threads=meta["threads"] if threads is None else threads,
                         fallback=meta["fallback"], sparse=meta["sparse"],
-                        precision=meta["precision"])
+                        precision=meta["precision"], codebook=meta["codebook"])
 
 
 # ------------------------------------------------------------------------------ reading
@@ -298,6 +300,7 @@ def _text(entries: dict[str, np.ndarray], key: str, name: str) -> str:
 
 
 def _meta(entries: dict[str, np.ndarray], name: str) -> dict[str, Any]:
+    from graphopt.native.lower.codebook import CODEBOOK_MODES
     from graphopt.native.lower.sparse import SPARSE_MODES
 
     where = f"{name}: entry __meta__"
@@ -326,6 +329,10 @@ def _meta(entries: dict[str, np.ndarray], name: str) -> dict[str, Any]:
     meta.setdefault("precision", "fp32")
     if meta["precision"] not in PRECISIONS:
         raise ArtifactError(f"{where}: precision {meta['precision']!r} is not one of {PRECISIONS}")
+    meta.setdefault("codebook", "auto")
+    if meta["codebook"] not in CODEBOOK_MODES:
+        raise ArtifactError(f"{where}: codebook {meta['codebook']!r} is not one of "
+                            f"{CODEBOOK_MODES}")
     bf16 = meta["bf16"]
     if not isinstance(bf16, list) or not all(isinstance(n, str) for n in bf16):
         raise ArtifactError(f"{where}: bf16 must be a list of constant names")

@@ -121,11 +121,18 @@ class PlanBuilder:
 
     def __init__(self, graph: Graph, input_shapes: list[tuple[int, ...]],
                  bindings: dict | None = None, fallback: str | None = "error", threads: int = 1,
-                 sparse: str = "auto", layout: str = "auto", precision: str = "fp32"):
+                 sparse: str = "auto", layout: str = "auto", precision: str = "fp32",
+                 codebook: str = "auto"):
         from graphopt.native.lower.blocked import LAYOUTS
+        from graphopt.native.lower.codebook import CODEBOOK_MODES
         from graphopt.native.lower.sparse import SPARSE_MODES
 
         fallback = check_fallback(fallback)
+        if codebook not in CODEBOOK_MODES:
+            raise GraphoptError(f"codebook must be one of {CODEBOOK_MODES}, got {codebook!r}")
+        self.codebook = codebook  # shared weights decoded at plan time or read (lower/codebook)
+        # Values no kernel computes: a codebook weight read through its indices by its readers.
+        self.virtual: dict[Value, tuple] = {}
         if sparse not in SPARSE_MODES:
             raise GraphoptError(f"sparse must be one of {SPARSE_MODES}, got {sparse!r}")
         if layout not in LAYOUTS:
@@ -294,6 +301,14 @@ class PlanBuilder:
                 live.update(v for v in node.inputs if v is not None)
         return list(reversed(needed))
 
+    def devirtualize(self, value: Value) -> None:
+        """Give a virtual codebook weight (lower/codebook.py) its decoded array after all: for
+        a reader that cannot take it through its codebook (a fallback, a declined lookup)."""
+        if value in self.virtual:
+            indices, centroids = self.virtual.pop(value)
+            table = np.concatenate([np.zeros(1, np.float32), centroids])
+            self.consts[value] = table[indices.astype(np.int64)]
+
     def _foldable(self, node: Node) -> bool:
         return node.has_trait(PURE) and all(v is None or v in self.consts for v in node.inputs)
 
@@ -343,6 +358,10 @@ class PlanBuilder:
             return None
 
     def _lower_node(self, node: Node, index: int) -> None:
+        from graphopt.native.lower.codebook import keep_virtual
+
+        if keep_virtual(self, node):
+            return
         if self._foldable(node):
             self._check_fold_size(node)
             if self._fold(node):
@@ -413,6 +432,7 @@ class PlanBuilder:
     def _reference_step(self, node: Node, index: int) -> None:
         inputs = []
         for v in node.inputs:
+            self.devirtualize(v)
             if v is None:
                 inputs.append(None)
             elif v in self.env or v in self.blocked:

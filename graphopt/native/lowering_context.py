@@ -22,6 +22,7 @@ from graphopt.ir.graph import Node
 from graphopt.native import refs as R
 from graphopt.native.codes import DTYPE_CODES
 from graphopt.native.refs import TensorRef
+from graphopt.ops.registry import ELEMENTWISE
 
 if TYPE_CHECKING:
     from graphopt.native.builder import PlanBuilder, Step
@@ -94,6 +95,7 @@ class LoweringContext:
         v = self.node.inputs[i] if i < len(self.node.inputs) else None
         if v is None:
             return None
+        self.builder.devirtualize(v)
         ref = self.builder.plain_ref(v)
         if ref is None:
             ref = self.builder.const_ref(self.builder.consts[v], v.dtype)
@@ -104,6 +106,8 @@ class LoweringContext:
         constant stored as a transposed view (a [in, out] weight used as [out, in]) is read in
         place instead of copied into C order."""
         v = self.node.inputs[i] if i < len(self.node.inputs) else None
+        if v is not None:
+            self.builder.devirtualize(v)
         if v is None or v not in self.builder.consts or self.builder.plain_ref(v) is not None:
             return self.ref(i)
         return self.builder.const_ref(self.builder.consts[v], v.dtype, strided=True)
@@ -170,8 +174,12 @@ class LoweringContext:
                 or ref.dtype.itemsize != dtype.itemsize or ref.numel != R.numel(shape)
                 or buf.pending_end > self.index):
             return None
+        # Another operand in the same buffer would be overwritten while the step reads it;
+        # the same value twice is safe only for an elementwise op (each element is read before
+        # it is written): a fused_linear whose residual is also its input (x + W x) is not.
+        elementwise = self.node.has_trait(ELEMENTWISE)
         for j, other in enumerate(self.node.inputs):
-            if j == slot or other is None or other is v:
+            if j == slot or other is None or (other is v and elementwise):
                 continue
             other_ref = self.builder.env.get(other)
             if other_ref is not None and other_ref.buffer is buf:

@@ -116,12 +116,18 @@ class NativeModule:
             round both operands to bfloat16 and sum the products in fp32, on AMX tiles where the
             CPU has them (graphopt.native.cpu_features()["bf16_gemm_kernel"] says which);
             everything else (norms, softmax, attention, residual adds) stays fp32.
+        codebook: "auto" (default), "decode" or "lookup": codebook-shared weights
+            (``codebook_decode``) decoded to float32 when the plan is built, or read by linear
+            layers through the codebook inside the product (a quarter of the weight memory;
+            faster for weights beyond the caches); "auto" takes the lookup for weights of
+            8 MiB or more at up to 16 rows (native/lower/codebook.py).
     """
 
     def __init__(self, graph: Graph, threads: int | None = None,
                  fallback: str | None = "reference", device: Device = CPU, sparse: str = "auto",
-                 layout: str = "auto", precision: str = "fp32"):
+                 layout: str = "auto", precision: str = "fp32", codebook: str = "auto"):
         from graphopt.native.lower.blocked import LAYOUTS
+        from graphopt.native.lower.codebook import CODEBOOK_MODES
         from graphopt.native.lower.sparse import SPARSE_MODES
 
         fallback = check_fallback(fallback)
@@ -129,6 +135,9 @@ class NativeModule:
             raise GraphoptError(f"sparse must be one of {SPARSE_MODES}, got {sparse!r}")
         if layout not in LAYOUTS:
             raise GraphoptError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        if codebook not in CODEBOOK_MODES:
+            raise GraphoptError(f"codebook must be one of {CODEBOOK_MODES}, got {codebook!r}")
+        self.codebook = codebook
         self.graph = graph
         self.threads = resolve_threads(threads, "NativeModule(threads=...)")
         check_declared_types(graph)
@@ -155,7 +164,8 @@ class NativeModule:
         self.graph.check_borrowed_constants()  # a new plan packs the weights again
         builder = PlanBuilder(self.graph, shapes, bindings, fallback=self.fallback,
                               threads=self.threads, sparse=self.sparse,
-                              layout=self.layout, precision=self.precision)
+                              layout=self.layout, precision=self.precision,
+                              codebook=self.codebook)
         plan = builder.build()
         self._warn_fallback(builder.fallback_ops)
         plan.device = self.device

@@ -1,7 +1,8 @@
 """linear / fused_linear / matmul / fused_matmul -> the "gemm" kernel (csrc/rt_linear.cpp);
 a float64 or integer matmul -> "matmul_wide" (csrc/rt_wide.cpp).
 
-A linear whose weight is sparse enough runs the CSR kernel instead (``sparse.py``). A weight
+A linear whose weight is sparse enough runs the CSR kernel instead (``sparse.py``); one whose
+weight is read through its codebook runs "linear_codebook" (``codebook.py``). A weight
 that is a plan constant is packed once when the plan is built; activations are read in
 place through their strides (a transposed or sliced view needs no copy). A residual that dies
 at this node becomes the output buffer and the product accumulates onto it. With
@@ -17,6 +18,7 @@ import torch
 
 from graphopt.ir.dtypes import DType, numpy_to_torch
 from graphopt.native.lower._common import activation, dtype_code, require_float32
+from graphopt.native.lower.codebook import lookup_weight, reads_codebook_weight
 from graphopt.native.lower.sparse import try_sparse_linear
 from graphopt.native.refs import SPACE_CONST
 from graphopt.ops.registry import register_lowering
@@ -45,8 +47,29 @@ def _emit_gemm(ctx, a, a_rows_cols, b, b_strides, n, batch, a_batch, b_batch, bi
              [alpha, p0, p1])
 
 
+def _codebook_linear(ctx, fused: bool) -> bool:
+    """A weight read through its codebook (lower/codebook.py): one "linear_codebook" step."""
+    shared = lookup_weight(ctx, 1)
+    if shared is None:
+        return False
+    indices, centroids = shared
+    x, (rows, k, a_rs, a_cs) = _input_matrix(ctx)
+    n = indices.shape[0]
+    code, p0, p1 = activation(ctx, ctx.attrs.get("activation", "none"),
+                              ctx.attrs.get("activation_params", ()))
+    residual = ctx.contiguous(3) if fused and ctx.has(3) else None
+    ctx.emit("linear_codebook",
+             [ctx.output(0), x, ctx.builder.const_ref(indices, DType.uint8),
+              ctx.builder.const_ref(centroids, DType.float32), ctx.contiguous(2), residual],
+             [rows, n, k, a_rs, a_cs, centroids.size, code], [p0, p1])
+    return True
+
+
 def _linear(ctx, fused: bool) -> None:
-    require_float32(ctx, 0, 1, 2, 3)
+    require_float32(ctx, 0, 2, 3)
+    if _codebook_linear(ctx, fused):
+        return
+    require_float32(ctx, 1)
     if try_sparse_linear(ctx, fused):  # a sparse weight the cost model sends to CSR
         return
     x, (rows, k, a_rs, a_cs) = _input_matrix(ctx)
@@ -90,11 +113,13 @@ def lower_linear_bf16(ctx) -> None:
 
 
 @register_lowering("native", "linear")
+@reads_codebook_weight
 def lower_linear(ctx) -> None:
     _linear(ctx, fused=False)
 
 
 @register_lowering("native", "fused_linear")
+@reads_codebook_weight
 def lower_fused_linear(ctx) -> None:
     _linear(ctx, fused=True)
 
