@@ -171,6 +171,7 @@ LIBRARY_CASES = {
     "quantize-dynamic": {},
     "quantize-weights": {"bits": 8, "block_size": 16},
     "quantize-static": None,  # needs a calibration file: built in the test
+    "share-weights": {"bits": 3},
 }
 
 

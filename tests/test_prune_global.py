@@ -54,7 +54,7 @@ def chain_graph() -> graphopt.Graph:
 
 def test_global_ranking_removes_exactly_the_dead_channels_unevenly():
     graph = chain_graph()
-    x = torch.randn(1, 3, 8, 8)
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     pruned, report = graphopt.prune(graph, ratio=0.5, scope="global", report=True)  # 16 of 32
     assert [(g.size, g.removed) for g in report.pruned_groups()] == [(16, 4), (16, 12)]
     assert pruned.constants["w1"].type.shape == (12, 3, 3, 3)
@@ -63,7 +63,10 @@ def test_global_ranking_removes_exactly_the_dead_channels_unevenly():
     keep_b = [i for i in range(16) if i not in DEAD_B]
     np.testing.assert_array_equal(pruned.constants["w2"].data,
                                   graph.constants["w2"].data[keep_b][:, keep_a])
-    torch.testing.assert_close(graphopt.run(pruned, x), graphopt.run(graph, x), rtol=0, atol=0)
+    # The same function, not the same float sums: a convolution over 12 input channels instead
+    # of 16 (4 of them zero) may add in another order (an unseeded x failed by 7.6e-6 once).
+    torch.testing.assert_close(graphopt.run(pruned, x), graphopt.run(graph, x), rtol=1e-6,
+                               atol=1e-5)
     # a FLOPs target equal to that cut takes the same (fewest) channels
     cut = 1 - count_flops(pruned).total / count_flops(graph).total
     by_flops = graphopt.prune(graph, flops=cut, scope="global")

@@ -32,7 +32,7 @@ import numpy as np
 
 from graphopt.backends.compressed_report import CompressedFile, ConstantRecord
 from graphopt.backends.torch_bundle import decode_spec, encode_spec
-from graphopt.codec.container import read_container, write_container
+from graphopt.codec.container import read_container, read_container_bytes, write_container
 from graphopt.codec.index_stream import decode_indices, encode_indices
 from graphopt.errors import (
     ArtifactError,
@@ -169,9 +169,7 @@ def _decode_constant(name: str, entry: dict, sections: dict) -> np.ndarray:
     return array
 
 
-def _read(path: str | os.PathLike):
-    where = os.fspath(path)
-    meta, sections = read_container(where)
+def _contents(where: str, meta: dict):
     if meta.get("format") != FORMAT:
         raise CompressionError(f"{where}: a .gcm container of format {meta.get('format')!r}, "
                                f"not a compressed model ({FORMAT}); weights files are read "
@@ -179,17 +177,35 @@ def _read(path: str | os.PathLike):
     text, entries = meta.get("graph"), meta.get("constants")
     if not isinstance(text, str) or not isinstance(entries, dict):
         raise CompressionError(f"{where}: the directory has no graph text or constants table")
-    return where, meta, text, entries, sections
+    return text, entries
 
 
 @entry_point("reading a compressed model (.gcm)")
 def load_compressed(path: str | os.PathLike, report: bool = False):
     """The graph stored in ``path`` (with the codebooks as ``codebook_decode`` nodes, ready for
     every backend); with ``report=True`` also its ``CompressedFile`` (with the decode time)."""
+    start = time.perf_counter()
+    where = os.fspath(path)
+    meta, sections = read_container(where)
+    graph = _graph(where, meta, sections)
+    if not report:
+        return graph
+    info = _records(where, graph, meta["constants"], sections)
+    info.decode_seconds = time.perf_counter() - start
+    return graph, info
+
+
+@entry_point("reading a compressed model (.gcm)")
+def load_compressed_bytes(data: bytes, where: str = "<in-memory .gcm>") -> Graph:
+    """``load_compressed`` of a file's bytes (``where`` names it in errors)."""
+    meta, sections = read_container_bytes(bytes(data), where)
+    return _graph(where, meta, sections)
+
+
+def _graph(where: str, meta: dict, sections: dict[str, bytes]) -> Graph:
     from graphopt.ir.parser import parse_graph
 
-    start = time.perf_counter()
-    where, meta, text, entries, sections = _read(path)
+    text, entries = _contents(where, meta)
     constants = {}
     for name, entry in entries.items():
         try:
@@ -209,11 +225,7 @@ def load_compressed(path: str | os.PathLike, report: bool = False):
                                         len(graph.outputs))
     except ArtifactError as exc:
         raise CompressionError(str(exc)) from None
-    if not report:
-        return graph
-    info = _records(where, graph, entries, sections)
-    info.decode_seconds = time.perf_counter() - start
-    return graph, info
+    return graph
 
 
 def _records(where: str, graph: Graph, entries: dict, sections: dict) -> CompressedFile:

@@ -21,6 +21,7 @@ weight.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
@@ -67,43 +68,49 @@ def read_container(path: str | os.PathLike) -> tuple[dict, dict[str, bytes]]:
     """(meta, sections) of a container file, every check passed (see the module doc)."""
     where = os.fspath(path)
     try:
-        return _read_file(where)
+        with open(where, "rb") as f:
+            return _read_stream(f, where, os.fstat(f.fileno()).st_size)
     except OSError as exc:
         raise CompressionError(f"{where}: cannot read the file ({exc.strerror or exc})") from None
 
 
-def _read_file(where: str) -> tuple[dict, dict[str, bytes]]:
-    size = os.path.getsize(where)
-    with open(where, "rb") as f:
-        head = f.read(_HEADER.size)
-        if len(head) < _HEADER.size:
-            raise CompressionError(f"{where}: {len(head)} bytes, shorter than a .gcm header")
-        magic, version, _flags, dir_len, dir_crc = _HEADER.unpack(head)
-        if magic != MAGIC:
-            raise CompressionError(f"{where}: not a graphopt compressed model (magic {magic!r})")
-        if version > FORMAT_VERSION or version < 1:
-            raise CompressionError(f"{where}: format version {version}; this graphopt reads "
-                                   f"up to {FORMAT_VERSION} (upgrade graphopt)")
-        if dir_len > min(MAX_DIRECTORY_BYTES, size - _HEADER.size):
-            raise CompressionError(f"{where}: the directory ({dir_len} bytes) does not fit the "
-                                   f"file ({size} bytes): truncated or corrupt")
-        text = f.read(dir_len)
-        if zlib.crc32(text) != dir_crc:
-            raise CompressionError(f"{where}: the directory's checksum does not match (corrupt)")
-        try:
-            inflate = zlib.decompressobj()
-            plain = inflate.decompress(text, MAX_DIRECTORY_BYTES)
-            if inflate.unconsumed_tail or not inflate.eof:
-                raise ValueError(f"the directory inflates past {MAX_DIRECTORY_BYTES} bytes or "
-                                 "is cut short")
-            directory = json.loads(plain.decode("utf-8"))
-            meta, entries = directory["meta"], directory["sections"]
-            if not isinstance(meta, dict) or not isinstance(entries, list):
-                raise TypeError("meta must be an object and sections a list")
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError, zlib.error) as exc:
-            raise CompressionError(f"{where}: malformed directory: {exc}") from None
-        start = _aligned(_HEADER.size + dir_len)
-        sections = _read_sections(f, where, entries, start, size)
+def read_container_bytes(data: bytes, where: str = "<in-memory .gcm>"
+                         ) -> tuple[dict, dict[str, bytes]]:
+    """``read_container`` of a file's bytes (``where`` names it in errors)."""
+    return _read_stream(io.BytesIO(data), where, len(data))
+
+
+def _read_stream(f, where: str, size: int) -> tuple[dict, dict[str, bytes]]:
+    head = f.read(_HEADER.size)
+    if len(head) < _HEADER.size:
+        raise CompressionError(f"{where}: {len(head)} bytes, shorter than a .gcm header")
+    magic, version, _flags, dir_len, dir_crc = _HEADER.unpack(head)
+    if magic != MAGIC:
+        raise CompressionError(f"{where}: not a graphopt compressed model (magic {magic!r})")
+    if version > FORMAT_VERSION or version < 1:
+        raise CompressionError(f"{where}: format version {version}; this graphopt reads "
+                               f"up to {FORMAT_VERSION} (upgrade graphopt)")
+    if dir_len > min(MAX_DIRECTORY_BYTES, size - _HEADER.size):
+        raise CompressionError(f"{where}: the directory ({dir_len} bytes) does not fit the "
+                               f"file ({size} bytes): truncated or corrupt")
+    text = f.read(dir_len)
+    if zlib.crc32(text) != dir_crc:
+        raise CompressionError(f"{where}: the directory's checksum does not match (corrupt)")
+    try:
+        inflate = zlib.decompressobj()
+        plain = inflate.decompress(text, MAX_DIRECTORY_BYTES)
+        if inflate.unconsumed_tail or not inflate.eof:
+            raise ValueError(f"the directory inflates past {MAX_DIRECTORY_BYTES} bytes or "
+                             "is cut short")
+        directory = json.loads(plain.decode("utf-8"))
+        meta, entries = directory["meta"], directory["sections"]
+        if not isinstance(meta, dict) or not isinstance(entries, list):
+            raise TypeError("meta must be an object and sections a list")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, zlib.error,
+            RecursionError) as exc:
+        raise CompressionError(f"{where}: malformed directory: {exc}") from None
+    start = _aligned(_HEADER.size + dir_len)
+    sections = _read_sections(f, where, entries, start, size)
     return meta, sections
 
 
