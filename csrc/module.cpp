@@ -22,6 +22,7 @@ namespace py = pybind11;
 namespace graphopt {
 void register_runtime(py::module_& m);  // native runtime (rt_bindings.cpp)
 void register_sparse(py::module_& m);   // CSR sparse_linear (sparse_gemm.cpp)
+void register_huffman(py::module_& m);  // .gcm Huffman streams (huffman_decode.cpp)
 
 namespace {
 
@@ -240,4 +241,5 @@ Raises:
 
     register_runtime(m);
     register_sparse(m);
+    register_huffman(m);
 }

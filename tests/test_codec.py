@@ -283,3 +283,45 @@ def test_index_stream_entries_that_disagree_with_the_section_are_refused():
         decode_indices("w", entry, {"w": sections["w"][:-1]}, symbols.size)
     with pytest.raises(CompressionError):
         encode_indices("w", np.array([5]), 4)
+
+
+def test_native_huffman_decoder_agrees_with_the_python_reference():
+    """The C++ loop (csrc/huffman_decode.cpp) and the Python one decode the same symbols and
+    refuse the same corrupt streams with the same message."""
+    from graphopt.codec import huffman
+
+    if huffman._native_decoder() is None:
+        pytest.skip("the extension is not built")
+    rng = np.random.default_rng(3)
+
+    def both(code, data, count, nbits):
+        results = []
+        for use_native in (True, False):
+            original = huffman._native_decoder
+            if not use_native:
+                huffman._native_decoder = lambda: None
+            try:
+                results.append(code.decode(data, count, nbits))
+            except CompressionError as exc:
+                results.append(str(exc))
+            finally:
+                huffman._native_decoder = original
+        return results
+
+    for trial in range(40):
+        alphabet = int(rng.integers(1, 200))
+        symbols = rng.geometric(0.3, size=int(rng.integers(1, 3000))) % alphabet
+        code = HuffmanCode.for_symbols(symbols, alphabet)
+        data, nbits = code.encode(symbols)
+        native, python = both(code, data, symbols.size, nbits)
+        np.testing.assert_array_equal(native, symbols)
+        np.testing.assert_array_equal(python, symbols)
+        corrupt = bytearray(data)
+        corrupt[int(rng.integers(0, len(data)))] ^= 1 << int(rng.integers(0, 8))
+        for args in [(bytes(corrupt), symbols.size, nbits), (data, symbols.size + 1, nbits),
+                     (data, symbols.size, max(nbits - 3, 0)), (data[:-1], symbols.size, nbits)]:
+            native, python = both(code, *args)
+            if isinstance(native, str) or isinstance(python, str):
+                assert native == python
+            else:
+                np.testing.assert_array_equal(native, python)

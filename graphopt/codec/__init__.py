@@ -5,7 +5,8 @@
   stored as indices into it. Pruned zeros stay exactly zero outside the codebook.
 * ``encode_sparse`` (sparse_index.py): the non-zeros of a pruned weight with the run of zeros
   before each stored in a fixed small width, a filler entry when a run overflows it.
-* ``HuffmanCode`` (huffman.py): canonical, length-limited Huffman coding of the index streams.
+* ``HuffmanCode`` (huffman.py): canonical, length-limited Huffman coding of the index streams
+  (the decoding loop is native when the extension is built, csrc/huffman_decode.cpp).
 
 * ``save_weights`` / ``load_weights`` (weights_file.py over container.py): named weights in a
   ``.gcm`` file (versioned header, JSON directory, CRC-32 per section, no pickle).

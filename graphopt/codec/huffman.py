@@ -149,24 +149,46 @@ class HuffmanCode:
             first = int(codes[s]) << shift
             table_symbol[first:first + (1 << shift)] = s + 1
             table_length[first:first + (1 << shift)] = lengths[s]
-        bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:bit_count]
-        padded = np.concatenate([bits, np.zeros(width, dtype=np.uint8)]).astype(np.int64)
-        windows = np.zeros(bit_count, dtype=np.int64)  # the width bits from each position
-        for j in range(width):
-            windows = (windows << 1) | padded[j:j + bit_count]
-        out = np.empty(count, dtype=np.int64)
-        pos = 0
-        for i in range(count):
-            if pos >= bit_count:
-                raise CompressionError(f"Huffman stream ends after {i} of {count} symbols "
-                                       "(truncated)")
-            window = int(windows[pos])
-            symbol, length = int(table_symbol[window]), int(table_length[window])
-            if symbol == 0 or pos + length > bit_count:
-                raise CompressionError(f"Huffman stream: no code at bit {pos} (corrupt)")
-            out[i] = symbol - 1
-            pos += length
-        if pos != bit_count:
-            raise CompressionError(f"Huffman stream: {bit_count - pos} bits left after "
-                                   f"{count} symbols (corrupt)")
-        return out
+        native = _native_decoder()
+        if native is not None:
+            try:
+                return native(bytes(data), table_symbol, table_length, width, count, bit_count)
+            except ValueError as exc:
+                raise CompressionError(str(exc)) from None
+        return _decode_loop(data, table_symbol, table_length, width, count, bit_count)
+
+
+def _native_decoder():
+    """The C++ decoding loop (csrc/huffman_decode.cpp), or None without the extension."""
+    from graphopt._extension import load_or_none
+
+    return getattr(load_or_none(), "huffman_decode", None)
+
+
+def _decode_loop(data: bytes, table_symbol: np.ndarray, table_length: np.ndarray, width: int,
+                 count: int, bit_count: int) -> np.ndarray:
+    """The reference decoder in Python (the native loop repeats its checks and messages)."""
+    if count > bit_count:  # every code takes at least one bit
+        raise CompressionError(f"Huffman stream ends after fewer than {count} symbols "
+                               "(truncated)")
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:bit_count]
+    padded = np.concatenate([bits, np.zeros(width, dtype=np.uint8)]).astype(np.int64)
+    windows = np.zeros(bit_count, dtype=np.int64)  # the width bits from each position
+    for j in range(width):
+        windows = (windows << 1) | padded[j:j + bit_count]
+    out = np.empty(count, dtype=np.int64)
+    pos = 0
+    for i in range(count):
+        if pos >= bit_count:
+            raise CompressionError(f"Huffman stream ends after {i} of {count} symbols "
+                                   "(truncated)")
+        window = int(windows[pos])
+        symbol, length = int(table_symbol[window]), int(table_length[window])
+        if symbol == 0 or pos + length > bit_count:
+            raise CompressionError(f"Huffman stream: no code at bit {pos} (corrupt)")
+        out[i] = symbol - 1
+        pos += length
+    if pos != bit_count:
+        raise CompressionError(f"Huffman stream: {bit_count - pos} bits left after "
+                               f"{count} symbols (corrupt)")
+    return out
