@@ -194,3 +194,17 @@ def test_calibration_accepts_a_generator_and_bare_tensors(digits_graph, quantize
     torch.testing.assert_close(graphopt.run(q, x_test), graphopt.run(quantized("minmax")[0],
                                                                      x_test))
     assert "calibrate" in capsys.readouterr().err  # the tqdm bar
+
+
+def test_an_unoptimized_graph_is_optimized_before_quantizing(digits_cnn, digits_data, quantized):
+    """Issue #24: quantize on a freshly traced graph used to leave every batch norm between its
+    quantize / dequantize pairs (int8 slower than fp32). It now plans on the optimized graph:
+    the same int8 graph as quantizing the optimized one."""
+    x_train, _, x_test, _ = digits_data
+    traced = graphopt.trace(digits_cnn, (x_test[:4],), dynamic_shapes=({0: Dim("batch")},))
+    assert "batch_norm" in traced.op_histogram()
+    calibration = [(x_train[i: i + 64],) for i in range(0, 512, 64)]
+    q = graphopt.quantize(traced, "static", calibration=calibration)
+    ops = q.op_histogram()
+    assert "batch_norm" not in ops and ops.get("qconv", 0) == 2
+    assert str(q) == str(quantized("minmax")[0])

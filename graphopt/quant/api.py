@@ -47,8 +47,9 @@ def quantize(
     """Quantize ``graph`` (a copy; the input is not mutated).
 
     Args:
-        graph: the float graph, best after ``graphopt.optimize(graph, "default")`` so that
-            batch norms are folded and activations fused (a fused conv + ReLU is one unit).
+        graph: the float graph; it is optimized first (the "default" pipeline: batch norms
+            folded, activations fused, so that a fused conv + ReLU is one unit), which changes
+            nothing on an already optimized graph.
         mode: ``"dynamic"``: int8 weights, u8 activations quantized at run time
             (``qlinear_dynamic``, ``qconv_dynamic``). ``"static"``: int8 weights and u8
             activations with ranges calibrated on ``calibration`` (``qconv``, ``qlinear``;
@@ -131,6 +132,7 @@ def quantize_with_config(graph: Graph, cfg: QuantizeConfig,
 
     start = time.perf_counter()
     calibration = _calibration_for(cfg, calibration)
+    graph = prepared(graph)
     with _planning_threads(cfg.target):
         plan = _plan(graph, cfg, calibration)
         _check_builds_run_on(plan, graph, cfg)
@@ -147,6 +149,17 @@ def quantize_with_config(graph: Graph, cfg: QuantizeConfig,
     rep.bytes_after = out.constant_bytes()
     rep.seconds = time.perf_counter() - start
     return out, rep
+
+
+def prepared(graph: Graph) -> Graph:
+    """``graph`` in the form quantization plans on: the "default" pipeline (batch norms folded
+    into their convolutions, activations and residual adds fused, dead code gone), which a
+    user would otherwise have to remember (unfolded batch norms between quantize / dequantize
+    pairs made int8 slower than fp32, issue #24). Idempotent: an optimized graph comes back
+    unchanged (a copy)."""
+    from graphopt.transform.manager import optimize
+
+    return optimize(graph, "default")
 
 
 def _calibration_for(cfg: QuantizeConfig, calibration: Iterable | None) -> Iterable[tuple] | None:
