@@ -109,6 +109,14 @@ def load(path) -> Graph:
                         "(.npz) loads with graphopt.native.load")
 
 
+def check_speed(before: Graph, after: Graph, args, **options):
+    """Time ``after`` (a compressed graph) against ``before`` (its input) on one backend;
+    warns when it is not faster. See ``graphopt.bench.speedcheck.check_speed``."""
+    from graphopt.bench.speedcheck import check_speed as _check_speed
+
+    return _check_speed(before, after, args, **options)
+
+
 def benchmark(model, args=(), kwargs=None, **options):
     """Benchmark ``model`` on several backends (eager, torch-compile, onnxruntime, graphopt-*);
     returns a ``BenchmarkReport``. See ``graphopt.bench.harness.benchmark`` for the options."""
@@ -145,7 +153,7 @@ __all__ = [
     "TypeInferenceError", "UnsupportedOpError", "Value", "VerificationError", "parse", "run",
     "to_torch", "trace", "optimize", "benchmark", "bisect", "PassManager", "register_pass",
     "prune", "finetune", "quantize", "Target", "QuantizeConfig", "PruneConfig",
-    "FinetuneConfig", "BenchmarkConfig", "compress", "load",
+    "FinetuneConfig", "BenchmarkConfig", "compress", "load", "check_speed",
 ]
 
 # Register the built-in passes (graphopt.passes; mapped from passes/ in a source checkout).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 from graphopt.errors import GraphoptError
@@ -234,3 +235,32 @@ def saved_hint(backend: str, path: str) -> None:
     if backend == "torch":
         info("load it with graphopt.backends.torch_module.load_module(path) -> nn.Module (no "
              "pickle: safe to share)")
+
+
+def add_speed_arguments(parser) -> None:
+    """``--check-speed`` / ``--require-faster`` (graphopt.bench.speedcheck)."""
+    parser.add_argument("--check-speed", action="store_true",
+                        help="time the result against its input on the output's backend "
+                        "(onnx: onnxruntime; native and torch: native) and warn when it is not "
+                        "faster")
+    parser.add_argument("--require-faster", action="store_true",
+                        help="like --check-speed, but fail (exit 1, nothing written) when the "
+                        "result is not faster")
+
+
+def speed_check(opts, before, after, args, backend: str, threads: int | None = None) -> None:
+    """Run the speed check the options ask for; raises CliError (exit 1) with
+    --require-faster when the result is slower."""
+    if not (opts.check_speed or opts.require_faster):
+        return
+    from graphopt.bench.speedcheck import SpeedRegressionError, check_speed
+
+    target = "onnxruntime" if backend == "onnx" else "native"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the verdict is printed below
+            result = check_speed(before, after, args, backend=target, threads=threads,
+                                 require_faster=opts.require_faster)
+    except SpeedRegressionError as exc:
+        raise CliError(str(exc), code=1) from exc
+    info(str(result) if result.faster else f"warning: {result}: not faster than its input")

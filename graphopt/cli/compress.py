@@ -9,12 +9,14 @@ import os
 from graphopt.cli._common import (
     CliError,
     add_model_argument,
+    add_speed_arguments,
     check_pipeline,
     ensure_parent,
     info,
     load,
     optimize_with_report,
     paragraph,
+    speed_check,
 )
 
 
@@ -62,6 +64,7 @@ def add_parsers(sub, common) -> None:
                    help="largest mean 1 - cosine vs the float model over --data")
     p.add_argument("--pipeline", default="default", metavar="P",
                    help="pipeline run before compressing (default: %(default)s; 'none' skips)")
+    add_speed_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the report")
     p.set_defaults(run=run_compress)
 
@@ -100,9 +103,11 @@ def run_compress(opts) -> int:
 
     _check(opts)
     pipeline = None if opts.pipeline == "none" else check_pipeline(opts.pipeline)
-    graph = load(opts.model, trust_pt2=opts.trust_pt2, quiet=opts.quiet).graph()
+    loaded = load(opts.model, trust_pt2=opts.trust_pt2, quiet=opts.quiet)
+    graph = loaded.graph()
     if pipeline:
         graph, _ = optimize_with_report(graph, pipeline)
+    source = graph
     if opts.sparsity:
         graph = graphopt.prune(graph, "magnitude", sparsity=opts.sparsity, scope=opts.scope,
                                exclude=opts.exclude)
@@ -118,6 +123,7 @@ def run_compress(opts) -> int:
                                        report=True)
     if not opts.quiet:
         print(report)
+    speed_check(opts, source, shared, loaded.args, "native")
     written = graphopt.compress(shared, opts.output)
     if not opts.quiet:
         print(written)

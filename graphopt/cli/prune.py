@@ -7,11 +7,13 @@ import argparse
 from graphopt.cli._common import (
     CliError,
     add_model_argument,
+    add_speed_arguments,
     check_pipeline,
     load,
     optimize_with_report,
     paragraph,
     prepare_output,
+    speed_check,
     write_output,
 )
 
@@ -52,6 +54,7 @@ def add_parser(sub, common) -> None:
                    help="run this pipeline after pruning (e.g. default)")
     p.add_argument("--backend", choices=("onnx", "native", "torch"), default=None,
                    help="what to save (default: from OUT's extension)")
+    add_speed_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the report")
     p.set_defaults(run=run)
 
@@ -87,6 +90,9 @@ def run(opts) -> int:
         pruned, pass_report = optimize_with_report(pruned, opts.pipeline)
         if not opts.quiet:
             print(pass_report)
+    if opts.check_speed or opts.require_faster:  # against the optimized float model
+        speed_check(opts, optimize_with_report(graph, "default")[0], pruned, loaded.args,
+                    backend)
     write_output(pruned, opts.output, backend, f"{backend}, FLOPs "
                  f"{human(report.flops_before)} -> {human(report.flops_after)}")
     return 0

@@ -9,6 +9,7 @@ from graphopt.cli._common import (
     TARGET_BACKENDS,
     CliError,
     add_model_argument,
+    add_speed_arguments,
     add_target_arguments,
     check_pipeline,
     cli_target,
@@ -16,6 +17,7 @@ from graphopt.cli._common import (
     optimize_with_report,
     paragraph,
     prepare_output,
+    speed_check,
     write_output,
 )
 
@@ -77,6 +79,7 @@ def add_parser(sub, common) -> None:
                    help="weight-only: block size along K (default: %(default)s)")
     p.add_argument("--pipeline", default="default", metavar="P",
                    help="pipeline run before quantizing (default: %(default)s; 'none' skips)")
+    add_speed_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the report")
     p.set_defaults(run=run)
 
@@ -100,7 +103,8 @@ def run(opts) -> int:
     if opts.calibration and not os.path.isfile(opts.calibration):
         raise CliError(f"calibration file not found: {opts.calibration}")
     pipeline = None if opts.pipeline == "none" else check_pipeline(opts.pipeline)
-    graph = load(opts.model, trust_pt2=opts.trust_pt2, quiet=opts.quiet).graph()
+    loaded = load(opts.model, trust_pt2=opts.trust_pt2, quiet=opts.quiet)
+    graph = loaded.graph()
     if pipeline:
         graph, _ = optimize_with_report(graph, pipeline)
     calibration = None
@@ -116,6 +120,7 @@ def run(opts) -> int:
         block_size=opts.block_size, report=True, target=target)
     if not opts.quiet:
         print(report)
+    speed_check(opts, graph, quantized, loaded.args, backend, target.threads)
     write_output(quantized, opts.output, backend, f"{report.mode}, "
                  f"{len(report.quantized)}/{len(report.layers)} layers {report.label}",
                  threads=target.threads)
