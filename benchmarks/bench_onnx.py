@@ -11,7 +11,7 @@ faster reported):
   ``graphopt.to_onnx``.
 
 Variants and settings are interleaved in rotated blocks with a pause between blocks
-(``graphopt.bench.timing.FAIR_SCHEDULE``), so machine drift hits all alike and an idle
+(``graphopt.timing.FAIR_SCHEDULE``), so machine drift hits all alike and an idle
 spinning pool cannot slow the next variant; the latency is the median over rounds. Node counts are those of the saved ONNX model and, in
 parentheses, after onnxruntime's own graph optimizations.
 
@@ -41,7 +41,7 @@ import graphopt
 from graphopt import zoo
 from graphopt.backends.onnxruntime_backend import session_options
 from graphopt.bench.backends import ort_sessions
-from graphopt.bench.timing import time_at_best
+from graphopt.timing import time_at_best
 
 MODELS = {
     "bert": dict(seq=128),  # BERT-base, 12 layers

@@ -43,7 +43,7 @@ import torch
 
 import graphopt
 from graphopt import zoo
-from graphopt.bench.timing import calibrate, run_interleaved
+from graphopt.timing import calibrate, run_interleaved
 from graphopt.compile import BACKENDS
 from graphopt.prune import count_flops
 

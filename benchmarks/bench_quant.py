@@ -29,7 +29,7 @@ inputs), mean / min; MiniLM also the cosine of mean-pooled sentence embeddings o
 
 Every onnxruntime variant is timed with its thread pool spinning (onnxruntime's default) and
 not spinning, the faster reported; variants and settings run interleaved in rotated blocks
-with a 0.1 s pause after each block (``graphopt.bench.timing.FAIR_SCHEDULE``), so that an idle
+with a 0.1 s pause after each block (``graphopt.timing.FAIR_SCHEDULE``), so that an idle
 spinning pool (onnxruntime's spins ~50 ms after a run) cannot slow the variant timed next.
 
 CNNs (``--model digits|resnet50|mobilenetv2``, static int8, batch 1): the digits CNN trained
@@ -60,7 +60,7 @@ import graphopt
 from graphopt import _C, zoo
 from graphopt.bench.backends import ort_sessions
 from graphopt.bench.machine import machine_info
-from graphopt.bench.timing import FAIR_SCHEDULE, time_at_best
+from graphopt.timing import FAIR_SCHEDULE, time_at_best
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 CALIBRATION = (

@@ -23,7 +23,7 @@ from graphopt.bench import (
     Prepared,
 )
 from graphopt.bench.report import percentile
-from graphopt.bench.timing import calibrate, run_interleaved
+from graphopt.timing import calibrate, run_interleaved
 
 # "cleanup" keeps these tests about the harness, independent of which fusions "default" has.
 FAST = dict(rounds=3, warmup=1, progress=False, threads=1, pipeline="cleanup")

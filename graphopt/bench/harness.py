@@ -51,7 +51,7 @@ from graphopt.bench.report import (
     PerPassReport,
     error_summary,
 )
-from graphopt.bench.timing import Clock, calibrate, progress_bar, run_interleaved
+from graphopt.timing import Clock, calibrate, progress_bar, run_interleaved
 from graphopt.compile import Target
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from graphopt.bench.backends import BENCH_BACKENDS, Subject, _optimize_fn
 from graphopt.bench.report import LatencyStats, PassStage, PerPassReport, error_summary
-from graphopt.bench.timing import Clock, calibrate, progress_bar, run_interleaved
+from graphopt.timing import Clock, calibrate, progress_bar, run_interleaved
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
 from graphopt.transform.instruments import Instrument

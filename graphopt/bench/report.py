@@ -35,19 +35,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from graphopt.bench.machine import load_text
+from graphopt.timing import percentile  # noqa: F401  (re-exported: the report's percentiles)
 
 SCHEMA = "graphopt-bench/1"
 STATUSES = ("ok", "unavailable", "unknown", "error")
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default method), ``q`` in [0, 100]."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    pos = (len(ordered) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 @dataclass

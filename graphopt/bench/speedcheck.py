@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from graphopt.bench.timing import calibrate, run_interleaved
+from graphopt.timing import calibrate, run_interleaved
 from graphopt.errors import GraphoptError
 
 

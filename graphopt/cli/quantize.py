@@ -79,6 +79,10 @@ def add_parser(sub, common) -> None:
                    help="weight-only: block size along K (default: %(default)s)")
     p.add_argument("--pipeline", default="default", metavar="P",
                    help="pipeline run before quantizing (default: %(default)s; 'none' skips)")
+    p.add_argument("--speed-aware", action="store_true",
+                   help="time the float graph and the graphs with the largest 1/4 ... all of "
+                   "the quantized layers on the backend (needs --calibration) and keep the "
+                   "fastest: layers that do not pay stay float")
     add_speed_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the report")
     p.set_defaults(run=run)
@@ -117,7 +121,7 @@ def run(opts) -> int:
         graph, opts.mode, calibration=calibration, error_budget=opts.error_budget,
         exclude=tuple(opts.exclude), sensitivity=opts.sensitivity, observer=opts.observer,
         observer_options=options, per_token=opts.per_token, bits=opts.bits,
-        block_size=opts.block_size, report=True, target=target)
+        block_size=opts.block_size, speed=opts.speed_aware, report=True, target=target)
     if not opts.quiet:
         print(report)
     speed_check(opts, graph, quantized, loaded.args, backend, target.threads)

@@ -40,6 +40,7 @@ def quantize(
     bias_bits: int | None = None,
     block_size: int = 32,
     progress: bool | None = None,
+    speed: bool = False,
     report: bool = False,
     target: Target | None = None,
     config: QuantizeConfig | None = None,
@@ -91,6 +92,10 @@ def quantize(
             for the biases of those layers; 1 to 12 each.
         progress: static mode: a tqdm bar over the calibration data (None: for 32 or more
             items when stderr is a terminal).
+        speed: measure, on ``target``'s backend (default native) and on the first calibration
+            input, whether quantizing pays: the float graph and the graphs with the largest
+            1/4, 1/2, 3/4 and all of the chosen layers quantized are timed, and the fastest is
+            returned; layers it leaves float say so in the report (graphopt/quant/speed.py).
         report: also return the ``QuantReport`` (its ``config`` holds the options; its
             ``stage`` the run's time and peak memory, a ``graphopt.stagereport.StageReport``).
         target: a ``graphopt.Target`` to plan for: its ``backend`` must run every op the
@@ -116,7 +121,7 @@ def quantize(
         config, mode=mode, error_budget=error_budget, exclude=exclude, sensitivity=sensitivity,
         observer=observer, observer_options=observer_options, embeddings=embeddings,
         convs=convs, per_token=per_token, bits=bits, conv_bits=conv_bits, bias_bits=bias_bits,
-        block_size=block_size, progress=progress, target=target)
+        block_size=block_size, progress=progress, speed=speed, target=target)
     if not report:
         return quantize_with_config(graph, cfg, calibration)[0]
     with measure(f"quantize {cfg.mode}") as stage:
@@ -146,9 +151,27 @@ def quantize_with_config(graph: Graph, cfg: QuantizeConfig,
         measured = calibration if isinstance(calibration, list) else []  # (streamed: used up)
         out, rep.error = fit_error_budget(rep.layers, plan.build, plan.graph, measured,
                                           cfg.error_budget, sensitivity, plan.forward)
+        if cfg.speed:
+            out, rep.speed, rep.error = _fit_speed(rep, plan, cfg, measured, out)
     rep.bytes_after = out.constant_bytes()
     rep.seconds = time.perf_counter() - start
     return out, rep
+
+
+def _fit_speed(rep: QuantReport, plan: "Plan", cfg: QuantizeConfig, calibration: list,
+               out: Graph):
+    """``speed=True``: the fastest of the candidate graphs (graphopt/quant/speed.py)."""
+    from graphopt.quant.fallback import output_error, reference_outputs
+    from graphopt.quant.speed import fit_speed
+
+    if not calibration:
+        raise QuantizationError("speed=True times the candidates on calibration inputs: pass "
+                                "calibration=[args, ...]")
+    backend = cfg.target.backend if cfg.target is not None else "native"
+    threads = cfg.target.threads if cfg.target is not None else None
+    best, medians = fit_speed(rep.layers, plan.build, tuple(calibration[0]), backend, threads)
+    error = output_error(best, reference_outputs(plan.graph, calibration), calibration)
+    return best, medians, error
 
 
 def prepared(graph: Graph) -> Graph:

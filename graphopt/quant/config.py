@@ -37,6 +37,7 @@ class QuantizeConfig(Config):
     bias_bits: int | None = None  # codebook: share biases too, at this many bits
     block_size: int = 32
     progress: bool | None = None
+    speed: bool = False  # keep float the layers whose quantized form is not faster (speed.py)
     target: Target | None = None
 
     _error = QuantizationError
@@ -52,7 +53,7 @@ class QuantizeConfig(Config):
         self._check_number("error_budget", 0.0, optional=True)
         self._check_choice("sensitivity", SENSITIVITIES)
         self._check_observer()
-        for name in ("embeddings", "convs", "per_token"):
+        for name in ("embeddings", "convs", "per_token", "speed"):
             self._check_bool(name)
         if self.progress is not None:
             self._check_bool("progress")

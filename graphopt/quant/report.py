@@ -40,6 +40,7 @@ class QuantReport:
     label: str = "int8"
     config: dict = field(default_factory=dict)  # QuantizeConfig.to_dict() of the run
     stage: Any = None  # the run's StageReport (time, peak memory; graphopt.stagereport)
+    speed: dict = field(default_factory=dict)  # speed=True: candidate -> median ms per call
 
     @property
     def quantized(self) -> list[str]:
@@ -66,6 +67,9 @@ class QuantReport:
             state = self.label if r.quantized else "float"
             lines.append(f"  {state:<{width}} {r.node} ({r.weight} {list(r.shape)}){sens}  "
                          f"{r.reason}".rstrip())
+        if self.speed:
+            lines.append("  speed (median ms per call): " + ", ".join(
+                f"{label} {ms:.3f}" for label, ms in self.speed.items()))
         if self.stage is not None:
             lines.append(f"  {self.stage}")
         return "\n".join(lines)

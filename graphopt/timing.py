@@ -173,11 +173,11 @@ class BestSetting:
 
     @property
     def p50_ms(self) -> float:
-        return _percentile(self.samples_s, 50) * 1e3
+        return percentile(self.samples_s, 50) * 1e3
 
     @property
     def iqr_ms(self) -> float:
-        return (_percentile(self.samples_s, 75) - _percentile(self.samples_s, 25)) * 1e3
+        return (percentile(self.samples_s, 75) - percentile(self.samples_s, 25)) * 1e3
 
 
 def time_at_best(variants: dict[str, dict[str, Callable[[], Any]]], rounds: int, *,
@@ -200,13 +200,19 @@ def time_at_best(variants: dict[str, dict[str, Callable[[], Any]]], rounds: int,
                                  progress=progress, **FAIR_SCHEDULE)
     out = {}
     for variant, settings in variants.items():
-        p50 = {s: _percentile(samples[(variant, s)], 50) * 1e3 for s in settings}
+        p50 = {s: percentile(samples[(variant, s)], 50) * 1e3 for s in settings}
         best = min(p50, key=p50.__getitem__)
         out[variant] = BestSetting(best, samples[(variant, best)], p50)
     return out
 
 
-def _percentile(values: list[float], q: float) -> float:
-    from graphopt.bench.report import percentile
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default method), ``q`` in [0, 100]."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    pos = (len(ordered) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
-    return percentile(values, q)
+
