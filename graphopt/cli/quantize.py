@@ -79,13 +79,17 @@ def add_parser(sub, common) -> None:
                    help="weight-only: block size along K (default: %(default)s)")
     p.add_argument("--pipeline", default="default", metavar="P",
                    help="pipeline run before quantizing (default: %(default)s; 'none' skips)")
+    _add_speed_options(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="do not print the report")
+    p.set_defaults(run=run)
+
+
+def _add_speed_options(p) -> None:
     p.add_argument("--speed-aware", action="store_true",
                    help="time the float graph and the graphs with the largest 1/4 ... all of "
                    "the quantized layers on the backend (needs --calibration) and keep the "
                    "fastest: layers that do not pay stay float")
     add_speed_arguments(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="do not print the report")
-    p.set_defaults(run=run)
 
 
 def run(opts) -> int:
