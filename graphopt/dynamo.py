@@ -6,7 +6,10 @@ tensors out). Here each subgraph is traced into graphopt's IR (``graphopt.trace`
 module), optimized (``pipeline``, default "default") and compiled for ``backend`` (default
 native), once per distinct input signature: shapes and the values of integer inputs (Dynamo
 passes symbolic sizes as ints when it marks a dimension dynamic), so a new batch size plans
-again instead of guessing. A subgraph graphopt cannot take (an op it has no lowering for, a
+again instead of guessing. Parameters, which Dynamo lifts into inputs, are fixed into the graph
+as constants (copies, so weights are packed once, as in ``graphopt.compile``); when a
+parameter changes (identity, or its in-place version counter), the compiled signatures are
+dropped and compiled again. A subgraph graphopt cannot take (an op it has no lowering for, a
 trace failure) runs the FX module itself, with one ``GraphoptFallbackWarning`` naming the
 reason: results stay right, and the warning says what to report.
 
@@ -42,15 +45,24 @@ def compiled_subgraphs() -> dict[str, int]:
 
 
 class _Bound(torch.nn.Module):
-    """The FX module with its integer inputs fixed, so that only tensors remain inputs."""
+    """The FX module with its integer inputs and its parameters fixed: only the activations
+    remain inputs, and the weights become constants that backends pack once."""
 
-    def __init__(self, gm: torch.fx.GraphModule, ints: dict[int, int], count: int):
+    def __init__(self, gm: torch.fx.GraphModule, ints: dict[int, int],
+                 params: dict[int, torch.Tensor], count: int):
         super().__init__()
         self.gm, self.ints, self.count = gm, ints, count
+        self.slots = {i: f"p{i}" for i in params}
+        for i, tensor in params.items():
+            # A copy: the compiled graph owns its weights (the runtime packs a constant once,
+            # by address; the live parameter may change in place).
+            self.register_buffer(self.slots[i], tensor.detach().clone(), persistent=False)
 
     def forward(self, *tensors):
         it = iter(tensors)
-        args = [self.ints[i] if i in self.ints else next(it) for i in range(self.count)]
+        args = [self.ints[i] if i in self.ints else
+                getattr(self, self.slots[i]) if i in self.slots else next(it)
+                for i in range(self.count)]
         return self.gm(*args)
 
 
@@ -63,8 +75,16 @@ class _Compiled:
         self.pipeline = options.get("pipeline", "default")
         self.threads = options.get("threads")
         self.cache: dict[tuple, Callable | None] = {}
+        self.versions: tuple = ()
 
     def __call__(self, *args):
+        # Dynamo lifts the module's parameters into inputs: they are copied into the compiled
+        # graphs as constants; when one changes (identity or in-place version), every compiled
+        # signature is dropped and compiled again from the new weights.
+        versions = tuple((id(a), a._version) for a in args if isinstance(a, torch.nn.Parameter))
+        if versions != self.versions:
+            self.cache.clear()
+            self.versions = versions
         key = tuple((tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else ("int", a)
                     for a in args)
         run = self.cache.get(key, False)
@@ -72,16 +92,19 @@ class _Compiled:
             run = self.cache[key] = self._compile(args)
         if run is None:
             return self.gm(*args)
-        out = run(*[a for a in args if isinstance(a, torch.Tensor)])
+        out = run(*[a for a in args if isinstance(a, torch.Tensor)
+                    and not isinstance(a, torch.nn.Parameter)])
         return tuple(out) if isinstance(out, (list, tuple)) else (out,)
 
     def _compile(self, args) -> Callable | None:
         import graphopt
 
         ints = {i: int(a) for i, a in enumerate(args) if not isinstance(a, torch.Tensor)}
-        tensors = tuple(a for a in args if isinstance(a, torch.Tensor))
+        params = {i: a for i, a in enumerate(args) if isinstance(a, torch.nn.Parameter)}
+        tensors = tuple(a for i, a in enumerate(args)
+                        if isinstance(a, torch.Tensor) and i not in params)
         try:
-            graph = graphopt.trace(_Bound(self.gm, ints, len(args)), tensors)
+            graph = graphopt.trace(_Bound(self.gm, ints, params, len(args)), tensors)
             if self.pipeline not in (None, "none"):
                 graph = graphopt.optimize(graph, self.pipeline)
             module = graphopt.compile(graph, backend=self.backend, threads=self.threads,

@@ -93,3 +93,17 @@ def test_unknown_options_are_refused():
                              options={"precision": "int3"})
     with pytest.raises(Exception, match="unknown options"):
         compiled(torch.randn(2, 4))
+
+
+def test_weights_updated_in_place_are_seen():
+    """Parameters are fixed into the compiled graph; an in-place update (a training step, a
+    weight load) changes their version, and the next call compiles again."""
+    torch._dynamo.reset()
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    compiled = torch.compile(model, backend="graphopt")
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        _assert_close(compiled(x), model(x))
+        model[0].weight.mul_(-2.0)
+        _assert_close(compiled(x), model(x))
