@@ -41,7 +41,7 @@ import torch.nn.functional as F
 import graphopt
 from graphopt.backends.compressed_model import load_compressed
 from graphopt.bench.machine import machine_info
-from graphopt.models_digits import batches, load_digits_split
+from graphopt.models_digits import batches, load_digits_split, train
 
 SCHEMA = "graphopt-deep-compression/1"
 # Han et al.'s per-layer sparsities for these architectures (Tables 2 and 3 of the paper).
@@ -64,17 +64,6 @@ def lenet_5() -> nn.Module:
         nn.Conv2d(1, 20, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(20, 50, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(50 * 2 * 2, 500), nn.ReLU(), nn.Linear(500, 10))
-
-
-def train(model: nn.Module, x, y, epochs: int, seed: int) -> nn.Module:
-    optim = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for epoch in range(epochs):
-        for xb, yb in batches(x, y, seed=seed * 1000 + epoch):
-            optim.zero_grad()
-            F.cross_entropy(model(xb), yb).backward()
-            optim.step()
-    return model.eval()
 
 
 def accuracy(graph, x, y) -> float:

@@ -39,7 +39,7 @@ from sklearn.metrics import classification_report
 from tqdm import tqdm
 
 import graphopt
-from graphopt.models_digits import load_digits_split
+from graphopt.models_digits import batches, load_digits_split
 from graphopt.prune.flops import count_flops
 
 VGG16 = [1, 1, "M", 2, 2, "M", 4, 4, 4, "M", 8, 8, 8, "M", 8, 8, 8, "M"]  # x width
@@ -97,16 +97,11 @@ def digits_32() -> tuple[torch.Tensor, ...]:
     return up(x_train), y_train, up(x_test), y_test
 
 
-def batches(x, y, size: int, seed: int):
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    return [(x[order[i:i + size]], y[order[i:i + size]]) for i in range(0, len(x), size)]
-
-
 def train_eager(model: nn.Module, x, y, epochs: int, lr: float, what: str) -> nn.Module:
     optim = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for epoch in tqdm(range(epochs), desc=what, unit="epoch"):
-        for xb, yb in tqdm(batches(x, y, 64, epoch), desc=f"epoch {epoch + 1}", unit="batch",
+        for xb, yb in tqdm(batches(x, y, seed=epoch), desc=f"epoch {epoch + 1}", unit="batch",
                            leave=False):
             optim.zero_grad()
             F.cross_entropy(model(xb), yb).backward()
@@ -226,7 +221,7 @@ def main() -> None:
     batch = torch.export.Dim("batch", min=1, max=2048)
     graph = graphopt.optimize(
         graphopt.trace(model, (x_test[:8],), dynamic_shapes=({0: batch},)), "default")
-    data = batches(x_train, y_train, 64, seed=7)
+    data = batches(x_train, y_train, seed=7)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         stages = [("float32 (fine-tuned)", graph)]

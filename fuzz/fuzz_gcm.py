@@ -50,7 +50,8 @@ def unpack(data: bytes) -> bytes:
     """A .gcm file as ``u32 length | directory JSON | sections`` (the file's own section
     bytes), the form whose mutations reach past the checksums."""
     _, _, _, dir_len, _ = _HEADER.unpack_from(data)
-    plain = zlib.decompress(data[_HEADER.size:_HEADER.size + dir_len])
+    inflate = zlib.decompressobj()
+    plain = inflate.decompress(data[_HEADER.size:_HEADER.size + dir_len], 1 << 22)
     start = (_HEADER.size + dir_len + 7) & ~7
     return struct.pack("<I", len(plain)) + plain + data[start:]
 
@@ -101,26 +102,12 @@ def _run_once(graph) -> None:
 
 
 def _repaired(data: bytes) -> bytes | None:
-    """``data`` with its directory re-compressed and every CRC recomputed, or None when the
-    header or the directory cannot be read at all."""
-    if len(data) < _HEADER.size:
-        return None
-    magic, version, flags, dir_len, _ = _HEADER.unpack_from(data)
-    text = data[_HEADER.size:_HEADER.size + dir_len]
+    """``data`` with its directory re-compressed and every CRC recomputed (``pack`` of its
+    ``unpack``), or None when the header or the directory cannot be read at all."""
     try:
-        directory = json.loads(zlib.decompressobj().decompress(text, 1 << 22))
-        sections = directory["sections"]
-        start = (_HEADER.size + dir_len + 7) & ~7
-        for entry in sections:
-            begin = start + int(entry["offset"])
-            entry["crc32"] = zlib.crc32(data[begin:begin + int(entry["length"])])
-    except (ValueError, KeyError, TypeError, zlib.error, RecursionError, OverflowError):
+        return pack(unpack(data))
+    except (ValueError, struct.error, zlib.error):
         return None
-    body = data[start:]
-    new_text = zlib.compress(json.dumps(directory).encode("utf-8"))
-    new_start = (_HEADER.size + len(new_text) + 7) & ~7
-    head = _HEADER.pack(magic, version, flags, len(new_text), zlib.crc32(new_text))
-    return head + new_text + b"\0" * (new_start - _HEADER.size - len(new_text)) + body
 
 
 def seeds() -> list[bytes]:

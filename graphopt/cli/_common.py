@@ -91,6 +91,16 @@ def load(spec: str, *, trust_pt2: bool = False, need_graph: bool = True, quiet: 
     return loaded
 
 
+def load_optimized(opts, pipeline):
+    """MODEL (``opts.model``) loaded and traced, then run through ``pipeline`` (a checked
+    pipeline, or None for none): ``(loaded, graph)``."""
+    loaded = load(opts.model, trust_pt2=opts.trust_pt2, quiet=opts.quiet)
+    graph = loaded.graph()
+    if pipeline:
+        graph, _ = optimize_with_report(graph, pipeline)
+    return loaded, graph
+
+
 def optimize_with_report(graph, pipeline: str):
     import graphopt
 

@@ -13,8 +13,7 @@ from graphopt.cli._common import (
     check_pipeline,
     ensure_parent,
     info,
-    load,
-    optimize_with_report,
+    load_optimized,
     paragraph,
     speed_check,
 )
@@ -103,10 +102,7 @@ def run_compress(opts) -> int:
 
     _check(opts)
     pipeline = None if opts.pipeline == "none" else check_pipeline(opts.pipeline)
-    loaded = load(opts.model, trust_pt2=opts.trust_pt2, quiet=opts.quiet)
-    graph = loaded.graph()
-    if pipeline:
-        graph, _ = optimize_with_report(graph, pipeline)
+    loaded, graph = load_optimized(opts, pipeline)
     source = graph
     if opts.sparsity:
         graph = graphopt.prune(graph, "magnitude", sparsity=opts.sparsity, scope=opts.scope,

@@ -13,8 +13,7 @@ from graphopt.cli._common import (
     add_target_arguments,
     check_pipeline,
     cli_target,
-    load,
-    optimize_with_report,
+    load_optimized,
     paragraph,
     prepare_output,
     speed_check,
@@ -111,10 +110,7 @@ def run(opts) -> int:
     if opts.calibration and not os.path.isfile(opts.calibration):
         raise CliError(f"calibration file not found: {opts.calibration}")
     pipeline = None if opts.pipeline == "none" else check_pipeline(opts.pipeline)
-    loaded = load(opts.model, trust_pt2=opts.trust_pt2, quiet=opts.quiet)
-    graph = loaded.graph()
-    if pipeline:
-        graph, _ = optimize_with_report(graph, pipeline)
+    loaded, graph = load_optimized(opts, pipeline)
     calibration = None
     if opts.calibration:
         from graphopt.quant.calibration import load_calibration

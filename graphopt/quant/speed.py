@@ -18,6 +18,7 @@ calls per candidate. Without calibration data there is nothing to time on.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from typing import Callable
@@ -31,10 +32,7 @@ TIE = 0.02  # medians this close to the fastest count as equally fast
 
 
 def _size(record: LayerRecord) -> int:
-    size = 1
-    for d in record.shape:
-        size *= int(d)
-    return size
+    return math.prod(int(d) for d in record.shape)
 
 
 def candidate_sets(records: list[LayerRecord]) -> dict[str, set[str]]:
