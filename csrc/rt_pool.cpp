@@ -35,6 +35,9 @@ void window_reach(int64_t out, int64_t stride, int64_t k, int64_t dil, int64_t p
     checked_add(checked_add(reach, pad, what), checked_add(in, pad, what), what);
 }
 
+// max that propagates NaN, as torch's max pooling does (and VecOps::max_strided).
+inline float max_nan(float a, float b) { return (b > a || b != b) ? b : a; }
+
 class PoolKernel : public Kernel {
    public:
     explicit PoolKernel(const KernelArgs& args) {
@@ -52,6 +55,9 @@ class PoolKernel : public Kernel {
         // Window positions: (Ho - 1) * sh + (kh - 1) * dh (and the same across) stay in int64.
         window_reach(ho_, sh_, kh_, dh_, ph_, h_, what);
         window_reach(wo_, sw_, kw_, dw_, pw_, w_, what);
+        // Small planes (a CNN's late layers) spend more in per-row calls than in maxing.
+        pair_pool_ = kh_ == 2 && kw_ == 2 && sh_ == 2 && sw_ == 2 && ph_ == 0 && pw_ == 0 &&
+                     dh_ == 1 && dw_ == 1 && 2 * ho_ <= h_ && 2 * wo_ <= w_;
         need(args, 0, checked_mul(checked_mul(planes_, checked_mul(ho_, wo_, what), what), 4,
                                   what), 4);
         need(args, 1, checked_mul(checked_mul(planes_, checked_mul(h_, w_, what), what), 4,
@@ -82,6 +88,17 @@ class PoolKernel : public Kernel {
     // Row at a time: each (ky, kx) tap maxes a strided run of an input row into the output
     // row; taps that fall in the padding are skipped (padding never wins a max).
     void max_plane(const float* xp, float* yp) const {
+        if (pair_pool_) {  // 2x2, stride 2, unpadded: each output the max of a 2x2 block
+            for (int64_t oy = 0; oy < ho_; ++oy) {
+                const float* r0 = xp + 2 * oy * w_;
+                const float* r1 = r0 + w_;
+                for (int64_t ox = 0; ox < wo_; ++ox) {
+                    yp[oy * wo_ + ox] = max_nan(max_nan(r0[2 * ox], r0[2 * ox + 1]),
+                                                max_nan(r1[2 * ox], r1[2 * ox + 1]));
+                }
+            }
+            return;
+        }
         const VecOps& vec = vec_ops();
         for (int64_t oy = 0; oy < ho_; ++oy) {
             float* yr = yp + oy * wo_;
@@ -119,7 +136,7 @@ class PoolKernel : public Kernel {
         return sum / static_cast<float>(divide);
     }
 
-    bool avg_ = false, count_include_pad_ = true;
+    bool avg_ = false, count_include_pad_ = true, pair_pool_ = false;
     int64_t planes_, h_, w_, ho_, wo_, kh_, kw_, sh_, sw_, ph_, pw_, dh_, dw_, divisor_;
 };
 

@@ -3,9 +3,10 @@
 //   acc[n, co, p] = sum_{ci, i, j} (x_q[n, ci, ...] - x_zp) * w_q[co, ci, i, j]   (exact int32)
 //   y = act(acc * (x_scale * w_scale[co]) + bias[co]);  out = y (f32) or requantized u8
 //
-// Per image and group, the u8 im2col matrix cols[P = Ho * Wo, K = C/g * kh * kw] is gathered
-// with the zero point as the padding value (so padded taps contribute (x_zp - x_zp) * w = 0),
-// then cols @ W_g^T runs on the int8 GEMM, whose epilogue writes C[p, co] transposed straight
+// Per image and group, the input is copied channels last with the zero point as the padding
+// value (so padded taps contribute (x_zp - x_zp) * w = 0), the u8 im2col matrix
+// cols[P = Ho * Wo, K = kh * kw * C/g] is gathered from it in runs of kw * C/g bytes (K in
+// (i, j, ci) order; the weight is packed in the same order at plan build), then cols @ W_g^T runs on the int8 GEMM, whose epilogue writes C[p, co] transposed straight
 // into the NCHW output (column stride P). A 1x1, stride-1, unpadded convolution reads x as the
 // GEMM operand directly ([P, C] with column stride H * W): no im2col.
 //
@@ -37,32 +38,77 @@ struct ConvShape {
     int64_t n, c, h, w, co, kh, kw, sh, sw, ph, pw, dh, dw, groups, ho, wo;
 };
 
-// cols[p, (ci, i, j)] for output pixels p of one image and the channels of one group.
-void im2col_u8(const ConvShape& s, const uint8_t* x, int64_t c0, int64_t cg, uint8_t zp,
-               uint8_t* cols, int threads) {
-    const int64_t k = cg * s.kh * s.kw;
-    parallel_for(threads, s.ho, s.wo * k, [&](int64_t oh0, int64_t oh1) {
-        for (int64_t oh = oh0; oh < oh1; ++oh) {
-            for (int64_t ow = 0; ow < s.wo; ++ow) {
-                uint8_t* row = cols + (oh * s.wo + ow) * k;
-                for (int64_t ci = 0; ci < cg; ++ci) {
-                    const uint8_t* plane = x + (c0 + ci) * s.h * s.w;
-                    for (int64_t i = 0; i < s.kh; ++i) {
-                        const int64_t ih = oh * s.sh - s.ph + i * s.dh;
-                        uint8_t* dst = row + (ci * s.kh + i) * s.kw;
-                        if (ih < 0 || ih >= s.h) {
-                            std::memset(dst, zp, static_cast<size_t>(s.kw));
-                            continue;
-                        }
-                        for (int64_t j = 0; j < s.kw; ++j) {
-                            const int64_t iw = ow * s.sw - s.pw + j * s.dw;
-                            dst[j] = (iw < 0 || iw >= s.w) ? zp : plane[ih * s.w + iw];
-                        }
-                    }
+// The rows / columns every window of the output reads, counted from the first window's
+// corner: (out - 1) * stride + (k - 1) * dil + 1.
+int64_t window_span(int64_t out, int64_t stride, int64_t k, int64_t dil) {
+    return out > 0 ? (out - 1) * stride + (k - 1) * dil + 1 : 0;
+}
+
+// The group's channels of one image, channels last: xpad[r, c, ci] = x[c0 + ci, r - ph, c - pw]
+// for r < hp, c < wp (from the first window's corner), the zero point wherever that falls
+// outside the input (any padding; negative padding crops). Windows then read without bounds
+// checks, padded taps contribute (x_zp - x_zp) * w = 0, and the cg channels of one pixel are
+// contiguous, so one window row (kw pixels) is one run of kw * cg bytes when dilation is 1.
+void pad_planes_hwc_u8(const ConvShape& s, const uint8_t* x, int64_t c0, int64_t cg,
+                       uint8_t zp, int64_t hp, int64_t wp, uint8_t* xpad) {
+    std::memset(xpad, zp, static_cast<size_t>(hp * wp * cg));
+    const int64_t c_lo = std::max<int64_t>(0, s.pw), c_hi = std::min(wp, s.pw + s.w);
+    const int64_t r_lo = std::max<int64_t>(0, s.ph), r_hi = std::min(hp, s.ph + s.h);
+    const int64_t h = s.h, w = s.w, ph = s.ph, pw = s.pw;  // (locals: byte stores alias)
+    for (int64_t r = r_lo; r < r_hi; ++r) {
+        for (int64_t c = c_lo; c < c_hi; ++c) {
+            const uint8_t* src = x + c0 * h * w + (r - ph) * w + (c - pw);
+            uint8_t* dst = xpad + (r * wp + c) * cg;
+            for (int64_t ci = 0; ci < cg; ++ci) dst[ci] = src[ci * h * w];
+        }
+    }
+}
+
+// im2col rows [oh0, oh1) from the channels-last planes: row p = (oh, ow) holds, for each
+// window tap (i, j), the cg channels of pixel (oh * sh + i * dh, ow * sw + j * dw): the K order
+// (i, j, ci) the weight is packed in. Arguments by value: fields read through a pointer would
+// be reloaded after each byte store (char stores may alias anything).
+void im2col_rows_u8(const uint8_t* xpad, uint8_t* cols, int64_t oh0, int64_t oh1, int64_t wo,
+                    int64_t cg, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh,
+                    int64_t dw, int64_t wp) {
+    const int64_t k = cg * kh * kw;
+    const auto run = static_cast<size_t>(dw == 1 ? kw * cg : cg);
+    for (int64_t oh = oh0; oh < oh1; ++oh) {
+        for (int64_t ow = 0; ow < wo; ++ow) {
+            uint8_t* row = cols + (oh * wo + ow) * k;
+            for (int64_t i = 0; i < kh; ++i) {
+                const uint8_t* src = xpad + ((oh * sh + i * dh) * wp + ow * sw) * cg;
+                if (dw == 1) {
+                    std::memcpy(row, src, run);
+                    row += run;
+                    continue;
                 }
+                for (int64_t j = 0; j < kw; ++j, row += cg) std::memcpy(row, src + j * dw * cg, run);
             }
         }
+    }
+}
+
+void im2col_u8(const ConvShape& s, const uint8_t* xpad, int64_t cg, int64_t wp, uint8_t* cols,
+               int threads) {
+    parallel_for(threads, s.ho, s.wo * cg * s.kh * s.kw, [&](int64_t oh0, int64_t oh1) {
+        im2col_rows_u8(xpad, cols, oh0, oh1, s.wo, cg, s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, wp);
     });
+}
+
+// One group's weight [cog, cg, kh, kw] with K reordered to (i, j, ci), im2col_u8's order.
+std::vector<int8_t> weight_hwc(const int8_t* w, int64_t cog, int64_t cg, int64_t kh,
+                               int64_t kw) {
+    std::vector<int8_t> out(static_cast<size_t>(cog * cg * kh * kw));
+    for (int64_t co = 0; co < cog; ++co) {
+        for (int64_t ci = 0; ci < cg; ++ci) {
+            for (int64_t t = 0; t < kh * kw; ++t) {
+                out[static_cast<size_t>((co * kh * kw + t) * cg + ci)] =
+                    w[(co * cg + ci) * kh * kw + t];
+            }
+        }
+    }
+    return out;
 }
 
 class QConvKernel : public Kernel {
@@ -116,15 +162,26 @@ class QConvKernel : public Kernel {
         need_opt(args, 7, 1, 1);
         need_opt(args, 8, 4, 4);
         need_opt(args, 9, 1, 1);
-        checked_mul(p, k, what);  // the im2col scratch
+        hp_ = window_span(s_.ho, s_.sh, s_.kh, s_.dh);  // (in range: checked above)
+        wp_ = window_span(s_.wo, s_.sw, s_.kw, s_.dw);
+        // The scratch: im2col rows and one group's padded planes.
+        checked_add(checked_add(checked_mul(p, k, what),
+                                checked_mul(checked_mul(cg, hp_, what), wp_, what), what),
+                    128, what);
         const auto* w = reinterpret_cast<const int8_t*>(constant(args, 2));
         try {
             const auto format = qgemm_kernels().format;
             for (int64_t g = 0; g < s_.groups; ++g) {  // packings shared by every plan
                 const int8_t* wg = w + g * cog * k;
+                // A 1x1 kernel's K is ci either way; larger kernels take im2col's (i, j, ci).
+                const bool reorder = s_.kh * s_.kw > 1;
                 weights_.push_back(PackCache::get<PackedQWeight>(
-                    "qlinear", wg, {cog, k, k, 1, static_cast<int64_t>(format)},
-                    [&] { return PackedQWeight::pack(wg, cog, k, k, 1, format); }));
+                    reorder ? "qconv.hwc" : "qlinear", wg,
+                    {cog, k, k, 1, static_cast<int64_t>(format), s_.kh, s_.kw}, [&] {
+                        if (!reorder) return PackedQWeight::pack(wg, cog, k, k, 1, format);
+                        const std::vector<int8_t> hwc = weight_hwc(wg, cog, cg, s_.kh, s_.kw);
+                        return PackedQWeight::pack(hwc.data(), cog, k, k, 1, format);
+                    }));
             }
         } catch (const PlanError& e) {
             throw PlanError("qconv2d " + name_ + ": " + e.what());
@@ -152,9 +209,14 @@ class QConvKernel : public Kernel {
             g.y_zp = has_yzp_ ? *ctx.get<const uint8_t>(operands[9]) : 0;
         }
         uint8_t* cols = nullptr;
+        uint8_t* xpad = nullptr;
         if (!pointwise_) {
-            cols = reinterpret_cast<uint8_t*>(
-                qgemm_scratch().cols.reserve(ceil_div(std::max<int64_t>(p * k, 64), 4)));
+            // One scratch: the im2col rows, then one group's padded channels-last planes.
+            const int64_t pad_bytes = cg * hp_ * wp_;
+            const int64_t cols_bytes = ceil_div(p * k, 64) * 64;
+            cols = reinterpret_cast<uint8_t*>(qgemm_scratch().cols.reserve(
+                ceil_div(std::max<int64_t>(cols_bytes + pad_bytes, 64), 4)));
+            xpad = cols + cols_bytes;
         }
         for (int64_t n = 0; n < s_.n; ++n) {
             const uint8_t* xn = x + n * s_.c * hw;
@@ -162,7 +224,8 @@ class QConvKernel : public Kernel {
                 if (pointwise_) {
                     g.a = QMatrixRef{xn + gi * cg * hw, p, k, 1, hw};
                 } else {
-                    im2col_u8(s_, xn, gi * cg, cg, x_zp, cols, ctx.threads);
+                    pad_planes_hwc_u8(s_, xn, gi * cg, cg, x_zp, hp_, wp_, xpad);
+                    im2col_u8(s_, xpad, cg, wp_, cols, ctx.threads);
                     g.a = QMatrixRef{cols, p, k, k, 1};
                 }
                 g.w = weights_[static_cast<size_t>(gi)].get();
@@ -185,6 +248,7 @@ class QConvKernel : public Kernel {
     ActSpec act_;
     bool has_bias_ = false, has_xzp_ = false, requant_ = false, has_yzp_ = false;
     bool pointwise_ = false;
+    int64_t hp_ = 0, wp_ = 0;  // padded plane size (pad_planes_hwc_u8)
     std::vector<std::shared_ptr<const PackedQWeight>> weights_;
 };
 

@@ -376,9 +376,14 @@ void qgemm_finish_tile(const QGemmKernels& kern, const QGemmArgs& g, const float
     apply_activation(tile, kQNR, rows, nr, nullptr, g.act);
     if (g.c_u8 != nullptr) {
         alignas(64) uint8_t qt[kQMR * kQNR];
-        for (int64_t r = 0; r < rows; ++r) {
-            requantize_u8(tile + r * kQNR, nr, g.y_scale, g.y_zp, qt + r * kQNR);
+        // The whole tile in one vector call (a 16-column row is too short for the vector
+        // loop); columns past nr hold zeros and are not stored.
+        if (nr < kQNR) {
+            for (int64_t r = 0; r < rows; ++r) {
+                std::fill(tile + r * kQNR + nr, tile + (r + 1) * kQNR, 0.0f);
+            }
         }
+        kern.quantize(tile, rows * kQNR, g.y_scale, static_cast<float>(g.y_zp), qt);
         for (int64_t r = 0; r < rows; ++r) {
             uint8_t* crow = g.c_u8 + (i0 + r) * g.ldc + j0 * g.c_cs;
             if (g.c_cs == 1) {

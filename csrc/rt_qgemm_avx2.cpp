@@ -76,6 +76,11 @@ GRAPHOPT_TARGET_AVX2_FMA void qquantize_avx2(const float* x, int64_t n, float sc
         const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(p01, p23), order);
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), bytes);
     }
+    for (; i + 8 <= n; i += 8) {  // (values already in [0, 255])
+        alignas(32) int32_t lanes[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), one(x + i));
+        for (int j = 0; j < 8; ++j) q[i + j] = static_cast<uint8_t>(lanes[j]);
+    }
     for (; i < n; ++i) q[i] = quantize_one(x[i], scale, zp);
 }
 

@@ -20,7 +20,7 @@ import sys
 
 import pytest
 import torch
-from native_util import Const, check_graph, check_op, randn
+from native_util import Const, check_graph, check_op, op_graph, randn
 
 import graphopt
 
@@ -124,11 +124,26 @@ def test_conv_transpose(stride, padding, dilation, groups, out_pad):
 # ---------------------------------------------------------------------------------- pooling
 @pytest.mark.parametrize("kernel,stride,padding,dilation,ceil", [
     ((3, 3), (2, 2), (1, 1), (1, 1), False), ((2, 2), (2, 2), (0, 0), (1, 1), True),
-    ((3, 2), (1, 2), (1, 0), (2, 1), True), ((1, 1), (1, 1), (0, 0), (1, 1), False)])
+    ((3, 2), (1, 2), (1, 0), (2, 1), True), ((1, 1), (1, 1), (0, 0), (1, 1), False),
+    ((2, 2), (2, 2), (0, 0), (1, 1), False)])
 def test_max_pool(kernel, stride, padding, dilation, ceil):
     check_op("max_pool", [randn(2, 3, 9, 8)], {"kernel": kernel, "stride": stride,
                                                 "padding": padding, "dilation": dilation,
                                                 "ceil_mode": ceil})
+
+
+def test_max_pool_2x2_propagates_nan_like_torch():
+    """The 2x2 / stride-2 fast path (rt_pool.cpp) keeps torch's NaN propagation wherever the
+    NaN sits in the window."""
+    x = randn(1, 2, 6, 8)
+    for i, (r, c) in enumerate([(0, 0), (0, 3), (3, 4), (5, 7)]):
+        x[0, i % 2, r, c] = float("nan")
+    g, feeds = op_graph("max_pool", [x], {"kernel": (2, 2), "stride": (2, 2),
+                                          "padding": (0, 0), "dilation": (1, 1)})
+    got = graphopt.compile(g, backend="native", fallback="error")(*feeds)
+    want = torch.nn.functional.max_pool2d(x, 2)
+    assert torch.equal(torch.isnan(got), torch.isnan(want)) and int(torch.isnan(want).sum()) == 4
+    assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
 
 
 @pytest.mark.parametrize("kernel,stride,padding,ceil,include,divisor", [

@@ -45,15 +45,20 @@ def test_qlinear(x_shape, activation, requantize):
     dict(c=8, co=8, k=3, stride=(2, 2), padding=(1, 1), groups=8),   # depthwise
     dict(c=6, co=9, k=1, stride=(1, 1), padding=(0, 0), groups=3),   # grouped 1x1
     dict(c=3, co=5, k=5, stride=(2, 1), padding=(2, 0), groups=1),   # odd, asymmetric
-], ids=["3x3", "depthwise_s2", "grouped_1x1", "5x5_odd"])
+    dict(c=4, co=6, k=3, stride=(1, 1), padding=(2, 3), groups=2, dilation=(2, 3)),
+    dict(c=5, co=4, k=5, stride=(1, 2), padding=(0, 4), groups=1, dilation=(1, 2)),
+    dict(c=1, co=7, k=3, stride=(1, 1), padding=(1, 1), groups=1),   # one input channel
+], ids=["3x3", "depthwise_s2", "grouped_1x1", "5x5_odd", "dilated_grouped", "dilated_wide",
+        "one_channel"])
 def test_qconv(case, requantize):
     c, co, k, groups = case["c"], case["co"], case["k"], case["groups"]
     outs = [_scalar(0.1), _scalar(3, torch.uint8)] if requantize else [None, None]
     check_op("qconv", [_codes(2, c, 9, 11), _scalar(0.03), _scalar(120, torch.uint8),
                        Const(_codes(co, c // groups, k, k, seed=4, dtype=torch.int8)),
                        Const(_w_scale(co)), Const(randn(co, seed=5)), *outs],
-             {"stride": case["stride"], "padding": case["padding"], "dilation": (1, 1),
-              "groups": groups, "activation": "relu", "activation_params": ()},
+             {"stride": case["stride"], "padding": case["padding"],
+              "dilation": case.get("dilation", (1, 1)), "groups": groups, "activation": "relu",
+              "activation_params": ()},
              rtol=1e-6, atol=1e-6)
 
 
