@@ -7,6 +7,7 @@ tests must not mutate it (``graph.clone()`` or ``graphopt.optimize``, which clon
 
 from __future__ import annotations
 
+import os
 from typing import Any, NamedTuple
 
 import pytest
@@ -15,6 +16,19 @@ import torch.utils._pytree as pytree
 
 import graphopt
 from graphopt import zoo
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cost_cache(tmp_path_factory):
+    """Speed-aware compression files measurements per machine (graphopt/costcache.py): the
+    tests use a cache of their own, never the user's ~/.cache."""
+    saved = os.environ.get("GRAPHOPT_CACHE_DIR")
+    os.environ["GRAPHOPT_CACHE_DIR"] = str(tmp_path_factory.mktemp("costcache"))
+    yield
+    if saved is None:
+        os.environ.pop("GRAPHOPT_CACHE_DIR", None)
+    else:
+        os.environ["GRAPHOPT_CACHE_DIR"] = saved
 
 
 class Traced(NamedTuple):

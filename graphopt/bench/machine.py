@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any
 
+from graphopt.costcache import cpu_description, usable_cpus
 from graphopt.stagereport import PeakMeter
 
 _FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "neon")
@@ -17,26 +18,11 @@ _PACKAGES = ("torch", "onnxruntime", "onnx", "onnxscript", "numpy", "transformer
 
 def machine_info() -> dict[str, Any]:
     """CPU model, CPU counts, SIMD flags, memory, OS, Python and package versions."""
-    cpu_model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and cpu_model in ("unknown", "", platform.machine()):
-                    cpu_model = value.strip()
-                elif key in ("flags", "Features") and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count()
+    cpu_model, flags = cpu_description()
     return {
         "cpu_model": cpu_model,
         "logical_cpus": os.cpu_count(),
-        "usable_cpus": usable,
+        "usable_cpus": usable_cpus(),
         "cpu_flags": [f for f in _FLAGS if f in flags],
         "memory_gib": _total_memory_gib(),
         "load_avg_1m": _load_average(),

@@ -85,9 +85,9 @@ def add_parser(sub, common) -> None:
 
 def _add_speed_options(p) -> None:
     p.add_argument("--speed-aware", action="store_true",
-                   help="time the float graph and the graphs with the largest 1/4 ... all of "
-                   "the quantized layers on the backend (needs --calibration) and keep the "
-                   "fastest: layers that do not pay stay float")
+                   help="time each layer alone, float vs quantized (cached per machine), then "
+                   "the float, all-quantized and per-layer-choice graphs on the backend (needs "
+                   "--calibration), and keep the fastest: layers that do not pay stay float")
     add_speed_arguments(p)
 
 

@@ -93,9 +93,10 @@ def quantize(
         progress: static mode: a tqdm bar over the calibration data (None: for 32 or more
             items when stderr is a terminal).
         speed: measure, on ``target``'s backend (default native) and on the first calibration
-            input, whether quantizing pays: the float graph and the graphs with the largest
-            1/4, 1/2, 3/4 and all of the chosen layers quantized are timed, and the fastest is
-            returned; layers it leaves float say so in the report (graphopt/quant/speed.py).
+            input, whether quantizing pays: each chosen layer alone, float vs quantized (cached
+            per machine, graphopt/costcache.py), then the float graph, the all-quantized graph
+            and the graph quantizing only the layers that paid alone; the fastest is returned,
+            and layers it leaves float say why in the report (graphopt/quant/speed.py).
         report: also return the ``QuantReport`` (its ``config`` holds the options; its
             ``stage`` the run's time and peak memory, a ``graphopt.stagereport.StageReport``).
         target: a ``graphopt.Target`` to plan for: its ``backend`` must run every op the

@@ -38,7 +38,9 @@ def output_error(graph: Graph, reference: list, calibration: Sequence[tuple]) ->
         for a, b in zip(ref, flat_outputs(graph, args)):
             if torch.is_tensor(a) and a.is_floating_point():
                 a, b = a.double().flatten(), b.double().flatten()
-                errors.append(1.0 - float(torch.nn.functional.cosine_similarity(a, b, dim=0)))
+                # (clamped: rounding can put an identical output's cosine a hair above 1)
+                errors.append(max(0.0, 1.0 - float(
+                    torch.nn.functional.cosine_similarity(a, b, dim=0))))
     return float(np.mean(errors)) if errors else 0.0
 
 

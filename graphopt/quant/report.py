@@ -16,6 +16,7 @@ class LayerRecord:
     quantized: bool
     sensitivity: float | None = None
     reason: str = ""
+    cost: tuple[float, float] | None = None  # speed=True: (float, quantized) ms alone
 
 
 @dataclass
@@ -64,6 +65,8 @@ class QuantReport:
         width = max([len(self.label), 5])
         for r in self.layers:
             sens = "" if r.sensitivity is None else f" sensitivity={r.sensitivity:.2e}"
+            if r.cost is not None:
+                sens += f" alone: float {r.cost[0]:.4f} ms, {self.label} {r.cost[1]:.4f} ms"
             state = self.label if r.quantized else "float"
             lines.append(f"  {state:<{width}} {r.node} ({r.weight} {list(r.shape)}){sens}  "
                          f"{r.reason}".rstrip())

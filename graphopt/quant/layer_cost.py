@@ -1,0 +1,163 @@
+"""Per-layer micro-benchmarks: what quantizing each layer alone costs or saves on a backend.
+
+For each chosen layer, the mode's ``build`` makes the graph with only that layer quantized; the
+nodes it added (quantize, the int8 layer, dequantize...) and the float nodes it removed are each
+cut out as a graph of their own (``graphopt.ir.extract``), compiled for the backend and timed
+interleaved on the layer's real inputs (captured from one float run on the first calibration
+input), medians. This is the per-layer view torchao's autoquant takes, on any backend: it
+includes what quantizing a layer in isolation adds (quantizing its input, dequantizing its
+output), so it is pessimistic for chains of static int8 layers that would pass int8 between them;
+``graphopt.quant.speed`` therefore validates the per-layer choice on the whole graph.
+
+Results are cached per machine (``graphopt.costcache``) under a structural signature of the two
+regions, so the twelve identical layers of a BERT are measured once, and a second quantization on
+the same machine measures nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from graphopt.costcache import CostCache, machine_key
+from graphopt.ir.extract import extract_region, region_signature
+from graphopt.ir.graph import Graph, Value
+from graphopt.ir.types import TensorType
+from graphopt.quant.report import LayerRecord
+from graphopt.timing import calibrate, run_interleaved
+
+SAMPLE_S = 0.002  # each sample lasts at least this long (many calls of a small layer)
+ROUNDS = 15
+
+
+@dataclass
+class LayerCost:
+    """Median ms per call of one layer's float and quantized regions, alone on a backend."""
+
+    float_ms: float
+    quantized_ms: float
+    cached: bool = False
+
+    @property
+    def pays(self) -> bool:
+        return self.quantized_ms <= self.float_ms
+
+
+@dataclass
+class _Region:
+    graph: Graph
+    sources: list[str]  # names of the values its inputs stand for (in the float graph)
+
+
+def layer_costs(records: list[LayerRecord], build: Callable[[set[str]], Graph], args: tuple,
+                backend: str, threads: int | None, cache: CostCache | None = None,
+                rounds: int = ROUNDS) -> dict[str, LayerCost]:
+    """Layer (node) name -> its ``LayerCost`` for every chosen record that quantizes into a
+    region of its own (a layer whose build changes nothing is left out)."""
+    from graphopt.interpreter import bind_symbols, flatten_inputs
+
+    base = build(set())
+    flat = flatten_inputs(base, tuple(args), {})
+    resolve = _type_resolver(bind_symbols(base, flat))
+    regions: dict[str, tuple[_Region, _Region]] = {}
+    for record in records:
+        if record.quantized:
+            pair = _regions(base, build({record.node}), resolve)
+            if pair is not None:
+                regions[record.node] = pair
+    if not regions:
+        return {}
+    tensors = _captured(base, flat, {s for pair in regions.values() for r in pair
+                                     for s in r.sources})
+    cache = cache if cache is not None else CostCache(None)
+    machine = machine_key(backend=backend, backend_version=_backend_version(backend),
+                          threads=threads or torch.get_num_threads())
+    costs: dict[str, LayerCost] = {}
+    for node, (f_region, q_region) in regions.items():
+        key = region_signature(f_region.graph) + ":" + region_signature(q_region.graph)
+        hit = cache.get(machine, key)
+        if hit is not None and _valid(hit):
+            costs[node] = LayerCost(hit["float_ms"], hit["quantized_ms"], cached=True)
+            continue
+        costs[node] = _measure(f_region, q_region, tensors, backend, threads, rounds)
+        cache.put(machine, key, {"float_ms": costs[node].float_ms,
+                                 "quantized_ms": costs[node].quantized_ms, "layer": node,
+                                 "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    cache.save()
+    return costs
+
+
+def _regions(base: Graph, quantized: Graph, resolve) -> tuple[_Region, _Region] | None:
+    """The float nodes ``quantized`` lacks and the nodes it added, each as a graph."""
+    base_keys = {(n.name, n.op) for n in base.nodes}
+    new_keys = {(n.name, n.op) for n in quantized.nodes}
+    added = [n for n in quantized.nodes if (n.name, n.op) not in base_keys]
+    removed = [n for n in base.nodes if (n.name, n.op) not in new_keys]
+    if not added or not removed:
+        return None
+    return (_Region(*extract_region(base, removed, resolve)),
+            _Region(*extract_region(quantized, added, resolve)))
+
+
+def _type_resolver(bindings: dict) -> Callable[[Value], TensorType]:
+    """Types with the sizes of the timed input (symbolic dims bound to those of ``args``)."""
+    def resolve(value: Value) -> TensorType:
+        t = value.type
+        if all(isinstance(d, int) for d in t.shape):
+            return t
+        return dataclasses.replace(t, shape=tuple(d if isinstance(d, int) else int(d.subs(bindings))
+                                                  for d in t.shape))
+    return resolve
+
+
+def _captured(graph: Graph, flat: list[torch.Tensor], names: set[str]) -> dict[str, torch.Tensor]:
+    """The tensors of the values named ``names`` in one run of ``graph`` on ``flat``."""
+    from graphopt.interpreter import run_flat
+
+    out = {v.name: t for v, t in zip(graph.inputs, flat) if v.name in names}
+
+    def observe(value: Value, tensor: torch.Tensor) -> None:
+        if value.name in names:
+            out[value.name] = tensor.clone()
+
+    with torch.no_grad():
+        run_flat(graph, flat, observe=observe)
+    return out
+
+
+def _measure(f_region: _Region, q_region: _Region, tensors: dict[str, torch.Tensor],
+             backend: str, threads: int | None, rounds: int) -> LayerCost:
+    from graphopt.compile import compile as compile_graph
+
+    calls = {}
+    for label, region in (("float", f_region), ("quantized", q_region)):
+        module = compile_graph(region.graph, backend=backend, threads=threads)
+        inputs = [tensors[name] for name in region.sources]
+        calls[label] = (lambda m=module, a=inputs: m(*a))
+    per_sample = {label: calibrate(call, 3, SAMPLE_S, time.perf_counter)
+                  for label, call in calls.items()}
+    samples, _ = run_interleaved(calls, per_sample, rounds, time.perf_counter, rotate=True)
+    return LayerCost(statistics.median(samples["float"]) * 1e3,
+                     statistics.median(samples["quantized"]) * 1e3)
+
+
+def _valid(record: dict) -> bool:
+    return all(isinstance(record.get(k), (int, float)) and record[k] > 0
+               for k in ("float_ms", "quantized_ms"))
+
+
+def _backend_version(backend: str) -> str:
+    package = {"onnxruntime": "onnxruntime", "torch": "torch"}.get(backend)
+    if package is None:
+        return "builtin"  # the native runtime: graphopt's own version is in the machine key
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
