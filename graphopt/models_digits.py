@@ -40,6 +40,21 @@ def cnn() -> nn.Module:
         nn.Flatten(), nn.Linear(64 * 16, 64), nn.ReLU(), nn.Linear(64, 10))
 
 
+def vgg() -> nn.Module:
+    """VGG-style: three blocks of two 3x3 conv + BN + ReLU layers (32, 64, 128 channels), each
+    block ending in a 2x2 max-pool (8x8 -> 1x1), then two linears (input: flat 64 pixels)."""
+    layers: list[nn.Module] = [nn.Unflatten(1, (1, 8, 8))]
+    channels = 1
+    for width in (32, 64, 128):
+        for _ in range(2):
+            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width),
+                       nn.ReLU()]
+            channels = width
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels, 64), nn.ReLU(),
+                         nn.Linear(64, 10))
+
+
 def mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
                          nn.Linear(128, 10))

@@ -70,5 +70,8 @@ def test_heads_and_ffn_shrink_in_bert(traced_bert_small):
 
 def test_pipeline_pass_matches_api(traced_gpt2_small):
     via_pass = graphopt.optimize(traced_gpt2_small.graph, "prune-channels{flops=0.3}")
-    via_api = graphopt.prune(traced_gpt2_small.graph, flops=0.3)
+    via_api = graphopt.prune(traced_gpt2_small.graph, flops=0.3, optimize=False)
     assert str(via_pass) == str(via_api)
+    # by default the API returns it optimized: what "prune-channels,default" gives
+    assert str(graphopt.prune(traced_gpt2_small.graph, flops=0.3)) == str(
+        graphopt.optimize(traced_gpt2_small.graph, "prune-channels{flops=0.3},default"))

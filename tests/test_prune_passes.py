@@ -174,14 +174,18 @@ def test_bn_and_taylor_importance():
     with torch.no_grad():
         model.bn.weight.copy_(torch.tensor([1.0, 0.01, 1.0, 0.02, 1.0, 1.0, 0.03, 1.0]))
     graph = graphopt.trace(model, (torch.randn(2, 3, 8, 8),))
-    pruned, report = graphopt.prune(graph, ratio=3 / 8, importance="bn", report=True)
+    pruned, report = graphopt.prune(graph, ratio=3 / 8, importance="bn", report=True,
+                                    optimize=False)
     kept = pruned.constants["bn.weight"].data
     np.testing.assert_array_equal(kept, np.ones(5, np.float32))
     assert report.pruned_groups()[0].importance == "bn"
     data = [(torch.randn(4, 3, 8, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
     pruned, report = graphopt.prune(graph, ratio=0.5, importance="taylor", data=data,
                                     report=True)
-    assert pruned.constants["conv.weight"].type.shape == (4, 3, 3, 3)
+    # returned optimized: the batch norm folded into the pruned conv
+    [conv] = [n for n in pruned.nodes if n.op in ("conv", "fused_conv")]
+    assert conv.inputs[1].type.shape == (4, 3, 3, 3)
+    assert not any(n.op == "batch_norm" for n in pruned.nodes)
     assert report.pruned_groups()[0].importance == "taylor"
 
 
@@ -225,3 +229,27 @@ def test_finetune_feature_matching_on_shared_values():
     assert [(n.op, [o.type for o in n.outputs]) for n in tuned.nodes] == \
         [(n.op, [o.type for o in n.outputs]) for n in student.nodes]
     assert not np.array_equal(tuned.constants["o.weight"].data, student.constants["o.weight"].data)
+
+
+def test_prune_and_finetune_return_optimized_graphs():
+    """Issue #24: compression entry points hand back the graph as it will run (batch norms
+    folded, activations fused), so the next step (quantize, compile, benchmark) starts from
+    it; magnitude pruning zeroes the folded arrays, so their CSR records survive."""
+    from graphopt.prune.sparse import sparse_weight
+
+    torch.manual_seed(0)
+    graph = graphopt.trace(BnNet().eval(), (torch.randn(2, 3, 8, 8),))
+    assert any(n.op == "batch_norm" for n in graph.nodes)
+    for pruned in (graphopt.prune(graph, ratio=0.25),
+                   graphopt.prune(graph, "magnitude", sparsity=0.5)):
+        assert not any(n.op == "batch_norm" for n in pruned.nodes)
+        assert str(graphopt.optimize(pruned, "default")) == str(pruned)  # nothing left to do
+    sparse = graphopt.prune(graph, "magnitude", sparsity=0.5)
+    [conv] = [n for n in sparse.nodes if n.op in ("conv", "fused_conv")]
+    assert sparse_weight(conv.inputs[1]) is not None
+    raw = graphopt.prune(graph, ratio=0.25, optimize=False)
+    assert any(n.op == "batch_norm" for n in raw.nodes)
+    data = [(torch.randn(4, 3, 8, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
+    tuned = graphopt.finetune(raw, data, loss=torch.nn.functional.cross_entropy, epochs=1,
+                              progress=False)
+    assert not any(n.op == "batch_norm" for n in tuned.nodes)

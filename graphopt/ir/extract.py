@@ -10,23 +10,27 @@ wiring; no names, no constant data), so two layers of the same shape and kind sh
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from typing import Callable, Iterable
+from typing import Iterable, Mapping
+
+import sympy
 
 from graphopt.errors import GraphoptError
+from graphopt.ir.attrs import Attrs, has_symbols, substitute_symbols
 from graphopt.ir.graph import Graph, Node, Value
 from graphopt.ir.types import TensorType
 
-TypeResolver = Callable[[Value], TensorType]
-
 
 def extract_region(graph: Graph, nodes: Iterable[Node],
-                   resolve_type: TypeResolver | None = None) -> tuple[Graph, list[str]]:
+                   bindings: Mapping[sympy.Symbol, int] | None = None
+                   ) -> tuple[Graph, list[str]]:
     """The region ``nodes`` of ``graph`` as a new graph, and the names (in ``graph``) of the
     values its inputs stand for, in input order.
 
-    ``resolve_type`` maps a value to the type the copy gets (e.g. symbolic sizes replaced by
-    the sizes of one concrete input); by default each value keeps its type.
+    ``bindings`` (size symbol -> int, e.g. from one concrete input) makes the copy concrete:
+    symbolic sizes in types and attributes (a reshape's target shape) are replaced; by default
+    everything is copied as it is.
 
     Raises:
         GraphoptError: ``nodes`` is empty or holds a node of another graph.
@@ -36,7 +40,17 @@ def extract_region(graph: Graph, nodes: Iterable[Node],
     if not ordered or len(ordered) != len(chosen):
         raise GraphoptError(f"extract_region: {len(chosen)} node(s) given, {len(ordered)} of "
                             f"them in graph {graph.name}")
-    type_of = resolve_type or (lambda v: v.type)
+    def type_of(value: Value) -> TensorType:
+        t = value.type
+        if not bindings or all(isinstance(d, int) for d in t.shape):
+            return t
+        return dataclasses.replace(t, shape=substitute_symbols(tuple(t.shape), bindings))
+
+    def attrs_of(node: Node) -> Attrs:
+        if not bindings or not any(has_symbols(v) for v in node.attrs.values()):
+            return node.attrs
+        return Attrs({k: substitute_symbols(v, bindings) for k, v in node.attrs.items()})
+
     region = Graph(f"{graph.name}.region")
     mapping: dict[int, Value] = {}
     sources: list[str] = []
@@ -55,7 +69,7 @@ def extract_region(graph: Graph, nodes: Iterable[Node],
     for node in ordered:
         inputs = [None if v is None else mapping[id(v)] if id(v) in produced else copy_of(v)
                   for v in node.inputs]
-        copy = region.create_node(node.op, inputs, node.attrs,
+        copy = region.create_node(node.op, inputs, attrs_of(node),
                                   output_types=[type_of(v) for v in node.outputs])
         for old, new in zip(node.outputs, copy.outputs):
             mapping[id(old)] = new

@@ -44,6 +44,7 @@ def prune(
     loss=None,
     max_ratio: float = 0.9,
     round_to: int = 1,
+    optimize: bool = True,
     report: bool = False,
     config: PruneConfig | None = None,
 ):
@@ -73,6 +74,15 @@ def prune(
             the global ranking).
         round_to: channels: keep a multiple of this many channels (e.g. 8) in groups of at
             least 4x as many, which vectorized kernels prefer.
+        optimize: bring the graph to the form pruning needs and return it optimized (the
+            "default" pipeline: batch norms folded, activations fused; issue #24), so the
+            result compiles to the kernels it will be timed with. Channel pruning runs on the
+            graph as given (batch-norm importance reads its batch norms; attention heads are
+            found before attention is fused) and optimizes the result; the report's FLOPs
+            before are the given graph's, after the returned graph's. Magnitude pruning zeroes the weights of the
+            optimized graph (the arrays that will run, so their CSR records survive), so
+            ``scores`` and ``exclude`` name its constants. ``False``: return the graph exactly
+            as pruned.
         report: also return a ``PruneReport`` (its ``config`` holds the options; its
             ``stage`` the run's time and peak memory, a ``graphopt.stagereport.StageReport``).
         config: a ``PruneConfig`` holding the options (``method`` to ``round_to``; leave the
@@ -94,7 +104,8 @@ def prune(
                               exclude=exclude, max_ratio=max_ratio, round_to=round_to)
     try:
         with measure(f"prune {cfg.method}") if report else contextlib.nullcontext() as stage:
-            out, rep = prune_with_config(graph, cfg, scores=scores, data=data, loss=loss)
+            out, rep = prune_with_config(graph, cfg, scores=scores, data=data, loss=loss,
+                                         optimize=optimize)
     except ValueError as exc:  # option checks deep in the analyses: a typed error, same text
         if isinstance(exc, GraphoptError):
             raise
@@ -104,9 +115,16 @@ def prune(
 
 
 def prune_with_config(graph: Graph, cfg: PruneConfig, *, scores=None, data=None,
-                      loss=None) -> tuple[Graph, PruneReport]:
-    """``prune`` once its options are checked: a pruned copy of ``graph`` and the report."""
-    out = graph.clone()
+                      loss=None, optimize: bool = True) -> tuple[Graph, PruneReport]:
+    """``prune`` once its options are checked: a pruned copy of ``graph`` (optimized unless
+    ``optimize=False``, see ``prune``) and the report."""
+    from graphopt.transform.manager import optimize as run_pipeline
+
+    # Channel pruning reads the graph as given (batch norms for importance="bn", attention
+    # still unfused so heads can be found) and is cleaned up after; magnitude pruning zeroes
+    # the arrays that will run.
+    channels = cfg.method == "channels"
+    out = run_pipeline(graph, "default") if optimize and not channels else graph.clone()
     if cfg.method == "channels":
         from graphopt.prune.structured import prune_channels
 
@@ -118,6 +136,11 @@ def prune_with_config(graph: Graph, cfg: PruneConfig, *, scores=None, data=None,
 
         rep = prune_magnitude(out, sparsity=cfg.sparsity, scope=cfg.scope, scores=scores,
                               exclude=cfg.exclude)
+    if optimize and channels:
+        from graphopt.prune.flops import count_flops
+
+        out = run_pipeline(out, "default")
+        rep.flops_after = count_flops(out).total  # the graph returned (batch norms folded)
     rep.config = cfg.to_dict()
     return out, rep
 

@@ -134,7 +134,8 @@ def finetune(
     progress: bool = True,
     config: Any = None,
 ) -> Graph:
-    """Train a copy of ``graph`` and return it (structure unchanged, constants trained).
+    """Train a copy of ``graph`` and return it optimized (constants trained, then the "default"
+    pipeline: batch norms folded, activations fused).
 
     Args:
         graph: the (pruned) graph; its batch dim must accept the training batches (trace with
@@ -155,7 +156,7 @@ def finetune(
             ``progress`` (leave those keywords at their defaults then).
 
     Returns:
-        A new graph with the trained weights.
+        A new graph with the trained weights, optimized.
     """
     from graphopt.prune.config import FinetuneConfig
 
@@ -168,7 +169,16 @@ def finetune(
     _seed_everything(cfg.seed)
     run = _Training.start(graph, loss, teacher, cfg)
     _train(run, train_data)
-    return run.trained_graph()
+    return _optimized(run.trained_graph())
+
+
+def _optimized(graph: Graph) -> Graph:
+    """The trained graph through the "default" pipeline (issue #24: every compression entry
+    point returns an optimized graph): a graph trained with its batch norms comes back with
+    them folded. Idempotent on an optimized graph, whose arrays (and CSR records) it keeps."""
+    from graphopt.transform.manager import optimize
+
+    return optimize(graph, "default")
 
 
 class _Training:

@@ -16,7 +16,6 @@ the same machine measures nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import statistics
 import time
@@ -26,9 +25,9 @@ from typing import Callable
 import torch
 
 from graphopt.costcache import CostCache, machine_key
+from graphopt.errors import GraphoptError
 from graphopt.ir.extract import extract_region, region_signature
 from graphopt.ir.graph import Graph, Value
-from graphopt.ir.types import TensorType
 from graphopt.quant.report import LayerRecord
 from graphopt.timing import calibrate, run_interleaved
 
@@ -59,16 +58,16 @@ def layer_costs(records: list[LayerRecord], build: Callable[[set[str]], Graph], 
                 backend: str, threads: int | None, cache: CostCache | None = None,
                 rounds: int = ROUNDS) -> dict[str, LayerCost]:
     """Layer (node) name -> its ``LayerCost`` for every chosen record that quantizes into a
-    region of its own (a layer whose build changes nothing is left out)."""
+    region of its own that the backend compiles alone (other layers are left out)."""
     from graphopt.interpreter import bind_symbols, flatten_inputs
 
     base = build(set())
     flat = flatten_inputs(base, tuple(args), {})
-    resolve = _type_resolver(bind_symbols(base, flat))
+    bindings = bind_symbols(base, flat)
     regions: dict[str, tuple[_Region, _Region]] = {}
     for record in records:
         if record.quantized:
-            pair = _regions(base, build({record.node}), resolve)
+            pair = _regions(base, build({record.node}), bindings)
             if pair is not None:
                 regions[record.node] = pair
     if not regions:
@@ -85,7 +84,12 @@ def layer_costs(records: list[LayerRecord], build: Callable[[set[str]], Graph], 
         if hit is not None and _valid(hit):
             costs[node] = LayerCost(hit["float_ms"], hit["quantized_ms"], cached=True)
             continue
-        costs[node] = _measure(f_region, q_region, tensors, backend, threads, rounds)
+        try:
+            costs[node] = _measure(f_region, q_region, tensors, backend, threads, rounds)
+        except GraphoptError:
+            # A region the backend cannot compile alone (an op whose lowering needs its
+            # neighbours): unmeasured; the whole-graph comparison still decides.
+            continue
         cache.put(machine, key, {"float_ms": costs[node].float_ms,
                                  "quantized_ms": costs[node].quantized_ms, "layer": node,
                                  "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -93,7 +97,7 @@ def layer_costs(records: list[LayerRecord], build: Callable[[set[str]], Graph], 
     return costs
 
 
-def _regions(base: Graph, quantized: Graph, resolve) -> tuple[_Region, _Region] | None:
+def _regions(base: Graph, quantized: Graph, bindings: dict) -> tuple[_Region, _Region] | None:
     """The float nodes ``quantized`` lacks and the nodes it added, each as a graph."""
     base_keys = {(n.name, n.op) for n in base.nodes}
     new_keys = {(n.name, n.op) for n in quantized.nodes}
@@ -101,19 +105,8 @@ def _regions(base: Graph, quantized: Graph, resolve) -> tuple[_Region, _Region] 
     removed = [n for n in base.nodes if (n.name, n.op) not in new_keys]
     if not added or not removed:
         return None
-    return (_Region(*extract_region(base, removed, resolve)),
-            _Region(*extract_region(quantized, added, resolve)))
-
-
-def _type_resolver(bindings: dict) -> Callable[[Value], TensorType]:
-    """Types with the sizes of the timed input (symbolic dims bound to those of ``args``)."""
-    def resolve(value: Value) -> TensorType:
-        t = value.type
-        if all(isinstance(d, int) for d in t.shape):
-            return t
-        return dataclasses.replace(t, shape=tuple(d if isinstance(d, int) else int(d.subs(bindings))
-                                                  for d in t.shape))
-    return resolve
+    return (_Region(*extract_region(base, removed, bindings)),
+            _Region(*extract_region(quantized, added, bindings)))
 
 
 def _captured(graph: Graph, flat: list[torch.Tensor], names: set[str]) -> dict[str, torch.Tensor]:
