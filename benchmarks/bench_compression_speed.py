@@ -10,7 +10,8 @@ native runtime and for onnxruntime and timed in one interleaved run per model an
   then the whole graph), so it is decided per backend;
 * ``pruned``: structured (``graphopt.prune(fp32, "channels", flops=...)``);
 * ``sparse``: unstructured (``graphopt.prune(fp32, "magnitude", sparsity=0.8)``; the native
-  runtime runs CSR kernels where its cost model says they pay, onnxruntime stays dense);
+  runtime runs CSR kernels only where they measured faster on this machine,
+  ``sparse="measure"``; onnxruntime stays dense);
 * ``pruned + int8``: the pruned graph, quantized the same speed-aware way.
 
 Accuracy beside every number: the digits models (trained here on scikit-learn's digits; pruned
@@ -167,7 +168,10 @@ def pruned_forms(case: Case) -> dict[str, graphopt.Graph]:
 
 def measure(case: Case, graphs: dict[str, graphopt.Graph], backend: str, rounds: int) -> dict:
     """p50 / IQR ms per batch-1 call of each graph on ``backend``, interleaved and rotated."""
-    modules = {k: graphopt.compile(g, backend=backend, threads=THREADS) for k, g in graphs.items()}
+    # native: the CSR kernel only where this machine measured it faster (sparse="measure")
+    options = {"sparse": "measure"} if backend == "native" else {}
+    modules = {k: graphopt.compile(g, backend=backend, threads=THREADS, **options)
+               for k, g in graphs.items()}
     calls = {k: (lambda m=m: m(*case.args)) for k, m in modules.items()}
     per_sample = {k: calibrate(c, 5, 0.02, time.perf_counter) for k, c in calls.items()}
     samples, _ = run_interleaved(calls, per_sample, rounds, time.perf_counter, rotate=True)

@@ -223,3 +223,40 @@ def test_portable_path():
            "kernel_matches or fused_epilogue or in_place"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=os.getcwd())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+def test_measured_sparse_choice_is_cached_per_machine_and_followed_by_auto(tmp_path,
+                                                                         monkeypatch):
+    """sparse="measure" times each sparse linear both ways and files the result per machine
+    (graphopt/native/lower/sparse_measure.py); "auto" then follows the measurement instead of
+    the static cost model, in either direction."""
+    import json
+
+    from graphopt.native.lower import sparse_measure
+
+    monkeypatch.setenv("GRAPHOPT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(sparse_measure, "ROUNDS", 3)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 96), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 256)
+    pruned = graphopt.prune(graphopt.trace(model, (x,)), "magnitude", sparsity=0.9)
+    want = graphopt.run(pruned, x)
+
+    def kernels(mode):
+        fn = graphopt.compile(pruned, backend="native", sparse=mode)
+        torch.testing.assert_close(fn(x), want, rtol=1e-5, atol=1e-5)
+        return [s.kernel for s in fn.plan.steps]
+
+    measured = kernels("measure")
+    path = tmp_path / "costs.json"
+    data = json.loads(path.read_text())
+    [entries] = data["machines"].values()
+    [(key, entry)] = entries.items()
+    assert key == "linear 96x256 density~0.10 rows 1 relu" and entry["sparse_ms"] > 0
+    assert ("sparse_linear" in measured) == entry["csr_wins"]
+    assert kernels("auto") == measured
+    for verdict in (True, False):  # "auto" follows whatever this machine measured
+        entry["csr_wins"] = verdict
+        path.write_text(json.dumps(data))
+        sparse_measure._CACHE = None  # a new process would read the file afresh
+        assert ("sparse_linear" in kernels("auto")) == verdict

@@ -27,7 +27,10 @@ def compile_native(graph: Graph, *, threads: int | None = None,
             "error" (such nodes raise NativeUnsupportedError).
         sparse: "auto" (default): a linear whose weight carries a CSR record
             (``graphopt.prune.sparse``) runs the CSR kernel where the cost model says it beats
-            the dense GEMM for its number of rows; "never"; "always" (every constant weight).
+            the dense GEMM for its number of rows (or where a cached measurement on this
+            machine says so); "measure": time each such layer both ways first (cached per
+            machine, graphopt/native/lower/sparse_measure.py); "never"; "always" (every
+            constant weight).
         layout: "auto" (default): 2-D convolutions, their pools and zero pads run in the
             channel-blocked layout (nChw16c, reorders only where a reader needs NCHW) when the
             runtime has the AVX-512 blocked kernels; "blocked" always; "nchw" never.

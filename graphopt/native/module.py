@@ -108,7 +108,8 @@ class NativeModule:
             one NativeFallbackWarning naming their ops; "error": such nodes raise
             NativeUnsupportedError (None is accepted as "error").
         sparse: "auto" (linears with a CSR-recorded weight use the sparse kernel where the
-            cost model says it wins), "never" or "always" (see native/lower/sparse.py).
+            cost model, or a cached measurement, says it wins), "measure" (time each first),
+            "never" or "always" (see native/lower/sparse.py).
         layout: convolution activations in the channel-blocked layout: "auto" (where the
             runtime has AVX-512 blocked kernels), "blocked" or "nchw" (native/lower/blocked.py).
             A plan-time choice: saved artifacts plan again with "auto".

@@ -10,7 +10,10 @@ builder's ``sparse`` mode (``graphopt.compile(..., backend="native", sparse=...)
   packed dense GEMM, which depends on the number of rows M - says CSR wins;
 * ``"never"``: always the dense GEMM;
 * ``"always"``: every constant float32 weight runs in CSR (a record is built from its zeros when
-  it has none); for tests and measurements.
+  it has none); for tests and measurements;
+* ``"measure"``: like ``"auto"``, but each such linear is first timed both ways on this machine
+  (``sparse_measure.py``, cached per machine); ``"auto"`` too follows a cached measurement of
+  the same layer shape, density, epilogue and row count when there is one.
 
 The plan says what was chosen: such nodes' steps have ``kernel == "sparse_linear"``.
 """
@@ -23,7 +26,7 @@ from graphopt.ir.dtypes import DType
 from graphopt.ir.encodings import SparseWeight, sparse_weight
 from graphopt.native.lower._common import activation
 
-SPARSE_MODES = ("auto", "never", "always")
+SPARSE_MODES = ("auto", "never", "always", "measure")
 ROW_PATH_MAX_ROWS = 4  # rt_sparse.cpp kSparseRowPathMaxRows: at most this many rows need no xt
 TILE = 64  # sparse_gemm.h kTile
 
@@ -91,6 +94,15 @@ def chosen_record(ctx, rows: int):
         record = None
     if mode == "always":
         return record or SparseWeight.from_dense(data)
+    if record is None:
+        return None
+    from graphopt.native.lower.sparse_measure import measured_choice
+
+    # This machine's measurement of this layer (sparse_measure.py) overrules the model.
+    measured = measured_choice(record, rows, ctx.attrs.get("activation", "none"),
+                               ctx.builder.threads or 1, measure=mode == "measure")
+    if measured is not None:
+        return record if measured else None
     return record if use_sparse_kernel(record, rows) else None
 
 
