@@ -2,7 +2,8 @@
 
 For each model, the fp32 graph (traced, optimized) and its compressed forms, compiled for the
 native runtime and for onnxruntime and timed in one interleaved run per model and backend
-(rotated order, medians and IQR, batch 1):
+(rotated order, blocks of 4 samples with a pause between them so that no idle spinning thread
+pool steals the next variant's cores, medians and IQR, batch 1):
 
 * ``int8``: ``graphopt.quantize(fp32, mode, calibration, speed=True, target=<backend>)``:
   static int8 for CNNs, dynamic per-token int8 for the MLP and the transformers; the
@@ -174,7 +175,10 @@ def measure(case: Case, graphs: dict[str, graphopt.Graph], backend: str, rounds:
                for k, g in graphs.items()}
     calls = {k: (lambda m=m: m(*case.args)) for k, m in modules.items()}
     per_sample = {k: calibrate(c, 5, 0.02, time.perf_counter) for k, c in calls.items()}
-    samples, _ = run_interleaved(calls, per_sample, rounds, time.perf_counter, rotate=True)
+    # Blocks of 4 samples with a pause between them: an idle spinning thread pool (each
+    # onnxruntime session has its own) must not take the cores of the next variant.
+    samples, _ = run_interleaved(calls, per_sample, rounds, time.perf_counter, rotate=True,
+                                 block=4, pause_s=0.1, block_warmup=1)
     return {k: {"p50_ms": statistics.median(s) * 1e3,
                 "iqr_ms": (percentile(s, 75) - percentile(s, 25)) * 1e3}
             for k, s in samples.items()}
@@ -217,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="digits-cnn,digits-vgg,mlp,mobilenetv2,resnet50,bert,gpt2")
     p.add_argument("--backends", default=",".join(BACKENDS))
-    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                  "compression_speed.json"))

@@ -135,9 +135,20 @@ def _measure(f_region: _Region, q_region: _Region, tensors: dict[str, torch.Tens
         calls[label] = (lambda m=module, a=inputs: m(*a))
     per_sample = {label: calibrate(call, 3, SAMPLE_S, time.perf_counter)
                   for label, call in calls.items()}
-    samples, _ = run_interleaved(calls, per_sample, rounds, time.perf_counter, rotate=True)
+    samples, _ = run_interleaved(calls, per_sample, rounds, time.perf_counter,
+                                 **schedule(backend))
     return LayerCost(statistics.median(samples["float"]) * 1e3,
                      statistics.median(samples["quantized"]) * 1e3)
+
+
+def schedule(backend: str) -> dict:
+    """How to interleave timings on ``backend`` (``graphopt.timing.run_interleaved``): rotated;
+    for backends whose thread pools spin after a call (onnxruntime, torch's OpenMP; the native
+    pool spins 50 us) in blocks of 4 samples with a pause between blocks, so an idle spinning
+    pool of one variant cannot take the cores of the next."""
+    if backend == "native":
+        return {"rotate": True}
+    return {"rotate": True, "block": 4, "pause_s": 0.05, "block_warmup": 1}
 
 
 def _valid(record: dict) -> bool:

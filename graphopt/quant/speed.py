@@ -27,7 +27,7 @@ from typing import Callable
 
 from graphopt.costcache import CostCache
 from graphopt.ir.graph import Graph
-from graphopt.quant.layer_cost import LayerCost, layer_costs
+from graphopt.quant.layer_cost import LayerCost, layer_costs, schedule
 from graphopt.quant.report import LayerRecord
 from graphopt.timing import calibrate, run_interleaved
 
@@ -93,5 +93,6 @@ def _time_graphs(graphs: dict[str, Graph], args: tuple, backend: str, threads: i
     calls = {label: (lambda m=m: m(*args)) for label, m in modules.items()}
     per_sample = {label: calibrate(call, 3, 0.005, time.perf_counter)
                   for label, call in calls.items()}
-    samples, _ = run_interleaved(calls, per_sample, rounds, time.perf_counter, rotate=True)
+    samples, _ = run_interleaved(calls, per_sample, rounds, time.perf_counter,
+                                 **schedule(backend))
     return {label: statistics.median(s) * 1e3 for label, s in samples.items()}
