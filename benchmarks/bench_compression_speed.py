@@ -78,9 +78,11 @@ def digits_case(name: str, build, epochs: int, verbose: bool) -> Case:
 
     def score(g: graphopt.Graph) -> dict:
         predicted = graphopt.run(g, x_test).argmax(1).numpy()
+        report = classification_report(y_test.numpy(), predicted, digits=3, zero_division=0)
         if verbose:
-            print(classification_report(y_test.numpy(), predicted, digits=3, zero_division=0))
-        return {"accuracy": float((predicted == y_test.numpy()).mean() * 100)}
+            print(report)
+        return {"accuracy": float((predicted == y_test.numpy()).mean() * 100),
+                "classification_report": report}
 
     def recover(g: graphopt.Graph) -> graphopt.Graph:  # distillation from the fp32 graph
         data = models_digits.batches(x_train, y_train, seed=3)
@@ -168,7 +170,8 @@ def pruned_forms(case: Case) -> dict[str, graphopt.Graph]:
 
 
 def measure(case: Case, graphs: dict[str, graphopt.Graph], backend: str, rounds: int) -> dict:
-    """p50 / IQR ms per batch-1 call of each graph on ``backend``, interleaved and rotated."""
+    """p50 / IQR ms per batch-1 call of each graph on ``backend``, interleaved and rotated, and
+    (native ``sparse``) how many layers run the CSR kernel."""
     # native: the CSR kernel only where this machine measured it faster (sparse="measure")
     options = {"sparse": "measure"} if backend == "native" else {}
     modules = {k: graphopt.compile(g, backend=backend, threads=THREADS, **options)
@@ -179,9 +182,11 @@ def measure(case: Case, graphs: dict[str, graphopt.Graph], backend: str, rounds:
     # onnxruntime session has its own) must not take the cores of the next variant.
     samples, _ = run_interleaved(calls, per_sample, rounds, time.perf_counter, rotate=True,
                                  block=4, pause_s=0.1, block_warmup=1)
+    kernels = {k: {"csr_layers": sum(s.kernel == "sparse_linear" for s in m.plan.steps)}
+               if backend == "native" and k == "sparse" else {} for k, m in modules.items()}
     return {k: {"p50_ms": statistics.median(s) * 1e3,
                 "iqr_ms": (percentile(s, 75) - percentile(s, 25)) * 1e3}
-            for k, s in samples.items()}
+            for k, s in samples.items()}, kernels
 
 
 def run_case(case: Case, backends: list[str], rounds: int) -> dict:
@@ -196,17 +201,18 @@ def run_case(case: Case, backends: list[str], rounds: int) -> dict:
         graphs["int8"], plans["int8"] = quantized(case, case.graph, backend)
         graphs["pruned + int8"], plans["pruned + int8"] = quantized(case, shared["pruned"],
                                                                     backend)
-        timing = measure(case, graphs, backend, rounds)
+        timing, kernels = measure(case, graphs, backend, rounds)
         rows = []
         for variant in VARIANTS:
             g = graphs[variant]
             score = scores.get(variant) or case.score(g)
-            rows.append({"variant": variant, **timing[variant],
+            rows.append({"variant": variant, **timing[variant], **kernels[variant],
                          "speedup": timing["fp32"]["p50_ms"] / timing[variant]["p50_ms"],
                          "bytes": sizes.get(variant, g.constant_bytes()), **score,
                          **plans.get(variant, {})})
+            shown = {k: v for k, v in score.items() if k != "classification_report"}
             print(f"  {backend:<12} {variant:<14} {timing[variant]['p50_ms']:9.3f} ms  "
-                  f"{rows[-1]['speedup']:.2f}x  {score}", flush=True)
+                  f"{rows[-1]['speedup']:.2f}x  {shown}", flush=True)
         results.append({"backend": backend, "variants": rows})
     return {"name": case.name, "notes": case.notes, "quant_mode": case.quant_mode,
             "quant_options": case.quant_options, "prune_options": case.prune_options,
