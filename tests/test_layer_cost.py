@@ -137,7 +137,7 @@ def test_a_layer_that_does_not_pay_alone_is_kept_float_when_the_graph_agrees(mon
         return {r.node: LayerCost(1.0, 2.0 if r.node == slow else 0.5) for r in records}
 
     def fake_timing(graphs, *args):  # per-layer choice fastest, everything slower
-        return {label: (1.0 if label.startswith("per-layer") else 1.5) for label in graphs}
+        return {label: [1.0 if label.startswith("per-layer") else 1.5] * 5 for label in graphs}
 
     monkeypatch.setattr(speed, "layer_costs", fake_costs)
     monkeypatch.setattr(speed, "_time_graphs", fake_timing)
@@ -158,7 +158,23 @@ def test_the_whole_graph_check_overrules_the_per_layer_choice(monkeypatch):
     monkeypatch.setattr(speed, "layer_costs", lambda records, *a, **k: {
         r.node: LayerCost(1.0, 1.5) for r in records})
     monkeypatch.setattr(speed, "_time_graphs", lambda graphs, *a: {
-        label: (0.5 if label.startswith("all") else 1.0) for label in graphs})
+        label: [0.5 if label.startswith("all") else 1.0] * 5 for label in graphs})
     _, report = graphopt.quantize(graph, "dynamic", calibration=[(x,)], speed=True,
                                   report=True)
     assert all(r.quantized for r in report.layers) and set(report.speed) == {"all 3", "float"}
+
+
+def test_a_candidate_slower_than_float_in_most_rounds_never_wins():
+    """The speed-aware choice: a quantized graph qualifies only when it is not slower than the
+    float graph in the typical interleaved round; among those, ties (2%) go to the most
+    quantized."""
+    labels = ["all 4", "per-layer 2 of 4", "float"]
+    float_ms = [1.0, 1.2, 0.9, 1.1, 1.0]
+    # "all" has the lowest median but is slower than float in 3 of 5 rounds (drift)
+    samples = {"all 4": [1.05, 1.25, 0.7, 0.75, 1.04], "per-layer 2 of 4": float_ms,
+               "float": float_ms}
+    assert speed.choose(labels, samples) == "per-layer 2 of 4"  # a tie: the more quantized
+    samples["per-layer 2 of 4"] = [t * 1.01 for t in float_ms]
+    assert speed.choose(labels, samples) == "float"
+    samples["all 4"] = [t * 0.99 for t in float_ms]
+    assert speed.choose(labels, samples) == "all 4"

@@ -10,10 +10,11 @@ weight traffic it shrinks. After the accuracy control has chosen the layers:
    cached per machine; a layer whose quantized form is slower is marked to stay float.
 2. **Whole graph**: the candidates - every chosen layer quantized, the per-layer choice, and
    the float graph - are compiled and timed on the first calibration input, interleaved in a
-   rotating order (``graphopt.timing``), medians. The fastest wins (within 2% of it, the one
-   quantizing the most: a smaller model at no measurable cost), so the result is never slower
-   than the float graph it came from, and a chain of int8 layers that only pays together (static
-   int8 passing int8 between layers) is still found.
+   rotating order (``graphopt.timing``). Only candidates not slower than the float graph in the
+   typical round qualify (median per-round ratio to float at most 1); of those the fastest wins
+   (within 2% of it, the one quantizing the most: a smaller model at no measurable cost). So
+   the result is not slower than the float graph it came from, and a chain of int8 layers that
+   only pays together (static int8 passing int8 between layers) is still found.
 
 Every layer the winner leaves float says why in the report, with its per-layer timings.
 Without calibration data there is nothing to time on.
@@ -66,11 +67,9 @@ def fit_speed(records: list[LayerRecord], build: Callable[[set[str]], Graph], ar
     graphs = {label: build(names) for label, names in sets.items()}
     if len(graphs) == 1:
         return next(iter(graphs.values())), {}
-    medians = _time_graphs(graphs, args, backend, threads, rounds)
-    # Within the noise of the fastest, the candidate quantizing the most wins (the smaller
-    # model at no measurable cost): candidates are ordered from all layers to none.
-    fastest = min(medians.values())
-    best = next(label for label in sets if medians[label] <= fastest * (1.0 + TIE))
+    samples = _time_graphs(graphs, args, backend, threads, rounds)
+    medians = {label: statistics.median(ms) for label, ms in samples.items()}
+    best = choose(list(sets), samples)
     for r in records:
         if r.quantized and r.node not in sets[best]:
             r.quantized = False
@@ -83,9 +82,23 @@ def fit_speed(records: list[LayerRecord], build: Callable[[set[str]], Graph], ar
     return graphs[best], medians
 
 
+def choose(labels: list[str], samples: dict[str, list[float]]) -> str:
+    """The candidate to keep, from per-round timings (``labels`` from the most quantized to
+    "float", the last). A candidate qualifies when it is not slower than the float graph in
+    the typical round: the median of its per-round ratios to float (rounds interleave the
+    candidates, so a ratio cancels the machine's drift) is at most 1. Of those, the fastest,
+    or within 2% of it the one quantizing the most (a smaller model at no measurable cost)."""
+    base = samples[labels[-1]]
+    qualified = [label for label in labels
+                 if statistics.median(a / b for a, b in zip(samples[label], base)) <= 1.0]
+    medians = {label: statistics.median(samples[label]) for label in qualified}
+    fastest = min(medians.values())
+    return next(label for label in qualified if medians[label] <= fastest * (1.0 + TIE))
+
+
 def _time_graphs(graphs: dict[str, Graph], args: tuple, backend: str, threads: int | None,
-                 rounds: int) -> dict[str, float]:
-    """Median ms per call of each graph compiled for ``backend``, interleaved and rotated."""
+                 rounds: int) -> dict[str, list[float]]:
+    """Per-round ms per call of each graph compiled for ``backend``, interleaved, rotated."""
     from graphopt.compile import compile as compile_graph
 
     modules = {label: compile_graph(g, backend=backend, threads=threads)
@@ -95,4 +108,4 @@ def _time_graphs(graphs: dict[str, Graph], args: tuple, backend: str, threads: i
                   for label, call in calls.items()}
     samples, _ = run_interleaved(calls, per_sample, rounds, time.perf_counter,
                                  **schedule(backend))
-    return {label: statistics.median(s) * 1e3 for label, s in samples.items()}
+    return {label: [t * 1e3 for t in s] for label, s in samples.items()}
