@@ -8,7 +8,8 @@
 // cols[P = Ho * Wo, K = kh * kw * C/g] is gathered from it in runs of kw * C/g bytes (K in
 // (i, j, ci) order; the weight is packed in the same order at plan build), then cols @ W_g^T runs on the int8 GEMM, whose epilogue writes C[p, co] transposed straight
 // into the NCHW output (column stride P). A 1x1, stride-1, unpadded convolution reads x as the
-// GEMM operand directly ([P, C] with column stride H * W): no im2col.
+// GEMM operand directly ([P, C] with column stride H * W): no im2col. A depthwise convolution
+// (groups == C == Co) runs direct instead (rt_qconv_depthwise.cpp).
 //
 // Operands: out [N, Co, Ho, Wo] (f32, or u8 with y_scale), x u8 [N, C, H, W] (contiguous),
 //           w_q i8 [Co, C/g, kh, kw] (a plan constant, contiguous), w_scale f32 [Co],
@@ -28,6 +29,7 @@
 #include "rt_pack_cache.h"
 #include "rt_parallel.h"
 #include "rt_plan.h"
+#include "rt_qconv.h"
 #include "rt_qgemm.h"
 
 namespace graphopt {
@@ -169,9 +171,11 @@ class QConvKernel : public Kernel {
                                 checked_mul(checked_mul(cg, hp_, what), wp_, what), what),
                     128, what);
         const auto* w = reinterpret_cast<const int8_t*>(constant(args, 2));
+        depthwise_ = s_.groups > 1 && cg == 1 && cog == 1;
         try {
             const auto format = qgemm_kernels().format;
-            for (int64_t g = 0; g < s_.groups; ++g) {  // packings shared by every plan
+            // packings shared by every plan; the depthwise path reads w_q as it is
+            for (int64_t g = 0; g < (depthwise_ ? 0 : s_.groups); ++g) {
                 const int8_t* wg = w + g * cog * k;
                 // A 1x1 kernel's K is ci either way; larger kernels take im2col's (i, j, ci).
                 const bool reorder = s_.kh * s_.kw > 1;
@@ -196,6 +200,10 @@ class QConvKernel : public Kernel {
         const float* bias = has_bias_ ? ctx.get<const float>(operands[4]) : nullptr;
         const float x_scale = *ctx.get<const float>(operands[6]);
         const uint8_t x_zp = has_xzp_ ? *ctx.get<const uint8_t>(operands[7]) : 0;
+        if (depthwise_) {
+            run_depthwise(ctx, x, w_scale, bias, x_scale, x_zp);
+            return;
+        }
         const int64_t cg = s_.c / s_.groups, cog = s_.co / s_.groups;
         const int64_t k = cg * s_.kh * s_.kw, p = s_.ho * s_.wo, hw = s_.h * s_.w;
         QGemmArgs g;
@@ -243,11 +251,35 @@ class QConvKernel : public Kernel {
     }
 
    private:
+    void run_depthwise(const ExecContext& ctx, const uint8_t* x, const float* w_scale,
+                       const float* bias, float x_scale, uint8_t x_zp) const {
+        DepthwiseArgs a;
+        a.x = x;
+        a.n = s_.n; a.c = s_.c; a.h = s_.h; a.w = s_.w; a.ho = s_.ho; a.wo = s_.wo;
+        a.kh = s_.kh; a.kw = s_.kw; a.sh = s_.sh; a.sw = s_.sw; a.ph = s_.ph; a.pw = s_.pw;
+        a.dh = s_.dh; a.dw = s_.dw;
+        a.weight = ctx.get<const int8_t>(operands[2]);
+        a.w_scale = w_scale;
+        a.bias = bias;
+        a.x_scale = x_scale;
+        a.x_zp = x_zp;
+        a.act = act_;
+        if (requant_) {
+            a.out_u8 = ctx.get<uint8_t>(operands[0]);
+            a.y_scale = *ctx.get<const float>(operands[8]);
+            a.y_zp = has_yzp_ ? *ctx.get<const uint8_t>(operands[9]) : 0;
+        } else {
+            a.out_f = ctx.get<float>(operands[0]);
+        }
+        qconv_depthwise_run(a, ctx.threads);
+    }
+
     std::string name_;
     ConvShape s_{};
     ActSpec act_;
     bool has_bias_ = false, has_xzp_ = false, requant_ = false, has_yzp_ = false;
     bool pointwise_ = false;
+    bool depthwise_ = false;  // groups == C == Co: the direct path (rt_qconv_depthwise.cpp)
     int64_t hp_ = 0, wp_ = 0;  // padded plane size (pad_planes_hwc_u8)
     std::vector<std::shared_ptr<const PackedQWeight>> weights_;
 };

@@ -2,7 +2,8 @@
 
 A micro-benchmark of one layer (graphopt/quant/layer_cost.py) costs a compile and a few hundred
 calls; its result depends on the machine (CPU model, ISA, usable cores), the thread count, the
-backend and its version, and graphopt's own version, and on nothing else. ``CostCache`` keeps
+backend and its version, graphopt's own version and the build of its native extension, and on
+nothing else. ``CostCache`` keeps
 such results in one JSON file, entries grouped under a machine key built from exactly those, so
 a measurement is reused on the machine that made it and never on another (a cache copied to a
 different CPU, or read after an upgrade, simply misses).
@@ -61,11 +62,25 @@ def usable_cpus() -> int:
 
 def machine_key(**parts: Any) -> str:
     """The key measurements on this machine are filed under: CPU model, ISA flags, usable
-    cores, graphopt's version and the caller's ``parts`` (backend, its version, threads)."""
+    cores, graphopt's version, the native build and the caller's ``parts`` (backend, its
+    version, threads)."""
     model, flags = cpu_description()
     fields = {"cpu": model, "isa": flags, "cpus": usable_cpus(), "graphopt": __version__,
-              **{k: parts[k] for k in sorted(parts)}}
+              "native_build": native_build(), **{k: parts[k] for k in sorted(parts)}}
     return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+
+def native_build() -> str:
+    """Which build of the native extension this is (its file's size and modification time):
+    a rebuilt runtime (new kernels, same version number) must not reuse old measurements."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("graphopt._C")
+        stat = os.stat(spec.origin) if spec is not None and spec.origin else None
+    except (ImportError, OSError, ValueError):
+        stat = None
+    return "none" if stat is None else f"{stat.st_size}-{int(stat.st_mtime)}"
 
 
 def default_path() -> str | None:

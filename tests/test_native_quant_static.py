@@ -48,8 +48,10 @@ def test_qlinear(x_shape, activation, requantize):
     dict(c=4, co=6, k=3, stride=(1, 1), padding=(2, 3), groups=2, dilation=(2, 3)),
     dict(c=5, co=4, k=5, stride=(1, 2), padding=(0, 4), groups=1, dilation=(1, 2)),
     dict(c=1, co=7, k=3, stride=(1, 1), padding=(1, 1), groups=1),   # one input channel
+    dict(c=6, co=6, k=3, stride=(1, 1), padding=(0, 2), groups=6, dilation=(2, 1)),
+    dict(c=5, co=5, k=5, stride=(2, 3), padding=(2, 1), groups=5),
 ], ids=["3x3", "depthwise_s2", "grouped_1x1", "5x5_odd", "dilated_grouped", "dilated_wide",
-        "one_channel"])
+        "one_channel", "depthwise_dilated", "depthwise_5x5_strided"])
 def test_qconv(case, requantize):
     c, co, k, groups = case["c"], case["co"], case["k"], case["groups"]
     outs = [_scalar(0.1), _scalar(3, torch.uint8)] if requantize else [None, None]
@@ -98,3 +100,27 @@ def test_non_constant_int8_weight_is_named():
                                     None], {"activation": "none", "activation_params": ()})
     with pytest.raises(NativeUnsupportedError, match="qlinear.*not a constant"):
         graphopt.compile(g, backend="native", fallback="error")
+
+
+@pytest.mark.parametrize("disabled", ["GRAPHOPT_DISABLE_AVX512", "GRAPHOPT_DISABLE_AVX2"])
+def test_qconv_on_narrower_kernel_paths(disabled):
+    """The qconv tests again with the AVX-512 kernels (then AVX2 too) turned off, in a
+    subprocess: the int8 tiles, the requantization and the depthwise taps each have per-ISA
+    code; skipped where this run already is on that path."""
+    import os
+    import subprocess
+    import sys
+
+    from graphopt._extension import load
+
+    features = load().cpu_features()
+    if disabled == "GRAPHOPT_DISABLE_AVX512" and not features.get("avx512f"):
+        pytest.skip("no AVX-512 here: the AVX2 path is this run's own")
+    if disabled == "GRAPHOPT_DISABLE_AVX2" and not features.get("avx2"):
+        pytest.skip("no AVX2 here: the portable path is this run's own")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k",
+         "qconv and not narrower"], env=dict(os.environ, **{disabled: "1"}),
+        capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout
