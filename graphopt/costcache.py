@@ -16,6 +16,7 @@ warning and replaced on the next save, never trusted.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -36,8 +37,10 @@ class CostCacheWarning(UserWarning):
     """The cost cache file could not be read or written (measurements are redone)."""
 
 
-def cpu_description() -> tuple[str, list[str]]:
-    """This CPU's model name and which of ``ISA_FLAGS`` it has (from /proc/cpuinfo on Linux)."""
+@functools.lru_cache(maxsize=1)
+def cpu_description() -> tuple[str, tuple[str, ...]]:
+    """This CPU's model name and which of ``ISA_FLAGS`` it has (from /proc/cpuinfo on Linux;
+    read once per process: every cost-cache lookup asks)."""
     model, flags = platform.processor() or "unknown", set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -50,7 +53,7 @@ def cpu_description() -> tuple[str, list[str]]:
                     flags = set(value.split())
     except OSError:
         pass
-    return model, [f for f in ISA_FLAGS if f in flags]
+    return model, tuple(f for f in ISA_FLAGS if f in flags)
 
 
 def usable_cpus() -> int:
@@ -70,6 +73,7 @@ def machine_key(**parts: Any) -> str:
     return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
 
+@functools.lru_cache(maxsize=1)
 def native_build() -> str:
     """Which build of the native extension this is (its file's size and modification time):
     a rebuilt runtime (new kernels, same version number) must not reuse old measurements."""

@@ -121,6 +121,11 @@ def test_layers_are_measured_once_per_structure_and_then_cached(tmp_path, monkey
     assert sum(c.cached for c in costs.values()) == 1  # the second 96->96 layer
     assert all(c.float_ms > 0 and c.quantized_ms > 0 for c in costs.values())
     measured.clear()
+
+    def no_float_run(*args):
+        raise AssertionError("everything was cached: no reference run to capture inputs")
+
+    monkeypatch.setattr(layer_cost, "_captured", no_float_run)
     again = layer_cost.layer_costs(plan.records, plan.build, (x,), "native", 1,
                                    CostCache(str(tmp_path / "costs.json")), rounds=3)
     assert measured == [] and all(c.cached for c in again.values())

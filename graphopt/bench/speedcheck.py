@@ -1,9 +1,10 @@
 """Does a compression pay? Time a compressed graph against the graph it came from.
 
 ``check_speed(before, after, args)`` compiles both graphs for one backend and times them on the
-same inputs with the benchmark's primitives (``timing.calibrate`` / ``run_interleaved``: calls
+same inputs as speed-aware quantization does (``graphopt.quant.layer_cost.time_graphs``: calls
 batched into samples of a few milliseconds, the two variants interleaved in a rotating order so
-that load from other processes hits both alike, medians). The result says whether ``after`` is
+that load from other processes hits both alike, in blocks with pauses where the backend's pools
+spin, medians). The result says whether ``after`` is
 faster; ``graphopt quantize / prune / compress --check-speed`` print it and warn when it is
 not (``--require-faster``: an error, nothing written). Issue #24: "my int8 model is slower than
 fp32" should be said by the tool, not found by the user.
@@ -12,12 +13,10 @@ fp32" should be said by the tool, not found by the user.
 from __future__ import annotations
 
 import statistics
-import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from graphopt.timing import calibrate, run_interleaved
 from graphopt.errors import GraphoptError
 
 
@@ -60,16 +59,12 @@ def check_speed(before, after, args: Sequence[Any], backend: str = "native",
 
     Warns (``SpeedRegressionWarning``) when ``after`` is slower than ``before`` by more than
     ``tolerance``; with ``require_faster`` raises ``SpeedRegressionError`` instead."""
-    import graphopt
+    from graphopt.quant.layer_cost import time_graphs
 
     args = tuple(args)
-    modules = {name: graphopt.compile(g, backend=backend, threads=threads)
-               for name, g in (("before", before), ("after", after))}
-    calls = {name: (lambda m=m: m(*args)) for name, m in modules.items()}
-    per_sample = {name: calibrate(call, 5, 0.005, time.perf_counter)
-                  for name, call in calls.items()}
-    samples, _ = run_interleaved(calls, per_sample, rounds, time.perf_counter, rotate=True)
-    medians = {name: statistics.median(t) * 1e3 for name, t in samples.items()}  # per call
+    samples = time_graphs({"before": (before, args), "after": (after, args)}, backend, threads,
+                          rounds)
+    medians = {name: statistics.median(t) for name, t in samples.items()}  # ms per call
     result = SpeedCheck(backend, medians["before"], medians["after"], rounds, tolerance)
     if not result.faster:
         message = (f"{result}: the compressed graph is not faster than its input on this "

@@ -70,18 +70,20 @@ def layer_costs(records: list[LayerRecord], build: Callable[[set[str]], Graph], 
             pair = _regions(base, build({record.node}), bindings)
             if pair is not None:
                 regions[record.node] = pair
-    if not regions:
-        return {}
-    tensors = _captured(base, flat, {s for pair in regions.values() for r in pair
-                                     for s in r.sources})
     cache = cache if cache is not None else CostCache(None)
     machine = machine_key(backend=backend, backend_version=_backend_version(backend),
                           threads=threads or torch.get_num_threads())
+    keys = {node: region_signature(f.graph) + ":" + region_signature(q.graph)
+            for node, (f, q) in regions.items()}
+    missing = [node for node, key in keys.items() if not _valid(cache.get(machine, key))]
+    # One float run captures the layers' real inputs, only if something is to be measured.
+    tensors = _captured(base, flat, {s for node in missing for r in regions[node]
+                                     for s in r.sources}) if missing else {}
     costs: dict[str, LayerCost] = {}
     for node, (f_region, q_region) in regions.items():
-        key = region_signature(f_region.graph) + ":" + region_signature(q_region.graph)
+        key = keys[node]
         hit = cache.get(machine, key)
-        if hit is not None and _valid(hit):
+        if _valid(hit):
             costs[node] = LayerCost(hit["float_ms"], hit["quantized_ms"], cached=True)
             continue
         try:
@@ -126,19 +128,29 @@ def _captured(graph: Graph, flat: list[torch.Tensor], names: set[str]) -> dict[s
 
 def _measure(f_region: _Region, q_region: _Region, tensors: dict[str, torch.Tensor],
              backend: str, threads: int | None, rounds: int) -> LayerCost:
+    samples = time_graphs({label: (r.graph, tuple(tensors[n] for n in r.sources))
+                           for label, r in (("float", f_region), ("quantized", q_region))},
+                          backend, threads, rounds, min_sample_s=SAMPLE_S)
+    return LayerCost(statistics.median(samples["float"]), statistics.median(samples["quantized"]))
+
+
+def time_graphs(graphs: dict[str, tuple[Graph, tuple]], backend: str, threads: int | None,
+                rounds: int, min_sample_s: float = 0.005) -> dict[str, list[float]]:
+    """Per-round ms per call of each ``label: (graph, args)`` compiled for ``backend``: calls
+    batched into samples of ``min_sample_s``, the graphs interleaved in a rotating order, in
+    blocks with pauses where the backend's thread pools spin (``schedule``). What every
+    speed-aware decision and ``graphopt.check_speed`` time with."""
     from graphopt.compile import compile as compile_graph
 
     calls = {}
-    for label, region in (("float", f_region), ("quantized", q_region)):
-        module = compile_graph(region.graph, backend=backend, threads=threads)
-        inputs = [tensors[name] for name in region.sources]
-        calls[label] = (lambda m=module, a=inputs: m(*a))
-    per_sample = {label: calibrate(call, 3, SAMPLE_S, time.perf_counter)
+    for label, (graph, args) in graphs.items():
+        module = compile_graph(graph, backend=backend, threads=threads)
+        calls[label] = (lambda m=module, a=args: m(*a))
+    per_sample = {label: calibrate(call, 3, min_sample_s, time.perf_counter)
                   for label, call in calls.items()}
     samples, _ = run_interleaved(calls, per_sample, rounds, time.perf_counter,
                                  **schedule(backend))
-    return LayerCost(statistics.median(samples["float"]) * 1e3,
-                     statistics.median(samples["quantized"]) * 1e3)
+    return {label: [t * 1e3 for t in s] for label, s in samples.items()}
 
 
 def schedule(backend: str) -> dict:
@@ -151,8 +163,8 @@ def schedule(backend: str) -> dict:
     return {"rotate": True, "block": 4, "pause_s": 0.05, "block_warmup": 1}
 
 
-def _valid(record: dict) -> bool:
-    return all(isinstance(record.get(k), (int, float)) and record[k] > 0
+def _valid(record: dict | None) -> bool:
+    return record is not None and all(isinstance(record.get(k), (int, float)) and record[k] > 0
                for k in ("float_ms", "quantized_ms"))
 
 

@@ -23,14 +23,12 @@ Without calibration data there is nothing to time on.
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Callable
 
 from graphopt.costcache import CostCache
 from graphopt.ir.graph import Graph
-from graphopt.quant.layer_cost import LayerCost, layer_costs, schedule
+from graphopt.quant.layer_cost import LayerCost, layer_costs, time_graphs
 from graphopt.quant.report import LayerRecord
-from graphopt.timing import calibrate, run_interleaved
 
 TIE = 0.02  # medians this close to the fastest count as equally fast
 
@@ -98,14 +96,6 @@ def choose(labels: list[str], samples: dict[str, list[float]]) -> str:
 
 def _time_graphs(graphs: dict[str, Graph], args: tuple, backend: str, threads: int | None,
                  rounds: int) -> dict[str, list[float]]:
-    """Per-round ms per call of each graph compiled for ``backend``, interleaved, rotated."""
-    from graphopt.compile import compile as compile_graph
-
-    modules = {label: compile_graph(g, backend=backend, threads=threads)
-               for label, g in graphs.items()}
-    calls = {label: (lambda m=m: m(*args)) for label, m in modules.items()}
-    per_sample = {label: calibrate(call, 3, 0.005, time.perf_counter)
-                  for label, call in calls.items()}
-    samples, _ = run_interleaved(calls, per_sample, rounds, time.perf_counter,
-                                 **schedule(backend))
-    return {label: [t * 1e3 for t in s] for label, s in samples.items()}
+    """Per-round ms per call of each candidate graph on ``backend`` (``time_graphs``)."""
+    return time_graphs({label: (g, args) for label, g in graphs.items()}, backend, threads,
+                       rounds)
