@@ -20,7 +20,8 @@ from graphopt.cli._common import (
     write_output,
 )
 
-_MODES = ("dynamic", "static", "weight-only", "fp16", "bf16", "bf16-compute", "codebook")
+_MODES = ("dynamic", "static", "weight-only", "fp16", "bf16", "bf16-compute", "codebook", "auto")
+_AUTO_MODES = ("dynamic", "static", "weight-only", "bf16-compute")
 _OBSERVERS = ("minmax", "percentile", "entropy", "mse")
 
 
@@ -44,7 +45,9 @@ def add_parser(sub, common) -> None:
         "  graphopt quantize zoo:minilm -o minilm.int8.onnx --mode dynamic --per-token\n"
         "  graphopt quantize zoo:mlp -o mlp.onnx --mode weight-only --bits 4\n"
         "  graphopt quantize zoo:minilm -o minilm.native --mode bf16-compute --backend native\n"
-        "  graphopt quantize zoo:mlp -o mlp.native --backend native --threads 2",
+        "  graphopt quantize zoo:mlp -o mlp.native --backend native --threads 2\n"
+        "  graphopt quantize zoo:mlp -o mlp.native --mode auto --calibration c.npz "
+        "--modes dynamic,weight-only",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_argument(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT",
@@ -84,6 +87,9 @@ def add_parser(sub, common) -> None:
 
 
 def _add_speed_options(p) -> None:
+    p.add_argument("--modes", default=None, metavar="M[,M...]",
+                   help="auto: the modes each layer chooses among by its measured cost and "
+                   f"error (default: {','.join(_AUTO_MODES)})")
     p.add_argument("--speed-aware", action="store_true",
                    help="time each layer alone, float vs quantized (cached per machine), then "
                    "the float, all-quantized and per-layer-choice graphs on the backend (needs "
@@ -96,17 +102,18 @@ def run(opts) -> int:
 
     backend = prepare_output(opts.output, opts.backend)  # fails before the (slow) trace
     target = cli_target(opts, TARGET_BACKENDS[backend])
-    if opts.mode == "static" and not opts.calibration:
-        raise CliError("--mode static needs --calibration FILE.npz (one array per graph "
+    if opts.mode in ("static", "auto") and not opts.calibration:
+        raise CliError(f"--mode {opts.mode} needs --calibration FILE.npz (one array per graph "
                        "input, calibration items along axis 0)")
+    modes = _auto_modes(opts)
     if opts.error_budget is not None and not opts.calibration:
         raise CliError("--error-budget needs --calibration FILE.npz")
     if opts.error_budget is not None and not opts.error_budget >= 0:
         raise CliError(f"--error-budget {opts.error_budget}: expected a number >= 0")
-    if opts.observer != "minmax" and opts.mode != "static":
-        raise CliError(f"--observer applies to --mode static only (mode is {opts.mode})")
-    if opts.per_token and opts.mode != "dynamic":
-        raise CliError(f"--per-token applies to --mode dynamic only (mode is {opts.mode})")
+    if opts.observer != "minmax" and opts.mode not in ("static", "auto"):
+        raise CliError(f"--observer applies to --mode static or auto (mode is {opts.mode})")
+    if opts.per_token and opts.mode not in ("dynamic", "auto"):
+        raise CliError(f"--per-token applies to --mode dynamic or auto (mode is {opts.mode})")
     if opts.calibration and not os.path.isfile(opts.calibration):
         raise CliError(f"calibration file not found: {opts.calibration}")
     pipeline = None if opts.pipeline == "none" else check_pipeline(opts.pipeline)
@@ -121,7 +128,8 @@ def run(opts) -> int:
         graph, opts.mode, calibration=calibration, error_budget=opts.error_budget,
         exclude=tuple(opts.exclude), sensitivity=opts.sensitivity, observer=opts.observer,
         observer_options=options, per_token=opts.per_token, bits=opts.bits,
-        block_size=opts.block_size, speed=opts.speed_aware, report=True, target=target)
+        block_size=opts.block_size, speed=opts.speed_aware, report=True, target=target,
+        modes=modes)
     if not opts.quiet:
         print(report)
     speed_check(opts, graph, quantized, loaded.args, backend, target.threads)
@@ -129,3 +137,17 @@ def run(opts) -> int:
                  f"{len(report.quantized)}/{len(report.layers)} layers {report.label}",
                  threads=target.threads)
     return 0
+
+
+def _auto_modes(opts) -> tuple[str, ...]:
+    """``--modes`` as a tuple (empty: the default), checked."""
+    if opts.modes is None:
+        return ()
+    if opts.mode != "auto":
+        raise CliError(f"--modes applies to --mode auto (mode is {opts.mode})")
+    modes = tuple(m.strip() for m in opts.modes.split(",") if m.strip())
+    unknown = [m for m in modes if m not in _AUTO_MODES]
+    if unknown or not modes:
+        raise CliError(f"--modes {opts.modes!r}: expected a comma-separated list of "
+                       f"{', '.join(_AUTO_MODES)}")
+    return modes

@@ -41,6 +41,7 @@ def quantize(
     block_size: int = 32,
     progress: bool | None = None,
     speed: bool = False,
+    modes: Sequence[str] = (),
     report: bool = False,
     target: Target | None = None,
     config: QuantizeConfig | None = None,
@@ -62,7 +63,10 @@ def quantize(
             graphopt/quant/bf16_compute.py). ``"codebook"``: Deep Compression weight sharing:
             each weight becomes indices into its own k-means codebook of ``2**bits`` values
             (``codebook_decode``; pruned zeros stay exact zeros), graphopt/quant/codebook.py;
-            ``graphopt.compress`` then writes it Huffman-coded.
+            ``graphopt.compress`` then writes it Huffman-coded. ``"auto"``: each layer
+            chooses among float and ``modes`` by its cost measured alone on ``target``'s
+            backend (cached per machine) and its measured error, within ``error_budget``
+            (default 1e-3); the mix is validated on the whole graph (graphopt/quant/mixed.py).
         calibration: an iterable of argument tuples (a bare tensor is one argument). Static
             mode calibrates on all of it; with ``error_budget`` it is also where the error is
             measured (so it is materialized as a list). A one-pass iterator (a generator
@@ -97,6 +101,8 @@ def quantize(
             per machine, graphopt/costcache.py), then the float graph, the all-quantized graph
             and the graph quantizing only the layers that paid alone; the fastest is returned,
             and layers it leaves float say why in the report (graphopt/quant/speed.py).
+        modes: ``mode="auto"``: the modes each layer chooses among (default: ``"dynamic"``,
+            ``"static"``, ``"weight-only"``, ``"bf16-compute"``); needs ``calibration``.
         report: also return the ``QuantReport`` (its ``config`` holds the options; its
             ``stage`` the run's time and peak memory, a ``graphopt.stagereport.StageReport``).
         target: a ``graphopt.Target`` to plan for: its ``backend`` must run every op the
@@ -122,7 +128,7 @@ def quantize(
         config, mode=mode, error_budget=error_budget, exclude=exclude, sensitivity=sensitivity,
         observer=observer, observer_options=observer_options, embeddings=embeddings,
         convs=convs, per_token=per_token, bits=bits, conv_bits=conv_bits, bias_bits=bias_bits,
-        block_size=block_size, progress=progress, speed=speed, target=target)
+        block_size=block_size, progress=progress, speed=speed, target=target, modes=modes)
     if not report:
         return quantize_with_config(graph, cfg, calibration)[0]
     with measure(f"quantize {cfg.mode}") as stage:
@@ -139,8 +145,15 @@ def quantize_with_config(graph: Graph, cfg: QuantizeConfig,
     start = time.perf_counter()
     calibration = _calibration_for(cfg, calibration)
     graph = prepared(graph)
+    if cfg.mode == "auto":
+        from graphopt.quant.mixed import quantize_auto
+
+        with _planning_threads(cfg.target):
+            out, rep = quantize_auto(graph, cfg, calibration)
+        rep.seconds = time.perf_counter() - start
+        return out, rep
     with _planning_threads(cfg.target):
-        plan = _plan(graph, cfg, calibration)
+        plan = plan_mode(graph, cfg, calibration)
         _check_builds_run_on(plan, graph, cfg)
         # Half precision and codebooks have no per-layer forward: they rank end-to-end.
         sensitivity = ("end-to-end" if cfg.mode in ("fp16", "bf16", "codebook")
@@ -188,9 +201,10 @@ def prepared(graph: Graph) -> Graph:
 
 def _calibration_for(cfg: QuantizeConfig, calibration: Iterable | None) -> Iterable[tuple] | None:
     """The calibration data as a list of argument tuples; checks what the mode needs."""
-    if cfg.mode == "static" and calibration is None:
-        raise QuantizationError("mode='static' needs calibration data (an iterable of "
-                                "argument tuples) to choose activation ranges")
+    if cfg.mode in ("static", "auto") and calibration is None:
+        raise QuantizationError(f"mode='{cfg.mode}' needs calibration data (an iterable of "
+                                "argument tuples) to choose activation ranges"
+                                + (" and time the layers" if cfg.mode == "auto" else ""))
     if (cfg.mode == "static" and cfg.error_budget is None
             and isinstance(calibration, collections.abc.Iterator)):
         return _streamed(calibration)  # one pass: statistics only, no output error measured
@@ -201,30 +215,33 @@ def _calibration_for(cfg: QuantizeConfig, calibration: Iterable | None) -> Itera
     return calibration
 
 
-def _plan(graph: Graph, cfg: QuantizeConfig, calibration: Iterable[tuple] | None) -> "Plan":
-    """The mode's ``Plan``: candidate layers and how to build the graph with some quantized."""
-    if cfg.mode == "dynamic":
+def plan_mode(graph: Graph, cfg: QuantizeConfig, calibration: Iterable[tuple] | None,
+          mode: str | None = None) -> "Plan":
+    """The ``Plan`` of ``mode`` (default ``cfg.mode``): candidate layers and how to build the
+    graph with some quantized."""
+    mode = mode or cfg.mode
+    if mode == "dynamic":
         return _dynamic_plan(graph, cfg.exclude, cfg.embeddings, cfg.convs, cfg.per_token)
-    if cfg.mode == "static":
+    if mode == "static":
         from graphopt.quant.static import static_plan
 
         return static_plan(graph, calibration, cfg.exclude, cfg.observer,
                            cfg.observer_options or {}, cfg.progress)
-    if cfg.mode == "weight-only":
+    if mode == "weight-only":
         from graphopt.quant.weight_only import weight_only_plan
 
         return weight_only_plan(graph, cfg.exclude, cfg.bits, cfg.block_size)
-    if cfg.mode == "codebook":
+    if mode == "codebook":
         from graphopt.quant.codebook import codebook_plan
 
         return codebook_plan(graph, cfg.exclude, cfg.bits, cfg.conv_bits, cfg.bias_bits)
-    if cfg.mode == "bf16-compute":
+    if mode == "bf16-compute":
         from graphopt.quant.bf16_compute import bf16_compute_plan
 
         return bf16_compute_plan(graph, cfg.exclude)
     from graphopt.quant.half import half_plan
 
-    return half_plan(graph, cfg.mode, cfg.exclude)
+    return half_plan(graph, mode, cfg.exclude)
 
 
 def _check_builds_run_on(plan: "Plan", graph: Graph, cfg: QuantizeConfig) -> None:
@@ -294,12 +311,16 @@ class Plan:
         records: one ``LayerRecord`` per candidate (``quantized=False`` for excluded ones).
         build: ``build(names) -> Graph`` with exactly those layers quantized.
         forward: ``forward(node, inputs) -> Tensor`` for local sensitivity, or None.
+        apply: ``apply(graph, names)``: the named layers quantized in place in any graph that
+            has them under those names (what ``mode="auto"`` composes modes with), or None
+            for a mode that must plan the whole graph itself (static int8).
     """
 
-    def __init__(self, mode, label, graph, records, build, forward=None, embeddings=()):
+    def __init__(self, mode, label, graph, records, build, forward=None, embeddings=(),
+                 apply=None):
         self.mode, self.label, self.graph = mode, label, graph
         self.records, self.build, self.forward = records, build, forward
-        self.embeddings = list(embeddings)
+        self.embeddings, self.apply = list(embeddings), apply
 
 
 def layer_records(graph: Graph, candidates, all_layers, shape_of) -> list[LayerRecord]:
@@ -323,10 +344,13 @@ def _dynamic_plan(graph: Graph, exclude, embeddings: bool, convs: bool,
     chosen.sort(key=order.get)
     records = layer_records(graph, chosen, candidates, d.weight_shape)
 
-    def build(names: set[str]) -> Graph:
-        g = graph.clone()
+    def apply(g: Graph, names: set[str]) -> None:
         d.quantize_nodes(g, names, per_token=per_token)
         d.quantize_convs(g, names)
+
+    def build(names: set[str]) -> Graph:
+        g = graph.clone()
+        apply(g, names)
         if embeddings:
             for node in d.embedding_candidates(g, exclude):
                 d.quantize_embedding(g, node)
@@ -336,4 +360,4 @@ def _dynamic_plan(graph: Graph, exclude, embeddings: bool, convs: bool,
         if embeddings else []
     forward = functools.partial(d.dynamic_forward, per_token=per_token)
     return Plan("dynamic per-token" if per_token else "dynamic", "int8", graph, records, build,
-                forward, tables)
+                forward, tables, apply)

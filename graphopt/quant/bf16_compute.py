@@ -80,4 +80,5 @@ def bf16_compute_plan(graph: Graph, exclude):
         bf16_compute_nodes(g, names)
         return g
 
-    return Plan("bf16-compute", "bf16", graph, records, build, bf16_forward)
+    return Plan("bf16-compute", "bf16", graph, records, build, bf16_forward,
+                apply=bf16_compute_nodes)

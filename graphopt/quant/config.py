@@ -9,7 +9,10 @@ from graphopt.compile import Target
 from graphopt.config import Config, string_tuple
 from graphopt.errors import QuantizationError
 
-MODES = ("dynamic", "static", "weight-only", "fp16", "bf16", "bf16-compute", "codebook")
+MODES = ("dynamic", "static", "weight-only", "fp16", "bf16", "bf16-compute", "codebook", "auto")
+# What mode="auto" chooses among per layer (besides float): the modes that can make a layer
+# faster. fp16 / bf16 storage and codebooks shrink weights but compute in f32.
+AUTO_MODES = ("dynamic", "static", "weight-only", "bf16-compute")
 SENSITIVITIES = ("local", "end-to-end")
 
 
@@ -39,6 +42,7 @@ class QuantizeConfig(Config):
     progress: bool | None = None
     speed: bool = False  # keep float the layers whose quantized form is not faster (speed.py)
     target: Target | None = None
+    modes: tuple[str, ...] = ()  # mode="auto": the modes each layer chooses among (default all)
 
     _error = QuantizationError
     _entry = "graphopt.quantize"
@@ -57,9 +61,10 @@ class QuantizeConfig(Config):
             self._check_bool(name)
         if self.progress is not None:
             self._check_bool("progress")
-        if self.per_token and self.mode != "dynamic":
+        if self.per_token and self.mode not in ("dynamic", "auto"):
             raise QuantizationError(f"per_token applies to mode='dynamic' (run-time activation "
                                     f"ranges), not to mode='{self.mode}'")
+        self._check_modes()
         if self.target is not None and not isinstance(self.target, Target):
             self._fail("target", self.target, "a graphopt.Target or None")
 
@@ -80,6 +85,20 @@ class QuantizeConfig(Config):
         self._check_int("bits", 4, allowed=(4, 8))
         self._check_int("conv_bits", 1)
 
+    def _check_modes(self) -> None:
+        modes = string_tuple(self.modes, QuantizationError,
+                             "graphopt.quantize: modes must be mode names")
+        if modes and self.mode != "auto":
+            raise QuantizationError(f"modes= applies to mode='auto' (each layer chooses among "
+                                    f"them), not to mode='{self.mode}'")
+        unknown = [m for m in modes if m not in AUTO_MODES]
+        if unknown:
+            raise QuantizationError(f"mode='auto' chooses among {', '.join(AUTO_MODES)}; got "
+                                    f"{', '.join(map(repr, unknown))}")
+        if self.mode == "auto":
+            modes = tuple(dict.fromkeys(modes)) or AUTO_MODES
+        self._set("modes", modes)
+
     def _check_observer(self) -> None:
         from graphopt.quant.observers import OBSERVERS
 
@@ -97,4 +116,4 @@ def _globs(exclude) -> tuple[str, ...]:
                         "graphopt.quantize: exclude must be glob strings")
 
 
-__all__ = ["MODES", "SENSITIVITIES", "QuantizeConfig"]
+__all__ = ["AUTO_MODES", "MODES", "SENSITIVITIES", "QuantizeConfig"]

@@ -17,6 +17,7 @@ class LayerRecord:
     sensitivity: float | None = None
     reason: str = ""
     cost: tuple[float, float] | None = None  # speed=True: (float, quantized) ms alone
+    mode: str = ""  # mode="auto": the mode the layer was quantized in
 
 
 @dataclass
@@ -42,6 +43,7 @@ class QuantReport:
     config: dict = field(default_factory=dict)  # QuantizeConfig.to_dict() of the run
     stage: Any = None  # the run's StageReport (time, peak memory; graphopt.stagereport)
     speed: dict = field(default_factory=dict)  # speed=True: candidate -> median ms per call
+    notes: list[str] = field(default_factory=list)  # what the run left out, and why
 
     @property
     def quantized(self) -> list[str]:
@@ -62,17 +64,19 @@ class QuantReport:
         ]
         if self.embeddings:
             lines.append(f"  int8 embedding tables (weight-only): {', '.join(self.embeddings)}")
-        width = max([len(self.label), 5])
+        width = max([len(self.label), 5] + [len(r.mode) for r in self.layers])
         for r in self.layers:
             sens = "" if r.sensitivity is None else f" sensitivity={r.sensitivity:.2e}"
             if r.cost is not None:
-                sens += f" alone: float {r.cost[0]:.4f} ms, {self.label} {r.cost[1]:.4f} ms"
-            state = self.label if r.quantized else "float"
+                sens += (f" alone: float {r.cost[0]:.4f} ms, {r.mode or self.label} "
+                         f"{r.cost[1]:.4f} ms")
+            state = (r.mode or self.label) if r.quantized else "float"
             lines.append(f"  {state:<{width}} {r.node} ({r.weight} {list(r.shape)}){sens}  "
                          f"{r.reason}".rstrip())
         if self.speed:
             lines.append("  speed (median ms per call): " + ", ".join(
                 f"{label} {ms:.3f}" for label, ms in self.speed.items()))
+        lines += [f"  note: {note}" for note in self.notes]
         if self.stage is not None:
             lines.append(f"  {self.stage}")
         return "\n".join(lines)

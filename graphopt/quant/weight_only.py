@@ -84,13 +84,16 @@ def weight_only_plan(graph: Graph, exclude, bits: int, block_size: int):
     if bits not in (4, 8) or block_size < 16 or block_size & (block_size - 1):
         raise QuantizationError("weight-only: bits 4 or 8, block_size a power of 2 >= 16")
 
-    def build(names: set[str]) -> Graph:
-        g = graph.clone()
+    def apply(g: Graph, names: set[str]) -> None:
         quantize_weight_only(g, [n for n in dynamic_candidates(g) if n.name in names], bits,
                              block_size)
+
+    def build(names: set[str]) -> Graph:
+        g = graph.clone()
+        apply(g, names)
         return g
 
     records = layer_records(graph, dynamic_candidates(graph, exclude), dynamic_candidates(graph),
                             weight_shape)
     return Plan(f"weight-only int{bits}/{block_size}", f"int{bits}", graph, records, build,
-                weight_only_forward(bits, block_size))
+                weight_only_forward(bits, block_size), apply=apply)
