@@ -31,13 +31,13 @@ def _check(data: Any) -> dict[str, Any]:
     return data
 
 
-def _accuracy(row: dict[str, Any]) -> str:
+def accuracy_cell(row: dict[str, Any]) -> str:
     if "accuracy" in row:
         return f"{row['accuracy']:.2f}%"
     return f"cos {row['cosine_mean']:.4f} (worst {row['cosine_min']:.4f})"
 
 
-def _rows_by_variant(model: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+def rows_by_variant(model: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     """variant -> backend -> row."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for backend in model["backends"]:
@@ -56,7 +56,7 @@ def render_compression_speed(data: Any) -> str:
     slower: list[str] = []
     noise: list[float] = []
     for model in data["models"]:
-        for variant, per_backend in _rows_by_variant(model).items():
+        for variant, per_backend in rows_by_variant(model).items():
             cells = []
             for b in backends:
                 row = per_backend.get(b)
@@ -70,7 +70,7 @@ def render_compression_speed(data: Any) -> str:
                     noise.append(row["speedup"])
                 elif row["speedup"] < 1 / (1 + TIE):
                     slower.append(f"{model['name']} {variant} on {b} ({row['speedup']:.2f}x)")
-            accuracies = {b: _accuracy(r) for b, r in per_backend.items()}
+            accuracies = {b: accuracy_cell(r) for b, r in per_backend.items()}
             accuracy = " / ".join(dict.fromkeys(accuracies.values()))
             first = next(iter(per_backend.values()))
             layers = " / ".join(f"{r['int8_layers']}/{r['layers']}" for r in per_backend.values()
@@ -112,7 +112,7 @@ def render_classification_reports(data: Any) -> str:
     data = _check(data)
     blocks = []
     for model in data["models"]:
-        rows = _rows_by_variant(model)
+        rows = rows_by_variant(model)
         if "classification_report" not in rows.get("fp32", {}).get("native", {}):
             continue
         for variant in ("fp32", "pruned + int8"):

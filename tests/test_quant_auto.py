@@ -78,7 +78,7 @@ def test_modes_compose_on_one_graph():
     layers = [r.node for r in mixed._union_records(plans)]
     assert len(layers) == 4
     assign = dict(zip(layers, ["static", "dynamic", "weight-only", "bf16-compute"]))
-    out = mixed._compose(graph, plans, assign)
+    out = mixed.composer(graph, plans)(assign)
     out.verify()
     ops = _ops(out)
     for op in ("qlinear", "qlinear_dynamic", "linear_weight_only", "linear_bf16"):
@@ -88,12 +88,32 @@ def test_modes_compose_on_one_graph():
     with torch.no_grad():
         assert _cosine(graphopt.run(out, x), model(x)) > 0.995
     # a static layer between float ones: quantize in, dequantize out, the rest float
-    lone = mixed._compose(graph, plans, {layers[1]: "static"})
+    lone = mixed.composer(graph, plans)({layers[1]: "static"})
     assert sum(op in QUANT_OPS for op in _ops(lone)) == 1 and "quantize_linear" in _ops(lone)
 
 
 _MODE_OF_OP = {"qlinear_dynamic": "dynamic", "linear_weight_only": "weight-only",
               "linear_bf16": "bf16-compute", "qlinear": "static"}
+
+
+def test_modes_compose_on_bert_with_residual_layers(traced_bert_small):
+    """Static int8's build unfuses and re-fuses residual layers under new names: the layers
+    given to other modes are still found (by their weights), every one of them."""
+    model, args, graph = traced_bert_small
+    graph = graphopt.optimize(graph)
+    plans, _ = mixed._runnable_plans(graph, QuantizeConfig(mode="auto"), [args])
+    layers = [r.node for r in mixed._union_records(plans)]
+    modes = ["static", "dynamic", "weight-only", "bf16-compute"]
+    assign = {n: modes[i % 4] for i, n in enumerate(layers)}
+    out = mixed.composer(graph, plans)(assign)
+    out.verify()
+    ops = out.op_histogram()
+    for mode, op in (("dynamic", "qlinear_dynamic"), ("weight-only", "linear_weight_only"),
+                     ("bf16-compute", "linear_bf16"), ("static", "qlinear")):
+        assert ops[op] == sum(m == mode for m in assign.values()), (mode, ops)
+    assert ops["fused_linear"] + ops["linear"] == 0
+    ref, got = graphopt.run(graph, *args), graphopt.run(out, *args)
+    assert _cosine(got[0], ref[0]) > 0.99
 
 
 def _fake_costs(table):
@@ -119,8 +139,8 @@ def test_auto_follows_the_measurements(monkeypatch):
     monkeypatch.setattr("graphopt.quant.layer_cost.layer_costs", _fake_costs(table))
 
     def fake_timing(graphs, backend, threads, rounds, min_sample_s=0.005):
-        ms = {mixed.MIX: 1.0, mixed.FLOAT: 2.0}
-        return {label: [ms[label]] * 5 for label in graphs}
+        ms = {mixed.MIX: 1.0, mixed.FLOAT: 2.0}  # each mode alone: 1.5
+        return {label: [ms.get(label, 1.5)] * 5 for label in graphs}
 
     monkeypatch.setattr("graphopt.quant.layer_cost.time_graphs", fake_timing)
     out, rep = graphopt.quantize(graph, "auto", calibration=calibration, report=True,
@@ -133,7 +153,9 @@ def test_auto_follows_the_measurements(monkeypatch):
     ops = _ops(out)
     assert (ops.count("qlinear_dynamic"), ops.count("linear_weight_only"),
             ops.count("linear_bf16")) == (1, 1, 1)
-    assert rep.speed == {mixed.MIX: 1.0, mixed.FLOAT: 2.0}
+    assert rep.speed[mixed.MIX] == 1.0 and rep.speed[mixed.FLOAT] == 2.0
+    assert set(rep.speed) == {mixed.MIX, "only dynamic", "only weight-only",
+                              "only bf16-compute", mixed.FLOAT}
     assert rep.label == "mixed" and "dynamic" in str(rep) and rep.error <= 0.05
     x = calibration[0][0]
     with torch.no_grad():

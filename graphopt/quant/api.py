@@ -311,9 +311,9 @@ class Plan:
         records: one ``LayerRecord`` per candidate (``quantized=False`` for excluded ones).
         build: ``build(names) -> Graph`` with exactly those layers quantized.
         forward: ``forward(node, inputs) -> Tensor`` for local sensitivity, or None.
-        apply: ``apply(graph, names)``: the named layers quantized in place in any graph that
-            has them under those names (what ``mode="auto"`` composes modes with), or None
-            for a mode that must plan the whole graph itself (static int8).
+        apply: ``apply(graph, names) -> count``: the named layers quantized in place in any
+            graph that has them under those names (what ``mode="auto"`` composes modes with),
+            or None for a mode that must plan the whole graph itself (static int8).
     """
 
     def __init__(self, mode, label, graph, records, build, forward=None, embeddings=(),
@@ -344,9 +344,8 @@ def _dynamic_plan(graph: Graph, exclude, embeddings: bool, convs: bool,
     chosen.sort(key=order.get)
     records = layer_records(graph, chosen, candidates, d.weight_shape)
 
-    def apply(g: Graph, names: set[str]) -> None:
-        d.quantize_nodes(g, names, per_token=per_token)
-        d.quantize_convs(g, names)
+    def apply(g: Graph, names: set[str]) -> int:
+        return d.quantize_nodes(g, names, per_token=per_token) + d.quantize_convs(g, names)
 
     def build(names: set[str]) -> Graph:
         g = graph.clone()

@@ -17,15 +17,18 @@ wins depends on the backend and the CPU. So the choice is measured, per layer, o
 4. **Error budget** (default ``AUTO_ERROR_BUDGET``): while the graph's output error (mean
    ``1 - cosine`` over the calibration data) exceeds it, the layer with the largest error in
    its current mode moves to its fastest more accurate option, or to float.
-5. **Whole graph.** Static int8 passes int8 from layer to layer, so a chain of static layers
-   can pay where each layer alone (quantize in, dequantize out) does not. The per-layer mix,
-   every static candidate quantized (fitted to the budget the same way) and the float graph are
-   timed interleaved; ``graphopt.quant.speed.choose`` keeps the fastest that is not slower
-   than float.
+5. **Whole graph.** Per-layer timings miss what happens between layers: static int8 passes
+   int8 from layer to layer, so a chain of static layers can pay where each layer alone
+   (quantize in, dequantize out) does not, and composing modes changes the graph around a
+   layer. So the per-layer mix, each mode alone where it paid alone, every static candidate
+   quantized (each fitted to the budget the same way) and the float graph are timed
+   interleaved; ``graphopt.quant.speed.choose`` keeps the fastest that is not slower than
+   float. The result is at least as fast as what each mode's own speed-aware plan would
+   consider, within the timing's noise.
 
 Modes compose on one graph: static int8 (which plans the whole graph: shared activation
-ranges) builds first, then the other modes rewrite their layers in place by name
-(``Plan.apply``). Embedding tables stay float (storing them int8 saves memory, not time:
+ranges) builds first, then the other modes rewrite their layers in place (``Plan.apply``), found
+by name or, where static's build re-fused a float layer under a new name, by its weight. Embedding tables stay float (storing them int8 saves memory, not time:
 ``mode="dynamic"`` does it).
 """
 
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Callable
 
 from graphopt.costcache import CostCache
 from graphopt.errors import QuantizationError
@@ -42,7 +46,7 @@ from graphopt.quant.report import LayerRecord, QuantReport
 from graphopt.quant.speed import TIE, choose
 
 AUTO_ERROR_BUDGET = 1e-3  # mean 1 - cosine: outputs within ~2.6 degrees of float on average
-MIX, ALL_STATIC, FLOAT = "per-layer mix", "all static", "float"
+MIX, ALL_STATIC, FLOAT = "per-layer mix", "all static", "float"  # whole-graph candidates
 
 
 @dataclass(frozen=True)
@@ -71,22 +75,14 @@ def quantize_auto(graph: Graph, cfg: QuantizeConfig, calibration: list[tuple]
     records = _union_records(plans)
     options = _options(plans, calibration, backend, threads)
     refs = reference_outputs(graph, calibration)
-
-    def build(assign: dict[str, str]) -> Graph:
-        return _compose(graph, plans, assign)
+    build = composer(graph, plans)
 
     def error_of(assign: dict[str, str]) -> float:
         return output_error(build(assign), refs, calibration)
 
-    quantized = {r.node for r in records if r.quantized}
-    mix = fit_budget({n: opts for n, opts in options.items() if n in quantized}, budget,
-                     error_of)
-    candidates = {MIX: mix}
-    if "static" in plans:
-        static = {n: o for n, opts in options.items() if n in quantized
-                  for o in opts if o.mode == "static"}
-        candidates[ALL_STATIC] = _fit_static(static, budget, error_of)
-    candidates[FLOAT] = {}
+    chosen = {r.node for r in records if r.quantized}
+    candidates = whole_graph_candidates(
+        {n: opts for n, opts in options.items() if n in chosen}, list(plans), budget, error_of)
     best, medians = _whole_graph(candidates, build, calibration[0], backend, threads)
     _describe(records, options, candidates, best, medians, backend)
     out = build({n: o.mode for n, o in candidates[best].items()})
@@ -95,6 +91,24 @@ def quantize_auto(graph: Graph, cfg: QuantizeConfig, calibration: list[tuple]
                       label="mixed", layers=records, config=cfg.to_dict(), speed=medians,
                       notes=notes, error=output_error(out, refs, calibration))
     return out, rep
+
+
+def whole_graph_candidates(options: dict[str, list[Option]], modes: list[str], budget: float,
+                           error_of) -> dict[str, dict[str, Option]]:
+    """Label -> layer -> ``Option``, in the order ties go (``choose``): the per-layer mix; each
+    mode alone where it pays alone (what that mode's speed-aware plan would consider: the mix
+    can lose to it where composing modes changes the graph around a layer); every static
+    candidate (a static chain pays as a whole); float. Each fitted to ``budget``."""
+    out = {MIX: fit_budget(options, budget, error_of)}
+    for mode in modes:
+        only = {n: [o for o in opts if o.mode == mode] for n, opts in options.items()}
+        out[f"only {mode}"] = fit_budget({n: o for n, o in only.items() if o}, budget,
+                                         error_of)
+    if "static" in modes:
+        static = {n: o for n, opts in options.items() for o in opts if o.mode == "static"}
+        out[ALL_STATIC] = _fit_static(static, budget, error_of)
+    out[FLOAT] = {}
+    return out
 
 
 def choose_option(options: list[Option]) -> Option | None:
@@ -189,21 +203,46 @@ def _options(plans: dict, calibration: list[tuple], backend: str, threads: int |
     return options
 
 
-def _compose(graph: Graph, plans: dict, assign: dict[str, str]) -> Graph:
-    """``graph`` with each layer of ``assign`` quantized in its mode: static int8 first (it
-    plans the whole graph), then the other modes in place by name, then the default pipeline
-    where static's preparation unfused layers the other modes took."""
+def composer(graph: Graph, plans: dict) -> Callable[[dict[str, str]], Graph]:
+    """``build(assign)``: ``graph`` with each layer of ``assign`` (layer -> mode) quantized in
+    its mode, by ``_compose``."""
+    weights = {r.node: r.weight for mode, plan in plans.items() if mode != "static"
+               for r in plan.records}
+    return lambda assign: _compose(graph, plans, assign, weights)
+
+
+def _compose(graph: Graph, plans: dict, assign: dict[str, str], weights: dict[str, str]
+             ) -> Graph:
+    """Static int8 first (it plans the whole graph), then the other modes in place. Static's
+    build re-fuses the float layers it prepared under new node names, so layers are found by
+    their weight constant (``weights``: layer -> weight name in ``graph``; a matmul's weight
+    is transposed, ``_t``). Raises ``QuantizationError`` rather than leave an assigned layer
+    float."""
     static = {n for n, m in assign.items() if m == "static"}
     out = plans["static"].build(static) if static else graph.clone()
+    by_weight: dict[str, list[str]] = {}
+    for node in out.nodes:
+        if len(node.inputs) > 1 and node.inputs[1] is not None and node.inputs[1].is_constant:
+            by_weight.setdefault(node.inputs[1].name, []).append(node.name)
     for mode, plan in plans.items():
-        names = {n for n, m in assign.items() if m == mode}
-        if names and mode != "static":
-            plan.apply(out, names)
-    if static and len(static) < len(assign):
-        from graphopt.quant.api import prepared
-
-        out = prepared(out)
+        layers = [n for n, m in assign.items() if m == mode and mode != "static"]
+        if not layers:
+            continue
+        # (by weight, not by name: static's re-fusion can give a released name to another node)
+        names = {_only(by_weight.get(weights[n]) or by_weight.get(weights[n] + "_t"))
+                 for n in layers}
+        done = plan.apply(out, names - {None})
+        if done != len(layers):
+            raise QuantizationError(
+                f"graphopt.quantize(mode='auto'): {mode} quantized {done} of the "
+                f"{len(layers)} layers assigned to it ({', '.join(sorted(layers)[:5])}...) "
+                f"after static int8 rewrote the graph; quantize them with "
+                f"modes=({mode!r},) or exclude them")
     return out
+
+
+def _only(names: list[str] | None) -> str | None:
+    return names[0] if names and len(names) == 1 else None
 
 
 def _whole_graph(candidates: dict[str, dict[str, Option]], build, args: tuple, backend: str,
@@ -216,8 +255,8 @@ def _whole_graph(candidates: dict[str, dict[str, Option]], build, args: tuple, b
     distinct: dict[str, dict[str, str]] = {}
     for label, chosen in candidates.items():
         assign = {n: o.mode for n, o in chosen.items()}
-        if assign not in distinct.values():
-            distinct[label] = assign
+        if assign not in distinct.values() and (assign or label == FLOAT):
+            distinct[label] = assign  # (the empty assignment is "float", the last)
     if len(distinct) == 1:
         return next(iter(distinct)), {}
     samples = time_graphs({label: (build(a), tuple(args)) for label, a in distinct.items()},
@@ -240,8 +279,7 @@ def _describe(records: list[LayerRecord], options: dict[str, list[Option]],
             r.reason = f"(others alone: {others})" if others else ""
         elif r.quantized:
             r.quantized = False
-            alone = (f"alone on {backend}: float {opts[0].float_ms:.4f} ms; "
-                     + "; ".join(map(_shown, opts))) if opts else ""
+            alone = f"alone on {backend}: " + "; ".join(map(_shown, opts)) if opts else ""
             why = ("no mode's region compiled alone" if not opts else
                    "no mode was faster alone" if choose_option(opts) is None else
                    "fell back for the error budget" if best == MIX else
@@ -251,4 +289,6 @@ def _describe(records: list[LayerRecord], options: dict[str, list[Option]],
 
 
 def _shown(option: Option) -> str:
-    return f"{option.mode} {option.ms:.4f} ms err {option.error:.1e}"
+    """An option with the float time it was measured against (each mode's own run)."""
+    return (f"{option.mode} {option.ms:.4f} ms (float {option.float_ms:.4f}) "
+            f"err {option.error:.1e}")

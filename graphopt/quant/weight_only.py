@@ -84,9 +84,9 @@ def weight_only_plan(graph: Graph, exclude, bits: int, block_size: int):
     if bits not in (4, 8) or block_size < 16 or block_size & (block_size - 1):
         raise QuantizationError("weight-only: bits 4 or 8, block_size a power of 2 >= 16")
 
-    def apply(g: Graph, names: set[str]) -> None:
-        quantize_weight_only(g, [n for n in dynamic_candidates(g) if n.name in names], bits,
-                             block_size)
+    def apply(g: Graph, names: set[str]) -> int:
+        return quantize_weight_only(g, [n for n in dynamic_candidates(g) if n.name in names],
+                                    bits, block_size)
 
     def build(names: set[str]) -> Graph:
         g = graph.clone()
