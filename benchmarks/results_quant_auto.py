@@ -34,6 +34,8 @@ def _made(row: dict[str, Any]) -> str:
     """What the plan made of the layers: "dynamic 4", "static 6, dynamic 2", "all float"."""
     if "layers" not in row:
         return "-"
+    if not row["layers"]:
+        return "no candidate layers"
     modes = row.get("modes") or {}
     if not modes:
         return f"all {row['layers']} float"
@@ -60,10 +62,11 @@ def render_quant_auto(data: Any) -> str:
         for variant, per_backend in by_variant.items():
             accuracy = " / ".join(dict.fromkeys(accuracy_cell(r) for r in per_backend.values()))
             made = " / ".join(dict.fromkeys(_made(r) for r in per_backend.values()))
-            first = next(iter(per_backend.values()))
+            size = " / ".join(dict.fromkeys(f"{r['bytes'] / 1e6:.2f}"
+                                            for r in per_backend.values()))
             lines.append(f"| {model['name']} | {variant} | "
                          + " | ".join(_cell(per_backend.get(b)) for b in backends)
-                         + f" | {accuracy} | {first['bytes'] / 1e6:.2f} MB | {made} |")
+                         + f" | {accuracy} | {size} MB | {made} |")
         verdicts += [_verdict(model["name"], b, by_variant) for b in backends]
     s = data["settings"]
     behind = [v for v in verdicts if v]

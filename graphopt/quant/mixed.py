@@ -77,8 +77,13 @@ def quantize_auto(graph: Graph, cfg: QuantizeConfig, calibration: list[tuple]
     refs = reference_outputs(graph, calibration)
     build = composer(graph, plans)
 
+    errors: dict[frozenset, float] = {}  # the candidates' fits meet the same assignments
+
     def error_of(assign: dict[str, str]) -> float:
-        return output_error(build(assign), refs, calibration)
+        key = frozenset(assign.items())
+        if key not in errors:
+            errors[key] = output_error(build(assign), refs, calibration)
+        return errors[key]
 
     chosen = {r.node for r in records if r.quantized}
     candidates = whole_graph_candidates(
