@@ -81,14 +81,34 @@ def compress(graph: Graph, path, *, bits: int | None = None, conv_bits: int = 8,
     return save_compressed(graph, path)
 
 
+def save(model, directory, *, pipeline: str | None = None, target=None,
+         figures: dict | None = None, onnx: bool | None = None, native: bool | None = None):
+    """Save ``model`` (a Graph, or a module ``graphopt.compile`` made) as a versioned model
+    directory: the graph (IR text + safetensors weights), a manifest (format version, input /
+    output signature with dynamic dims, ``target``, the ``pipeline`` that made it, your
+    accuracy / latency ``figures``, the sha256 of every file) and, with ``onnx=True`` /
+    ``native=True`` (default: the backend ``model`` was compiled for), those lowerings beside
+    it. No pickle. ``graphopt.load(directory)`` verifies it. Returns the manifest (a dict).
+    See graphopt/artifact.py and docs/artifacts.md."""
+    from graphopt.artifact import save_model_dir
+
+    return save_model_dir(model, directory, pipeline=pipeline, target=target, figures=figures,
+                          onnx=onnx, native=native)
+
+
 def load(path) -> Graph:
-    """Read a graph from a file: a compressed model (``.gcm``, ``graphopt.compress``), a torch
+    """Read a graph from a model directory (``graphopt.save``: manifest, hashes and format
+    version checked first), a compressed model (``.gcm``, ``graphopt.compress``), a torch
     bundle (``.graphopt``, ``graphopt.backends.torch_bundle``) or an ONNX model (``.onnx``)."""
     import os
 
     from graphopt.codec.container import MAGIC
 
     where = os.fspath(path)
+    if os.path.isdir(where):
+        from graphopt.artifact import load_model_dir
+
+        return load_model_dir(where)
     try:
         with open(where, "rb") as f:
             head = f.read(len(MAGIC))
@@ -104,9 +124,9 @@ def load(path) -> Graph:
         return load_graph(where)
     if where.endswith(".onnx"):
         return from_onnx(where)
-    raise GraphoptError(f"{where}: not a graphopt file graphopt.load reads (a .gcm compressed "
-                        "model, a .graphopt bundle or an .onnx model); a native artifact "
-                        "(.npz) loads with graphopt.native.load")
+    raise GraphoptError(f"{where}: not a graphopt file graphopt.load reads (a model "
+                        "directory, a .gcm compressed model, a .graphopt bundle or an .onnx "
+                        "model); a native artifact (.npz) loads with graphopt.native.load")
 
 
 def check_speed(before: Graph, after: Graph, args, **options):
@@ -153,7 +173,7 @@ __all__ = [
     "TypeInferenceError", "UnsupportedOpError", "Value", "VerificationError", "parse", "run",
     "to_torch", "trace", "optimize", "benchmark", "bisect", "PassManager", "register_pass",
     "prune", "finetune", "quantize", "Target", "QuantizeConfig", "PruneConfig",
-    "FinetuneConfig", "BenchmarkConfig", "compress", "load", "check_speed",
+    "FinetuneConfig", "BenchmarkConfig", "compress", "save", "load", "check_speed",
 ]
 
 # Register the built-in passes (graphopt.passes; mapped from passes/ in a source checkout).

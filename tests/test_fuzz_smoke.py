@@ -16,7 +16,8 @@ sys.path.insert(0, os.path.join(ROOT, "fuzz"))
 
 import run as fuzz_run  # noqa: E402  (fuzz/run.py)
 
-BUDGET = {"parser": 3000, "onnx": 300, "artifact": 200, "bundle": 300, "gcm": 300}
+BUDGET = {"parser": 3000, "onnx": 300, "artifact": 200, "bundle": 300, "gcm": 300,
+          "modeldir": 300}
 
 
 @pytest.mark.parametrize("target", fuzz_run.TARGETS)

@@ -154,6 +154,8 @@ def output_backend(path: str, backend: str | None = None, *, flag: bool = True) 
 
     ``flag``: whether the command has a ``--backend`` option to suggest.
     """
+    if is_model_dir_output(path):
+        return backend or "torch"  # the graph itself (+ the backend's file with --backend)
     if backend is not None:
         return backend
     ext = os.path.splitext(path)[1].lower()
@@ -188,16 +190,35 @@ def native_saver():
     return save
 
 
+def is_model_dir_output(path: str) -> bool:
+    """``-o DIR``: a path ending in a separator, an existing directory or a name without an
+    extension is saved as a model directory (``graphopt.save``)."""
+    return (path.endswith(("/", os.sep)) or os.path.isdir(path)
+            or not os.path.splitext(path.rstrip("/" + os.sep))[1])
+
+
 def save_output(graph, path: str, backend: str, *, opset: int | None = None,
-                threads: int | None = None) -> str:
+                threads: int | None = None, pipeline: str | None = None) -> str:
     """Save ``graph`` for ``backend`` at ``path``; returns "PATH (SIZE[, + DATA FILE])".
 
     Every file is written atomically (temp file + rename) and never through a symlink
-    (``graphopt.fileio``): an error leaves any previous output untouched.
+    (``graphopt.fileio``): an error leaves any previous output untouched. A model directory
+    (``is_model_dir_output``) holds the graph, ``backend``'s file (onnx, native) and a
+    manifest naming ``pipeline``.
     """
     from graphopt.fileio import atomic_output_path
 
     extra = ""
+    if is_model_dir_output(path):
+        import graphopt
+
+        target = (None if backend == "torch"  # (the graph alone: no target recorded)
+                  else graphopt.Target(TARGET_BACKENDS[backend], threads=threads))
+        manifest = graphopt.save(graph, path, pipeline=pipeline, target=target,
+                                 onnx=backend == "onnx", native=backend == "native")
+        size = sum(f["bytes"] for f in manifest["files"].values())
+        return (f"{path} (model directory: {', '.join(manifest['files'])}, manifest.json; "
+                f"{human_size(size)})")
     if backend == "onnx":
         import onnx
 
@@ -225,24 +246,27 @@ def prepare_output(path: str, backend: str | None = None, *, flag: bool = True) 
     """What ``-o path`` is saved as (``output_backend``), checked before the slow work: the
     folder exists and is no symlink, and a native backend is available when one is needed."""
     backend = output_backend(path, backend, flag=flag)
-    ensure_parent(path)
+    ensure_parent(path.rstrip("/" + os.sep) or path)
     if backend == "native":
         native_saver()
     return backend
 
 
 def write_output(graph, path: str, backend: str, what: str, *, opset: int | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, pipeline: str | None = None) -> None:
     """Save ``graph`` (``save_output``), print "wrote PATH (SIZE): WHAT" and how to load it.
     ``threads``: the native backend's plan threads."""
-    written = save_output(graph, path, backend, opset=opset, threads=threads)
+    written = save_output(graph, path, backend, opset=opset, threads=threads,
+                          pipeline=pipeline)
     print(f"wrote {written}: {what}")
     saved_hint(backend, path)
 
 
 def saved_hint(backend: str, path: str) -> None:
     """How to load what was just written (torch bundles have their own loader)."""
-    if backend == "torch":
+    if is_model_dir_output(path):
+        info("load it with graphopt.load(DIR) (manifest, hashes and format version checked)")
+    elif backend == "torch":
         info("load it with graphopt.backends.torch_module.load_module(path) -> nn.Module (no "
              "pickle: safe to share)")
 

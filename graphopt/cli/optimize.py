@@ -25,10 +25,13 @@ def add_parser(sub, common) -> None:
             "Trace/import MODEL, run the pipeline, and save the optimized model: an "
             ".onnx file (onnx), a .graphopt bundle that "
             "graphopt.backends.torch_module.load_module turns into an nn.Module without "
-            "pickle (torch) or the native backend's artifact (native)."),
+            "pickle (torch) or the native backend's artifact (native); OUT without an "
+            "extension (or ending in /) is a model directory (graphopt.save: the graph, a "
+            "manifest with hashes, and the --backend's file)."),
         epilog="examples:\n  graphopt optimize zoo:bert?layers=2 -o bert.onnx\n"
         "  graphopt optimize model.onnx -o model.opt.onnx --pipeline 'cleanup'\n"
-        "  graphopt optimize mypkg.models:make_model -o model.graphopt",
+        "  graphopt optimize mypkg.models:make_model -o model.graphopt\n"
+        "  graphopt optimize zoo:mlp -o mlp_model/ --backend native   (a model directory)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_argument(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="where to save it")
@@ -54,5 +57,5 @@ def run(opts) -> int:
         print(report)
     write_output(optimized, opts.output, backend,
                  f"{backend}, nodes {len(graph.nodes)} -> {len(optimized.nodes)}",
-                 opset=opts.opset, threads=target.threads)
+                 opset=opts.opset, threads=target.threads, pipeline=opts.pipeline)
     return 0
