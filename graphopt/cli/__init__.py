@@ -64,7 +64,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     import graphopt
-    from graphopt.cli import bench, compress, optimize, passes, prune, quantize, show
+    from graphopt.cli import bench, compress, optimize, passes, prune, quantize, serve, show
 
     parser = _Parser(prog="graphopt", description=_DESCRIPTION, epilog=_EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_parser(sub, common)
     quantize.add_parser(sub, common)
     compress.add_parsers(sub, common)
+    serve.add_parser(sub, common)
     return parser
 
 
