@@ -8,6 +8,7 @@ Spec syntax::
     path/to/file.py:function[?k=v...]     the same, from a file that is not on sys.path
     path/to/model.onnx[?sym=N...]         an ONNX model; ?sym=N sets a symbolic input dim
                                           (dims not given are 1); inputs are random
+    path/to/model_dir[?sym=N...]          a model directory (graphopt.save), likewise
     path/to/program.pt2                   a torch.export.save'd ExportedProgram (its stored
                                           example inputs are used); loading one unpickles it,
                                           so only with ``trust_pickle=True`` (CLI --trust-pt2)
@@ -35,7 +36,8 @@ from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
 
 _FACTORY = re.compile(r"^(?P<module>[A-Za-z_][\w.]*|.+\.py):(?P<attr>[A-Za-z_][\w.]*)$")
-SPEC_HELP = ("a .onnx file, a torch.export .pt2 file, package.module:function (returns "
+SPEC_HELP = ("a .onnx file, a model directory, a torch.export .pt2 file, "
+             "package.module:function (returns "
              "(model, example_inputs)) or zoo:NAME[?key=value&...] (built-ins: see "
              "`graphopt.zoo`)")
 
@@ -50,7 +52,7 @@ class LoadedModel:
 
     Attributes:
         spec: the spec as given.
-        kind: "zoo", "factory", "onnx" or "pt2".
+        kind: "zoo", "factory", "onnx", "modeldir" or "pt2".
         name: a short display name (zoo name, function name, file stem).
         module: the PyTorch module, or None for ONNX files (no eager model then).
         args / kwargs: example inputs.
@@ -143,6 +145,8 @@ def load_model(spec: str, *, trust_pickle: bool = False) -> LoadedModel:
         return _load_pt2(spec, base, trust_pickle)
     if _FACTORY.match(base):
         return _load_factory(spec, base, options)
+    if os.path.isdir(base):
+        return _load_model_dir(spec, base, options)
     if os.path.exists(base):
         raise ModelSpecError(f"cannot tell what kind of model '{base}' is: expected a .onnx or "
                              ".pt2 file")
@@ -265,6 +269,22 @@ def _load_onnx(spec: str, path: str, options: dict[str, Any]) -> LoadedModel:
     trace_s = time.perf_counter() - start
     args = random_inputs(graph, options)
     return LoadedModel(spec, "onnx", name, None, args, {}, onnx_path=os.path.abspath(path),
+                       options=options, trace_s=trace_s, _graph=graph)
+
+
+def _load_model_dir(spec: str, path: str, options: dict[str, Any]) -> LoadedModel:
+    """A model directory (``graphopt.save``; manifest and hashes checked) with random inputs;
+    ``?name=N`` options size the symbolic input dims."""
+    from graphopt.artifact import is_model_dir, load_model_dir
+
+    if not is_model_dir(path):
+        raise ModelSpecError(f"{path} is a directory without manifest.json: not a model "
+                             "directory (graphopt.save / graphopt optimize -o DIR/ write them)")
+    start = time.perf_counter()
+    graph = load_model_dir(path)
+    trace_s = time.perf_counter() - start
+    name = os.path.basename(os.path.normpath(path))
+    return LoadedModel(spec, "modeldir", name, None, random_inputs(graph, options), {},
                        options=options, trace_s=trace_s, _graph=graph)
 
 

@@ -64,7 +64,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     import graphopt
-    from graphopt.cli import bench, compress, optimize, passes, prune, quantize, serve, show
+    from graphopt.cli import (bench, compress, export, optimize, passes, prune, quantize,
+                              serve, show)
 
     parser = _Parser(prog="graphopt", description=_DESCRIPTION, epilog=_EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_parser(sub, common)
     compress.add_parsers(sub, common)
     serve.add_parser(sub, common)
+    export.add_parser(sub, common)
     return parser
 
 

@@ -105,9 +105,18 @@ def create_app(models: list[ServedModel], *, max_batch: int = 8, max_delay_ms: f
             await batcher.stop()
 
     app = FastAPI(title="graphopt", lifespan=lifespan)
+    _add_routes(app, by_name, batchers, metrics, state, max_body_bytes)
+    return app
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _add_routes(app, by_name: dict[str, ServedModel], batchers: dict[str, Batcher],
+                metrics: Metrics, state: dict, max_body_bytes: int) -> None:
+    """The v2 protocol's endpoints and /metrics."""
+    names, error = list(by_name), _error
 
     @app.get("/v2/health/live")
     async def live():
@@ -152,8 +161,6 @@ def create_app(models: list[ServedModel], *, max_batch: int = 8, max_delay_ms: f
         for name, batcher in batchers.items():
             metrics.queue_depth(name, batcher.depth)
         return PlainTextResponse(metrics.render(), media_type=metrics.content_type)
-
-    return app
 
 
 async def _infer(model: ServedModel, batcher: Batcher, request, max_body_bytes: int,
