@@ -220,3 +220,28 @@ def test_graphopt_serve_runs_a_real_server_and_shuts_down_gracefully(mlp_dir):
     # exit status says SIGTERM, as for any process stopped that way)
     assert proc.returncode in (0, -signal.SIGTERM), output
     assert "serving mlp" in output and "Traceback" not in output
+
+
+def test_shutdown_finishes_what_is_queued():
+    """Graceful stop: requests already queued still get their answers."""
+    from graphopt.serve.batching import Batcher
+
+    calls = []
+
+    def run(arrays):
+        time.sleep(0.02)
+        calls.append(len(arrays[0]))
+        return [arrays[0] + 1]
+
+    async def scenario():
+        batcher = Batcher(run, batchable=True, max_batch=2, max_delay_s=0.0)
+        batcher.start()
+        pending = [asyncio.ensure_future(batcher.submit([np.full((1, 2), i, np.float32)]))
+                   for i in range(5)]
+        await asyncio.sleep(0)  # all five are queued
+        await batcher.stop()
+        return [p.result() for p in pending]
+
+    results = asyncio.run(scenario())
+    assert [float(r[0][0, 0]) for r in results] == [1, 2, 3, 4, 5]
+    assert sum(calls) == 5 and max(calls) <= 2
