@@ -1,6 +1,6 @@
 # graphopt developer targets. Everything runs inside the repo-local virtualenv .venv.
 #
-#   make venv        create .venv (if missing), editable-install graphopt[test,serve], build graphopt._C
+#   make venv        create .venv (if missing), editable-install graphopt[test,serve,tune], build graphopt._C
 #   make test        venv + rebuild graphopt._C if csrc/ changed + lint-imports + pytest
 #   make demo        venv + python -m graphopt.demo
 #   make asan        native kernel + model tests against an ASan+UBSan build of graphopt._C
@@ -58,7 +58,7 @@ $(PY):
 # and the same setuptools/pybind11 later serve `setup.py build_ext` below.
 $(STAMP): pyproject.toml setup.py | $(PY)
 	$(PY) -m pip install "setuptools>=64" wheel "pybind11>=2.10"
-	$(PY) -m pip install --no-build-isolation --config-settings editable_mode=$(EDITABLE_MODE) -e ".[test,serve]"
+	$(PY) -m pip install --no-build-isolation --config-settings editable_mode=$(EDITABLE_MODE) -e ".[test,serve,tune]"
 	touch $@
 
 # The editable install builds graphopt._C in place once; after that, edits under csrc/ rebuild it

@@ -129,6 +129,15 @@ def load(path) -> Graph:
                         "model); a native artifact (.npz) loads with graphopt.native.load")
 
 
+def tune(graph: Graph, data, **options):
+    """Search pipelines (pruning, quantization mode and budget, backend) for ``graph`` against
+    an accuracy goal, on Optuna; returns a ``TuneResult`` (Pareto front, chosen point and its
+    graph). See ``graphopt.autotune.study.tune`` for the options and docs/tuning.md."""
+    from graphopt.autotune import tune as _tune
+
+    return _tune(graph, data, **options)
+
+
 def check_speed(before: Graph, after: Graph, args, **options):
     """Time ``after`` (a compressed graph) against ``before`` (its input) on one backend;
     warns when it is not faster. See ``graphopt.bench.speedcheck.check_speed``."""
@@ -174,6 +183,7 @@ __all__ = [
     "to_torch", "trace", "optimize", "benchmark", "bisect", "PassManager", "register_pass",
     "prune", "finetune", "quantize", "Target", "QuantizeConfig", "PruneConfig",
     "FinetuneConfig", "BenchmarkConfig", "compress", "save", "load", "check_speed",
+    "tune",
 ]
 
 # Register the built-in passes (graphopt.passes; mapped from passes/ in a source checkout).

@@ -65,7 +65,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     import graphopt
     from graphopt.cli import (bench, compress, export, optimize, passes, prune, quantize,
-                              serve, show)
+                              serve, show, tune)
 
     parser = _Parser(prog="graphopt", description=_DESCRIPTION, epilog=_EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_parsers(sub, common)
     serve.add_parser(sub, common)
     export.add_parser(sub, common)
+    tune.add_parser(sub, common)
     return parser
 
 

@@ -1,0 +1,122 @@
+"""``graphopt.tune`` / ``graphopt tune`` (issue #18, graphopt/autotune/): a real Optuna study on
+SQLite over a trained digits CNN. What is checked: the float graph is always a trial, the chosen
+point is feasible and is what its parameters re-apply to, a study resumes without repeating or
+losing trials, a failing trial is recorded and the search goes on, trials from another machine
+are not mixed in, the outputs (front, plot, model directory with lineage) are written, and a bad
+space is refused by name."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import graphopt
+
+optuna = pytest.importorskip("optuna")
+
+from graphopt.autotune import TuneSpaceError  # noqa: E402
+from graphopt.autotune import study as study_module  # noqa: E402
+
+SPACE = {"prune": ["none"], "quantize": ["none", "dynamic", "static"], "per_token": [False],
+         "error_budget": [1e-3, 1e-3], "backend": ["native"]}
+
+
+@pytest.fixture(scope="module")
+def digits(digits_cnn, digits_data):
+    x_train, _, x_test, y_test = digits_data
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    graph = graphopt.trace(digits_cnn, (x_test[:2],), dynamic_shapes=({0: batch},))
+    data = [(x_train[i:i + 1],) for i in range(6)]
+
+    def accuracy(g):
+        return float((graphopt.run(g, x_test[:300]).argmax(1) == y_test[:300])
+                     .float().mean()) * 100
+
+    return graph, data, accuracy
+
+
+def test_a_study_finds_a_feasible_point_and_writes_its_lineage(digits, tmp_path):
+    graph, data, accuracy = digits
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    result = graphopt.tune(graph, data, metric=accuracy, max_accuracy_drop=1.0, trials=5,
+                           storage=storage, study="digits", space=SPACE, seed=0,
+                           output=str(tmp_path / "out"))
+    assert len(result.trials) == 5 and not result.failed
+    first = min(result.trials, key=lambda t: t["number"])
+    assert first["params"] == {"prune": "none", "quantize": "none", "backend": "native"}
+    assert result.chosen is not None and result.chosen["feasible"]
+    assert result.baseline_metric - result.chosen["metric"] <= 1.0
+    assert result.chosen["speedup"] == max(t["speedup"] for t in result.trials
+                                           if t["feasible"])
+    assert abs(accuracy(result.graph) - result.chosen["metric"]) < 1e-9  # re-applied exactly
+    report = json.loads((tmp_path / "out" / "front.json").read_text())
+    assert report["chosen"]["number"] == result.chosen["number"] and report["graph_sha256"]
+    assert (tmp_path / "out" / "pareto.png").stat().st_size > 1000
+    manifest = json.loads((tmp_path / "out" / "model" / "manifest.json").read_text())
+    assert manifest["figures"]["params"] == result.chosen["params"]
+    assert manifest["figures"]["data_sha256"] == report["data_sha256"]
+    loaded = graphopt.load(tmp_path / "out" / "model")
+    x = data[0][0]
+    assert torch.equal(graphopt.run(loaded, x), graphopt.run(result.graph, x))
+
+    again = graphopt.tune(graph, data, metric=accuracy, max_accuracy_drop=1.0, trials=3,
+                          storage=storage, study="digits", space=SPACE, seed=1)
+    numbers = [t["number"] for t in again.trials]
+    assert sorted(numbers) == list(range(8))  # resumed: 5 + 3, none lost or repeated
+    other = torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()
+    with pytest.raises(graphopt.GraphoptError, match="another model"):
+        graphopt.tune(graphopt.trace(other, (torch.randn(1, 4),)), [(torch.randn(1, 4),)],
+                      trials=1, storage=storage, study="digits", space=SPACE)
+
+
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(digits, monkeypatch):
+    graph, data, _ = digits
+    real = study_module.apply_params
+
+    def flaky(base, params, *args, **kwargs):
+        if params["quantize"] == "static":
+            raise RuntimeError("planted failure")
+        return real(base, params, *args, **kwargs)
+
+    monkeypatch.setattr(study_module, "apply_params", flaky)
+    space = {**SPACE, "quantize": ["static", "dynamic"]}
+    result = graphopt.tune(graph, data, trials=6, space=space, seed=0)
+    assert result.failed and all("planted failure" in f["error"] for f in result.failed)
+    assert result.trials and all(t["params"]["quantize"] != "static" for t in result.trials)
+
+
+def test_trials_from_another_machine_are_left_out(digits, monkeypatch, tmp_path):
+    graph, data, _ = digits
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    graphopt.tune(graph, data, trials=2, storage=storage, space=SPACE)
+    monkeypatch.setattr(study_module, "_machine", lambda threads: "another machine")
+    result = graphopt.tune(graph, data, trials=1, storage=storage, space=SPACE)
+    assert len(result.trials) == 1 and "another machine" in result.notes[0]
+
+
+def test_a_bad_space_is_refused_by_name(digits):
+    graph, data, _ = digits
+    for space, message in (({"quantise": ["none"]}, "unknown search space key 'quantise'"),
+                           ({"quantize": ["int3"]}, "choose from"),
+                           ({"prune_flops": [0.5, 1.5]}, "prune_flops")):
+        with pytest.raises(TuneSpaceError, match=message):
+            graphopt.tune(graph, data, trials=1, space=space)
+
+
+def test_cli_tune(tmp_path, capsys):
+    from graphopt.cli import main
+
+    calib = tmp_path / "c.npz"
+    np.savez(calib, np.random.default_rng(0).standard_normal((3, 1, 64)).astype(np.float32))
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"prune": ["none"], "quantize": ["none", "dynamic"],
+                                 "backend": ["native"]}))
+    out = tmp_path / "tuned"
+    assert main(["tune", "zoo:mlp?width=64&depth=2", "--calibration", str(calib), "--trials",
+                 "3", "--space", str(space), "--max-accuracy-drop", "0.01", "-o", str(out),
+                 "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "tune: 3 trials" in printed and (out / "model" / "manifest.json").exists()
