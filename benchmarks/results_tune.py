@@ -1,0 +1,49 @@
+"""The tuning result of bench_tune.py (docs/tuning.md).
+
+Block ``tune_digits`` renders ``published/tune_digits.json`` (schema ``graphopt-tune-digits/1``):
+the search (trials, seconds), the chosen pipeline, its speed-up over the float graph on native
+(measured in the search) and over fp32 eager (timed interleaved afterwards), and the
+accuracies, then the Pareto front.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from render_results import ResultsFormatError, renderer
+
+SCHEMA = "graphopt-tune-digits/1"
+
+
+def _pipeline(params: dict) -> str:
+    parts = []
+    if params.get("prune", "none") != "none":
+        parts.append(f"prune {params['prune']} "
+                     f"{params.get('prune_flops', params.get('sparsity')):.2f}")
+    if params.get("quantize", "none") != "none":
+        parts.append(params["quantize"] + (" per-token" if params.get("per_token") else "")
+                     + (f" (budget {params['error_budget']:.1e})"
+                        if params.get("error_budget") is not None else ""))
+    return ", ".join(parts or ["float"]) + f" on {params['backend']}"
+
+
+@renderer("tune_digits")
+def render_tune_digits(data: Any) -> str:
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA or not data.get("chosen"):
+        raise ResultsFormatError(f"expected schema {SCHEMA} with a chosen trial")
+    s, c, e = data["settings"], data["chosen"], data["versus_eager"]
+    lines = [f"{s['trials']} trials in {data['search_seconds']:.0f} s (accuracy loss <= "
+             f"{s['max_accuracy_drop']} pt). Chosen: trial #{c['number']}, "
+             f"**{_pipeline(c['params'])}**: {c['speedup']:.2f}x the float graph on native, "
+             f"**{e['speedup']:.2f}x fp32 eager** ({e['chosen_ms']:.3f} vs {e['eager_ms']:.3f} "
+             f"ms, batch {s['batch']}, {s['threads']} threads, interleaved), test accuracy "
+             f"{data['chosen_accuracy']:.2f}% (eager {data['eager_accuracy']:.2f}%).", "",
+             "| trial | pipeline | speed-up vs float graph | accuracy | weights |",
+             "|---:|---|---:|---:|---:|"]
+    front = [t for t in data["trials"] if t["number"] in data["front"]]
+    for t in sorted(front, key=lambda t: -t["speedup"]):
+        lines.append(f"| {t['number']} | {_pipeline(t['params'])} | {t['speedup']:.2f}x | "
+                     f"{t['metric']:.2f}% | {t['bytes'] / 1e6:.3f} MB |")
+    lines += ["", "The Pareto front (speed-up, accuracy) of the run; "
+              f"{len(data['trials'])} trials completed, {len(data['failed'])} failed."]
+    return "\n".join(lines)
