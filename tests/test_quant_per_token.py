@@ -96,7 +96,7 @@ def test_cli_flag(capsys, tmp_path):
     assert "MatMulInteger" in {n.op_type for n in onnx.load(str(out)).graph.node}
     code, _, err = run_cli(capsys, "quantize", MLP, "-o", str(out), "-q", "--mode", "fp16",
                            "--per-token")
-    assert_one_line_error(code, err, "--per-token applies to --mode dynamic only")
+    assert_one_line_error(code, err, "--per-token applies to --mode dynamic or auto")
 
 
 def test_minilm_per_token_int8_all_layers(minilm_optimized, minilm_fp32_embeddings):
