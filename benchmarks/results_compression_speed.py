@@ -20,8 +20,14 @@ FIELDS = {"variant", "p50_ms", "iqr_ms", "speedup", "bytes"}
 
 
 def _check(data: Any) -> dict[str, Any]:
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA or not data.get("models"):
-        raise ResultsFormatError(f"expected schema {SCHEMA} with models")
+    return check_models(data, SCHEMA)
+
+
+def check_models(data: Any, schema: str) -> dict[str, Any]:
+    """``data`` if it is ``{"schema": schema, "models": [{"backends": [{"variants": rows}]}]}``
+    with every row holding ``FIELDS``; else ``ResultsFormatError`` naming what is wrong."""
+    if not isinstance(data, dict) or data.get("schema") != schema or not data.get("models"):
+        raise ResultsFormatError(f"expected schema {schema} with models")
     for model in data["models"]:
         for backend in model.get("backends", []):
             for row in backend.get("variants", []):

@@ -11,23 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from render_results import ResultsFormatError, renderer
-from results_compression_speed import TIE, accuracy_cell, rows_by_variant
+from render_results import renderer
+from results_compression_speed import TIE, accuracy_cell, check_models, rows_by_variant
 
 SCHEMA = "graphopt-quant-auto/1"
-FIELDS = {"variant", "p50_ms", "iqr_ms", "speedup", "bytes"}
 
 
 def _check(data: Any) -> dict[str, Any]:
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA or not data.get("models"):
-        raise ResultsFormatError(f"expected schema {SCHEMA} with models")
-    for model in data["models"]:
-        for backend in model.get("backends", []):
-            for row in backend.get("variants", []):
-                if not FIELDS <= set(row):
-                    raise ResultsFormatError(f"{model.get('name')} {backend.get('backend')}: "
-                                             f"a variant lacks {sorted(FIELDS - set(row))}")
-    return data
+    return check_models(data, SCHEMA)
 
 
 def _made(row: dict[str, Any]) -> str:

@@ -116,6 +116,7 @@ class _TrialRunner:
         self.base, self.data, self.score, self.baseline = base, data, score, baseline
         self.max_drop, self.space, self.threads = max_drop, space, threads
         self.recover, self.machine, self.cache = recover, machine, {}
+        self.reference = None
 
     def __call__(self, trial) -> tuple[float, float]:
         params = suggest(trial, self.space)
@@ -124,8 +125,13 @@ class _TrialRunner:
         try:
             graph = apply_params(self.base, params, self.data, self.recover, self.cache)
             value = float(self.score(graph))
-            speedup, ms = measure_speedup(self.base, graph, self.data[0], params["backend"],
-                                          self.threads)
+            if self.reference is None:  # compiled once: every trial is timed against it
+                from graphopt.compile import compile as compile_graph
+
+                self.reference = compile_graph(self.base, backend=REFERENCE_BACKEND,
+                                               threads=self.threads)
+            speedup, ms = measure_speedup(self.reference, graph, self.data[0],
+                                          params["backend"], self.threads)
         except Exception as exc:
             trial.set_user_attr("error", f"{type(exc).__name__}: {str(exc)[:500]}")
             raise
@@ -138,14 +144,14 @@ class _TrialRunner:
         return speedup, value
 
 
-def measure_speedup(reference: Graph, graph: Graph, args: tuple, backend: str,
-                    threads: int | None, rounds: int = 12) -> tuple[float, float]:
-    """(median per-round speed-up of ``graph`` on ``backend`` over ``reference`` on native,
-    the trial's median ms per call), timed interleaved in blocks with pauses."""
+def measure_speedup(ref, graph: Graph, args: tuple, backend: str, threads: int | None,
+                    rounds: int = 12) -> tuple[float, float]:
+    """(median per-round speed-up of ``graph`` on ``backend`` over ``ref`` (the float graph
+    compiled natively), the trial's median ms per call), timed interleaved in blocks with
+    pauses."""
     from graphopt.compile import compile as compile_graph
     from graphopt.timing import calibrate, run_interleaved
 
-    ref = compile_graph(reference, backend=REFERENCE_BACKEND, threads=threads)
     trial = compile_graph(graph, backend=backend, threads=threads)
     calls = {"reference": lambda: ref(*args), "trial": lambda: trial(*args)}
     per_sample = {k: calibrate(c, 3, 0.005, time.perf_counter) for k, c in calls.items()}
