@@ -120,3 +120,76 @@ def test_cli_tune(tmp_path, capsys):
                  "-q"]) == 0
     printed = capsys.readouterr().out
     assert "tune: 3 trials" in printed and (out / "model" / "manifest.json").exists()
+
+
+WORKER = """
+import sys, time, pathlib, torch, graphopt
+storage, marker = sys.argv[1], pathlib.Path(sys.argv[2])
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(8, 8)).eval()
+graph = graphopt.trace(model, (torch.randn(1, 8),))
+calls = []
+def metric(g):
+    calls.append(1)
+    if len(calls) > 1:          # (the first call scores the float baseline)
+        marker.write_text("in a trial")
+        time.sleep(600)         # killed here
+    return 1.0
+graphopt.tune(graph, [(torch.ones(1, 8),)], metric=metric, trials=1, storage=storage,
+              study="k", space={"prune": ["none"], "quantize": ["none"], "backend": ["native"]},
+              heartbeat_s=1, grace_s=3)
+"""
+
+
+def test_a_worker_killed_mid_trial_loses_nothing(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    storage = f"sqlite:///{tmp_path / 'k.db'}"
+    script, marker = tmp_path / "worker.py", tmp_path / "marker"
+    script.write_text(WORKER)
+    proc = subprocess.Popen([sys.executable, str(script), storage, str(marker)])
+    deadline = time.time() + 120
+    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert marker.exists(), "the worker never reached its trial"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(4)  # past the 3 s grace period: the trial's heartbeat is stale
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8)).eval()
+    graph = graphopt.trace(model, (torch.randn(1, 8),))
+    result = graphopt.tune(graph, [(torch.ones(1, 8),)], metric=lambda g: 1.0,
+                           total_trials=2, storage=storage, study="k",
+                           space={"prune": ["none"], "quantize": ["none"],
+                                  "backend": ["native"]}, heartbeat_s=1, grace_s=3)
+    assert [f["number"] for f in result.failed] == [0]  # the killed trial: recorded, not lost
+    assert "stopped beating" in result.failed[0]["error"]
+    numbers = [t["number"] for t in result.trials]
+    assert len(numbers) == 2 and len(set(numbers)) == 2 and 0 not in numbers
+    st = optuna.load_study(study_name="k", storage=storage)
+    retried = [t for t in st.trials
+               if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == 0]
+    assert len(retried) == 1 and retried[0].state == optuna.trial.TrialState.COMPLETE
+    assert retried[0].user_attrs["params"] == result.failed[0]["params"]
+
+
+def test_cli_two_workers_share_one_study(tmp_path, capsys):
+    from graphopt.cli import main
+
+    calib = tmp_path / "c.npz"
+    np.savez(calib, np.random.default_rng(0).standard_normal((2, 1, 64)).astype(np.float32))
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"prune": ["none"], "quantize": ["dynamic", "auto", "static"],
+                                 "backend": ["native"]}))
+    out = tmp_path / "tuned"
+    assert main(["tune", "zoo:mlp?width=64&depth=2", "--calibration", str(calib), "--trials",
+                 "10", "--workers", "2", "--space", str(space), "-o", str(out), "-q"]) == 0
+    report = json.loads((out / "front.json").read_text())
+    numbers = [t["number"] for t in report["trials"]]
+    assert len(numbers) >= 10 and len(set(numbers)) == len(numbers)
+    assert len({t["worker"] for t in report["trials"]}) == 2, report["trials"]
+    assert (out / "study.db").exists()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -64,10 +65,16 @@ def tune(graph: Graph, data: list[tuple], *, metric: Callable[[Graph], float] | 
          timeout: float | None = None, storage: str | None = None, study: str = "graphopt",
          space: dict | None = None, seed: int = 0, threads: int | None = None,
          recover: Callable[[Graph], Graph] | None = None, output: str | None = None,
-         progress: bool = False) -> TuneResult:
+         progress: bool = False, total_trials: int | None = None, heartbeat_s: int = 10,
+         grace_s: int = 60) -> TuneResult:
     """Search pipelines for ``graph`` (see the module doc). ``data``: argument tuples, the
     calibration data and (without ``metric``) what outputs are compared on; the first one is
-    what trials are timed on. ``recover``: the user's fine-tuning of a pruned graph."""
+    what trials are timed on. ``recover``: the user's fine-tuning of a pruned graph.
+    ``trials``: how many to run here; ``total_trials``: instead, run until the study holds
+    that many completed trials (what several workers sharing a study agree on).
+    ``heartbeat_s`` / ``grace_s``: with a storage URL, each running trial beats every
+    ``heartbeat_s``; one silent for ``grace_s`` (its worker died) is failed and run again
+    with the same parameters by the next worker that starts a trial."""
     import optuna
 
     if not isinstance(graph, Graph):
@@ -87,8 +94,9 @@ def tune(graph: Graph, data: list[tuple], *, metric: Callable[[Graph], float] | 
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
     if not progress:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    st = optuna.create_study(study_name=study, storage=storage, load_if_exists=True,
-                             directions=["maximize", "maximize"], sampler=sampler)
+    st = optuna.create_study(study_name=study, storage=_storage(storage, heartbeat_s, grace_s),
+                             load_if_exists=True, directions=["maximize", "maximize"],
+                             sampler=sampler)
     identity = graph_hash(base)
     if st.user_attrs.get("graph_sha256", identity) != identity:
         raise GraphoptError(f"study {study!r} in {storage} holds trials of another model "
@@ -98,14 +106,39 @@ def tune(graph: Graph, data: list[tuple], *, metric: Callable[[Graph], float] | 
         float_point = {k: v for k, v in (("prune", "none"), ("quantize", "none"),
                                          ("backend", REFERENCE_BACKEND)) if v in space[k]}
         st.enqueue_trial(float_point, skip_if_exists=True)
-    st.optimize(runner, n_trials=trials, timeout=timeout, catch=(Exception,),
-                show_progress_bar=progress)
+    callbacks = [] if total_trials is None else [optuna.study.MaxTrialsCallback(total_trials)]
+    if total_trials is None or _completed(st) < total_trials:
+        st.optimize(runner, n_trials=trials if total_trials is None else None, timeout=timeout,
+                    catch=(Exception,), show_progress_bar=progress, callbacks=callbacks)
     result = _result(st, baseline, machine, max_accuracy_drop)
     if result.chosen is not None:
         result.graph = apply_params(base, result.chosen["params"], data, recover)
     if output is not None:
         write_outputs(result, output, base, data)
     return result
+
+
+def _storage(url: str | None, heartbeat_s: int, grace_s: int):
+    """Optuna's storage for ``url`` (None: in memory), with heartbeats and one retry of a
+    trial whose worker died."""
+    if url is None:
+        return None
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():  # (heartbeats are "experimental" in Optuna 5: used as is)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=heartbeat_s, grace_period=grace_s,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=1))
+
+
+def _completed(st) -> int:
+    import optuna
+
+    return len(st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
 class _TrialRunner:
@@ -121,6 +154,7 @@ class _TrialRunner:
     def __call__(self, trial) -> tuple[float, float]:
         params = suggest(trial, self.space)
         trial.set_user_attr("machine", self.machine)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("params", params)
         try:
             graph = apply_params(self.base, params, self.data, self.recover, self.cache)
@@ -176,7 +210,9 @@ def _result(st, baseline: float, machine: str, max_drop: float | None) -> TuneRe
     for t in st.trials:
         if t.state == optuna.trial.TrialState.FAIL:
             failed.append({"number": t.number, "params": t.user_attrs.get("params"),
-                           "error": t.user_attrs.get("error", "unknown")})
+                           "error": t.user_attrs.get(
+                               "error", "no result: its worker stopped beating (died); "
+                               "retried with the same parameters")})
         elif t.state == optuna.trial.TrialState.COMPLETE and "figures" in t.user_attrs:
             if t.user_attrs.get("machine") != machine:
                 other += 1
@@ -184,7 +220,7 @@ def _result(st, baseline: float, machine: str, max_drop: float | None) -> TuneRe
             f = t.user_attrs["figures"]
             feasible = max_drop is None or baseline - f["metric"] <= max_drop
             done.append({"number": t.number, "params": t.user_attrs["params"], **f,
-                         "feasible": feasible})
+                         "feasible": feasible, "worker": t.user_attrs.get("worker")})
     front = [t for t in done if not any(_dominates(o, t) for o in done)]
     feasible = [t for t in done if t["feasible"]]
     chosen = max(feasible, key=lambda t: (t["speedup"], t["metric"])) if feasible else None

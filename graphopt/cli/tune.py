@@ -47,6 +47,15 @@ def add_parser(sub, common) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--pipeline", default="default", metavar="P",
                    help="pipeline run first (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processes searching together (default: %(default)s); they share the "
+                   "study through --storage (default with N > 1: sqlite:///OUT/study.db)")
+    p.add_argument("--worker", action="store_true",
+                   help="join the study as a worker only (run trials until it holds "
+                   "--total-trials, write nothing): what --workers starts, and what other "
+                   "machines run against a shared PostgreSQL --storage")
+    p.add_argument("--total-trials", type=int, default=None, metavar="N",
+                   help="with --worker: stop when the study holds N completed trials")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(run=run)
 
@@ -64,15 +73,43 @@ def run(opts) -> int:
         raise CliError(f"--trials {opts.trials}: expected >= 1")
     if not os.path.isfile(opts.calibration):
         raise CliError(f"calibration file not found: {opts.calibration}")
+    if opts.workers < 1:
+        raise CliError(f"--workers {opts.workers}: expected >= 1")
+    if opts.threads is None:  # every worker times with the same threads (same machine key)
+        import torch
+
+        opts.threads = torch.get_num_threads()
+    if opts.workers > 1 and opts.storage is None:
+        os.makedirs(opts.output, exist_ok=True)
+        opts.storage = f"sqlite:///{os.path.abspath(os.path.join(opts.output, 'study.db'))}"
     space = _space(opts.space)
     pipeline = None if opts.pipeline == "none" else check_pipeline(opts.pipeline)
     _, graph = load_optimized(opts, pipeline)
     data = load_calibration(opts.calibration, graph)
-    result = graphopt.tune(graph, data, max_accuracy_drop=opts.max_accuracy_drop,
-                           trials=opts.trials, timeout=opts.timeout, storage=opts.storage,
-                           study=opts.study, space=space, seed=opts.seed,
-                           threads=opts.threads, output=opts.output,
-                           progress=not opts.quiet)
+
+    def search(total: int | None, output: str | None, seed: int):
+        return graphopt.tune(graph, data, max_accuracy_drop=opts.max_accuracy_drop,
+                             trials=opts.trials, timeout=opts.timeout, storage=opts.storage,
+                             study=opts.study, space=space, seed=seed, threads=opts.threads,
+                             output=output, progress=not opts.quiet and not opts.worker,
+                             total_trials=total)
+
+    if opts.worker:
+        if opts.total_trials is None or opts.storage is None:
+            raise CliError("--worker needs --storage and --total-trials")
+        result = search(opts.total_trials, None, opts.seed)
+        print(f"worker {os.getpid()}: study holds {len(result.trials)} trials")
+        return 0
+    if opts.workers == 1:
+        result = search(None, opts.output, opts.seed)
+    else:
+        total = _completed_trials(opts.storage, opts.study) + opts.trials
+        workers = [_start_worker(opts, total, opts.seed + i) for i in range(1, opts.workers)]
+        search(total, None, opts.seed)
+        for proc in workers:
+            if proc.wait() != 0:
+                print(f"warning: worker {proc.pid} exited with status {proc.returncode}")
+        result = search(total, opts.output, opts.seed)  # the study is full: results only
     print(result)
     print(f"wrote {opts.output}/ (front.json, pareto.png"
           + (", model/" if result.graph is not None else "") + ")")
@@ -89,3 +126,32 @@ def _space(path: str | None) -> dict | None:
             return json.load(f)
     except (OSError, ValueError, RecursionError) as exc:
         raise CliError(f"{path}: not a JSON search space ({exc})") from None
+
+
+def _completed_trials(storage: str, study: str) -> int:
+    import optuna
+
+    try:
+        st = optuna.load_study(study_name=study, storage=storage)
+    except KeyError:  # no such study yet
+        return 0
+    return len(st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def _start_worker(opts, total: int, seed: int):
+    """``graphopt tune ... --worker`` in a new process, on the same model, data and study."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "graphopt.cli", "tune", opts.model, "-o", opts.output,
+            "--calibration", opts.calibration, "--storage", opts.storage, "--study",
+            opts.study, "--seed", str(seed), "--pipeline", opts.pipeline, "--worker",
+            "--total-trials", str(total), "-q"]
+    for flag, value in (("--max-accuracy-drop", opts.max_accuracy_drop),
+                        ("--space", opts.space), ("--threads", opts.threads),
+                        ("--timeout", opts.timeout)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if opts.trust_pt2:
+        argv.append("--trust-pt2")
+    return subprocess.Popen(argv)
