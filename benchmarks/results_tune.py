@@ -47,3 +47,21 @@ def render_tune_digits(data: Any) -> str:
     lines += ["", "The Pareto front (speed-up, accuracy) of the run; "
               f"{len(data['trials'])} trials completed, {len(data['failed'])} failed."]
     return "\n".join(lines)
+
+
+@renderer("tune_workers")
+def render_tune_workers(data: Any) -> str:
+    """1 vs 2 workers on PostgreSQL (bench_tune_workers.py): trials per hour and scaling."""
+    if not isinstance(data, dict) or data.get("schema") != "graphopt-tune-workers/1" \
+            or len(data.get("runs", [])) != 2:
+        raise ResultsFormatError("expected schema graphopt-tune-workers/1 with two runs")
+    s = data["settings"]
+    lines = ["| workers | trials | seconds | trials per hour | processes that ran trials |",
+             "|---:|---:|---:|---:|---:|"]
+    for r in data["runs"]:
+        lines.append(f"| {r['workers']} | {r['trials']} | {r['seconds']:.1f} | "
+                     f"{r['trials_per_hour']:.0f} | {r['distinct_workers']} |")
+    lines += ["", f"{s['model']}, {s['threads_per_worker']} thread per worker, study on a "
+              f"throwaway {s['storage']} server; scaling 1 -> 2 workers: "
+              f"**{data['scaling']:.2f}x**."]
+    return "\n".join(lines)

@@ -124,7 +124,7 @@ def test_cli_tune(tmp_path, capsys):
 
 WORKER = """
 import sys, time, pathlib, torch, graphopt
-storage, marker = sys.argv[1], pathlib.Path(sys.argv[2])
+storage, marker, study = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(8, 8)).eval()
 graph = graphopt.trace(model, (torch.randn(1, 8),))
@@ -136,22 +136,44 @@ def metric(g):
         time.sleep(600)         # killed here
     return 1.0
 graphopt.tune(graph, [(torch.ones(1, 8),)], metric=metric, trials=1, storage=storage,
-              study="k", space={"prune": ["none"], "quantize": ["none"], "backend": ["native"]},
+              study=study, space={"prune": ["none"], "quantize": ["none"], "backend": ["native"]},
               heartbeat_s=1, grace_s=3)
 """
 
 
-def test_a_worker_killed_mid_trial_loses_nothing(tmp_path):
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL server (tests/postgres_server.py) for this module's tests."""
+    pytest.importorskip("psycopg2")
+    from postgres_server import binaries, postgres_server
+
+    if binaries() is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request, tmp_path):
+    """Each storage kind the tests run against: a SQLite file, a real PostgreSQL server (one
+    database per test: the study name is unique)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'study.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def test_a_worker_killed_mid_trial_loses_nothing(storage, request):
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    storage = f"sqlite:///{tmp_path / 'k.db'}"
+    tmp_path = request.getfixturevalue("tmp_path")
+    study = f"k{abs(hash(request.node.name)) % 10**8}"
     script, marker = tmp_path / "worker.py", tmp_path / "marker"
     script.write_text(WORKER)
-    proc = subprocess.Popen([sys.executable, str(script), storage, str(marker)])
+    proc = subprocess.Popen([sys.executable, str(script), storage, str(marker), study])
     deadline = time.time() + 120
     while not marker.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -163,33 +185,35 @@ def test_a_worker_killed_mid_trial_loses_nothing(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(8, 8)).eval()
     graph = graphopt.trace(model, (torch.randn(1, 8),))
     result = graphopt.tune(graph, [(torch.ones(1, 8),)], metric=lambda g: 1.0,
-                           total_trials=2, storage=storage, study="k",
+                           total_trials=2, storage=storage, study=study,
                            space={"prune": ["none"], "quantize": ["none"],
                                   "backend": ["native"]}, heartbeat_s=1, grace_s=3)
     assert [f["number"] for f in result.failed] == [0]  # the killed trial: recorded, not lost
     assert "stopped beating" in result.failed[0]["error"]
     numbers = [t["number"] for t in result.trials]
     assert len(numbers) == 2 and len(set(numbers)) == 2 and 0 not in numbers
-    st = optuna.load_study(study_name="k", storage=storage)
+    st = optuna.load_study(study_name=study, storage=storage)
     retried = [t for t in st.trials
                if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == 0]
     assert len(retried) == 1 and retried[0].state == optuna.trial.TrialState.COMPLETE
     assert retried[0].user_attrs["params"] == result.failed[0]["params"]
 
 
-def test_cli_two_workers_share_one_study(tmp_path, capsys):
+def test_cli_two_workers_share_one_study(storage, request, capsys):
     from graphopt.cli import main
 
+    tmp_path = request.getfixturevalue("tmp_path")
     calib = tmp_path / "c.npz"
     np.savez(calib, np.random.default_rng(0).standard_normal((2, 1, 64)).astype(np.float32))
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"prune": ["none"], "quantize": ["dynamic", "auto", "static"],
                                  "backend": ["native"]}))
     out = tmp_path / "tuned"
+    study = f"w{abs(hash(request.node.name)) % 10**8}"
     assert main(["tune", "zoo:mlp?width=64&depth=2", "--calibration", str(calib), "--trials",
-                 "10", "--workers", "2", "--space", str(space), "-o", str(out), "-q"]) == 0
+                 "10", "--workers", "2", "--space", str(space), "-o", str(out), "-q",
+                 "--storage", storage, "--study", study]) == 0
     report = json.loads((out / "front.json").read_text())
     numbers = [t["number"] for t in report["trials"]]
     assert len(numbers) >= 10 and len(set(numbers)) == len(numbers)
     assert len({t["worker"] for t in report["trials"]}) == 2, report["trials"]
-    assert (out / "study.db").exists()
