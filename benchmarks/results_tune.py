@@ -65,3 +65,26 @@ def render_tune_workers(data: Any) -> str:
               f"throwaway {s['storage']} server; scaling 1 -> 2 workers: "
               f"**{data['scaling']:.2f}x**."]
     return "\n".join(lines)
+
+
+@renderer("tune_minilm")
+def render_tune_minilm(data: Any) -> str:
+    """The MiniLM search (bench_tune.py --model minilm): per-token cosine as the metric."""
+    if not isinstance(data, dict) or data.get("schema") != "graphopt-tune-minilm/1" \
+            or not data.get("chosen"):
+        raise ResultsFormatError("expected schema graphopt-tune-minilm/1 with a chosen trial")
+    s, c, e = data["settings"], data["chosen"], data["versus_eager"]
+    lines = [f"{s['trials']} trials in {data['search_seconds']:.0f} s (mean per-token cosine "
+             f">= {1 - s['max_accuracy_drop']:.2f}, seq {s['seq']}). Chosen: trial "
+             f"#{c['number']}, **{_pipeline(c['params'])}**: {c['speedup']:.2f}x the float "
+             f"graph on native, **{e['speedup']:.2f}x fp32 eager** ({e['chosen_ms']:.1f} vs "
+             f"{e['eager_ms']:.1f} ms, batch {s['batch']}, {s['threads']} threads, "
+             f"interleaved), per-token cosine mean {data['chosen_metric']:.4f} over "
+             f"{s['sentences']} sentences.", "",
+             "| trial | pipeline | speed-up vs float graph | per-token cosine | weights |",
+             "|---:|---|---:|---:|---:|"]
+    front = [t for t in data["trials"] if t["number"] in data["front"]]
+    for t in sorted(front, key=lambda t: -t["speedup"]):
+        lines.append(f"| {t['number']} | {_pipeline(t['params'])} | {t['speedup']:.2f}x | "
+                     f"{t['metric']:.4f} | {t['bytes'] / 1e6:.1f} MB |")
+    return "\n".join(lines)
