@@ -97,6 +97,13 @@ def test_trials_from_another_machine_are_left_out(digits, monkeypatch, tmp_path)
     assert len(result.trials) == 1 and "another machine" in result.notes[0]
 
 
+def test_a_bad_storage_is_a_clear_error(digits):
+    graph, data, _ = digits
+    for url in ("nosuchdb://x", "sqlite:////nonexistent/dir/study.db"):
+        with pytest.raises(graphopt.GraphoptError, match="cannot open the study storage"):
+            graphopt.tune(graph, data, trials=1, storage=url, space=SPACE)
+
+
 def test_a_bad_space_is_refused_by_name(digits):
     graph, data, _ = digits
     for space, message in (({"quantise": ["none"]}, "unknown search space key 'quantise'"),

@@ -94,9 +94,15 @@ def tune(graph: Graph, data: list[tuple], *, metric: Callable[[Graph], float] | 
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
     if not progress:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    st = optuna.create_study(study_name=study, storage=_storage(storage, heartbeat_s, grace_s),
-                             load_if_exists=True, directions=["maximize", "maximize"],
-                             sampler=sampler)
+    try:
+        st = optuna.create_study(study_name=study,
+                                 storage=_storage(storage, heartbeat_s, grace_s),
+                                 load_if_exists=True, directions=["maximize", "maximize"],
+                                 sampler=sampler)
+    except Exception as exc:  # a bad URL, an unreachable server, a missing driver
+        raise GraphoptError(f"cannot open the study storage {storage!r}: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:300]} (expected sqlite:///FILE.db or "
+                            "postgresql://user@host/db with psycopg2 installed)") from None
     identity = graph_hash(base)
     if st.user_attrs.get("graph_sha256", identity) != identity:
         raise GraphoptError(f"study {study!r} in {storage} holds trials of another model "
