@@ -224,3 +224,25 @@ def test_cli_two_workers_share_one_study(storage, request, capsys):
     numbers = [t["number"] for t in report["trials"]]
     assert len(numbers) >= 10 and len(set(numbers)) == len(numbers)
     assert len({t["worker"] for t in report["trials"]}) == 2, report["trials"]
+
+
+def test_drift_exits_nonzero_when_accuracy_drops(digits, tmp_path, capsys):
+    from graphopt.cli import main
+
+    graph, _, accuracy = digits
+    _, _, x_test, y_test = pytest.importorskip("graphopt.models_digits").load_digits_split()
+    graphopt.save(graphopt.optimize(graph), tmp_path / "model",
+                  figures={"accuracy": accuracy(graph)})
+    x = x_test[:200].numpy()[:, None]  # 200 items of one image each
+    good = tmp_path / "good.npz"
+    np.savez(good, arr_0=x, labels=y_test[:200].numpy())
+    assert main(["drift", str(tmp_path / "model"), "--data", str(good), "--max-drop",
+                 "2"]) == 0
+    assert ": ok" in capsys.readouterr().out
+    shifted = tmp_path / "shifted.npz"  # the same images, inverted: a distribution shift
+    np.savez(shifted, arr_0=x.max() - x, labels=y_test[:200].numpy())
+    assert main(["drift", str(tmp_path / "model"), "--data", str(shifted)]) == 1
+    assert "DRIFTED" in capsys.readouterr().out
+    np.savez(shifted, arr_0=x)
+    assert main(["drift", str(tmp_path / "model"), "--data", str(shifted)]) == 2
+    assert "no 'labels'" in capsys.readouterr().err

@@ -25,8 +25,9 @@ naming the file and the entry; a declared size over the memory budget raises
 Loading a bundle from a path memory-maps it (:mod:`graphopt.filemap`): the graph's constants
 and the loaded module's weights are copy-on-write views of the file's pages, so a load reads
 nothing up front and several processes loading one bundle share its pages. Every tensor is
-aligned to its element size in the files :func:`save_bundle` writes (widest first, 8-byte
-padded header); a misaligned tensor from another writer, or a file object, is read instead.
+aligned to its element size in the files :func:`save_bundle` writes, and those whose size is a
+multiple of 64 bytes to 64 (64-byte padded header); a misaligned tensor from another writer,
+or a file object, is read instead.
 """
 
 from __future__ import annotations
@@ -137,8 +138,13 @@ def save_bundle(graph: Graph, path: str | os.PathLike) -> None:
             raise GraphoptError(f"constant %{name}: the name is reserved by safetensors; "
                                 "rename it before saving")
         tensors.append((name, np.require(value.data, requirements="C"), value.dtype))
-    # Widest elements first, so every tensor's offset is a multiple of its item size.
-    tensors.sort(key=lambda t: (-t[2].itemsize, t[0]))
+    # Data starts 64-byte aligned (header padding) and tensors whose size is a multiple of 64
+    # bytes come first, so each of those (every weight matrix in practice) starts 64-byte
+    # aligned in the file and in a map of it: torch's GEMM and convolution kernels sum in an
+    # order that depends on their operands' alignment, so a loaded model computes bit for bit
+    # what the saved one did. The rest follow, widest elements first, so every tensor's
+    # offset is still a multiple of its item size.
+    tensors.sort(key=lambda t: (t[1].size * t[2].itemsize % 64 != 0, -t[2].itemsize, t[0]))
     header: dict[str, Any] = {_METADATA: metadata}
     offset = 0
     for name, array, dtype in tensors:
@@ -147,7 +153,7 @@ def save_bundle(graph: Graph, path: str | os.PathLike) -> None:
                         "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    blob += b" " * (-len(blob) % 8)
+    blob += b" " * (-(8 + len(blob)) % 64)  # (8: the length prefix)
     if len(blob) > MAX_HEADER_BYTES:
         raise GraphoptError(f"cannot save {os.fspath(path)}: the IR text and header take "
                             f"{len(blob)} bytes, over the safetensors limit of "

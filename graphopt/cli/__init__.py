@@ -64,8 +64,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     import graphopt
-    from graphopt.cli import (bench, compress, export, optimize, passes, prune, quantize,
-                              serve, show, tune)
+    from graphopt.cli import (bench, compress, drift, export, optimize, passes, prune,
+                              quantize, serve, show, tune)
 
     parser = _Parser(prog="graphopt", description=_DESCRIPTION, epilog=_EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(sub, common)
     export.add_parser(sub, common)
     tune.add_parser(sub, common)
+    drift.add_parser(sub, common)
     return parser
 
 

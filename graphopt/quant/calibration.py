@@ -33,6 +33,12 @@ def load_calibration(path: str | os.PathLike, graph: Graph) -> list[tuple]:
             arrays = {k: data[k] for k in data.files}
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise QuantizationError(f"calibration file {path} is not a numpy .npz: {exc}") from None
+    return items_from_arrays(arrays, graph, f"calibration file {path}")
+
+
+def items_from_arrays(arrays: dict[str, np.ndarray], graph: Graph, where: str) -> list[tuple]:
+    """Argument tuples for ``graph`` from named arrays (see the module doc); ``where`` names
+    their source in errors."""
     names = [v.name for v in graph.inputs]
     if set(arrays) == set(names):
         ordered = [arrays[n] for n in names]
@@ -40,11 +46,11 @@ def load_calibration(path: str | os.PathLike, graph: Graph) -> list[tuple]:
         ordered = [arrays[f"arr_{i}"] for i in range(len(names))]
     else:
         raise QuantizationError(
-            f"calibration file {path} has arrays {sorted(arrays)}; the graph's inputs are "
+            f"{where} has arrays {sorted(arrays)}; the graph's inputs are "
             f"{', '.join('%' + n for n in names)} (name the arrays after them, or arr_0, ...)")
     counts = {a.shape[0] if a.ndim else 0 for a in ordered}
     if len(counts) != 1 or 0 in counts:
         raise QuantizationError(
-            f"calibration file {path}: every array needs the same, non-zero number of items "
+            f"{where}: every array needs the same, non-zero number of items "
             f"along axis 0, got shapes {[list(a.shape) for a in ordered]}")
     return [tuple(a[i] for a in ordered) for i in range(counts.pop())]
