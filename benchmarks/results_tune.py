@@ -38,12 +38,7 @@ def render_tune_digits(data: Any) -> str:
              f"**{e['speedup']:.2f}x fp32 eager** ({e['chosen_ms']:.3f} vs {e['eager_ms']:.3f} "
              f"ms, batch {s['batch']}, {s['threads']} threads, interleaved), test accuracy "
              f"{data['chosen_accuracy']:.2f}% (eager {data['eager_accuracy']:.2f}%).", "",
-             "| trial | pipeline | speed-up vs float graph | accuracy | weights |",
-             "|---:|---|---:|---:|---:|"]
-    front = [t for t in data["trials"] if t["number"] in data["front"]]
-    for t in sorted(front, key=lambda t: -t["speedup"]):
-        lines.append(f"| {t['number']} | {_pipeline(t['params'])} | {t['speedup']:.2f}x | "
-                     f"{t['metric']:.2f}% | {t['bytes'] / 1e6:.3f} MB |")
+             *_front_table(data, "accuracy", lambda m: f"{m:.2f}%", 3)]
     lines += ["", "The Pareto front (speed-up, accuracy) of the run; "
               f"{len(data['trials'])} trials completed, {len(data['failed'])} failed."]
     return "\n".join(lines)
@@ -81,10 +76,16 @@ def render_tune_minilm(data: Any) -> str:
              f"{e['eager_ms']:.1f} ms, batch {s['batch']}, {s['threads']} threads, "
              f"interleaved), per-token cosine mean {data['chosen_metric']:.4f} over "
              f"{s['sentences']} sentences.", "",
-             "| trial | pipeline | speed-up vs float graph | per-token cosine | weights |",
+             *_front_table(data, "per-token cosine", lambda m: f"{m:.4f}", 1)]
+    return "\n".join(lines)
+
+
+def _front_table(data: dict, metric: str, shown, mb_digits: int) -> list[str]:
+    """The Pareto front's trials, fastest first: pipeline, speed-up, metric, weights."""
+    lines = [f"| trial | pipeline | speed-up vs float graph | {metric} | weights |",
              "|---:|---|---:|---:|---:|"]
     front = [t for t in data["trials"] if t["number"] in data["front"]]
     for t in sorted(front, key=lambda t: -t["speedup"]):
         lines.append(f"| {t['number']} | {_pipeline(t['params'])} | {t['speedup']:.2f}x | "
-                     f"{t['metric']:.4f} | {t['bytes'] / 1e6:.1f} MB |")
-    return "\n".join(lines)
+                     f"{shown(t['metric'])} | {t['bytes'] / 1e6:.{mb_digits}f} MB |")
+    return lines
