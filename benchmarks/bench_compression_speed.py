@@ -28,7 +28,6 @@ Usage: python benchmarks/bench_compression_speed.py [--models digits-vgg,mlp,...
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -42,6 +41,7 @@ import torch.nn.functional as F
 import graphopt
 from graphopt import models_digits, zoo
 from graphopt.bench.machine import machine_info
+from graphopt.bench.report import write_results
 from graphopt.timing import calibrate, percentile, run_interleaved
 
 SCHEMA = "graphopt-compression-speed/1"
@@ -246,10 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                         "backends": backends},
            "models": [run_case(build_case(m, opts.verbose), backends, opts.rounds)
                       for m in models]}
-    os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
-    with open(opts.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"wrote {opts.out}")
+    write_results(opts.out, out)
     return 0
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import torch
 import graphopt
 from bench_compression_speed import Case, build_case, measure
 from graphopt.bench.machine import machine_info
+from graphopt.bench.report import write_results
 from graphopt.ir.extract import region_signature
 
 SCHEMA = "graphopt-quant-auto/1"
@@ -117,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                             "backends": backends, "error_budget": BUDGET},
                "models": [run_case(build_case(m, False), backends, opts.rounds)
                           for m in models]}
-    os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
-    with open(opts.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"wrote {opts.out}")
+    write_results(opts.out, out)
     return 0
 
 

@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from graphopt.bench.machine import machine_info
+    from graphopt.bench.report import write_results
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = os.path.join(tmp, "minilm")
@@ -235,10 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                         "backend": "native", "threads": 2, "model": "all-MiniLM-L6-v2 "
                         "(trained weights) + mean pooling"},
            "runs": runs}
-    os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
-    with open(opts.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"wrote {opts.out}")
+    write_results(opts.out, out)
     return 0
 
 

@@ -22,7 +22,6 @@ Usage: python benchmarks/bench_tune.py [--model digits|minilm] [--trials 30] [--
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 import graphopt
 from graphopt import models_digits
 from graphopt.bench.machine import machine_info
+from graphopt.bench.report import write_results
 from graphopt.timing import calibrate, run_interleaved
 
 SCHEMA = "graphopt-tune-digits/1"
@@ -91,13 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"search {search_s:.0f} s; chosen {eager.get('speedup', 0):.2f}x eager "
           f"({eager.get('chosen_ms', 0):.3f} vs {eager.get('eager_ms', 0):.3f} ms), accuracy "
           f"{out['chosen_accuracy']} vs eager {eager_accuracy:.2f}")
-    os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
-    with open(opts.out, "w") as f:
-        json.dump(out, f, indent=1)
+    write_results(opts.out, out)
     if opts.plot:
         shutil.copy(os.path.join(work, "out", "pareto.png"), opts.plot)
     shutil.rmtree(work, ignore_errors=True)
-    print(f"wrote {opts.out}")
     return 0
 
 
@@ -142,11 +139,8 @@ def minilm(opts) -> int:
            "front": [t["number"] for t in result.front], "failed": result.failed}
     print(f"search {search_s:.0f} s; chosen {eager.get('speedup', 0):.2f}x eager, per-token "
           f"cosine {out['chosen_metric']}")
-    os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
-    with open(opts.out, "w") as f:
-        json.dump(out, f, indent=1)
+    write_results(opts.out, out)
     shutil.rmtree(work, ignore_errors=True)
-    print(f"wrote {opts.out}")
     return 0
 
 

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=os.path.join(HERE, "results", "tune_workers.json"))
     opts = p.parse_args(argv)
     from graphopt.bench.machine import machine_info
+    from graphopt.bench.report import write_results
 
     work = tempfile.mkdtemp(prefix="graphopt_tune_workers_")
     np.savez(os.path.join(work, "c.npz"),
@@ -69,10 +70,8 @@ def main(argv: list[str] | None = None) -> int:
            "settings": {"trials": opts.trials, "threads_per_worker": 1, "space": SPACE,
                         "model": "zoo:mlp?width=256&depth=3", "storage": "postgresql"},
            "runs": runs, "scaling": runs[1]["trials_per_hour"] / runs[0]["trials_per_hour"]}
-    os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
-    with open(opts.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"scaling 1 -> 2 workers: {out['scaling']:.2f}x; wrote {opts.out}")
+    print(f"scaling 1 -> 2 workers: {out['scaling']:.2f}x")
+    write_results(opts.out, out)
     return 0
 
 

@@ -413,3 +413,10 @@ def _write(path: str, text: str) -> None:
     os.makedirs(folder, exist_ok=True)
     with open(path, "w") as f:
         f.write(text)
+
+
+def write_results(path: str, data: dict) -> None:
+    """A benchmark script's result JSON at ``path`` (its folder created), and a line saying so:
+    what the scripts under benchmarks/ end with."""
+    _write(path, json.dumps(data, indent=1))
+    print(f"wrote {path}")

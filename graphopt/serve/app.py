@@ -180,8 +180,8 @@ async def _infer(model: ServedModel, batcher: Batcher, request, max_body_bytes: 
         arrays, wanted, request_id = parse_request(parsed, model.inputs)
         if wanted is not None:
             encode_response(model.name, None, [], model.outputs, wanted)  # names checked first
-        metrics.inputs(model.name, model.inputs, arrays)
         outputs = await batcher.submit(arrays)
+        metrics.inputs(model.name, model.inputs, arrays)  # (what was served, not refused)
         return 200, encode_response(model.name, request_id, outputs, model.outputs, wanted)
     except BadRequest as exc:
         return 400, str(exc)
