@@ -154,6 +154,22 @@ def benchmark(model, args=(), kwargs=None, **options):
     return _benchmark(model, args, kwargs, **options)
 
 
+def trace_decoder(model, max_length: int = 256):
+    """Trace a causal language model into a decoder step graph with an explicit KV cache; see
+    ``graphopt.decoding.trace.trace_decoder``. ``.compile(backend=...)`` it for ``generate``."""
+    from graphopt.decoding.trace import trace_decoder as _trace_decoder
+
+    return _trace_decoder(model, max_length=max_length)
+
+
+def generate(compiled, input_ids, max_new_tokens: int = 32, **options):
+    """Generate tokens with a compiled decoder (greedy or sampled, stop tokens, streaming);
+    see ``graphopt.decoding.generate.generate`` for the options."""
+    from graphopt.decoding.generate import generate as _generate
+
+    return _generate(compiled, input_ids, max_new_tokens, **options)
+
+
 def __getattr__(name: str):
     # Loaded on first use, like quantize and benchmark: the quantization library and the
     # benchmark harness are not imported by ``import graphopt``.
@@ -183,7 +199,7 @@ __all__ = [
     "to_torch", "trace", "optimize", "benchmark", "bisect", "PassManager", "register_pass",
     "prune", "finetune", "quantize", "Target", "QuantizeConfig", "PruneConfig",
     "FinetuneConfig", "BenchmarkConfig", "compress", "save", "load", "check_speed",
-    "tune",
+    "tune", "trace_decoder", "generate",
 ]
 
 # Register the built-in passes (graphopt.passes; mapped from passes/ in a source checkout).

@@ -194,6 +194,12 @@ class PruneError(GraphoptError, ValueError):
     option, or a graph the dependency analysis cannot prune as asked."""
 
 
+class GenerationError(GraphoptError, ValueError):
+    """A decoder cannot be traced or run as asked: a model that is not a causal language model
+    with a key/value cache, a prompt longer than the cache, a right-padded batch, a sampling
+    option out of range; the message names the model, input or option and what to do."""
+
+
 class BackendOptionError(GraphoptError, TypeError):
     """A backend was given an option it does not take, or a value of the wrong kind."""
 

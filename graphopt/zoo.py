@@ -348,3 +348,38 @@ def tensorops(seq: int = 12, batch: int = 2):
     mask = torch.ones(batch, seq, dtype=torch.long)
     mask[0, -3:] = 0
     return model, (ids, mask)
+
+
+# Causal language models for graphopt.trace_decoder / graphopt.generate. Not zoo entries: a
+# decoder is traced from the model itself (no example args). "tiny" sizes are for tests;
+# "small" is GPT-2 small (124M parameters) and a Llama-style model of the same width.
+CAUSAL_LM_SIZES = {
+    ("gpt2", "small"): dict(n_layer=12, n_embd=768, n_head=12),
+    ("gpt2", "tiny"): dict(n_layer=2, n_embd=128, n_head=4, vocab_size=1000, bos_token_id=999,
+                           eos_token_id=999),
+    ("llama", "small"): dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12,
+                             num_key_value_heads=4, intermediate_size=2048, vocab_size=32000,
+                             max_position_embeddings=2048),
+    ("llama", "tiny"): dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=4,
+                            num_key_value_heads=2, intermediate_size=256, vocab_size=1000,
+                            max_position_embeddings=512),
+}
+
+
+def causal_lm(arch: str = "gpt2", size: str = "small", seed: int = 0,
+              initializer_range: float = 0.02) -> nn.Module:
+    """A randomly initialized causal LM in eval mode: ``arch`` "gpt2" (GPT2LMHeadModel) or
+    "llama" (LlamaForCausalLM: RMSNorm, rotary embeddings, SwiGLU, grouped-query attention).
+
+    ``initializer_range`` is the weights' std; tiny GPT-2s at the default 0.02 repeat one token
+    forever, so tests pass a larger one to get varied (meaningful) greedy continuations.
+    """
+    if (arch, size) not in CAUSAL_LM_SIZES:
+        known = ", ".join(f"{a}/{s}" for a, s in CAUSAL_LM_SIZES)
+        raise KeyError(f"unknown causal LM {arch}/{size}; available: {known}")
+    T = _transformers()
+    torch.manual_seed(seed)
+    options = dict(CAUSAL_LM_SIZES[arch, size], initializer_range=initializer_range)
+    if arch == "gpt2":
+        return T.GPT2LMHeadModel(T.GPT2Config(**options)).eval()
+    return T.LlamaForCausalLM(T.LlamaConfig(**options)).eval()

@@ -35,6 +35,22 @@ def test_weight_only_matches_onnxruntime_and_eager(bits, block_size, tol):
     assert "MatMulNBits" in {n.op_type for n in model_proto.graph.node}
 
 
+def test_matmul_nbits_accuracy_level_option():
+    """accuracy_level 4 (onnxruntime's int8-compute MatMulNBits, its fastest on CPU) is an
+    option of to_onnx and of the onnxruntime backend; the result stays near level 0's."""
+    _, x, graph = _mlp()
+    out = graphopt.optimize(graph, "quantize-weights{bits=4,block_size=32}")
+    levels = {n.op_type: [a.i for a in n.attribute if a.name == "accuracy_level"]
+              for n in graphopt.to_onnx(out, nbits_accuracy_level=4).graph.node}
+    assert levels["MatMulNBits"] == [4]
+    exact = torch.as_tensor(graphopt.compile(out, backend="onnxruntime")(x))
+    fast = torch.as_tensor(graphopt.compile(out, backend="onnxruntime",
+                                            nbits_accuracy_level=4)(x))
+    assert (fast - exact).abs().max() < 0.05 * exact.abs().max()
+    with pytest.raises(graphopt.GraphoptError, match="accuracy_level"):
+        graphopt.to_onnx(out, nbits_accuracy_level=7)
+
+
 def test_block_codes_roundtrip_and_bad_options():
     from graphopt.ops.quant import unpack_blocks
     from graphopt.quant.weight_only import quantize_blocks

@@ -117,8 +117,9 @@ def _per_token_core(ctx, node, w_t: str, w_scale: str, out: str) -> str:
 
 @register_lowering("onnx", "linear_weight_only")
 def _linear_weight_only(ctx, node):
-    """-> ``com.microsoft.MatMulNBits`` (fp32 GEMM on dequantized blocks, accuracy_level 0,
-    zero point implicit 2**(bits-1)); bias, residual and activation as in ``fused_linear``."""
+    """-> ``com.microsoft.MatMulNBits`` (accuracy_level from ``to_onnx``: 0 computes in fp32 on
+    dequantized blocks; zero point implicit 2**(bits-1)); bias, residual and activation as in
+    ``fused_linear``."""
     if not ctx.contrib:
         raise ctx.fail("linear_weight_only lowers to com.microsoft.MatMulNBits: needs contrib ops")
     w, scales = node.inputs[1], node.inputs[2]
@@ -132,6 +133,7 @@ def _linear_weight_only(ctx, node):
             "MatMulNBits", [ctx.input(node, 0), ctx.input(node, 1), flat_scales], out=out,
             domain=MICROSOFT, K=int(node.attrs["k"]), N=int(w.shape[0]),
             bits=int(node.attrs["bits"]), block_size=int(node.attrs["block_size"]),
+            accuracy_level=ctx.nbits_accuracy_level,
         )
 
     _epilogue(ctx, node, core, adds)
