@@ -26,6 +26,7 @@
 #include "rt_plan.h"
 #include "rt_qgemm.h"
 #include "rt_vec.h"
+#include "rt_wo.h"
 
 namespace py = pybind11;
 
@@ -298,6 +299,15 @@ void register_runtime(py::module_& m) {
     m.def(
         "native_vec_isa", []() { return std::string(rt::vec_ops().name); },
         "Instruction set of the runtime's vector loops (avx2_fma or portable).");
+    m.def(
+        "native_wo_isa",
+        []() {
+            return py::make_tuple(std::string(rt::wo_gemv_isa()),
+                                  std::string(rt::wo_int8_isa()));
+        },
+        "Paths of the weight-only linear: (float-activation GEMV: avx512 / avx2 / portable, "
+        "int8-activation kernel: avx512vnni / portable); GRAPHOPT_DISABLE_AVX512=1, "
+        "GRAPHOPT_DISABLE_VNNI=1 and GRAPHOPT_DISABLE_AVX2=1 step down.");
     m.def(
         "native_qgemm_isa", []() { return std::string(rt::qgemm_kernels().name); },
         "Kernel set of the runtime's int8 GEMM (avxvnni_quad_u8, avx2_pair_i16 or "

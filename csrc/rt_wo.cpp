@@ -4,7 +4,8 @@
 // Kernel "linear_wo":
 //   Operands: out f32 [M, N], x f32 [M, K] (row stride, contiguous columns), codes u8
 //             [N, n_blocks, blob], scales f32 [N, n_blocks], bias f32 [N]?, residual f32 [M, N]?
-//   Ints:     M, N, K, x_row_stride, bits (4 / 8), block_size, act, residual_in_c
+//   Ints:     M, N, K, x_row_stride, bits (4 / 8), block_size, act, residual_in_c,
+//             act_bits (0: float activations; 8: int8 per block, rt_wo_int8.cpp)
 //   Floats:   act_p0, act_p1
 #include "rt_wo.h"
 
@@ -65,6 +66,11 @@ const float* WoDequantB::get(int64_t pc, int64_t kc, int64_t start, int64_t coun
     return dst;
 }
 
+const char* wo_gemv_isa() {
+    const CpuFeatures& cpu = cpu_features();
+    return cpu.use_avx512 ? "avx512" : cpu.use_avx2_fma ? "avx2" : "portable";
+}
+
 void wo_linear_run(const WoWeight& w, const MatrixRef& x, float* c, int64_t ldc,
                    const EpilogueSpec& ep, int threads) {
     const int64_t m = x.rows, n = w.n;
@@ -74,7 +80,10 @@ void wo_linear_run(const WoWeight& w, const MatrixRef& x, float* c, int64_t ldc,
         gemm_run(StridedA{x}, WoDequantB{w}, m, n, w.k, c, ldc, ep, threads, 8.0, 6.0);
         return;
     }
-    const WoGemvFn gemv = cpu_features().use_avx2_fma ? wo_gemv_avx2 : wo_gemv_portable;
+    const CpuFeatures& cpu = cpu_features();
+    const WoGemvFn gemv = cpu.use_avx512     ? wo_gemv_avx512
+                          : cpu.use_avx2_fma ? wo_gemv_avx2
+                                             : wo_gemv_portable;
     const GemmKernels& kern = gemm_kernels();
     const int64_t panels = ceil_div(n, kGemvCols);
     parallel_for(threads, panels, kGemvCols * w.k / 2, [&](int64_t q0, int64_t q1) {
@@ -102,11 +111,16 @@ class LinearWoKernel : public Kernel {
         block_ = r.in(1, IntReader::kMaxDim, "block_size");
         ep_.act.act = static_cast<Act>(r.in(0, kMaxActivationCode, "act"));
         ep_.residual_in_c = r.next() != 0;
+        act_bits_ = r.next();
         ep_.act.p0 = static_cast<float>(r.real(0));
         ep_.act.p1 = static_cast<float>(r.real(1));
         if (bits_ != 4 && bits_ != 8) {
             throw PlanError("linear_wo " + args.name + ": bits must be 4 or 8, got " +
                             std::to_string(bits_));
+        }
+        if (act_bits_ != 0 && act_bits_ != 8) {
+            throw PlanError("linear_wo " + args.name + ": act_bits must be 0 or 8, got " +
+                            std::to_string(act_bits_));
         }
         if (block_ <= 0 || (bits_ == 4 && block_ % 2 != 0)) {
             throw PlanError("linear_wo " + args.name + ": bad block_size " +
@@ -137,11 +151,15 @@ class LinearWoKernel : public Kernel {
         ep.residual = has_residual_ ? ctx.get<const float>(operands[5]) : nullptr;
         ep.ldr = n_;
         const MatrixRef x{ctx.get<const float>(operands[1]), m_, k_, x_rs_, 1};
-        wo_linear_run(w, x, ctx.get<float>(operands[0]), n_, ep, ctx.threads);
+        if (act_bits_ == 8) {
+            wo_int8_run(w, x, ctx.get<float>(operands[0]), n_, ep, ctx.threads);
+        } else {
+            wo_linear_run(w, x, ctx.get<float>(operands[0]), n_, ep, ctx.threads);
+        }
     }
 
    private:
-    int64_t m_ = 0, n_ = 0, k_ = 0, x_rs_ = 0, bits_ = 4, block_ = 32;
+    int64_t m_ = 0, n_ = 0, k_ = 0, x_rs_ = 0, bits_ = 4, block_ = 32, act_bits_ = 0;
     bool has_bias_ = false, has_residual_ = false;
     EpilogueSpec ep_;
 };
@@ -149,7 +167,7 @@ class LinearWoKernel : public Kernel {
 GRAPHOPT_RT_KERNEL("linear_wo", LinearWoKernel,
                    "out, x, codes, scales, bias?, residual?",
                    "M:dim, N:dim, K:dim, x_row_stride:signed, bits:mode, block_size:positive, "
-                   "act:act, residual_in_c:flag",
+                   "act:act, residual_in_c:flag, act_bits:mode",
                    "p0, p1");
 
 }  // namespace

@@ -41,6 +41,8 @@ void wo_gemv_portable(const WoWeight& w, int64_t rows, const float* x, int64_t x
                       int64_t cols, float* out);
 void wo_gemv_avx2(const WoWeight& w, int64_t rows, const float* x, int64_t x_rs, int64_t n0,
                   int64_t cols, float* out);
+void wo_gemv_avx512(const WoWeight& w, int64_t rows, const float* x, int64_t x_rs, int64_t n0,
+                    int64_t cols, float* out);
 
 // B = W^T [K, N] for gemm_run, decoded panel by panel.
 struct WoDequantB {
@@ -49,6 +51,15 @@ struct WoDequantB {
                      AlignedFloats& scratch) const;
     static constexpr bool kPrepacked = false;
 };
+
+// The same with x quantized per block to int8 and integer block dot products (act_bits = 8;
+// rt_wo_int8.cpp): AVX-512 VNNI when the CPU has it, a portable loop otherwise.
+void wo_int8_run(const WoWeight& w, const MatrixRef& x, float* c, int64_t ldc,
+                 const EpilogueSpec& ep, int threads);
+// "avx512vnni" or "portable": the path wo_int8_run takes for blocks of 32 or more.
+const char* wo_int8_isa();
+// "avx512", "avx2" or "portable": the path of the float-activation GEMV (M <= 4).
+const char* wo_gemv_isa();
 
 // y = epilogue(x @ W^T) for x [M, K] (row stride x_rs, contiguous columns) into c [M, N].
 void wo_linear_run(const WoWeight& w, const MatrixRef& x, float* c, int64_t ldc,

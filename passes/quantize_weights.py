@@ -28,6 +28,7 @@ class QuantizeWeights:
 
     bits: int = 4
     block_size: int = 32
+    act_bits: int = 0  # 8: activations int8 per block too (MatMulNBits accuracy_level 4)
     exclude: tuple[str, ...] = ()
 
     def run(self, graph: Graph) -> bool:
@@ -38,5 +39,8 @@ class QuantizeWeights:
             self.block_size - 1
         ):
             raise ValueError("quantize-weights: bits 4 or 8, block_size a power of 2 >= 16")
+        if self.act_bits not in (0, 8):
+            raise ValueError("quantize-weights: act_bits 0 (float activations) or 8")
         nodes = dynamic_candidates(graph, self.exclude)
-        return quantize_weight_only(graph, nodes, self.bits, self.block_size) > 0
+        return quantize_weight_only(graph, nodes, self.bits, self.block_size,
+                                    act_bits=self.act_bits) > 0

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -35,20 +39,120 @@ def test_weight_only_matches_onnxruntime_and_eager(bits, block_size, tol):
     assert "MatMulNBits" in {n.op_type for n in model_proto.graph.node}
 
 
-def test_matmul_nbits_accuracy_level_option():
-    """accuracy_level 4 (onnxruntime's int8-compute MatMulNBits, its fastest on CPU) is an
-    option of to_onnx and of the onnxruntime backend; the result stays near level 0's."""
-    _, x, graph = _mlp()
-    out = graphopt.optimize(graph, "quantize-weights{bits=4,block_size=32}")
-    levels = {n.op_type: [a.i for a in n.attribute if a.name == "accuracy_level"]
-              for n in graphopt.to_onnx(out, nbits_accuracy_level=4).graph.node}
-    assert levels["MatMulNBits"] == [4]
-    exact = torch.as_tensor(graphopt.compile(out, backend="onnxruntime")(x))
-    fast = torch.as_tensor(graphopt.compile(out, backend="onnxruntime",
-                                            nbits_accuracy_level=4)(x))
-    assert (fast - exact).abs().max() < 0.05 * exact.abs().max()
-    with pytest.raises(graphopt.GraphoptError, match="accuracy_level"):
-        graphopt.to_onnx(out, nbits_accuracy_level=7)
+def _int8_activation_reference(x, codes, scales, bits, block, k):
+    """act_bits=8 written out in numpy, independently of the op's torch reference."""
+    x = np.asarray(x, np.float64)
+    blocks = scales.shape[1]
+    if bits == 4:
+        codes = np.stack([codes & 15, codes >> 4], -1).reshape(codes.shape[0], blocks, -1)
+    w = codes.reshape(codes.shape[0], blocks, block).astype(np.int64) - 2 ** (bits - 1)
+    xb = np.zeros(x.shape[:-1] + (blocks * block,))
+    xb[..., :k] = x
+    xb = xb.reshape(x.shape[:-1] + (blocks, block)).astype(np.float32)
+    x_scale = np.abs(xb).max(-1) / np.float32(127)
+    q = np.where(x_scale[..., None] > 0,
+                 np.clip(np.rint(xb / np.where(x_scale > 0, x_scale, 1)[..., None]), -127, 127),
+                 0).astype(np.int64)
+    dots = np.einsum("...bk,nbk->...nb", q, w)
+    return (dots * (x_scale[..., None, :].astype(np.float64) * scales)).sum(-1)
+
+
+@pytest.mark.parametrize("bits, block, k, rows", [
+    (4, 32, 768, 1), (4, 32, 800, 3), (4, 32, 96, 7), (8, 32, 800, 1), (8, 32, 784, 5),
+    (4, 64, 640, 2), (4, 128, 512, 1), (8, 16, 96, 2), (4, 16, 80, 1)])
+def test_int8_activations_match_the_definition(bits, block, k, rows):
+    """act_bits=8: the op's reference, native (whichever path this CPU takes; the narrower
+    ones in test_weight_only_kernel_paths) and onnxruntime's MatMulNBits accuracy_level 4 all
+    compute the documented definition: blocks of 32 with an odd count end in a half chunk,
+    blocks of 16 take the portable loop, 5 and 7 rows make partial row groups."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(k, 70)
+    x = torch.randn(rows, k) * torch.linspace(0.1, 3, k)
+    x[0, :block] = 0  # an all-zero block has scale 0
+    graph = graphopt.optimize(graphopt.trace(lin.eval(), (x,)))
+    out = graphopt.quantize(graph, "weight-only", bits=bits, block_size=block, act_bits=8)
+    node = next(n for n in out.nodes if n.op == "linear_weight_only")
+    assert node.attrs["act_bits"] == 8
+    codes, scales = node.inputs[1].data, node.inputs[2].data
+    expected = _int8_activation_reference(x.numpy(), codes, scales, bits, block, k)
+    expected = expected + lin.bias.detach().numpy()
+    ref = graphopt.run(out, x).numpy()
+    np.testing.assert_allclose(ref, expected, rtol=2e-5, atol=2e-5 * np.abs(expected).max())
+    for threads in (1, 2):
+        native = graphopt.compile(out, backend="native", threads=threads)(x).numpy()
+        np.testing.assert_allclose(native, ref, rtol=2e-5, atol=2e-5 * np.abs(ref).max())
+    ort = np.asarray(graphopt.compile(out, backend="onnxruntime")(x))
+    np.testing.assert_allclose(ort, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    levels = [a.i for n in graphopt.to_onnx(out).graph.node if n.op_type == "MatMulNBits"
+              for a in n.attribute if a.name == "accuracy_level"]
+    assert levels == [4]
+    with torch.no_grad():
+        float_out = lin(x).numpy()
+    assert np.abs(ref - float_out).max() < 0.2 * np.abs(float_out).max()  # still the layer
+
+
+@pytest.mark.parametrize("bits, block, k, rows", [
+    (4, 32, 768, 1), (4, 32, 800, 3), (8, 32, 784, 4), (4, 64, 640, 2), (8, 16, 96, 2),
+    (4, 16, 80, 1), (4, 32, 40, 2)])
+def test_float_activation_gemv_matches_reference(bits, block, k, rows):
+    """act_bits=0 with 1-4 rows (the decode GEMV: AVX-512 whole-32-block loop, its general
+    loop for other blocks and K tails, AVX2, portable) against the op's reference."""
+    torch.manual_seed(2)
+    lin = torch.nn.Linear(k, 37)
+    x = torch.randn(rows, k)
+    graph = graphopt.optimize(graphopt.trace(lin.eval(), (x,)))
+    out = graphopt.quantize(graph, "weight-only", bits=bits, block_size=block)
+    ref = graphopt.run(out, x)
+    for threads in (1, 2):
+        torch.testing.assert_close(graphopt.compile(out, backend="native", threads=threads)(x),
+                                   ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_int8_activations_with_epilogue_and_options():
+    """Fused residual + activation epilogues run after the integer product; act_bits is
+    validated where it is given."""
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(96, 96), torch.nn.GELU(), torch.nn.Linear(96, 96))
+    x = torch.randn(2, 96)
+
+    class Residual(torch.nn.Module):
+        def forward(self, x):
+            return torch.relu(model(x) + x)
+
+    graph = graphopt.optimize(graphopt.trace(Residual().eval(), (x,)))
+    out = graphopt.quantize(graph, "weight-only", act_bits=8)
+    ref = graphopt.run(out, x)
+    torch.testing.assert_close(graphopt.compile(out, backend="native")(x), ref,
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(graphopt.GraphoptError, match="act_bits"):
+        graphopt.quantize(graph, "weight-only", act_bits=4)
+    with pytest.raises(graphopt.GraphoptError, match="act_bits"):
+        graphopt.quantize(graph, "dynamic", act_bits=8)
+    passed = graphopt.optimize(graph, "quantize-weights{bits=4,act_bits=8}")
+    assert {n.attrs.get("act_bits") for n in passed.nodes if n.op == "linear_weight_only"} == {8}
+
+
+@pytest.mark.parametrize("env, paths", [
+    ({"GRAPHOPT_DISABLE_VNNI": "1"}, ("avx512", "portable")),
+    ({"GRAPHOPT_DISABLE_AVX512": "1"}, ("avx2", "portable")),
+    ({"GRAPHOPT_DISABLE_AVX2": "1"}, ("portable", "portable"))])
+def test_weight_only_kernel_paths(env, paths):
+    """Each narrower path of both weight-only kernels (float and int8 activations) is taken
+    when forced and passes this file's numeric tests (rerun in a subprocess)."""
+    from graphopt import _C
+
+    if _C.native_wo_isa() == paths:
+        pytest.skip("this run already took these paths")
+    code = "from graphopt import _C; print(*_C.native_wo_isa())"
+    environ = dict(os.environ, **env)
+    picked = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True,
+                            text=True, check=True).stdout.split()
+    if tuple(picked) != paths:
+        pytest.skip(f"this CPU gives {picked} under {env}, not {paths}")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", __file__, "-k",
+                           "definition or epilogue or gemv or onnxruntime_and_eager"],
+                          env=environ, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
 
 
 def test_block_codes_roundtrip_and_bad_options():

@@ -63,7 +63,7 @@ class OnnxRuntimeModule:
 
     def __init__(self, graph: Graph, threads: int | None = None, opset: int | None = None,
                  contrib_ops: bool = True, providers: list[str] | None = None,
-                 nbits_accuracy_level: int = 0, **options: Any):
+                 **options: Any):
         import onnxruntime as ort
 
         from graphopt.onnx.export import to_onnx
@@ -84,12 +84,10 @@ class OnnxRuntimeModule:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="graphopt_ort_")
             path = os.path.join(self._tmpdir.name, "model.onnx")
             self.onnx_model = to_onnx(graph, path, opset=opset, contrib_ops=contrib_ops,
-                                      external_data=True, check=False,
-                                      nbits_accuracy_level=nbits_accuracy_level)
+                                      external_data=True, check=False)
             self._source: Any = path
         else:
-            self.onnx_model = to_onnx(graph, opset=opset, contrib_ops=contrib_ops, check=False,
-                                      nbits_accuracy_level=nbits_accuracy_level)
+            self.onnx_model = to_onnx(graph, opset=opset, contrib_ops=contrib_ops, check=False)
             self._source = self.onnx_model.SerializeToString()
         self.session = ort.InferenceSession(self._source, so, providers=providers)
         self._extra_sessions: list[Any] = []

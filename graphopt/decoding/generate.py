@@ -99,7 +99,7 @@ def stream(compiled: CompiledDecoder, input_ids, max_new_tokens: int = 32, *,
     slots = torch.zeros((batch, decoder.max_length), dtype=torch.long)
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     logits, new = compiled.step(ids, positions, torch.cat([slots, mask], dim=1), cache)
-    _write(cache, new, 0, mask)
+    compiled.write(cache, new, 0, mask)
     slots[:, :prompt] = mask
     running = torch.ones(batch, dtype=torch.bool)
     position = positions[:, -1:]
@@ -115,20 +115,8 @@ def stream(compiled: CompiledDecoder, input_ids, max_new_tokens: int = 32, *,
         position = position + 1
         ones = torch.ones((batch, 1), dtype=torch.long)
         logits, new = compiled.step(tokens[:, None], position, torch.cat([slots, ones], 1), cache)
-        _write(cache, new, slot, None)
+        compiled.write(cache, new, slot)
         slots[:, slot] = 1
-
-
-def _write(cache: list[torch.Tensor], new: list[torch.Tensor], start: int,
-           mask: torch.Tensor | None) -> None:
-    """Copy the step's new keys/values into slots ``start..``; padded slots are zeroed (a
-    fully masked padding row may compute NaN, and 0 x NaN would leak through attention)."""
-    for slot_tensor, values in zip(cache, new):
-        length = values.shape[2]
-        target = slot_tensor[:, :, start:start + length]
-        target.copy_(values)
-        if mask is not None:
-            target.masked_fill_(mask[:, None, :, None] == 0, 0)
 
 
 def generate(compiled: CompiledDecoder, input_ids, max_new_tokens: int = 32, *,

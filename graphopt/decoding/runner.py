@@ -62,3 +62,15 @@ class CompiledDecoder:
                 "key/value tensors (was the graph replaced by one of another signature?)")
         logits = torch.as_tensor(outputs[0])
         return logits.float(), [torch.as_tensor(t) for t in outputs[1:]]
+
+    @staticmethod
+    def write(cache: list[torch.Tensor], new: list[torch.Tensor], start: int,
+              mask: torch.Tensor | None = None) -> None:
+        """Copy a step's new keys/values into cache slots ``start..``; with ``mask[B, S]`` the
+        padded slots are zeroed (a fully masked padding row may compute NaN, and 0 x NaN would
+        leak through attention)."""
+        for slot_tensor, values in zip(cache, new):
+            target = slot_tensor[:, :, start:start + values.shape[2]]
+            target.copy_(values)
+            if mask is not None:
+                target.masked_fill_(mask[:, None, :, None] == 0, 0)

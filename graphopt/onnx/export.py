@@ -99,7 +99,7 @@ def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET, contrib: bool = True
     return onnx_graph, domains
 
 
-def _lower_graph(graph: Graph, opset: int, contrib: bool, nbits_accuracy_level: int = 0
+def _lower_graph(graph: Graph, opset: int, contrib: bool
                  ) -> tuple[onnx.GraphProto, dict[str, int], dict[str, tuple]]:
     """``lower_graph`` with the initializers' bytes left out (returned by name instead).
 
@@ -108,7 +108,7 @@ def _lower_graph(graph: Graph, opset: int, contrib: bool, nbits_accuracy_level: 
             rejected.
     """
     load_lowerings()
-    ctx = OnnxLowering(graph, opset, contrib, nbits_accuracy_level)
+    ctx = OnnxLowering(graph, opset, contrib)
     for value in graph.inputs:
         ctx._names[value] = value.name
     failures: list[tuple[str, str, str]] = []
@@ -270,7 +270,7 @@ def _live_nodes(graph: Graph) -> set[Node]:
 @reports_stage("to_onnx")
 def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int | None = None, *,
             contrib_ops: bool = True, external_data: bool | None = None,
-            check: bool = True, nbits_accuracy_level: int = 0) -> onnx.ModelProto:
+            check: bool = True) -> onnx.ModelProto:
     """Lower ``graph`` to an ONNX model (and save it to ``path`` when given).
 
     Args:
@@ -282,8 +282,6 @@ def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int | No
         external_data: store weights in an external file (None: only when they exceed 2 GB,
             which needs ``path``).
         check: run ``onnx.checker.check_model(full_check=True)`` on the result.
-        nbits_accuracy_level: ``accuracy_level`` of the ``MatMulNBits`` nodes weight-only
-            layers lower to: 0 (fp32 compute, the default) or 1-4 (4: int8 compute, faster).
         report: also return a :class:`~graphopt.stagereport.StageReport` (time, peak RSS).
 
     Returns:
@@ -301,10 +299,7 @@ def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int | No
     graph.check_borrowed_constants()
     if path is not None:
         path = safe_output_path(path)  # refuse a symlinked target before the (slow) lowering
-    if nbits_accuracy_level not in (0, 1, 2, 3, 4):
-        raise GraphoptError(f"nbits_accuracy_level={nbits_accuracy_level!r}: onnxruntime's "
-                            "MatMulNBits takes 0 to 4")
-    onnx_graph, domains, data = _lower_graph(graph, opset, contrib_ops, nbits_accuracy_level)
+    onnx_graph, domains, data = _lower_graph(graph, opset, contrib_ops)
     total = sum(_nbytes(array, dtype) for array, dtype in data.values())
     if external_data is None:
         external_data = total > EXTERNAL_DATA_THRESHOLD

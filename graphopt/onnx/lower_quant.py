@@ -117,9 +117,10 @@ def _per_token_core(ctx, node, w_t: str, w_scale: str, out: str) -> str:
 
 @register_lowering("onnx", "linear_weight_only")
 def _linear_weight_only(ctx, node):
-    """-> ``com.microsoft.MatMulNBits`` (accuracy_level from ``to_onnx``: 0 computes in fp32 on
-    dequantized blocks; zero point implicit 2**(bits-1)); bias, residual and activation as in
-    ``fused_linear``."""
+    """-> ``com.microsoft.MatMulNBits`` (zero point implicit 2**(bits-1)); ``act_bits=0``:
+    accuracy_level 0 (f32 products on dequantized blocks); ``act_bits=8``: accuracy_level 4
+    (activations int8 per block, integer products: onnxruntime's fast path, the op's act_bits=8
+    semantics up to rounding); bias, residual and activation as in ``fused_linear``."""
     if not ctx.contrib:
         raise ctx.fail("linear_weight_only lowers to com.microsoft.MatMulNBits: needs contrib ops")
     w, scales = node.inputs[1], node.inputs[2]
@@ -133,7 +134,7 @@ def _linear_weight_only(ctx, node):
             "MatMulNBits", [ctx.input(node, 0), ctx.input(node, 1), flat_scales], out=out,
             domain=MICROSOFT, K=int(node.attrs["k"]), N=int(w.shape[0]),
             bits=int(node.attrs["bits"]), block_size=int(node.attrs["block_size"]),
-            accuracy_level=ctx.nbits_accuracy_level,
+            accuracy_level=4 if node.attrs.get("act_bits", 0) == 8 else 0,
         )
 
     _epilogue(ctx, node, core, adds)

@@ -30,13 +30,10 @@ class OnnxLowering:
         contrib: whether onnxruntime contrib ops (``com.microsoft``) may be used.
     """
 
-    def __init__(self, graph: Graph, opset: int, contrib: bool, nbits_accuracy_level: int = 0):
+    def __init__(self, graph: Graph, opset: int, contrib: bool):
         self.graph = graph
         self.opset = opset
         self.contrib = contrib
-        # MatMulNBits' accuracy_level (0: fp32 compute on dequantized blocks; 4: int8 compute
-        # with activations quantized per block, onnxruntime's fastest on CPU).
-        self.nbits_accuracy_level = nbits_accuracy_level
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []  # headers; bytes in initializer_data
         self.initializer_data: dict[str, tuple[np.ndarray, DType]] = {}

@@ -39,6 +39,7 @@ def quantize(
     conv_bits: int = 8,
     bias_bits: int | None = None,
     block_size: int = 32,
+    act_bits: int = 0,
     progress: bool | None = None,
     speed: bool = False,
     modes: Sequence[str] = (),
@@ -94,6 +95,9 @@ def quantize(
             along K. Codebook mode: ``bits`` (default 5) for fully connected weights,
             ``conv_bits`` (default 8) for convolutions, ``bias_bits`` (default None: float)
             for the biases of those layers; 1 to 12 each.
+        act_bits: weight-only mode: 0 (default) keeps activations float; 8 quantizes them per
+            weight block to int8 so the products are integer (onnxruntime's MatMulNBits
+            accuracy_level 4): much faster decoding on VNNI CPUs, a little less accurate.
         progress: static mode: a tqdm bar over the calibration data (None: for 32 or more
             items when stderr is a terminal).
         speed: measure, on ``target``'s backend (default native) and on the first calibration
@@ -128,7 +132,7 @@ def quantize(
         config, mode=mode, error_budget=error_budget, exclude=exclude, sensitivity=sensitivity,
         observer=observer, observer_options=observer_options, embeddings=embeddings,
         convs=convs, per_token=per_token, bits=bits, conv_bits=conv_bits, bias_bits=bias_bits,
-        block_size=block_size, progress=progress, speed=speed, target=target, modes=modes)
+        block_size=block_size, act_bits=act_bits, progress=progress, speed=speed, target=target, modes=modes)
     if not report:
         return quantize_with_config(graph, cfg, calibration)[0]
     with measure(f"quantize {cfg.mode}") as stage:
@@ -230,7 +234,7 @@ def plan_mode(graph: Graph, cfg: QuantizeConfig, calibration: Iterable[tuple] | 
     if mode == "weight-only":
         from graphopt.quant.weight_only import weight_only_plan
 
-        return weight_only_plan(graph, cfg.exclude, cfg.bits, cfg.block_size)
+        return weight_only_plan(graph, cfg.exclude, cfg.bits, cfg.block_size, cfg.act_bits)
     if mode == "codebook":
         from graphopt.quant.codebook import codebook_plan
 

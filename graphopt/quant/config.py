@@ -39,6 +39,7 @@ class QuantizeConfig(Config):
     conv_bits: int = 8  # codebook: bits of convolution weights
     bias_bits: int | None = None  # codebook: share biases too, at this many bits
     block_size: int = 32
+    act_bits: int = 0  # weight-only: 8 quantizes activations per block (int8 products)
     progress: bool | None = None
     speed: bool = False  # keep float the layers whose quantized form is not faster (speed.py)
     target: Target | None = None
@@ -54,6 +55,10 @@ class QuantizeConfig(Config):
         self._set("exclude", _globs(self.exclude))
         self._check_bits()
         self._check_int("block_size", 1)
+        self._check_int("act_bits", 0, allowed=(0, 8))
+        if self.act_bits and self.mode != "weight-only":
+            raise QuantizationError(f"act_bits applies to mode='weight-only', not to "
+                                    f"mode='{self.mode}'")
         self._check_number("error_budget", 0.0, optional=True)
         self._check_choice("sensitivity", SENSITIVITIES)
         self._check_observer()

@@ -33,7 +33,8 @@ def quantize_blocks(w: np.ndarray, bits: int = 4, block_size: int = 32):
 
 
 def quantize_weight_only(graph: Graph, nodes: list[Node], bits: int = 4,
-                         block_size: int = 32, rw: Rewriter | None = None) -> int:
+                         block_size: int = 32, rw: Rewriter | None = None,
+                         act_bits: int = 0) -> int:
     """Rewrite ``nodes`` (linear / fused_linear / matmul by a constant) in place; returns how
     many. Each node is one rewrite (``quantize-weight-only``) through ``rw`` (default: a new
     one on ``graph``); when the rewrite budget is spent the remaining nodes stay float."""
@@ -48,7 +49,7 @@ def quantize_weight_only(graph: Graph, nodes: list[Node], bits: int = 4,
         ws = rw.constant(scales, f"{weight.name}_scales")
         bias, residual, epilogue = linear_operands(node, node.inputs)
         attrs = {"bits": bits, "block_size": block_size, "k": int(_weight_of(node).shape[1]),
-                 **epilogue}
+                 "act_bits": act_bits, **epilogue}
         new = rw.create_node("linear_weight_only", [node.inputs[0], wq, ws, bias, residual],
                              attrs, name=node.outputs[0].name + f"_q{bits}")
         rw.replace_value(node.outputs[0], new.outputs[0])
@@ -59,7 +60,7 @@ def quantize_weight_only(graph: Graph, nodes: list[Node], bits: int = 4,
     return count
 
 
-def weight_only_forward(bits: int, block_size: int):
+def weight_only_forward(bits: int, block_size: int, act_bits: int = 0):
     """``quantized_forward`` for local sensitivity: the layer with block-quantized weights."""
     import torch
 
@@ -70,12 +71,13 @@ def weight_only_forward(bits: int, block_size: int):
         codes, scales = quantize_blocks(w, bits, block_size)
         bias, residual, attrs = linear_operands(node, inputs)
         return linear_weight_only(inputs[0], torch.from_numpy(codes), torch.from_numpy(scales),
-                                  bias, residual, bits, block_size, int(w.shape[1]), **attrs)
+                                  bias, residual, bits, block_size, int(w.shape[1]), act_bits,
+                                  **attrs)
 
     return forward
 
 
-def weight_only_plan(graph: Graph, exclude, bits: int, block_size: int):
+def weight_only_plan(graph: Graph, exclude, bits: int, block_size: int, act_bits: int = 0):
     """The weight-only mode's plan for ``graphopt.quantize`` (fallback included)."""
     from graphopt.errors import QuantizationError
     from graphopt.quant.api import Plan, layer_records
@@ -86,7 +88,7 @@ def weight_only_plan(graph: Graph, exclude, bits: int, block_size: int):
 
     def apply(g: Graph, names: set[str]) -> int:
         return quantize_weight_only(g, [n for n in dynamic_candidates(g) if n.name in names],
-                                    bits, block_size)
+                                    bits, block_size, act_bits=act_bits)
 
     def build(names: set[str]) -> Graph:
         g = graph.clone()
@@ -95,5 +97,6 @@ def weight_only_plan(graph: Graph, exclude, bits: int, block_size: int):
 
     records = layer_records(graph, dynamic_candidates(graph, exclude), dynamic_candidates(graph),
                             weight_shape)
-    return Plan(f"weight-only int{bits}/{block_size}", f"int{bits}", graph, records, build,
-                weight_only_forward(bits, block_size), apply=apply)
+    name = f"weight-only int{bits}/{block_size}" + (" int8-activations" if act_bits else "")
+    return Plan(name, f"int{bits}", graph, records, build,
+                weight_only_forward(bits, block_size, act_bits), apply=apply)

@@ -166,8 +166,11 @@ def lower_linear_weight_only(ctx) -> None:
     out = ctx.output(0, inplace=(4,) if residual is not None else ())
     in_place = residual is not None and out.buffer is residual.buffer and \
         out.offset == residual.offset
+    act_bits = attrs.get("act_bits", 0)
+    if act_bits not in (0, 8):
+        ctx.unsupported(f"act_bits={act_bits}: the native weight-only kernel takes 0 or 8")
     ctx.emit("linear_wo", [out, x, codes, scales, bias, residual],
-             [rows, n, cols, x_rs, bits, block, code, int(in_place)], [p0, p1])
+             [rows, n, cols, x_rs, bits, block, code, int(in_place), act_bits], [p0, p1])
 
 
 def _static_operands(ctx, op: str):
