@@ -82,7 +82,8 @@ def quantize(
             output error with that layer alone quantized. fp16/bf16 always rank end-to-end.
         observer: static mode: ``minmax``, ``percentile``, ``entropy`` or ``mse``
             (graphopt/quant/observers.py); ``observer_options`` e.g. ``{"percentile": 99.9}``.
-        embeddings: dynamic mode: also store constant embedding tables int8 (per row).
+        embeddings: dynamic and weight-only modes: also store constant embedding tables int8
+            (one scale per row).
         convs: dynamic mode: also quantize 2-D convs (``qconv_dynamic``; on onnxruntime this
             shrinks the weights 4x but is no faster than fp32, so it is off by default).
         per_token: dynamic mode: quantize each row (token) of a linear layer's input with its
@@ -234,7 +235,8 @@ def plan_mode(graph: Graph, cfg: QuantizeConfig, calibration: Iterable[tuple] | 
     if mode == "weight-only":
         from graphopt.quant.weight_only import weight_only_plan
 
-        return weight_only_plan(graph, cfg.exclude, cfg.bits, cfg.block_size, cfg.act_bits)
+        return weight_only_plan(graph, cfg.exclude, cfg.bits, cfg.block_size, cfg.act_bits,
+                                cfg.embeddings)
     if mode == "codebook":
         from graphopt.quant.codebook import codebook_plan
 

@@ -77,11 +77,13 @@ def weight_only_forward(bits: int, block_size: int, act_bits: int = 0):
     return forward
 
 
-def weight_only_plan(graph: Graph, exclude, bits: int, block_size: int, act_bits: int = 0):
+def weight_only_plan(graph: Graph, exclude, bits: int, block_size: int, act_bits: int = 0,
+                     embeddings: bool = True):
     """The weight-only mode's plan for ``graphopt.quantize`` (fallback included)."""
     from graphopt.errors import QuantizationError
     from graphopt.quant.api import Plan, layer_records
-    from graphopt.quant.dynamic import dynamic_candidates, weight_shape
+    from graphopt.quant.dynamic import (dynamic_candidates, embedding_candidates,
+                                        quantize_embedding, weight_shape)
 
     if bits not in (4, 8) or block_size < 16 or block_size & (block_size - 1):
         raise QuantizationError("weight-only: bits 4 or 8, block_size a power of 2 >= 16")
@@ -93,10 +95,15 @@ def weight_only_plan(graph: Graph, exclude, bits: int, block_size: int, act_bits
     def build(names: set[str]) -> Graph:
         g = graph.clone()
         apply(g, names)
+        if embeddings:  # the tables are weights too (GPT-2's is a quarter of the model)
+            for node in embedding_candidates(g, exclude):
+                quantize_embedding(g, node)
         return g
 
     records = layer_records(graph, dynamic_candidates(graph, exclude), dynamic_candidates(graph),
                             weight_shape)
     name = f"weight-only int{bits}/{block_size}" + (" int8-activations" if act_bits else "")
+    tables = [n.inputs[0].name for n in embedding_candidates(graph, exclude)] \
+        if embeddings else []
     return Plan(name, f"int{bits}", graph, records, build,
-                weight_only_forward(bits, block_size, act_bits), apply=apply)
+                weight_only_forward(bits, block_size, act_bits), tables, apply=apply)
