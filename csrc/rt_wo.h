@@ -53,11 +53,25 @@ struct WoDequantB {
 };
 
 // The same with x quantized per block to int8 and integer block dot products (act_bits = 8;
-// rt_wo_int8.cpp): AVX-512 VNNI when the CPU has it, a portable loop otherwise.
+// rt_wo_int8.cpp): AVX-512 VNNI when the CPU has it, else AVX2, else a portable loop.
 void wo_int8_run(const WoWeight& w, const MatrixRef& x, float* c, int64_t ldc,
                  const EpilogueSpec& ep, int threads);
-// "avx512vnni" or "portable": the path wo_int8_run takes for blocks of 32 or more.
+// "avx512vnni", "avx2" or "portable": the path wo_int8_run takes for blocks of 32 or more.
 const char* wo_int8_isa();
+
+// Rows of x quantized per weight block (k_padded int8 values a row, zeros past K) and their
+// scales [rows, n_blocks].
+struct Int8Rows {
+    const int8_t* q;
+    const float* scale;
+    int64_t k_padded;
+};
+// The AVX2 path of wo_int8_run (rt_wo_int8_avx2.cpp; blocks of 32 or more). Its x rows are put
+// in the codes' order first, in place (a no-op for 8 bits); then out[r * 16 + j] for rows
+// m0.. of x against weight rows n0.. (rows <= 4, cols <= 16).
+void wo_int8_avx2_arrange(int64_t bits, int8_t* row, int64_t k_padded);
+void wo_int8_panel_avx2(const WoWeight& w, const Int8Rows& x, int64_t m0, int64_t rows,
+                        int64_t n0, int64_t cols, float* out);
 // "avx512", "avx2" or "portable": the path of the float-activation GEMV (M <= 4).
 const char* wo_gemv_isa();
 

@@ -15,7 +15,7 @@
 // rearranged once per call into the same order. Each of the 16 i32 lanes sums 4 products of one
 // block; per lane, the zero point's share (-zp * sum of the lane's 4 activations) is the
 // accumulator's start value, and the lane's scale is x_scale(block) * w_scale(block).
-// Other CPUs run the portable loop (same integers, exact; slower).
+// AVX2 CPUs run rt_wo_int8_avx2.cpp; others the portable loop (same integers, exact; slower).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -302,6 +302,7 @@ const char* wo_int8_isa() {
 #ifdef GRAPHOPT_WO_VNNI
     if (vnni_usable()) return "avx512vnni";
 #endif
+    if (cpu_features().use_avx2_fma) return "avx2";
     return "portable";
 }
 
@@ -317,6 +318,16 @@ void wo_int8_run(const WoWeight& w, const MatrixRef& x, float* c, int64_t ldc,
 #else
     const bool vnni = false;
 #endif
+    // The AVX2 path reads its own copy of the quantized rows, rearranged to the codes' order.
+    const bool avx2 = !vnni && cpu_features().use_avx2_fma && w.block_size % 32 == 0;
+    std::vector<int8_t> arranged;
+    if (avx2) {
+        arranged = qx.q;
+        for (int64_t r = 0; r < m; ++r) {
+            wo_int8_avx2_arrange(w.bits, arranged.data() + r * qx.k_padded, qx.k_padded);
+        }
+    }
+    const Int8Rows avx2_rows{arranged.data(), qx.scale.data(), qx.k_padded};
     const GemmKernels& kern = gemm_kernels();
     const int64_t panels = ceil_div(n, kGemvCols);
     parallel_for(threads, panels, kGemvCols * w.k * m / 4, [&](int64_t q0, int64_t q1) {
@@ -329,11 +340,17 @@ void wo_int8_run(const WoWeight& w, const MatrixRef& x, float* c, int64_t ldc,
 #ifdef GRAPHOPT_WO_VNNI
                 if (vnni) {
                     int8_panel_vnni(w, v, m0, rows, j0, nr, tile);
+                } else if (avx2) {
+                    wo_int8_panel_avx2(w, avx2_rows, m0, rows, j0, nr, tile);
                 } else {
                     int8_panel_portable(w, qx, m0, rows, j0, nr, tile);
                 }
 #else
-                int8_panel_portable(w, qx, m0, rows, j0, nr, tile);
+                if (avx2) {
+                    wo_int8_panel_avx2(w, avx2_rows, m0, rows, j0, nr, tile);
+                } else {
+                    int8_panel_portable(w, qx, m0, rows, j0, nr, tile);
+                }
 #endif
                 float* ct = c + m0 * ldc + j0;
                 for (int64_t r = 0; r < rows; ++r) {

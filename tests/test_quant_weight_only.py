@@ -133,8 +133,8 @@ def test_int8_activations_with_epilogue_and_options():
 
 
 @pytest.mark.parametrize("env, paths", [
-    ({"GRAPHOPT_DISABLE_VNNI": "1"}, ("avx512", "portable")),
-    ({"GRAPHOPT_DISABLE_AVX512": "1"}, ("avx2", "portable")),
+    ({"GRAPHOPT_DISABLE_VNNI": "1"}, ("avx512", "avx2")),
+    ({"GRAPHOPT_DISABLE_AVX512": "1"}, ("avx2", "avx2")),
     ({"GRAPHOPT_DISABLE_AVX2": "1"}, ("portable", "portable"))])
 def test_weight_only_kernel_paths(env, paths):
     """Each narrower path of both weight-only kernels (float and int8 activations) is taken
