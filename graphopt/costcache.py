@@ -29,7 +29,7 @@ from graphopt.version import __version__
 FORMAT = "graphopt-cost-cache"
 VERSION = 1
 MAX_FILE_BYTES = 16 << 20
-ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
              "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "neon")
 
 

@@ -205,10 +205,12 @@ def test_soundness_property_catches_an_unsound_pass():
 
 
 @pytest.mark.xfail(
+    # torch's gelu(+inf) is nan on its AVX-512 path and inf on its AVX2 path
+    bool(torch.isnan(torch.nn.functional.gelu(torch.tensor([float("inf")] * 16))).any()),
     strict=True,
     reason="fuse-gelu is not exact at x = +inf: the erf formula gives inf, torch's gelu "
-    "(approximate='none') gives nan. Found by test_pass_soundness[default]; when fixed, also "
-    "drop DEFAULT_WITHOUT_FUSE_GELU",
+    "(approximate='none') gives nan on this CPU. Found by test_pass_soundness[default]; when "
+    "fixed, also drop DEFAULT_WITHOUT_FUSE_GELU",
 )
 def test_fuse_gelu_erf_form_keeps_infinity():
     graph = graphopt.parse(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import platform
 import tempfile
+import warnings
 from typing import Any
 
 import numpy as np
@@ -117,8 +119,45 @@ class OnnxRuntimeModule:
         return unflatten_outputs(self.graph, [torch.from_numpy(o) for o in outputs])
 
 
+# The ops whose ONNX forms run onnxruntime's U8S8 int8 GEMM / conv kernels (QLinearConv,
+# QGemm, MatMulInteger, DynamicQuantizeMatMul; dequantize_linear: QDQ pairs it fuses into them).
+INT8_GEMM_OPS = frozenset({"qconv", "qlinear", "qconv_dynamic", "qlinear_dynamic",
+                           "dequantize_linear"})
+
+
+class SaturatingInt8Warning(UserWarning):
+    """onnxruntime's int8 kernels are not exact on this CPU (see ``int8_saturates``)."""
+
+
+def int8_saturates() -> bool:
+    """True on x86 CPUs without VNNI (AVX2, AVX-512 without VNNI): there onnxruntime's U8S8
+    kernels add pairs of u8 x s8 products in int16 with saturation (vpmaddubsw), so a pair
+    over 32767 is clipped: wrong results, not rounding (on an AVX2 EPYC, 1% of a digits CNN's
+    predictions flipped). Its own remedy, ``session.x64quantprecision=1``, fails to load
+    graphopt's int8 graphs in onnxruntime 1.32 (shared zero points); graphopt's native
+    runtime computes the exact products on every CPU."""
+    from graphopt.costcache import cpu_description
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False
+    flags = cpu_description()[1]
+    return "avx512_vnni" not in flags and "avx_vnni" not in flags
+
+
 @register_backend("onnxruntime")
 def compile_onnxruntime(graph: Graph, *, threads: int | None = None, **options: Any
                         ) -> OnnxRuntimeModule:
-    """Backend factory for ``graphopt.compile(graph, backend="onnxruntime")``."""
+    """Backend factory for ``graphopt.compile(graph, backend="onnxruntime")``.
+
+    Warns (``SaturatingInt8Warning``) when the graph has int8 GEMMs / convolutions and this CPU
+    makes onnxruntime's int8 kernels saturate (``int8_saturates``)."""
+    # op-name check: which ops lower to onnxruntime's U8S8 kernels is a fact of the lowering
+    int8_ops = sorted({n.op for n in graph.nodes} & INT8_GEMM_OPS)
+    if int8_ops and int8_saturates():
+        warnings.warn(
+            f"graph '{graph.name}' has int8 ops ({', '.join(int8_ops)}) and this CPU has no "
+            "VNNI: onnxruntime's int8 kernels saturate pairs of products here, so its results "
+            "can differ from the quantized model's by more than rounding. Run it with "
+            "backend='native' (exact on every CPU) or on a CPU with VNNI.",
+            SaturatingInt8Warning, stacklevel=3)
     return OnnxRuntimeModule(graph, threads=threads, **options)
