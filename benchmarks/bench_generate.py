@@ -21,6 +21,9 @@ and teacher-forced next-token logits over ``--quality-seqs`` x new positions (ea
 continuations) against eager's logits: cosine mean / min and top-1 agreement. Memory: weights
 and cache bytes, and the peak RSS during one generation measured in a fresh process per variant
 (after the traced model and float graphs are dropped), minus that process's RSS after imports.
+Rounding: int4 with GPTQ (``rounding="gptq"``, accuracy only: its kernels are int4's), calibrated
+on ``--calib-seqs`` replayed eager continuations of other random prompts, against
+round-to-nearest.
 
 Usage: python benchmarks/bench_generate.py [--models gpt2,llama] [--rounds 5] [--out PATH]
 """
@@ -53,6 +56,9 @@ SPIN = "session.intra_op.allow_spinning"
 # name -> (backend, precision, compile options); onnxruntime names carry their settings.
 # Precisions: weight-only bits and activation bits (0: float activations).
 PRECISIONS = {"fp32": None, "int8": (8, 0), "int4": (4, 0), "int4-a8": (4, 8)}
+# Measured for accuracy only (the same kernels as int4): GPTQ rounding, calibrated on
+# --calib-seqs replayed sequences (graphopt.decoding.calibration_steps) of other prompts.
+GPTQ = "native int4-gptq"
 VARIANTS = {
     **{f"native {p}": ("native", p, {}) for p in PRECISIONS},
     **{f"onnxruntime {p} spin={s}": ("onnxruntime", p, {"session_config": {SPIN: s}})
@@ -85,6 +91,21 @@ def quantized_graph(graph, precision: str):
         return graph
     bits, act_bits = PRECISIONS[precision]
     return graphopt.quantize(graph, "weight-only", bits=bits, block_size=32, act_bits=act_bits)
+
+
+def gptq_variant(decoder, fp32: CompiledDecoder, args, gen) -> CompiledDecoder:
+    """int4 weights rounded by GPTQ on ``args.calib_seqs`` greedy continuations of random
+    prompts, longer than the measured ones: every layer needs several times as many input rows
+    as inputs (gptq.py), the LM head one row a step."""
+    from graphopt.decoding import calibration_steps
+
+    prompt = decoder.max_length - args.new // 2
+    prompts = torch.randint(0, decoder.vocab_size, (args.calib_seqs, prompt), generator=gen)
+    # fp32 native greedy is token-identical to eager (checked above), and twice as fast
+    seqs = [graphopt.generate(fp32, p[None], args.new // 2, eos_token_id=[]) for p in prompts]
+    graph = graphopt.quantize(decoder.graph, "weight-only", bits=4, block_size=32,
+                              rounding="gptq", calibration=calibration_steps(fp32, seqs, prompt))
+    return decoder.with_graph(graph).compile(backend="native", threads=THREADS)
 
 
 def build(arch: str, prompt: int, new: int):
@@ -230,8 +251,11 @@ def bench_model(arch: str, args) -> dict:
         row["agreeing_prefix"] = (same + [False]).index(False) - args.prompt
     prompts = torch.randint(0, decoder.vocab_size, (args.quality_seqs, args.prompt), generator=gen)
     seqs = [eager_generate(model, p[None], args.new) for p in prompts]
-    acc = quality(model, {n: compiled[n] for n in compiled if "spin=0" not in n}, seqs,
-                  args.prompt)
+    measured = {n: compiled[n] for n in compiled if "spin=0" not in n}
+    if args.calib_seqs:
+        print(f"{arch}: gptq calibration", file=sys.stderr)
+        measured[GPTQ] = gptq_variant(decoder, compiled["native fp32"], args, gen)
+    acc = quality(model, measured, seqs, args.prompt)
     result = {"model": model.__class__.__name__, "arch": arch,
               "parameters": sum(p.numel() for p in model.parameters()),
               "cache_bytes": decoder.cache_bytes(1), "timings": timings, "quality": acc}
@@ -248,6 +272,8 @@ def main(argv=None) -> None:
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quality-seqs", type=int, default=4)
+    parser.add_argument("--calib-seqs", type=int, default=48,
+                        help="GPTQ calibration sequences (0: no GPTQ variant)")
     parser.add_argument("--no-rss", action="store_true")
     parser.add_argument("--rss-probe", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="benchmarks/results/generate.json")
@@ -261,7 +287,8 @@ def main(argv=None) -> None:
     data = {"schema": SCHEMA, "machine": machine_info(),
             "settings": {"prompt": args.prompt, "new_tokens": args.new, "batch": 1,
                          "threads": THREADS, "rounds": args.rounds,
-                         "quality_positions": args.quality_seqs * args.new},
+                         "quality_positions": args.quality_seqs * args.new,
+                         "gptq_calibration_sequences": args.calib_seqs},
             "models": [bench_model(arch, args) for arch in args.models.split(",")]}
     write_results(args.out, data)
 

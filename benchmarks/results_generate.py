@@ -5,7 +5,8 @@ and variant, the decode rate (tokens/s after the first, median of the rounds) an
 transformers' eager ``generate``, the prefill time, whether the greedy tokens equal eager's, the
 teacher-forced next-token accuracy against eager fp32 (cosine mean / min, top-1 agreement), the
 weight bytes and the peak RSS of a generation in a fresh process. onnxruntime variants were timed
-with spinning on and off; the faster is shown with its setting.
+with spinning on and off; the faster is shown with its setting. A second table sets int4 with GPTQ
+rounding beside round-to-nearest (accuracy only) where the run measured it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,21 @@ def _rss(model: dict, label: str) -> str:
     return f"{r['model_peak_mib']:.0f}" if r else "-"
 
 
+def _rounding_table(data: Any) -> list[str]:
+    """int4 round-to-nearest vs GPTQ (quality only: the same kernels) where the run has both."""
+    models = [m for m in data["models"] if "native int4-gptq" in m["quality"]]
+    if not models:
+        return []
+    lines = ["", "| model | int4 rounding | next-token cos mean / min / top-1 |", "|---|---|---|"]
+    for model in models:
+        for label, name in (("round to nearest", "native int4"), ("GPTQ", "native int4-gptq")):
+            lines.append(f"| {model['model']} | {label} | {_quality(model, name)} |")
+    calib = data["settings"].get("gptq_calibration_sequences")
+    lines += ["", f"GPTQ calibrated on {calib} replayed greedy continuations of other random "
+              "prompts (graphopt.decoding.calibration_steps)."]
+    return lines
+
+
 @renderer("generate")
 def render_generate(data: Any) -> str:
     if not isinstance(data, dict) or data.get("schema") != SCHEMA or not data.get("models"):
@@ -68,4 +84,4 @@ def render_generate(data: Any) -> str:
               "against eager fp32 logits. Peak RSS: one generation in a fresh process, over "
               "that process's RSS after its imports. \"int4-a8\": int4 weights with int8 "
               "activations (act_bits=8; onnxruntime: MatMulNBits accuracy_level 4)."]
-    return "\n".join(lines)
+    return "\n".join(lines + _rounding_table(data))

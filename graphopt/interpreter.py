@@ -90,15 +90,23 @@ def node_attrs(node: Node, bindings: dict) -> dict[str, Any]:
     return attrs
 
 
+def constant_tensors(graph: Graph) -> dict[int, torch.Tensor]:
+    """The graph's constants as torch tensors, for ``run_flat(..., constants=)``: loops that run
+    one graph many times (calibration) convert them once (a transposed weight is a copy)."""
+    return {id(v): numpy_to_torch(v.data, v.dtype) for v in graph.constants.values()}
+
+
 def run_flat(graph: Graph, tensors: Sequence[torch.Tensor],
-             observe: Callable[[Value, torch.Tensor], None] | None = None) -> list[torch.Tensor]:
+             observe: Callable[[Value, torch.Tensor], None] | None = None,
+             constants: dict[int, torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Run on flat torch inputs; returns the flat list of outputs (graph.outputs order).
 
     Each intermediate tensor is released after its last use, so a run holds the live set of
     the forward pass, not every activation (what makes calibrating a large model one layer's
     activations at a time possible). ``observe(value, tensor)`` is called for each graph input
     and each node output as it is computed (before it can be released): calibration
-    statistics stream through it without keeping the tensors.
+    statistics stream through it without keeping the tensors. ``constants``: what
+    ``constant_tensors(graph)`` returned (default: converted for this run).
     """
     bindings = bind_symbols(graph, tensors)
     last_use = _last_uses(graph)
@@ -108,8 +116,7 @@ def run_flat(graph: Graph, tensors: Sequence[torch.Tensor],
         env[id(value)] = tensor
         if observe is not None:
             observe(value, tensor)
-    for value in graph.constants.values():
-        env[id(value)] = numpy_to_torch(value.data, value.dtype)
+    env.update(constants if constants is not None else constant_tensors(graph))
     with torch.no_grad():
         for index, node in enumerate(graph.nodes):
             args = [None if v is None else env[id(v)] for v in node.inputs]

@@ -56,6 +56,21 @@ def test_other_modes(capsys, tmp_path, mode, extra):
     onnx.checker.check_model(onnx.load(str(out)))
 
 
+def test_weight_only_gptq_with_int8_activations(capsys, tmp_path):
+    """--rounding gptq calibrates on the .npz; --act-bits 8 lowers to MatMulNBits level 4."""
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, np.random.default_rng(0).standard_normal((8, 32, 16)).astype(np.float32))
+    out = tmp_path / "m.onnx"
+    code, stdout, _ = run_cli(capsys, "quantize", "zoo:mlp?width=16&depth=2&batch=32", "-o",
+                              str(out), "--mode", "weight-only", "--block-size", "16",
+                              "--rounding", "gptq", "--act-bits", "8", "--calibration",
+                              str(calib))
+    assert code == 0 and "gptq" in stdout, stdout
+    levels = {a.i for n in onnx.load(str(out)).graph.node if n.op_type == "MatMulNBits"
+              for a in n.attribute if a.name == "accuracy_level"}
+    assert levels == {4}
+
+
 def test_static_to_torch_module(capsys, tmp_path, cnn_file, calib_file):
     from graphopt.backends.torch_module import load_module
 
@@ -88,6 +103,8 @@ def test_bad_inputs_are_one_line(capsys, tmp_path, cnn_file, calib_file):
         (["--mode", "static", "--observer", "kl", "--calibration", calib_file],
          "invalid choice: 'kl'"),
         (["--mode", "int3"], "invalid choice: 'int3'"),
+        (["--mode", "weight-only", "--rounding", "gptq"], "--rounding gptq needs --calibration"),
+        (["--mode", "dynamic", "--act-bits", "8"], "--act-bits applies to --mode weight-only"),
     ]
     for flags, message in cases:
         code, _, err = run_cli(capsys, "quantize", cnn_file, "-o", out, "-q", *flags)

@@ -79,11 +79,22 @@ def add_parser(sub, common) -> None:
                    "weights, 1-12 (default 5; convolutions take 8)")
     p.add_argument("--block-size", type=int, default=32, metavar="B",
                    help="weight-only: block size along K (default: %(default)s)")
+    _add_weight_only_options(p)
     p.add_argument("--pipeline", default="default", metavar="P",
                    help="pipeline run before quantizing (default: %(default)s; 'none' skips)")
     _add_speed_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the report")
     p.set_defaults(run=run)
+
+
+def _add_weight_only_options(p) -> None:
+    p.add_argument("--act-bits", type=int, choices=(0, 8), default=0,
+                   help="weight-only: 8 quantizes activations per block (integer products, "
+                   "MatMulNBits accuracy_level 4); 0 keeps them float (default)")
+    p.add_argument("--rounding", choices=("nearest", "gptq"), default="nearest",
+                   help="weight-only: gptq compensates rounding errors on the --calibration "
+                   "inputs (needs several times as many rows per layer as inputs; default: "
+                   "%(default)s)")
 
 
 def _add_speed_options(p) -> None:
@@ -114,6 +125,13 @@ def run(opts) -> int:
         raise CliError(f"--observer applies to --mode static or auto (mode is {opts.mode})")
     if opts.per_token and opts.mode not in ("dynamic", "auto"):
         raise CliError(f"--per-token applies to --mode dynamic or auto (mode is {opts.mode})")
+    for flag, value, default in (("--act-bits", opts.act_bits, 0),
+                                 ("--rounding", opts.rounding, "nearest")):
+        if value != default and opts.mode != "weight-only":
+            raise CliError(f"{flag} applies to --mode weight-only (mode is {opts.mode})")
+    if opts.rounding == "gptq" and not opts.calibration:
+        raise CliError("--rounding gptq needs --calibration FILE.npz (the inputs each layer's "
+                       "output error is minimized on)")
     if opts.calibration and not os.path.isfile(opts.calibration):
         raise CliError(f"calibration file not found: {opts.calibration}")
     pipeline = None if opts.pipeline == "none" else check_pipeline(opts.pipeline)
@@ -128,8 +146,8 @@ def run(opts) -> int:
         graph, opts.mode, calibration=calibration, error_budget=opts.error_budget,
         exclude=tuple(opts.exclude), sensitivity=opts.sensitivity, observer=opts.observer,
         observer_options=options, per_token=opts.per_token, bits=opts.bits,
-        block_size=opts.block_size, speed=opts.speed_aware, report=True, target=target,
-        modes=modes)
+        block_size=opts.block_size, act_bits=opts.act_bits, rounding=opts.rounding,
+        speed=opts.speed_aware, report=True, target=target, modes=modes)
     if not opts.quiet:
         print(report)
     speed_check(opts, graph, quantized, loaded.args, backend, target.threads)

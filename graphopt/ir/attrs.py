@@ -6,6 +6,7 @@ these. Freezing makes nodes safe to share between passes and lets CSE hash ``(op
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, Iterator
 
@@ -39,8 +40,15 @@ def substitute_symbols(value: Any, bindings: Mapping[sympy.Symbol, int]) -> Any:
     if isinstance(value, tuple):
         return tuple(substitute_symbols(v, bindings) for v in value)
     if isinstance(value, sympy.Expr):
-        return int(value.subs(bindings))
+        return _substituted(value, tuple(bindings.items()))
     return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _substituted(expr: sympy.Expr, bindings: tuple) -> int:
+    # sympy's subs costs ~0.5 ms, and one run of a decoder step resolves the same few
+    # expressions (its symbolic shapes) in hundreds of attributes.
+    return int(expr.subs(dict(bindings)))
 
 
 class Attrs(Mapping):

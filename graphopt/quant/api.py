@@ -40,6 +40,7 @@ def quantize(
     bias_bits: int | None = None,
     block_size: int = 32,
     act_bits: int = 0,
+    rounding: str = "nearest",
     progress: bool | None = None,
     speed: bool = False,
     modes: Sequence[str] = (),
@@ -99,6 +100,10 @@ def quantize(
         act_bits: weight-only mode: 0 (default) keeps activations float; 8 quantizes them per
             weight block to int8 so the products are integer (onnxruntime's MatMulNBits
             accuracy_level 4): much faster decoding on VNNI CPUs, a little less accurate.
+        rounding: weight-only mode: ``"nearest"`` (default) rounds each weight on its own;
+            ``"gptq"`` rounds input columns in turn and pushes each one's error onto the rest,
+            minimizing every layer's output error on ``calibration`` (needed; layers it saw
+            fewer input rows than inputs of stay round-to-nearest, with a warning).
         progress: static mode: a tqdm bar over the calibration data (None: for 32 or more
             items when stderr is a terminal).
         speed: measure, on ``target``'s backend (default native) and on the first calibration
@@ -133,7 +138,8 @@ def quantize(
         config, mode=mode, error_budget=error_budget, exclude=exclude, sensitivity=sensitivity,
         observer=observer, observer_options=observer_options, embeddings=embeddings,
         convs=convs, per_token=per_token, bits=bits, conv_bits=conv_bits, bias_bits=bias_bits,
-        block_size=block_size, act_bits=act_bits, progress=progress, speed=speed, target=target, modes=modes)
+        block_size=block_size, act_bits=act_bits, rounding=rounding, progress=progress,
+        speed=speed, target=target, modes=modes)
     if not report:
         return quantize_with_config(graph, cfg, calibration)[0]
     with measure(f"quantize {cfg.mode}") as stage:
@@ -210,7 +216,12 @@ def _calibration_for(cfg: QuantizeConfig, calibration: Iterable | None) -> Itera
         raise QuantizationError(f"mode='{cfg.mode}' needs calibration data (an iterable of "
                                 "argument tuples) to choose activation ranges"
                                 + (" and time the layers" if cfg.mode == "auto" else ""))
-    if (cfg.mode == "static" and cfg.error_budget is None
+    if cfg.rounding == "gptq" and calibration is None:
+        raise QuantizationError("rounding='gptq' needs calibration data (an iterable of "
+                                "argument tuples): it minimizes each layer's error on its "
+                                "calibration inputs")
+    streams = cfg.mode == "static" or (cfg.mode == "weight-only" and cfg.rounding == "gptq")
+    if (streams and cfg.error_budget is None
             and isinstance(calibration, collections.abc.Iterator)):
         return _streamed(calibration)  # one pass: statistics only, no output error measured
     if calibration is not None:
@@ -235,8 +246,15 @@ def plan_mode(graph: Graph, cfg: QuantizeConfig, calibration: Iterable[tuple] | 
     if mode == "weight-only":
         from graphopt.quant.weight_only import weight_only_plan
 
+        hessians = None
+        if cfg.rounding == "gptq":
+            from graphopt.quant.dynamic import dynamic_candidates
+            from graphopt.quant.gptq import gptq_hessians
+
+            hessians = gptq_hessians(graph, dynamic_candidates(graph, cfg.exclude),
+                                     calibration, cfg.progress)
         return weight_only_plan(graph, cfg.exclude, cfg.bits, cfg.block_size, cfg.act_bits,
-                                cfg.embeddings)
+                                cfg.embeddings, hessians)
     if mode == "codebook":
         from graphopt.quant.codebook import codebook_plan
 

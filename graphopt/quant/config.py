@@ -14,6 +14,7 @@ MODES = ("dynamic", "static", "weight-only", "fp16", "bf16", "bf16-compute", "co
 # faster. fp16 / bf16 storage and codebooks shrink weights but compute in f32.
 AUTO_MODES = ("dynamic", "static", "weight-only", "bf16-compute")
 SENSITIVITIES = ("local", "end-to-end")
+ROUNDINGS = ("nearest", "gptq")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class QuantizeConfig(Config):
     bias_bits: int | None = None  # codebook: share biases too, at this many bits
     block_size: int = 32
     act_bits: int = 0  # weight-only: 8 quantizes activations per block (int8 products)
+    rounding: str = "nearest"  # weight-only: "gptq" compensates rounding errors (gptq.py)
     progress: bool | None = None
     speed: bool = False  # keep float the layers whose quantized form is not faster (speed.py)
     target: Target | None = None
@@ -59,6 +61,10 @@ class QuantizeConfig(Config):
         if self.act_bits and self.mode != "weight-only":
             raise QuantizationError(f"act_bits applies to mode='weight-only', not to "
                                     f"mode='{self.mode}'")
+        self._check_choice("rounding", ROUNDINGS)
+        if self.rounding != "nearest" and self.mode != "weight-only":
+            raise QuantizationError(f"rounding={self.rounding!r} applies to "
+                                    f"mode='weight-only', not to mode='{self.mode}'")
         self._check_number("error_budget", 0.0, optional=True)
         self._check_choice("sensitivity", SENSITIVITIES)
         self._check_observer()
@@ -121,4 +127,4 @@ def _globs(exclude) -> tuple[str, ...]:
                         "graphopt.quantize: exclude must be glob strings")
 
 
-__all__ = ["AUTO_MODES", "MODES", "SENSITIVITIES", "QuantizeConfig"]
+__all__ = ["AUTO_MODES", "MODES", "ROUNDINGS", "SENSITIVITIES", "QuantizeConfig"]

@@ -222,7 +222,7 @@ def calibrate(
             shape, dtype; the message names the batch and the input), non-finite values
             (names the value and the node producing it), an unknown observer.
     """
-    from graphopt.interpreter import flatten_inputs, run_flat
+    from graphopt.interpreter import constant_tensors, flatten_inputs, run_flat
 
     names = list(names)
     unknown = sorted(set(names) - {v.name for v in graph.values()})
@@ -233,13 +233,14 @@ def calibrate(
     total = len(calibration) if hasattr(calibration, "__len__") else None
     bar = _progress(total, progress)
     seen = 0
+    constants = constant_tensors(graph)
     for index, item in enumerate(calibration):
         args = as_arguments(item, index)
         # Statistics stream from the interpreter as each value is computed; the run releases
         # every activation after its last use (one layer's activations live at a time).
         try:
             run_flat(graph, flatten_inputs(graph, args, {}),
-                     observe=_observer_feed(observers, index))
+                     observe=_observer_feed(observers, index), constants=constants)
         except InputMismatchError as exc:
             raise QuantizationError(
                 f"calibration item {index} does not fit the graph: {exc}") from None
