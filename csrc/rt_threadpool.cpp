@@ -122,13 +122,22 @@ void ThreadPool::run(int64_t chunks, int max_threads, ChunkFn fn, void* ctx) {
         ~Reset() { t_in_pool_worker = false; }
     } reset;
     ensure_workers(max_threads - 1);
+    // Close the previous generation before touching its fields. A helper of it may have read
+    // state_ (its last chunk index) and been descheduled before comparing that index with
+    // chunks_: had chunks_ grown first, its compare-and-swap on the unchanged state_ would
+    // succeed and run a chunk of this run (or the old fn on the old, dead ctx) and count it in
+    // the new done_, so this call could return while that chunk still used its stack (seen as
+    // a crash in a copy kernel under heavy CPU oversubscription). A closed generation has no
+    // claimable chunk; the run opens the next one.
+    const uint64_t closed = gen_of(state_.load()) + 1;
+    state_.store((closed << 32) | 0xffffffffu);
     error_ = nullptr;
     fn_.store(fn);
     ctx_.store(ctx);
     chunks_.store(chunks);
     max_helpers_.store(max_threads - 1);
     done_.store(0);
-    const uint64_t gen = gen_of(state_.load()) + 1;
+    const uint64_t gen = closed + 1;
     helpers_.store(gen << 32);
     state_.store(gen << 32);  // publish: chunk 0 of the new generation
     if (sleeping_.load() > 0) {
