@@ -91,9 +91,7 @@ def input_hessians(graph: Graph, nodes: Sequence[Node], calibration: Iterable[tu
     """Node name -> the Hessian of its input (``nodes``' first inputs) over ``calibration``,
     run through the reference interpreter one item at a time. Layers that read the same input
     (q, k, v projections) share one accumulation."""
-    from graphopt.errors import InputMismatchError
-    from graphopt.interpreter import constant_tensors, flatten_inputs, run_flat
-    from graphopt.quant.static import _progress, as_arguments
+    from graphopt.quant.static import run_calibration
 
     by_value: dict[str, InputHessian] = {}
     for node in nodes:
@@ -111,25 +109,8 @@ def input_hessians(graph: Graph, nodes: Sequence[Node], calibration: Iterable[tu
                     from None
 
     # Streamed (one item's activations live at a time): a generator's items may share buffers.
-    total = len(calibration) if hasattr(calibration, "__len__") else None
-    bar = _progress(total, progress)
-    constants = constant_tensors(graph)
-    seen = 0
-    for index, item in enumerate(calibration):
-        try:
-            run_flat(graph, flatten_inputs(graph, as_arguments(item, index), {}), observe=observe,
-                     constants=constants)
-        except InputMismatchError as exc:
-            raise QuantizationError(
-                f"calibration item {index} does not fit the graph: {exc}") from None
-        seen += 1
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    if seen == 0:
-        raise QuantizationError("rounding='gptq' needs calibration data: at least one "
-                                "argument tuple")
+    run_calibration(graph, calibration, lambda index: observe, progress,
+                    "rounding='gptq' needs calibration data: at least one argument tuple")
     return {node.name: by_value[node.inputs[0].name] for node in nodes}
 
 

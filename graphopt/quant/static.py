@@ -222,25 +222,39 @@ def calibrate(
             shape, dtype; the message names the batch and the input), non-finite values
             (names the value and the node producing it), an unknown observer.
     """
-    from graphopt.interpreter import constant_tensors, flatten_inputs, run_flat
-
     names = list(names)
     unknown = sorted(set(names) - {v.name for v in graph.values()})
     if unknown:
         raise QuantizationError(f"cannot observe %{unknown[0]}: no such value in the graph")
     make_observer(observer, **(observer_options or {}))  # unknown name/option: fail early
     observers = {n: make_observer(observer, **(observer_options or {})) for n in names}
+    run_calibration(graph, calibration, lambda index: _observer_feed(observers, index), progress,
+                    "calibration data is empty: static quantization needs at least one "
+                    "argument tuple")
+    return observers
+
+
+def run_calibration(graph: Graph, calibration: Iterable, observe_for, progress: bool | None,
+                    empty_message: str) -> None:
+    """Run ``graph`` in the reference interpreter over each calibration item, one at a time,
+    with ``observe_for(index)`` as its ``observe`` hook (graphopt/interpreter.py).
+
+    Raises:
+        QuantizationError: an item that does not fit the graph; no items (``empty_message``).
+    """
+    from graphopt.interpreter import constant_tensors, flatten_inputs, run_flat
+
     total = len(calibration) if hasattr(calibration, "__len__") else None
     bar = _progress(total, progress)
     seen = 0
-    constants = constant_tensors(graph)
+    constants = constant_tensors(graph)  # once: a transposed weight is a copy per conversion
     for index, item in enumerate(calibration):
         args = as_arguments(item, index)
         # Statistics stream from the interpreter as each value is computed; the run releases
         # every activation after its last use (one layer's activations live at a time).
         try:
-            run_flat(graph, flatten_inputs(graph, args, {}),
-                     observe=_observer_feed(observers, index), constants=constants)
+            run_flat(graph, flatten_inputs(graph, args, {}), observe=observe_for(index),
+                     constants=constants)
         except InputMismatchError as exc:
             raise QuantizationError(
                 f"calibration item {index} does not fit the graph: {exc}") from None
@@ -250,9 +264,7 @@ def calibrate(
     if bar is not None:
         bar.close()
     if seen == 0:
-        raise QuantizationError("calibration data is empty: static quantization needs at "
-                                "least one argument tuple")
-    return observers
+        raise QuantizationError(empty_message)
 
 
 def _observer_feed(observers: dict[str, Observer], index: int):
