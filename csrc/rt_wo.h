@@ -15,12 +15,23 @@
 //    whole micro-kernel / epilogue machinery is reused and no f32 copy of W is kept.
 #pragma once
 
+#include <immintrin.h>
+
 #include <cstdint>
 
+#include "cpu.h"
 #include "rt_gemm.h"
 
 namespace graphopt {
 namespace rt {
+
+// Sum of the 8 lanes (the AVX2 loops' final reduction).
+GRAPHOPT_TARGET_AVX2_FMA inline float wo_hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
 
 struct WoWeight {
     const uint8_t* codes;

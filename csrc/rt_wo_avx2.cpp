@@ -32,13 +32,6 @@ GRAPHOPT_TARGET_AVX2_FMA inline void decode16(const uint8_t* row, int64_t k, int
     *c1 = _mm256_cvtepi8_epi32(_mm_srli_si128(codes, 8));
 }
 
-GRAPHOPT_TARGET_AVX2_FMA inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 template <int R>
 GRAPHOPT_TARGET_AVX2_FMA void gemv_rows(const WoWeight& w, const float* x, int64_t x_rs,
                                         int64_t n0, int64_t cols, float* out) {
@@ -77,7 +70,7 @@ GRAPHOPT_TARGET_AVX2_FMA void gemv_rows(const WoWeight& w, const float* x, int64
                 for (int r = 0; r < R; ++r) tail[r] += x[r * x_rs + k] * wv;
             }
         }
-        for (int r = 0; r < R; ++r) out[r * kGemvCols + j] = hsum(tot[r]) + tail[r];
+        for (int r = 0; r < R; ++r) out[r * kGemvCols + j] = wo_hsum8(tot[r]) + tail[r];
     }
 }
 

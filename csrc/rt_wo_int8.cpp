@@ -310,7 +310,7 @@ void wo_int8_run(const WoWeight& w, const MatrixRef& x, float* c, int64_t ldc,
                  const EpilogueSpec& ep, int threads) {
     const int64_t m = x.rows, n = w.n;
     if (m <= 0 || n <= 0) return;
-    const QuantizedRows qx = quantize_rows(w, x);
+    QuantizedRows qx = quantize_rows(w, x);
 #ifdef GRAPHOPT_WO_VNNI
     // 4-bit blocks of 32 or more keep a lane's 4 codes in one block; chunks need 32-multiples
     const bool vnni = vnni_usable() && w.block_size % 32 == 0;
@@ -318,16 +318,14 @@ void wo_int8_run(const WoWeight& w, const MatrixRef& x, float* c, int64_t ldc,
 #else
     const bool vnni = false;
 #endif
-    // The AVX2 path reads its own copy of the quantized rows, rearranged to the codes' order.
+    // The AVX2 path reads the quantized rows rearranged (in place) to the codes' order.
     const bool avx2 = !vnni && cpu_features().use_avx2_fma && w.block_size % 32 == 0;
-    std::vector<int8_t> arranged;
     if (avx2) {
-        arranged = qx.q;
         for (int64_t r = 0; r < m; ++r) {
-            wo_int8_avx2_arrange(w.bits, arranged.data() + r * qx.k_padded, qx.k_padded);
+            wo_int8_avx2_arrange(w.bits, qx.q.data() + r * qx.k_padded, qx.k_padded);
         }
     }
-    const Int8Rows avx2_rows{arranged.data(), qx.scale.data(), qx.k_padded};
+    const Int8Rows avx2_rows{qx.q.data(), qx.scale.data(), qx.k_padded};
     const GemmKernels& kern = gemm_kernels();
     const int64_t panels = ceil_div(n, kGemvCols);
     parallel_for(threads, panels, kGemvCols * w.k * m / 4, [&](int64_t q0, int64_t q1) {

@@ -56,13 +56,6 @@ GRAPHOPT_TARGET_AVX2_FMA inline __m256i dot32(__m256i weights, __m256i x, __m256
     return _mm256_madd_epi16(pairs, ones);
 }
 
-GRAPHOPT_TARGET_AVX2_FMA inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 // R rows of x against C weight rows (R * C <= 4): out[r * 16 + c].
 template <int Bits, int R, int C>
 GRAPHOPT_TARGET_AVX2_FMA void tile(const WoWeight& w, const Int8Rows& x, int64_t m0, int64_t n0,
@@ -102,7 +95,7 @@ GRAPHOPT_TARGET_AVX2_FMA void tile(const WoWeight& w, const Int8Rows& x, int64_t
         }
     }
     for (int r = 0; r < R; ++r)
-        for (int c = 0; c < C; ++c) out[r * kGemvCols + c] = hsum(tot[r][c]);
+        for (int c = 0; c < C; ++c) out[r * kGemvCols + c] = wo_hsum8(tot[r][c]);
 }
 
 template <int Bits, int R>
