@@ -31,26 +31,6 @@ def _private_cost_cache(tmp_path_factory):
         os.environ["GRAPHOPT_CACHE_DIR"] = saved
 
 
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "exact_ort_int8: compares onnxruntime's int8 kernels with the exact "
-        "reference; skipped where they saturate (x86 without VNNI)")
-
-
-def pytest_collection_modifyitems(config, items):
-    from graphopt.backends.onnxruntime_backend import int8_saturates
-
-    if not int8_saturates():
-        return
-    skip = pytest.mark.skip(
-        reason="onnxruntime's U8S8 int8 kernels saturate on this CPU (x86 without VNNI, "
-        "graphopt.backends.onnxruntime_backend.int8_saturates): an exact comparison with them "
-        "needs a VNNI CPU")
-    for item in items:
-        if "exact_ort_int8" in item.keywords:
-            item.add_marker(skip)
-
-
 class Traced(NamedTuple):
     model: torch.nn.Module
     args: tuple

@@ -47,6 +47,17 @@ def test_static_to_onnx_with_error_budget(capsys, tmp_path, cnn_file, calib_file
     assert "QLinearConv" in ops and "MatMulIntegerToFloat" in ops
 
 
+def test_int8_weights_u8_writes_no_int8_weights(capsys, tmp_path, cnn_file, calib_file):
+    """--int8-weights u8: weights as u8 + 128 (onnxruntime's exact U8U8 kernels on AVX2)."""
+    out = tmp_path / "q.onnx"
+    code, stdout, _ = run_cli(capsys, "quantize", cnn_file, "-o", str(out), "--mode", "static",
+                              "--calibration", calib_file, "--int8-weights", "u8")
+    assert code == 0, stdout
+    model = onnx.load(str(out))
+    assert {"QLinearConv", "MatMulIntegerToFloat"} <= {n.op_type for n in model.graph.node}
+    assert not [t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+
+
 @pytest.mark.parametrize("mode, extra", [("dynamic", []), ("weight-only", ["--bits", "8"]),
                                          ("fp16", []), ("bf16", [])])
 def test_other_modes(capsys, tmp_path, mode, extra):

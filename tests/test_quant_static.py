@@ -49,7 +49,6 @@ def quantized(digits_graph):
 
 
 @pytest.mark.parametrize("observer", ["minmax", "entropy", "mse", "percentile"])
-@pytest.mark.exact_ort_int8
 def test_static_int8_keeps_accuracy_reference_and_onnxruntime(digits_graph, quantized,
                                                                observer):
     graph, base, _, x_test, y_test = digits_graph

@@ -65,12 +65,13 @@ class OnnxRuntimeModule:
 
     def __init__(self, graph: Graph, threads: int | None = None, opset: int | None = None,
                  contrib_ops: bool = True, providers: list[str] | None = None,
-                 **options: Any):
+                 int8_weights: str = "auto", **options: Any):
         import onnxruntime as ort
 
         from graphopt.onnx.export import to_onnx
 
         self.graph = graph
+        self.int8_weights = exact_int8_encoding() if int8_weights == "auto" else int8_weights
         for value in graph.inputs:
             if value.dtype is DType.bfloat16:
                 raise GraphoptError(f"input %{value.name} is bfloat16, which numpy (and so the "
@@ -86,10 +87,12 @@ class OnnxRuntimeModule:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="graphopt_ort_")
             path = os.path.join(self._tmpdir.name, "model.onnx")
             self.onnx_model = to_onnx(graph, path, opset=opset, contrib_ops=contrib_ops,
-                                      external_data=True, check=False)
+                                      external_data=True, check=False,
+                                      int8_weights=self.int8_weights)
             self._source: Any = path
         else:
-            self.onnx_model = to_onnx(graph, opset=opset, contrib_ops=contrib_ops, check=False)
+            self.onnx_model = to_onnx(graph, opset=opset, contrib_ops=contrib_ops, check=False,
+                                      int8_weights=self.int8_weights)
             self._source = self.onnx_model.SerializeToString()
         self.session = ort.InferenceSession(self._source, so, providers=providers)
         self._extra_sessions: list[Any] = []
@@ -133,9 +136,9 @@ def int8_saturates() -> bool:
     """True on x86 CPUs without VNNI (AVX2, AVX-512 without VNNI): there onnxruntime's U8S8
     kernels add pairs of u8 x s8 products in int16 with saturation (vpmaddubsw), so a pair
     over 32767 is clipped: wrong results, not rounding (on an AVX2 EPYC, 1% of a digits CNN's
-    predictions flipped). Its own remedy, ``session.x64quantprecision=1``, fails to load
-    graphopt's int8 graphs in onnxruntime 1.32 (shared zero points); graphopt's native
-    runtime computes the exact products on every CPU."""
+    predictions flipped with s8 weights). Its own remedy, ``session.x64quantprecision=1``,
+    fails to load graphopt's int8 graphs in onnxruntime 1.32 (shared zero points); u8 weights
+    (``exact_int8_encoding``) run the exact U8U8 kernels instead."""
     from graphopt.costcache import cpu_description
 
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
@@ -144,20 +147,29 @@ def int8_saturates() -> bool:
     return "avx512_vnni" not in flags and "avx_vnni" not in flags
 
 
+def exact_int8_encoding() -> str:
+    """The fastest int8 weight encoding of the ONNX lowering (``graphopt.onnx.int8_weights``)
+    that onnxruntime computes exactly on this CPU: "u8" where U8S8 saturates, else "s8"."""
+    return "u8" if int8_saturates() else "s8"
+
+
 @register_backend("onnxruntime")
-def compile_onnxruntime(graph: Graph, *, threads: int | None = None, **options: Any
-                        ) -> OnnxRuntimeModule:
+def compile_onnxruntime(graph: Graph, *, threads: int | None = None, int8_weights: str = "auto",
+                        **options: Any) -> OnnxRuntimeModule:
     """Backend factory for ``graphopt.compile(graph, backend="onnxruntime")``.
 
-    Warns (``SaturatingInt8Warning``) when the graph has int8 GEMMs / convolutions and this CPU
-    makes onnxruntime's int8 kernels saturate (``int8_saturates``)."""
+    ``int8_weights``: "auto" (default) stores int8 GEMM / conv weights so that onnxruntime's
+    kernels are exact on this CPU (``exact_int8_encoding``); "s8" / "u8" force an encoding.
+    Warns (``SaturatingInt8Warning``) when "s8" is forced for a graph with int8 GEMMs /
+    convolutions on a CPU where onnxruntime's U8S8 kernels saturate (``int8_saturates``)."""
+    encoding = exact_int8_encoding() if int8_weights == "auto" else int8_weights
     # op-name check: which ops lower to onnxruntime's U8S8 kernels is a fact of the lowering
     int8_ops = sorted({n.op for n in graph.nodes} & INT8_GEMM_OPS)
-    if int8_ops and int8_saturates():
+    if int8_ops and encoding == "s8" and int8_saturates():
         warnings.warn(
-            f"graph '{graph.name}' has int8 ops ({', '.join(int8_ops)}) and this CPU has no "
-            "VNNI: onnxruntime's int8 kernels saturate pairs of products here, so its results "
-            "can differ from the quantized model's by more than rounding. Run it with "
-            "backend='native' (exact on every CPU) or on a CPU with VNNI.",
+            f"graph '{graph.name}' has int8 ops ({', '.join(int8_ops)}) lowered with s8 "
+            "weights and this CPU has no VNNI: onnxruntime's int8 kernels saturate pairs of "
+            "products here, so its results can differ from the quantized model's by more than "
+            "rounding. Use int8_weights='u8' (or 'auto'), backend='native', or a CPU with VNNI.",
             SaturatingInt8Warning, stacklevel=3)
-    return OnnxRuntimeModule(graph, threads=threads, **options)
+    return OnnxRuntimeModule(graph, threads=threads, int8_weights=encoding, **options)

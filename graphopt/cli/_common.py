@@ -198,13 +198,15 @@ def is_model_dir_output(path: str) -> bool:
 
 
 def save_output(graph, path: str, backend: str, *, opset: int | None = None,
-                threads: int | None = None, pipeline: str | None = None) -> str:
+                threads: int | None = None, pipeline: str | None = None,
+                int8_weights: str = "s8") -> str:
     """Save ``graph`` for ``backend`` at ``path``; returns "PATH (SIZE[, + DATA FILE])".
 
     Every file is written atomically (temp file + rename) and never through a symlink
     (``graphopt.fileio``): an error leaves any previous output untouched. A model directory
     (``is_model_dir_output``) holds the graph, ``backend``'s file (onnx, native) and a
-    manifest naming ``pipeline``.
+    manifest naming ``pipeline``. ``int8_weights``: the ONNX int8 weight encoding of a .onnx
+    file (``graphopt.onnx.int8_weights``).
     """
     from graphopt.fileio import atomic_output_path
 
@@ -224,7 +226,7 @@ def save_output(graph, path: str, backend: str, *, opset: int | None = None,
 
         import graphopt
 
-        model = graphopt.to_onnx(graph, path, opset=opset)
+        model = graphopt.to_onnx(graph, path, opset=opset, int8_weights=int8_weights)
         if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
             extra = f", + {os.path.basename(path)}.data"
     elif backend == "torch":
@@ -253,11 +255,12 @@ def prepare_output(path: str, backend: str | None = None, *, flag: bool = True) 
 
 
 def write_output(graph, path: str, backend: str, what: str, *, opset: int | None = None,
-                 threads: int | None = None, pipeline: str | None = None) -> None:
+                 threads: int | None = None, pipeline: str | None = None,
+                 int8_weights: str = "s8") -> None:
     """Save ``graph`` (``save_output``), print "wrote PATH (SIZE): WHAT" and how to load it.
     ``threads``: the native backend's plan threads."""
     written = save_output(graph, path, backend, opset=opset, threads=threads,
-                          pipeline=pipeline)
+                          pipeline=pipeline, int8_weights=int8_weights)
     print(f"wrote {written}: {what}")
     saved_hint(backend, path)
 

@@ -50,11 +50,7 @@ def add_parser(sub, common) -> None:
         "--modes dynamic,weight-only",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_argument(p)
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="where to save it (.onnx, .graphopt)")
-    p.add_argument("--backend", choices=("onnx", "native", "torch"), default=None,
-                   help="what to save, and the backend the quantization is planned for "
-                   "(default: from OUT's extension: .onnx -> onnx, .graphopt -> torch)")
+    _add_output_arguments(p)
     add_target_arguments(p, "threads of the calibration and sensitivity runs (and of a "
                          "native plan)")
     p.add_argument("--mode", choices=_MODES, default="dynamic",
@@ -153,8 +149,20 @@ def run(opts) -> int:
     speed_check(opts, graph, quantized, loaded.args, backend, target.threads)
     write_output(quantized, opts.output, backend, f"{report.mode}, "
                  f"{len(report.quantized)}/{len(report.layers)} layers {report.label}",
-                 threads=target.threads)
+                 threads=target.threads, int8_weights=opts.int8_weights)
     return 0
+
+
+def _add_output_arguments(p) -> None:
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="where to save it (.onnx, .graphopt)")
+    p.add_argument("--backend", choices=("onnx", "native", "torch"), default=None,
+                   help="what to save, and the backend the quantization is planned for "
+                   "(default: from OUT's extension: .onnx -> onnx, .graphopt -> torch)")
+    p.add_argument("--int8-weights", choices=("s8", "u8"), default="s8",
+                   help="onnx: int8 weights as s8 (default; onnxruntime's fast U8S8 kernels, "
+                   "exact on CPUs with VNNI) or u8 with zero point 128 (U8U8 kernels, exact on "
+                   "every CPU: use it for AVX2-only deployments)")
 
 
 def _auto_modes(opts) -> tuple[str, ...]:

@@ -34,6 +34,7 @@ from graphopt.ir.dtypes import DType
 from graphopt.ir.graph import Graph, Node
 from graphopt.ir.types import Dim, TensorType
 from graphopt.onnx._common import DEFAULT_OPSET, TO_ONNX_DTYPE, tensor_buffer
+from graphopt.onnx.int8_weights import check_encoding
 from graphopt.onnx.lowering_context import OnnxLowering
 from graphopt.stagereport import reports_stage
 
@@ -86,20 +87,20 @@ def value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
 
 
 # ------------------------------------------------------------------------------------ driver
-def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET, contrib: bool = True
-                ) -> tuple[onnx.GraphProto, dict[str, int]]:
+def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET, contrib: bool = True,
+                int8_weights: str = "s8") -> tuple[onnx.GraphProto, dict[str, int]]:
     """Lower every node of ``graph``; returns the ONNX graph and the opset imports it needs.
 
     Raises:
         LoweringError: listing every node whose op has no ONNX lowering or that its lowering
             rejected.
     """
-    onnx_graph, domains, data = _lower_graph(graph, opset, contrib)
+    onnx_graph, domains, data = _lower_graph(graph, opset, contrib, int8_weights)
     _fill_initializers(onnx_graph, data)
     return onnx_graph, domains
 
 
-def _lower_graph(graph: Graph, opset: int, contrib: bool
+def _lower_graph(graph: Graph, opset: int, contrib: bool, int8_weights: str = "s8"
                  ) -> tuple[onnx.GraphProto, dict[str, int], dict[str, tuple]]:
     """``lower_graph`` with the initializers' bytes left out (returned by name instead).
 
@@ -108,7 +109,7 @@ def _lower_graph(graph: Graph, opset: int, contrib: bool
             rejected.
     """
     load_lowerings()
-    ctx = OnnxLowering(graph, opset, contrib)
+    ctx = OnnxLowering(graph, opset, contrib, check_encoding(int8_weights))
     for value in graph.inputs:
         ctx._names[value] = value.name
     failures: list[tuple[str, str, str]] = []
@@ -270,7 +271,7 @@ def _live_nodes(graph: Graph) -> set[Node]:
 @reports_stage("to_onnx")
 def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int | None = None, *,
             contrib_ops: bool = True, external_data: bool | None = None,
-            check: bool = True) -> onnx.ModelProto:
+            check: bool = True, int8_weights: str = "s8") -> onnx.ModelProto:
     """Lower ``graph`` to an ONNX model (and save it to ``path`` when given).
 
     Args:
@@ -282,6 +283,9 @@ def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int | No
         external_data: store weights in an external file (None: only when they exceed 2 GB,
             which needs ``path``).
         check: run ``onnx.checker.check_model(full_check=True)`` on the result.
+        int8_weights: "s8" (default) stores integer GEMM / conv weights as int8 (onnxruntime's
+            fast U8S8 kernels, exact only on CPUs with VNNI); "u8" stores them as u8 with zero
+            point 128 (U8U8 kernels, exact on every CPU). See ``graphopt.onnx.int8_weights``.
         report: also return a :class:`~graphopt.stagereport.StageReport` (time, peak RSS).
 
     Returns:
@@ -299,7 +303,7 @@ def to_onnx(graph: Graph, path: str | os.PathLike | None = None, opset: int | No
     graph.check_borrowed_constants()
     if path is not None:
         path = safe_output_path(path)  # refuse a symlinked target before the (slow) lowering
-    onnx_graph, domains, data = _lower_graph(graph, opset, contrib_ops)
+    onnx_graph, domains, data = _lower_graph(graph, opset, contrib_ops, int8_weights)
     total = sum(_nbytes(array, dtype) for array, dtype in data.values())
     if external_data is None:
         external_data = total > EXTERNAL_DATA_THRESHOLD

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphopt.ir.dtypes import DType
+from graphopt.onnx import int8_weights
 from graphopt.onnx._common import MICROSOFT
 from graphopt.onnx.export import TO_ONNX_DTYPE
 from graphopt.onnx.lower_fused import _epilogue
@@ -34,7 +35,16 @@ def _quantize_linear(ctx, node):
 
 @register_lowering("onnx", "dequantize_linear")
 def _dequantize_linear(ctx, node):
+    """An int8 constant (a QDQ weight onnxruntime fuses into its integer kernels) takes the
+    lowering's int8 encoding: as u8 ``codes + 128`` with zero point ``zp + 128``."""
     args = [ctx.input(node, i) for i in range(3)]
+    codes, scale, zp = node.inputs[0], node.inputs[1], node.inputs[2]
+    if (ctx.int8_weights == "u8" and codes.kind == "const" and codes.dtype is DType.int8
+            and (zp is None or zp.kind == "const") and scale.type.is_static):
+        shape = tuple(int(d) for d in scale.shape)
+        args = [int8_weights.weight(ctx, codes.data, codes.name), args[1],
+                int8_weights.shifted_zero_point(ctx, None if zp is None else zp.data, shape,
+                                                f"{codes.name}_zp")]
     while args[-1] == "":
         args.pop()
     ctx.op("DequantizeLinear", args, out=ctx.output(node), axis=node.attrs["axis"])
@@ -50,7 +60,7 @@ def _weight_t(ctx, node) -> str:
     w = node.inputs[1]
     if w.kind != "const":
         raise ctx.fail("qlinear_dynamic needs a constant weight")
-    return ctx.const(np.ascontiguousarray(w.data.T), DType.int8, f"{w.name}_t")
+    return int8_weights.weight(ctx, np.ascontiguousarray(w.data.T), f"{w.name}_t")
 
 
 @register_lowering("onnx", "qlinear_dynamic")
@@ -65,11 +75,11 @@ def _qlinear_dynamic(ctx, node):
         if node.attrs.get("per_token"):
             return _per_token_core(ctx, node, w_t, scale, out)
         if ctx.contrib:
-            zp = ctx.const(np.zeros(n_out, np.int8), DType.int8, "w_zp")
+            zp = int8_weights.zero_point(ctx, (n_out,))
             args = [ctx.input(node, 0), w_t, scale, zp] + ([ctx.input(node, 3)] if has_bias else [])
             return ctx.op("DynamicQuantizeMatMul", args, out=out, domain=MICROSOFT)
         xq, xs, xzp = ctx.op("DynamicQuantizeLinear", [ctx.input(node, 0)], outs=3)
-        acc = ctx.op("MatMulInteger", [xq, w_t, xzp])
+        acc = int8_weights.matmul_integer(ctx, xq, xzp, w_t, n_out)
         y = ctx.op("Cast", [acc], to=TO_ONNX_DTYPE[DType.float32])
         combined = ctx.op("Mul", [xs, scale])
         if not has_bias:
@@ -103,8 +113,8 @@ def _per_token_core(ctx, node, w_t: str, w_scale: str, out: str) -> str:
                          zero, top])
     xq = ctx.op("Add", [ctx.op("Round", [ctx.op("Div", [x, safe])]), zp])
     xq = ctx.op("Cast", [ctx.op("Clip", [xq, zero, top])], to=TO_ONNX_DTYPE[DType.uint8])
-    acc = ctx.op("MatMulInteger", [xq, w_t])
     w_q = node.inputs[1].data.astype(np.int64)
+    acc = int8_weights.matmul_integer(ctx, xq, "", w_t, int(w_q.shape[0]))
     colsum = ctx.const(w_q.sum(axis=1).astype(np.int32), DType.int32, "w_colsum")
     zp_i = ctx.op("Cast", [zp], to=TO_ONNX_DTYPE[DType.int32])
     acc = ctx.op("Sub", [acc, ctx.op("Mul", [zp_i, colsum])])

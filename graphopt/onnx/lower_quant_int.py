@@ -42,6 +42,7 @@ import numpy as np
 
 from graphopt.ir.dtypes import DType
 from graphopt.ir.graph import Node
+from graphopt.onnx import int8_weights
 from graphopt.onnx._common import MICROSOFT
 from graphopt.onnx.conv_padding import conv_input_pads
 from graphopt.onnx.export import TO_ONNX_DTYPE, OnnxLowering
@@ -131,7 +132,8 @@ def _y_zp(ctx, node: Node) -> str:
 def _quantized_core(ctx, node: Node, core, bias_dq: str | None) -> str:
     """``activation(core(x_dq, w_dq, bias))``; the caller adds the QuantizeLinear."""
     xd = _dq(ctx, ctx.input(node, 0), ctx.input(node, 1), ctx.input(node, 2))
-    wd = _dq(ctx, ctx.input(node, 3), ctx.input(node, 4), axis=0)
+    w, wz = int8_weights.weight_operand(ctx, node, 3, int(node.inputs[3].shape[0]))
+    wd = _dq(ctx, w, ctx.input(node, 4), wz if ctx.int8_weights == "u8" else "", axis=0)
     y = core(xd, wd, bias_dq)
     act = node.attrs["activation"]
     if act != "none" and not _activation_implied(node):
@@ -169,10 +171,9 @@ def _qconv(ctx, node):
     if _format[0] == "qlinear" and _activation_implied(node):
         ints = _int32_bias(ctx, node)
         if node.inputs[5] is None or ints is not None:
-            m = int(node.inputs[3].shape[0])
-            wz = ctx.const(np.zeros(m, np.int8), DType.int8, "w_zp")
-            args = [ctx.input(node, i) for i in range(5)]
-            args = args[:3] + [args[3], args[4], wz, ctx.input(node, 6), _y_zp(ctx, node)]
+            w, wz = int8_weights.weight_operand(ctx, node, 3, int(node.inputs[3].shape[0]))
+            args = [ctx.input(node, i) for i in range(3)]
+            args += [w, ctx.input(node, 4), wz, ctx.input(node, 6), _y_zp(ctx, node)]
             if ints is not None:
                 args.append(ints[0])
             ctx.op("QLinearConv", args, out=ctx.output(node), **attrs)
@@ -222,7 +223,7 @@ def _weight_t(ctx, node) -> str:
     w = node.inputs[3]
     if w.kind != "const":
         raise ctx.fail("qlinear needs a constant weight")
-    return ctx.const(np.ascontiguousarray(w.data.T), DType.int8, f"{w.name}_t")
+    return int8_weights.weight(ctx, np.ascontiguousarray(w.data.T), f"{w.name}_t")
 
 
 @register_lowering("onnx", "qlinear")
@@ -238,9 +239,8 @@ def _qlinear(ctx, node):
     if _format[0] == "qlinear" and _activation_implied(node) and ctx.contrib:
         ints = _int32_bias(ctx, node)
         if node.inputs[5] is None or ints is not None:
-            n = int(node.inputs[3].shape[0])
-            wz = ctx.const(np.zeros(n, np.int8), DType.int8, "w_zp")
-            args = [xq, ctx.input(node, 1), ctx.input(node, 2), ctx.input(node, 3),
+            w, wz = int8_weights.weight_operand(ctx, node, 3, int(node.inputs[3].shape[0]))
+            args = [xq, ctx.input(node, 1), ctx.input(node, 2), w,
                     ctx.input(node, 4), wz, ints[0] if ints else "", ctx.input(node, 6),
                     _y_zp(ctx, node)]
             y = ctx.op("QGemm", args, out=final, domain=MICROSOFT, transB=1)
@@ -249,9 +249,9 @@ def _qlinear(ctx, node):
     # Gemm takes the f32 bias as is: onnxruntime 1.32 fuses DQ -> Gemm(f32 C) -> Q into QGemm
     # (quantizing C itself), but not a Gemm whose C is a DequantizeLinear of int32.
     xd = _dq(ctx, xq, ctx.input(node, 1), ctx.input(node, 2))
-    n = int(node.inputs[3].shape[0])
-    wz = ctx.const(np.zeros(n, np.int8), DType.int8, "w_zp")  # QGemm fusion wants it explicit
-    wd = _dq(ctx, ctx.input(node, 3), ctx.input(node, 4), wz, axis=0)
+    # QGemm fusion wants the weight zero point explicit
+    w, wz = int8_weights.weight_operand(ctx, node, 3, int(node.inputs[3].shape[0]))
+    wd = _dq(ctx, w, ctx.input(node, 4), wz, axis=0)
     bias = [ctx.input(node, 5)] if node.inputs[5] is not None else []
     y = ctx.op("Gemm", [xd, wd] + bias, transB=1)
     act = node.attrs["activation"]
@@ -268,11 +268,13 @@ def _reshape_back(ctx, node: Node, y: str) -> None:
 
 def _qlinear_float(ctx, node):
     w_t = _weight_t(ctx, node)
+    n = int(node.inputs[3].shape[0])
     bias = ctx.input(node, 5) or None
     act = node.attrs["activation"]
     if ctx.contrib:
+        w_zp = int8_weights.zero_point(ctx, (n,)) if ctx.int8_weights == "u8" else ""
         args = [ctx.input(node, 0), w_t, ctx.input(node, 1), ctx.input(node, 4),
-                ctx.input(node, 2), "", bias or ""]
+                ctx.input(node, 2), w_zp, bias or ""]
         while args[-1] == "":
             args.pop()
         out = ctx.output(node) if act == "none" else None
@@ -281,7 +283,7 @@ def _qlinear_float(ctx, node):
             emit_activation(ctx, y, act, tuple(node.attrs["activation_params"]), DType.float32,
                             out=ctx.output(node))
         return
-    acc = ctx.op("MatMulInteger", [ctx.input(node, 0), w_t, ctx.input(node, 2)])
+    acc = int8_weights.matmul_integer(ctx, ctx.input(node, 0), ctx.input(node, 2), w_t, n)
     acc_f = ctx.op("Cast", [acc], to=TO_ONNX_DTYPE[DType.float32])
     combined = ctx.op("Mul", [ctx.input(node, 1), ctx.input(node, 4)])
     _scale_bias_act(ctx, node, acc_f, combined, bias, None)

@@ -28,12 +28,15 @@ class OnnxLowering:
         graph: the IR graph being lowered.
         opset: the default-domain opset of the model being built.
         contrib: whether onnxruntime contrib ops (``com.microsoft``) may be used.
+        int8_weights: how int8 weights of integer GEMMs / convolutions are stored, "s8" or
+            "u8" (``graphopt.onnx.int8_weights``).
     """
 
-    def __init__(self, graph: Graph, opset: int, contrib: bool):
+    def __init__(self, graph: Graph, opset: int, contrib: bool, int8_weights: str = "s8"):
         self.graph = graph
         self.opset = opset
         self.contrib = contrib
+        self.int8_weights = int8_weights
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []  # headers; bytes in initializer_data
         self.initializer_data: dict[str, tuple[np.ndarray, DType]] = {}
