@@ -1,14 +1,20 @@
 // Scaled dot-product attention with a streaming (online) softmax.
 //
-// "attention" operands: out, q, k, v, mask?
+// "attention" operands: out, q, k, v, mask?, k2?, v2?
 //   ints: B, H, L, S, E, Ev, kv_group,
 //         q strides (b, h, l), k strides (b, h, s), v strides (b, h, s), out strides (b, h, l),
 //         mask kind (0 none, 1 bool: keep where true, 2 float: added),
-//         mask strides (b, h, l, s), is_causal, bf16
+//         mask strides (b, h, l, s), is_causal, bf16,
+//         S2, k2 strides (b, h, s), v2 strides (b, h, s)
 //   floats: scale
 //   Shapes: q [B, H, L, E], k [B, H/kv_group, S, E], v [B, H/kv_group, S, Ev], out [B, H, L, Ev],
 //   each given by its strides (innermost stride 1): permuted or split views are read in place,
 //   and the output can be written straight into a [B, L, H, Ev] layout.
+//   With S2 > 0 the keys and values continue in a second pair of tensors, k2 [B, H/kv_group,
+//   S2, E] and v2 [B, H/kv_group, S2, Ev]: attention over concat(k, k2) and concat(v, v2)
+//   along the key axis without the concatenation (a decoder step attends to its KV cache and
+//   the step's own new keys: the cache is read where it lies, not copied every step). The mask
+//   and the causal rule see the S + S2 keys in that order.
 //
 // One task per (b, h, block of kQueryBlock queries). For each block of kKeyBlock keys:
 //   scores = scale * Q K^T  (GEMM micro-kernel), mask / causal -> -inf,
@@ -63,9 +69,13 @@ class AttentionKernel : public Kernel {
         for (int i = 0; i < 4; ++i) m_st_[i] = r.signed_param("mask stride");
         causal_ = r.next() != 0;
         amx_ = r.next() != 0 && cpu_features().use_amx;
+        s2_ = r.dim("S2");
+        for (auto* st : {k2_st_, v2_st_}) {
+            for (int i = 0; i < 3; ++i) st[i] = r.signed_param("stride");
+        }
         scale_ = static_cast<float>(r.real(0));
         lb_ = std::min(l_, kQueryBlock);
-        sb_ = std::min(s_, kKeyBlock);
+        sb_ = std::min(s_ + s2_, kKeyBlock);
         if (h_ % group_ != 0) throw PlanError(what + ": kv_group must divide H");
         const int64_t hk = h_ / group_;
         // q [B, H, L, E], k [B, H/g, S, E], v [B, H/g, S, Ev], out [B, H, L, Ev]: innermost
@@ -82,8 +92,14 @@ class AttentionKernel : public Kernel {
         need_strided(args, 1, dims(h_, l_, e_), strides(q_st_), 4);
         need_strided(args, 2, dims(hk, s_, e_), strides(k_st_), 4);
         need_strided(args, 3, dims(hk, s_, ev_), strides(v_st_), 4);
+        if (s2_ > 0) {
+            need_strided(args, 5, dims(hk, s2_, e_), strides(k2_st_), 4);
+            need_strided(args, 6, dims(hk, s2_, ev_), strides(v2_st_), 4);
+        } else if (args.has(5) || args.has(6)) {
+            throw PlanError(what + ": second key/value operands need S2 > 0");
+        }
         if (mask_kind_ != 0) {
-            need_strided(args, 4, any ? std::vector<int64_t>{b_, h_, l_, s_}
+            need_strided(args, 4, any ? std::vector<int64_t>{b_, h_, l_, s_ + s2_}
                                       : std::vector<int64_t>{0, 0, 0, 0},
                          {m_st_[0], m_st_[1], m_st_[2], m_st_[3]}, mask_kind_ == 1 ? 1 : 4);
         } else if (args.has(4)) {
@@ -97,24 +113,35 @@ class AttentionKernel : public Kernel {
         const float* k = ctx.get<const float>(operands[2]);
         const float* v = ctx.get<const float>(operands[3]);
         const char* mask = mask_kind_ != 0 ? ctx.ptr(operands[4]) : nullptr;
+        const float* k2 = s2_ > 0 ? ctx.get<const float>(operands[5]) : nullptr;
+        const float* v2 = s2_ > 0 ? ctx.get<const float>(operands[6]) : nullptr;
         if (b_ == 0 || h_ == 0 || l_ == 0) return;
         const int64_t qblocks = ceil_div(l_, lb_);
         parallel_tasks(ctx.threads, b_ * h_ * qblocks, [&](int64_t t) {
             const int64_t bh = t / qblocks, qb = t % qblocks;
-            task(out, q, k, v, mask, bh / h_, bh % h_, qb * lb_);
+            const int64_t b = bh / h_, h = bh % h_, kh = h / group_;
+            const KeySegment segments[2] = {
+                {k + b * k_st_[0] + kh * k_st_[1], v + b * v_st_[0] + kh * v_st_[1], k_st_[2],
+                 v_st_[2], 0, s_},
+                {s2_ > 0 ? k2 + b * k2_st_[0] + kh * k2_st_[1] : nullptr,
+                 s2_ > 0 ? v2 + b * v2_st_[0] + kh * v2_st_[1] : nullptr, k2_st_[2], v2_st_[2],
+                 s_, s2_}};
+            task(out, q, segments, mask, b, h, qb * lb_);
         });
     }
 
    private:
-    void task(float* out, const float* q, const float* k, const float* v, const char* mask,
+    // Keys [begin, begin + len) of the concatenated key axis, with their values.
+    struct KeySegment {
+        const float* k;
+        const float* v;
+        int64_t k_row, v_row, begin, len;
+    };
+
+    void task(float* out, const float* q, const KeySegment* segments, const char* mask,
               int64_t b, int64_t h, int64_t l0) const {
-        const GemmKernels& kern = gemm_kernels();
-        const VecOps& vec = vec_ops();
         const int64_t rows = std::min(lb_, l_ - l0);
-        const int64_t kh = h / group_;
         const float* qp = q + b * q_st_[0] + h * q_st_[1] + l0 * q_st_[2];
-        const float* kp = k + b * k_st_[0] + kh * k_st_[1];
-        const float* vp = v + b * v_st_[0] + kh * v_st_[1];
         AttnScratch& scr = attn_scratch();
         const int64_t ld_s = round_up(sb_, kNR);
         // AMX tiles write whole 16-row tiles: room for the padded rows and columns.
@@ -136,52 +163,14 @@ class AttentionKernel : public Kernel {
         }
         std::fill(row_max, row_max + rows, -std::numeric_limits<float>::infinity());
         std::fill(row_sum, row_sum + rows, 0.0f);
-        const float neg_inf = -std::numeric_limits<float>::infinity();
-
-        for (int64_t s0 = 0; s0 < s_; s0 += sb_) {
-            if (causal_ && s0 > l0 + rows - 1) break;  // every key of this block is in the future
-            const int64_t cols = std::min(sb_, s_ - s0);
-            // scores[rows, cols] = scale * Q K^T: B(e, s) = K[s, e].
-            if (amx_) {
-                attn_amx_scores(qp, q_st_[2], rows, e_, kp + s0 * k_st_[2], k_st_[2], cols,
-                                scale_, scores, ld_s, tiles);
-            } else {
-                EpilogueSpec ep;
-                ep.alpha = scale_;
-                gemm_block(kern, StridedA{MatrixRef{qp, rows, e_, q_st_[2], 1}},
-                           StridedB{MatrixRef{kp + s0 * k_st_[2], e_, cols, 1, k_st_[2]}}, e_,
-                           scores, ld_s, GemmBlock{0, rows, 0, cols}, ep);
-            }
-            for (int64_t i = 0; i < rows; ++i) {
-                float* srow = scores + i * ld_s;
-                const int64_t l = l0 + i;
-                if (mask_kind_ != 0) apply_mask(srow, mask, b, h, l, s0, cols);
-                if (causal_) {
-                    const int64_t first_future = std::max<int64_t>(0, l + 1 - s0);
-                    for (int64_t j = first_future; j < cols; ++j) srow[j] = neg_inf;
-                }
-                const float m_old = row_max[i];
-                const float m_new = std::max(m_old, vec.reduce_max(srow, cols));
-                if (m_new == neg_inf) {  // nothing visible yet in this row
-                    std::fill(srow, srow + cols, 0.0f);
-                    continue;
-                }
-                const float correction = std::exp(m_old - m_new);  // 0 when m_old is -inf
-                const float sum = vec.exp_scaled_sum(srow, srow, cols, 1.0f, m_new);
-                row_sum[i] = row_sum[i] * correction + sum;
-                row_max[i] = m_new;
-                if (correction != 1.0f) vec.scale(acc + i * ld_acc, ev_, correction);
-            }
-            // acc[rows, Ev] += P V_block
-            if (amx_) {
-                attn_amx_pv(scores, ld_s, rows, cols, vp + s0 * v_st_[2], v_st_[2], ev_, acc,
-                            ld_acc, tiles);
-            } else {
-                EpilogueSpec acc_ep;
-                acc_ep.residual_in_c = true;
-                gemm_block(kern, StridedA{MatrixRef{scores, rows, cols, ld_s, 1}},
-                           StridedB{MatrixRef{vp + s0 * v_st_[2], cols, ev_, v_st_[2], 1}}, cols,
-                           acc, ev_, GemmBlock{0, rows, 0, ev_}, acc_ep);
+        BlockState state{qp, rows, l0, scores, ld_s, acc, ld_acc, row_max, row_sum, tiles};
+        for (int seg = 0; seg < 2; ++seg) {
+            const KeySegment& sg = segments[seg];
+            for (int64_t off = 0; off < sg.len; off += sb_) {
+                const int64_t s0 = sg.begin + off;
+                if (causal_ && s0 > l0 + rows - 1) break;  // every key here is in the future
+                key_block(state, sg.k + off * sg.k_row, sg.k_row, sg.v + off * sg.v_row,
+                          sg.v_row, s0, std::min(sb_, sg.len - off), mask, b, h);
             }
         }
         for (int64_t i = 0; i < rows; ++i) {
@@ -189,6 +178,82 @@ class AttentionKernel : public Kernel {
             const float inv = row_sum[i] > 0.0f ? 1.0f / row_sum[i] : 0.0f;
             const float* arow = acc + i * ld_acc;
             for (int64_t j = 0; j < ev_; ++j) orow[j] = arow[j] * inv;
+        }
+    }
+
+    // One query block's running softmax state (scratch of the calling thread).
+    struct BlockState {
+        const float* qp;
+        int64_t rows, l0;
+        float* scores;
+        int64_t ld_s;
+        float* acc;
+        int64_t ld_acc;
+        float* row_max;
+        float* row_sum;
+        AttnAmxScratch tiles;
+    };
+
+    // Keys s0 .. s0 + cols (rows of kp / vp, k_row / v_row apart) into the block's state.
+    void key_block(BlockState& st, const float* kp, int64_t k_row, const float* vp,
+                   int64_t v_row, int64_t s0, int64_t cols, const char* mask, int64_t b,
+                   int64_t h) const {
+        const GemmKernels& kern = gemm_kernels();
+        const VecOps& vec = vec_ops();
+        const float neg_inf = -std::numeric_limits<float>::infinity();
+        const int64_t rows = st.rows, l0 = st.l0, ld_s = st.ld_s, ld_acc = st.ld_acc;
+        const float* qp = st.qp;
+        float* scores = st.scores;
+        float* acc = st.acc;
+        float* row_max = st.row_max;
+        float* row_sum = st.row_sum;
+        AttnAmxScratch& tiles = st.tiles;
+        // scores[rows, cols] = scale * Q K^T: B(e, s) = K[s, e]. One query row (a decoder
+        // step) reads each key once with dot products instead of packing K for the GEMM.
+        const bool single = rows == 1 && !amx_;
+        if (single) {
+            vec.dot_rows(qp, kp, k_row, cols, e_, scale_, scores);
+        } else if (amx_) {
+            attn_amx_scores(qp, q_st_[2], rows, e_, kp, k_row, cols, scale_, scores, ld_s,
+                            tiles);
+        } else {
+            EpilogueSpec ep;
+            ep.alpha = scale_;
+            gemm_block(kern, StridedA{MatrixRef{qp, rows, e_, q_st_[2], 1}},
+                       StridedB{MatrixRef{kp, e_, cols, 1, k_row}}, e_,
+                       scores, ld_s, GemmBlock{0, rows, 0, cols}, ep);
+        }
+        for (int64_t i = 0; i < rows; ++i) {
+            float* srow = scores + i * ld_s;
+            const int64_t l = l0 + i;
+            if (mask_kind_ != 0) apply_mask(srow, mask, b, h, l, s0, cols);
+            if (causal_) {
+                const int64_t first_future = std::max<int64_t>(0, l + 1 - s0);
+                for (int64_t j = first_future; j < cols; ++j) srow[j] = neg_inf;
+            }
+            const float m_old = row_max[i];
+            const float m_new = std::max(m_old, vec.reduce_max(srow, cols));
+            if (m_new == neg_inf) {  // nothing visible yet in this row
+                std::fill(srow, srow + cols, 0.0f);
+                continue;
+            }
+            const float correction = std::exp(m_old - m_new);  // 0 when m_old is -inf
+            const float sum = vec.exp_scaled_sum(srow, srow, cols, 1.0f, m_new);
+            row_sum[i] = row_sum[i] * correction + sum;
+            row_max[i] = m_new;
+            if (correction != 1.0f) vec.scale(acc + i * ld_acc, ev_, correction);
+        }
+        // acc[rows, Ev] += P V_block
+        if (single) {
+            vec.rows_axpy(acc, scores, vp, v_row, cols, ev_);
+        } else if (amx_) {
+            attn_amx_pv(scores, ld_s, rows, cols, vp, v_row, ev_, acc, ld_acc, tiles);
+        } else {
+            EpilogueSpec acc_ep;
+            acc_ep.residual_in_c = true;
+            gemm_block(kern, StridedA{MatrixRef{scores, rows, cols, ld_s, 1}},
+                       StridedB{MatrixRef{vp, cols, ev_, v_row, 1}}, cols,
+                       acc, ev_, GemmBlock{0, rows, 0, ev_}, acc_ep);
         }
     }
 
@@ -216,18 +281,19 @@ class AttentionKernel : public Kernel {
         }
     }
 
-    int64_t b_, h_, l_, s_, e_, ev_, group_, lb_, sb_;
-    int64_t q_st_[3], k_st_[3], v_st_[3], o_st_[3], m_st_[4];
+    int64_t b_, h_, l_, s_, s2_, e_, ev_, group_, lb_, sb_;
+    int64_t q_st_[3], k_st_[3], v_st_[3], o_st_[3], m_st_[4], k2_st_[3], v2_st_[3];
     int64_t mask_kind_;
     bool causal_, amx_ = false;
     float scale_;
 };
 
 GRAPHOPT_RT_KERNEL("attention", AttentionKernel,
-                   "out, q, k, v, mask?",
+                   "out, q, k, v, mask?, k2?, v2?",
                    "B:dim, H:dim, L:dim, S:dim, E:dim, Ev:dim, kv_group:dim, q_strides[3]:signed, "
                    "k_strides[3]:signed, v_strides[3]:signed, out_strides[3]:signed, "
-                   "mask_kind:mode, mask_strides[4]:signed, causal:flag, bf16:flag",
+                   "mask_kind:mode, mask_strides[4]:signed, causal:flag, bf16:flag, S2:dim, "
+                   "k2_strides[3]:signed, v2_strides[3]:signed",
                    "scale");
 
 }  // namespace

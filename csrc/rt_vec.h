@@ -27,6 +27,12 @@ struct VecOps {
     void (*axpy)(float* y, const float* x, float a, int64_t n);  // y += a * x
     // y[i] += a * x[i * stride]  (stride >= 1; 1 and 2 are vectorised)
     void (*axpy_strided)(float* y, const float* x, int64_t stride, float a, int64_t n);
+    // out[j] = scale * dot(x, m + j * ld) over n elements, for j < rows (one query's scores).
+    void (*dot_rows)(const float* x, const float* m, int64_t ld, int64_t rows, int64_t n,
+                     float scale, float* out);
+    // y[i] += sum_j p[j] * m[j * ld + i] for i < n, j < rows (one query's weighted values).
+    void (*rows_axpy)(float* y, const float* p, const float* m, int64_t ld, int64_t rows,
+                      int64_t n);
     // y[i] += sum_t w[t] * x[t][i * stride] over `taps` input rows (depthwise convolution);
     // every x[t][i * stride] for i < n must be readable, and x[t][(n - 1) * stride + 1] too
     // when stride is 2 (rows with one float of slack).

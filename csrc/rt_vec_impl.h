@@ -96,6 +96,56 @@ struct VecImpl {
         for (; i < n; ++i) y[i] += a * x[i];
     }
 
+    static void dot_rows(const float* x, const float* m, int64_t ld, int64_t rows, int64_t n,
+                         float scale, float* out) {
+        for (int64_t j = 0; j < rows; ++j) {
+            const float* r = m + j * ld;
+            V a0 = S::zero(), a1 = S::zero();
+            int64_t i = 0;
+            for (; i + 2 * W <= n; i += 2 * W) {
+                a0 = S::fma(S::load(x + i), S::load(r + i), a0);
+                a1 = S::fma(S::load(x + i + W), S::load(r + i + W), a1);
+            }
+            for (; i + W <= n; i += W) a0 = S::fma(S::load(x + i), S::load(r + i), a0);
+            float sum = S::hsum(S::add(a0, a1));
+            for (; i < n; ++i) sum += x[i] * r[i];
+            out[j] = sum * scale;
+        }
+    }
+
+    static void rows_axpy(float* y, const float* p, const float* m, int64_t ld, int64_t rows,
+                          int64_t n) {
+        int64_t i = 0;
+        for (; i + 4 * W <= n; i += 4 * W) {  // four vectors of y stay in registers
+            V y0 = S::load(y + i), y1 = S::load(y + i + W);
+            V y2 = S::load(y + i + 2 * W), y3 = S::load(y + i + 3 * W);
+            for (int64_t j = 0; j < rows; ++j) {
+                const V pj = S::set1(p[j]);
+                const float* r = m + j * ld + i;
+                y0 = S::fma(pj, S::load(r), y0);
+                y1 = S::fma(pj, S::load(r + W), y1);
+                y2 = S::fma(pj, S::load(r + 2 * W), y2);
+                y3 = S::fma(pj, S::load(r + 3 * W), y3);
+            }
+            S::store(y + i, y0);
+            S::store(y + i + W, y1);
+            S::store(y + i + 2 * W, y2);
+            S::store(y + i + 3 * W, y3);
+        }
+        for (; i + W <= n; i += W) {
+            V acc = S::load(y + i);
+            for (int64_t j = 0; j < rows; ++j) {
+                acc = S::fma(S::set1(p[j]), S::load(m + j * ld + i), acc);
+            }
+            S::store(y + i, acc);
+        }
+        for (; i < n; ++i) {
+            float acc = y[i];
+            for (int64_t j = 0; j < rows; ++j) acc += p[j] * m[j * ld + i];
+            y[i] = acc;
+        }
+    }
+
     // Loads x[0], x[s], ..., x[(W - 1) * s] for s in {1, 2}.
     static V load_strided(const float* x, int64_t s) {
         return s == 1 ? S::load(x) : S::load_even(x);
@@ -299,6 +349,7 @@ VecOps make_vec_ops(const char* name, EpilogueFn epilogue) {
     using I = VecImpl<S>;
     return VecOps{name,    I::reduce_max,   I::reduce_sum,  I::exp_scaled_sum,
                   I::scale, I::affine,       I::axpy,        I::axpy_strided,
+                  I::dot_rows, I::rows_axpy,
                   I::taps_row, I::gather_strided, I::max_strided, I::layer_norm,
                   I::binary, epilogue};
 }

@@ -15,7 +15,8 @@ Before -> after::
 Rules (each is exact in fp32, see its docstring for why):
 
 * identities: reshape/expand/slice whose output type equals the input type, permute with the
-  identity perm, cast to the same dtype;
+  identity perm, cast to the same dtype; a slice that is exactly one piece of a two-piece
+  concatenation;
 * chains: reshape(reshape(x)), permute(permute(x)) (perms composed; the identity disappears),
   cast(cast(x)) when the inner cast is lossless, neg(neg(x)), squeeze(unsqueeze(x)) and
   unsqueeze(squeeze(x)) that give back x's type;
@@ -35,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphopt.ir.dtypes import DType
-from graphopt.rewrite import Const, RewritePass, Rule, Var, op
+from graphopt.rewrite import Attr, Const, RewritePass, Rule, Var, op
 from graphopt.rewrite.layout import (  # the shared layout rules (the ONNX importer runs them too)
     IdentityPermute,
     IdentityReshape,
@@ -66,6 +67,43 @@ class IdentitySlice(IdentityReshape):
 
     def pattern(self):
         return op.slice(Var("x"), step=1)
+
+
+class SliceOfConcat(Rule):
+    """slice(concat(a, b){axis}){axis, step=1} that is exactly ``a`` or ``b`` -> that piece.
+
+    With step 1, a slice starting where a piece starts (0 for ``a``, ``a``'s length for ``b``)
+    whose output has that piece's type (so its length) covers that piece and nothing else. A
+    traced decoder step returns its new keys as ``slice(concat(cache, new))``: after this rule
+    the concatenation is read by attention alone (native/lower/kv_segments.py).
+    """
+
+    name = "slice-of-concat"
+    allow_shared = True  # the concatenation usually has other readers; it is not duplicated
+
+    def pattern(self):
+        cat = op.concat(Var("a"), Var("b"), axis=Attr("cat_axis"))
+        return op.slice(cat, axis=Attr("axis"), start=Attr("start"), step=1)
+
+    def check(self, match):
+        return self._piece(match)[1]
+
+    def rewrite(self, match, rw):
+        return self._piece(match)[0]
+
+    @staticmethod
+    def _piece(match):
+        a, b = match["a"], match["b"]
+        rank = a.type.rank
+        if match.attrs["axis"] % rank != match.attrs["cat_axis"] % rank:
+            return None, "the slice and the concatenation are along different axes"
+        start, axis = match.attrs["start"], match.attrs["axis"] % rank
+        if start == 0 and _same_type(match, a) is None:
+            return a, None
+        if isinstance(a.shape[axis], int) and start == a.shape[axis] and \
+                _same_type(match, b) is None:
+            return b, None
+        return None, "the slice is not exactly one piece of the concatenation"
 
 
 class IdentityCast(IdentityReshape):
@@ -271,6 +309,7 @@ def canonicalize_rules(signed_zeros: bool = True) -> list[Rule]:
         IdentityReshape(),
         IdentityExpand(),
         IdentitySlice(),
+        SliceOfConcat(),
         IdentityPermute(),
         IdentityCast(),
         ReshapeReshape(),

@@ -183,13 +183,15 @@ def test_fold_constants_skips_symbolic_and_impure_nodes():
 
 
 # --------------------------------------------------------------------------- canonicalize
-CANON_BEFORE = """graph main(%x: f32[2, 3], %i: i32[2, 3], %y: f32[3, 1]) {
+CANON_BEFORE = """graph main(%x: f32[2, 3], %i: i32[2, 3], %y: f32[3, 1], %z: f32[2, 2]) {
   const %one: f32[] = 1.0
   const %ones: f32[2, 3]
   const %nzero: f32[3] = [-0.0, -0.0, -0.0]
   const %pzero: f32[] = 0.0
   const %izero: i32[] = 0
-  %r: f32[2, 3] = reshape(%x) {shape=[2, 3]}
+  %xz: f32[2, 5] = concat(%x, %z) {axis=1}
+  %xs: f32[2, 3] = slice(%xz) {axis=-1, end=3, start=0, step=1}
+  %r: f32[2, 3] = reshape(%xs) {shape=[2, 3]}
   %e: f32[2, 3] = expand(%r) {shape=[2, 3]}
   %sl: f32[2, 3] = slice(%e) {axis=1, end=9223372036854775807, start=0, step=1}
   %pi: f32[2, 3] = permute(%sl) {perm=[0, 1]}
@@ -220,7 +222,7 @@ def test_canonicalize_golden_collapses_every_identity_and_chain():
     g = graphopt.parse(CANON_BEFORE, {"ones": np.ones((2, 3), np.float32)})
     out, report = graphopt.optimize(g, "canonicalize,dce", report=True)
     assert str(out) == golden("""
-graph main(%x: f32[2, 3], %i: i32[2, 3], %y: f32[3, 1]) {
+graph main(%x: f32[2, 3], %i: i32[2, 3], %y: f32[3, 1], %z: f32[2, 2]) {
   %reshape: f32[3, 2] = reshape(%x) {shape=[3, 2]}
   return %reshape, %i, %y
 }""")
@@ -229,8 +231,8 @@ graph main(%x: f32[2, 3], %i: i32[2, 3], %y: f32[3, 1]) {
     x = torch.randn(2, 3)
     x[0, 0] = -0.0
     i = torch.arange(6, dtype=torch.int32).reshape(2, 3)
-    y = torch.randn(3, 1)
-    for a, b in zip(graphopt.run(out, x, i, y), graphopt.run(g, x, i, y)):
+    y, z = torch.randn(3, 1), torch.randn(2, 2)
+    for a, b in zip(graphopt.run(out, x, i, y, z), graphopt.run(g, x, i, y, z)):
         assert torch.equal(a, b) and torch.equal(a.signbit(), b.signbit())
 
 

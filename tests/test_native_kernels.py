@@ -7,8 +7,8 @@ torch functions (F.conv2d, F.scaled_dot_product_attention, ...).
 Tolerance: |native - torch| <= 1e-5 * max(1, max|torch|) + 1e-4 * |torch| (float32 sums in a
 different order; the scale term covers the rounding of length-K dot products). Integer and
 bool results must be equal. The elementwise kernels: tests/test_native_elementwise.py. This
-file and that one also run on the portable (non-AVX2) kernels: ``test_portable_path`` reruns
-them with GRAPHOPT_DISABLE_AVX2=1.
+file and that one (and test_native_kv_attention.py) also run on the portable (non-AVX2) kernels:
+``test_portable_path`` reruns them with GRAPHOPT_DISABLE_AVX2=1.
 """
 
 from __future__ import annotations
@@ -375,6 +375,7 @@ def test_portable_path(env_var, isa):
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
          os.path.join(tests, "test_native_kernels.py"),
          os.path.join(tests, "test_native_elementwise.py"),
+         os.path.join(tests, "test_native_kv_attention.py"),
          "-k", ("not portable and (linear or conv or attention or norm or softmax or unary "
                 "or binary_float or reduce_float or pool)")],
         env=env, capture_output=True, text=True, timeout=600, check=False)

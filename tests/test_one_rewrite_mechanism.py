@@ -316,14 +316,16 @@ def test_onnx_import_cleanup_uses_the_shared_rules_on_adapters_only():
 
 
 # (model, options, pipeline) -> (nodes, rewrites) measured at the commit before the DCE, the
-# layout rules and the folder were unified (the optimized IR text was identical too).
+# layout rules and the folder were unified (the optimized IR text was identical too). GPT-2's
+# rewrites went down by one with canonicalize's slice-of-concat rule (one rewrite where the
+# constant folder and a layout rule took two), same nodes.
 BEFORE_UNIFICATION = {
     ("mlp", (("depth", 3), ("width", 64)), "canonicalize,cse,fold-constants,dce"): (5, 0),
     ("mlp", (("depth", 3), ("width", 64)), "default"): (3, 2),
     ("mobilenetv2", (("size", 32),), "canonicalize,cse,fold-constants,dce"): (203, 0),
     ("mobilenetv2", (("size", 32),), "default"): (59, 404),
-    ("gpt2", (("layers", 2), ("seq", 16)), "canonicalize,cse,fold-constants,dce"): (77, 90),
-    ("gpt2", (("layers", 2), ("seq", 16)), "default"): (35, 141),
+    ("gpt2", (("layers", 2), ("seq", 16)), "canonicalize,cse,fold-constants,dce"): (77, 89),
+    ("gpt2", (("layers", 2), ("seq", 16)), "default"): (35, 140),
 }
 
 

@@ -155,6 +155,9 @@ class PlanBuilder:
         # Values held in the channel-blocked layout (native/lower/blocked.py). A value lives
         # in ``env`` (plain), here, or both: plain_ref() reorders a blocked one on first demand.
         self.blocked: dict[Value, TensorRef] = {}
+        # Concatenations left unmade (native/lower/kv_segments.py): value -> its two pieces
+        # and axis; plain_ref() makes the concatenation for a reader that needs it whole.
+        self.segments: dict[Value, tuple[TensorRef, TensorRef, int]] = {}
         self._shapes: dict[Value, tuple[int, ...]] = {}
         self.last_use: dict[Value, float] = {}
         self.failures: list[tuple[str, str, str]] = []
@@ -247,7 +250,15 @@ class PlanBuilder:
             from graphopt.native.lower.blocked import emit_from_blocked
 
             ref = self.env[value] = emit_from_blocked(self, value, self.blocked[value])
+        elif ref is None and value in self.segments:
+            from graphopt.native.lower.kv_segments import join_segments
+
+            ref = self.env[value] = join_segments(self, value, self.segments[value])
         return ref
+
+    def holds(self, value: Value) -> bool:
+        """Whether ``value`` was computed (plainly, blocked or as concatenation pieces)."""
+        return value in self.env or value in self.blocked or value in self.segments
 
     def materialize(self, value: Value, ref: TensorRef, name: str) -> TensorRef:
         """A contiguous copy of view ``ref`` of ``value`` (made once per value)."""
@@ -375,7 +386,7 @@ class PlanBuilder:
                 raise Unsupported(f"no native kernel for op '{node.op}'")
             lowering(ctx)
             missing = [v.name for v in node.outputs
-                       if v not in self.env and v not in self.consts and v not in self.blocked]
+                       if not self.holds(v) and v not in self.consts]
             if missing:
                 raise GraphoptError(f"native lowering of {node.op} did not define {missing}")
         except GraphoptError:
@@ -435,7 +446,7 @@ class PlanBuilder:
             self.devirtualize(v)
             if v is None:
                 inputs.append(None)
-            elif v in self.env or v in self.blocked:
+            elif self.holds(v):
                 inputs.append(self.plain_ref(v))
             else:
                 inputs.append(self.const_ref(self.consts[v], v.dtype))

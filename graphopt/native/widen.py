@@ -47,7 +47,7 @@ def lower_widened(builder, node: Node, index: int, lowering) -> None:
         back.append((v, wide))
     lowering(LoweringContext(builder, shadow, index))
     for v, wide in back:
-        if wide in builder.consts and wide not in builder.env and wide not in builder.blocked:
+        if wide in builder.consts and not builder.holds(wide):
             half = numpy_to_torch(builder.consts[wide], DType.float32).to(v.dtype.torch)
             builder.consts[v] = torch_to_numpy(half)[0]
             continue
@@ -65,7 +65,7 @@ def _widened_input(builder, v: Value, index: int) -> Value:
     shape = builder.shape(v)
     wide = Value(v.graph, f"{v.name}.f32", TensorType(shape, DType.float32), "node")
     builder.last_use[wide] = index
-    if v in builder.consts and v not in builder.env and v not in builder.blocked:
+    if v in builder.consts and not builder.holds(v):
         data = numpy_to_torch(builder.consts[v], v.dtype).to(torch.float32)
         builder.consts[wide] = np.ascontiguousarray(data.numpy())
         return wide

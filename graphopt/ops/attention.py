@@ -13,7 +13,7 @@ from graphopt.ops.registry import PURE, AttrSpec, register_op
 
 
 def _sdpa_infer(types, attrs):
-    q, k, v, mask = types
+    q, k, v, mask = (list(types) + [None])[:4]  # the mask may be left out
     if q.rank < 2 or k.rank != q.rank or v.rank != q.rank:
         raise TypeInferenceError(f"attention q/k/v must share rank >= 2: {q}, {k}, {v}")
     expect_dim(q.shape[-1], k.shape[-1], "attention head dim of q vs k")

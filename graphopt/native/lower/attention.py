@@ -3,7 +3,8 @@
 q, k and v are read through their strides, so the usual head split (linear -> reshape ->
 permute) costs no copy. When the result's only user is a permute (the head merge before the
 output projection), the kernel writes straight into that permute's layout and the permute
-becomes free as well.
+becomes free as well. Keys and values that are a decoder's ``concat(cache, new)`` are read in
+their two pieces (native/lower/kv_segments.py): the cache is not copied every step.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 
 from graphopt.ir.dtypes import DType
 from graphopt.native.lower._common import require_float32
+from graphopt.native.lower.kv_segments import key_segments
 from graphopt.ops.registry import register_lowering
 from graphopt.rewrite import Var, match_at, op
 
@@ -47,13 +49,20 @@ def _batch_strides(ref, batch: tuple[int, ...], ctx) -> tuple[int, int]:
 @register_lowering("native", "attention")
 def lower_attention(ctx) -> None:
     require_float32(ctx, 0, 1, 2)
-    q, k, v = (_inner_contiguous(ctx, i) for i in range(3))
     out_shape = ctx.out_shape(0)
     if len(out_shape) < 2:
         ctx.unsupported("attention on rank < 2")
+    pieces = key_segments(ctx)
+    if pieces is None:
+        q, k, v = (_inner_contiguous(ctx, i) for i in range(3))
+        k2 = v2 = None
+    else:
+        q = _inner_contiguous(ctx, 0)
+        k, v, k2, v2 = pieces
     batch = out_shape[:-2]
     L, E = q.shape[-2:]
     S, Ev = k.shape[-2], v.shape[-1]
+    S2 = 0 if k2 is None else k2.shape[-2]
     group = 1
     if ctx.attrs["enable_gqa"] and len(q.shape) >= 3 and k.shape[-3] != q.shape[-3]:
         group = q.shape[-3] // k.shape[-3]
@@ -74,17 +83,19 @@ def lower_attention(ctx) -> None:
     if scale is None:
         scale = 1.0 / math.sqrt(E)
 
-    mask_kind, m_strides, mask = _mask_operand(ctx, batch, L, S)
+    mask_kind, m_strides, mask = _mask_operand(ctx, batch, L, S + S2)
     out = _output_ref(ctx, out_shape)
     ob, oh = _batch_strides(out, batch, ctx)
     qb, qh = _batch_strides(q, batch, ctx)
     kb, kh = kv_strides(k)
     vb, vh = kv_strides(v)
-    ctx.emit("attention", [out, q, k, v, mask],
+    tail = [0] * 6 if k2 is None else [*kv_strides(k2), k2.strides[-2],
+                                       *kv_strides(v2), v2.strides[-2]]
+    ctx.emit("attention", [out, q, k, v, mask, k2, v2],
              [B, H, L, S, E, Ev, group,
               qb, qh, q.strides[-2], kb, kh, k.strides[-2], vb, vh, v.strides[-2],
               ob, oh, out.strides[-2], mask_kind, *m_strides, int(ctx.attrs["is_causal"]),
-              int(ctx.builder.precision == "bf16")],
+              int(ctx.builder.precision == "bf16"), S2, *tail],
              [scale])
 
 

@@ -14,6 +14,7 @@ from graphopt.ir.dtypes import DType
 from graphopt.native import refs as R
 from graphopt.native.lower import blocked
 from graphopt.native.lower._common import accepts_padded_input, norm_axis
+from graphopt.native.lower.kv_segments import defer_concat
 from graphopt.ops.registry import register_lowering
 
 
@@ -89,6 +90,8 @@ def lower_flip(ctx) -> None:
 
 @register_lowering("native", "concat")
 def lower_concat(ctx) -> None:
+    if defer_concat(ctx):  # a decoder's KV cache + new keys: attention reads the two pieces
+        return
     out = ctx.output(0)
     axis = norm_axis(ctx.attrs["axis"], len(out.shape))
     start = 0
