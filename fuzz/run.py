@@ -31,7 +31,7 @@ import traceback
 
 FUZZ_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(FUZZ_DIR)
-TARGETS = ("parser", "onnx", "artifact", "bundle", "gcm", "modeldir")
+TARGETS = ("parser", "onnx", "artifact", "bundle", "gcm", "modeldir", "decoderdir")
 
 
 def load_harness(target: str, instrument: bool = False):

@@ -89,26 +89,41 @@ def save(model, directory, *, pipeline: str | None = None, target=None,
     accuracy / latency ``figures``, the sha256 of every file) and, with ``onnx=True`` /
     ``native=True`` (default: the backend ``model`` was compiled for), those lowerings beside
     it. No pickle. ``graphopt.load(directory)`` verifies it. Returns the manifest (a dict).
-    See graphopt/artifact.py and docs/artifacts.md."""
+    See graphopt/artifact.py and docs/artifacts.md.
+
+    A decoder (``graphopt.trace_decoder``'s DecoderGraph, or its compiled form) is saved as a
+    *decoder directory*: its step graph plus the manifest's ``decoder`` section (cache geometry,
+    vocabulary, stop and pad tokens; lowerings only with ``onnx=True`` / ``native=True``);
+    ``graphopt.load`` gives the DecoderGraph back. See graphopt/decoding/directory.py."""
+    from graphopt.decoding.runner import CompiledDecoder
+    from graphopt.decoding.trace import DecoderGraph
+
+    if isinstance(model, (DecoderGraph, CompiledDecoder)):
+        from graphopt.decoding.directory import save_decoder
+
+        return save_decoder(model, directory, pipeline=pipeline, target=target, figures=figures,
+                            onnx=bool(onnx), native=bool(native))
     from graphopt.artifact import save_model_dir
 
     return save_model_dir(model, directory, pipeline=pipeline, target=target, figures=figures,
                           onnx=onnx, native=native)
 
 
-def load(path) -> Graph:
+def load(path):
     """Read a graph from a model directory (``graphopt.save``: manifest, hashes and format
     version checked first), a compressed model (``.gcm``, ``graphopt.compress``), a torch
-    bundle (``.graphopt``, ``graphopt.backends.torch_bundle``) or an ONNX model (``.onnx``)."""
+    bundle (``.graphopt``, ``graphopt.backends.torch_bundle``) or an ONNX model (``.onnx``).
+    A decoder directory (``graphopt.save(decoder, DIR)``) gives its ``DecoderGraph`` (step
+    graph and decoder metadata, all checked), ready for ``.compile()`` and ``generate``."""
     import os
 
     from graphopt.codec.container import MAGIC
 
     where = os.fspath(path)
     if os.path.isdir(where):
-        from graphopt.artifact import load_model_dir
+        from graphopt.decoding.directory import load_directory
 
-        return load_model_dir(where)
+        return load_directory(where)
     try:
         with open(where, "rb") as f:
             head = f.read(len(MAGIC))

@@ -20,7 +20,16 @@ without pickle::
      "target": {"backend": "native", "isa": "avx512", "threads": 2} | null,
      "pipeline": "default" | null,
      "figures": {...} | null,       # the user's accuracy / latency figures: JSON numbers, text
-     "files": {"model.graphopt": {"sha256": "...", "bytes": 123}, ...}}
+     "files": {"model.graphopt": {"sha256": "...", "bytes": 123}, ...},
+     "decoder": {...}}              # only in a decoder directory (format 1.1, below)
+
+A *decoder directory* (``graphopt.save(decoder, DIR)``) is a model directory whose graph is a
+decoder step graph and whose manifest has the optional ``decoder`` section: what generation
+needs besides the graph (cache capacity, cache geometry, vocabulary, stop and pad tokens). This
+module stores the section as it is given and checks only that it is an object; its meaning, and
+its checks against the graph, belong to graphopt/decoding/directory.py, which is what loads
+decoder directories. ``load_model_dir`` refuses a decoder directory (the step graph alone
+would silently drop the section); ``graphopt.load`` returns a ``DecoderGraph`` for it.
 
 Loading trusts nothing in the directory: the manifest is size-capped JSON with exactly the
 fields above (``figures`` plain JSON of bounded depth); a newer major ``version`` is refused
@@ -44,13 +53,18 @@ from graphopt.fileio import atomic_write, safe_output_path
 from graphopt.ir.graph import Graph
 
 FORMAT = "graphopt-model-dir"
-VERSION = (1, 0)  # (major, minor): a reader refuses a newer major, reads any minor
+# (major, minor): a reader refuses a newer major, reads any minor. 1.1 added the optional
+# "decoder" section (a 1.0 reader refuses a manifest with it as an unknown field: it does not
+# load the step graph without its metadata).
+VERSION = (1, 1)
 MANIFEST = "manifest.json"
 GRAPH_FILE, ONNX_FILE, NATIVE_FILE = "model.graphopt", "model.onnx", "model.native"
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_FIGURE_DEPTH = 8
 FIELDS = {"format", "version", "graphopt", "created", "inputs", "outputs", "target",
           "pipeline", "figures", "files"}
+DECODER_SECTION = "decoder"  # optional: the decoder directory's metadata (module doc)
+MAX_SECTION_DEPTH = 4
 _CHUNK = 1 << 20
 
 
@@ -62,11 +76,13 @@ def is_model_dir(path: str | os.PathLike) -> bool:
 @entry_point("graphopt.save")
 def save_model_dir(model: Any, directory: str | os.PathLike, *, pipeline: str | None = None,
                    target: Any = None, figures: dict | None = None, onnx: bool | None = None,
-                   native: bool | None = None) -> dict:
+                   native: bool | None = None, decoder: dict | None = None) -> dict:
     """Write ``model`` (a Graph or a compiled module: native, onnxruntime or torch) to
     ``directory`` (created; an existing one must be empty or a model directory, which is
     replaced file by file, the manifest last). ``onnx`` / ``native``: also store that lowering
-    (default: the one ``model`` was compiled for). Returns the manifest."""
+    (default: the one ``model`` was compiled for). ``decoder``: the manifest's decoder section,
+    as graphopt/decoding/directory.py builds and checks it (None: a plain model directory).
+    Returns the manifest."""
     graph, compiled_for = _graph_and_backend(model)
     onnx = compiled_for == "onnxruntime" if onnx is None else bool(onnx)
     native = compiled_for == "native" if native is None else bool(native)
@@ -93,6 +109,8 @@ def save_model_dir(model: Any, directory: str | os.PathLike, *, pipeline: str | 
                 "inputs": signature(graph.inputs), "outputs": signature(graph.outputs),
                 "target": _target_dict(target), "pipeline": pipeline, "figures": figures,
                 "files": {name: _file_entry(os.path.join(folder, name)) for name in written}}
+    if decoder is not None:
+        manifest[DECODER_SECTION] = decoder
     with atomic_write(os.path.join(folder, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=1)
     for stale in {ONNX_FILE, ONNX_FILE + ".data", NATIVE_FILE} - set(written):
@@ -103,11 +121,29 @@ def save_model_dir(model: Any, directory: str | os.PathLike, *, pipeline: str | 
 
 @entry_point("graphopt.load of a model directory")
 def load_model_dir(directory: str | os.PathLike) -> Graph:
-    """The graph of a model directory, after ``read_manifest`` verified it."""
+    """The graph of a model directory, after ``read_manifest`` verified it.
+
+    Raises:
+        ArtifactError: the directory is not a valid model directory, or it is a decoder
+            directory (its step graph alone would lose the decoder metadata: ``graphopt.load``
+            gives the ``DecoderGraph``).
+    """
+    folder = os.fspath(directory)
+    manifest = read_manifest(folder)
+    if DECODER_SECTION in manifest:
+        raise ArtifactError(
+            f"{folder}: a decoder directory (its manifest has a 'decoder' section): load it "
+            "with graphopt.load(DIR), which gives the DecoderGraph (its .graph is the step "
+            "graph), or run it with `graphopt generate DIR`")
+    return load_listed_graph(folder, manifest)
+
+
+def load_listed_graph(directory: str | os.PathLike, manifest: dict) -> Graph:
+    """The graph file of ``directory``, whose ``manifest`` ``read_manifest`` returned (and so
+    verified), checked against the manifest's signature."""
     from graphopt.backends.torch_bundle import load_graph
 
     folder = os.fspath(directory)
-    manifest = read_manifest(folder)
     graph = load_graph(os.path.join(folder, GRAPH_FILE))
     for kind, values in (("inputs", graph.inputs), ("outputs", graph.outputs)):
         if signature(values) != manifest[kind]:
@@ -139,6 +175,11 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     if manifest["figures"] is not None and not _plain(manifest["figures"], MAX_FIGURE_DEPTH):
         raise ArtifactError(f"{folder}: manifest 'figures' must be plain JSON (objects, lists, "
                             f"numbers, text; depth <= {MAX_FIGURE_DEPTH}) or null")
+    section = manifest.get(DECODER_SECTION)
+    if DECODER_SECTION in manifest and (not isinstance(section, dict)
+                                        or not _plain(section, MAX_SECTION_DEPTH)):
+        raise ArtifactError(f"{folder}: manifest '{DECODER_SECTION}' must be an object of plain "
+                            f"JSON (depth <= {MAX_SECTION_DEPTH}); re-save the decoder")
     return manifest
 
 
@@ -168,8 +209,9 @@ def _parse_manifest(folder: str) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a graphopt model manifest (format must be '{FORMAT}')")
     _check_version(path, manifest.get("version"), manifest.get("graphopt"))
-    if set(manifest) != FIELDS:
-        missing, extra = sorted(FIELDS - set(manifest)), sorted(set(manifest) - FIELDS)
+    if set(manifest) - {DECODER_SECTION} != FIELDS:
+        missing = sorted(FIELDS - set(manifest))
+        extra = sorted(set(manifest) - FIELDS - {DECODER_SECTION})
         raise ArtifactError(f"{path}: fields missing {missing}, unknown {extra}")
     return manifest
 

@@ -174,9 +174,33 @@ def _load_zoo(spec: str, name: str, options: dict[str, Any]) -> LoadedModel:
 
 
 # -------------------------------------------------------------------------------- factory
-def _load_factory(spec: str, base: str, options: dict[str, Any]) -> LoadedModel:
+def is_factory(base: str) -> bool:
+    """Whether ``base`` (a spec without its ``?options``) names a factory function."""
+    return _FACTORY.match(base) is not None
+
+
+def call_factory(base: str, options: dict[str, Any]) -> Any:
+    """Import ``package.module:function`` or ``file.py:function`` and call it with
+    ``options``; returns what it returned (``ModelSpecError`` for any failure)."""
     found = _FACTORY.match(base)
+    if found is None:
+        raise ModelSpecError(f"'{base}' is not package.module:function or file.py:function")
     module_name, attr = found.group("module"), found.group("attr")
+    fn: Any = _import_factory_module(module_name)
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise ModelSpecError(f"module '{module_name}' has no attribute '{attr}'")
+    if not callable(fn):
+        raise ModelSpecError(f"'{module_name}:{attr}' is not callable")
+    try:
+        return fn(**options)
+    except Exception as exc:
+        raise ModelSpecError(f"factory {module_name}:{attr} raised {type(exc).__name__}: "
+                             f"{_first_line(exc)}") from exc
+
+
+def _import_factory_module(module_name: str):
     if module_name.endswith(".py"):
         if not os.path.isfile(module_name):
             raise ModelSpecError(f"no such file: {module_name}")
@@ -189,35 +213,27 @@ def _load_factory(spec: str, base: str, options: dict[str, Any]) -> LoadedModel:
         except Exception as exc:
             raise ModelSpecError(f"cannot load {module_name}: {type(exc).__name__}: "
                                  f"{_first_line(exc)}") from exc
-    else:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            raise ModelSpecError(f"cannot import module '{module_name}' of MODEL '{spec}': "
-                                 f"{exc}") from exc
-        except Exception as exc:
-            raise ModelSpecError(f"importing '{module_name}' failed: {type(exc).__name__}: "
-                                 f"{_first_line(exc)}") from exc
-    fn: Any = module
-    for part in attr.split("."):
-        fn = getattr(fn, part, None)
-        if fn is None:
-            raise ModelSpecError(f"module '{module_name}' has no attribute '{attr}'")
-    if not callable(fn):
-        raise ModelSpecError(f"'{module_name}:{attr}' is not callable")
+        return module
     try:
-        result = fn(**options)
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ModelSpecError(f"cannot import module '{module_name}': {exc}") from exc
     except Exception as exc:
-        raise ModelSpecError(f"factory {module_name}:{attr} raised {type(exc).__name__}: "
+        raise ModelSpecError(f"importing '{module_name}' failed: {type(exc).__name__}: "
                              f"{_first_line(exc)}") from exc
+
+
+def _load_factory(spec: str, base: str, options: dict[str, Any]) -> LoadedModel:
+    result = call_factory(base, options)
+    name = base.rsplit(":", 1)[1]
     if not isinstance(result, (tuple, list)) or len(result) not in (2, 3) \
             or not isinstance(result[0], torch.nn.Module):
-        raise ModelSpecError(f"factory {module_name}:{attr} must return (model, example_inputs)"
+        raise ModelSpecError(f"factory {base} must return (model, example_inputs)"
                              f" with an nn.Module, got {type(result).__name__}")
     model, args = result[0], result[1]
     kwargs = dict(result[2]) if len(result) == 3 and result[2] else {}
     model.eval()
-    return LoadedModel(spec, "factory", attr.split(".")[-1], model, _as_args(args, spec), kwargs,
+    return LoadedModel(spec, "factory", name.split(".")[-1], model, _as_args(args, spec), kwargs,
                        options=options)
 
 
@@ -391,5 +407,5 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-__all__ = ["LoadedModel", "ModelSpecError", "PickleLoadWarning", "SPEC_HELP", "load_model",
-           "parse_value", "random_inputs", "split_spec"]
+__all__ = ["LoadedModel", "ModelSpecError", "PickleLoadWarning", "SPEC_HELP", "call_factory",
+           "is_factory", "load_model", "parse_value", "random_inputs", "split_spec"]

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(ROOT, "fuzz"))
 import run as fuzz_run  # noqa: E402  (fuzz/run.py)
 
 BUDGET = {"parser": 3000, "onnx": 300, "artifact": 200, "bundle": 300, "gcm": 300,
-          "modeldir": 300}
+          "modeldir": 300, "decoderdir": 150}
 
 
 @pytest.mark.parametrize("target", fuzz_run.TARGETS)

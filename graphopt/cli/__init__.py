@@ -1,5 +1,5 @@
 """The ``graphopt`` command line: optimize, bench, show, passes, explain, prune, quantize,
-compress, inspect.
+compress, inspect, serve, export, tune, drift, trace-decoder, generate.
 
 ``main(argv)`` returns the exit status (the console script ``graphopt = graphopt.cli:main``
 passes it to ``sys.exit``). Errors a user can cause (missing file, corrupt ONNX or artifact,
@@ -41,6 +41,7 @@ examples:
   graphopt quantize zoo:resnet50 -o r50.onnx --mode static --calibration calib.npz
   graphopt optimize zoo:mlp -o mlp.graphopt   (torch: load_module('mlp.graphopt'), no pickle)
   graphopt compress zoo:mlp -o mlp.gcm --sparsity 0.9   (graphopt.load('mlp.gcm'))
+  graphopt trace-decoder gpt2-tiny -o lm/ && graphopt generate lm/ --input-ids 1,2,3
 
 Run `graphopt COMMAND --help` for a command's options."""
 
@@ -49,7 +50,8 @@ Run `graphopt COMMAND --help` for a command's options."""
 # folder, or one asking for more memory/threads than the budget.
 _BAD_INPUT = ("ModelSpecError", "UnknownPassError", "PipelineError", "PassOptionError",
               "UnknownBackendError", "OnnxImportError", "QuantizationError", "ArtifactError",
-              "UnsafeInputError", "ResourceLimitError", "ParseError", "CompressionError")
+              "UnsafeInputError", "ResourceLimitError", "ParseError", "CompressionError",
+              "GenerationError")
 # OS errors that are the user's input (a path) rather than the machine failing.
 _BAD_PATH = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
              FileExistsError)
@@ -64,8 +66,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     import graphopt
-    from graphopt.cli import (bench, compress, drift, export, optimize, passes, prune,
-                              quantize, serve, show, tune)
+    from graphopt.cli import (bench, compress, drift, export, generate, optimize, passes, prune,
+                              quantize, serve, show, trace_decoder, tune)
 
     parser = _Parser(prog="graphopt", description=_DESCRIPTION, epilog=_EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parser(sub, common)
     tune.add_parser(sub, common)
     drift.add_parser(sub, common)
+    trace_decoder.add_parser(sub, common)
+    generate.add_parser(sub, common)
     return parser
 
 
