@@ -42,7 +42,9 @@ def test_one_input(data: bytes) -> None:
         _load(repaired, bundle)
 
 
-def _load(manifest: bytes, bundle: bytes) -> None:
+def _load(manifest: bytes, bundle: bytes, loader=load_model_dir) -> None:
+    """Write ``manifest`` and ``bundle`` as a model directory and run ``loader`` on it: a
+    GraphoptError is an accepted rejection, any other exception a finding."""
     folder = tempfile.mkdtemp(prefix="graphopt_fuzz_modeldir_")
     try:
         with open(os.path.join(folder, MANIFEST), "wb") as f:
@@ -50,7 +52,7 @@ def _load(manifest: bytes, bundle: bytes) -> None:
         with open(os.path.join(folder, GRAPH_FILE), "wb") as f:
             f.write(bundle)
         with memory_budget_scope(BUDGET):
-            load_model_dir(folder)
+            loader(folder)
     except InternalError:
         raise  # an exception no check anticipated: a finding
     except GraphoptError:
