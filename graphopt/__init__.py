@@ -82,14 +82,16 @@ def compress(graph: Graph, path, *, bits: int | None = None, conv_bits: int = 8,
 
 
 def save(model, directory, *, pipeline: str | None = None, target=None,
-         figures: dict | None = None, onnx: bool | None = None, native: bool | None = None):
+         figures: dict | None = None, onnx: bool | None = None, native: bool | None = None,
+         int8_weights: str | None = None):
     """Save ``model`` (a Graph, or a module ``graphopt.compile`` made) as a versioned model
     directory: the graph (IR text + safetensors weights), a manifest (format version, input /
     output signature with dynamic dims, ``target``, the ``pipeline`` that made it, your
     accuracy / latency ``figures``, the sha256 of every file) and, with ``onnx=True`` /
     ``native=True`` (default: the backend ``model`` was compiled for), those lowerings beside
     it. No pickle. ``graphopt.load(directory)`` verifies it. Returns the manifest (a dict).
-    See graphopt/artifact.py and docs/artifacts.md.
+    ``int8_weights``: "s8" / "u8" int8 weights in the ONNX file (``to_onnx``; default: as the
+    onnxruntime module was compiled, else "s8"). See graphopt/artifact.py and docs/artifacts.md.
 
     A decoder (``graphopt.trace_decoder``'s DecoderGraph, or its compiled form) is saved as a
     *decoder directory*: its step graph plus the manifest's ``decoder`` section (cache geometry,
@@ -106,7 +108,7 @@ def save(model, directory, *, pipeline: str | None = None, target=None,
     from graphopt.artifact import save_model_dir
 
     return save_model_dir(model, directory, pipeline=pipeline, target=target, figures=figures,
-                          onnx=onnx, native=native)
+                          onnx=onnx, native=native, int8_weights=int8_weights)
 
 
 def load(path):

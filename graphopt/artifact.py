@@ -76,14 +76,20 @@ def is_model_dir(path: str | os.PathLike) -> bool:
 @entry_point("graphopt.save")
 def save_model_dir(model: Any, directory: str | os.PathLike, *, pipeline: str | None = None,
                    target: Any = None, figures: dict | None = None, onnx: bool | None = None,
-                   native: bool | None = None, decoder: dict | None = None) -> dict:
+                   native: bool | None = None, decoder: dict | None = None,
+                   int8_weights: str | None = None) -> dict:
     """Write ``model`` (a Graph or a compiled module: native, onnxruntime or torch) to
     ``directory`` (created; an existing one must be empty or a model directory, which is
     replaced file by file, the manifest last). ``onnx`` / ``native``: also store that lowering
     (default: the one ``model`` was compiled for). ``decoder``: the manifest's decoder section,
     as graphopt/decoding/directory.py builds and checks it (None: a plain model directory).
-    Returns the manifest."""
+    ``int8_weights``: the ONNX file's int8 weight encoding (graphopt/onnx/int8_weights.py;
+    default: the one an onnxruntime module was compiled with, else "s8"). Returns the
+    manifest."""
     graph, compiled_for = _graph_and_backend(model)
+    if int8_weights is None:
+        int8_weights = getattr(model, "int8_weights", "s8") if compiled_for == "onnxruntime" \
+            else "s8"
     onnx = compiled_for == "onnxruntime" if onnx is None else bool(onnx)
     native = compiled_for == "native" if native is None else bool(native)
     folder = _output_folder(directory)
@@ -95,7 +101,7 @@ def save_model_dir(model: Any, directory: str | os.PathLike, *, pipeline: str | 
     if onnx:
         from graphopt.onnx.export import to_onnx
 
-        to_onnx(graph, os.path.join(folder, ONNX_FILE))
+        to_onnx(graph, os.path.join(folder, ONNX_FILE), int8_weights=int8_weights)
         written += [n for n in (ONNX_FILE, ONNX_FILE + ".data")
                     if os.path.isfile(os.path.join(folder, n))]
     if native:

@@ -151,3 +151,23 @@ def test_unknown_encoding_is_a_typed_error(net_graph):
     graph, _ = net_graph
     with pytest.raises(GraphoptError, match="int8_weights='i8'.*'u8'"):
         graphopt.to_onnx(graph, int8_weights="i8")
+
+
+@pytest.mark.filterwarnings("ignore::graphopt.backends.onnxruntime_backend."
+                            "SaturatingInt8Warning")
+def test_model_directory_onnx_keeps_the_encoding(net_graph, tmp_path):
+    """graphopt.save of an onnxruntime module writes the encoding it was compiled with; of a
+    graph, s8 unless int8_weights says otherwise."""
+    graph, x = net_graph
+    q = graphopt.quantize(graph, "static", calibration=[(x,)])
+
+    def int8_weights_in(directory) -> list[str]:
+        return _int8_initializers(onnx.load(str(directory / "model.onnx")))
+
+    graphopt.save(graphopt.compile(q, backend="onnxruntime", int8_weights="u8"), tmp_path / "c")
+    graphopt.save(q, tmp_path / "s", onnx=True)
+    graphopt.save(q, tmp_path / "u", onnx=True, int8_weights="u8")
+    assert not int8_weights_in(tmp_path / "c") and not int8_weights_in(tmp_path / "u")
+    assert int8_weights_in(tmp_path / "s")
+    loaded = graphopt.load(tmp_path / "c")
+    assert _relative_error(_ort(loaded, x, "u8"), graphopt.run(q, x)) < 0.02

@@ -206,7 +206,7 @@ def save_output(graph, path: str, backend: str, *, opset: int | None = None,
     (``graphopt.fileio``): an error leaves any previous output untouched. A model directory
     (``is_model_dir_output``) holds the graph, ``backend``'s file (onnx, native) and a
     manifest naming ``pipeline``. ``int8_weights``: the ONNX int8 weight encoding of a .onnx
-    file (``graphopt.onnx.int8_weights``).
+    file or a model directory's model.onnx (``graphopt.onnx.int8_weights``).
     """
     from graphopt.fileio import atomic_output_path
 
@@ -217,7 +217,8 @@ def save_output(graph, path: str, backend: str, *, opset: int | None = None,
         target = (None if backend == "torch"  # (the graph alone: no target recorded)
                   else graphopt.Target(TARGET_BACKENDS[backend], threads=threads))
         manifest = graphopt.save(graph, path, pipeline=pipeline, target=target,
-                                 onnx=backend == "onnx", native=backend == "native")
+                                 onnx=backend == "onnx", native=backend == "native",
+                                 int8_weights=int8_weights)
         size = sum(f["bytes"] for f in manifest["files"].values())
         return (f"{path} (model directory: {', '.join(manifest['files'])}, manifest.json; "
                 f"{human_size(size)})")
