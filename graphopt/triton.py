@@ -32,10 +32,12 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
 
 
 def export_triton(graph: Graph, repo: str | os.PathLike, name: str, *, max_batch: int = 8,
-                  max_queue_delay_us: int = 100, instances: int = 1) -> str:
+                  max_queue_delay_us: int = 100, instances: int = 1,
+                  int8_weights: str = "s8") -> str:
     """Write ``graph`` as Triton model ``name`` under ``repo``; returns the model's folder.
     An existing ``repo/name`` is replaced only if it is a Triton model folder
-    (holds ``config.pbtxt``)."""
+    (holds ``config.pbtxt``). ``int8_weights``: "u8" for servers without VNNI (onnxruntime's
+    s8 kernels saturate there; graphopt/onnx/int8_weights.py)."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise GraphoptError(f"Triton model name {name!r}: use letters, digits, '_', '.', '-' "
                             "(no path separators)")
@@ -49,7 +51,7 @@ def export_triton(graph: Graph, repo: str | os.PathLike, name: str, *, max_batch
 
     version = os.path.join(folder, "1")
     os.makedirs(version, exist_ok=True)
-    model = to_onnx(graph, os.path.join(version, "model.onnx"))
+    model = to_onnx(graph, os.path.join(version, "model.onnx"), int8_weights=int8_weights)
     with atomic_write(os.path.join(folder, "config.pbtxt"), "w") as f:
         f.write(config_text(model, name, max_batch=max_batch,
                             max_queue_delay_us=max_queue_delay_us, instances=instances))

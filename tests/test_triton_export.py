@@ -72,3 +72,23 @@ def test_cli_exports_a_model_directory(tmp_path, capsys):
     assert (tmp_path / "repo" / "mlp_dir" / "1" / "model.onnx").exists()
     assert main(["export", str(tmp_path), "--triton", str(tmp_path / "repo")]) == 2
     assert "without manifest.json" in capsys.readouterr().err
+
+
+def test_quantized_model_with_u8_weights_for_servers_without_vnni(tmp_path, capsys):
+    """--int8-weights u8: the Triton model's int8 weights are u8 (onnxruntime's exact U8U8
+    kernels) and it computes the quantized graph's result."""
+    import onnx
+
+    from graphopt.cli import main
+
+    graph, x = _mlp(dynamic=True)
+    q = graphopt.quantize(graph, "dynamic")
+    graphopt.save(q, tmp_path / "q_dir")
+    assert main(["export", str(tmp_path / "q_dir"), "--triton", str(tmp_path / "repo"),
+                 "--pipeline", "none", "--int8-weights", "u8", "-q"]) == 0
+    path = tmp_path / "repo" / "q_dir" / "1" / "model.onnx"
+    model = onnx.load(str(path))
+    assert not [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    session = onnxruntime.InferenceSession(str(path))
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, graphopt.run(q, x).numpy(), rtol=1e-4, atol=1e-5)

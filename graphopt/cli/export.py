@@ -35,6 +35,9 @@ def add_parser(sub, common) -> None:
                    help="CPU instances of the model (default: %(default)s)")
     p.add_argument("--pipeline", default="default", metavar="P",
                    help="pipeline run first (default: %(default)s; 'none' skips)")
+    p.add_argument("--int8-weights", choices=("s8", "u8"), default="s8",
+                   help="int8 weights of a quantized model: s8 (default, fast with VNNI) or "
+                   "u8 (exact on servers without VNNI)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the result")
     p.set_defaults(run=run)
 
@@ -49,7 +52,7 @@ def run(opts) -> int:
         raise CliError("cannot tell the model's name: pass --name")
     folder = export_triton(graph, opts.triton, name, max_batch=opts.max_batch,
                            max_queue_delay_us=opts.max_queue_delay_us,
-                           instances=opts.instances)
+                           instances=opts.instances, int8_weights=opts.int8_weights)
     with open(os.path.join(folder, "config.pbtxt")) as f:
         batch = next(line for line in f if line.startswith("max_batch_size"))
     print(f"wrote {folder}/ (config.pbtxt, 1/model.onnx; {batch.strip()})")
