@@ -77,8 +77,10 @@ def test_raw_run_misuse_raises(call, error, match):
     ("pool2d", [(0, 0, 0)] * 2, [0, 1, 4, 4, 2, 2, 2, 2, 0, 2, 0, 0, 1, 1, 1, 0], "stride_h = 0"),
     ("conv2d", [(0, 0, 0)] * 3, [1, 4, 3, 3, 3, 1, 1, 1, 1, 0, 0, 1, 1, 2, 3, 3, 0, 0],
      "groups = 2 must divide C = 4 and Co = 3"),
-    ("attention", [(0, 0, 0)] * 4, [1, 3, 1, 1, 4, 4, 2] + [0] * 12 + [0] * 5 + [0, 0],
-     "kv_group must divide H"),
+    ("attention", [(0, 0, 0)] * 4, [1, 3, 1, 1, 4, 4, 2] + [0] * 12 + [0] * 5 + [0, 0]
+     + [0] * 7, "kv_group must divide H"),
+    ("attention", [(3, 0, 0)] * 4 + [(0, 0, 0)] + [(3, 0, 0)], [1, 1, 1, 1, 1, 1, 1]
+     + [1] * 12 + [0] * 5 + [0, 0] + [0] * 7, "second key/value operands need S2 > 0"),
     ("gemm", [(0, 0, 0)] * 3, [1, 2**40, 0, 0, 2**40, 2**40, 1, 1, 1, 1, 1, 0, 0, 0],
      "overflows"),
 ], ids=lambda v: v if isinstance(v, str) and " " not in v and len(v) < 12 else None)
