@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import zlib
 
-from fuzz_modeldir import _LEN, MAX_INPUT, _repaired  # the same packing and hash repair
+from fuzz_modeldir import MAX_INPUT, _repaired, unpack  # the same packing and hash repair
 from fuzz_modeldir import _load as _load_with  # the same writing and error triage
 
 from graphopt.artifact import DECODER_SECTION
@@ -39,10 +39,10 @@ _VALUES = [None, True, False, -1, 0, 1, 2, 3, 15, 16, 17, 63, 64, 65, 1 << 20, (
 
 
 def test_one_input(data: bytes) -> None:
-    if len(data) > MAX_INPUT or len(data) < _LEN.size:
+    unpacked = unpack(data)
+    if unpacked is None:
         return
-    (size,) = _LEN.unpack_from(data)
-    manifest, bundle = data[_LEN.size:_LEN.size + size], data[_LEN.size + size:]
+    manifest, bundle = unpacked
     _load(manifest, bundle)
     repaired = _repaired(manifest, bundle)
     if repaired is None:

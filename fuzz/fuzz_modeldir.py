@@ -31,11 +31,19 @@ BUDGET = 1 << 24
 _LEN = struct.Struct("<I")
 
 
-def test_one_input(data: bytes) -> None:
+def unpack(data: bytes) -> tuple[bytes, bytes] | None:
+    """(manifest, bundle) of a packed input (``pack``), or None for one out of bounds."""
     if len(data) > MAX_INPUT or len(data) < _LEN.size:
-        return
+        return None
     (size,) = _LEN.unpack_from(data)
-    manifest, bundle = data[_LEN.size:_LEN.size + size], data[_LEN.size + size:]
+    return data[_LEN.size:_LEN.size + size], data[_LEN.size + size:]
+
+
+def test_one_input(data: bytes) -> None:
+    unpacked = unpack(data)
+    if unpacked is None:
+        return
+    manifest, bundle = unpacked
     _load(manifest, bundle)
     repaired = _repaired(manifest, bundle)
     if repaired is not None and repaired != manifest:

@@ -310,7 +310,12 @@ def test_cli_generate_stop_tokens_sampling_and_backends(cli_dir, capsys):
                              "--max-new-tokens", "4", "--backend", "onnxruntime",
                              "--threads", "1", "-q")
     assert code == 0, err
-    assert 1 <= len(out.strip().split(",")) <= 4
+    ids = torch.tensor([[1, 2, 3]])
+    want = graphopt.generate(decoder.compile(backend="onnxruntime", threads=1), ids, 4)
+    want = [t for t in want[0, 3:].tolist()]
+    stops = set(decoder.eos_token_ids)
+    cut = next((i + 1 for i, t in enumerate(want) if t in stops), len(want))
+    assert out.strip() == ",".join(map(str, want[:cut]))  # the CLI trims after a stop token
 
 
 @pytest.mark.parametrize("argv, fragment", [
