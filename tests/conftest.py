@@ -174,3 +174,34 @@ def digits_cnn(digits_data):
     torch.set_num_threads(1)
     torch.manual_seed(0)
     return train(cnn(), digits_data[0], digits_data[1], epochs=6)
+
+
+# Tiny decoders (2 layers, random weights) for the KV-cache decoding tests: tracing one takes
+# 8-13 s, so each architecture is traced once per session and shared (do not mutate).
+TINY_DECODER_LENGTH = 48
+
+
+class TinyDecoder(NamedTuple):
+    model: torch.nn.Module
+    traced: Any  # graphopt.decoding.DecoderGraph as traced
+    optimized: Any  # the same after the default pipeline, verified
+
+
+@pytest.fixture(scope="session")
+def tiny_decoders() -> dict[str, TinyDecoder]:
+    """arch ("gpt2", "llama") -> ``TinyDecoder`` of ``zoo.causal_lm(arch, "tiny")`` with a larger
+    init (``initializer_range=0.1``: greedy continuations vary), ``max_length`` 48."""
+    import warnings
+
+    pytest.importorskip("transformers")
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for arch in ("gpt2", "llama"):
+            model = zoo.causal_lm(arch, "tiny", initializer_range=0.1)
+            traced = graphopt.trace_decoder(model, max_length=TINY_DECODER_LENGTH)
+            traced.graph.verify()
+            optimized = traced.with_graph(graphopt.optimize(traced.graph))
+            optimized.graph.verify()
+            out[arch] = TinyDecoder(model, traced, optimized)
+    return out

@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import warnings
 
 import pytest
 import torch
@@ -28,26 +27,19 @@ from graphopt.cli import main
 from graphopt.decoding import DecoderGraph
 from graphopt.decoding.directory import load_decoder, save_decoder
 from graphopt.errors import ArtifactError, GenerationError
-from graphopt.zoo import causal_lm
 
 pytest.importorskip("transformers")
 
-MAX_LENGTH = 32
+MAX_LENGTH = 48  # tests/conftest.py: TINY_DECODER_LENGTH
 ARCHS = ("gpt2", "llama")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def decoders():
-    """arch -> optimized DecoderGraph of a tiny model (a larger init: varied continuations)."""
-    out = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for arch in ARCHS:
-            decoder = graphopt.trace_decoder(causal_lm(arch, "tiny", initializer_range=0.1),
-                                             max_length=MAX_LENGTH)
-            out[arch] = decoder.with_graph(graphopt.optimize(decoder.graph))
-    return out
+def decoders(tiny_decoders):
+    """arch -> optimized DecoderGraph of a tiny model (a larger init: varied continuations),
+    traced once per session (tests/conftest.py)."""
+    return {arch: t.optimized for arch, t in tiny_decoders.items()}
 
 
 @pytest.fixture(scope="module")

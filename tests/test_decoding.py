@@ -20,24 +20,14 @@ from graphopt.zoo import causal_lm
 
 transformers = pytest.importorskip("transformers")
 
-MAX_LENGTH = 48
+MAX_LENGTH = 48  # tests/conftest.py: TINY_DECODER_LENGTH
 ARCHS = ("gpt2", "llama")
 
 
 @pytest.fixture(scope="module")
-def lms():
-    """arch -> (model, optimized DecoderGraph)."""
-    out = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for arch in ARCHS:
-            model = causal_lm(arch, "tiny", initializer_range=0.1)
-            decoder = graphopt.trace_decoder(model, max_length=MAX_LENGTH)
-            decoder.graph.verify()
-            optimized = decoder.with_graph(graphopt.optimize(decoder.graph))
-            optimized.graph.verify()
-            out[arch] = (model, optimized)
-    return out
+def lms(tiny_decoders):
+    """arch -> (model, optimized DecoderGraph), shared with the session (tests/conftest.py)."""
+    return {arch: (t.model, t.optimized) for arch, t in tiny_decoders.items()}
 
 
 @pytest.fixture(scope="module")

@@ -90,19 +90,16 @@ def test_piece_only_on_keys_is_joined_for_the_kernel():
     assert _kernels(fn).count("copy") == 2 and _kernels(fn)[-1] == "attention"
 
 
-def test_traced_decoder_step_attends_without_copies():
+def test_traced_decoder_step_attends_without_copies(tiny_decoders):
     """A GPT-2 decoder step after the default pipeline: every layer's attention reads the
     cache in place; the step's new keys are returned as they are (slice-of-concat)."""
-    from graphopt import zoo
-
-    decoder = graphopt.trace_decoder(zoo.causal_lm("gpt2", "tiny"), max_length=16)
-    graph = graphopt.optimize(decoder.graph)
+    decoder, graph = tiny_decoders["gpt2"].traced, tiny_decoders["gpt2"].optimized.graph
     # op-name check: the rule must leave no slice of a concatenation behind
     assert not [n for n in graph.nodes if n.op == "slice" and n.inputs[0].producer is not None
                 and n.inputs[0].producer.op == "concat"]
     compiled = decoder.with_graph(graph).compile("native", threads=1)
     cache = compiled.new_cache(1)
-    mask = torch.zeros(1, 17, dtype=torch.long)
+    mask = torch.zeros(1, decoder.max_length + 1, dtype=torch.long)
     mask[0, :5] = 1
     mask[0, -1] = 1
     args = (torch.tensor([[3]]), torch.tensor([[5]]), mask, tuple(torch.randn_like(c)

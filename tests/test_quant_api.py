@@ -59,7 +59,14 @@ def test_every_mode_returns_the_same_report_type(digits, mode):
         else {}
     q, rep = graphopt.quantize(graph, mode, calibration=calib, report=True, **options)
     assert isinstance(rep, QuantReport) and rep.layers and rep.error is not None
-    assert rep.bytes_after < rep.bytes_before and str(rep).startswith(f"quantize mode={mode}")
+    assert str(rep).startswith(f"quantize mode={mode}")
+    if mode == "auto" and not any(r.quantized for r in rep.layers):
+        # auto keeps float where nothing is faster on this CPU (seen on a 2-core AVX2 EPYC:
+        # static 3.76 vs float 3.69 ms); then it must say why for every layer
+        assert rep.bytes_after == rep.bytes_before, str(rep)
+        assert all(r.reason.startswith("kept float") for r in rep.layers), str(rep)
+    else:
+        assert rep.bytes_after < rep.bytes_before, str(rep)
     base = _acc(graphopt.run(graph, x_test), y_test)
     assert _acc(graphopt.run(q, x_test), y_test) >= base - 0.005, str(rep)
     ort = graphopt.compile(q, backend="onnxruntime")(x_test)

@@ -162,6 +162,26 @@ def test_auto_follows_the_measurements(monkeypatch):
         assert _cosine(graphopt.run(out, x), model(x)) > 0.99
 
 
+def test_auto_keeps_float_when_the_float_graph_is_fastest(monkeypatch):
+    """Every layer pays alone, but the float graph wins the whole-graph timing (what a small
+    model on an AVX2 CPU does): the result is the float graph, its size unchanged, and every
+    layer's reason names the whole-graph medians."""
+    model, graph, calibration = _mlp()
+    table = {"dynamic": {i: (1.0, 0.5) for i in range(4)}}
+    monkeypatch.setattr("graphopt.quant.layer_cost.layer_costs", _fake_costs(table))
+
+    def fake_timing(graphs, backend, threads, rounds, min_sample_s=0.005):
+        return {label: [1.0 if label == mixed.FLOAT else 1.2] * 5 for label in graphs}
+
+    monkeypatch.setattr("graphopt.quant.layer_cost.time_graphs", fake_timing)
+    out, rep = graphopt.quantize(graph, "auto", calibration=calibration, report=True,
+                                 modes=("dynamic",), error_budget=0.05)
+    assert not set(_ops(out)) & QUANT_OPS and not rep.quantized
+    assert rep.bytes_after == rep.bytes_before
+    assert all(r.reason.startswith("kept float: the whole graph was fastest as float")
+               for r in rep.layers), str(rep)
+
+
 def test_a_budget_nothing_fits_leaves_the_graph_float():
     model, graph, calibration = _mlp()
     out, rep = graphopt.quantize(graph, "auto", calibration=calibration, error_budget=0.0,
