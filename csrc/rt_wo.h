@@ -18,6 +18,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "cpu.h"
 #include "rt_gemm.h"
@@ -77,11 +78,19 @@ struct Int8Rows {
     const float* scale;
     int64_t k_padded;
 };
-// The AVX2 path of wo_int8_run (rt_wo_int8_avx2.cpp; blocks of 32 or more). Its x rows are put
-// in the codes' order first, in place (a no-op for 8 bits); then out[r * 16 + j] for rows
-// m0.. of x against weight rows n0.. (rows <= 4, cols <= 16).
-void wo_int8_avx2_arrange(int64_t bits, int8_t* row, int64_t k_padded);
-void wo_int8_panel_avx2(const WoWeight& w, const Int8Rows& x, int64_t m0, int64_t rows,
+// The AVX2 path of wo_int8_run (rt_wo_int8_avx2.cpp): whether it takes w (8-bit: blocks of 32
+// or more; 4-bit: blocks of 32 or multiples of 64); x's quantized rows arranged once per call
+// into the codes' order; then out[r * 16 + j] for rows m0.. of x against weight rows n0..
+// (rows <= 4, cols <= 16).
+struct WoInt8Avx2Rows {
+    std::vector<int8_t> x;                 // [rows, k_arranged]
+    std::vector<int32_t> zero_point_share;  // [rows, blocks_padded]: 4-bit zp * block sum of x
+    std::vector<float> scale;              // [rows, blocks_padded], zeros past n_blocks
+    int64_t k_arranged = 0, blocks_padded = 0;
+};
+bool wo_int8_avx2_takes(const WoWeight& w);
+WoInt8Avx2Rows wo_int8_avx2_arrange(const WoWeight& w, const Int8Rows& x, int64_t rows);
+void wo_int8_panel_avx2(const WoWeight& w, const WoInt8Avx2Rows& x, int64_t m0, int64_t rows,
                         int64_t n0, int64_t cols, float* out);
 // "avx512", "avx2" or "portable": the path of the float-activation GEMV (M <= 4).
 const char* wo_gemv_isa();

@@ -318,14 +318,11 @@ void wo_int8_run(const WoWeight& w, const MatrixRef& x, float* c, int64_t ldc,
 #else
     const bool vnni = false;
 #endif
-    // The AVX2 path reads the quantized rows rearranged (in place) to the codes' order.
-    const bool avx2 = !vnni && cpu_features().use_avx2_fma && w.block_size % 32 == 0;
-    if (avx2) {
-        for (int64_t r = 0; r < m; ++r) {
-            wo_int8_avx2_arrange(w.bits, qx.q.data() + r * qx.k_padded, qx.k_padded);
-        }
-    }
-    const Int8Rows avx2_rows{qx.q.data(), qx.scale.data(), qx.k_padded};
+    // The AVX2 path reads the quantized rows arranged in the codes' order.
+    const bool avx2 = !vnni && cpu_features().use_avx2_fma && wo_int8_avx2_takes(w);
+    const WoInt8Avx2Rows avx2_rows =
+        avx2 ? wo_int8_avx2_arrange(w, Int8Rows{qx.q.data(), qx.scale.data(), qx.k_padded}, m)
+             : WoInt8Avx2Rows{};
     const GemmKernels& kern = gemm_kernels();
     const int64_t panels = ceil_div(n, kGemvCols);
     parallel_for(threads, panels, kGemvCols * w.k * m / 4, [&](int64_t q0, int64_t q1) {

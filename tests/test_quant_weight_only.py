@@ -59,7 +59,8 @@ def _int8_activation_reference(x, codes, scales, bits, block, k):
 
 @pytest.mark.parametrize("bits, block, k, rows", [
     (4, 32, 768, 1), (4, 32, 800, 3), (4, 32, 96, 7), (8, 32, 800, 1), (8, 32, 784, 5),
-    (4, 64, 640, 2), (4, 128, 512, 1), (8, 16, 96, 2), (4, 16, 80, 1)])
+    (4, 64, 640, 2), (4, 128, 512, 1), (8, 16, 96, 2), (4, 16, 80, 1), (4, 256, 1100, 2),
+    (4, 32, 1312, 4), (8, 64, 640, 1)])
 def test_int8_activations_match_the_definition(bits, block, k, rows):
     """act_bits=8: the op's reference, native (whichever path this CPU takes; the narrower
     ones in test_weight_only_kernel_paths) and onnxruntime's MatMulNBits accuracy_level 4 all
@@ -89,6 +90,38 @@ def test_int8_activations_match_the_definition(bits, block, k, rows):
     with torch.no_grad():
         float_out = lin(x).numpy()
     assert np.abs(ref - float_out).max() < 0.2 * np.abs(float_out).max()  # still the layer
+
+
+@pytest.mark.parametrize("bits, block", [(4, 32), (4, 64), (4, 512), (8, 32), (8, 128)])
+def test_int8_activations_at_the_extremes_stay_exact(bits, block):
+    """Codes at both ends (0 and 15 / 255) against activations at both ends (+-127) over long
+    blocks: the widest integer sums the kernels add in 16 bits before widening (AVX2 sums four
+    4-bit units in i16; 8-bit pairs reach 2 * 128 * 127) must not saturate."""
+    k = 1024
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(k, 6, bias=False)
+    x = torch.full((3, k), 2.5)
+    x[1] = -2.5
+    x[2, ::3] = -2.5
+    graph = graphopt.optimize(graphopt.trace(lin.eval(), (x,)))
+    out = graphopt.quantize(graph, "weight-only", bits=bits, block_size=block, act_bits=8)
+    node = next(n for n in out.nodes if n.op == "linear_weight_only")
+    codes, scales = node.inputs[1].data.copy(), node.inputs[2].data
+    low, high = (0x00, 0xFF) if bits == 4 else (0, 255)
+    patterns = [high, low, 0xF0 if bits == 4 else 200, 0x0F if bits == 4 else 1, high, low]
+    for row, value in enumerate(patterns):
+        codes[row] = value
+    codes[4, ::2] = low  # alternating blocks of both ends
+    stored = node.inputs[1]
+    node.set_input(1, out.add_constant(codes, "extreme_codes"))
+    out.remove_constant(stored)
+    out.verify()
+    expected = _int8_activation_reference(x.numpy(), codes, scales, bits, block, k)
+    ref = graphopt.run(out, x).numpy()
+    np.testing.assert_allclose(ref, expected, rtol=1e-5)
+    native = graphopt.compile(out, backend="native", threads=1)(x).numpy()
+    np.testing.assert_allclose(native, expected, rtol=1e-5)
+    assert np.abs(expected).min() > 0  # every row and column: a real sum, not a vacuous zero
 
 
 @pytest.mark.parametrize("bits, block, k, rows", [
