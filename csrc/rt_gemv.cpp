@@ -9,25 +9,6 @@
 namespace graphopt {
 namespace rt {
 
-PackedGemvB PackedGemvB::pack(const MatrixRef& b) {
-    PackedGemvB out;
-    out.k_ = b.rows;
-    out.n_ = b.cols;
-    const int64_t panels = ceil_div(std::max<int64_t>(b.cols, 1), kGemvCols);
-    float* dst = out.storage_.reserve(panels * kGemvCols * std::max<int64_t>(b.rows, 1));
-    for (int64_t q = 0; q < panels; ++q) {
-        const int64_t j0 = q * kGemvCols;
-        const int64_t cols = std::min(kGemvCols, b.cols - j0);
-        float* p = dst + q * kGemvCols * b.rows;
-        for (int64_t k = 0; k < b.rows; ++k) {
-            const float* src = b.data + k * b.row_stride + j0 * b.col_stride;
-            for (int64_t j = 0; j < cols; ++j) p[k * kGemvCols + j] = src[j * b.col_stride];
-            for (int64_t j = cols; j < kGemvCols; ++j) p[k * kGemvCols + j] = 0.0f;
-        }
-    }
-    return out;
-}
-
 void gemv_panel_portable(int64_t rows, int64_t k, const float* a, int64_t a_rs, int64_t a_cs,
                          const float* panel, float* out) {
     for (int64_t r = 0; r < rows; ++r) {
@@ -42,20 +23,31 @@ void gemv_panel_portable(int64_t rows, int64_t k, const float* a, int64_t a_rs, 
     }
 }
 
-void gemv_run(const MatrixRef& a, const PackedGemvB& b, float* c, int64_t ldc,
+void gemv_run(const MatrixRef& a, const PackedMatrix& b, float* c, int64_t ldc,
               const EpilogueSpec& ep, int threads) {
     const GemvPanelFn panel_fn =
         cpu_features().use_avx2_fma ? gemv_panel_avx2 : gemv_panel_portable;
     const GemmKernels& kern = gemm_kernels();
-    const int64_t rows = a.rows;
-    const int64_t panels = ceil_div(b.n(), kGemvCols);
+    const int64_t rows = a.rows, k = b.depth(), n = b.rows();
+    const int64_t kc_max = gemm_k_block(k);  // PackedMatrix::pack_b's K blocks
+    const int64_t panels = ceil_div(n, kGemvCols);
     // Work per panel: the bytes of B it streams.
-    parallel_for(threads, panels, b.k() * kGemvCols * 4 / 8, [&](int64_t q0, int64_t q1) {
+    parallel_for(threads, panels, k * kGemvCols * 4 / 8, [&](int64_t q0, int64_t q1) {
         alignas(64) float tile[kGemvMaxRows * kGemvCols];
+        alignas(64) float part[kGemvMaxRows * kGemvCols];
         for (int64_t q = q0; q < q1; ++q) {
-            panel_fn(rows, b.k(), a.data, a.row_stride, a.col_stride, b.panel(q), tile);
             const int64_t j0 = q * kGemvCols;
-            const int64_t nr = std::min(kGemvCols, b.n() - j0);
+            for (int64_t pc = 0; pc < k; pc += kc_max) {
+                const int64_t kc = std::min(kc_max, k - pc);
+                const float* ak = a.data + pc * a.col_stride;
+                if (pc == 0) {
+                    panel_fn(rows, kc, ak, a.row_stride, a.col_stride, b.panel(pc, kc, j0), tile);
+                    continue;
+                }
+                panel_fn(rows, kc, ak, a.row_stride, a.col_stride, b.panel(pc, kc, j0), part);
+                for (int64_t i = 0; i < rows * kGemvCols; ++i) tile[i] += part[i];
+            }
+            const int64_t nr = std::min(kGemvCols, n - j0);
             gemv_store_tile(kern, tile, c, ldc, j0, rows, nr, ep);
         }
     });

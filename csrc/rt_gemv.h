@@ -1,10 +1,12 @@
 // Matrix-vector-like products: C[M, N] = epilogue(A[M, K] @ B) for M <= kGemvMaxRows against a
 // pre-packed constant B (a linear layer at batch 1, the MLP's whole workload).
 //
-// Such a product is bound by reading B once, so B is packed into 16-column panels spanning the
-// whole K (one contiguous stream per panel) and each panel is reduced in registers for all M rows
-// at once; threads split the panels. The GEMM's 6x16 micro-kernel would compute 6 rows for the 1
-// needed and re-read C per K block.
+// Such a product is bound by reading B once: each 16-column panel of the GEMM's own packing of
+// B (PackedMatrix, K blocks of kc x 16 panels) is reduced in registers for all M rows at once,
+// K block after K block; threads split the panels. The GEMM's 6x16 micro-kernel would compute 6
+// rows for the 1 needed and re-read C per K block. Sharing the GEMM's packing matters for
+// decoders: the prefill (M > 4) and decode (M = 1) plans of one model hold one packed copy of
+// each weight, not two.
 #pragma once
 
 #include <cstdint>
@@ -17,19 +19,6 @@ namespace rt {
 
 constexpr int64_t kGemvMaxRows = 4;
 constexpr int64_t kGemvCols = 16;
-
-class PackedGemvB {
-   public:
-    // B[K, N] -> ceil(N / 16) panels, panel q at data + q * 16 * K, element (k, j) at k * 16 + j.
-    static PackedGemvB pack(const MatrixRef& b);
-    const float* panel(int64_t q) const { return storage_.data() + q * kGemvCols * k_; }
-    int64_t n() const { return n_; }
-    int64_t k() const { return k_; }
-
-   private:
-    AlignedFloats storage_;
-    int64_t n_ = 0, k_ = 0;
-};
 
 // out[r * 16 + j] = sum_k A(r, k) * panel[k * 16 + j] for r < rows (rows <= kGemvMaxRows).
 using GemvPanelFn = void (*)(int64_t rows, int64_t k, const float* a, int64_t a_rs, int64_t a_cs,
@@ -55,7 +44,8 @@ inline void gemv_store_tile(const GemmKernels& kern, const float* tile, float* c
     gemm_tile_epilogue(kern, c + j0, ldc, 0, j0, rows, nr, ep);
 }
 
-void gemv_run(const MatrixRef& a, const PackedGemvB& b, float* c, int64_t ldc,
+// C = epilogue(A @ B) for A [M <= kGemvMaxRows, K] and B packed by PackedMatrix::pack_b.
+void gemv_run(const MatrixRef& a, const PackedMatrix& b, float* c, int64_t ldc,
               const EpilogueSpec& ep, int threads);
 
 }  // namespace rt

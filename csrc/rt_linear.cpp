@@ -71,10 +71,7 @@ class GemmKernel : public MatmulKernelBase {
             if (bf16) {
                 bf16_ = PackCache::get<PackedBf16Weight>(
                     "gemm.bf16", b, layout, [&] { return PackedBf16Weight::pack(ref); });
-            } else if (m_ <= kGemvMaxRows) {
-                gemv_ = PackCache::get<PackedGemvB>("gemm.gemv", b, layout,
-                                                    [&] { return PackedGemvB::pack(ref); });
-            } else {
+            } else {  // the GEMV (M <= kGemvMaxRows) reads the GEMM's packing (rt_gemv.h)
                 packed_ = PackCache::get<PackedMatrix>("gemm.f32", b, layout,
                                                        [&] { return PackedMatrix::pack_b(ref); });
             }
@@ -108,8 +105,8 @@ class GemmKernel : public MatmulKernelBase {
             const MatrixRef am{a + a_off, m_, k_, a_rs_, a_cs_};
             if (bf16_) {
                 bf16_gemm_run(am, *bf16_, c, n_, e, inner_threads);
-            } else if (gemv_) {
-                gemv_run(am, *gemv_, c, n_, e, inner_threads);
+            } else if (packed_ && m_ <= kGemvMaxRows) {
+                gemv_run(am, *packed_, c, n_, e, inner_threads);
             } else if (packed_) {
                 gemm_run(StridedA{am}, PackedSource{packed_.get()}, m_, n_, k_, c, n_, e,
                          inner_threads);
@@ -132,7 +129,6 @@ class GemmKernel : public MatmulKernelBase {
     bool has_bias_ = false, has_residual_ = false;
     EpilogueSpec ep_;
     std::shared_ptr<const PackedMatrix> packed_;
-    std::shared_ptr<const PackedGemvB> gemv_;
     std::shared_ptr<const PackedBf16Weight> bf16_;
 };
 
