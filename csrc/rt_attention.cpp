@@ -169,8 +169,11 @@ class AttentionKernel : public Kernel {
             for (int64_t off = 0; off < sg.len; off += sb_) {
                 const int64_t s0 = sg.begin + off;
                 if (causal_ && s0 > l0 + rows - 1) break;  // every key here is in the future
-                key_block(state, sg.k + off * sg.k_row, sg.k_row, sg.v + off * sg.v_row,
-                          sg.v_row, s0, std::min(sb_, sg.len - off), mask, b, h);
+                int64_t lo = 0, hi = std::min(sb_, sg.len - off);
+                if (mask_kind_ != 0) visible_span(mask, b, h, l0, rows, s0, lo, hi);
+                if (lo >= hi) continue;  // every key masked out for every row of the block
+                key_block(state, sg.k + (off + lo) * sg.k_row, sg.k_row,
+                          sg.v + (off + lo) * sg.v_row, sg.v_row, s0 + lo, hi - lo, mask, b, h);
             }
         }
         for (int64_t i = 0; i < rows; ++i) {
@@ -255,6 +258,32 @@ class AttentionKernel : public Kernel {
                        StridedB{MatrixRef{vp, cols, ev_, v_row, 1}}, cols,
                        acc, ev_, GemmBlock{0, rows, 0, ev_}, acc_ep);
         }
+    }
+
+    // Narrows keys [s0 + lo, s0 + hi) to the span some row of the block can see. A decoder's
+    // cache is max_length slots of which the mask shows the filled ones: keys outside every
+    // row's visible span contribute exp(-inf) = 0, so skipping them is exact.
+    void visible_span(const char* mask, int64_t b, int64_t h, int64_t l0, int64_t rows,
+                      int64_t s0, int64_t& lo, int64_t& hi) const {
+        int64_t first = hi, last = lo - 1;
+        const float neg_inf = -std::numeric_limits<float>::infinity();
+        for (int64_t i = 0; i < rows; ++i) {
+            const int64_t base =
+                b * m_st_[0] + h * m_st_[1] + (l0 + i) * m_st_[2] + s0 * m_st_[3];
+            auto shows = [&](int64_t j) {
+                const int64_t at = base + j * m_st_[3];
+                return mask_kind_ == 1 ? reinterpret_cast<const Bool*>(mask)[at] != 0
+                                       : reinterpret_cast<const float*>(mask)[at] != neg_inf;
+            };
+            int64_t j = lo;
+            while (j < first && !shows(j)) ++j;
+            first = std::min(first, j);
+            j = hi - 1;
+            while (j > last && !shows(j)) --j;
+            last = std::max(last, j);
+        }
+        lo = first;
+        hi = last + 1;
     }
 
     void apply_mask(float* srow, const char* mask, int64_t b, int64_t h, int64_t l, int64_t s0,

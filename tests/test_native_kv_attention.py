@@ -61,6 +61,26 @@ def test_attention_reads_cache_and_new_keys_in_place(b, h, hk, past, new, e, mas
     assert _kernels(fn) == ["attention"], _kernels(fn)  # no concatenation copies
 
 
+@pytest.mark.parametrize("mask", ["bool", "float"])
+@pytest.mark.parametrize("new", [1, 4])
+def test_keys_outside_every_rows_visible_span_are_skipped_exactly(mask, new):
+    """A decoder's cache holds max_length slots; the mask shows the filled ones (after left
+    padding). The kernel narrows each key block to the span some row sees (csrc/rt_attention.cpp
+    visible_span) and skips blocks no row sees: the same result as attending over all slots."""
+    g, feeds = _cache_graph(2, 3, 3, 600, new, 8, mask)
+    s = 600 + new
+    keep = torch.zeros(2, 1, new, s, dtype=torch.bool)
+    keep[0, :, :, 5:250] = True      # left padding, then 245 filled slots of a 600-slot cache
+    keep[1, :, :, 0:40] = True
+    for row in range(new):           # rows with different spans (a prefill chunk)
+        keep[0, :, row, 300 + 50 * row: 320 + 50 * row] = True
+        keep[:, :, row, 600 + row] = True  # each row sees its own token
+    feeds[5] = keep if mask == "bool" else torch.where(keep, 0.0, float("-inf")) \
+        + randn(2, 1, new, s, seed=6) * keep
+    fn = check_graph(g, feeds, threads=(1, 2))
+    assert _kernels(fn) == ["attention"]
+
+
 def test_causal_attention_over_two_pieces():
     """The causal rule counts keys across both pieces (top-left aligned, as torch)."""
     g, feeds = _cache_graph(1, 2, 2, 4, 6, 8, "none", causal=True)
