@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -357,6 +358,28 @@ def test_cli_generate_refuses_what_is_not_a_decoder_directory(capsys, tmp_path):
     code, _, err = run_cli(capsys, "generate", str(tmp_path / "plain"), "--input-ids", "1")
     assert code == 2 and "not a decoder directory" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_show_describes_a_decoder_directory(saved, capsys, tmp_path):
+    """`graphopt show DIR` of a decoder directory: the decoder's line, then its step graph
+    (IR, histogram, --pipeline as for any model); a damaged decoder section is the loader's
+    one-line error."""
+    code, out, err = run_cli(capsys, "show", str(saved["llama"]), "--no-ir")
+    assert code == 0, err
+    assert (f"decoder directory: LlamaForCausalLM, 2 layers, vocabulary 1000, max_length "
+            f"{MAX_LENGTH}, key/value heads x dims 2 x 32, KV cache "
+            f"{2 * 2 * 2 * MAX_LENGTH * 32 * 4 / 2**20:.2f} MiB per sequence") in out
+    assert "graph LlamaForCausalLM_step(%input_ids" in out
+    histogram = out.split("== op histogram")[1]
+    assert re.search(r"^\s+attention\s+2$", histogram, re.M), histogram
+    code, out, err = run_cli(capsys, "show", str(saved["gpt2"]), "--no-ir", "--pipeline",
+                             "default")
+    assert code == 0 and "== pass report" in out, err
+    folder = _edit_copy(saved["gpt2"], tmp_path,
+                        lambda m: m["decoder"].__setitem__("max_length", True))
+    code, _, err = run_cli(capsys, "show", folder)
+    assert code == 2 and "decoder.max_length must be an int" in err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def test_cli_trace_decoder_refuses_bad_requests_before_tracing(capsys, tmp_path):

@@ -84,12 +84,11 @@ def run(opts) -> int:
             raise CliError("cannot write SVG: the Graphviz 'dot' binary is not installed; use "
                            "--dot PATH and render it elsewhere (dot -Tsvg PATH -o out.svg)",
                            code=1)
-    loaded = load(opts.model, trust_pt2=opts.trust_pt2)
-    graph = loaded.graph()
+    spec, graph = _load_graph(opts)
     final = graph
     mib = graph.constant_bytes() / 2**20
     inputs = ", ".join(f"%{v.name}: {v.type}" for v in graph.inputs)
-    print(f"{loaded.spec}: graph {graph.name}({inputs}), {len(graph.nodes)} nodes, "
+    print(f"{spec}: graph {graph.name}({inputs}), {len(graph.nodes)} nodes, "
           f"{len(graph.constants)} constants ({mib:.2f} MiB)")
     if opts.pipeline is not None:
         from graphopt.cli._common import optimize_with_report
@@ -120,3 +119,41 @@ def run(opts) -> int:
                 raise CliError(f"cannot write SVG: {exc}", code=1) from exc
             info(f"wrote {opts.svg}")
     return 0
+
+
+def _load_graph(opts) -> tuple[str, Graph]:
+    """MODEL's name and graph; a decoder directory (`graphopt trace-decoder`) shows its step
+    graph after a line on the decoder (layers, vocabulary, cache geometry and size)."""
+    decoder = _decoder_directory(opts.model)
+    if decoder is None:
+        loaded = load(opts.model, trust_pt2=opts.trust_pt2)
+        return loaded.spec, loaded.graph()
+    heads = sorted({f"{h} x {d}" for h, d in decoder.cache_heads})
+    print(f"{opts.model}: decoder directory: {decoder.model_name}, {decoder.num_layers} "
+          f"layer{'s' if decoder.num_layers != 1 else ''}, vocabulary {decoder.vocab_size}, "
+          f"max_length {decoder.max_length}, key/value heads x dims {', '.join(heads)}, "
+          f"KV cache {decoder.cache_bytes(1) / 2**20:.2f} MiB per sequence, weights "
+          f"{decoder.weight_bytes() / 2**20:.2f} MiB; the step graph:")
+    return opts.model, decoder.graph
+
+
+def _decoder_directory(spec: str):
+    """The DecoderGraph of a decoder directory; None for any other MODEL (whose loader then
+    says what is wrong with it, if anything)."""
+    import os
+
+    from graphopt.artifact import read_manifest
+    from graphopt.errors import ArtifactError
+
+    if not os.path.isdir(spec):
+        return None
+    try:
+        manifest = read_manifest(spec)
+    except ArtifactError:
+        return None
+    if "decoder" not in manifest:
+        return None
+    from graphopt.decoding import load_decoder
+
+    return load_decoder(spec)
+
