@@ -119,9 +119,11 @@ def test_a_quantized_decoder_round_trips(decoders, tmp_path):
 def test_a_decoder_directory_is_never_read_as_a_bare_graph(saved, tmp_path, capsys):
     with pytest.raises(ArtifactError, match="a decoder directory.*graphopt.load"):
         load_model_dir(saved["gpt2"])
-    code = main(["show", str(saved["gpt2"])])  # every MODEL reader goes through load_model_dir
+    # every MODEL reader but `show` (which describes the decoder) goes through load_model_dir
+    code = main(["optimize", str(saved["gpt2"]), "-o", str(tmp_path / "out.graphopt")])
     err = capsys.readouterr().err
     assert code == 2 and "decoder directory" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.graphopt").exists()
     # and the other way round: a plain model directory is no decoder
     graph = graphopt.trace(torch.nn.Linear(4, 2).eval(), (torch.randn(1, 4),))
     graphopt.save(graph, tmp_path / "plain")
