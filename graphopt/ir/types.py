@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Union
 
 import numpy as np
@@ -57,6 +58,14 @@ def normalize_dim(dim) -> Dim:
         if not float(expr).is_integer():
             raise TypeError(f"dim {dim} is not an integer")
         return int(expr)
+    return _simplified(expr)
+
+
+@lru_cache(maxsize=8192)
+def _simplified(expr: sympy.Expr) -> sympy.Expr:
+    """``sympy.simplify``, remembered: type inference (and the verifier after every pass)
+    normalizes the same few symbolic dims thousands of times, at milliseconds each (a traced
+    decoder's optimize spent 60 of 76 s here). Expressions are immutable and hashable."""
     return sympy.simplify(expr)
 
 
@@ -98,7 +107,7 @@ def dims_equal(a: Dim, b: Dim) -> bool:
         return a == b
     if a == b:  # structurally equal: skip simplify (slow, and the common case)
         return True
-    return sympy.simplify(dim_expr(a) - dim_expr(b)) == 0
+    return _simplified(dim_expr(a) - dim_expr(b)) == 0
 
 
 @dataclass(frozen=True)
