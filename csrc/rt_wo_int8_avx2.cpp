@@ -216,9 +216,11 @@ GRAPHOPT_TARGET_AVX2_FMA void tile(const WoWeight& w, const WoInt8Avx2Rows& x, i
                 const int8_t* xg = x.x.data() + row * x.k_arranged + b0 * w.block_size;
                 __m256i dots = Paired ? paired_group_dots(codes, group_units, xg)
                                       : group_dots<Bits>(src, xg, w.block_size, count);
-                dots = _mm256_sub_epi32(dots, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
-                                                  x.zero_point_share.data() +
-                                                  row * x.blocks_padded + b0)));
+                if (Bits == 4) {  // 8-bit codes entered signed: no zero point to take off
+                    dots = _mm256_sub_epi32(
+                        dots, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+                                  x.zero_point_share.data() + row * x.blocks_padded + b0)));
+                }
                 const __m256 scale = _mm256_mul_ps(
                     w_scale, _mm256_loadu_ps(x.scale.data() + row * x.blocks_padded + b0));
                 tot[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), scale, tot[r][c]);

@@ -142,7 +142,7 @@ def _decoder_directory(spec: str):
     says what is wrong with it, if anything)."""
     import os
 
-    from graphopt.artifact import read_manifest
+    from graphopt.artifact import DECODER_SECTION, read_manifest
     from graphopt.errors import ArtifactError
 
     if not os.path.isdir(spec):
@@ -151,7 +151,7 @@ def _decoder_directory(spec: str):
         manifest = read_manifest(spec)
     except ArtifactError:
         return None
-    if "decoder" not in manifest:
+    if DECODER_SECTION not in manifest:
         return None
     from graphopt.decoding import load_decoder
 
