@@ -10,6 +10,7 @@
 
 #include "cpu.h"
 #include "epilogue.h"
+#include "erfc_pieces.h"
 
 // GCC 12's _mm512_max_ps / _mm512_min_ps pass _mm512_undefined_ps() through, which
 // -Wmaybe-uninitialized reports at every use (GCC bug 105593): a false positive.
@@ -56,21 +57,24 @@ GRAPHOPT_TARGET_AVX512 inline __m512 tanh512(__m512 x) {
     return _mm512_mask_mov_ps(large, use_small, small);
 }
 
-// erfc(z) for z >= 0 (the coefficients of erfc_nonneg256).
+// Coefficient k of each lane's interval: the eight entries twice, so idx & 15 reads what the
+// ymm permute's idx & 7 reads.
+GRAPHOPT_TARGET_AVX512 inline __m512 erfc_coef512(int k, __m512i idx) {
+    const __m512 table = _mm512_castpd_ps(
+        _mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(kErfcPieces[k]))));
+    return _mm512_permutexvar_ps(idx, table);
+}
+
+// erfc(z) for z >= 0: erfc_nonneg256 on 16 lanes (the table repeated in the upper half).
 GRAPHOPT_TARGET_AVX512 inline __m512 erfc_nonneg512(__m512 z) {
-    const __m512 one = _mm512_set1_ps(1.0f);
-    const __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(_mm512_set1_ps(0.5f), z, one));
-    __m512 p = _mm512_set1_ps(0.17087277f);
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.82215223f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.48851587f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.13520398f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.27886807f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.18628806f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.09678418f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.37409196f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.00002368f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.26551223f));
-    return _mm512_mul_ps(t, exp512(_mm512_fnmadd_ps(z, z, p)));
+    const __m512i idx = _mm512_cvttps_epi32(_mm512_add_ps(z, z));
+    const __m512 center = _mm512_fmadd_ps(_mm512_set1_ps(2.0f), _mm512_cvtepi32_ps(idx),
+                                          _mm512_set1_ps(1.0f));
+    const __m512 w = _mm512_fmsub_ps(_mm512_set1_ps(4.0f), z, center);
+    __m512 p = erfc_coef512(7, idx);
+    for (int k = 6; k >= 0; --k) p = _mm512_fmadd_ps(p, w, erfc_coef512(k, idx));
+    return _mm512_maskz_mov_ps(
+        _mm512_cmp_ps_mask(z, _mm512_set1_ps(kErfcPiecesEnd), _CMP_NGE_UQ), p);
 }
 
 template <Activation A>

@@ -72,9 +72,21 @@ int64_t attn_amx_scratch_elems(int64_t rows, int64_t cols, int64_t e, int64_t ev
 void attn_amx_scores(const float* q, int64_t q_rs, int64_t rows, int64_t e, const float* k,
                      int64_t k_rs, int64_t cols, float scale, float* scores, int64_t ld_s,
                      const AttnAmxScratch& scratch);
+//   (p == nullptr: P already rounded and packed in scratch.a by attn_amx_softmax_row)
 void attn_amx_pv(const float* p, int64_t ld_p, int64_t rows, int64_t cols, const float* v,
                  int64_t v_rs, int64_t ev, float* acc, int64_t ld_acc,
                  const AttnAmxScratch& scratch);
+// One row of the streaming softmax on the AMX path: the row's scores (scaled; `keep`, when
+// given, the row's bool mask bytes: false -> -inf, written back) and their maximum m =
+// max(m_old, row max) into *m_new; then exp(s - m) summed in f32 and stored rounded to bf16
+// as the P row of the PV product (zero padded to round_up(cols, 32)). Returns the sum; a row
+// with nothing visible (m = -inf) gets a zero P row and sum 0. The tail lanes run the same
+// vector exp as the rest.
+float attn_amx_softmax_row(float* srow, int64_t cols, const uint8_t* keep, float m_old,
+                           float* m_new, uint16_t* p_row);
+// Zeroes the padding rows [rows, round_up(rows, 16)) of a packed P (row length round_up(cols,
+// 32)).
+void attn_amx_zero_rows(uint16_t* a, int64_t rows, int64_t cols);
 
 }  // namespace rt
 }  // namespace graphopt

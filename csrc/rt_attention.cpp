@@ -179,8 +179,7 @@ class AttentionKernel : public Kernel {
         for (int64_t i = 0; i < rows; ++i) {
             float* orow = out + b * o_st_[0] + h * o_st_[1] + (l0 + i) * o_st_[2];
             const float inv = row_sum[i] > 0.0f ? 1.0f / row_sum[i] : 0.0f;
-            const float* arow = acc + i * ld_acc;
-            for (int64_t j = 0; j < ev_; ++j) orow[j] = arow[j] * inv;
+            vec_ops().binary(FloatBinary::kMul, acc + i * ld_acc, 1, &inv, 0, orow, ev_);
         }
     }
 
@@ -226,6 +225,10 @@ class AttentionKernel : public Kernel {
                        StridedB{MatrixRef{kp, e_, cols, 1, k_row}}, e_,
                        scores, ld_s, GemmBlock{0, rows, 0, cols}, ep);
         }
+        if (amx_) {
+            amx_softmax_pv(st, vp, v_row, s0, cols, mask, b, h);
+            return;
+        }
         for (int64_t i = 0; i < rows; ++i) {
             float* srow = scores + i * ld_s;
             const int64_t l = l0 + i;
@@ -249,8 +252,6 @@ class AttentionKernel : public Kernel {
         // acc[rows, Ev] += P V_block
         if (single) {
             vec.rows_axpy(acc, scores, vp, v_row, cols, ev_);
-        } else if (amx_) {
-            attn_amx_pv(scores, ld_s, rows, cols, vp, v_row, ev_, acc, ld_acc, tiles);
         } else {
             EpilogueSpec acc_ep;
             acc_ep.residual_in_c = true;
@@ -260,6 +261,43 @@ class AttentionKernel : public Kernel {
         }
     }
 
+    // The AMX path's softmax and P V: each row's scores masked, its maximum, exp and sum in one
+    // vector routine that writes the bf16 P row straight into the tile operand
+    // (attn_amx_softmax_row); the running-softmax update as in key_block.
+    void amx_softmax_pv(BlockState& st, const float* vp, int64_t v_row, int64_t s0,
+                        int64_t cols, const char* mask, int64_t b, int64_t h) const {
+        const float neg_inf = -std::numeric_limits<float>::infinity();
+        // A bool mask with contiguous keys is read by the row routine; others are applied first.
+        const bool fused_mask = mask_kind_ == 1 && m_st_[3] == 1;
+        const int64_t kp = round_up(cols, 32);
+        for (int64_t i = 0; i < st.rows; ++i) {
+            float* srow = st.scores + i * st.ld_s;
+            const int64_t l = st.l0 + i;
+            const uint8_t* keep = nullptr;
+            if (fused_mask) {
+                keep = reinterpret_cast<const uint8_t*>(mask) + b * m_st_[0] + h * m_st_[1] +
+                       l * m_st_[2] + s0;
+            } else if (mask_kind_ != 0) {
+                apply_mask(srow, mask, b, h, l, s0, cols);
+            }
+            if (causal_) {
+                const int64_t first_future = std::max<int64_t>(0, l + 1 - s0);
+                for (int64_t j = first_future; j < cols; ++j) srow[j] = neg_inf;
+            }
+            const float m_old = st.row_max[i];
+            float m_new = m_old;
+            const float sum =
+                attn_amx_softmax_row(srow, cols, keep, m_old, &m_new, st.tiles.a + i * kp);
+            if (m_new == neg_inf) continue;  // nothing visible yet in this row
+            const float correction = std::exp(m_old - m_new);  // 0 when m_old is -inf
+            st.row_sum[i] = st.row_sum[i] * correction + sum;
+            st.row_max[i] = m_new;
+            if (correction != 1.0f) vec_ops().scale(st.acc + i * st.ld_acc, ev_, correction);
+        }
+        attn_amx_zero_rows(st.tiles.a, st.rows, cols);
+        attn_amx_pv(nullptr, 0, st.rows, cols, vp, v_row, ev_, st.acc, st.ld_acc, st.tiles);
+    }
+
     // Narrows keys [s0 + lo, s0 + hi) to the span some row of the block can see. A decoder's
     // cache is max_length slots of which the mask shows the filled ones: keys outside every
     // row's visible span contribute exp(-inf) = 0, so skipping them is exact.
@@ -267,7 +305,9 @@ class AttentionKernel : public Kernel {
                       int64_t s0, int64_t& lo, int64_t& hi) const {
         int64_t first = hi, last = lo - 1;
         const float neg_inf = -std::numeric_limits<float>::infinity();
-        for (int64_t i = 0; i < rows; ++i) {
+        // A mask broadcast over the query rows (an encoder's padding mask) is one row.
+        const int64_t distinct_rows = m_st_[2] == 0 ? std::min<int64_t>(rows, 1) : rows;
+        for (int64_t i = 0; i < distinct_rows; ++i) {
             const int64_t base =
                 b * m_st_[0] + h * m_st_[1] + (l0 + i) * m_st_[2] + s0 * m_st_[3];
             auto shows = [&](int64_t j) {

@@ -11,10 +11,12 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "cpu.h"
 #include "rt_amx.h"
 #include "rt_bf16.h"
+#include "vec_exp_avx512.h"
 
 // GCC 12's avx512fintrin.h seeds some intrinsics with _mm512_undefined_*(), which
 // -Wmaybe-uninitialized reports at every use (GCC bug 105593): a false positive.
@@ -44,6 +46,10 @@ GRAPHOPT_TARGET_AMX void pack_rows(const float* x, int64_t rs, int64_t rows, int
         for (; j < k; ++j) d[j] = bf16_bits(s[j]);
         std::memset(d + k, 0, static_cast<size_t>(kp - k) * 2);
     }
+}
+
+GRAPHOPT_TARGET_AMX inline __mmask16 first16(int64_t n) {
+    return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
 }
 
 // 16 floats from src (n valid, the rest 0) as 16 bf16.
@@ -156,11 +162,55 @@ GRAPHOPT_TARGET_AMX void attn_amx_scores(const float* q, int64_t q_rs, int64_t r
     }
 }
 
+GRAPHOPT_TARGET_AMX float attn_amx_softmax_row(float* srow, int64_t cols, const uint8_t* keep,
+                                               float m_old, float* m_new, uint16_t* p_row) {
+    const float neg_inf = -std::numeric_limits<float>::infinity();
+    const __m512 vneg = _mm512_set1_ps(neg_inf);
+    // Pass 1: masked scores back into srow and their maximum; tail lanes read as -inf.
+    __m512 vmax = vneg;
+    for (int64_t j = 0; j < cols; j += 16) {
+        const __mmask16 lanes = first16(cols - j);
+        __m512 v = _mm512_mask_loadu_ps(vneg, lanes, srow + j);
+        if (keep != nullptr) {
+            const __m128i bytes = _mm_maskz_loadu_epi8(lanes, keep + j);
+            v = _mm512_mask_mov_ps(vneg, _mm_cmpneq_epi8_mask(bytes, _mm_setzero_si128()), v);
+            _mm512_mask_storeu_ps(srow + j, lanes, v);
+        }
+        vmax = _mm512_max_ps(vmax, v);
+    }
+    const float m = std::max(m_old, _mm512_reduce_max_ps(vmax));
+    *m_new = m;
+    const int64_t kp = up(cols, 32);
+    if (m == neg_inf) {  // nothing visible yet in this row: P is 0
+        std::memset(p_row, 0, static_cast<size_t>(kp) * 2);
+        return 0.0f;
+    }
+    // Pass 2: e = exp(s - m) summed in f32 lanes and stored as the bf16 P row (zero padded).
+    const __m512 vm = _mm512_set1_ps(m);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < kp; j += 16) {
+        const __mmask16 lanes = j < cols ? first16(cols - j) : static_cast<__mmask16>(0);
+        const __m512 e = _mm512_maskz_mov_ps(
+            lanes, vexp::exp_avx512(_mm512_sub_ps(_mm512_mask_loadu_ps(vneg, lanes, srow + j),
+                                                  vm)));
+        sum = _mm512_add_ps(sum, e);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p_row + j),
+                            (__m256i)_mm512_cvtneps_pbh(e));
+    }
+    return _mm512_reduce_add_ps(sum);
+}
+
+GRAPHOPT_TARGET_AMX void attn_amx_zero_rows(uint16_t* a, int64_t rows, int64_t cols) {
+    const int64_t kp = up(cols, 32);
+    std::memset(a + rows * kp, 0, static_cast<size_t>((up(rows, 16) - rows) * kp) * 2);
+}
+
 GRAPHOPT_TARGET_AMX void attn_amx_pv(const float* p, int64_t ld_p, int64_t rows, int64_t cols,
                                      const float* v, int64_t v_rs, int64_t ev, float* acc,
                                      int64_t ld_acc, const AttnAmxScratch& scratch) {
     const int64_t kp = up(cols, 32), steps = kp / 32;
-    pack_rows(p, ld_p, rows, cols, kp, scratch.a);
+    // P == nullptr: the probabilities are already in scratch.a (attn_amx_softmax_row).
+    if (p != nullptr) pack_rows(p, ld_p, rows, cols, kp, scratch.a);
     pack_v(v, v_rs, cols, ev, scratch.b);
     tile_products(scratch.a, kp, rows, scratch.b, steps, ev, acc, ld_acc, true);
 }

@@ -100,8 +100,11 @@ void bf16_gemm_run(const MatrixRef& a, const PackedBf16Weight& w, float* c, int6
     const int64_t blocks = ceil_div(mp, 32) * ceil_div(n, 32);
     const int nt = static_cast<int>(std::min<int64_t>(
         blocks, threads_for(threads, blocks * 32 * 32 * kp, kAmxMinWorkPerThread)));
-    parallel_tasks(nt, nt, [&](int64_t t) {
-        bf16_amx_blocks(p, blocks * t / nt, blocks * (t + 1) / nt);
+    // A few contiguous block ranges per thread, claimed dynamically: on a shared machine one
+    // core may run slower than the other, and a static half each leaves the faster one waiting.
+    const int64_t tasks = std::min<int64_t>(blocks, nt * kChunksPerThread);
+    parallel_tasks(nt, tasks, [&](int64_t t) {
+        bf16_amx_blocks(p, blocks * t / tasks, blocks * (t + 1) / tasks);
     });
 }
 

@@ -85,6 +85,21 @@ struct QGemmKernels {
 // Pieces shared between the tables: the scalar quantizer (x / scale, round half to even, + zp,
 // clamp to [0, 255]; NaN -> 0), the portable dequantize, and the AVX2 loops (reused by AVX-VNNI).
 uint8_t quantize_one(float x, float scale, float zp);
+
+// The vector quantizers' division-free path. y = x * fl(1 / scale) differs from the correctly
+// rounded quotient fl(x / scale) by at most 3 * 2^-24 * |y| (two more roundings, each <= 2^-24
+// relative) when scale and 1 / scale are normal floats: below 2^-13 for |y| < 512. Where y is
+// farther than kQuantFastMargin = 0.5 - 2^-12 from the integer it rounds to, both round to the
+// same integer, ties included (no tie lies that close). Other lanes (near-ties, |y| >= 512
+// where the result clamps anyway, NaN) take the true division, so codes are always those of
+// quantize_one.
+constexpr float kQuantFastMargin = 0.5f - 1.0f / 4096.0f;
+constexpr float kQuantFastBound = 512.0f;
+inline bool quantize_fast_ok(float scale, float inv) {
+    const float lo = 1.1754944e-38f, hi = 3.4028235e38f;  // FLT_MIN, FLT_MAX
+    const float as = scale < 0.0f ? -scale : scale, ai = inv < 0.0f ? -inv : inv;
+    return as >= lo && as <= hi && ai >= lo && ai <= hi;
+}
 void qdequant_portable(const int32_t* acc, int64_t rows, int64_t cols, const float* col_scale,
                        const float* row_scale, const float* bias, const float* res, int64_t ldr,
                        float* c, int64_t ldc);
@@ -93,6 +108,13 @@ void qquantize_avx2(const float* x, int64_t n, float scale, float zp, uint8_t* q
 void qdequant_avx2(const int32_t* acc, int64_t rows, int64_t cols, const float* col_scale,
                    const float* row_scale, const float* bias, const float* res, int64_t ldr,
                    float* c, int64_t ldc);
+// Their AVX-512 forms (rt_qgemm_avx512.cpp), for the AVX512-VNNI set: the same results.
+void qminmax_avx512(const float* x, int64_t rows, int64_t cols, int64_t rs, float* lo,
+                    float* hi);
+void qquantize_avx512(const float* x, int64_t n, float scale, float zp, uint8_t* q);
+void qdequant_avx512(const int32_t* acc, int64_t rows, int64_t cols, const float* col_scale,
+                     const float* row_scale, const float* bias, const float* res, int64_t ldr,
+                     float* c, int64_t ldc);
 
 const QGemmKernels& portable_qgemm_kernels();
 const QGemmKernels& avx2_qgemm_kernels();

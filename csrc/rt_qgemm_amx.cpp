@@ -97,11 +97,14 @@ void qgemm_run_amx(const QGemmArgs& g, const QGemmKernels& kern, const float* co
     corrected.a_row_zp = nullptr;
     // The f32 epilogue takes any number of rows; the others work in 6-row tiles.
     const int64_t chunk = g.c_u8 == nullptr && g.c_cs == 1 ? 16 : kQMR;
-    parallel_tasks(nt, nt, [&](int64_t t) {
+    // A few contiguous block ranges per thread, claimed dynamically (a core slowed by another
+    // process takes fewer); each range finishes its last block itself.
+    const int64_t tasks = std::min<int64_t>(blocks, nt * kChunksPerThread);
+    parallel_tasks(nt, tasks, [&](int64_t t) {
         alignas(64) int32_t acc[2][4 * 256];
         PendingBlock pending{&corrected, &g, &kern, col_scale};
         amx_begin();
-        for (int64_t b = blocks * t / nt; b < blocks * (t + 1) / nt; ++b) {
+        for (int64_t b = blocks * t / tasks; b < blocks * (t + 1) / tasks; ++b) {
             const int64_t i0 = (b % row_blocks) * 32, q0 = (b / row_blocks) * 2;
             const int rb = mp - i0 >= 32 ? 2 : 1, cb = col_tiles - q0 >= 2 ? 2 : 1;
             // While the row blocks of this column pair run, the next pair's panels stream in.

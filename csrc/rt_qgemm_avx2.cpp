@@ -62,9 +62,31 @@ GRAPHOPT_TARGET_AVX2_FMA void qquantize_avx2(const float* x, int64_t n, float sc
     const __m256 vs = _mm256_set1_ps(scale), vz = _mm256_set1_ps(zp);
     const __m256 zero = _mm256_setzero_ps(), top = _mm256_set1_ps(255.0f);
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    // round(x / scale) without a division per element where that is provably the same integer
+    // (quantize_fast_ok in rt_qgemm.h): y = x * (1 / scale), and a vector with any lane near a
+    // half-integer, beyond the bound or NaN takes the true division, as the reference.
+    const float inv = 1.0f / scale;
+    const bool fast = quantize_fast_ok(scale, inv);
+    const __m256 vinv = _mm256_set1_ps(inv), sign = _mm256_set1_ps(-0.0f);
+    const __m256 margin = _mm256_set1_ps(kQuantFastMargin), bound = _mm256_set1_ps(kQuantFastBound);
     auto one = [&](const float* p) {
-        __m256 v = _mm256_div_ps(_mm256_loadu_ps(p), vs);  // a true division, as the reference
-        v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m256 xv = _mm256_loadu_ps(p);
+        __m256 v;
+        if (fast) {
+            const __m256 y = _mm256_mul_ps(xv, vinv);
+            v = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            const __m256 off = _mm256_andnot_ps(sign, _mm256_sub_ps(y, v));
+            const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(off, margin, _CMP_LT_OQ),
+                                            _mm256_cmp_ps(_mm256_andnot_ps(sign, y), bound,
+                                                          _CMP_LT_OQ));
+            if (_mm256_movemask_ps(ok) != 0xff) {
+                v = _mm256_round_ps(_mm256_div_ps(xv, vs),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            }
+        } else {
+            v = _mm256_round_ps(_mm256_div_ps(xv, vs),  // a true division, as the reference
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        }
         v = _mm256_add_ps(v, vz);
         v = _mm256_min_ps(_mm256_max_ps(v, zero), top);  // max(NaN, 0) = 0
         return _mm256_cvttps_epi32(v);

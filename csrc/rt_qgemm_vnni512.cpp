@@ -2,7 +2,8 @@
 // rt_qgemm_vnni.cpp, with the EVEX form of vpdpbusd (AVX512_VNNI + AVX512VL) instead of the VEX
 // one (AVX-VNNI). CPUs with AVX-512 VNNI but no AVX-VNNI (AMD Zen 4, Intel Ice Lake / Cascade
 // Lake) would otherwise fall back to the AVX2 vpmaddubsw pair kernels. Chosen at run time
-// (GRAPHOPT_DISABLE_VNNI=1 or GRAPHOPT_DISABLE_AVX512=1 skip it); the other loops are AVX2's.
+// (GRAPHOPT_DISABLE_VNNI=1 or GRAPHOPT_DISABLE_AVX512=1 skip it); its float loops are the AVX-512
+// forms of rt_qgemm_avx512.cpp.
 #include <immintrin.h>
 
 #include <cstring>
@@ -36,8 +37,8 @@ bool cpu_has_avx512vnni() {
 
 #ifdef GRAPHOPT_HAVE_AVX512VNNI
 const QGemmKernels& avx512vnni_qgemm_kernels() {
-    static const QGemmKernels k{"avx512vnni_quad_u8", QFormat::kQuadU8, qtile, qminmax_avx2,
-                                qquantize_avx2, qdequant_avx2};
+    static const QGemmKernels k{"avx512vnni_quad_u8", QFormat::kQuadU8, qtile, qminmax_avx512,
+                                qquantize_avx512, qdequant_avx512};
     return k;
 }
 #else

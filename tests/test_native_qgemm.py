@@ -188,10 +188,13 @@ def test_dynamic_exact(m, k, n):
         np.testing.assert_array_equal(got, _dynamic_reference(x, w, w_scale, bias))
 
 
-@pytest.mark.parametrize("kind", ["zeros", "positive", "negative", "extremes", "ties"])
+@pytest.mark.parametrize("kind", ["zeros", "positive", "negative", "extremes", "ties",
+                                  "near_ties"])
 def test_dynamic_ranges(kind):
     """Zero points 0 (x >= 0) and 255 (x <= 0), all-zero input (scale 0), values that hit 0 and
-    255 exactly and values on rounding ties of x / scale."""
+    255 exactly, values on rounding ties of x / scale, and values a few ulps either side of a
+    tie at a scale that is no power of two (where the quantizers' division-free path must hand
+    over to the true division)."""
     rng = _rng(8)
     m, k, n = 5, 70, 24
     x = rng.standard_normal((m, k)).astype(F32)
@@ -203,9 +206,16 @@ def test_dynamic_ranges(kind):
         x = -np.abs(x)
     elif kind == "extremes":
         x[0, 0], x[1, 1] = -4.0, 4.0
-    else:  # multiples of half the scale: (hi - lo) / 255 with hi - lo = 255 -> scale 1
+    elif kind == "ties":  # multiples of half the scale: (hi - lo) / 255 with hi - lo = 255
         x = (rng.integers(-200, 110, (m, k)) / 2).astype(F32)
         x[0, 0], x[0, 1] = -127.5, 127.5
+    else:
+        scale = (F32(2.08) - F32(-1.3)) / F32(255)  # 1 / scale rounds badly here
+        x = ((rng.integers(-90, 150, (m, k)) + F32(0.5)) * scale).astype(F32)
+        for _ in range(3):  # 0..3 ulps below or above
+            way = rng.random(x.shape)
+            x = np.nextafter(x, np.where(way < 0.35, -np.inf, np.where(way < 0.7, np.inf, x)))
+        x[0, 0], x[0, 1] = -1.3, 2.08
     w = rng.integers(-127, 128, (n, k), dtype=np.int8)
     w_scale = np.full(n, 0.01, F32)
     np.testing.assert_array_equal(qlinear(x, w, w_scale), _dynamic_reference(x, w, w_scale))
