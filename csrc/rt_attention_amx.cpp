@@ -21,6 +21,7 @@
 // GCC 12's avx512fintrin.h seeds some intrinsics with _mm512_undefined_*(), which
 // -Wmaybe-uninitialized reports at every use (GCC bug 105593): a false positive.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"  // the same, in _mm512_reduce_*_ps
 
 namespace graphopt {
 namespace rt {

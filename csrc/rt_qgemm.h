@@ -195,6 +195,27 @@ void qgemm_finish_tile(const QGemmKernels& kern, const QGemmArgs& g, const float
 void qgemm_run_amx(const QGemmArgs& g, const QGemmKernels& kern, const float* col_scale,
                    int threads);
 
+// One pass of the f32 finish of an int32 tile (rows of kQNR, `cols` <= 16 valid columns) on
+// AVX-512 (rt_qfinish_avx512.cpp): acc - zp * colsum (colsum null: no correction), times
+// col_scale[j] (or row_scale[r] * col_scale[j]), + bias[j], + res[r * ldr + j], the activation,
+// into c[r * ldc + j]. The same operations in the same order as amx_int8_zero_point,
+// qdequant_avx512 and epilogue_avx512 one after the other, so the same bits. Returns false (and
+// does nothing) for an activation outside the vector epilogue's set.
+struct QFinishF32 {
+    const int32_t* acc;
+    const int32_t* colsum;  // [cols] or null
+    const int32_t* row_zp;  // [rows] or null: zp for every row
+    int32_t zp;
+    const float* col_scale;  // [cols]
+    const float* row_scale;  // [rows] or null
+    const float* bias;       // [cols] or null
+    const float* res;        // rows of ldr, or null (may alias c)
+    int64_t ldr;
+    float* c;
+    int64_t ldc;
+};
+bool qfinish_f32_avx512(const QFinishF32& f, int64_t rows, int64_t cols, Activation act);
+
 // ONNX DynamicQuantizeLinear of rows x cols floats x (row stride rs, column stride cs) into the
 // contiguous u8 matrix q [rows, cols]; returns (scale, zero point) through the pointers:
 //   lo = min(0, min x), hi = max(0, max x), scale = (hi - lo) / 255,

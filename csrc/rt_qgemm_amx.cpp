@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "epilogue.h"
 #include "rt_amx.h"
 #include "rt_parallel.h"
 #include "rt_qgemm.h"
@@ -40,6 +41,7 @@ struct PendingBlock {
     int32_t* acc = nullptr;
     int64_t i0 = 0, q0 = 0, chunk = 16, pieces = 0, done = 0;
     int rb = 0, cb = 0;
+    bool fused = false;  // f32 contiguous output with the AVX-512 epilogue: finish_fused
 
     int64_t chunks_per_tile() const { return ceil_div(16, chunk); }
 
@@ -52,11 +54,34 @@ struct PendingBlock {
         const int64_t nr = std::min(kQNR, g->w->n() - tj);
         int32_t* rows_at = acc + 256 * (2 * r + c) + r0 * kQNR;
         const QGemmArgs& o = *original;
-        if (o.a_zp != 0 || o.a_row_zp != nullptr) {
+        const bool zero_point = o.a_zp != 0 || o.a_row_zp != nullptr;
+        if (fused && finish_fused(o, rows_at, ti + r0, tj, rows, nr, zero_point)) return;
+        if (zero_point) {
             amx_int8_zero_point(rows_at, rows, g->w->colsum() + tj, nr,
                                 o.a_row_zp != nullptr ? o.a_row_zp + ti + r0 : nullptr, o.a_zp);
         }
         qgemm_finish_tile(*kern, *g, col_scale, rows_at, ti + r0, tj, rows, nr);
+    }
+    // The contiguous f32 output's finish in one vector pass (qfinish_f32_avx512), where the
+    // epilogue it must match bit for bit is the AVX-512 one.
+    bool finish_fused(const QGemmArgs& o, const int32_t* rows_at, int64_t i0, int64_t j0,
+                      int64_t rows, int64_t nr, bool zero_point) const {
+        const float* c_at = o.c + i0 * o.ldc + j0;
+        const float* res = o.residual_in_c ? c_at
+                           : o.residual != nullptr ? o.residual + i0 * o.ldr + j0 : nullptr;
+        const bool per_row = o.a_row_scale != nullptr;
+        const QFinishF32 f{rows_at,
+                           zero_point ? o.w->colsum() + j0 : nullptr,
+                           o.a_row_zp != nullptr ? o.a_row_zp + i0 : nullptr,
+                           o.a_zp,
+                           per_row ? o.w_scale + j0 : col_scale + j0,
+                           per_row ? o.a_row_scale + i0 : nullptr,
+                           o.bias != nullptr ? o.bias + j0 : nullptr,
+                           res,
+                           o.residual_in_c ? o.ldc : o.ldr,
+                           o.c + i0 * o.ldc + j0,
+                           o.ldc};
+        return qfinish_f32_avx512(f, rows, nr, o.act.act);
     }
     void run_to(int64_t target) {
         for (; done < target; ++done) run_piece(done);
@@ -97,12 +122,15 @@ void qgemm_run_amx(const QGemmArgs& g, const QGemmKernels& kern, const float* co
     corrected.a_row_zp = nullptr;
     // The f32 epilogue takes any number of rows; the others work in 6-row tiles.
     const int64_t chunk = g.c_u8 == nullptr && g.c_cs == 1 ? 16 : kQMR;
+    const bool fused = chunk == 16 && kern.dequant == qdequant_avx512 &&
+                       gemm_kernels().epilogue == epilogue_avx512;
     // A few contiguous block ranges per thread, claimed dynamically (a core slowed by another
     // process takes fewer); each range finishes its last block itself.
     const int64_t tasks = std::min<int64_t>(blocks, nt * kChunksPerThread);
     parallel_tasks(nt, tasks, [&](int64_t t) {
         alignas(64) int32_t acc[2][4 * 256];
         PendingBlock pending{&corrected, &g, &kern, col_scale};
+        pending.fused = fused;
         amx_begin();
         for (int64_t b = blocks * t / tasks; b < blocks * (t + 1) / tasks; ++b) {
             const int64_t i0 = (b % row_blocks) * 32, q0 = (b / row_blocks) * 2;
