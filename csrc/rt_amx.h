@@ -84,6 +84,11 @@ void attn_amx_pv(const float* p, int64_t ld_p, int64_t rows, int64_t cols, const
 // vector exp as the rest.
 float attn_amx_softmax_row(float* srow, int64_t cols, const uint8_t* keep, float m_old,
                            float* m_new, uint16_t* p_row);
+// Its f32 twin for the f32 products on AVX-512 CPUs (rt_attention_avx512.cpp): the same masking
+// and maximum, then exp(s - m) written back into srow (0 where masked or past a row with nothing
+// visible); returns the sum.
+float attn_softmax_row_avx512(float* srow, int64_t cols, const uint8_t* keep, float m_old,
+                              float* m_new);
 // Zeroes the padding rows [rows, round_up(rows, 16)) of a packed P (row length round_up(cols,
 // 32)).
 void attn_amx_zero_rows(uint16_t* a, int64_t rows, int64_t cols);

@@ -229,22 +229,34 @@ class AttentionKernel : public Kernel {
             amx_softmax_pv(st, vp, v_row, s0, cols, mask, b, h);
             return;
         }
+        const bool avx512 = cpu_features().use_avx512;
+        const bool fused_mask = avx512 && mask_kind_ == 1 && m_st_[3] == 1;
         for (int64_t i = 0; i < rows; ++i) {
             float* srow = scores + i * ld_s;
             const int64_t l = l0 + i;
-            if (mask_kind_ != 0) apply_mask(srow, mask, b, h, l, s0, cols);
+            if (mask_kind_ != 0 && !fused_mask) apply_mask(srow, mask, b, h, l, s0, cols);
             if (causal_) {
                 const int64_t first_future = std::max<int64_t>(0, l + 1 - s0);
                 for (int64_t j = first_future; j < cols; ++j) srow[j] = neg_inf;
             }
             const float m_old = row_max[i];
-            const float m_new = std::max(m_old, vec.reduce_max(srow, cols));
-            if (m_new == neg_inf) {  // nothing visible yet in this row
-                std::fill(srow, srow + cols, 0.0f);
-                continue;
+            float m_new = m_old, sum = 0.0f;
+            if (avx512) {  // mask, max, exp and sum in one vector routine, masked tails
+                const uint8_t* keep = fused_mask ? reinterpret_cast<const uint8_t*>(mask) +
+                                                       b * m_st_[0] + h * m_st_[1] +
+                                                       l * m_st_[2] + s0
+                                                 : nullptr;
+                sum = attn_softmax_row_avx512(srow, cols, keep, m_old, &m_new);
+                if (m_new == neg_inf) continue;  // nothing visible yet (P row zeroed)
+            } else {
+                m_new = std::max(m_old, vec.reduce_max(srow, cols));
+                if (m_new == neg_inf) {  // nothing visible yet in this row
+                    std::fill(srow, srow + cols, 0.0f);
+                    continue;
+                }
+                sum = vec.exp_scaled_sum(srow, srow, cols, 1.0f, m_new);
             }
             const float correction = std::exp(m_old - m_new);  // 0 when m_old is -inf
-            const float sum = vec.exp_scaled_sum(srow, srow, cols, 1.0f, m_new);
             row_sum[i] = row_sum[i] * correction + sum;
             row_max[i] = m_new;
             if (correction != 1.0f) vec.scale(acc + i * ld_acc, ev_, correction);
