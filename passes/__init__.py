@@ -5,6 +5,7 @@ name. Importing this package registers every pass; add new modules to the import
 """
 
 from . import (  # noqa: F401  (registers the passes)
+    attention_bf16,
     canonicalize,
     cse,
     dce,

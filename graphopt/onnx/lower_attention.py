@@ -192,6 +192,7 @@ def onnx_bool_true():
     return helper.make_tensor("value", 9, [1], [True])
 
 
+@register_lowering("onnx", "attention_bf16")  # onnxruntime has no bf16 attention: f32
 @register_lowering("onnx", "attention")
 def _attention(ctx, node):
     if _fits_standard(ctx, node):

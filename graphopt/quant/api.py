@@ -176,11 +176,38 @@ def quantize_with_config(graph: Graph, cfg: QuantizeConfig,
         measured = calibration if isinstance(calibration, list) else []  # (streamed: used up)
         out, rep.error = fit_error_budget(rep.layers, plan.build, plan.graph, measured,
                                           cfg.error_budget, sensitivity, plan.forward)
+        if cfg.error_budget is not None and cfg.mode in ("dynamic", "static") and measured:
+            out = _fit_bf16_attention(out, plan.graph, measured, cfg, rep)
         if cfg.speed:
             out, rep.speed, rep.error = _fit_speed(rep, plan, cfg, measured, out)
     rep.bytes_after = out.constant_bytes()
     rep.seconds = time.perf_counter() - start
     return out, rep
+
+
+def _fit_bf16_attention(out: Graph, float_graph: Graph, calibration: list,
+                        cfg: QuantizeConfig, rep: QuantReport) -> Graph:
+    """Attention's products in bf16 (the attention-bf16 pass) when the native target has AMX
+    tiles to run them and the whole graph's error stays within the budget; else ``out``."""
+    from graphopt import _extension
+    from graphopt.quant.fallback import output_error, reference_outputs
+    from graphopt.transform.manager import optimize
+
+    backend = cfg.target.backend if cfg.target is not None else "native"
+    candidate, passes = optimize(out, "attention-bf16", report=True)
+    if backend != "native" or not passes.changed:  # (not changed: no attention node)
+        return out
+    if not _extension.load().cpu_features()["use_amx"]:
+        rep.notes.append("attention stays f32: no AMX tiles here to run it in bf16")
+        return out
+    error = output_error(candidate, reference_outputs(float_graph, calibration), calibration)
+    if error > cfg.error_budget:
+        rep.notes.append(f"attention stays f32: in bf16 the error would be {error:.2e}, over "
+                         f"the budget {cfg.error_budget:.2e}")
+        return out
+    rep.attention, rep.error = "bf16", error
+    rep.notes.append(f"attention in bf16 (AMX tiles): error {error:.2e} within the budget")
+    return candidate
 
 
 def _fit_speed(rep: QuantReport, plan: "Plan", cfg: QuantizeConfig, calibration: list,

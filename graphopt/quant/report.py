@@ -44,6 +44,7 @@ class QuantReport:
     stage: Any = None  # the run's StageReport (time, peak memory; graphopt.stagereport)
     speed: dict = field(default_factory=dict)  # speed=True: candidate -> median ms per call
     notes: list[str] = field(default_factory=list)  # what the run left out, and why
+    attention: str = "fp32"  # "bf16": attention nodes became attention_bf16 (within budget)
 
     @property
     def quantized(self) -> list[str]:

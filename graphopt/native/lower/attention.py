@@ -48,6 +48,17 @@ def _batch_strides(ref, batch: tuple[int, ...], ctx) -> tuple[int, int]:
 
 @register_lowering("native", "attention")
 def lower_attention(ctx) -> None:
+    _lower(ctx, bf16=ctx.builder.precision == "bf16")
+
+
+@register_lowering("native", "attention_bf16")
+def lower_attention_bf16(ctx) -> None:
+    """The same kernel with its bf16 flag whatever the compile precision (AMX tiles where the
+    CPU has them; elsewhere f32, see the op)."""
+    _lower(ctx, bf16=True)
+
+
+def _lower(ctx, bf16: bool) -> None:
     require_float32(ctx, 0, 1, 2)
     out_shape = ctx.out_shape(0)
     if len(out_shape) < 2:
@@ -95,7 +106,7 @@ def lower_attention(ctx) -> None:
              [B, H, L, S, E, Ev, group,
               qb, qh, q.strides[-2], kb, kh, k.strides[-2], vb, vh, v.strides[-2],
               ob, oh, out.strides[-2], mask_kind, *m_strides, int(ctx.attrs["is_causal"]),
-              int(ctx.builder.precision == "bf16"), S2, *tail],
+              int(bf16), S2, *tail],
              [scale])
 
 

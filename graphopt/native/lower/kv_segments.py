@@ -23,8 +23,8 @@ from graphopt.native.refs import TensorRef
 
 def _read_as_keys_or_values(value: Value) -> bool:
     # op-name check: only the attention kernel reads a concatenation in two pieces
-    return bool(value.uses) and all(user.op == "attention" and slot in (1, 2)
-                                    for user, slot in value.uses)
+    return bool(value.uses) and all(
+        user.op in ("attention", "attention_bf16") and slot in (1, 2) for user, slot in value.uses)
 
 
 def defer_concat(ctx) -> bool:
