@@ -29,8 +29,8 @@ def _sdpa_infer(types, attrs):
     return q.with_shape(batch + (q.shape[-2], v.shape[-1]))
 
 
-@register_op(
-    "attention",
+# attention and attention_bf16: one schema (operands, attributes, shape rule)
+_SCHEMA = dict(
     inputs=("q", "k", "v", "mask?"),
     attrs={
         "scale": AttrSpec((float, type(None)), None, "None: 1/sqrt(head_dim)"),
@@ -40,6 +40,9 @@ def _sdpa_infer(types, attrs):
     traits={PURE},
     infer=_sdpa_infer,
 )
+
+
+@register_op("attention", **_SCHEMA)
 def attention(q, k, v, mask=None, scale=None, is_causal=False, enable_gqa=False):
     """softmax(q @ k^T * scale + mask) @ v. A bool mask keeps True positions; a float mask adds.
 
@@ -54,17 +57,7 @@ def _bf16(t):
     return t.to(torch.bfloat16).to(torch.float32)
 
 
-@register_op(
-    "attention_bf16",
-    inputs=("q", "k", "v", "mask?"),
-    attrs={
-        "scale": AttrSpec((float, type(None)), None, "None: 1/sqrt(head_dim)"),
-        "is_causal": False,
-        "enable_gqa": False,
-    },
-    traits={PURE},
-    infer=_sdpa_infer,
-)
+@register_op("attention_bf16", **_SCHEMA)
 def attention_bf16(q, k, v, mask=None, scale=None, is_causal=False, enable_gqa=False):
     """attention with both products in bf16 (``graphopt.quantize(..., error_budget=...)``
     chooses it where the budget allows, on CPUs with AMX): q, k, v and the unnormalized
