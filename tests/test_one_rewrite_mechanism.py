@@ -124,6 +124,13 @@ class _HandAttention(nn.Module):
         return q
 
 
+class _TwoSdpa(nn.Module):
+    def forward(self, q, k, v):
+        for _ in range(2):
+            q = nn.functional.scaled_dot_product_attention(q, k, v)
+        return q
+
+
 class _Transposes(nn.Module):
     def forward(self, a, b):
         return a.transpose(-1, -2) @ b + a @ b.transpose(-1, -2).transpose(-1, -2) * 0.5
@@ -160,6 +167,10 @@ CASES = {
     "fold-transpose-matmul": (lambda: _traced(_Transposes(), _x(3, 3), _x(3, 3)),
                               lambda: (_x(3, 3), _x(3, 3) * 2), True),
     "fuse-activation": (lambda: _traced(_LinearRelu(), _x(2, 8)), lambda: (_x(2, 8),), True),
+    "attention-bf16": (lambda: _traced(_TwoSdpa(), _x(1, 2, 4, 8), _x(1, 2, 4, 8),
+                                       _x(1, 2, 4, 8)),
+                       lambda: (_x(1, 2, 4, 8), _x(1, 2, 4, 8) + 1, _x(1, 2, 4, 8) - 1),
+                       False),  # bf16 rounding: not exact
 }
 
 # Passes whose rewrites happen inside graphopt.quant / graphopt.prune: those libraries make every
