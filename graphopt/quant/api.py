@@ -193,9 +193,10 @@ def _fit_bf16_attention(out: Graph, float_graph: Graph, calibration: list,
     from graphopt.quant.fallback import output_error, reference_outputs
     from graphopt.transform.manager import optimize
 
-    backend = cfg.target.backend if cfg.target is not None else "native"
+    if (cfg.target.backend if cfg.target is not None else "native") != "native":
+        return out
     candidate, passes = optimize(out, "attention-bf16", report=True)
-    if backend != "native" or not passes.changed:  # (not changed: no attention node)
+    if not passes.changed:  # no attention node
         return out
     if not _extension.load().cpu_features()["use_amx"]:
         rep.notes.append("attention stays f32: no AMX tiles here to run it in bf16")
