@@ -45,7 +45,7 @@ ASAN_TESTS := tests/test_native_gemm.py tests/test_native_kernels.py tests/test_
 	tests/test_native_kv_attention.py tests/test_native_gelu.py tests/test_quant_bf16_attention.py
 # Tests that run native code on several threads at once (the runtime's pool, concurrent calls).
 TSAN_TESTS := tests/test_native_safety.py tests/test_native_artifacts.py \
-	tests/test_native_models.py::test_threads_do_not_change_results
+	tests/test_native_models.py::test_threads_do_not_change_results tests/test_native_threadpool.py
 
 .PHONY: venv test demo asan tsan fuzz bench-gemm clean
 

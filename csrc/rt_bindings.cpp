@@ -25,6 +25,7 @@
 #include "activation.h"
 #include "rt_plan.h"
 #include "rt_qgemm.h"
+#include "rt_threadpool.h"
 #include "rt_vec.h"
 #include "rt_wo.h"
 
@@ -271,6 +272,12 @@ void register_runtime(py::module_& m) {
         .def("step_name", &Plan::step_name, py::arg("i"));
 
     m.def("native_kernels", &rt::kernel_names, "Names of the native runtime's kernels.");
+    m.def("_native_pool_probe", &rt::pool_probe, py::arg("chunks"), py::arg("threads"),
+          py::arg("busy_ns") = 0, py::arg("fail_chunk") = -1,
+          py::call_guard<py::gil_scoped_release>(),
+          "Test hook of the runtime's thread pool: runs `chunks` chunks on `threads` threads "
+          "(each busy for busy_ns) and returns the thread that ran each chunk (0: the caller); "
+          "chunk `fail_chunk` raises.");
     m.def("native_kernel_table", &kernel_table,
           "The kernels' calling conventions (csrc/rt_plan.h KernelSignature), one dict per kernel: "
           "name; operands: [{name, optional}] in slot order; ints: [{name, type, count}] in "
