@@ -223,11 +223,25 @@ class BlockedConvKernel : public Kernel {
             job.out = out + n * out_image;
             job.act = act_;
             if (depthwise_) {
-                const int64_t rows = out_blocks_ * job.ho;
-                parallel_for(ctx.threads, rows, job.wo * s_.kh * s_.kw * 32,
-                             [&](int64_t t0, int64_t t1) {
+                // Threads split the image by rows, and each walks its rows block by block: a
+                // thread keeps the same rows in every kernel of a plan (they are still in its
+                // own core's cache), and consecutive rows of one block share two input rows.
+                // Small images (fewer rows than 8 per thread) also split the blocks of a row.
+                const int64_t want = 8 * std::max(1, ctx.threads);
+                const int64_t parts =
+                    job.ho >= want ? 1 : std::min(out_blocks_, (want + job.ho - 1) / job.ho);
+                const int64_t row_work = job.wo * s_.kh * s_.kw * 32 * out_blocks_ / parts;
+                parallel_for(ctx.threads, job.ho * parts, row_work, [&](int64_t t0, int64_t t1) {
+                    if (parts == 1) {
+                        for (int64_t b = 0; b < out_blocks_; ++b) ops.depthwise(job, b, t0, t1);
+                        return;
+                    }
                     for (int64_t t = t0; t < t1; ++t) {
-                        ops.depthwise(job, t / job.ho, t % job.ho, t % job.ho + 1);
+                        const int64_t oy = t / parts, part = t % parts;
+                        for (int64_t b = out_blocks_ * part / parts;
+                             b < out_blocks_ * (part + 1) / parts; ++b) {
+                            ops.depthwise(job, b, oy, oy + 1);
+                        }
                     }
                 });
             } else {
@@ -242,6 +256,8 @@ class BlockedConvKernel : public Kernel {
         // Two output blocks share each input broadcast; grouped blocks read different inputs.
         const int64_t width = group_out_ > 0 ? 1 : 2;
         const int64_t pairs = (out_blocks_ + width - 1) / width;
+        // Chunks of a row as even as possible (196 pixels run as 98 + 98, not 96 + 96 + 4:
+        // a 4-pixel tile streams the weights for a sixth of the multiply-adds).
         const int64_t chunks = (job.wo + kPixelChunk - 1) / kPixelChunk;
         const int64_t per_pair = job.ho * chunks;
         const int64_t weight_bytes = static_cast<int64_t>(packed_.size()) * 4;
@@ -256,8 +272,8 @@ class BlockedConvKernel : public Kernel {
                 const int64_t oy = rest / chunks, chunk = rest % chunks;
                 const int64_t ob = pair * width;
                 const int64_t nb = std::min<int64_t>(width, out_blocks_ - ob);
-                const int64_t ox0 = chunk * kPixelChunk;
-                ops.conv(job, ob, nb, oy, oy + 1, ox0, std::min(job.wo, ox0 + kPixelChunk));
+                ops.conv(job, ob, nb, oy, oy + 1, job.wo * chunk / chunks,
+                         job.wo * (chunk + 1) / chunks);
             }
         });
     }

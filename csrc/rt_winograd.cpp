@@ -78,7 +78,9 @@ void WinogradConv::run(const ExecContext& ctx, const BlockedOps& ops, const Bloc
     parallel_for(ctx.threads, in_blocks_ * tiles_h_, tiles_w_ * kChannelBlock * 48,
                  [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
-            ops.winograd_input(wj, t / tiles_h_, t % tiles_h_, t % tiles_h_ + 1);
+            // Tile-row-major: a thread keeps the same image rows in every kernel (its cache).
+            const int64_t ty = t / in_blocks_;
+            ops.winograd_input(wj, t % in_blocks_, ty, ty + 1);
         }
     });
     // M[xi] = V[xi] U[xi]: a 1x1 convolution over `tiles` pixels per position.
@@ -106,7 +108,8 @@ void WinogradConv::run(const ExecContext& ctx, const BlockedOps& ops, const Bloc
     parallel_for(ctx.threads, out_blocks_ * tiles_h_, tiles_w_ * kChannelBlock * 40,
                  [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
-            ops.winograd_output(wj, t / tiles_h_, t % tiles_h_, t % tiles_h_ + 1);
+            const int64_t ty = t / out_blocks_;
+            ops.winograd_output(wj, t % out_blocks_, ty, ty + 1);
         }
     });
 }

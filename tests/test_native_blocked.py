@@ -70,6 +70,8 @@ class Chain(nn.Module):
     (4, 40, 7, 2, 3, 1, nn.Hardswish, 23),  # 7x7 stride 2, rows wider than one tile
     (2, 16, 3, 1, 0, 1, nn.Tanh, 30),       # no padding: taps stay inside, no scratch
     (20, 16, 3, 2, 1, 1, nn.ReLU, 12),      # plain padded input over two channel blocks
+    (3, 16, 3, 2, 1, 1, nn.ReLU, 230),      # rows of 115 pixels: two chunks per row
+    (32, 16, 3, 1, 1, 1, nn.ReLU, 9),       # C * kh * kw = 288: the plain zero-bordered copy
 ])
 def test_conv_chains_match_torch(c_in, mid, k, stride, pad, dil, act, size):
     torch.manual_seed(0)
