@@ -265,6 +265,9 @@ void register_runtime(py::module_& m) {
             py::arg("inputs"), py::arg("outputs"), "Runs every step; returns seconds per step.")
         .def_property_readonly("num_steps", &Plan::num_steps)
         .def_property_readonly("threads", &Plan::threads)
+        .def_property("spin_us", &Plan::spin_us, &Plan::set_spin_us,
+                      "Microseconds the pool's idle helpers spin after each parallel loop of "
+                      "this plan before sleeping; -1 (default): GRAPHOPT_NATIVE_SPIN_US or 50.")
         .def_property_readonly("arena_bytes_needed", &Plan::arena_bytes_needed)
         .def_property_readonly("input_bytes_needed", &Plan::input_bytes_needed)
         .def_property_readonly("output_bytes_needed", &Plan::output_bytes_needed)

@@ -3,6 +3,7 @@
 
 #include "activation.h"
 #include "rt_dtype.h"
+#include "rt_threadpool.h"
 
 #include <algorithm>
 #include <chrono>
@@ -206,6 +207,14 @@ Plan::Plan(int threads, DeviceKind device) : threads_(threads), device_(device) 
                         "], got " + std::to_string(threads));
     }
     if (device != DeviceKind::kCpu) throw PlanError("only CPU plans are implemented");
+}
+
+void Plan::set_spin_us(int64_t us) {
+    if (us < -1 || us > kMaxSpinUs) {
+        throw PlanError("NativePlan.spin_us must be in [-1, " + std::to_string(kMaxSpinUs) +
+                        "] microseconds (-1: the runtime default), got " + std::to_string(us));
+    }
+    spin_us_ = us;
 }
 
 int Plan::add_constant(char* data, int64_t nbytes) {
@@ -415,6 +424,7 @@ void Plan::run(const std::vector<BufferRef>& inputs, const std::vector<BufferRef
     std::lock_guard<std::mutex> lock(mutex_);
     std::vector<char*> in, out;
     const ExecContext ctx = checked_context(inputs, outputs, &in, &out);
+    const SpinScope spin(spin_us_);
     for (const auto& step : steps_) step->run(ctx);
 }
 
@@ -423,6 +433,7 @@ std::vector<double> Plan::run_profiled(const std::vector<BufferRef>& inputs,
     std::lock_guard<std::mutex> lock(mutex_);
     std::vector<char*> in, out;
     const ExecContext ctx = checked_context(inputs, outputs, &in, &out);
+    const SpinScope spin(spin_us_);
     std::vector<double> seconds;
     seconds.reserve(steps_.size());
     for (const auto& step : steps_) {

@@ -240,6 +240,10 @@ class Plan {
     std::string step_kernel(int64_t i) const;
     std::string step_name(int64_t i) const;
     int threads() const { return threads_; }
+    // How long the pool's idle helpers spin after each of this plan's parallel loops before they
+    // sleep, in microseconds (-1: the runtime default, see rt_threadpool.h SpinScope).
+    void set_spin_us(int64_t us);
+    int64_t spin_us() const { return spin_us_; }
     DeviceKind device() const { return device_; }
     // Bytes the steps need from the arena / input i / output i (0 when unused).
     int64_t arena_bytes_needed() const;
@@ -255,6 +259,7 @@ class Plan {
     void record_spans(const std::string& kernel, const std::string& name, const Kernel& step);
 
     int threads_;
+    int64_t spin_us_ = -1;
     DeviceKind device_;
     mutable std::mutex mutex_;  // add_step / set_arena vs run: runs share the arena
     char* arena_ = nullptr;

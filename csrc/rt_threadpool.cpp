@@ -23,13 +23,17 @@ namespace {
 // longer than the gap between two kernels of a plan. Spinning threads yield often: these
 // machines are shared, and with per-session CPU fair shares (autogroup) a helper that spins
 // at full speed takes time from its own caller when another session keeps a core busy.
-std::chrono::microseconds spin_time() {
+std::chrono::microseconds default_spin() {
     static const std::chrono::microseconds spin = [] {
         const char* env = std::getenv("GRAPHOPT_NATIVE_SPIN_US");
-        return std::chrono::microseconds(env != nullptr ? std::atoll(env) : 50);
+        const int64_t us = env != nullptr ? std::atoll(env) : 50;
+        return std::chrono::microseconds(std::min<int64_t>(std::max<int64_t>(us, 0), kMaxSpinUs));
     }();
     return spin;
 }
+
+// The spin the jobs this thread publishes ask for (SpinScope); -1: the default.
+thread_local int64_t t_spin_us = -1;
 
 // Set on helpers, and on a caller while its job runs: a nested parallel loop then runs serially
 // on that thread (a second job cannot start while this one holds the pool).
@@ -52,6 +56,12 @@ int64_t front_of(uint64_t w) { return static_cast<int64_t>((w >> kIndexBits) & k
 int64_t back_of(uint64_t w) { return static_cast<int64_t>(w & kIndexMask); }
 
 }  // namespace
+
+SpinScope::SpinScope(int64_t us) : saved_(t_spin_us) {
+    t_spin_us = us < 0 ? -1 : std::min(us, kMaxSpinUs);
+}
+
+SpinScope::~SpinScope() { t_spin_us = saved_; }
 
 ThreadPool& ThreadPool::instance() {
     // Leaked on purpose: joining threads from a static destructor at interpreter exit can
@@ -114,7 +124,9 @@ void ThreadPool::worker_loop(int slot) {
     t_in_pool_worker = true;
     uint64_t seen = job_.load();
     while (!stop_.load()) {
-        const auto spin_until = std::chrono::steady_clock::now() + spin_time();
+        const int64_t asked = spin_us_.load();
+        const auto spin = asked >= 0 ? std::chrono::microseconds(asked) : default_spin();
+        const auto spin_until = std::chrono::steady_clock::now() + spin;
         int spins = 0;
         while (job_.load() == seen && !stop_.load()) {
             GRAPHOPT_PAUSE();
@@ -143,6 +155,7 @@ void ThreadPool::run_job(int64_t first, int64_t chunks, int slots) {
     const uint64_t job = job_.load() + 1;
     const uint64_t gen = job & kGenMask;
     first_.store(first);
+    spin_us_.store(t_spin_us);
     done_.store(0);
     slots_.store(slots);
     for (int s = 0; s < slots; ++s) {

@@ -35,6 +35,22 @@
 namespace graphopt {
 namespace rt {
 
+// Longest spin a plan may ask for (1 s).
+constexpr int64_t kMaxSpinUs = 1000000;
+
+// While alive, jobs this thread publishes let idle helpers spin `us` microseconds before they
+// sleep (-1: GRAPHOPT_NATIVE_SPIN_US, else 50). A plan's runs hold one (NativePlan.spin_us).
+class SpinScope {
+   public:
+    explicit SpinScope(int64_t us);
+    ~SpinScope();
+    SpinScope(const SpinScope&) = delete;
+    SpinScope& operator=(const SpinScope&) = delete;
+
+   private:
+    int64_t saved_;
+};
+
 class ThreadPool {
    public:
     using ChunkFn = void (*)(void* ctx, int64_t chunk);
@@ -69,6 +85,7 @@ class ThreadPool {
     std::atomic<uint64_t> job_{0};      // number of the last published job
     std::atomic<int> slots_{0};         // threads of the current job (ranges in use)
     std::atomic<int64_t> first_{0};     // chunk index of the job's chunk 0 (batched runs)
+    std::atomic<int64_t> spin_us_{-1};  // the last job's spin after it (-1: the default)
     std::atomic<int64_t> done_{0};
     std::atomic<ChunkFn> fn_{nullptr};
     std::atomic<void*> ctx_{nullptr};

@@ -75,6 +75,9 @@ def test_report_fields(mlp_report):
         assert set(r.settings_p50_ms) == {"spinning", "no spinning"}
         assert r.latency.p50 == min(r.settings_p50_ms.values())
         assert r.settings_p50_ms[r.setting] == r.latency.p50
+    native = mlp_report["graphopt-native"]  # its pool's spin timed both ways, like onnxruntime
+    assert set(native.settings_p50_ms) == {"default spin", "spinning"}
+    assert native.latency.p50 == min(native.settings_p50_ms.values())
     assert mlp_report["eager"].setting == "" and not mlp_report["eager"].settings_p50_ms
     threading = mlp_report.machine["threading"]
     assert threading["torch_threads"] >= 1 and "environment" in threading
@@ -241,6 +244,24 @@ def test_spinning_option_is_checked(tiny_mlp):
     bad = graphopt.benchmark(model, args, backends=["onnxruntime"],
                              backend_options={"onnxruntime": {"spinning": "sometimes"}}, **FAST)
     assert bad["onnxruntime"].status == "error" and "spinning" in bad["onnxruntime"].reason
+
+
+@pytest.mark.parametrize("options,setting", [({"spinning": "off"}, ""), ({"spin_us": 200}, ""),
+                                             ({"spinning": "both"}, "?")])
+def test_native_spinning_options(tiny_mlp, options, setting):
+    model, args = tiny_mlp
+    report = graphopt.benchmark(model, args, backends=["graphopt-native"],
+                                backend_options={"graphopt-native": options}, **FAST)
+    r = report["graphopt-native"]
+    assert r.ok, r.reason
+    if setting == "?":
+        assert r.setting in ("default spin", "spinning") and len(r.settings_p50_ms) == 2
+    else:
+        assert r.setting == setting and not r.settings_p50_ms
+    bad = graphopt.benchmark(model, args, backends=["graphopt-native"],
+                             backend_options={"graphopt-native": {"spinning": "sometimes"}},
+                             **FAST)
+    assert bad["graphopt-native"].status == "error" and "spinning" in bad["graphopt-native"].reason
 
 
 def test_max_time_budget_stops_early():

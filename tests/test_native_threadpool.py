@@ -60,3 +60,32 @@ def test_helpers_work_through_contiguous_home_ranges():
 def test_probe_arguments_are_checked(chunks, threads):
     with pytest.raises(ValueError):
         _C._native_pool_probe(chunks, threads)
+
+
+def test_plan_spin_is_checked_and_kept():
+    plan = _C.NativePlan(2)
+    assert plan.spin_us == -1  # the runtime default
+    plan.spin_us = 20_000
+    assert plan.spin_us == 20_000
+    for bad in (-2, 1_000_001):
+        with pytest.raises(ValueError, match="spin_us"):
+            plan.spin_us = bad
+    assert plan.spin_us == 20_000
+
+
+def test_spin_us_option_reaches_the_plans():
+    import torch
+
+    import graphopt
+    from graphopt.errors import GraphoptError
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU())
+    x = torch.randn(2, 64)
+    graph = graphopt.trace(model, (x,))
+    fn = graphopt.compile(graph, backend="native", threads=2, spin_us=30_000)
+    torch.testing.assert_close(fn(x), model(x))
+    assert fn.spin_us == 30_000
+    assert all(seg.spin_us == 30_000 for seg in fn.plan._segments if hasattr(seg, "spin_us"))
+    for bad in (-1, 2_000_000, 2.5, True, "50"):
+        with pytest.raises(GraphoptError, match="spin_us"):
+            graphopt.compile(graph, backend="native", threads=2, spin_us=bad)

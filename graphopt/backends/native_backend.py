@@ -14,7 +14,8 @@ from graphopt.native.module import NativeModule
 def compile_native(graph: Graph, *, threads: int | None = None,
                    fallback: str | None = "reference",
                    sparse: str = "auto", layout: str = "auto", precision: str = "fp32",
-                   codebook: str = "auto", **options: Any) -> NativeModule:
+                   codebook: str = "auto", spin_us: int | None = None,
+                   **options: Any) -> NativeModule:
     """Backend factory: plan ``graph`` for graphopt's C++ runtime.
 
     Args:
@@ -42,6 +43,10 @@ def compile_native(graph: Graph, *, threads: int | None = None,
             built, or read by linear layers through the codebook inside the product (a quarter
             of the weight memory, faster beyond the caches); "auto": the lookup for weights of
             8 MiB or more at up to 16 rows.
+        spin_us: microseconds the runtime's idle helper threads spin after each parallel loop
+            before sleeping (None: GRAPHOPT_NATIVE_SPIN_US, else 50; at most 1,000,000). A long
+            spin (e.g. 50,000, about what onnxruntime's pool spins after a run) keeps helpers
+            and caches warm between calls that come in bursts, at the price of a busy core.
 
     Raises:
         NativeUnsupportedError: with fallback="error", nodes without a native kernel (all
@@ -53,6 +58,6 @@ def compile_native(graph: Graph, *, threads: int | None = None,
     """
     if options:
         raise BackendOptionError("the native backend takes threads, fallback, sparse, layout, "
-                                 f"precision and codebook, got {sorted(options)}")
+                                 f"precision, codebook and spin_us, got {sorted(options)}")
     return NativeModule(graph, threads=threads, fallback=fallback, sparse=sparse, layout=layout,
-                        precision=precision, codebook=codebook)
+                        precision=precision, codebook=codebook, spin_us=spin_us)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import operator
 import os
 import sys
@@ -91,6 +92,20 @@ def _caller_stacklevel() -> int:
     return level
 
 
+MAX_SPIN_US = 1_000_000  # csrc/rt_threadpool.h kMaxSpinUs
+
+
+def check_spin_us(spin_us) -> int | None:
+    """None, or a whole number of microseconds in [0, MAX_SPIN_US]."""
+    if spin_us is None:
+        return None
+    if isinstance(spin_us, bool) or not isinstance(spin_us, numbers.Integral) \
+            or not 0 <= int(spin_us) <= MAX_SPIN_US:
+        raise GraphoptError(f"spin_us must be None or an integer number of microseconds in "
+                            f"[0, {MAX_SPIN_US}], got {spin_us!r}")
+    return int(spin_us)
+
+
 class NativeModule:
     """A graph compiled for graphopt's native C++ runtime; call it like the model.
 
@@ -122,11 +137,16 @@ class NativeModule:
             layers through the codebook inside the product (a quarter of the weight memory;
             faster for weights beyond the caches); "auto" takes the lookup for weights of
             8 MiB or more at up to 16 rows (native/lower/codebook.py).
+        spin_us: microseconds the runtime's idle helper threads spin after each parallel loop
+            before they sleep (None: GRAPHOPT_NATIVE_SPIN_US, else 50; at most 1,000,000). Long
+            spins keep a helper ready between calls that come in quick succession, as
+            onnxruntime's default spinning does, at the price of a busy core between them.
     """
 
     def __init__(self, graph: Graph, threads: int | None = None,
                  fallback: str | None = "reference", device: Device = CPU, sparse: str = "auto",
-                 layout: str = "auto", precision: str = "fp32", codebook: str = "auto"):
+                 layout: str = "auto", precision: str = "fp32", codebook: str = "auto",
+                 spin_us: int | None = None):
         from graphopt.native.lower.blocked import LAYOUTS
         from graphopt.native.lower.codebook import CODEBOOK_MODES
         from graphopt.native.lower.sparse import SPARSE_MODES
@@ -139,6 +159,7 @@ class NativeModule:
         if codebook not in CODEBOOK_MODES:
             raise GraphoptError(f"codebook must be one of {CODEBOOK_MODES}, got {codebook!r}")
         self.codebook = codebook
+        self.spin_us = check_spin_us(spin_us)
         self.graph = graph
         self.threads = resolve_threads(threads, "NativeModule(threads=...)")
         check_declared_types(graph)
@@ -170,6 +191,7 @@ class NativeModule:
         plan = builder.build()
         self._warn_fallback(builder.fallback_ops)
         plan.device = self.device
+        plan.spin_us = self.spin_us
         plan.compile()
         while len(self._plans) >= MAX_CACHED_PLANS:
             self._plans.popitem(last=False)

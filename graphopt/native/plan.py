@@ -102,6 +102,9 @@ class ExecutionPlan:
                                      key=lambda b: b.index)
         self.device = device
         self.threads = threads
+        # Microseconds the pool's idle helpers spin after each parallel loop (None: the
+        # runtime's default); NativeModule(spin_us=...) sets it before compile().
+        self.spin_us: int | None = None
         self.input_torch_dtypes = [d.torch for d in self.input_dtypes]
         self._out_nbytes = [b.nbytes for b in self.output_buffers]
         # Per output buffer: allocate it as the typed tensor of the output that covers it whole
@@ -169,6 +172,8 @@ class ExecutionPlan:
                 continue
             if current is None:
                 current = self.device.native_plan(self.threads)
+                if self.spin_us is not None:
+                    current.spin_us = self.spin_us
                 current.set_arena(arena_ptr, self.memory.peak_bytes)
                 for array in self.constants:
                     current.add_constant(array.ctypes.data, array.nbytes)
