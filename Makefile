@@ -42,7 +42,8 @@ ASAN_TESTS := tests/test_native_gemm.py tests/test_native_kernels.py tests/test_
 	tests/test_native_onnx_ops.py tests/test_native_half.py tests/test_native_bf16.py \
 	tests/test_shared_weights.py tests/test_native_wide.py tests/test_native_schema_ops.py \
 	tests/test_native_codebook.py tests/test_codec.py tests/test_quant_weight_only.py \
-	tests/test_native_kv_attention.py tests/test_native_gelu.py tests/test_quant_bf16_attention.py
+	tests/test_native_kv_attention.py tests/test_native_gelu.py tests/test_quant_bf16_attention.py \
+	tests/test_native_threadpool.py
 # Tests that run native code on several threads at once (the runtime's pool, concurrent calls).
 TSAN_TESTS := tests/test_native_safety.py tests/test_native_artifacts.py \
 	tests/test_native_models.py::test_threads_do_not_change_results tests/test_native_threadpool.py
