@@ -45,15 +45,18 @@ def test_helpers_work_through_contiguous_home_ranges():
     # are always one contiguous run (its own front part, then the caller's tail), never
     # interleaved with the caller's as a shared counter hands them out.
     joined = 0
-    for _ in range(30):
+    for _ in range(300):  # until the helper took part in 10 jobs (it may not get a core)
         who = _C._native_pool_probe(16, 2, 20_000)
         helper = [c for c, t in enumerate(who) if t != 0]
         if helper:
             joined += 1
             assert helper == list(range(helper[0], helper[-1] + 1)), who
             assert who[0] == 0 or helper[0] == 0, who
+        if joined == 10:
+            break
     if joined == 0:
-        pytest.skip("the helper thread never got a core during 30 jobs (machine overloaded)")
+        pytest.skip("the helper thread got no core during 300 jobs of 0.3 ms: another process "
+                    "holds this machine's second CPU, so there is nothing to check")
 
 
 @pytest.mark.parametrize("chunks,threads", [(-1, 2), (1 << 25, 2), (4, 0), (4, 2000)])

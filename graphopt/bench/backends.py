@@ -364,17 +364,25 @@ NATIVE_SPIN_SETTINGS = {"default spin": None, "spinning": 50_000}
 
 def native_spin_settings(wanted: Any) -> dict[str, int | None]:
     """The native spinning settings to time, from option ``spinning`` ("both", "on", "off")."""
+    return choose_spin_settings("graphopt-native", wanted, NATIVE_SPIN_SETTINGS,
+                                on="spinning", off="default spin")
+
+
+def choose_spin_settings(backend: str, wanted: Any, settings: dict[str, Any], on: str,
+                         off: str) -> dict[str, Any]:
+    """The settings a backend's ``spinning`` option asks to time: "both" (each, the faster
+    reported), "on" (only ``settings[on]``) or "off" (only ``settings[off]``)."""
     from graphopt.errors import BackendOptionError
 
     choice = str(wanted).strip().lower()
     if choice == "both":
-        return dict(NATIVE_SPIN_SETTINGS)
-    if choice in ("on", "1", "true", "spinning"):
-        return {"spinning": NATIVE_SPIN_SETTINGS["spinning"]}
-    if choice in ("off", "0", "false", "default spin", "default"):
-        return {"default spin": None}
-    raise BackendOptionError(f"graphopt-native option spinning={wanted!r}: use 'both' (time "
-                             "each, report the faster), 'on' or 'off'")
+        return dict(settings)
+    if choice in ("on", "1", "true", on):
+        return {on: settings[on]}
+    if choice in ("off", "0", "false", off):
+        return {off: settings[off]}
+    raise BackendOptionError(f"{backend} option spinning={wanted!r}: use 'both' (time each, "
+                             "report the faster), 'on' or 'off'")
 
 
 @bench_backend("graphopt-native", lower=lower_graphopt_native)

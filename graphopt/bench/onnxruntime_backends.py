@@ -24,6 +24,7 @@ from graphopt.bench.backends import (
     _first_line,
     _timed,
     bench_backend,
+    choose_spin_settings,
     folder_bytes,
 )
 from graphopt.ir.graph import Graph
@@ -46,17 +47,8 @@ SPIN_SETTINGS = {"spinning": "1", "no spinning": "0"}
 
 def spin_settings(options: dict) -> dict[str, str]:
     """The spinning settings to time: {name: allow_spinning value}, from option ``spinning``."""
-    from graphopt.errors import BackendOptionError
-
-    wanted = str(options.get("spinning", "both")).strip().lower()
-    if wanted == "both":
-        return dict(SPIN_SETTINGS)
-    if wanted in ("on", "1", "true", "spinning"):
-        return {"spinning": "1"}
-    if wanted in ("off", "0", "false", "no spinning"):
-        return {"no spinning": "0"}
-    raise BackendOptionError(f"onnxruntime option spinning={options['spinning']!r}: use "
-                             "'both' (time each, report the faster), 'on' or 'off'")
+    return choose_spin_settings("onnxruntime", options.get("spinning", "both"), SPIN_SETTINGS,
+                                on="spinning", off="no spinning")
 
 
 def _ort_session(path_or_bytes: Any, threads: int, options: dict, spinning: str = "1"):
